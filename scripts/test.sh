@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test of the project, installing what the tests need when missing:
+# redis-server (apt) and the MongoDB-wire-compatible SecantusDB (PyPI, into .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; exit 1
+  fi
+}
+
+apt_install() {
+  say "installing $* with apt"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v redis-server >/dev/null || apt_install redis-server
+
+if ! .venv/bin/python -c 'import secantus' 2>/dev/null; then
+  say "creating .venv with the test requirements"
+  python3 -m venv .venv 2>/dev/null || { apt_install python3-venv; python3 -m venv .venv; }
+  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+export CHAT_TEST_SECANTUS_PYTHON="$PWD/.venv/bin/python"
+
+say "formatting"
+cargo fmt --all -- --check
+
+say "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "tests"
+cargo test --workspace --locked

@@ -1,0 +1,300 @@
+//! Configuration from the environment, exactly as DESIGN.md lists it.
+//!
+//! Everything is parsed and checked before anything starts, and the first bad
+//! value stops start-up with one line naming the variable. Parsing is a pure
+//! function of a lookup, so every rule is unit tested without touching the
+//! process environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+
+/// A value that must never reach a log: tokens, keys, URIs with credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub mongodb_uri: Option<Secret>,
+    pub mongodb_db: String,
+    pub redis_url: Option<Secret>,
+    pub data_dir: PathBuf,
+    /// `None` in embedded mode when unset: a key is generated and kept in `data_dir`.
+    pub jwt_secret: Option<Secret>,
+    pub jwt_ttl: Duration,
+    pub cors_origins: Vec<HeaderValue>,
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    pub shutdown_grace: Duration,
+    pub pod_name: String,
+    pub web_dir: PathBuf,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+/// Why start-up refused the configuration: the variable and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { var, reason: reason.into() }
+}
+
+/// HMAC keys shorter than the hash output weaken HS256 (RFC 7518 §3.2).
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+impl Config {
+    /// Reads the process environment. A variable that is not valid UTF-8 is an error.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut bad_unicode = None;
+        let config = Self::from_lookup(|name| match std::env::var(name) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                bad_unicode.get_or_insert(name);
+                None
+            }
+        });
+        match bad_unicode {
+            Some(var) => Err(invalid(var, "is not valid UTF-8")),
+            None => config,
+        }
+    }
+
+    /// Builds the configuration from `lookup(name)`; empty values count as unset.
+    pub fn from_lookup(lookup: impl FnMut(&'static str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut lookup = lookup;
+        let mut get = move |name: &'static str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let listen_addr = match get("CHAT_LISTEN_ADDR") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| invalid("CHAT_LISTEN_ADDR", format!("{v:?} is not an address like 0.0.0.0:8080")))?,
+            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+        };
+
+        let mongodb_uri = get("CHAT_MONGODB_URI").map(Secret::new);
+        if let Some(uri) = &mongodb_uri {
+            if !(uri.expose().starts_with("mongodb://") || uri.expose().starts_with("mongodb+srv://")) {
+                return Err(invalid("CHAT_MONGODB_URI", "must start with mongodb:// or mongodb+srv://"));
+            }
+        }
+        let mongodb_db = get("CHAT_MONGODB_DB").unwrap_or_else(|| "chat".into());
+        if mongodb_db.len() > 63 || mongodb_db.contains(['/', '\\', '.', ' ', '"', '$']) {
+            return Err(invalid("CHAT_MONGODB_DB", "must be a MongoDB database name (no / \\ . space \" $, at most 63 bytes)"));
+        }
+
+        let redis_url = get("CHAT_REDIS_URL").map(Secret::new);
+        if let Some(url) = &redis_url {
+            redis::Client::open(url.expose())
+                .map_err(|e| invalid("CHAT_REDIS_URL", format!("not a Redis URL ({})", e.category())))?;
+        }
+
+        let data_dir = PathBuf::from(get("CHAT_DATA_DIR").unwrap_or_else(|| "./data".into()));
+
+        let jwt_secret = get("CHAT_JWT_SECRET").map(Secret::new);
+        match &jwt_secret {
+            Some(secret) if secret.expose().len() < MIN_JWT_SECRET_LEN => {
+                return Err(invalid("CHAT_JWT_SECRET", format!("must be at least {MIN_JWT_SECRET_LEN} bytes")));
+            }
+            None if mongodb_uri.is_some() => {
+                return Err(invalid(
+                    "CHAT_JWT_SECRET",
+                    "is required when CHAT_MONGODB_URI is set (every pod must sign with the same key)",
+                ));
+            }
+            _ => {}
+        }
+
+        let jwt_ttl = Duration::from_secs(parse_number(&mut get, "CHAT_JWT_TTL_SECS", 900, 30..=86_400)?);
+
+        let cors_origins = match get("CHAT_CORS_ORIGINS") {
+            Some(list) => list.split(',').map(str::trim).filter(|o| !o.is_empty()).map(parse_origin).collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+
+        let rate_limit_per_sec = parse_number(&mut get, "CHAT_RATE_LIMIT_PER_SEC", 10, 1..=100_000)?;
+        let rate_limit_burst = parse_number(&mut get, "CHAT_RATE_LIMIT_BURST", 20, 1..=100_000)?;
+        let shutdown_grace = Duration::from_secs(parse_number(&mut get, "CHAT_SHUTDOWN_GRACE_SECS", 25, 0..=3_600)?);
+
+        let pod_name = get("CHAT_POD_NAME").or_else(hostname).unwrap_or_else(|| "chat-server".into());
+        let web_dir = PathBuf::from(get("CHAT_WEB_DIR").unwrap_or_else(|| "web/dist".into()));
+
+        let log_filter = get("RUST_LOG").unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_filter)
+            .map_err(|e| invalid("RUST_LOG", format!("not a tracing filter: {e}")))?;
+        let log_format = match get("CHAT_LOG_FORMAT").as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => return Err(invalid("CHAT_LOG_FORMAT", format!("{other:?} is not json or pretty"))),
+        };
+
+        Ok(Self {
+            listen_addr,
+            mongodb_uri,
+            mongodb_db,
+            redis_url,
+            data_dir,
+            jwt_secret,
+            jwt_ttl,
+            cors_origins,
+            rate_limit_per_sec: u32::try_from(rate_limit_per_sec).unwrap_or(u32::MAX),
+            rate_limit_burst: u32::try_from(rate_limit_burst).unwrap_or(u32::MAX),
+            shutdown_grace,
+            pod_name,
+            web_dir,
+            log_filter,
+            log_format,
+        })
+    }
+}
+
+fn parse_number(
+    get: &mut impl FnMut(&'static str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = get(var) else { return Ok(default) };
+    let value: u64 = raw.parse().map_err(|_| invalid(var, format!("{raw:?} is not a whole number")))?;
+    if !range.contains(&value) {
+        return Err(invalid(var, format!("{value} is outside {}..={}", range.start(), range.end())));
+    }
+    Ok(value)
+}
+
+/// An allowed CORS origin is exactly `scheme://host[:port]`. A wildcard is refused:
+/// the API takes credentials, and browsers reject `*` with credentials anyway.
+fn parse_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
+    const VAR: &str = "CHAT_CORS_ORIGINS";
+    if origin == "*" {
+        return Err(invalid(VAR, "a wildcard is not allowed; list the exact origins"));
+    }
+    let url = url::Url::parse(origin).map_err(|_| invalid(VAR, format!("{origin:?} is not an origin like https://chat.example.com")))?;
+    let is_bare_origin = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.path() == "/"
+        && !origin.ends_with('/')
+        && url.query().is_none()
+        && url.username().is_empty();
+    if !is_bare_origin {
+        return Err(invalid(VAR, format!("{origin:?} is not an origin like https://chat.example.com (no path or trailing slash)")));
+    }
+    HeaderValue::from_str(origin).map_err(|_| invalid(VAR, format!("{origin:?} is not a valid header value")))
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&'static str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<_, _> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_run_embedded_on_port_8080() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.listen_addr, "0.0.0.0:8080".parse().unwrap());
+        assert!(config.mongodb_uri.is_none() && config.redis_url.is_none() && config.jwt_secret.is_none());
+        assert_eq!(config.mongodb_db, "chat");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.jwt_ttl, Duration::from_secs(900));
+        assert_eq!((config.rate_limit_per_sec, config.rate_limit_burst), (10, 20));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(config.web_dir, PathBuf::from("web/dist"));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(config.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn mongodb_without_a_jwt_secret_is_refused_naming_the_variable() {
+        let err = config(&[("CHAT_MONGODB_URI", "mongodb://db:27017")]).unwrap_err();
+        assert_eq!(err.var, "CHAT_JWT_SECRET");
+        assert!(err.to_string().starts_with("CHAT_JWT_SECRET: "));
+        let secret = "x".repeat(32);
+        assert!(config(&[("CHAT_MONGODB_URI", "mongodb://db:27017"), ("CHAT_JWT_SECRET", &secret)]).is_ok());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let cases: &[(&'static str, &str)] = &[
+            ("CHAT_LISTEN_ADDR", "localhost"),
+            ("CHAT_MONGODB_URI", "postgres://x"),
+            ("CHAT_MONGODB_DB", "a/b"),
+            ("CHAT_REDIS_URL", "http://not-redis"),
+            ("CHAT_JWT_SECRET", "short"),
+            ("CHAT_JWT_TTL_SECS", "ten"),
+            ("CHAT_JWT_TTL_SECS", "0"),
+            ("CHAT_CORS_ORIGINS", "*"),
+            ("CHAT_CORS_ORIGINS", "https://ok.example, https://bad.example/path"),
+            ("CHAT_RATE_LIMIT_PER_SEC", "-1"),
+            ("CHAT_RATE_LIMIT_BURST", "0"),
+            ("CHAT_SHUTDOWN_GRACE_SECS", "1.5"),
+            ("RUST_LOG", "info,[[["),
+            ("CHAT_LOG_FORMAT", "xml"),
+        ];
+        for (var, value) in cases {
+            let err = config(&[(var, value)]).expect_err(&format!("{var}={value} should be refused"));
+            assert_eq!(&err.var, var, "{var}={value} blamed {}", err.var);
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_exact() {
+        let config = config(&[("CHAT_CORS_ORIGINS", "https://chat.example.com, http://localhost:5173")]).unwrap();
+        assert_eq!(config.cors_origins, vec!["https://chat.example.com", "http://localhost:5173"]);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let secret = "s".repeat(40);
+        let config = config(&[
+            ("CHAT_MONGODB_URI", "mongodb://user:hunter2@db"),
+            ("CHAT_JWT_SECRET", &secret),
+            ("CHAT_REDIS_URL", "redis://:pw@cache"),
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains(&secret) && !debug.contains(":pw@"), "{debug}");
+    }
+}

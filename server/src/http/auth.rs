@@ -1,0 +1,133 @@
+//! `/api/auth/*`: register, login, refresh, logout.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::Json;
+use super::views::UserView;
+use crate::auth::{password, refresh};
+use crate::model::{Id, RefreshToken, User};
+use crate::state::AppState;
+use crate::validate;
+
+#[derive(Debug, Deserialize)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// A signed-in session: a short-lived access token and the refresh token that
+/// renews it.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub user: UserView,
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    Json(request): Json<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let username = validate::username(&request.username)?;
+    let email = validate::email(&request.email)?;
+    validate::password(&request.password)?;
+    let password_hash = tokio::task::spawn_blocking(move || password::hash(&request.password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let user = User {
+        id: Id::new(),
+        username,
+        email,
+        password_hash,
+        display_name: None,
+        avatar_url: None,
+        created_at: crate::model::now(),
+    };
+    state.store.create_user(&user).await?;
+    tracing::info!(user_id = %user.id, username = %user.username, "user registered");
+    Ok((StatusCode::CREATED, axum::Json(UserView::own(user))))
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    Json(request): Json<LoginRequest>,
+) -> Result<axum::Json<SessionView>, ApiError> {
+    let invalid = || ApiError::unauthorized("invalid_credentials", "the email or password is wrong");
+    // A malformed address cannot have an account; answer exactly as for a wrong one.
+    let user = match validate::email(&request.email) {
+        Ok(email) => state.store.user_by_email(&email).await?,
+        Err(_) => None,
+    };
+    let candidate = request.password;
+    let user = tokio::task::spawn_blocking(move || match user {
+        Some(user) if password::verify(&candidate, &user.password_hash) => Some(user),
+        Some(_) => None,
+        None => {
+            password::verify_against_nothing(&candidate);
+            None
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(invalid)?;
+    tracing::info!(user_id = %user.id, "user signed in");
+    Ok(axum::Json(start_session(&state, user).await?))
+}
+
+/// Exchanges a refresh token for a new access token and a new refresh token; the
+/// old refresh token is consumed.
+pub async fn refresh(
+    State(state): State<AppState>,
+    Json(request): Json<RefreshRequest>,
+) -> Result<axum::Json<SessionView>, ApiError> {
+    let invalid = || ApiError::unauthorized("invalid_refresh_token", "the refresh token is invalid or expired; sign in again");
+    let stored = state.store.take_refresh_token(&refresh::digest(&request.refresh_token)).await?.ok_or_else(invalid)?;
+    if stored.expires_at <= crate::model::now() {
+        return Err(invalid());
+    }
+    let user = state.store.user(stored.user_id).await?.ok_or_else(invalid)?;
+    Ok(axum::Json(start_session(&state, user).await?))
+}
+
+/// Revokes the refresh token. Idempotent: an unknown token is already revoked.
+pub async fn logout(State(state): State<AppState>, Json(request): Json<RefreshRequest>) -> Result<StatusCode, ApiError> {
+    if let Some(token) = state.store.take_refresh_token(&refresh::digest(&request.refresh_token)).await? {
+        tracing::info!(user_id = %token.user_id, "user signed out");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start_session(state: &AppState, user: User) -> Result<SessionView, ApiError> {
+    let access = state.tokens.issue(&user).map_err(ApiError::internal)?;
+    let (refresh_token, hash) = refresh::generate();
+    state
+        .store
+        .save_refresh_token(&RefreshToken { hash, user_id: user.id, expires_at: crate::model::now() + refresh::TTL })
+        .await?;
+    Ok(SessionView {
+        token: access.token,
+        token_type: "Bearer",
+        expires_in: access.expires_in,
+        refresh_token,
+        user: UserView::own(user),
+    })
+}

@@ -1,0 +1,83 @@
+//! `GET /api/rooms/{id}/messages`: a room's history, oldest first within a page.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::{Path, Query};
+use super::rooms::{page_limit, visible_room};
+use crate::auth::AuthUser;
+use crate::model::{HistoryQuery, Message};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    pub limit: Option<u64>,
+    pub offset: Option<u64>,
+    pub before_seq: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryView {
+    pub messages: Vec<Message>,
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// `?offset=N` counts back from the newest message (0 is the latest page);
+/// `?before_seq=S` pages back from a known message. Not both.
+pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
+    let limit = page_limit(params.limit)?;
+    match (params.offset, params.before_seq) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("invalid_query", "use offset or before_seq, not both")),
+        (_, Some(seq)) => Ok(HistoryQuery::BeforeSeq { seq, limit }),
+        (offset, None) => Ok(HistoryQuery::Latest { offset: offset.unwrap_or(0), limit }),
+    }
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<axum::Json<HistoryView>, ApiError> {
+    let query = history_query(&params)?;
+    let room = visible_room(&state, &id, caller.id).await?;
+    let page = state.store.messages(room.id, query).await?;
+    let (offset, limit) = match query {
+        HistoryQuery::Latest { offset, limit } => (offset, limit),
+        HistoryQuery::BeforeSeq { limit, .. } => (0, limit),
+    };
+    Ok(axum::Json(HistoryView { messages: page.messages, total: page.total, offset, limit }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(limit: Option<u64>, offset: Option<u64>, before_seq: Option<u64>) -> HistoryParams {
+        HistoryParams { limit, offset, before_seq }
+    }
+
+    #[test]
+    fn defaults_to_the_latest_fifty() {
+        assert_eq!(history_query(&params(None, None, None)).unwrap(), HistoryQuery::Latest { offset: 0, limit: 50 });
+    }
+
+    #[test]
+    fn before_seq_pages_back() {
+        assert_eq!(
+            history_query(&params(Some(10), None, Some(99))).unwrap(),
+            HistoryQuery::BeforeSeq { seq: 99, limit: 10 }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_combinations_and_limits() {
+        assert!(history_query(&params(None, Some(1), Some(2))).is_err());
+        assert!(history_query(&params(Some(0), None, None)).is_err());
+        assert!(history_query(&params(Some(101), None, None)).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! `/api/rooms/*` and `/api/dm/*`: rooms, membership and direct messages.
+//!
+//! Who may do what is decided by `Room`'s pure methods; handlers load, check,
+//! and write. A private room a caller does not belong to answers 404 on every
+//! endpoint, so its existence is not revealed.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::{Json, Path, Query, parse_id};
+use super::views::{PageView, RoomView};
+use crate::auth::AuthUser;
+use crate::model::{Id, Page, Room, RoomKind};
+use crate::state::AppState;
+use crate::validate;
+
+pub const DEFAULT_PAGE: u64 = 50;
+pub const MAX_PAGE: u64 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoomRequest {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub is_private: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<u64>,
+    pub offset: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct Rooms {
+    rooms: Vec<RoomView>,
+}
+
+/// Checks a requested page size: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
+pub fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::validation("limit", format!("limit must be 1 to {MAX_PAGE}"))),
+    }
+}
+
+/// The room if `caller` may see it; 404 otherwise, whether or not it exists.
+pub async fn visible_room(state: &AppState, raw_id: &str, caller: Id) -> Result<Room, ApiError> {
+    let id = parse_id(raw_id, "room")?;
+    state
+        .store
+        .room(id)
+        .await?
+        .filter(|room| room.is_visible_to(caller))
+        .ok_or_else(|| ApiError::not_found("room"))
+}
+
+fn gone() -> ApiError {
+    ApiError::not_found("room")
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Json(request): Json<CreateRoomRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = validate::text("name", &request.name, 1, 100)?;
+    let description = validate::text("description", &request.description, 0, 1000)?;
+    let room = Room::new_group(name, description, request.is_private, caller.id);
+    state.store.create_room(&room).await?;
+    tracing::info!(room_id = %room.id, user_id = %caller.id, private = room.is_private, "room created");
+    Ok((StatusCode::CREATED, axum::Json(RoomView::from(room))))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<PageView<Rooms>>, ApiError> {
+    let page = Page { offset: query.offset.unwrap_or(0), limit: page_limit(query.limit)? };
+    let found = state.store.rooms_visible_to(caller.id, page).await?;
+    Ok(axum::Json(PageView {
+        items: Rooms { rooms: found.rooms.into_iter().map(RoomView::from).collect() },
+        total: found.total,
+        offset: page.offset,
+        limit: page.limit,
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    Ok(axum::Json(visible_room(&state, &id, caller.id).await?.into()))
+}
+
+/// Joins a public room. Private rooms are joined by invitation only, and look
+/// absent to outsiders. Joining a room one is in already changes nothing.
+pub async fn join(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    let room = visible_room(&state, &id, caller.id).await?;
+    if room.is_member(caller.id) {
+        return Ok(axum::Json(room.into()));
+    }
+    let room = state.store.add_member(room.id, caller.id).await?.ok_or_else(gone)?;
+    tracing::info!(room_id = %room.id, user_id = %caller.id, "member joined");
+    Ok(axum::Json(room.into()))
+}
+
+pub async fn leave(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let room = visible_room(&state, &id, caller.id).await?;
+    if room.kind == RoomKind::Direct {
+        return Err(ApiError::conflict("direct_room", "a direct room cannot be left"));
+    }
+    if room.is_owner(caller.id) {
+        return Err(ApiError::conflict("owner_cannot_leave", "the owner cannot leave the room; delete it instead"));
+    }
+    if room.is_member(caller.id) {
+        state.store.remove_member(room.id, caller.id).await?;
+        tracing::info!(room_id = %room.id, user_id = %caller.id, "member left");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Loads a room the caller manages, and the target user's id from the path.
+async fn managed_room(state: &AppState, caller: &AuthUser, room_id: &str, user_id: &str) -> Result<(Room, Id), ApiError> {
+    let room = visible_room(state, room_id, caller.id).await?;
+    if room.kind == RoomKind::Direct {
+        return Err(ApiError::conflict("direct_room", "the members of a direct room cannot change"));
+    }
+    if !room.can_manage_members(caller.id) {
+        return Err(ApiError::forbidden("only the room's owner or an admin can manage its members"));
+    }
+    let user = parse_id(user_id, "user")?;
+    Ok((room, user))
+}
+
+pub async fn add_member(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((room_id, user_id)): Path<(String, String)>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
+    state.store.user(user).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let room = state.store.add_member(room.id, user).await?.ok_or_else(gone)?;
+    tracing::info!(room_id = %room.id, user_id = %user, by = %caller.id, "member added");
+    Ok(axum::Json(room.into()))
+}
+
+pub async fn remove_member(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((room_id, user_id)): Path<(String, String)>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
+    if room.is_owner(user) {
+        return Err(ApiError::conflict("owner_cannot_leave", "the owner cannot be removed from the room"));
+    }
+    if room.admins.contains(&user) && !room.is_owner(caller.id) {
+        return Err(ApiError::forbidden("only the owner can remove an admin"));
+    }
+    if !room.is_member(user) {
+        return Err(ApiError::not_found("member"));
+    }
+    let room = state.store.remove_member(room.id, user).await?.ok_or_else(gone)?;
+    tracing::info!(room_id = %room.id, user_id = %user, by = %caller.id, "member removed");
+    Ok(axum::Json(room.into()))
+}
+
+/// Grants (PUT) or revokes (DELETE) the admin role; the owner's privilege.
+async fn set_admin(state: AppState, caller: AuthUser, room_id: String, user_id: String, admin: bool) -> Result<axum::Json<RoomView>, ApiError> {
+    let room = visible_room(&state, &room_id, caller.id).await?;
+    if !room.is_owner(caller.id) {
+        return Err(ApiError::forbidden("only the room's owner can change its admins"));
+    }
+    let user = parse_id(&user_id, "user")?;
+    if !room.is_member(user) {
+        return Err(ApiError::not_found("member"));
+    }
+    let room = state.store.set_admin(room.id, user, admin).await?.ok_or_else(gone)?;
+    Ok(axum::Json(room.into()))
+}
+
+pub async fn add_admin(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((room_id, user_id)): Path<(String, String)>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    set_admin(state, caller, room_id, user_id, true).await
+}
+
+pub async fn remove_admin(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((room_id, user_id)): Path<(String, String)>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    set_admin(state, caller, room_id, user_id, false).await
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let room = visible_room(&state, &id, caller.id).await?;
+    if !room.is_owner(caller.id) {
+        return Err(ApiError::forbidden("only the room's owner can delete it"));
+    }
+    if !state.store.delete_room(room.id).await? {
+        return Err(gone());
+    }
+    tracing::info!(room_id = %room.id, user_id = %caller.id, "room deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The one private room of the caller and `user_id`: 201 when this call created
+/// it, 200 when it existed. Concurrent calls agree on one room (the store's
+/// unique direct key decides).
+pub async fn direct(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(user_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let other_id = parse_id(&user_id, "user")?;
+    if other_id == caller.id {
+        return Err(ApiError::validation("user_id", "a direct room needs another user"));
+    }
+    let other = state.store.user(other_id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let name = {
+        let mut names = [caller.username.as_str(), other.username.as_str()];
+        names.sort_unstable();
+        names.join(", ")
+    };
+    let candidate = Room::new_direct(caller.id, other.id, name);
+    let room = state.store.direct_room(&candidate).await?;
+    let status = if room.id == candidate.id { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(RoomView::from(room))))
+}

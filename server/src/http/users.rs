@@ -1,0 +1,53 @@
+//! `/api/users/*`: profiles.
+
+use axum::extract::State;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{Json, Path, parse_id, present};
+use super::views::UserView;
+use crate::auth::AuthUser;
+use crate::model::ProfileUpdate;
+use crate::state::AppState;
+use crate::validate;
+
+/// A field left out is unchanged; `null` clears it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRequest {
+    #[serde(default, deserialize_with = "present")]
+    pub display_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub avatar_url: Option<Option<String>>,
+}
+
+pub async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<axum::Json<UserView>, ApiError> {
+    let user = state.store.user(caller.id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(axum::Json(UserView::own(user)))
+}
+
+pub async fn update_me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Json(request): Json<ProfileRequest>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let update = ProfileUpdate {
+        display_name: request
+            .display_name
+            .map(|name| name.map(|n| validate::text("display_name", &n, 1, 64)).transpose())
+            .transpose()?,
+        avatar_url: request.avatar_url.map(|url| url.map(|u| validate::avatar_url(&u)).transpose()).transpose()?,
+    };
+    let user = state.store.update_profile(caller.id, &update).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(axum::Json(UserView::own(user)))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let id = parse_id(&id, "user")?;
+    let user = state.store.user(id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(axum::Json(UserView::public(user)))
+}

@@ -1,0 +1,107 @@
+//! Start-up and shutdown: build the state from the configuration, bind the
+//! listener, serve until a signal, drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::auth::TokenIssuer;
+use crate::auth::jwt::load_or_create_secret;
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::mongo::MongoStore;
+use crate::store::{Store, StoreError};
+
+/// tokio's default backlog of 1024 drops SYNs under a burst of connects, which
+/// clients then retry only after a second.
+const LISTEN_BACKLOG: u32 = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot read or create the JWT key in {dir}: {source}")]
+    JwtSecret { dir: String, source: std::io::Error },
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Connects to the configured store and Redis and assembles the shared state.
+pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
+    let store: Arc<dyn Store> = match &config.mongodb_uri {
+        Some(uri) => Arc::new(MongoStore::connect(uri.expose(), &config.mongodb_db).await?),
+        None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
+    };
+    let secret = match &config.jwt_secret {
+        Some(secret) => secret.expose().as_bytes().to_vec(),
+        None => load_or_create_secret(&config.data_dir)
+            .map_err(|source| StartError::JwtSecret { dir: config.data_dir.display().to_string(), source })?,
+    };
+    // Config validation already parsed the URL; opening a client does no I/O.
+    let redis = match &config.redis_url {
+        Some(url) => Some(redis::Client::open(url.expose()).map_err(|e| StoreError::Unavailable(format!("redis: {}", e.category())))?),
+        None => None,
+    };
+    Ok(AppState {
+        health: Arc::new(Health::new(store.clone(), redis)),
+        store,
+        tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl)),
+        metrics: Arc::new(Metrics::new()?),
+    })
+}
+
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Serves until `shutdown` resolves, then drains: readiness fails at once, no new
+/// connections are accepted, and in-flight requests get `grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    cors_origins: &[axum::http::HeaderValue],
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let app = crate::http::router(state.clone(), cors_origins);
+    let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
+    let health = state.health.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        health.start_draining();
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining connections");
+        let _ = draining_tx.send(true);
+    });
+    let mut graceful_rx = draining_rx.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = graceful_rx.wait_for(|draining| *draining).await;
+        });
+    let deadline = async move {
+        if draining_rx.wait_for(|draining| *draining).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!("grace period over: closing the remaining connections");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The embedded store: one redb file in `CHAT_DATA_DIR`, for a single process.
+//!
+//! redb is an ACID, crash-safe, pure-Rust B-tree store: a committed write survives
+//! a crash or restart, which is what lets the one-command demo keep its history.
+//! Records are JSON values keyed by raw ids; secondary tables act as unique
+//! indexes. redb allows one writer at a time, which is what makes the
+//! check-then-insert of unique names and direct rooms atomic here. Calls run on
+//! the blocking thread pool because redb's I/O is synchronous.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Inserted, Store, StoreError, StoreResult};
+use crate::model::{
+    HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Room, RoomPage, User,
+};
+
+const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
+const USERS_BY_NAME: TableDefinition<&str, &[u8]> = TableDefinition::new("users_by_username");
+const USERS_BY_EMAIL: TableDefinition<&str, &[u8]> = TableDefinition::new("users_by_email");
+const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
+const ROOMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rooms");
+const DIRECT_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("direct_rooms");
+/// Keyed by room id followed by the big-endian seq, so one room's messages are a
+/// contiguous range in seq order.
+const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+const MESSAGE_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("message_counts");
+
+/// The file inside `CHAT_DATA_DIR`.
+pub const FILE_NAME: &str = "chat.redb";
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+macro_rules! internal_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(error: $error) -> Self {
+                StoreError::Internal(format!("embedded store: {error}"))
+            }
+        }
+    )*};
+}
+internal_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    serde_json::Error
+);
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `dir`, creating the directory if needed.
+    pub fn open(dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display()))
+        })?;
+        let db = Database::create(dir.join(FILE_NAME))?;
+        // Read transactions fail on tables that were never created, so create all now.
+        let tx = db.begin_write()?;
+        tx.open_table(USERS)?;
+        tx.open_table(USERS_BY_NAME)?;
+        tx.open_table(USERS_BY_EMAIL)?;
+        tx.open_table(REFRESH_TOKENS)?;
+        tx.open_table(ROOMS)?;
+        tx.open_table(DIRECT_ROOMS)?;
+        tx.open_table(MESSAGES)?;
+        tx.open_table(MESSAGE_COUNTS)?;
+        tx.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn run<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| StoreError::Internal(format!("embedded store task failed: {e}")))?
+    }
+
+    /// Reads a room, applies `change` and writes it back in one write transaction.
+    async fn modify_room(
+        &self,
+        room: Id,
+        change: impl FnOnce(&mut Room) + Send + 'static,
+    ) -> StoreResult<Option<Room>> {
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let updated = {
+                let mut rooms = tx.open_table(ROOMS)?;
+                let Some(mut record) = get_json::<_, Room>(&rooms, room.bytes().as_slice())? else {
+                    return Ok(None);
+                };
+                change(&mut record);
+                rooms.insert(room.bytes().as_slice(), to_json(&record)?.as_slice())?;
+                record
+            };
+            tx.commit()?;
+            Ok(Some(updated))
+        })
+        .await
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+fn get_json<'k, K, V>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+) -> StoreResult<Option<V>>
+where
+    K: redb::Key + 'static,
+    V: DeserializeOwned,
+{
+    match table.get(key)? {
+        Some(value) => Ok(Some(serde_json::from_slice(value.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn message_key(room: Id, seq: u64) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..12].copy_from_slice(&room.bytes());
+    key[12..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(|db| {
+            db.begin_read()?.open_table(USERS)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: &User) -> StoreResult<()> {
+        let user = user.clone();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let name_key = User::username_key(&user.username);
+                let id = user.id.bytes();
+                let mut by_name = tx.open_table(USERS_BY_NAME)?;
+                if by_name.get(name_key.as_str())?.is_some() {
+                    return Err(StoreError::Conflict("username"));
+                }
+                let mut by_email = tx.open_table(USERS_BY_EMAIL)?;
+                if by_email.get(user.email.as_str())?.is_some() {
+                    return Err(StoreError::Conflict("email"));
+                }
+                by_name.insert(name_key.as_str(), id.as_slice())?;
+                by_email.insert(user.email.as_str(), id.as_slice())?;
+                tx.open_table(USERS)?.insert(id.as_slice(), to_json(&user)?.as_slice())?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user(&self, id: Id) -> StoreResult<Option<User>> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            get_json(&tx.open_table(USERS)?, id.bytes().as_slice())
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let email = email.to_owned();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let Some(id) = tx.open_table(USERS_BY_EMAIL)?.get(email.as_str())? else {
+                return Ok(None);
+            };
+            get_json(&tx.open_table(USERS)?, id.value())
+        })
+        .await
+    }
+
+    async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>> {
+        let update = update.clone();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let updated = {
+                let mut users = tx.open_table(USERS)?;
+                let Some(mut user) = get_json::<_, User>(&users, id.bytes().as_slice())? else {
+                    return Ok(None);
+                };
+                update.apply(&mut user);
+                users.insert(id.bytes().as_slice(), to_json(&user)?.as_slice())?;
+                user
+            };
+            tx.commit()?;
+            Ok(Some(updated))
+        })
+        .await
+    }
+
+    async fn save_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+        let token = token.clone();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut tokens = tx.open_table(REFRESH_TOKENS)?;
+                tokens.insert(token.hash.as_str(), to_json(&token)?.as_slice())?;
+                // Expired tokens are useless; sweep them while we hold the writer.
+                let now = crate::model::now();
+                tokens.retain(|_, value| {
+                    serde_json::from_slice::<RefreshToken>(value).is_ok_and(|t| t.expires_at > now)
+                })?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>> {
+        let hash = hash.to_owned();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let token = {
+                let mut tokens = tx.open_table(REFRESH_TOKENS)?;
+                let removed = tokens.remove(hash.as_str())?;
+                match removed {
+                    Some(value) => Some(serde_json::from_slice::<RefreshToken>(value.value())?),
+                    None => None,
+                }
+            };
+            tx.commit()?;
+            Ok(token)
+        })
+        .await
+    }
+
+    async fn create_room(&self, room: &Room) -> StoreResult<()> {
+        let room = room.clone();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            tx.open_table(ROOMS)?.insert(room.id.bytes().as_slice(), to_json(&room)?.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn room(&self, id: Id) -> StoreResult<Option<Room>> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            get_json(&tx.open_table(ROOMS)?, id.bytes().as_slice())
+        })
+        .await
+    }
+
+    async fn rooms_visible_to(&self, user: Id, page: Page) -> StoreResult<RoomPage> {
+        // A scan: the embedded store serves one process and a modest number of
+        // rooms. Keys are ObjectIds, so the scan is already in creation order.
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let mut rooms = Vec::new();
+            let mut total = 0u64;
+            for entry in tx.open_table(ROOMS)?.iter()? {
+                let (_, value) = entry?;
+                let room: Room = serde_json::from_slice(value.value())?;
+                if !room.is_visible_to(user) {
+                    continue;
+                }
+                if total >= page.offset && (rooms.len() as u64) < page.limit {
+                    rooms.push(room);
+                }
+                total += 1;
+            }
+            Ok(RoomPage { rooms, total })
+        })
+        .await
+    }
+
+    async fn add_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>> {
+        self.modify_room(room, move |room| {
+            if !room.members.contains(&user) {
+                room.members.push(user);
+            }
+        })
+        .await
+    }
+
+    async fn remove_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>> {
+        self.modify_room(room, move |room| {
+            room.members.retain(|m| *m != user);
+            room.admins.retain(|m| *m != user);
+        })
+        .await
+    }
+
+    async fn set_admin(&self, room: Id, user: Id, admin: bool) -> StoreResult<Option<Room>> {
+        self.modify_room(room, move |room| {
+            room.admins.retain(|m| *m != user);
+            if admin {
+                room.admins.push(user);
+            }
+        })
+        .await
+    }
+
+    async fn delete_room(&self, room: Id) -> StoreResult<bool> {
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let existed = {
+                let mut rooms = tx.open_table(ROOMS)?;
+                let removed = rooms.remove(room.bytes().as_slice())?;
+                match removed {
+                    Some(value) => {
+                        let record: Room = serde_json::from_slice(value.value())?;
+                        if let Some(key) = &record.direct_key {
+                            tx.open_table(DIRECT_ROOMS)?.remove(key.as_str())?;
+                        }
+                        let start = message_key(room, 0);
+                        let end = message_key(room, u64::MAX);
+                        tx.open_table(MESSAGES)?
+                            .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
+                        tx.open_table(MESSAGE_COUNTS)?.remove(room.bytes().as_slice())?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            tx.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn direct_room(&self, candidate: &Room) -> StoreResult<Room> {
+        let candidate = candidate.clone();
+        self.run(move |db| {
+            let key = candidate
+                .direct_key
+                .clone()
+                .ok_or_else(|| StoreError::Internal("direct room without a direct key".into()))?;
+            let tx = db.begin_write()?;
+            let room = {
+                let mut direct = tx.open_table(DIRECT_ROOMS)?;
+                let mut rooms = tx.open_table(ROOMS)?;
+                let existing = match direct.get(key.as_str())? {
+                    Some(id) => get_json::<_, Room>(&rooms, id.value())?,
+                    None => None,
+                };
+                match existing {
+                    Some(room) => room,
+                    None => {
+                        let id = candidate.id.bytes();
+                        direct.insert(key.as_str(), id.as_slice())?;
+                        rooms.insert(id.as_slice(), to_json(&candidate)?.as_slice())?;
+                        candidate
+                    }
+                }
+            };
+            tx.commit()?;
+            Ok(room)
+        })
+        .await
+    }
+
+    async fn insert_message(&self, message: &Message) -> StoreResult<Inserted> {
+        let message = message.clone();
+        self.run(move |db| {
+            let key = message_key(message.room_id, message.seq);
+            let tx = db.begin_write()?;
+            {
+                let mut messages = tx.open_table(MESSAGES)?;
+                if let Some(existing) = get_json::<_, Message>(&messages, key.as_slice())? {
+                    return Ok(Inserted::Existing(Box::new(existing)));
+                }
+                messages.insert(key.as_slice(), to_json(&message)?.as_slice())?;
+                let mut counts = tx.open_table(MESSAGE_COUNTS)?;
+                let room = message.room_id.bytes();
+                let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
+                counts.insert(room.as_slice(), count + 1)?;
+            }
+            tx.commit()?;
+            Ok(Inserted::New)
+        })
+        .await
+    }
+
+    async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let total = tx
+                .open_table(MESSAGE_COUNTS)?
+                .get(room.bytes().as_slice())?
+                .map_or(0, |c| c.value());
+            let table = tx.open_table(MESSAGES)?;
+            let start = message_key(room, 0);
+            let (end, skip, limit) = match query {
+                HistoryQuery::Latest { offset, limit } => (message_key(room, u64::MAX), offset, limit),
+                HistoryQuery::BeforeSeq { seq, limit } => (message_key(room, seq), 0, limit),
+            };
+            let mut messages = Vec::new();
+            for entry in table
+                .range(start.as_slice()..end.as_slice())?
+                .rev()
+                .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            {
+                let (_, value) = entry?;
+                messages.push(serde_json::from_slice::<Message>(value.value())?);
+            }
+            messages.reverse();
+            Ok(HistoryPage { messages, total })
+        })
+        .await
+    }
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+

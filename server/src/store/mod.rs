@@ -1,0 +1,76 @@
+//! Durable state behind one interface with two implementations: MongoDB for
+//! clusters ([`mongo::MongoStore`]) and a file-backed embedded database for a
+//! single process ([`embedded::EmbeddedStore`]). The HTTP layer only sees
+//! [`Store`]; both implementations pass the same behavioural test suite.
+
+pub mod embedded;
+pub mod mongo;
+
+use async_trait::async_trait;
+
+use crate::model::{
+    HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Room, RoomPage, User,
+};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness constraint refused the write; names the field (`username`, `email`).
+    #[error("{0} is already taken")]
+    Conflict(&'static str),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+/// The outcome of [`Store::insert_message`], which is idempotent on `(room_id, seq)`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    New,
+    /// A message with this room and seq was already stored (a retried write); the
+    /// stored copy is returned and nothing was changed.
+    Existing(Box<Message>),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which implementation this is, for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+
+    /// Succeeds when the database answers; `/readyz` calls it.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts a user; [`StoreError::Conflict`] names `username` or `email` when taken.
+    async fn create_user(&self, user: &User) -> StoreResult<()>;
+    async fn user(&self, id: Id) -> StoreResult<Option<User>>;
+    /// Looks up by e-mail address, which callers pass already normalised.
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>>;
+
+    async fn save_refresh_token(&self, token: &RefreshToken) -> StoreResult<()>;
+    /// Removes and returns the token with this hash, atomically: of two concurrent
+    /// uses of one refresh token, only one gets it.
+    async fn take_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>>;
+
+    async fn create_room(&self, room: &Room) -> StoreResult<()>;
+    async fn room(&self, id: Id) -> StoreResult<Option<Room>>;
+    /// Public rooms and the rooms `user` belongs to, oldest first.
+    async fn rooms_visible_to(&self, user: Id, page: Page) -> StoreResult<RoomPage>;
+    /// Adds a member (no-op if present); `None` if the room does not exist.
+    async fn add_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>>;
+    /// Removes a member and any admin role; `None` if the room does not exist.
+    async fn remove_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>>;
+    /// Grants or revokes the admin role of a member; `None` if the room does not exist.
+    async fn set_admin(&self, room: Id, user: Id, admin: bool) -> StoreResult<Option<Room>>;
+    /// Deletes the room and its history; false if it did not exist.
+    async fn delete_room(&self, room: Id) -> StoreResult<bool>;
+    /// Returns the direct room with `candidate.direct_key`, inserting `candidate`
+    /// only if there is none, so concurrent calls for one pair agree on one room.
+    async fn direct_room(&self, candidate: &Room) -> StoreResult<Room>;
+
+    /// Stores a message unless one with the same `(room_id, seq)` exists.
+    async fn insert_message(&self, message: &Message) -> StoreResult<Inserted>;
+    async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage>;
+}

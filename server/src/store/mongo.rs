@@ -1,0 +1,533 @@
+//! The MongoDB store: durable state shared by every chat pod.
+//!
+//! Documents have their own types (`*Doc`) with BSON ids and dates, mapped to and
+//! from the domain model here and nowhere else. Uniqueness is enforced by
+//! indexes created at start-up, never by read-then-write in the application, so
+//! it holds across pods and concurrent requests.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mongodb::bson::{self, Document, doc, oid::ObjectId};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Cursor, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::{Inserted, Store, StoreError, StoreResult};
+use crate::model::{
+    HistoryPage, HistoryQuery, Id, Message, MessageKind, Page, ProfileUpdate, RefreshToken, Room,
+    RoomKind, RoomPage, Timestamp, User,
+};
+
+const DUPLICATE_KEY: i32 = 11000;
+const USERNAME_INDEX: &str = "username_unique";
+const EMAIL_INDEX: &str = "email_unique";
+
+#[derive(Clone, Debug)]
+pub struct MongoStore {
+    db: Database,
+}
+
+impl MongoStore {
+    /// Connects (lazily: the driver keeps a pool) and creates the indexes, which
+    /// needs the server, so a wrong URI or an unreachable server fails here.
+    pub async fn connect(uri: &str, db_name: &str) -> StoreResult<Self> {
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("invalid MongoDB URI: {}", e.kind)))?;
+        options.app_name.get_or_insert_with(|| "chat-server".to_owned());
+        // The driver's default of 30 s would hold every request that long while
+        // MongoDB is down; fail fast and let readiness and retries handle it.
+        options.server_selection_timeout.get_or_insert(Duration::from_secs(5));
+        options.connect_timeout.get_or_insert(Duration::from_secs(5));
+        let client = Client::with_options(options).map_err(map_error)?;
+        let store = Self { db: client.database(db_name) };
+        store.create_indexes().await?;
+        Ok(store)
+    }
+
+    async fn create_indexes(&self) -> StoreResult<()> {
+        let unique = |name: &str| IndexOptions::builder().unique(true).name(name.to_owned()).build();
+        self.users()
+            .create_indexes([
+                IndexModel::builder().keys(doc! {"username_key": 1}).options(unique(USERNAME_INDEX)).build(),
+                IndexModel::builder().keys(doc! {"email": 1}).options(unique(EMAIL_INDEX)).build(),
+            ])
+            .await
+            .map_err(map_error)?;
+        self.rooms()
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! {"direct_key": 1})
+                    .options(IndexOptions::builder().unique(true).sparse(true).name("direct_key_unique".to_owned()).build())
+                    .build(),
+                IndexModel::builder().keys(doc! {"members": 1}).build(),
+                IndexModel::builder().keys(doc! {"is_private": 1}).build(),
+            ])
+            .await
+            .map_err(map_error)?;
+        // One index serves both uniqueness of seq within a room and history reads,
+        // which filter on room_id and sort on seq.
+        self.messages()
+            .create_index(
+                IndexModel::builder().keys(doc! {"room_id": 1, "seq": 1}).options(unique("room_seq_unique")).build(),
+            )
+            .await
+            .map_err(map_error)?;
+        self.refresh_tokens()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"expires_at": 1})
+                    .options(IndexOptions::builder().expire_after(Duration::ZERO).name("expiry_ttl".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(map_error)?;
+        Ok(())
+    }
+
+    fn users(&self) -> Collection<UserDoc> {
+        self.db.collection("users")
+    }
+
+    fn rooms(&self) -> Collection<RoomDoc> {
+        self.db.collection("rooms")
+    }
+
+    fn messages(&self) -> Collection<MessageDoc> {
+        self.db.collection("messages")
+    }
+
+    fn refresh_tokens(&self) -> Collection<RefreshTokenDoc> {
+        self.db.collection("refresh_tokens")
+    }
+
+    async fn update_room(&self, room: Id, update: Document) -> StoreResult<Option<Room>> {
+        let doc = self
+            .rooms()
+            .find_one_and_update(doc! {"_id": room.object_id()}, update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(map_error)?;
+        doc.map(Room::try_from).transpose()
+    }
+}
+
+/// Connection trouble means "try later" (503); anything else is our bug or data (500).
+fn map_error(error: mongodb::error::Error) -> StoreError {
+    match *error.kind {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Authentication { .. } => StoreError::Unavailable(format!("MongoDB: {}", error.kind)),
+        _ => StoreError::Internal(format!("MongoDB: {}", error.kind)),
+    }
+}
+
+/// The name of the unique index a write violated, if that is why it failed.
+fn duplicate_key(error: &mongodb::error::Error) -> Option<String> {
+    let message = match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == DUPLICATE_KEY => &e.message,
+        ErrorKind::Command(e) if e.code == DUPLICATE_KEY => &e.message,
+        _ => return None,
+    };
+    Some(message.clone())
+}
+
+fn to_bson_date(ts: Timestamp) -> bson::DateTime {
+    let millis = ts.unix_timestamp_nanos() / 1_000_000;
+    bson::DateTime::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+/// BSON dates are milliseconds since the epoch, which every date we write fits.
+fn from_bson_date(date: bson::DateTime) -> Timestamp {
+    let nanos = i128::from(date.timestamp_millis()) * 1_000_000;
+    Timestamp::from_unix_timestamp_nanos(nanos).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn seq_to_i64(seq: u64) -> StoreResult<i64> {
+    i64::try_from(seq).map_err(|_| StoreError::Internal(format!("seq {seq} out of range")))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("MongoDB: unexpected {what} in stored document"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UserDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    username: String,
+    username_key: String,
+    email: String,
+    password_hash: String,
+    display_name: Option<String>,
+    avatar_url: Option<String>,
+    created_at: bson::DateTime,
+}
+
+impl From<&User> for UserDoc {
+    fn from(user: &User) -> Self {
+        Self {
+            id: user.id.object_id(),
+            username: user.username.clone(),
+            username_key: User::username_key(&user.username),
+            email: user.email.clone(),
+            password_hash: user.password_hash.clone(),
+            display_name: user.display_name.clone(),
+            avatar_url: user.avatar_url.clone(),
+            created_at: to_bson_date(user.created_at),
+        }
+    }
+}
+
+impl From<UserDoc> for User {
+    fn from(doc: UserDoc) -> Self {
+        Self {
+            id: doc.id.into(),
+            username: doc.username,
+            email: doc.email,
+            password_hash: doc.password_hash,
+            display_name: doc.display_name,
+            avatar_url: doc.avatar_url,
+            created_at: from_bson_date(doc.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RoomDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    name: String,
+    description: String,
+    is_private: bool,
+    kind: String,
+    creator_id: ObjectId,
+    members: Vec<ObjectId>,
+    admins: Vec<ObjectId>,
+    /// Absent (not null) on group rooms, so the sparse unique index ignores them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    direct_key: Option<String>,
+    created_at: bson::DateTime,
+}
+
+impl From<&Room> for RoomDoc {
+    fn from(room: &Room) -> Self {
+        Self {
+            id: room.id.object_id(),
+            name: room.name.clone(),
+            description: room.description.clone(),
+            is_private: room.is_private,
+            kind: match room.kind {
+                RoomKind::Group => "group",
+                RoomKind::Direct => "direct",
+            }
+            .to_owned(),
+            creator_id: room.creator_id.object_id(),
+            members: room.members.iter().map(Id::object_id).collect(),
+            admins: room.admins.iter().map(Id::object_id).collect(),
+            direct_key: room.direct_key.clone(),
+            created_at: to_bson_date(room.created_at),
+        }
+    }
+}
+
+impl TryFrom<RoomDoc> for Room {
+    type Error = StoreError;
+
+    fn try_from(doc: RoomDoc) -> StoreResult<Self> {
+        Ok(Self {
+            id: doc.id.into(),
+            name: doc.name,
+            description: doc.description,
+            is_private: doc.is_private,
+            kind: match doc.kind.as_str() {
+                "group" => RoomKind::Group,
+                "direct" => RoomKind::Direct,
+                _ => return Err(corrupt("room kind")),
+            },
+            creator_id: doc.creator_id.into(),
+            members: doc.members.into_iter().map(Id::from).collect(),
+            admins: doc.admins.into_iter().map(Id::from).collect(),
+            direct_key: doc.direct_key,
+            created_at: from_bson_date(doc.created_at),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MessageDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    room_id: ObjectId,
+    seq: i64,
+    #[serde(rename = "type")]
+    kind: String,
+    user_id: ObjectId,
+    username: String,
+    content: String,
+    created_at: bson::DateTime,
+}
+
+impl TryFrom<&Message> for MessageDoc {
+    type Error = StoreError;
+
+    fn try_from(message: &Message) -> StoreResult<Self> {
+        Ok(Self {
+            id: message.id.object_id(),
+            room_id: message.room_id.object_id(),
+            seq: seq_to_i64(message.seq)?,
+            kind: match message.kind {
+                MessageKind::Text => "text",
+                MessageKind::System => "system",
+            }
+            .to_owned(),
+            user_id: message.user_id.object_id(),
+            username: message.username.clone(),
+            content: message.content.clone(),
+            created_at: to_bson_date(message.timestamp),
+        })
+    }
+}
+
+impl TryFrom<MessageDoc> for Message {
+    type Error = StoreError;
+
+    fn try_from(doc: MessageDoc) -> StoreResult<Self> {
+        Ok(Self {
+            kind: match doc.kind.as_str() {
+                "text" => MessageKind::Text,
+                "system" => MessageKind::System,
+                _ => return Err(corrupt("message type")),
+            },
+            id: doc.id.into(),
+            room_id: doc.room_id.into(),
+            user_id: doc.user_id.into(),
+            username: doc.username,
+            content: doc.content,
+            timestamp: from_bson_date(doc.created_at),
+            seq: u64::try_from(doc.seq).map_err(|_| corrupt("seq"))?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RefreshTokenDoc {
+    /// The token's SHA-256 in hex.
+    #[serde(rename = "_id")]
+    hash: String,
+    user_id: ObjectId,
+    expires_at: bson::DateTime,
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    fn name(&self) -> &'static str {
+        "mongodb"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.db.run_command(doc! {"ping": 1}).await.map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User) -> StoreResult<()> {
+        match self.users().insert_one(UserDoc::from(user)).await {
+            Ok(_) => Ok(()),
+            Err(e) => match duplicate_key(&e) {
+                Some(message) if message.contains(EMAIL_INDEX) => Err(StoreError::Conflict("email")),
+                Some(_) => Err(StoreError::Conflict("username")),
+                None => Err(map_error(e)),
+            },
+        }
+    }
+
+    async fn user(&self, id: Id) -> StoreResult<Option<User>> {
+        let doc = self.users().find_one(doc! {"_id": id.object_id()}).await.map_err(map_error)?;
+        Ok(doc.map(User::from))
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let doc = self.users().find_one(doc! {"email": email}).await.map_err(map_error)?;
+        Ok(doc.map(User::from))
+    }
+
+    async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>> {
+        let mut set = Document::new();
+        let mut unset = Document::new();
+        for (field, value) in [("display_name", &update.display_name), ("avatar_url", &update.avatar_url)] {
+            match value {
+                Some(Some(value)) => {
+                    set.insert(field, value.as_str());
+                }
+                Some(None) => {
+                    unset.insert(field, "");
+                }
+                None => {}
+            }
+        }
+        let mut change = Document::new();
+        if !set.is_empty() {
+            change.insert("$set", set);
+        }
+        if !unset.is_empty() {
+            change.insert("$unset", unset);
+        }
+        if change.is_empty() {
+            return self.user(id).await;
+        }
+        let doc = self
+            .users()
+            .find_one_and_update(doc! {"_id": id.object_id()}, change)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(map_error)?;
+        Ok(doc.map(User::from))
+    }
+
+    async fn save_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+        let doc = RefreshTokenDoc {
+            hash: token.hash.clone(),
+            user_id: token.user_id.object_id(),
+            expires_at: to_bson_date(token.expires_at),
+        };
+        self.refresh_tokens().insert_one(doc).await.map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn take_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>> {
+        let doc = self.refresh_tokens().find_one_and_delete(doc! {"_id": hash}).await.map_err(map_error)?;
+        Ok(doc.map(|doc| RefreshToken {
+            hash: doc.hash,
+            user_id: doc.user_id.into(),
+            expires_at: from_bson_date(doc.expires_at),
+        }))
+    }
+
+    async fn create_room(&self, room: &Room) -> StoreResult<()> {
+        self.rooms().insert_one(RoomDoc::from(room)).await.map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn room(&self, id: Id) -> StoreResult<Option<Room>> {
+        let doc = self.rooms().find_one(doc! {"_id": id.object_id()}).await.map_err(map_error)?;
+        doc.map(Room::try_from).transpose()
+    }
+
+    async fn rooms_visible_to(&self, user: Id, page: Page) -> StoreResult<RoomPage> {
+        let filter = doc! {"$or": [{"is_private": false}, {"members": user.object_id()}]};
+        let total = self.rooms().count_documents(filter.clone()).await.map_err(map_error)?;
+        let cursor = self
+            .rooms()
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .skip(page.offset)
+            .limit(i64::try_from(page.limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(map_error)?;
+        let rooms = collect(cursor).await.map_err(map_error)?.into_iter().map(Room::try_from).collect::<StoreResult<_>>()?;
+        Ok(RoomPage { rooms, total })
+    }
+
+    async fn add_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>> {
+        self.update_room(room, doc! {"$addToSet": {"members": user.object_id()}}).await
+    }
+
+    async fn remove_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>> {
+        self.update_room(room, doc! {"$pull": {"members": user.object_id(), "admins": user.object_id()}}).await
+    }
+
+    async fn set_admin(&self, room: Id, user: Id, admin: bool) -> StoreResult<Option<Room>> {
+        let update = if admin {
+            doc! {"$addToSet": {"admins": user.object_id()}}
+        } else {
+            doc! {"$pull": {"admins": user.object_id()}}
+        };
+        self.update_room(room, update).await
+    }
+
+    async fn delete_room(&self, room: Id) -> StoreResult<bool> {
+        let deleted = self.rooms().delete_one(doc! {"_id": room.object_id()}).await.map_err(map_error)?;
+        // The room goes first: should the history delete fail, what remains is
+        // unreachable rather than a room without its history.
+        self.messages().delete_many(doc! {"room_id": room.object_id()}).await.map_err(map_error)?;
+        Ok(deleted.deleted_count > 0)
+    }
+
+    async fn direct_room(&self, candidate: &Room) -> StoreResult<Room> {
+        let key = candidate
+            .direct_key
+            .as_deref()
+            .ok_or_else(|| StoreError::Internal("direct room without a direct key".into()))?;
+        if let Some(existing) = self.rooms().find_one(doc! {"direct_key": key}).await.map_err(map_error)? {
+            return Room::try_from(existing);
+        }
+        match self.rooms().insert_one(RoomDoc::from(candidate)).await {
+            Ok(_) => Ok(candidate.clone()),
+            // Another request created it between our read and our insert.
+            Err(e) if duplicate_key(&e).is_some() => self
+                .rooms()
+                .find_one(doc! {"direct_key": key})
+                .await
+                .map_err(map_error)?
+                .map(Room::try_from)
+                .transpose()?
+                .ok_or_else(|| StoreError::Internal("direct room vanished after a duplicate insert".into())),
+            Err(e) => Err(map_error(e)),
+        }
+    }
+
+    async fn insert_message(&self, message: &Message) -> StoreResult<Inserted> {
+        match self.messages().insert_one(MessageDoc::try_from(message)?).await {
+            Ok(_) => Ok(Inserted::New),
+            Err(e) if duplicate_key(&e).is_some() => {
+                let filter = doc! {"room_id": message.room_id.object_id(), "seq": seq_to_i64(message.seq)?};
+                let existing = self
+                    .messages()
+                    .find_one(filter)
+                    .await
+                    .map_err(map_error)?
+                    .ok_or_else(|| StoreError::Internal("duplicate message not found".into()))?;
+                Ok(Inserted::Existing(Box::new(Message::try_from(existing)?)))
+            }
+            Err(e) => Err(map_error(e)),
+        }
+    }
+
+    async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage> {
+        let room_id = room.object_id();
+        let total = self.messages().count_documents(doc! {"room_id": room_id}).await.map_err(map_error)?;
+        let (filter, skip, limit) = match query {
+            HistoryQuery::Latest { offset, limit } => (doc! {"room_id": room_id}, offset, limit),
+            HistoryQuery::BeforeSeq { seq, limit } => {
+                (doc! {"room_id": room_id, "seq": {"$lt": seq_to_i64(seq)?}}, 0, limit)
+            }
+        };
+        let cursor = self
+            .messages()
+            .find(filter)
+            .sort(doc! {"seq": -1})
+            .skip(skip)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(map_error)?;
+        let mut messages =
+            collect(cursor).await.map_err(map_error)?.into_iter().map(Message::try_from).collect::<StoreResult<Vec<_>>>()?;
+        messages.reverse();
+        Ok(HistoryPage { messages, total })
+    }
+}
+
+/// Reads a cursor to the end; pages are bounded by the caller's limit.
+async fn collect<T: serde::de::DeserializeOwned + Send + Sync>(
+    mut cursor: Cursor<T>,
+) -> mongodb::error::Result<Vec<T>> {
+    let mut items = Vec::new();
+    while cursor.advance().await? {
+        items.push(cursor.deserialize_current()?);
+    }
+    Ok(items)
+}

@@ -1,0 +1,139 @@
+//! The rules for user input, as pure functions returning the cleaned value or
+//! an [`ApiError`] naming the field. Handlers call these before any I/O.
+
+use crate::http::error::ApiError;
+
+pub const PASSWORD_MIN_CHARS: usize = 8;
+/// argon2 accepts any length, but hashing megabytes on request is a DoS lever.
+pub const PASSWORD_MAX_BYTES: usize = 1024;
+
+pub fn username(raw: &str) -> Result<String, ApiError> {
+    let ok = (3..=32).contains(&raw.len())
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return Err(ApiError::validation(
+            "username",
+            "username must be 3 to 32 characters of letters, digits, _ . or -",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A practical check, not RFC 5322: one `@`, a non-empty local part, a dotted
+/// domain, no spaces or control characters. Returned trimmed and lower-cased,
+/// the form stored and looked up, so `Alice@Example.com` is one account.
+pub fn email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.len() <= 64
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        return Err(ApiError::validation("email", "email must be a valid address like name@example.com"));
+    }
+    Ok(email)
+}
+
+pub fn password(raw: &str) -> Result<(), ApiError> {
+    if raw.chars().count() < PASSWORD_MIN_CHARS {
+        return Err(ApiError::validation("password", format!("password must be at least {PASSWORD_MIN_CHARS} characters")));
+    }
+    if raw.len() > PASSWORD_MAX_BYTES {
+        return Err(ApiError::validation("password", format!("password must be at most {PASSWORD_MAX_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// Trimmed single-line text of `min..=max` characters, without control characters.
+pub fn text(field: &'static str, raw: &str, min: usize, max: usize) -> Result<String, ApiError> {
+    let value = raw.trim();
+    let chars = value.chars().count();
+    if chars < min || chars > max {
+        let message = if min == 0 {
+            format!("{field} must be at most {max} characters")
+        } else {
+            format!("{field} must be {min} to {max} characters")
+        };
+        return Err(ApiError::validation(field, message));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::validation(field, format!("{field} must not contain control characters")));
+    }
+    Ok(value.to_owned())
+}
+
+/// An absolute http(s) URL of at most 2048 bytes; anything else (javascript:,
+/// data:, relative paths) could run or leak in a client that renders it.
+pub fn avatar_url(raw: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::validation("avatar_url", "avatar_url must be an http or https URL");
+    let value = raw.trim();
+    if value.len() > 2048 {
+        return Err(invalid());
+    }
+    let url = url::Url::parse(value).map_err(|_| invalid())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid());
+    }
+    Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+        let error = result.unwrap_err();
+        assert_eq!(error.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        format!("{error:?}")
+    }
+
+    #[test]
+    fn usernames() {
+        for good in ["bob", "alice_1", "a.b-c", &"x".repeat(32)] {
+            assert_eq!(username(good).unwrap(), good);
+        }
+        for bad in ["", "ab", &"x".repeat(33), "has space", "émile", "a/b", "{\"$gt\":\"\"}", "a\0b"] {
+            assert!(field(username(bad)).contains("username"), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(email("  Alice@Example.COM ").unwrap(), "alice@example.com");
+        for bad in ["", "alice", "@example.com", "alice@", "alice@example", "a@b@c.com", "a b@c.com", "a@.com", "a@c..com"] {
+            assert!(field(email(bad)).contains("email"), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn passwords() {
+        assert!(password("12345678").is_ok());
+        assert!(password("pässwörd").is_ok(), "counted in characters, not bytes");
+        assert!(field(password("1234567")).contains("password"));
+        assert!(field(password(&"x".repeat(PASSWORD_MAX_BYTES + 1))).contains("password"));
+    }
+
+    #[test]
+    fn text_fields_are_trimmed_and_bounded() {
+        assert_eq!(text("name", "  General  ", 1, 10).unwrap(), "General");
+        assert!(field(text("name", "   ", 1, 10)).contains("name"));
+        assert!(field(text("name", "eleven chars", 1, 10)).contains("name"));
+        assert!(field(text("name", "bell\u{7}", 1, 10)).contains("control"));
+        assert_eq!(text("description", "", 0, 10).unwrap(), "");
+    }
+
+    #[test]
+    fn avatar_urls_must_be_http() {
+        assert_eq!(avatar_url("https://cdn.example.com/a.png").unwrap(), "https://cdn.example.com/a.png");
+        for bad in ["javascript:alert(1)", "data:image/png;base64,AAAA", "/relative.png", "ftp://x/y", "not a url"] {
+            assert!(field(avatar_url(bad)).contains("avatar_url"), "{bad:?} accepted");
+        }
+    }
+}

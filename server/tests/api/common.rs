@@ -1,0 +1,308 @@
+//! The harness: a real chat-server on a free port, over real HTTP, on the
+//! embedded store or on MongoDB.
+//!
+//! MongoDB is SecantusDB (MongoDB wire protocol, started here from the project's
+//! .venv, one per test binary, each test in its own database) or, when
+//! CHAT_TEST_MONGODB_URI is set, that server instead.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use chat_server::config::Config;
+use chat_server::server;
+use chat_server::state::AppState;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Mongo,
+}
+
+/// Runs one async test body against both stores, as two tests.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::common::Backend::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mongodb() {
+                super::$name($crate::common::Backend::Mongo).await
+            }
+        }
+    )*};
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A child process that is killed when this handle drops.
+pub struct Process {
+    child: Child,
+    pub port: u16,
+}
+
+impl Process {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A SecantusDB server for `storage` (":memory:" or a directory).
+///
+/// It is started under a shell that waits on its stdin, a pipe from this test
+/// process: when the test process exits, however it exits, the pipe closes and
+/// the shell stops the server. A static handle is never dropped, so this is
+/// what keeps a shared server from outliving its tests.
+pub fn start_secantus(storage: &str) -> Process {
+    let python = std::env::var("CHAT_TEST_SECANTUS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/test.sh, which installs SecantusDB into .venv",
+        python.display()
+    );
+    let port = free_port();
+    let script = r#""$0" -m secantus --port "$1" --storage-path "$2" --log-level WARNING >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid; wait $pid"#;
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(&python)
+        .arg(port.to_string())
+        .arg(storage)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start SecantusDB");
+    let process = Process { child, port };
+    assert!(wait_for_port(port, Duration::from_secs(30)), "SecantusDB did not listen on {port}");
+    process
+}
+
+/// The MongoDB URI for this test binary: CHAT_TEST_MONGODB_URI or a shared SecantusDB.
+pub fn mongodb_uri() -> String {
+    static SHARED: OnceLock<(String, Process)> = OnceLock::new();
+    if let Ok(uri) = std::env::var("CHAT_TEST_MONGODB_URI") {
+        return uri;
+    }
+    SHARED
+        .get_or_init(|| {
+            let process = start_secantus(":memory:");
+            (format!("mongodb://127.0.0.1:{}/?directConnection=true", process.port), process)
+        })
+        .0
+        .clone()
+}
+
+/// A `redis-server` on a free port, with nothing kept on disk.
+pub fn start_redis() -> Process {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (installed by scripts/test.sh)");
+    let process = Process { child, port };
+    assert!(wait_for_port(port, Duration::from_secs(10)), "redis-server did not listen on {port}");
+    process
+}
+
+pub fn unique_db_name() -> String {
+    format!("chat_test_{}", chat_server::model::Id::new())
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Environment for a server on `backend`: a fresh data directory or database.
+pub fn env_for(backend: Backend) -> (HashMap<&'static str, String>, tempfile::TempDir) {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mut env = HashMap::from([
+        ("CHAT_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("CHAT_DATA_DIR", temp.path().display().to_string()),
+        ("CHAT_SHUTDOWN_GRACE_SECS", "2".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ]);
+    if backend == Backend::Mongo {
+        env.insert("CHAT_MONGODB_URI", mongodb_uri());
+        env.insert("CHAT_MONGODB_DB", unique_db_name());
+        env.insert("CHAT_JWT_SECRET", JWT_SECRET.to_owned());
+    }
+    (env, temp)
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        let (env, temp) = env_for(backend);
+        Self::start_with_env(env, Some(temp)).await
+    }
+
+    pub async fn start_with_env(env: HashMap<&'static str, String>, temp: Option<tempfile::TempDir>) -> Self {
+        let config = Config::from_lookup(|name| env.get(name).cloned()).expect("valid test config");
+        let state = server::build_state(&config).await.expect("server state");
+        let listener = server::bind(config.listen_addr).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            listener,
+            state.clone(),
+            &config.cors_origins.clone(),
+            async move {
+                let _ = stop.await;
+            },
+            config.shutdown_grace,
+        ));
+        Self {
+            base: format!("http://{addr}"),
+            state,
+            client: reqwest::Client::new(),
+            data_dir: config.data_dir.clone(),
+            shutdown: Some(shutdown),
+            task: Some(task),
+            _temp: temp,
+        }
+    }
+
+    /// Stops the server as SIGTERM would and waits for it, keeping the data
+    /// directory so a new server can reopen it.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.shutdown_and_wait().await;
+        self._temp.take()
+    }
+
+    async fn shutdown_and_wait(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request and returns the status and the JSON body (Null if none).
+    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("response body");
+        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Registers `name` (`name@example.com`, password `password-<name>`) and signs in.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let (status, body) = self
+            .post(
+                "/api/auth/register",
+                None,
+                json!({"username": name, "email": format!("{name}@example.com"), "password": format!("password-{name}")}),
+            )
+            .await;
+        assert_eq!(status, 201, "register {name}: {body}");
+        let (status, session) = self
+            .post(
+                "/api/auth/login",
+                None,
+                json!({"email": format!("{name}@example.com"), "password": format!("password-{name}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "login {name}: {session}");
+        TestUser {
+            id: session["user"]["id"].as_str().expect("user id").to_owned(),
+            token: session["token"].as_str().expect("token").to_owned(),
+            refresh_token: session["refresh_token"].as_str().expect("refresh token").to_owned(),
+        }
+    }
+
+    /// Creates a room owned by `owner` and returns its id.
+    pub async fn room(&self, owner: &TestUser, name: &str, private: bool) -> String {
+        let (status, room) = self.post("/api/rooms", Some(&owner.token), json!({"name": name, "is_private": private})).await;
+        assert_eq!(status, 201, "create room: {room}");
+        room["id"].as_str().expect("room id").to_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+/// The JSON error code of a response body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+/// Reads stderr lines of a child until one contains `needle` (for start-up checks).
+pub fn read_until(reader: impl std::io::Read, needle: &str) -> Option<String> {
+    BufReader::new(reader).lines().map_while(Result::ok).find(|line| line.contains(needle))
+}
