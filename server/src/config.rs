@@ -67,7 +67,10 @@ pub struct ConfigError {
 }
 
 fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { var, reason: reason.into() }
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
 }
 
 /// HMAC keys shorter than the hash output weaken HS256 (RFC 7518 §3.2).
@@ -92,32 +95,52 @@ impl Config {
     }
 
     /// Builds the configuration from `lookup(name)`; empty values count as unset.
-    pub fn from_lookup(lookup: impl FnMut(&'static str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(
+        lookup: impl FnMut(&'static str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut lookup = lookup;
-        let mut get = move |name: &'static str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let mut get = move |name: &'static str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
 
         let listen_addr = match get("CHAT_LISTEN_ADDR") {
-            Some(v) => v
-                .parse()
-                .map_err(|_| invalid("CHAT_LISTEN_ADDR", format!("{v:?} is not an address like 0.0.0.0:8080")))?,
+            Some(v) => v.parse().map_err(|_| {
+                invalid(
+                    "CHAT_LISTEN_ADDR",
+                    format!("{v:?} is not an address like 0.0.0.0:8080"),
+                )
+            })?,
             None => SocketAddr::from(([0, 0, 0, 0], 8080)),
         };
 
         let mongodb_uri = get("CHAT_MONGODB_URI").map(Secret::new);
-        if let Some(uri) = &mongodb_uri {
-            if !(uri.expose().starts_with("mongodb://") || uri.expose().starts_with("mongodb+srv://")) {
-                return Err(invalid("CHAT_MONGODB_URI", "must start with mongodb:// or mongodb+srv://"));
-            }
+        let is_mongodb_uri = |uri: &Secret| {
+            uri.expose().starts_with("mongodb://") || uri.expose().starts_with("mongodb+srv://")
+        };
+        if mongodb_uri.as_ref().is_some_and(|uri| !is_mongodb_uri(uri)) {
+            return Err(invalid(
+                "CHAT_MONGODB_URI",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
         }
         let mongodb_db = get("CHAT_MONGODB_DB").unwrap_or_else(|| "chat".into());
         if mongodb_db.len() > 63 || mongodb_db.contains(['/', '\\', '.', ' ', '"', '$']) {
-            return Err(invalid("CHAT_MONGODB_DB", "must be a MongoDB database name (no / \\ . space \" $, at most 63 bytes)"));
+            return Err(invalid(
+                "CHAT_MONGODB_DB",
+                "must be a MongoDB database name (no / \\ . space \" $, at most 63 bytes)",
+            ));
         }
 
         let redis_url = get("CHAT_REDIS_URL").map(Secret::new);
         if let Some(url) = &redis_url {
-            redis::Client::open(url.expose())
-                .map_err(|e| invalid("CHAT_REDIS_URL", format!("not a Redis URL ({})", e.category())))?;
+            redis::Client::open(url.expose()).map_err(|e| {
+                invalid(
+                    "CHAT_REDIS_URL",
+                    format!("not a Redis URL ({})", e.category()),
+                )
+            })?;
         }
 
         let data_dir = PathBuf::from(get("CHAT_DATA_DIR").unwrap_or_else(|| "./data".into()));
@@ -125,7 +148,10 @@ impl Config {
         let jwt_secret = get("CHAT_JWT_SECRET").map(Secret::new);
         match &jwt_secret {
             Some(secret) if secret.expose().len() < MIN_JWT_SECRET_LEN => {
-                return Err(invalid("CHAT_JWT_SECRET", format!("must be at least {MIN_JWT_SECRET_LEN} bytes")));
+                return Err(invalid(
+                    "CHAT_JWT_SECRET",
+                    format!("must be at least {MIN_JWT_SECRET_LEN} bytes"),
+                ));
             }
             None if mongodb_uri.is_some() => {
                 return Err(invalid(
@@ -136,18 +162,36 @@ impl Config {
             _ => {}
         }
 
-        let jwt_ttl = Duration::from_secs(parse_number(&mut get, "CHAT_JWT_TTL_SECS", 900, 30..=86_400)?);
+        let jwt_ttl = Duration::from_secs(parse_number(
+            &mut get,
+            "CHAT_JWT_TTL_SECS",
+            900,
+            30..=86_400,
+        )?);
 
         let cors_origins = match get("CHAT_CORS_ORIGINS") {
-            Some(list) => list.split(',').map(str::trim).filter(|o| !o.is_empty()).map(parse_origin).collect::<Result<_, _>>()?,
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(parse_origin)
+                .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
 
-        let rate_limit_per_sec = parse_number(&mut get, "CHAT_RATE_LIMIT_PER_SEC", 10, 1..=100_000)?;
+        let rate_limit_per_sec =
+            parse_number(&mut get, "CHAT_RATE_LIMIT_PER_SEC", 10, 1..=100_000)?;
         let rate_limit_burst = parse_number(&mut get, "CHAT_RATE_LIMIT_BURST", 20, 1..=100_000)?;
-        let shutdown_grace = Duration::from_secs(parse_number(&mut get, "CHAT_SHUTDOWN_GRACE_SECS", 25, 0..=3_600)?);
+        let shutdown_grace = Duration::from_secs(parse_number(
+            &mut get,
+            "CHAT_SHUTDOWN_GRACE_SECS",
+            25,
+            0..=3_600,
+        )?);
 
-        let pod_name = get("CHAT_POD_NAME").or_else(hostname).unwrap_or_else(|| "chat-server".into());
+        let pod_name = get("CHAT_POD_NAME")
+            .or_else(hostname)
+            .unwrap_or_else(|| "chat-server".into());
         let web_dir = PathBuf::from(get("CHAT_WEB_DIR").unwrap_or_else(|| "web/dist".into()));
 
         let log_filter = get("RUST_LOG").unwrap_or_else(|| "info".into());
@@ -156,7 +200,12 @@ impl Config {
         let log_format = match get("CHAT_LOG_FORMAT").as_deref() {
             None | Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
-            Some(other) => return Err(invalid("CHAT_LOG_FORMAT", format!("{other:?} is not json or pretty"))),
+            Some(other) => {
+                return Err(invalid(
+                    "CHAT_LOG_FORMAT",
+                    format!("{other:?} is not json or pretty"),
+                ));
+            }
         };
 
         Ok(Self {
@@ -185,10 +234,17 @@ fn parse_number(
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<u64, ConfigError> {
-    let Some(raw) = get(var) else { return Ok(default) };
-    let value: u64 = raw.parse().map_err(|_| invalid(var, format!("{raw:?} is not a whole number")))?;
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
+    let value: u64 = raw
+        .parse()
+        .map_err(|_| invalid(var, format!("{raw:?} is not a whole number")))?;
     if !range.contains(&value) {
-        return Err(invalid(var, format!("{value} is outside {}..={}", range.start(), range.end())));
+        return Err(invalid(
+            var,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ));
     }
     Ok(value)
 }
@@ -198,9 +254,17 @@ fn parse_number(
 fn parse_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
     const VAR: &str = "CHAT_CORS_ORIGINS";
     if origin == "*" {
-        return Err(invalid(VAR, "a wildcard is not allowed; list the exact origins"));
+        return Err(invalid(
+            VAR,
+            "a wildcard is not allowed; list the exact origins",
+        ));
     }
-    let url = url::Url::parse(origin).map_err(|_| invalid(VAR, format!("{origin:?} is not an origin like https://chat.example.com")))?;
+    let url = url::Url::parse(origin).map_err(|_| {
+        invalid(
+            VAR,
+            format!("{origin:?} is not an origin like https://chat.example.com"),
+        )
+    })?;
     let is_bare_origin = matches!(url.scheme(), "http" | "https")
         && url.host_str().is_some()
         && url.path() == "/"
@@ -208,9 +272,15 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
         && url.query().is_none()
         && url.username().is_empty();
     if !is_bare_origin {
-        return Err(invalid(VAR, format!("{origin:?} is not an origin like https://chat.example.com (no path or trailing slash)")));
+        return Err(invalid(
+            VAR,
+            format!(
+                "{origin:?} is not an origin like https://chat.example.com (no path or trailing slash)"
+            ),
+        ));
     }
-    HeaderValue::from_str(origin).map_err(|_| invalid(VAR, format!("{origin:?} is not a valid header value")))
+    HeaderValue::from_str(origin)
+        .map_err(|_| invalid(VAR, format!("{origin:?} is not a valid header value")))
 }
 
 fn hostname() -> Option<String> {
@@ -235,11 +305,18 @@ mod tests {
     fn defaults_run_embedded_on_port_8080() {
         let config = config(&[]).unwrap();
         assert_eq!(config.listen_addr, "0.0.0.0:8080".parse().unwrap());
-        assert!(config.mongodb_uri.is_none() && config.redis_url.is_none() && config.jwt_secret.is_none());
+        assert!(
+            config.mongodb_uri.is_none()
+                && config.redis_url.is_none()
+                && config.jwt_secret.is_none()
+        );
         assert_eq!(config.mongodb_db, "chat");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.jwt_ttl, Duration::from_secs(900));
-        assert_eq!((config.rate_limit_per_sec, config.rate_limit_burst), (10, 20));
+        assert_eq!(
+            (config.rate_limit_per_sec, config.rate_limit_burst),
+            (10, 20)
+        );
         assert_eq!(config.shutdown_grace, Duration::from_secs(25));
         assert_eq!(config.web_dir, PathBuf::from("web/dist"));
         assert_eq!(config.log_format, LogFormat::Json);
@@ -252,7 +329,13 @@ mod tests {
         assert_eq!(err.var, "CHAT_JWT_SECRET");
         assert!(err.to_string().starts_with("CHAT_JWT_SECRET: "));
         let secret = "x".repeat(32);
-        assert!(config(&[("CHAT_MONGODB_URI", "mongodb://db:27017"), ("CHAT_JWT_SECRET", &secret)]).is_ok());
+        assert!(
+            config(&[
+                ("CHAT_MONGODB_URI", "mongodb://db:27017"),
+                ("CHAT_JWT_SECRET", &secret)
+            ])
+            .is_ok()
+        );
     }
 
     #[test]
@@ -266,7 +349,10 @@ mod tests {
             ("CHAT_JWT_TTL_SECS", "ten"),
             ("CHAT_JWT_TTL_SECS", "0"),
             ("CHAT_CORS_ORIGINS", "*"),
-            ("CHAT_CORS_ORIGINS", "https://ok.example, https://bad.example/path"),
+            (
+                "CHAT_CORS_ORIGINS",
+                "https://ok.example, https://bad.example/path",
+            ),
             ("CHAT_RATE_LIMIT_PER_SEC", "-1"),
             ("CHAT_RATE_LIMIT_BURST", "0"),
             ("CHAT_SHUTDOWN_GRACE_SECS", "1.5"),
@@ -274,15 +360,23 @@ mod tests {
             ("CHAT_LOG_FORMAT", "xml"),
         ];
         for (var, value) in cases {
-            let err = config(&[(var, value)]).expect_err(&format!("{var}={value} should be refused"));
+            let err =
+                config(&[(var, value)]).expect_err(&format!("{var}={value} should be refused"));
             assert_eq!(&err.var, var, "{var}={value} blamed {}", err.var);
         }
     }
 
     #[test]
     fn cors_origins_are_exact() {
-        let config = config(&[("CHAT_CORS_ORIGINS", "https://chat.example.com, http://localhost:5173")]).unwrap();
-        assert_eq!(config.cors_origins, vec!["https://chat.example.com", "http://localhost:5173"]);
+        let config = config(&[(
+            "CHAT_CORS_ORIGINS",
+            "https://chat.example.com, http://localhost:5173",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.cors_origins,
+            vec!["https://chat.example.com", "http://localhost:5173"]
+        );
     }
 
     #[test]
@@ -295,6 +389,9 @@ mod tests {
         ])
         .unwrap();
         let debug = format!("{config:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains(&secret) && !debug.contains(":pw@"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains(&secret) && !debug.contains(":pw@"),
+            "{debug}"
+        );
     }
 }

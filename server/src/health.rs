@@ -39,7 +39,11 @@ pub struct Check {
 
 impl Health {
     pub fn new(store: Arc<dyn Store>, redis: Option<redis::Client>) -> Self {
-        Self { store, redis, draining: AtomicBool::new(false) }
+        Self {
+            store,
+            redis,
+            draining: AtomicBool::new(false),
+        }
     }
 
     /// From now on readiness fails, so load balancers stop sending new work.
@@ -59,7 +63,11 @@ impl Health {
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some("timed out".to_owned()),
             };
-            Check { name: self.store.name(), ok: error.is_none(), error }
+            Check {
+                name: self.store.name(),
+                ok: error.is_none(),
+                error,
+            }
         };
         let redis = async {
             let client = self.redis.as_ref()?;
@@ -69,12 +77,20 @@ impl Health {
                 Ok(Err(e)) => Some(format!("redis: {}", e.category())),
                 Err(_) => Some("redis: timed out".to_owned()),
             };
-            Some(Check { name: "redis", ok: error.is_none(), error })
+            Some(Check {
+                name: "redis",
+                ok: error.is_none(),
+                error,
+            })
         };
         let (store, redis) = tokio::join!(store, redis);
         let checks: Vec<Check> = std::iter::once(store).chain(redis).collect();
         let draining = self.is_draining();
-        Readiness { ready: !draining && checks.iter().all(|c| c.ok), draining, checks }
+        Readiness {
+            ready: !draining && checks.iter().all(|c| c.ok),
+            draining,
+            checks,
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use chat_server::config::Config;
-use chat_server::{server, telemetry};
+use chat_server::{http, server, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -36,7 +36,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "chat-server listening"
     );
-    server::serve(listener, state, &config.cors_origins, shutdown_signal(), config.shutdown_grace).await?;
+    let app = http::router(state.clone(), &config.cors_origins);
+    server::serve(
+        listener,
+        app,
+        state.health.clone(),
+        shutdown_signal(),
+        config.shutdown_grace,
+    )
+    .await?;
     tracing::info!("chat-server stopped");
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::state::AppState;
 
@@ -20,19 +22,34 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("chat_http_requests_total", "HTTP requests by route template, method and status"),
+            Opts::new(
+                "chat_http_requests_total",
+                "HTTP requests by route template, method and status",
+            ),
             &["route", "method", "status"],
         )?;
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("chat_http_request_duration_seconds", "HTTP request latency by route template")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "chat_http_request_duration_seconds",
+                "HTTP request latency by route template",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
             &["route", "method"],
         )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        Ok(Self { registry, http_requests, http_duration })
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+        })
     }
 
     pub fn registry(&self) -> &Registry {
@@ -57,7 +74,10 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
     let started = Instant::now();
     let response = next.run(request).await;
     let metrics = &state.metrics;
-    metrics.http_duration.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
     metrics
         .http_requests
         .with_label_values(&[&route, &method, response.status().as_str()])

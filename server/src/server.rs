@@ -30,7 +30,10 @@ pub enum StartError {
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Connects to the configured store and Redis and assembles the shared state.
@@ -41,12 +44,19 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     };
     let secret = match &config.jwt_secret {
         Some(secret) => secret.expose().as_bytes().to_vec(),
-        None => load_or_create_secret(&config.data_dir)
-            .map_err(|source| StartError::JwtSecret { dir: config.data_dir.display().to_string(), source })?,
+        None => {
+            load_or_create_secret(&config.data_dir).map_err(|source| StartError::JwtSecret {
+                dir: config.data_dir.display().to_string(),
+                source,
+            })?
+        }
     };
     // Config validation already parsed the URL; opening a client does no I/O.
     let redis = match &config.redis_url {
-        Some(url) => Some(redis::Client::open(url.expose()).map_err(|e| StoreError::Unavailable(format!("redis: {}", e.category())))?),
+        Some(url) => Some(
+            redis::Client::open(url.expose())
+                .map_err(|e| StoreError::Unavailable(format!("redis: {}", e.category())))?,
+        ),
         None => None,
     };
     Ok(AppState {
@@ -59,7 +69,11 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
 
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     let bind = || -> std::io::Result<TcpListener> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         socket.set_reuseaddr(true)?;
         socket.set_nodelay(true)?;
         socket.bind(addr)?;
@@ -72,25 +86,29 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// connections are accepted, and in-flight requests get `grace` to finish.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
-    cors_origins: &[axum::http::HeaderValue],
+    app: axum::Router,
+    health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let app = crate::http::router(state.clone(), cors_origins);
     let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
-    let health = state.health.clone();
     tokio::spawn(async move {
         shutdown.await;
         health.start_draining();
-        tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining connections");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: draining connections"
+        );
         let _ = draining_tx.send(true);
     });
     let mut graceful_rx = draining_rx.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = graceful_rx.wait_for(|draining| *draining).await;
-        });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|draining| *draining).await;
+    });
     let deadline = async move {
         if draining_rx.wait_for(|draining| *draining).await.is_err() {
             std::future::pending::<()>().await;

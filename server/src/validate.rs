@@ -9,7 +9,9 @@ pub const PASSWORD_MAX_BYTES: usize = 1024;
 
 pub fn username(raw: &str) -> Result<String, ApiError> {
     let ok = (3..=32).contains(&raw.len())
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if !ok {
         return Err(ApiError::validation(
             "username",
@@ -36,17 +38,26 @@ pub fn email(raw: &str) -> Result<String, ApiError> {
         })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if !valid {
-        return Err(ApiError::validation("email", "email must be a valid address like name@example.com"));
+        return Err(ApiError::validation(
+            "email",
+            "email must be a valid address like name@example.com",
+        ));
     }
     Ok(email)
 }
 
 pub fn password(raw: &str) -> Result<(), ApiError> {
     if raw.chars().count() < PASSWORD_MIN_CHARS {
-        return Err(ApiError::validation("password", format!("password must be at least {PASSWORD_MIN_CHARS} characters")));
+        return Err(ApiError::validation(
+            "password",
+            format!("password must be at least {PASSWORD_MIN_CHARS} characters"),
+        ));
     }
     if raw.len() > PASSWORD_MAX_BYTES {
-        return Err(ApiError::validation("password", format!("password must be at most {PASSWORD_MAX_BYTES} bytes")));
+        return Err(ApiError::validation(
+            "password",
+            format!("password must be at most {PASSWORD_MAX_BYTES} bytes"),
+        ));
     }
     Ok(())
 }
@@ -64,7 +75,10 @@ pub fn text(field: &'static str, raw: &str, min: usize, max: usize) -> Result<St
         return Err(ApiError::validation(field, message));
     }
     if value.chars().any(char::is_control) {
-        return Err(ApiError::validation(field, format!("{field} must not contain control characters")));
+        return Err(ApiError::validation(
+            field,
+            format!("{field} must not contain control characters"),
+        ));
     }
     Ok(value.to_owned())
 }
@@ -99,15 +113,37 @@ mod tests {
         for good in ["bob", "alice_1", "a.b-c", &"x".repeat(32)] {
             assert_eq!(username(good).unwrap(), good);
         }
-        for bad in ["", "ab", &"x".repeat(33), "has space", "émile", "a/b", "{\"$gt\":\"\"}", "a\0b"] {
-            assert!(field(username(bad)).contains("username"), "{bad:?} accepted");
+        for bad in [
+            "",
+            "ab",
+            &"x".repeat(33),
+            "has space",
+            "émile",
+            "a/b",
+            "{\"$gt\":\"\"}",
+            "a\0b",
+        ] {
+            assert!(
+                field(username(bad)).contains("username"),
+                "{bad:?} accepted"
+            );
         }
     }
 
     #[test]
     fn emails_are_normalised_and_checked() {
         assert_eq!(email("  Alice@Example.COM ").unwrap(), "alice@example.com");
-        for bad in ["", "alice", "@example.com", "alice@", "alice@example", "a@b@c.com", "a b@c.com", "a@.com", "a@c..com"] {
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "a@b@c.com",
+            "a b@c.com",
+            "a@.com",
+            "a@c..com",
+        ] {
             assert!(field(email(bad)).contains("email"), "{bad:?} accepted");
         }
     }
@@ -115,7 +151,10 @@ mod tests {
     #[test]
     fn passwords() {
         assert!(password("12345678").is_ok());
-        assert!(password("pässwörd").is_ok(), "counted in characters, not bytes");
+        assert!(
+            password("pässwörd").is_ok(),
+            "counted in characters, not bytes"
+        );
         assert!(field(password("1234567")).contains("password"));
         assert!(field(password(&"x".repeat(PASSWORD_MAX_BYTES + 1))).contains("password"));
     }
@@ -131,9 +170,21 @@ mod tests {
 
     #[test]
     fn avatar_urls_must_be_http() {
-        assert_eq!(avatar_url("https://cdn.example.com/a.png").unwrap(), "https://cdn.example.com/a.png");
-        for bad in ["javascript:alert(1)", "data:image/png;base64,AAAA", "/relative.png", "ftp://x/y", "not a url"] {
-            assert!(field(avatar_url(bad)).contains("avatar_url"), "{bad:?} accepted");
+        assert_eq!(
+            avatar_url("https://cdn.example.com/a.png").unwrap(),
+            "https://cdn.example.com/a.png"
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "data:image/png;base64,AAAA",
+            "/relative.png",
+            "ftp://x/y",
+            "not a url",
+        ] {
+            assert!(
+                field(avatar_url(bad)).contains("avatar_url"),
+                "{bad:?} accepted"
+            );
         }
     }
 }

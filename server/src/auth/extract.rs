@@ -19,20 +19,37 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing_token", "sign in: send Authorization: Bearer <token>"))?;
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_token",
+                "sign in: send Authorization: Bearer <token>",
+            )
+        })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
             .map(str::trim)
-            .ok_or_else(|| ApiError::unauthorized("invalid_token", "the Authorization header must be Bearer <token>"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "invalid_token",
+                    "the Authorization header must be Bearer <token>",
+                )
+            })?;
         let claims = state.tokens.verify(token).map_err(|e| match e {
-            TokenError::Expired => ApiError::unauthorized("token_expired", "the token has expired; refresh it or sign in again"),
+            TokenError::Expired => ApiError::unauthorized(
+                "token_expired",
+                "the token has expired; refresh it or sign in again",
+            ),
             TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
         })?;
-        Ok(Self { id: claims.sub, username: claims.username })
+        Ok(Self {
+            id: claims.sub,
+            username: claims.username,
+        })
     }
 }

@@ -74,7 +74,10 @@ impl TokenIssuer {
             jti: Id::new().to_string(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
-        Ok(IssuedToken { token, expires_in: self.ttl.as_secs() })
+        Ok(IssuedToken {
+            token,
+            expires_in: self.ttl.as_secs(),
+        })
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
@@ -95,7 +98,12 @@ pub fn load_or_create_secret(dir: &Path) -> io::Result<Vec<u8>> {
         Ok(existing) if existing.trim().len() >= crate::config::MIN_JWT_SECRET_LEN => {
             return Ok(existing.trim().as_bytes().to_vec());
         }
-        Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is too short", path.display()))),
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is too short", path.display()),
+            ));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -146,21 +154,44 @@ mod tests {
         assert_eq!(claims.sub, user.id);
         assert_eq!(claims.username, "alice");
         assert_eq!(claims.exp - claims.iat, 900);
-        assert_ne!(claims.jti, issuer.verify(&issuer.issue(&user).unwrap().token).unwrap().jti);
+        assert_ne!(
+            claims.jti,
+            issuer
+                .verify(&issuer.issue(&user).unwrap().token)
+                .unwrap()
+                .jti
+        );
     }
 
     #[test]
     fn rejects_a_token_signed_with_another_key() {
-        let token = TokenIssuer::new(SECRET, Duration::from_secs(60)).issue(&user()).unwrap().token;
-        let other = TokenIssuer::new(b"another-key-another-key-another-key", Duration::from_secs(60));
+        let token = TokenIssuer::new(SECRET, Duration::from_secs(60))
+            .issue(&user())
+            .unwrap()
+            .token;
+        let other = TokenIssuer::new(
+            b"another-key-another-key-another-key",
+            Duration::from_secs(60),
+        );
         assert_eq!(other.verify(&token), Err(TokenError::Invalid));
     }
 
     #[test]
     fn rejects_an_expired_token() {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let claims = Claims { sub: Id::new(), username: "a".into(), iat: now - 120, exp: now - 1, jti: "j".into() };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap();
+        let claims = Claims {
+            sub: Id::new(),
+            username: "a".into(),
+            iat: now - 120,
+            exp: now - 1,
+            jti: "j".into(),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
         let issuer = TokenIssuer::new(SECRET, Duration::from_secs(60));
         assert_eq!(issuer.verify(&token), Err(TokenError::Expired));
     }
@@ -172,7 +203,10 @@ mod tests {
         let payload = good.split('.').nth(1).unwrap();
         // alg none with an empty signature: the classic forgery.
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        assert_eq!(issuer.verify(&format!("{none_header}.{payload}.")), Err(TokenError::Invalid));
+        assert_eq!(
+            issuer.verify(&format!("{none_header}.{payload}.")),
+            Err(TokenError::Invalid)
+        );
         // HS512 signed with the right key is still refused: the algorithm is pinned.
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
@@ -195,8 +229,15 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("jwt_secret")).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "the key file must not be readable by others");
+            let mode = std::fs::metadata(dir.path().join("jwt_secret"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "the key file must not be readable by others"
+            );
         }
     }
 }

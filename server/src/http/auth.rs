@@ -71,7 +71,8 @@ pub async fn login(
     State(state): State<AppState>,
     Json(request): Json<LoginRequest>,
 ) -> Result<axum::Json<SessionView>, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid_credentials", "the email or password is wrong");
+    let invalid =
+        || ApiError::unauthorized("invalid_credentials", "the email or password is wrong");
     // A malformed address cannot have an account; answer exactly as for a wrong one.
     let user = match validate::email(&request.email) {
         Ok(email) => state.store.user_by_email(&email).await?,
@@ -99,18 +100,38 @@ pub async fn refresh(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
 ) -> Result<axum::Json<SessionView>, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid_refresh_token", "the refresh token is invalid or expired; sign in again");
-    let stored = state.store.take_refresh_token(&refresh::digest(&request.refresh_token)).await?.ok_or_else(invalid)?;
+    let invalid = || {
+        ApiError::unauthorized(
+            "invalid_refresh_token",
+            "the refresh token is invalid or expired; sign in again",
+        )
+    };
+    let stored = state
+        .store
+        .take_refresh_token(&refresh::digest(&request.refresh_token))
+        .await?
+        .ok_or_else(invalid)?;
     if stored.expires_at <= crate::model::now() {
         return Err(invalid());
     }
-    let user = state.store.user(stored.user_id).await?.ok_or_else(invalid)?;
+    let user = state
+        .store
+        .user(stored.user_id)
+        .await?
+        .ok_or_else(invalid)?;
     Ok(axum::Json(start_session(&state, user).await?))
 }
 
 /// Revokes the refresh token. Idempotent: an unknown token is already revoked.
-pub async fn logout(State(state): State<AppState>, Json(request): Json<RefreshRequest>) -> Result<StatusCode, ApiError> {
-    if let Some(token) = state.store.take_refresh_token(&refresh::digest(&request.refresh_token)).await? {
+pub async fn logout(
+    State(state): State<AppState>,
+    Json(request): Json<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    if let Some(token) = state
+        .store
+        .take_refresh_token(&refresh::digest(&request.refresh_token))
+        .await?
+    {
         tracing::info!(user_id = %token.user_id, "user signed out");
     }
     Ok(StatusCode::NO_CONTENT)
@@ -121,7 +142,11 @@ async fn start_session(state: &AppState, user: User) -> Result<SessionView, ApiE
     let (refresh_token, hash) = refresh::generate();
     state
         .store
-        .save_refresh_token(&RefreshToken { hash, user_id: user.id, expires_at: crate::model::now() + refresh::TTL })
+        .save_refresh_token(&RefreshToken {
+            hash,
+            user_id: user.id,
+            expires_at: crate::model::now() + refresh::TTL,
+        })
         .await?;
     Ok(SessionView {
         token: access.token,

@@ -33,7 +33,12 @@ struct Detail<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -42,7 +47,14 @@ impl ApiError {
 
     /// A well-formed request whose `field` breaks a rule.
     pub fn validation(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field: Some(field), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message) }
+        Self {
+            field: Some(field),
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                message,
+            )
+        }
     }
 
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
@@ -55,7 +67,11 @@ impl ApiError {
 
     /// `what` is the kind of thing, e.g. "room": the message says no such room exists.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
@@ -65,7 +81,11 @@ impl ApiError {
     /// A failure of ours: the detail goes to the log, the client gets a generic sentence.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side; try again")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on our side; try again",
+        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -79,10 +99,19 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body { error: Detail { code: self.code, message: &self.message, field: self.field } };
+        let body = Body {
+            error: Detail {
+                code: self.code,
+                message: &self.message,
+                field: self.field,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -97,7 +126,11 @@ impl From<StoreError> for ApiError {
             },
             StoreError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "database unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; try again shortly")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; try again shortly",
+                )
             }
             StoreError::Internal(detail) => Self::internal(detail),
         }
@@ -107,17 +140,25 @@ impl From<StoreError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.body_text())
+            JsonRejection::JsonDataError(e) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                e.body_text(),
+            ),
+            JsonRejection::JsonSyntaxError(_) => {
+                Self::bad_request("malformed_json", "the request body is not valid JSON")
             }
-            JsonRejection::JsonSyntaxError(_) => Self::bad_request("malformed_json", "the request body is not valid JSON"),
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as JSON with Content-Type: application/json",
             ),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is too large",
+                )
             }
             other => Self::bad_request("bad_request", other.body_text()),
         }
@@ -143,7 +184,9 @@ mod tests {
     async fn body(error: ApiError) -> (StatusCode, serde_json::Value) {
         let response = error.into_response();
         let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
@@ -151,15 +194,22 @@ mod tests {
     async fn errors_have_the_documented_shape() {
         let (status, json) = body(ApiError::validation("username", "too short")).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(json, serde_json::json!({"error": {"code": "validation_failed", "message": "too short", "field": "username"}}));
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"code": "validation_failed", "message": "too short", "field": "username"}})
+        );
         let (status, json) = body(ApiError::not_found("room")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(json, serde_json::json!({"error": {"code": "not_found", "message": "no such room"}}));
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"code": "not_found", "message": "no such room"}})
+        );
     }
 
     #[tokio::test]
     async fn internal_details_stay_out_of_the_response() {
-        let (status, json) = body(StoreError::Internal("connection string mongodb://u:p@h".into()).into()).await;
+        let (status, json) =
+            body(StoreError::Internal("connection string mongodb://u:p@h".into()).into()).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!json.to_string().contains("mongodb://"));
         let (status, json) = body(StoreError::Conflict("email").into()).await;

@@ -31,9 +31,15 @@ pub struct HistoryView {
 pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
     let limit = page_limit(params.limit)?;
     match (params.offset, params.before_seq) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request("invalid_query", "use offset or before_seq, not both")),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_query",
+            "use offset or before_seq, not both",
+        )),
         (_, Some(seq)) => Ok(HistoryQuery::BeforeSeq { seq, limit }),
-        (offset, None) => Ok(HistoryQuery::Latest { offset: offset.unwrap_or(0), limit }),
+        (offset, None) => Ok(HistoryQuery::Latest {
+            offset: offset.unwrap_or(0),
+            limit,
+        }),
     }
 }
 
@@ -50,7 +56,12 @@ pub async fn history(
         HistoryQuery::Latest { offset, limit } => (offset, limit),
         HistoryQuery::BeforeSeq { limit, .. } => (0, limit),
     };
-    Ok(axum::Json(HistoryView { messages: page.messages, total: page.total, offset, limit }))
+    Ok(axum::Json(HistoryView {
+        messages: page.messages,
+        total: page.total,
+        offset,
+        limit,
+    }))
 }
 
 #[cfg(test)]
@@ -58,12 +69,22 @@ mod tests {
     use super::*;
 
     fn params(limit: Option<u64>, offset: Option<u64>, before_seq: Option<u64>) -> HistoryParams {
-        HistoryParams { limit, offset, before_seq }
+        HistoryParams {
+            limit,
+            offset,
+            before_seq,
+        }
     }
 
     #[test]
     fn defaults_to_the_latest_fifty() {
-        assert_eq!(history_query(&params(None, None, None)).unwrap(), HistoryQuery::Latest { offset: 0, limit: 50 });
+        assert_eq!(
+            history_query(&params(None, None, None)).unwrap(),
+            HistoryQuery::Latest {
+                offset: 0,
+                limit: 50
+            }
+        );
     }
 
     #[test]

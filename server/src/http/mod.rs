@@ -18,6 +18,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use tower::ServiceBuilder;
+use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -44,8 +45,14 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .route("/api/rooms/{id}", get(rooms::get).delete(rooms::delete))
         .route("/api/rooms/{id}/join", post(rooms::join))
         .route("/api/rooms/{id}/leave", post(rooms::leave))
-        .route("/api/rooms/{id}/members/{user_id}", post(rooms::add_member).delete(rooms::remove_member))
-        .route("/api/rooms/{id}/admins/{user_id}", put(rooms::add_admin).delete(rooms::remove_admin))
+        .route(
+            "/api/rooms/{id}/members/{user_id}",
+            post(rooms::add_member).delete(rooms::remove_member),
+        )
+        .route(
+            "/api/rooms/{id}/admins/{user_id}",
+            put(rooms::add_admin).delete(rooms::remove_admin),
+        )
         .route("/api/rooms/{id}/messages", get(messages::history))
         .route("/api/dm/{user_id}", post(rooms::direct));
 
@@ -70,7 +77,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
                             // The path only: query strings may carry tokens.
                             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
                         })
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                        .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(|_| -> Response { ApiError::internal("handler panicked").into_response() }))
@@ -90,7 +97,13 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins.iter().cloned()))
             .allow_credentials(true)
-            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
             .expose_headers([REQUEST_ID])
             .max_age(Duration::from_secs(600)),

@@ -47,7 +47,10 @@ pub fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::validation("limit", format!("limit must be 1 to {MAX_PAGE}"))),
+        Some(_) => Err(ApiError::validation(
+            "limit",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        )),
     }
 }
 
@@ -84,10 +87,15 @@ pub async fn list(
     caller: AuthUser,
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<PageView<Rooms>>, ApiError> {
-    let page = Page { offset: query.offset.unwrap_or(0), limit: page_limit(query.limit)? };
+    let page = Page {
+        offset: query.offset.unwrap_or(0),
+        limit: page_limit(query.limit)?,
+    };
     let found = state.store.rooms_visible_to(caller.id, page).await?;
     Ok(axum::Json(PageView {
-        items: Rooms { rooms: found.rooms.into_iter().map(RoomView::from).collect() },
+        items: Rooms {
+            rooms: found.rooms.into_iter().map(RoomView::from).collect(),
+        },
         total: found.total,
         offset: page.offset,
         limit: page.limit,
@@ -99,7 +107,9 @@ pub async fn get(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
-    Ok(axum::Json(visible_room(&state, &id, caller.id).await?.into()))
+    Ok(axum::Json(
+        visible_room(&state, &id, caller.id).await?.into(),
+    ))
 }
 
 /// Joins a public room. Private rooms are joined by invitation only, and look
@@ -113,7 +123,11 @@ pub async fn join(
     if room.is_member(caller.id) {
         return Ok(axum::Json(room.into()));
     }
-    let room = state.store.add_member(room.id, caller.id).await?.ok_or_else(gone)?;
+    let room = state
+        .store
+        .add_member(room.id, caller.id)
+        .await?
+        .ok_or_else(gone)?;
     tracing::info!(room_id = %room.id, user_id = %caller.id, "member joined");
     Ok(axum::Json(room.into()))
 }
@@ -125,10 +139,16 @@ pub async fn leave(
 ) -> Result<StatusCode, ApiError> {
     let room = visible_room(&state, &id, caller.id).await?;
     if room.kind == RoomKind::Direct {
-        return Err(ApiError::conflict("direct_room", "a direct room cannot be left"));
+        return Err(ApiError::conflict(
+            "direct_room",
+            "a direct room cannot be left",
+        ));
     }
     if room.is_owner(caller.id) {
-        return Err(ApiError::conflict("owner_cannot_leave", "the owner cannot leave the room; delete it instead"));
+        return Err(ApiError::conflict(
+            "owner_cannot_leave",
+            "the owner cannot leave the room; delete it instead",
+        ));
     }
     if room.is_member(caller.id) {
         state.store.remove_member(room.id, caller.id).await?;
@@ -138,13 +158,23 @@ pub async fn leave(
 }
 
 /// Loads a room the caller manages, and the target user's id from the path.
-async fn managed_room(state: &AppState, caller: &AuthUser, room_id: &str, user_id: &str) -> Result<(Room, Id), ApiError> {
+async fn managed_room(
+    state: &AppState,
+    caller: &AuthUser,
+    room_id: &str,
+    user_id: &str,
+) -> Result<(Room, Id), ApiError> {
     let room = visible_room(state, room_id, caller.id).await?;
     if room.kind == RoomKind::Direct {
-        return Err(ApiError::conflict("direct_room", "the members of a direct room cannot change"));
+        return Err(ApiError::conflict(
+            "direct_room",
+            "the members of a direct room cannot change",
+        ));
     }
     if !room.can_manage_members(caller.id) {
-        return Err(ApiError::forbidden("only the room's owner or an admin can manage its members"));
+        return Err(ApiError::forbidden(
+            "only the room's owner or an admin can manage its members",
+        ));
     }
     let user = parse_id(user_id, "user")?;
     Ok((room, user))
@@ -156,8 +186,16 @@ pub async fn add_member(
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
-    state.store.user(user).await?.ok_or_else(|| ApiError::not_found("user"))?;
-    let room = state.store.add_member(room.id, user).await?.ok_or_else(gone)?;
+    state
+        .store
+        .user(user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let room = state
+        .store
+        .add_member(room.id, user)
+        .await?
+        .ok_or_else(gone)?;
     tracing::info!(room_id = %room.id, user_id = %user, by = %caller.id, "member added");
     Ok(axum::Json(room.into()))
 }
@@ -169,7 +207,10 @@ pub async fn remove_member(
 ) -> Result<axum::Json<RoomView>, ApiError> {
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
     if room.is_owner(user) {
-        return Err(ApiError::conflict("owner_cannot_leave", "the owner cannot be removed from the room"));
+        return Err(ApiError::conflict(
+            "owner_cannot_leave",
+            "the owner cannot be removed from the room",
+        ));
     }
     if room.admins.contains(&user) && !room.is_owner(caller.id) {
         return Err(ApiError::forbidden("only the owner can remove an admin"));
@@ -177,22 +218,38 @@ pub async fn remove_member(
     if !room.is_member(user) {
         return Err(ApiError::not_found("member"));
     }
-    let room = state.store.remove_member(room.id, user).await?.ok_or_else(gone)?;
+    let room = state
+        .store
+        .remove_member(room.id, user)
+        .await?
+        .ok_or_else(gone)?;
     tracing::info!(room_id = %room.id, user_id = %user, by = %caller.id, "member removed");
     Ok(axum::Json(room.into()))
 }
 
 /// Grants (PUT) or revokes (DELETE) the admin role; the owner's privilege.
-async fn set_admin(state: AppState, caller: AuthUser, room_id: String, user_id: String, admin: bool) -> Result<axum::Json<RoomView>, ApiError> {
+async fn set_admin(
+    state: AppState,
+    caller: AuthUser,
+    room_id: String,
+    user_id: String,
+    admin: bool,
+) -> Result<axum::Json<RoomView>, ApiError> {
     let room = visible_room(&state, &room_id, caller.id).await?;
     if !room.is_owner(caller.id) {
-        return Err(ApiError::forbidden("only the room's owner can change its admins"));
+        return Err(ApiError::forbidden(
+            "only the room's owner can change its admins",
+        ));
     }
     let user = parse_id(&user_id, "user")?;
     if !room.is_member(user) {
         return Err(ApiError::not_found("member"));
     }
-    let room = state.store.set_admin(room.id, user, admin).await?.ok_or_else(gone)?;
+    let room = state
+        .store
+        .set_admin(room.id, user, admin)
+        .await?
+        .ok_or_else(gone)?;
     Ok(axum::Json(room.into()))
 }
 
@@ -238,9 +295,16 @@ pub async fn direct(
 ) -> Result<impl IntoResponse, ApiError> {
     let other_id = parse_id(&user_id, "user")?;
     if other_id == caller.id {
-        return Err(ApiError::validation("user_id", "a direct room needs another user"));
+        return Err(ApiError::validation(
+            "user_id",
+            "a direct room needs another user",
+        ));
     }
-    let other = state.store.user(other_id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let other = state
+        .store
+        .user(other_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     let name = {
         let mut names = [caller.username.as_str(), other.username.as_str()];
         names.sort_unstable();
@@ -248,6 +312,10 @@ pub async fn direct(
     };
     let candidate = Room::new_direct(caller.id, other.id, name);
     let room = state.store.direct_room(&candidate).await?;
-    let status = if room.id == candidate.id { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if room.id == candidate.id {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, axum::Json(RoomView::from(room))))
 }

@@ -21,8 +21,15 @@ pub struct ProfileRequest {
     pub avatar_url: Option<Option<String>>,
 }
 
-pub async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<axum::Json<UserView>, ApiError> {
-    let user = state.store.user(caller.id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+pub async fn me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let user = state
+        .store
+        .user(caller.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     Ok(axum::Json(UserView::own(user)))
 }
 
@@ -34,11 +41,21 @@ pub async fn update_me(
     let update = ProfileUpdate {
         display_name: request
             .display_name
-            .map(|name| name.map(|n| validate::text("display_name", &n, 1, 64)).transpose())
+            .map(|name| {
+                name.map(|n| validate::text("display_name", &n, 1, 64))
+                    .transpose()
+            })
             .transpose()?,
-        avatar_url: request.avatar_url.map(|url| url.map(|u| validate::avatar_url(&u)).transpose()).transpose()?,
+        avatar_url: request
+            .avatar_url
+            .map(|url| url.map(|u| validate::avatar_url(&u)).transpose())
+            .transpose()?,
     };
-    let user = state.store.update_profile(caller.id, &update).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let user = state
+        .store
+        .update_profile(caller.id, &update)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     Ok(axum::Json(UserView::own(user)))
 }
 
@@ -48,6 +65,10 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<axum::Json<UserView>, ApiError> {
     let id = parse_id(&id, "user")?;
-    let user = state.store.user(id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let user = state
+        .store
+        .user(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     Ok(axum::Json(UserView::public(user)))
 }

@@ -20,7 +20,10 @@ pub struct UserView {
 
 impl UserView {
     pub fn own(user: User) -> Self {
-        Self { email: Some(user.email.clone()), ..Self::public(user) }
+        Self {
+            email: Some(user.email.clone()),
+            ..Self::public(user)
+        }
     }
 
     pub fn public(user: User) -> Self {
@@ -114,7 +117,16 @@ mod tests {
         struct Rooms {
             rooms: Vec<u8>,
         }
-        let json = serde_json::to_value(PageView { items: Rooms { rooms: vec![1] }, total: 9, offset: 2, limit: 1 }).unwrap();
-        assert_eq!(json, serde_json::json!({"rooms": [1], "total": 9, "offset": 2, "limit": 1}));
+        let json = serde_json::to_value(PageView {
+            items: Rooms { rooms: vec![1] },
+            total: 9,
+            offset: 2,
+            limit: 1,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"rooms": [1], "total": 9, "offset": 2, "limit": 1})
+        );
     }
 }

@@ -52,7 +52,11 @@ impl FromStr for Id {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // ObjectId::parse_str accepts upper case too; ids we hand out are lower case,
         // and accepting both spellings would give one object two URLs.
-        if s.len() != 24 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 24
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(InvalidId);
         }
         ObjectId::parse_str(s).map(Self).map_err(|_| InvalidId)
@@ -98,7 +102,13 @@ mod tests {
 
     #[test]
     fn rejects_anything_but_24_lower_hex_digits() {
-        for bad in ["", "abc", "zzzzzzzzzzzzzzzzzzzzzzzz", "65F1A2B3C4D5E6F7A8B9C0D1", "{\"$gt\":\"\"}"] {
+        for bad in [
+            "",
+            "abc",
+            "zzzzzzzzzzzzzzzzzzzzzzzz",
+            "65F1A2B3C4D5E6F7A8B9C0D1",
+            "{\"$gt\":\"\"}",
+        ] {
             assert!(bad.parse::<Id>().is_err(), "{bad} should be rejected");
         }
         assert!("65f1a2b3c4d5e6f7a8b9c0d1".parse::<Id>().is_ok());

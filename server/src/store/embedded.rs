@@ -61,9 +61,19 @@ impl EmbeddedStore {
     /// Opens (or creates) the database in `dir`, creating the directory if needed.
     pub fn open(dir: &Path) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display()))
+            StoreError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
-        let db = Database::create(dir.join(FILE_NAME))?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                "{} is in use by another process (is another chat-server running with this CHAT_DATA_DIR?)",
+                path.display()
+            )),
+            other => StoreError::from(other),
+        })?;
         // Read transactions fail on tables that were never created, so create all now.
         let tx = db.begin_write()?;
         tx.open_table(USERS)?;
@@ -169,7 +179,8 @@ impl Store for EmbeddedStore {
                 }
                 by_name.insert(name_key.as_str(), id.as_slice())?;
                 by_email.insert(user.email.as_str(), id.as_slice())?;
-                tx.open_table(USERS)?.insert(id.as_slice(), to_json(&user)?.as_slice())?;
+                tx.open_table(USERS)?
+                    .insert(id.as_slice(), to_json(&user)?.as_slice())?;
             }
             tx.commit()?;
             Ok(())
@@ -257,7 +268,8 @@ impl Store for EmbeddedStore {
         let room = room.clone();
         self.run(move |db| {
             let tx = db.begin_write()?;
-            tx.open_table(ROOMS)?.insert(room.id.bytes().as_slice(), to_json(&room)?.as_slice())?;
+            tx.open_table(ROOMS)?
+                .insert(room.id.bytes().as_slice(), to_json(&room)?.as_slice())?;
             tx.commit()?;
             Ok(())
         })
@@ -338,7 +350,8 @@ impl Store for EmbeddedStore {
                         let end = message_key(room, u64::MAX);
                         tx.open_table(MESSAGES)?
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
-                        tx.open_table(MESSAGE_COUNTS)?.remove(room.bytes().as_slice())?;
+                        tx.open_table(MESSAGE_COUNTS)?
+                            .remove(room.bytes().as_slice())?;
                         true
                     }
                     None => false,
@@ -413,7 +426,9 @@ impl Store for EmbeddedStore {
             let table = tx.open_table(MESSAGES)?;
             let start = message_key(room, 0);
             let (end, skip, limit) = match query {
-                HistoryQuery::Latest { offset, limit } => (message_key(room, u64::MAX), offset, limit),
+                HistoryQuery::Latest { offset, limit } => {
+                    (message_key(room, u64::MAX), offset, limit)
+                }
                 HistoryQuery::BeforeSeq { seq, limit } => (message_key(room, seq), 0, limit),
             };
             let mut messages = Vec::new();
@@ -438,4 +453,3 @@ impl std::fmt::Debug for EmbeddedStore {
         f.debug_struct("EmbeddedStore").finish_non_exhaustive()
     }
 }
-

@@ -36,23 +36,42 @@ impl MongoStore {
         let mut options = ClientOptions::parse(uri)
             .await
             .map_err(|e| StoreError::Unavailable(format!("invalid MongoDB URI: {}", e.kind)))?;
-        options.app_name.get_or_insert_with(|| "chat-server".to_owned());
+        options
+            .app_name
+            .get_or_insert_with(|| "chat-server".to_owned());
         // The driver's default of 30 s would hold every request that long while
         // MongoDB is down; fail fast and let readiness and retries handle it.
-        options.server_selection_timeout.get_or_insert(Duration::from_secs(5));
-        options.connect_timeout.get_or_insert(Duration::from_secs(5));
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(5));
+        options
+            .connect_timeout
+            .get_or_insert(Duration::from_secs(5));
         let client = Client::with_options(options).map_err(map_error)?;
-        let store = Self { db: client.database(db_name) };
+        let store = Self {
+            db: client.database(db_name),
+        };
         store.create_indexes().await?;
         Ok(store)
     }
 
     async fn create_indexes(&self) -> StoreResult<()> {
-        let unique = |name: &str| IndexOptions::builder().unique(true).name(name.to_owned()).build();
+        let unique = |name: &str| {
+            IndexOptions::builder()
+                .unique(true)
+                .name(name.to_owned())
+                .build()
+        };
         self.users()
             .create_indexes([
-                IndexModel::builder().keys(doc! {"username_key": 1}).options(unique(USERNAME_INDEX)).build(),
-                IndexModel::builder().keys(doc! {"email": 1}).options(unique(EMAIL_INDEX)).build(),
+                IndexModel::builder()
+                    .keys(doc! {"username_key": 1})
+                    .options(unique(USERNAME_INDEX))
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! {"email": 1})
+                    .options(unique(EMAIL_INDEX))
+                    .build(),
             ])
             .await
             .map_err(map_error)?;
@@ -60,7 +79,13 @@ impl MongoStore {
             .create_indexes([
                 IndexModel::builder()
                     .keys(doc! {"direct_key": 1})
-                    .options(IndexOptions::builder().unique(true).sparse(true).name("direct_key_unique".to_owned()).build())
+                    .options(
+                        IndexOptions::builder()
+                            .unique(true)
+                            .sparse(true)
+                            .name("direct_key_unique".to_owned())
+                            .build(),
+                    )
                     .build(),
                 IndexModel::builder().keys(doc! {"members": 1}).build(),
                 IndexModel::builder().keys(doc! {"is_private": 1}).build(),
@@ -71,7 +96,10 @@ impl MongoStore {
         // which filter on room_id and sort on seq.
         self.messages()
             .create_index(
-                IndexModel::builder().keys(doc! {"room_id": 1, "seq": 1}).options(unique("room_seq_unique")).build(),
+                IndexModel::builder()
+                    .keys(doc! {"room_id": 1, "seq": 1})
+                    .options(unique("room_seq_unique"))
+                    .build(),
             )
             .await
             .map_err(map_error)?;
@@ -79,7 +107,12 @@ impl MongoStore {
             .create_index(
                 IndexModel::builder()
                     .keys(doc! {"expires_at": 1})
-                    .options(IndexOptions::builder().expire_after(Duration::ZERO).name("expiry_ttl".to_owned()).build())
+                    .options(
+                        IndexOptions::builder()
+                            .expire_after(Duration::ZERO)
+                            .name("expiry_ttl".to_owned())
+                            .build(),
+                    )
                     .build(),
             )
             .await
@@ -121,7 +154,9 @@ fn map_error(error: mongodb::error::Error) -> StoreError {
         | ErrorKind::Io(_)
         | ErrorKind::ConnectionPoolCleared { .. }
         | ErrorKind::DnsResolve { .. }
-        | ErrorKind::Authentication { .. } => StoreError::Unavailable(format!("MongoDB: {}", error.kind)),
+        | ErrorKind::Authentication { .. } => {
+            StoreError::Unavailable(format!("MongoDB: {}", error.kind))
+        }
         _ => StoreError::Internal(format!("MongoDB: {}", error.kind)),
     }
 }
@@ -330,7 +365,10 @@ impl Store for MongoStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.db.run_command(doc! {"ping": 1}).await.map_err(map_error)?;
+        self.db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(map_error)?;
         Ok(())
     }
 
@@ -338,7 +376,9 @@ impl Store for MongoStore {
         match self.users().insert_one(UserDoc::from(user)).await {
             Ok(_) => Ok(()),
             Err(e) => match duplicate_key(&e) {
-                Some(message) if message.contains(EMAIL_INDEX) => Err(StoreError::Conflict("email")),
+                Some(message) if message.contains(EMAIL_INDEX) => {
+                    Err(StoreError::Conflict("email"))
+                }
                 Some(_) => Err(StoreError::Conflict("username")),
                 None => Err(map_error(e)),
             },
@@ -346,19 +386,30 @@ impl Store for MongoStore {
     }
 
     async fn user(&self, id: Id) -> StoreResult<Option<User>> {
-        let doc = self.users().find_one(doc! {"_id": id.object_id()}).await.map_err(map_error)?;
+        let doc = self
+            .users()
+            .find_one(doc! {"_id": id.object_id()})
+            .await
+            .map_err(map_error)?;
         Ok(doc.map(User::from))
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        let doc = self.users().find_one(doc! {"email": email}).await.map_err(map_error)?;
+        let doc = self
+            .users()
+            .find_one(doc! {"email": email})
+            .await
+            .map_err(map_error)?;
         Ok(doc.map(User::from))
     }
 
     async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>> {
         let mut set = Document::new();
         let mut unset = Document::new();
-        for (field, value) in [("display_name", &update.display_name), ("avatar_url", &update.avatar_url)] {
+        for (field, value) in [
+            ("display_name", &update.display_name),
+            ("avatar_url", &update.avatar_url),
+        ] {
             match value {
                 Some(Some(value)) => {
                     set.insert(field, value.as_str());
@@ -394,12 +445,19 @@ impl Store for MongoStore {
             user_id: token.user_id.object_id(),
             expires_at: to_bson_date(token.expires_at),
         };
-        self.refresh_tokens().insert_one(doc).await.map_err(map_error)?;
+        self.refresh_tokens()
+            .insert_one(doc)
+            .await
+            .map_err(map_error)?;
         Ok(())
     }
 
     async fn take_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>> {
-        let doc = self.refresh_tokens().find_one_and_delete(doc! {"_id": hash}).await.map_err(map_error)?;
+        let doc = self
+            .refresh_tokens()
+            .find_one_and_delete(doc! {"_id": hash})
+            .await
+            .map_err(map_error)?;
         Ok(doc.map(|doc| RefreshToken {
             hash: doc.hash,
             user_id: doc.user_id.into(),
@@ -408,18 +466,29 @@ impl Store for MongoStore {
     }
 
     async fn create_room(&self, room: &Room) -> StoreResult<()> {
-        self.rooms().insert_one(RoomDoc::from(room)).await.map_err(map_error)?;
+        self.rooms()
+            .insert_one(RoomDoc::from(room))
+            .await
+            .map_err(map_error)?;
         Ok(())
     }
 
     async fn room(&self, id: Id) -> StoreResult<Option<Room>> {
-        let doc = self.rooms().find_one(doc! {"_id": id.object_id()}).await.map_err(map_error)?;
+        let doc = self
+            .rooms()
+            .find_one(doc! {"_id": id.object_id()})
+            .await
+            .map_err(map_error)?;
         doc.map(Room::try_from).transpose()
     }
 
     async fn rooms_visible_to(&self, user: Id, page: Page) -> StoreResult<RoomPage> {
         let filter = doc! {"$or": [{"is_private": false}, {"members": user.object_id()}]};
-        let total = self.rooms().count_documents(filter.clone()).await.map_err(map_error)?;
+        let total = self
+            .rooms()
+            .count_documents(filter.clone())
+            .await
+            .map_err(map_error)?;
         let cursor = self
             .rooms()
             .find(filter)
@@ -428,16 +497,26 @@ impl Store for MongoStore {
             .limit(i64::try_from(page.limit).unwrap_or(i64::MAX))
             .await
             .map_err(map_error)?;
-        let rooms = collect(cursor).await.map_err(map_error)?.into_iter().map(Room::try_from).collect::<StoreResult<_>>()?;
+        let rooms = collect(cursor)
+            .await
+            .map_err(map_error)?
+            .into_iter()
+            .map(Room::try_from)
+            .collect::<StoreResult<_>>()?;
         Ok(RoomPage { rooms, total })
     }
 
     async fn add_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>> {
-        self.update_room(room, doc! {"$addToSet": {"members": user.object_id()}}).await
+        self.update_room(room, doc! {"$addToSet": {"members": user.object_id()}})
+            .await
     }
 
     async fn remove_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>> {
-        self.update_room(room, doc! {"$pull": {"members": user.object_id(), "admins": user.object_id()}}).await
+        self.update_room(
+            room,
+            doc! {"$pull": {"members": user.object_id(), "admins": user.object_id()}},
+        )
+        .await
     }
 
     async fn set_admin(&self, room: Id, user: Id, admin: bool) -> StoreResult<Option<Room>> {
@@ -450,10 +529,17 @@ impl Store for MongoStore {
     }
 
     async fn delete_room(&self, room: Id) -> StoreResult<bool> {
-        let deleted = self.rooms().delete_one(doc! {"_id": room.object_id()}).await.map_err(map_error)?;
+        let deleted = self
+            .rooms()
+            .delete_one(doc! {"_id": room.object_id()})
+            .await
+            .map_err(map_error)?;
         // The room goes first: should the history delete fail, what remains is
         // unreachable rather than a room without its history.
-        self.messages().delete_many(doc! {"room_id": room.object_id()}).await.map_err(map_error)?;
+        self.messages()
+            .delete_many(doc! {"room_id": room.object_id()})
+            .await
+            .map_err(map_error)?;
         Ok(deleted.deleted_count > 0)
     }
 
@@ -462,7 +548,12 @@ impl Store for MongoStore {
             .direct_key
             .as_deref()
             .ok_or_else(|| StoreError::Internal("direct room without a direct key".into()))?;
-        if let Some(existing) = self.rooms().find_one(doc! {"direct_key": key}).await.map_err(map_error)? {
+        if let Some(existing) = self
+            .rooms()
+            .find_one(doc! {"direct_key": key})
+            .await
+            .map_err(map_error)?
+        {
             return Room::try_from(existing);
         }
         match self.rooms().insert_one(RoomDoc::from(candidate)).await {
@@ -475,16 +566,23 @@ impl Store for MongoStore {
                 .map_err(map_error)?
                 .map(Room::try_from)
                 .transpose()?
-                .ok_or_else(|| StoreError::Internal("direct room vanished after a duplicate insert".into())),
+                .ok_or_else(|| {
+                    StoreError::Internal("direct room vanished after a duplicate insert".into())
+                }),
             Err(e) => Err(map_error(e)),
         }
     }
 
     async fn insert_message(&self, message: &Message) -> StoreResult<Inserted> {
-        match self.messages().insert_one(MessageDoc::try_from(message)?).await {
+        match self
+            .messages()
+            .insert_one(MessageDoc::try_from(message)?)
+            .await
+        {
             Ok(_) => Ok(Inserted::New),
             Err(e) if duplicate_key(&e).is_some() => {
-                let filter = doc! {"room_id": message.room_id.object_id(), "seq": seq_to_i64(message.seq)?};
+                let filter =
+                    doc! {"room_id": message.room_id.object_id(), "seq": seq_to_i64(message.seq)?};
                 let existing = self
                     .messages()
                     .find_one(filter)
@@ -499,12 +597,18 @@ impl Store for MongoStore {
 
     async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage> {
         let room_id = room.object_id();
-        let total = self.messages().count_documents(doc! {"room_id": room_id}).await.map_err(map_error)?;
+        let total = self
+            .messages()
+            .count_documents(doc! {"room_id": room_id})
+            .await
+            .map_err(map_error)?;
         let (filter, skip, limit) = match query {
             HistoryQuery::Latest { offset, limit } => (doc! {"room_id": room_id}, offset, limit),
-            HistoryQuery::BeforeSeq { seq, limit } => {
-                (doc! {"room_id": room_id, "seq": {"$lt": seq_to_i64(seq)?}}, 0, limit)
-            }
+            HistoryQuery::BeforeSeq { seq, limit } => (
+                doc! {"room_id": room_id, "seq": {"$lt": seq_to_i64(seq)?}},
+                0,
+                limit,
+            ),
         };
         let cursor = self
             .messages()
@@ -514,8 +618,12 @@ impl Store for MongoStore {
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
             .map_err(map_error)?;
-        let mut messages =
-            collect(cursor).await.map_err(map_error)?.into_iter().map(Message::try_from).collect::<StoreResult<Vec<_>>>()?;
+        let mut messages = collect(cursor)
+            .await
+            .map_err(map_error)?
+            .into_iter()
+            .map(Message::try_from)
+            .collect::<StoreResult<Vec<_>>>()?;
         messages.reverse();
         Ok(HistoryPage { messages, total })
     }

@@ -6,7 +6,6 @@
 //! CHAT_TEST_MONGODB_URI is set, that server instead.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,7 +45,10 @@ macro_rules! on_both_stores {
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn wait_for_port(port: u16, within: Duration) -> bool {
@@ -67,7 +69,19 @@ pub struct Process {
 }
 
 impl Process {
+    /// Stops the process. A wrapped server (see [`start_secantus`]) is stopped by
+    /// closing its stdin, so the wrapper stops the real server before it exits.
     pub fn kill(&mut self) {
+        if let Some(stdin) = self.child.stdin.take() {
+            drop(stdin);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -106,7 +120,10 @@ pub fn start_secantus(storage: &str) -> Process {
         .spawn()
         .expect("start SecantusDB");
     let process = Process { child, port };
-    assert!(wait_for_port(port, Duration::from_secs(30)), "SecantusDB did not listen on {port}");
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "SecantusDB did not listen on {port}"
+    );
     process
 }
 
@@ -119,7 +136,13 @@ pub fn mongodb_uri() -> String {
     SHARED
         .get_or_init(|| {
             let process = start_secantus(":memory:");
-            (format!("mongodb://127.0.0.1:{}/?directConnection=true", process.port), process)
+            (
+                format!(
+                    "mongodb://127.0.0.1:{}/?directConnection=true",
+                    process.port
+                ),
+                process,
+            )
         })
         .0
         .clone()
@@ -129,12 +152,24 @@ pub fn mongodb_uri() -> String {
 pub fn start_redis() -> Process {
     let port = free_port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server (installed by scripts/test.sh)");
     let process = Process { child, port };
-    assert!(wait_for_port(port, Duration::from_secs(10)), "redis-server did not listen on {port}");
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "redis-server did not listen on {port}"
+    );
     process
 }
 
@@ -146,7 +181,6 @@ pub struct TestServer {
     pub base: String,
     pub state: AppState,
     pub client: reqwest::Client,
-    pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     _temp: Option<tempfile::TempDir>,
@@ -175,7 +209,10 @@ impl TestServer {
         Self::start_with_env(env, Some(temp)).await
     }
 
-    pub async fn start_with_env(env: HashMap<&'static str, String>, temp: Option<tempfile::TempDir>) -> Self {
+    pub async fn start_with_env(
+        env: HashMap<&'static str, String>,
+        temp: Option<tempfile::TempDir>,
+    ) -> Self {
         let config = Config::from_lookup(|name| env.get(name).cloned()).expect("valid test config");
         let state = server::build_state(&config).await.expect("server state");
         let listener = server::bind(config.listen_addr).expect("bind");
@@ -183,8 +220,8 @@ impl TestServer {
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
-            state.clone(),
-            &config.cors_origins.clone(),
+            chat_server::http::router(state.clone(), &config.cors_origins),
+            state.health.clone(),
             async move {
                 let _ = stop.await;
             },
@@ -194,7 +231,6 @@ impl TestServer {
             base: format!("http://{addr}"),
             state,
             client: reqwest::Client::new(),
-            data_dir: config.data_dir.clone(),
             shutdown: Some(shutdown),
             task: Some(task),
             _temp: temp,
@@ -222,7 +258,13 @@ impl TestServer {
     }
 
     /// Sends a request and returns the status and the JSON body (Null if none).
-    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self.client.request(method, self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -233,20 +275,27 @@ impl TestServer {
         let response = request.send().await.expect("request sent");
         let status = response.status().as_u16();
         let text = response.text().await.expect("response body");
-        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, json)
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, Some(token), None).await
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body)).await
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::DELETE, path, Some(token), None).await
+        self.call(reqwest::Method::DELETE, path, Some(token), None)
+            .await
     }
 
     /// Registers `name` (`name@example.com`, password `password-<name>`) and signs in.
@@ -270,13 +319,22 @@ impl TestServer {
         TestUser {
             id: session["user"]["id"].as_str().expect("user id").to_owned(),
             token: session["token"].as_str().expect("token").to_owned(),
-            refresh_token: session["refresh_token"].as_str().expect("refresh token").to_owned(),
+            refresh_token: session["refresh_token"]
+                .as_str()
+                .expect("refresh token")
+                .to_owned(),
         }
     }
 
     /// Creates a room owned by `owner` and returns its id.
     pub async fn room(&self, owner: &TestUser, name: &str, private: bool) -> String {
-        let (status, room) = self.post("/api/rooms", Some(&owner.token), json!({"name": name, "is_private": private})).await;
+        let (status, room) = self
+            .post(
+                "/api/rooms",
+                Some(&owner.token),
+                json!({"name": name, "is_private": private}),
+            )
+            .await;
         assert_eq!(status, 201, "create room: {room}");
         room["id"].as_str().expect("room id").to_owned()
     }
@@ -300,9 +358,4 @@ pub struct TestUser {
 /// The JSON error code of a response body.
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
-}
-
-/// Reads stderr lines of a child until one contains `needle` (for start-up checks).
-pub fn read_until(reader: impl std::io::Read, needle: &str) -> Option<String> {
-    BufReader::new(reader).lines().map_while(Result::ok).find(|line| line.contains(needle))
 }

@@ -1,0 +1,287 @@
+//! Registration, sign-in, token refresh and revocation, profiles.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{Backend, TestServer, code};
+use crate::on_both_stores;
+
+on_both_stores!(
+    register_validates_every_field,
+    duplicate_usernames_and_emails_conflict,
+    login_failures_look_alike,
+    refresh_rotates_and_logout_revokes,
+    tokens_are_checked,
+    profile_updates,
+    injection_attempts_are_plain_data,
+);
+
+async fn register_validates_every_field(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let cases = [
+        (
+            json!({"username": "ab", "email": "a@example.com", "password": "password1"}),
+            "username",
+        ),
+        (
+            json!({"username": "bad name", "email": "a@example.com", "password": "password1"}),
+            "username",
+        ),
+        (
+            json!({"username": "alice", "email": "not-an-email", "password": "password1"}),
+            "email",
+        ),
+        (
+            json!({"username": "alice", "email": "a@example.com", "password": "short"}),
+            "password",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, error) = server.post("/api/auth/register", None, body.clone()).await;
+        assert_eq!(status, 422, "{body}: {error}");
+        assert_eq!(error["error"]["field"], field, "{body}: {error}");
+    }
+    let (status, error) = server
+        .post(
+            "/api/auth/register",
+            None,
+            json!({"username": "alice", "password": "password1"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("email"),
+        "{error}"
+    );
+
+    let (status, user) = server
+        .post(
+            "/api/auth/register",
+            None,
+            json!({"username": "alice", "email": "Alice@Example.com", "password": "password1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(user["username"], "alice");
+    assert_eq!(user["email"], "alice@example.com");
+    assert!(
+        user.get("password").is_none() && user.get("password_hash").is_none(),
+        "{user}"
+    );
+    assert_eq!(user["id"].as_str().unwrap().len(), 24);
+}
+
+async fn duplicate_usernames_and_emails_conflict(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("alice").await;
+    let (status, error) = server
+        .post(
+            "/api/auth/register",
+            None,
+            json!({"username": "ALICE", "email": "other@example.com", "password": "password1"}),
+        )
+        .await;
+    assert_eq!((status, code(&error)), (409, "already_exists"), "{error}");
+    assert_eq!(error["error"]["field"], "username");
+    let (status, error) = server
+        .post(
+            "/api/auth/register",
+            None,
+            json!({"username": "alice2", "email": "ALICE@example.com", "password": "password1"}),
+        )
+        .await;
+    assert_eq!((status, code(&error)), (409, "already_exists"), "{error}");
+    assert_eq!(error["error"]["field"], "email");
+}
+
+async fn login_failures_look_alike(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("alice").await;
+    let (status_wrong_password, wrong_password) = server
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": "alice@example.com", "password": "wrong-password"}),
+        )
+        .await;
+    let (status_no_account, no_account) = server
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": "nobody@example.com", "password": "wrong-password"}),
+        )
+        .await;
+    assert_eq!(status_wrong_password, 401);
+    assert_eq!(
+        (status_wrong_password, &wrong_password),
+        (status_no_account, &no_account),
+        "responses must not reveal accounts"
+    );
+    let (status, session) = server
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": " ALICE@example.com ", "password": "password-alice"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["user"]["username"], "alice");
+    assert_eq!(session["token_type"], "Bearer");
+    assert_eq!(session["expires_in"], 900);
+}
+
+async fn refresh_rotates_and_logout_revokes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let (status, renewed) = server
+        .post(
+            "/api/auth/refresh",
+            None,
+            json!({"refresh_token": alice.refresh_token}),
+        )
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    let new_refresh = renewed["refresh_token"].as_str().unwrap();
+    assert_ne!(new_refresh, alice.refresh_token);
+    let (status, me) = server
+        .get("/api/users/me", renewed["token"].as_str().unwrap())
+        .await;
+    assert_eq!((status, me["username"].as_str()), (200, Some("alice")));
+
+    // The old refresh token was consumed by the rotation.
+    let (status, error) = server
+        .post(
+            "/api/auth/refresh",
+            None,
+            json!({"refresh_token": alice.refresh_token}),
+        )
+        .await;
+    assert_eq!((status, code(&error)), (401, "invalid_refresh_token"));
+
+    let (status, _) = server
+        .post(
+            "/api/auth/logout",
+            None,
+            json!({"refresh_token": new_refresh}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, error) = server
+        .post(
+            "/api/auth/refresh",
+            None,
+            json!({"refresh_token": new_refresh}),
+        )
+        .await;
+    assert_eq!((status, code(&error)), (401, "invalid_refresh_token"));
+}
+
+async fn tokens_are_checked(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let (status, error) = server.call(Method::GET, "/api/users/me", None, None).await;
+    assert_eq!((status, code(&error)), (401, "missing_token"));
+    let forged = format!("{}x", alice.token);
+    let (status, error) = server.get("/api/users/me", &forged).await;
+    assert_eq!((status, code(&error)), (401, "invalid_token"));
+    let response = server
+        .client
+        .get(server.url("/api/users/me"))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+
+    // A token signed by another server's key (another embedded data dir) is refused.
+    let other = TestServer::start(Backend::Embedded).await;
+    let stranger = other.user("mallory").await;
+    let (status, error) = server.get("/api/users/me", &stranger.token).await;
+    assert_eq!((status, code(&error)), (401, "invalid_token"));
+}
+
+async fn profile_updates(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let patch = |body| {
+        server.call(
+            Method::PATCH,
+            "/api/users/me",
+            Some(&alice.token),
+            Some(body),
+        )
+    };
+
+    let (status, me) = patch(
+        json!({"display_name": "  Alice A.  ", "avatar_url": "https://cdn.example.com/a.png"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["display_name"], "Alice A.");
+    assert_eq!(me["avatar_url"], "https://cdn.example.com/a.png");
+
+    let (status, error) = patch(json!({"avatar_url": "javascript:alert(1)"})).await;
+    assert_eq!(
+        (status, error["error"]["field"].as_str()),
+        (422, Some("avatar_url"))
+    );
+    let (status, error) = patch(json!({"display_name": ""})).await;
+    assert_eq!(
+        (status, error["error"]["field"].as_str()),
+        (422, Some("display_name"))
+    );
+    let (status, _) = patch(json!({"email": "new@example.com"})).await;
+    assert_eq!(status, 422, "unknown fields are refused, not ignored");
+
+    // Leaving a field out keeps it; null clears it.
+    let (status, me) = patch(json!({"avatar_url": null})).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["display_name"], "Alice A.");
+    assert!(me["avatar_url"].is_null());
+
+    let (status, seen) = server
+        .get(&format!("/api/users/{}", alice.id), &bob.token)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(seen["display_name"], "Alice A.");
+    assert!(
+        seen.get("email").is_none(),
+        "another user's email is private: {seen}"
+    );
+
+    for unknown in ["0123456789abcdef01234567", "nope", "{\"$gt\":\"\"}"] {
+        let (status, error) = server
+            .get(&format!("/api/users/{unknown}"), &bob.token)
+            .await;
+        assert_eq!((status, code(&error)), (404, "not_found"), "{unknown}");
+    }
+}
+
+async fn injection_attempts_are_plain_data(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("alice").await;
+    for body in [
+        json!({"email": {"$gt": ""}, "password": {"$gt": ""}}),
+        json!({"email": "alice@example.com", "password": {"$ne": null}}),
+    ] {
+        let (status, error) = server.post("/api/auth/login", None, body.clone()).await;
+        assert_eq!(
+            (status, code(&error)),
+            (422, "validation_failed"),
+            "{body}: {error}"
+        );
+    }
+    let (status, error) = server
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": "alice@example.com' || '1'=='1", "password": "x"}),
+        )
+        .await;
+    assert_eq!((status, code(&error)), (401, "invalid_credentials"));
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the REST API over real HTTP, each run against the
+//! embedded store and against MongoDB (see `common`).
+
+mod common;
+
+mod accounts;
+mod history;
+mod operations;
+mod rooms;
