@@ -6,6 +6,7 @@
 //! wires it together from a [`config::Config`].
 
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod health;
 pub mod http;
@@ -16,3 +17,4 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod validate;
+pub mod ws;

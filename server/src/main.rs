@@ -40,7 +40,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     server::serve(
         listener,
         app,
-        state.health.clone(),
+        state,
         shutdown_signal(),
         config.shutdown_grace,
     )

@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::TokenIssuer;
 use crate::auth::jwt::load_or_create_secret;
+use crate::chat::Chat;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -16,6 +17,7 @@ use crate::state::AppState;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
+use crate::ws::hub::{Hub, Kick};
 
 /// tokio's default backlog of 1024 drops SYNs under a burst of connects, which
 /// clients then retry only after a second.
@@ -59,12 +61,33 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         ),
         None => None,
     };
+    let chat = Arc::new(Chat::new(
+        store.clone(),
+        Arc::new(Hub::default()),
+        config.rate_limit_per_sec,
+        config.rate_limit_burst,
+    ));
+    tokio::spawn(forget_idle_rate_limits(Arc::downgrade(&chat)));
     Ok(AppState {
         health: Arc::new(Health::new(store.clone(), redis)),
+        chat,
+        pod: Arc::from(config.pod_name.as_str()),
         store,
         tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl)),
         metrics: Arc::new(Metrics::new()?),
     })
+}
+
+/// Keeps the rate limiter's memory bounded by users active in the last minute.
+async fn forget_idle_rate_limits(chat: std::sync::Weak<Chat>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        match chat.upgrade() {
+            Some(chat) => chat.forget_idle_users(),
+            None => return,
+        }
+    }
 }
 
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -87,14 +110,16 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
-    health: Arc<Health>,
+    state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
     let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        health.start_draining();
+        state.health.start_draining();
+        // WebSocket clients reconnect (to another pod) and resume from their last seq.
+        state.chat.hub.kick_all(Kick::Shutdown);
         tracing::info!(
             grace_secs = grace.as_secs(),
             "shutting down: draining connections"

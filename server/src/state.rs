@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::auth::TokenIssuer;
+use crate::chat::Chat;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -13,4 +14,7 @@ pub struct AppState {
     pub tokens: Arc<TokenIssuer>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub chat: Arc<Chat>,
+    /// This instance's name (CHAT_POD_NAME), in sessions and logs.
+    pub pod: Arc<str>,
 }

@@ -15,6 +15,15 @@ pub struct AuthUser {
     pub username: String,
 }
 
+impl AuthUser {
+    pub fn author(&self) -> crate::chat::Author {
+        crate::chat::Author {
+            id: self.id,
+            username: self.username.clone(),
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 

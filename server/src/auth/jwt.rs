@@ -24,6 +24,15 @@ pub struct Claims {
     pub jti: String,
 }
 
+impl Claims {
+    pub fn author(&self) -> crate::chat::Author {
+        crate::chat::Author {
+            id: self.sub,
+            username: self.username.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the token has expired")]

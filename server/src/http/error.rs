@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::chat::ChatError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -133,6 +134,22 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Internal(detail) => Self::internal(detail),
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(error: ChatError) -> Self {
+        match error {
+            ChatError::NoSuchRoom => Self::not_found("room"),
+            ChatError::NotSubscribed => Self::forbidden(error.to_string()),
+            ChatError::RateLimited(_) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                error.to_string(),
+            ),
+            ChatError::TooFarBehind => Self::conflict("resume_too_far", error.to_string()),
+            ChatError::Store(e) => e.into(),
         }
     }
 }

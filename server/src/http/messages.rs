@@ -54,7 +54,7 @@ pub async fn history(
     let page = state.store.messages(room.id, query).await?;
     let (offset, limit) = match query {
         HistoryQuery::Latest { offset, limit } => (offset, limit),
-        HistoryQuery::BeforeSeq { limit, .. } => (0, limit),
+        HistoryQuery::BeforeSeq { limit, .. } | HistoryQuery::After { limit, .. } => (0, limit),
     };
     Ok(axum::Json(HistoryView {
         messages: page.messages,

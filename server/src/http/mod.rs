@@ -54,10 +54,12 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
             put(rooms::add_admin).delete(rooms::remove_admin),
         )
         .route("/api/rooms/{id}/messages", get(messages::history))
-        .route("/api/dm/{user_id}", post(rooms::direct));
+        .route("/api/dm/{user_id}", post(rooms::direct))
+        .route("/api/sessions", get(users::sessions));
 
     Router::new()
         .merge(api)
+        .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

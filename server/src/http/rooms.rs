@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::extract::{Json, Path, Query, parse_id};
 use super::views::{PageView, RoomView};
 use crate::auth::AuthUser;
+use crate::chat::{Author, Membership};
 use crate::model::{Id, Page, Room, RoomKind};
 use crate::state::AppState;
 use crate::validate;
@@ -119,16 +120,10 @@ pub async fn join(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
-    let room = visible_room(&state, &id, caller.id).await?;
-    if room.is_member(caller.id) {
-        return Ok(axum::Json(room.into()));
-    }
     let room = state
-        .store
-        .add_member(room.id, caller.id)
-        .await?
-        .ok_or_else(gone)?;
-    tracing::info!(room_id = %room.id, user_id = %caller.id, "member joined");
+        .chat
+        .ensure_member(parse_id(&id, "room")?, &caller.author())
+        .await?;
     Ok(axum::Json(room.into()))
 }
 
@@ -152,6 +147,10 @@ pub async fn leave(
     }
     if room.is_member(caller.id) {
         state.store.remove_member(room.id, caller.id).await?;
+        state
+            .chat
+            .membership_changed(room.id, &caller.author(), Membership::Left)
+            .await?;
         tracing::info!(room_id = %room.id, user_id = %caller.id, "member left");
     }
     Ok(StatusCode::NO_CONTENT)
@@ -186,16 +185,19 @@ pub async fn add_member(
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
-    state
-        .store
-        .user(user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let added = member_author(&state, user).await?;
+    if room.is_member(user) {
+        return Ok(axum::Json(room.into()));
+    }
     let room = state
         .store
         .add_member(room.id, user)
         .await?
         .ok_or_else(gone)?;
+    let by = Membership::Added {
+        by: &caller.username,
+    };
+    state.chat.membership_changed(room.id, &added, by).await?;
     tracing::info!(room_id = %room.id, user_id = %user, by = %caller.id, "member added");
     Ok(axum::Json(room.into()))
 }
@@ -218,13 +220,30 @@ pub async fn remove_member(
     if !room.is_member(user) {
         return Err(ApiError::not_found("member"));
     }
+    let removed = member_author(&state, user).await?;
     let room = state
         .store
         .remove_member(room.id, user)
         .await?
         .ok_or_else(gone)?;
+    let by = Membership::Removed {
+        by: &caller.username,
+    };
+    state.chat.membership_changed(room.id, &removed, by).await?;
     tracing::info!(room_id = %room.id, user_id = %user, by = %caller.id, "member removed");
     Ok(axum::Json(room.into()))
+}
+
+async fn member_author(state: &AppState, user: Id) -> Result<Author, ApiError> {
+    let user = state
+        .store
+        .user(user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Author {
+        id: user.id,
+        username: user.username,
+    })
 }
 
 /// Grants (PUT) or revokes (DELETE) the admin role; the owner's privilege.
@@ -281,6 +300,7 @@ pub async fn delete(
     if !state.store.delete_room(room.id).await? {
         return Err(gone());
     }
+    state.chat.room_deleted(room.id);
     tracing::info!(room_id = %room.id, user_id = %caller.id, "room deleted");
     Ok(StatusCode::NO_CONTENT)
 }

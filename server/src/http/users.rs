@@ -59,6 +59,15 @@ pub async fn update_me(
     Ok(axum::Json(UserView::own(user)))
 }
 
+/// My live WebSocket connections.
+pub async fn sessions(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> axum::Json<serde_json::Value> {
+    let sessions = state.chat.hub.sessions_of(caller.id, &state.pod);
+    axum::Json(serde_json::json!({ "sessions": sessions }))
+}
+
 pub async fn get(
     State(state): State<AppState>,
     _caller: AuthUser,
@@ -70,5 +79,9 @@ pub async fn get(
         .user(id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(axum::Json(UserView::public(user)))
+    let online = state.chat.hub.is_online(user.id);
+    Ok(axum::Json(UserView {
+        online: Some(online),
+        ..UserView::public(user)
+    }))
 }

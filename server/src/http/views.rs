@@ -16,6 +16,9 @@ pub struct UserView {
     pub avatar_url: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: Timestamp,
+    /// Whether the user has a live connection; in single-user lookups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
 }
 
 impl UserView {
@@ -34,6 +37,7 @@ impl UserView {
             display_name: user.display_name,
             avatar_url: user.avatar_url,
             created_at: user.created_at,
+            online: None,
         }
     }
 }

@@ -36,6 +36,8 @@ pub enum HistoryQuery {
     Latest { offset: u64, limit: u64 },
     /// The `limit` messages with a seq below `seq`: scrolling back from a known message.
     BeforeSeq { seq: u64, limit: u64 },
+    /// The `limit` messages with a seq above `seq`: what a resuming client missed.
+    After { seq: u64, limit: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -424,24 +424,29 @@ impl Store for EmbeddedStore {
                 .get(room.bytes().as_slice())?
                 .map_or(0, |c| c.value());
             let table = tx.open_table(MESSAGES)?;
-            let start = message_key(room, 0);
-            let (end, skip, limit) = match query {
-                HistoryQuery::Latest { offset, limit } => {
-                    (message_key(room, u64::MAX), offset, limit)
+            let (from, to, skip, limit, newest_first) = match query {
+                HistoryQuery::Latest { offset, limit } => (0, u64::MAX, offset, limit, true),
+                HistoryQuery::BeforeSeq { seq, limit } => (0, seq, 0, limit, true),
+                HistoryQuery::After { seq, limit } => {
+                    (seq.saturating_add(1), u64::MAX, 0, limit, false)
                 }
-                HistoryQuery::BeforeSeq { seq, limit } => (message_key(room, seq), 0, limit),
             };
+            let (from, to) = (message_key(room, from), message_key(room, to));
+            let range = table.range(from.as_slice()..to.as_slice())?;
+            let entries: Box<dyn Iterator<Item = _>> = if newest_first {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            let take = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
             let mut messages = Vec::new();
-            for entry in table
-                .range(start.as_slice()..end.as_slice())?
-                .rev()
-                .skip(usize::try_from(skip).unwrap_or(usize::MAX))
-                .take(usize::try_from(limit).unwrap_or(usize::MAX))
-            {
+            for entry in entries.skip(take(skip)).take(take(limit)) {
                 let (_, value) = entry?;
                 messages.push(serde_json::from_slice::<Message>(value.value())?);
             }
-            messages.reverse();
+            if newest_first {
+                messages.reverse();
+            }
             Ok(HistoryPage { messages, total })
         })
         .await

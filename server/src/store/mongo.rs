@@ -602,18 +602,23 @@ impl Store for MongoStore {
             .count_documents(doc! {"room_id": room_id})
             .await
             .map_err(map_error)?;
-        let (filter, skip, limit) = match query {
-            HistoryQuery::Latest { offset, limit } => (doc! {"room_id": room_id}, offset, limit),
-            HistoryQuery::BeforeSeq { seq, limit } => (
-                doc! {"room_id": room_id, "seq": {"$lt": seq_to_i64(seq)?}},
-                0,
-                limit,
-            ),
+        let (filter, skip, limit, order) = match query {
+            HistoryQuery::Latest { offset, limit } => {
+                (doc! {"room_id": room_id}, offset, limit, -1)
+            }
+            HistoryQuery::BeforeSeq { seq, limit } => {
+                let filter = doc! {"room_id": room_id, "seq": {"$lt": seq_to_i64(seq)?}};
+                (filter, 0, limit, -1)
+            }
+            HistoryQuery::After { seq, limit } => {
+                let filter = doc! {"room_id": room_id, "seq": {"$gt": seq_to_i64(seq)?}};
+                (filter, 0, limit, 1)
+            }
         };
         let cursor = self
             .messages()
             .find(filter)
-            .sort(doc! {"seq": -1})
+            .sort(doc! {"seq": order})
             .skip(skip)
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
@@ -624,7 +629,9 @@ impl Store for MongoStore {
             .into_iter()
             .map(Message::try_from)
             .collect::<StoreResult<Vec<_>>>()?;
-        messages.reverse();
+        if order < 0 {
+            messages.reverse();
+        }
         Ok(HistoryPage { messages, total })
     }
 }

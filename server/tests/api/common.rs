@@ -221,7 +221,7 @@ impl TestServer {
         let task = tokio::spawn(server::serve(
             listener,
             chat_server::http::router(state.clone(), &config.cors_origins),
-            state.health.clone(),
+            state.clone(),
             async move {
                 let _ = stop.await;
             },

@@ -1,0 +1,352 @@
+//! One WebSocket connection: a reader task that handles the client's frames,
+//! and a writer task that owns the socket's sending half and the delivery
+//! cursors. They share only the bounded queue and the connection's kick signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use super::cursor::Cursors;
+use super::hub::{Connection, Kick, Outbound};
+use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
+use crate::auth::Claims;
+use crate::chat::{ChatError, encode};
+use crate::model::Id;
+use crate::state::AppState;
+
+/// Frames waiting to be written to one client before it counts as slow.
+pub const QUEUE_CAPACITY: usize = 512;
+/// The server pings this often; browsers answer pings without any client code.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// No frame (a pong counts) for this long and the connection is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Invalid frames in a row tolerated before the client is treated as abusive.
+const MAX_BAD_FRAMES: u32 = 20;
+/// Rate-limited messages in a row tolerated before the client is disconnected.
+const MAX_REFUSED_MESSAGES: u32 = 50;
+
+pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Option<Id>) {
+    let (sink, stream) = socket.split();
+    let (queue, outbound) = mpsc::channel(QUEUE_CAPACITY);
+    let connection = state
+        .chat
+        .hub
+        .register(claims.sub, claims.username.clone(), queue);
+    tracing::debug!(connection = connection.id, user_id = %claims.sub, "websocket connected");
+    let writer = tokio::spawn(write(sink, outbound, connection.clone()));
+    if let Some(room) = room {
+        if let Err(e) = state.chat.subscribe(&connection, room).await {
+            send_error(&connection, &e.into());
+        }
+    }
+    let reason = read(stream, &state, &connection, claims.exp).await;
+    connection.kick(reason);
+    state.chat.disconnected(&connection);
+    let _ = writer.await;
+    tracing::debug!(connection = connection.id, ?reason, "websocket closed");
+}
+
+async fn read(
+    mut stream: SplitStream<WebSocket>,
+    state: &AppState,
+    connection: &Arc<Connection>,
+    exp: i64,
+) -> Kick {
+    let mut expires_at = deadline_of(exp);
+    let mut bad_frames = 0u32;
+    let mut refused = 0u32;
+    loop {
+        let idle = Instant::now() + IDLE_TIMEOUT;
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            reason = connection.kicked() => return reason,
+            () = sleep_until(expires_at) => return Kick::TokenExpired,
+            () = sleep_until(idle) => return Kick::Idle,
+        };
+        let text = match frame {
+            Some(Ok(WsMessage::Text(text))) => text,
+            Some(Ok(WsMessage::Binary(_))) => {
+                bad_frames += 1;
+                send_error(
+                    connection,
+                    &FrameError::new("malformed_frame", "frames must be JSON text"),
+                );
+                if bad_frames > MAX_BAD_FRAMES {
+                    return Kick::Abuse;
+                }
+                continue;
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Close(_))) | None => return Kick::Gone,
+            // Oversized frames, invalid UTF-8 and protocol violations end here.
+            Some(Err(e)) => {
+                tracing::debug!(connection = connection.id, error = %e, "websocket read failed");
+                return Kick::Broken;
+            }
+        };
+        let frame = match protocol::parse(&text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                bad_frames += 1;
+                send_error(connection, &e);
+                if bad_frames > MAX_BAD_FRAMES {
+                    return Kick::Abuse;
+                }
+                continue;
+            }
+        };
+        bad_frames = 0;
+        match handle(frame, state, connection, &mut expires_at).await {
+            Ok(()) => refused = 0,
+            Err(Refusal::RateLimited(retry_after)) => {
+                refused += 1;
+                connection.send(Outbound::Direct(encode(&ServerFrame::Error {
+                    code: "rate_limited".into(),
+                    message: "too many messages; slow down".into(),
+                    retry_after: Some((retry_after.as_secs_f64() * 1000.0).ceil() / 1000.0),
+                })));
+                if refused > MAX_REFUSED_MESSAGES {
+                    return Kick::Flooding;
+                }
+            }
+            Err(Refusal::Error(e)) => send_error(connection, &e),
+        }
+    }
+}
+
+enum Refusal {
+    RateLimited(Duration),
+    Error(FrameError),
+}
+
+impl From<FrameError> for Refusal {
+    fn from(error: FrameError) -> Self {
+        Refusal::Error(error)
+    }
+}
+
+impl From<ChatError> for Refusal {
+    fn from(error: ChatError) -> Self {
+        match error {
+            ChatError::RateLimited(wait) => Refusal::RateLimited(wait),
+            other => Refusal::Error(other.into()),
+        }
+    }
+}
+
+impl From<ChatError> for FrameError {
+    fn from(error: ChatError) -> Self {
+        let code = match &error {
+            ChatError::NotSubscribed => "not_joined",
+            ChatError::NoSuchRoom => "not_found",
+            ChatError::RateLimited(_) => "rate_limited",
+            ChatError::TooFarBehind => "resume_too_far",
+            ChatError::Store(crate::store::StoreError::Unavailable(detail)) => {
+                tracing::warn!(error = %detail, "store unavailable for a websocket frame");
+                return FrameError::new(
+                    "unavailable",
+                    "the database is unavailable; retry shortly",
+                );
+            }
+            ChatError::Store(other) => {
+                tracing::error!(error = %other, "store error on a websocket frame");
+                return FrameError::new("internal", "something went wrong on our side; retry");
+            }
+        };
+        FrameError::new(code, error.to_string())
+    }
+}
+
+async fn handle(
+    frame: ClientFrame,
+    state: &AppState,
+    connection: &Arc<Connection>,
+    expires_at: &mut Instant,
+) -> Result<(), Refusal> {
+    let chat = &state.chat;
+    match frame {
+        ClientFrame::Message {
+            room_id,
+            content,
+            client_id,
+        } => {
+            let content = protocol::clean_content(&content)?;
+            protocol::check_client_id(client_id.as_deref())?;
+            chat.check_rate(connection.user)
+                .map_err(Refusal::RateLimited)?;
+            let message = chat
+                .post(connection, room_id, content, client_id.clone())
+                .await?;
+            connection.send(Outbound::Direct(encode(&ServerFrame::Ack {
+                client_id,
+                room_id,
+                id: message.id,
+                seq: message.seq,
+            })));
+        }
+        ClientFrame::Join { room_id } => {
+            chat.ensure_member(room_id, &connection.author()).await?;
+            chat.subscribe(connection, room_id).await?;
+        }
+        ClientFrame::Leave { room_id } => chat.unsubscribe(connection, room_id),
+        ClientFrame::Resume { room_id, last_seq } => {
+            let room = chat.visible_room(room_id, connection.user).await?;
+            if !room.is_member(connection.user) {
+                return Err(ChatError::NotSubscribed.into());
+            }
+            chat.resume(connection, room_id, last_seq).await?;
+        }
+        ClientFrame::Typing { room_id } => {
+            require_subscribed(state, connection, room_id)?;
+            chat.relay(
+                room_id,
+                &ServerFrame::Typing {
+                    room_id,
+                    user_id: connection.user,
+                    username: connection.username.clone(),
+                },
+            );
+        }
+        ClientFrame::Read { room_id, seq } => {
+            require_subscribed(state, connection, room_id)?;
+            chat.relay(
+                room_id,
+                &ServerFrame::Read {
+                    room_id,
+                    user_id: connection.user,
+                    seq,
+                },
+            );
+        }
+        ClientFrame::Auth { token } => {
+            let claims = super::verify(state, &token)
+                .map_err(|_| FrameError::new("invalid_token", "the token is invalid or expired"))?;
+            if claims.sub != connection.user {
+                return Err(
+                    FrameError::new("invalid_token", "the token belongs to another user").into(),
+                );
+            }
+            *expires_at = deadline_of(claims.exp);
+            connection.send(Outbound::Direct(encode(&ServerFrame::Authenticated {
+                exp: claims.exp,
+            })));
+        }
+        ClientFrame::Ping => {
+            connection.send(Outbound::Direct(encode(&ServerFrame::Pong)));
+        }
+    }
+    Ok(())
+}
+
+fn require_subscribed(state: &AppState, connection: &Connection, room: Id) -> Result<(), Refusal> {
+    if state.chat.hub.is_subscribed(room, connection.id) {
+        Ok(())
+    } else {
+        Err(ChatError::NotSubscribed.into())
+    }
+}
+
+fn send_error(connection: &Connection, error: &FrameError) {
+    connection.send(Outbound::Direct(encode(&ServerFrame::from(error.clone()))));
+}
+
+/// When a token with this `exp` (seconds since the epoch) stops being valid.
+fn deadline_of(exp: i64) -> Instant {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Instant::now() + Duration::from_secs(u64::try_from(exp - now).unwrap_or(0))
+}
+
+async fn write(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut outbound: mpsc::Receiver<Outbound>,
+    connection: Arc<Connection>,
+) {
+    let mut cursors: Cursors<Utf8Bytes> = Cursors::default();
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    loop {
+        let frames: Vec<Utf8Bytes> = tokio::select! {
+            // Queued frames first: a kicked slow consumer still gets its close frame
+            // promptly, but a closing client's acks are not dropped for no reason.
+            biased;
+            reason = connection.kicked() => {
+                if !matches!(reason, Kick::Gone | Kick::Broken) {
+                    let close = CloseFrame { code: reason.close_code(), reason: Utf8Bytes::from_static(reason.reason()) };
+                    let _ = sink.send(WsMessage::Close(Some(close))).await;
+                }
+                let _ = sink.close().await;
+                return;
+            }
+            item = outbound.recv() => match item {
+                Some(item) => deliverable(&mut cursors, item),
+                None => return,
+            },
+            _ = ping.tick() => {
+                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    connection.kick(Kick::Broken);
+                }
+                continue;
+            }
+        };
+        for frame in frames {
+            if sink.feed(WsMessage::Text(frame)).await.is_err() {
+                connection.kick(Kick::Broken);
+                break;
+            }
+        }
+        // Write what else is already queued before flushing: one syscall for a burst.
+        while let Ok(item) = outbound.try_recv() {
+            for frame in deliverable(&mut cursors, item) {
+                if sink.feed(WsMessage::Text(frame)).await.is_err() {
+                    connection.kick(Kick::Broken);
+                }
+            }
+        }
+        if sink.flush().await.is_err() {
+            connection.kick(Kick::Broken);
+        }
+    }
+}
+
+/// What an outbound item means for this connection's socket, given its cursors.
+fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound) -> Vec<Utf8Bytes> {
+    match item {
+        Outbound::Direct(frame) => vec![frame],
+        Outbound::Message { room, seq, frame } => {
+            cursors.live(room, seq, frame).into_iter().collect()
+        }
+        Outbound::Event { room, frame } => {
+            if cursors.is_subscribed(room) {
+                vec![frame]
+            } else {
+                Vec::new()
+            }
+        }
+        Outbound::Joined { room, last, frame } => {
+            cursors.joined(room, last);
+            vec![frame]
+        }
+        Outbound::Left { room, frame } => {
+            cursors.left(room);
+            vec![frame]
+        }
+        Outbound::Resuming { room } => {
+            cursors.resuming(room);
+            Vec::new()
+        }
+        Outbound::Replayed {
+            room,
+            frame,
+            replay,
+            upto,
+        } => {
+            let mut frames = vec![frame];
+            frames.extend(cursors.replayed(room, replay, upto));
+            frames
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The hub: which local connections receive which rooms, and fan-out to them.
+//!
+//! The lock is a plain mutex held only to copy the list of recipients; sending
+//! happens after it is released and never waits: each connection has a bounded
+//! queue, and a connection whose queue is full is disconnected (told why) rather
+//! than slowing the room for everyone else.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+
+use crate::model::{Id, Timestamp};
+
+pub type ConnId = u64;
+
+/// What a connection's writer task receives.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame for this connection alone (ack, error, pong, ...).
+    Direct(Utf8Bytes),
+    /// A room message, written at most once per seq (see `cursor`).
+    Message {
+        room: Id,
+        seq: u64,
+        frame: Utf8Bytes,
+    },
+    /// A room event without seq (typing, read, presence): written if subscribed.
+    Event {
+        room: Id,
+        frame: Utf8Bytes,
+    },
+    Joined {
+        room: Id,
+        last: u64,
+        frame: Utf8Bytes,
+    },
+    Left {
+        room: Id,
+        frame: Utf8Bytes,
+    },
+    Resuming {
+        room: Id,
+    },
+    /// The end of a resume: `frame` (a `resumed` frame), then the replay.
+    Replayed {
+        room: Id,
+        frame: Utf8Bytes,
+        replay: Vec<(u64, Utf8Bytes)>,
+        upto: u64,
+    },
+}
+
+/// Why the server closes a connection: a WebSocket close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The outbound queue overflowed; the client should reconnect and resume.
+    SlowConsumer,
+    /// The client kept sending after being told to stop.
+    Flooding,
+    /// Too many invalid frames in a row.
+    Abuse,
+    /// The token expired and was not refreshed with an `auth` frame.
+    TokenExpired,
+    /// No frame or pong within the idle timeout.
+    Idle,
+    /// The server is shutting down; reconnect to another pod.
+    Shutdown,
+    /// The client closed the connection.
+    Gone,
+    /// The socket failed (reset, protocol violation, oversized frame).
+    Broken,
+}
+
+impl Kick {
+    pub fn close_code(self) -> u16 {
+        match self {
+            Kick::SlowConsumer => 4008,
+            Kick::Flooding => 4029,
+            Kick::Abuse => 1008,
+            Kick::TokenExpired => 4001,
+            Kick::Idle => 4000,
+            Kick::Shutdown => 1012,
+            Kick::Gone => 1000,
+            Kick::Broken => 1002,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Kick::SlowConsumer => "slow consumer: outbound queue overflowed; reconnect and resume",
+            Kick::Flooding => "rate limit exceeded repeatedly",
+            Kick::Abuse => "too many invalid frames",
+            Kick::TokenExpired => "token expired; reconnect with a fresh token",
+            Kick::Idle => "idle timeout",
+            Kick::Shutdown => "server shutting down; reconnect",
+            Kick::Gone => "closed",
+            Kick::Broken => "connection failed",
+        }
+    }
+}
+
+/// One live WebSocket connection as the rest of the server sees it.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: ConnId,
+    pub user: Id,
+    pub username: String,
+    pub connected_at: Timestamp,
+    queue: mpsc::Sender<Outbound>,
+    kick: Mutex<Option<Kick>>,
+    kicked: Notify,
+}
+
+impl Connection {
+    pub fn author(&self) -> crate::chat::Author {
+        crate::chat::Author {
+            id: self.user,
+            username: self.username.clone(),
+        }
+    }
+
+    /// Queues an item without waiting. A full queue disconnects the connection.
+    pub fn send(&self, item: Outbound) -> bool {
+        match self.queue.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick(Kick::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection to close with `reason`; the first reason wins.
+    pub fn kick(&self, reason: Kick) {
+        let mut kick = lock(&self.kick);
+        if kick.is_none() {
+            *kick = Some(reason);
+            self.kicked.notify_one();
+        }
+    }
+
+    /// Resolves once the connection has been kicked, with the reason.
+    pub async fn kicked(&self) -> Kick {
+        loop {
+            if let Some(reason) = *lock(&self.kick) {
+                return reason;
+            }
+            self.kicked.notified().await;
+        }
+    }
+}
+
+/// A live connection as listed by `GET /api/sessions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub connection_id: String,
+    pub pod: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub connected_at: Timestamp,
+    pub rooms: Vec<Id>,
+}
+
+#[derive(Default)]
+struct Inner {
+    connections: HashMap<ConnId, Arc<Connection>>,
+    rooms: HashMap<Id, HashMap<ConnId, Arc<Connection>>>,
+    rooms_of: HashMap<ConnId, HashSet<Id>>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain maps;
+/// the maps stay usable, so carry on rather than take the server down.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Hub {
+    pub fn register(
+        &self,
+        user: Id,
+        username: String,
+        queue: mpsc::Sender<Outbound>,
+    ) -> Arc<Connection> {
+        let connection = Arc::new(Connection {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            user,
+            username,
+            connected_at: crate::model::now(),
+            queue,
+            kick: Mutex::new(None),
+            kicked: Notify::new(),
+        });
+        lock(&self.inner)
+            .connections
+            .insert(connection.id, connection.clone());
+        connection
+    }
+
+    /// Forgets a closed connection; returns the rooms it was subscribed to.
+    pub fn unregister(&self, id: ConnId) -> Vec<Id> {
+        let mut inner = lock(&self.inner);
+        inner.connections.remove(&id);
+        let rooms: Vec<Id> = inner.rooms_of.remove(&id).into_iter().flatten().collect();
+        for room in &rooms {
+            if let Some(members) = inner.rooms.get_mut(room) {
+                members.remove(&id);
+                if members.is_empty() {
+                    inner.rooms.remove(room);
+                }
+            }
+        }
+        rooms
+    }
+
+    pub fn subscribe(&self, room: Id, connection: &Arc<Connection>) {
+        let mut inner = lock(&self.inner);
+        inner
+            .rooms
+            .entry(room)
+            .or_default()
+            .insert(connection.id, connection.clone());
+        inner
+            .rooms_of
+            .entry(connection.id)
+            .or_default()
+            .insert(room);
+    }
+
+    pub fn unsubscribe(&self, room: Id, id: ConnId) {
+        let mut inner = lock(&self.inner);
+        if let Some(rooms) = inner.rooms_of.get_mut(&id) {
+            rooms.remove(&room);
+        }
+        if let Some(members) = inner.rooms.get_mut(&room) {
+            members.remove(&id);
+            if members.is_empty() {
+                inner.rooms.remove(&room);
+            }
+        }
+    }
+
+    pub fn is_subscribed(&self, room: Id, id: ConnId) -> bool {
+        lock(&self.inner)
+            .rooms
+            .get(&room)
+            .is_some_and(|members| members.contains_key(&id))
+    }
+
+    /// The connections subscribed to `room`, copied so no lock is held while sending.
+    pub fn subscribers(&self, room: Id) -> Vec<Arc<Connection>> {
+        lock(&self.inner)
+            .rooms
+            .get(&room)
+            .map(|members| members.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends one item per subscriber of `room`, made by `item` (frames are shared
+    /// bytes, so this copies no payload).
+    pub fn broadcast(&self, room: Id, item: impl Fn() -> Outbound) -> usize {
+        let subscribers = self.subscribers(room);
+        subscribers
+            .iter()
+            .filter(|connection| connection.send(item()))
+            .count()
+    }
+
+    /// The connections of `user` subscribed to `room`.
+    pub fn user_subscriptions(&self, room: Id, user: Id) -> Vec<Arc<Connection>> {
+        self.subscribers(room)
+            .into_iter()
+            .filter(|c| c.user == user)
+            .collect()
+    }
+
+    pub fn sessions_of(&self, user: Id, pod: &str) -> Vec<Session> {
+        let inner = lock(&self.inner);
+        let mut sessions: Vec<Session> = inner
+            .connections
+            .values()
+            .filter(|c| c.user == user)
+            .map(|c| Session {
+                connection_id: format!("{pod}/{}", c.id),
+                pod: pod.to_owned(),
+                connected_at: c.connected_at,
+                rooms: inner
+                    .rooms_of
+                    .get(&c.id)
+                    .map(|r| r.iter().copied().collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.connected_at);
+        sessions
+    }
+
+    pub fn is_online(&self, user: Id) -> bool {
+        lock(&self.inner)
+            .connections
+            .values()
+            .any(|c| c.user == user)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        lock(&self.inner).connections.len()
+    }
+
+    /// Kicks every connection (shutdown).
+    pub fn kick_all(&self, reason: Kick) {
+        let connections: Vec<_> = lock(&self.inner).connections.values().cloned().collect();
+        for connection in connections {
+            connection.kick(reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Outbound {
+        Outbound::Direct(Utf8Bytes::from(text.to_owned()))
+    }
+
+    #[tokio::test]
+    async fn fans_out_to_subscribers_only() {
+        let hub = Hub::default();
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let (tx_b, mut rx_b) = mpsc::channel(8);
+        let a = hub.register(Id::new(), "a".into(), tx_a);
+        let b = hub.register(Id::new(), "b".into(), tx_b);
+        let room = Id::new();
+        hub.subscribe(room, &a);
+        assert_eq!(hub.broadcast(room, || frame("hi")), 1);
+        assert!(matches!(rx_a.try_recv(), Ok(Outbound::Direct(_))));
+        assert!(rx_b.try_recv().is_err());
+        hub.subscribe(room, &b);
+        hub.unsubscribe(room, a.id);
+        assert_eq!(hub.broadcast(room, || frame("again")), 1);
+        assert!(rx_a.try_recv().is_err());
+        assert!(rx_b.try_recv().is_ok());
+        assert_eq!(hub.unregister(b.id), vec![room]);
+        assert_eq!(hub.broadcast(room, || frame("nobody")), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_the_slow_consumer_without_blocking() {
+        let hub = Hub::default();
+        let (tx_slow, _rx_slow) = mpsc::channel(2);
+        let (tx_fast, mut rx_fast) = mpsc::channel(16);
+        let slow = hub.register(Id::new(), "slow".into(), tx_slow);
+        let fast = hub.register(Id::new(), "fast".into(), tx_fast);
+        let room = Id::new();
+        hub.subscribe(room, &slow);
+        hub.subscribe(room, &fast);
+        for i in 0..5 {
+            hub.broadcast(room, || frame(&i.to_string()));
+        }
+        assert_eq!(slow.kicked().await, Kick::SlowConsumer);
+        let mut received = 0;
+        while rx_fast.try_recv().is_ok() {
+            received += 1;
+        }
+        assert_eq!(received, 5, "the fast member got everything");
+    }
+
+    #[test]
+    fn sessions_list_a_users_connections_and_rooms() {
+        let hub = Hub::default();
+        let user = Id::new();
+        let (tx, _rx) = mpsc::channel(1);
+        let connection = hub.register(user, "u".into(), tx.clone());
+        hub.register(Id::new(), "other".into(), tx);
+        let room = Id::new();
+        hub.subscribe(room, &connection);
+        let sessions = hub.sessions_of(user, "pod-1");
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].rooms, vec![room]);
+        assert_eq!(sessions[0].pod, "pod-1");
+        assert!(hub.is_online(user));
+        hub.unregister(connection.id);
+        assert!(!hub.is_online(user));
+    }
+}

@@ -1,0 +1,113 @@
+//! `GET /ws`: the real-time protocol (see docs/protocol.md).
+//!
+//! The token is checked before the upgrade, so a bad token gets an HTTP 401
+//! with the JSON error body instead of a socket that silently closes.
+
+pub mod connection;
+pub mod cursor;
+pub mod hub;
+pub mod protocol;
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use serde::Deserialize;
+
+use crate::auth::{Claims, TokenError};
+use crate::http::error::ApiError;
+use crate::http::extract::{Query, parse_id};
+use crate::state::AppState;
+
+/// Incoming frames are chat-sized; a larger one closes the connection (1009).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// tungstenite's default 128 KiB read buffer is zero-filled per connection; 4 KiB
+/// keeps an idle connection at a few KiB of memory.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// The subprotocol a browser selects when it passes its token as `bearer.<jwt>`.
+const SUBPROTOCOL: &str = "chat";
+
+#[derive(Debug, Deserialize)]
+pub struct WsParams {
+    pub token: Option<String>,
+    pub room_id: Option<String>,
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(params): Query<WsParams>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let (token, protocol) = find_token(&params, &headers)?;
+    let claims = verify(&state, &token)?;
+    let upgrade =
+        upgrade.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
+    let room = match &params.room_id {
+        Some(raw) => Some(
+            state
+                .chat
+                .ensure_member(parse_id(raw, "room")?, &claims.author())
+                .await?
+                .id,
+        ),
+        None => None,
+    };
+    let mut upgrade = upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES);
+    if let Some(protocol) = protocol {
+        upgrade = upgrade.protocols([protocol]);
+    }
+    Ok(upgrade.on_upgrade(move |socket| connection::run(socket, state, claims, room)))
+}
+
+pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
+    state.tokens.verify(token).map_err(|e| match e {
+        TokenError::Expired => {
+            ApiError::unauthorized("token_expired", "the token has expired; refresh it")
+        }
+        TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
+    })
+}
+
+/// The token from `?token=`, `Authorization: Bearer`, or a `bearer.<jwt>`
+/// entry of `Sec-WebSocket-Protocol` (browsers cannot set headers on a
+/// WebSocket). Also returns the subprotocol to echo in the last case.
+fn find_token(
+    params: &WsParams,
+    headers: &HeaderMap,
+) -> Result<(String, Option<String>), ApiError> {
+    if let Some(token) = params.token.as_deref().filter(|t| !t.is_empty()) {
+        return Ok((token.to_owned(), None));
+    }
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return Ok((token.trim().to_owned(), None));
+        }
+    }
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v: &HeaderValue| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if let Some(token) = offered.iter().find_map(|p| p.strip_prefix("bearer.")) {
+        let echo = if offered.contains(&SUBPROTOCOL) {
+            SUBPROTOCOL.to_owned()
+        } else {
+            format!("bearer.{token}")
+        };
+        return Ok((token.to_owned(), Some(echo)));
+    }
+    Err(ApiError::unauthorized(
+        "missing_token",
+        "pass the token as ?token=, Authorization: Bearer, or Sec-WebSocket-Protocol: bearer.<token>",
+    ))
+}

@@ -1,0 +1,354 @@
+//! The WebSocket protocol: every frame is a JSON object with a `type`.
+//!
+//! Parsing and content rules are pure so they are tested here, without a socket.
+//! See docs/protocol.md for the full description.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Id;
+
+/// Longest message content, in characters, after cleaning.
+pub const MAX_CONTENT_CHARS: usize = 4000;
+/// Longest `client_id`; it is an opaque retry key, not a payload.
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
+
+/// What a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Post to a room; `client_id` makes retries safe (the same id is stored once).
+    Message {
+        room_id: Id,
+        content: String,
+        client_id: Option<String>,
+    },
+    Join {
+        room_id: Id,
+    },
+    Leave {
+        room_id: Id,
+    },
+    Typing {
+        room_id: Id,
+    },
+    Read {
+        room_id: Id,
+        seq: u64,
+    },
+    /// Replay what came after `last_seq` in the room, then continue live.
+    Resume {
+        room_id: Id,
+        last_seq: u64,
+    },
+    /// Replace the connection's token before it expires.
+    Auth {
+        token: String,
+    },
+    Ping,
+}
+
+/// A frame the server refuses, with the code and sentence sent back in an
+/// `error` frame. The connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct FrameError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl FrameError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+const KNOWN_TYPES: [&str; 8] = [
+    "message", "join", "leave", "typing", "read", "resume", "auth", "ping",
+];
+
+/// Parses one text frame. Tells a malformed frame (not JSON, no `type`), an
+/// unknown type, and a known type with bad fields apart, because clients fix
+/// each differently.
+pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| FrameError::new("malformed_frame", "a frame must be a JSON object"))?;
+    let kind = value
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| FrameError::new("malformed_frame", "a frame must have a string \"type\""))?;
+    if !KNOWN_TYPES.contains(&kind) {
+        return Err(FrameError::new(
+            "unknown_type",
+            format!("unknown frame type {kind:?}"),
+        ));
+    }
+    let kind = kind.to_owned();
+    serde_json::from_value(value)
+        .map_err(|e| FrameError::new("invalid_frame", format!("{kind}: {e}")))
+}
+
+/// Cleans message content: control characters other than newline and tab are
+/// removed (they can spoof terminals and UIs), surrounding whitespace trimmed,
+/// then the result must be non-empty and at most [`MAX_CONTENT_CHARS`].
+pub fn clean_content(raw: &str) -> Result<String, FrameError> {
+    let cleaned: String = raw
+        .chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .collect();
+    let cleaned = cleaned.trim();
+    if cleaned.is_empty() {
+        return Err(FrameError::new("empty_message", "the message is empty"));
+    }
+    if cleaned.chars().count() > MAX_CONTENT_CHARS {
+        return Err(FrameError::new(
+            "message_too_long",
+            format!("a message may have at most {MAX_CONTENT_CHARS} characters"),
+        ));
+    }
+    Ok(cleaned.to_owned())
+}
+
+pub fn check_client_id(client_id: Option<&str>) -> Result<(), FrameError> {
+    match client_id {
+        Some(id)
+            if id.is_empty()
+                || id.chars().count() > MAX_CLIENT_ID_CHARS
+                || id.chars().any(char::is_control) =>
+        {
+            Err(FrameError::new(
+                "invalid_frame",
+                format!("client_id must be 1 to {MAX_CLIENT_ID_CHARS} printable characters"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What the server sends besides chat messages (which are [`crate::model::Message`]s).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The sender's message is stored under `id` and `seq`.
+    Ack {
+        client_id: Option<String>,
+        room_id: Id,
+        id: Id,
+        seq: u64,
+    },
+    /// `user_id` came online in, or went offline from, the room.
+    Presence {
+        room_id: Id,
+        user_id: Id,
+        username: String,
+        status: PresenceStatus,
+    },
+    Typing {
+        room_id: Id,
+        user_id: Id,
+        username: String,
+    },
+    Read {
+        room_id: Id,
+        user_id: Id,
+        seq: u64,
+    },
+    /// The connection now receives the room's messages live; `last_seq` is the
+    /// newest seq at that moment, so the client knows whether it missed any.
+    Joined {
+        room_id: Id,
+        last_seq: u64,
+    },
+    Left {
+        room_id: Id,
+    },
+    /// A resume is answered: the missed messages after `from_seq` follow.
+    Resumed {
+        room_id: Id,
+        from_seq: u64,
+        last_seq: u64,
+    },
+    /// The connection's token was replaced; it is now valid until `exp`.
+    Authenticated {
+        exp: i64,
+    },
+    Error {
+        code: String,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<f64>,
+    },
+    Pong,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(error: FrameError) -> Self {
+        ServerFrame::Error {
+            code: error.code.to_owned(),
+            message: error.message,
+            retry_after: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_the_seed_clients_message() {
+        let room = Id::new();
+        let frame =
+            parse(&json!({"type": "message", "room_id": room, "content": "hello"}).to_string())
+                .unwrap();
+        assert_eq!(
+            frame,
+            ClientFrame::Message {
+                room_id: room,
+                content: "hello".into(),
+                client_id: None
+            }
+        );
+    }
+
+    #[test]
+    fn parses_every_client_frame() {
+        let room = Id::new();
+        let cases = [
+            (
+                json!({"type": "join", "room_id": room}),
+                ClientFrame::Join { room_id: room },
+            ),
+            (
+                json!({"type": "leave", "room_id": room}),
+                ClientFrame::Leave { room_id: room },
+            ),
+            (
+                json!({"type": "typing", "room_id": room}),
+                ClientFrame::Typing { room_id: room },
+            ),
+            (
+                json!({"type": "read", "room_id": room, "seq": 4}),
+                ClientFrame::Read {
+                    room_id: room,
+                    seq: 4,
+                },
+            ),
+            (
+                json!({"type": "resume", "room_id": room, "last_seq": 9}),
+                ClientFrame::Resume {
+                    room_id: room,
+                    last_seq: 9,
+                },
+            ),
+            (
+                json!({"type": "auth", "token": "t"}),
+                ClientFrame::Auth { token: "t".into() },
+            ),
+            (json!({"type": "ping"}), ClientFrame::Ping),
+            (
+                json!({"type": "message", "room_id": room, "content": "x", "client_id": "c1"}),
+                ClientFrame::Message {
+                    room_id: room,
+                    content: "x".into(),
+                    client_id: Some("c1".into()),
+                },
+            ),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(parse(&json.to_string()).unwrap(), expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn tells_malformed_unknown_and_invalid_frames_apart() {
+        assert_eq!(parse("not json").unwrap_err().code, "malformed_frame");
+        assert_eq!(parse("[1,2]").unwrap_err().code, "malformed_frame");
+        assert_eq!(
+            parse(r#"{"content":"no type"}"#).unwrap_err().code,
+            "malformed_frame"
+        );
+        assert_eq!(
+            parse(r#"{"type":"shout"}"#).unwrap_err().code,
+            "unknown_type"
+        );
+        assert_eq!(
+            parse(r#"{"type":"message","room_id":"nope","content":"x"}"#)
+                .unwrap_err()
+                .code,
+            "invalid_frame"
+        );
+        assert_eq!(
+            parse(r#"{"type":"message","room_id":{"$gt":""},"content":"x"}"#)
+                .unwrap_err()
+                .code,
+            "invalid_frame"
+        );
+        assert_eq!(
+            parse(r#"{"type":"read","room_id":"0123456789abcdef01234567","seq":-1}"#)
+                .unwrap_err()
+                .code,
+            "invalid_frame"
+        );
+    }
+
+    #[test]
+    fn content_is_cleaned_and_bounded() {
+        assert_eq!(
+            clean_content("  hi\u{7}\u{1b}[31m there\n  ").unwrap(),
+            "hi[31m there"
+        );
+        assert_eq!(
+            clean_content("line 1\nline 2\ttab").unwrap(),
+            "line 1\nline 2\ttab"
+        );
+        assert_eq!(
+            clean_content(" \u{0} \n").unwrap_err().code,
+            "empty_message"
+        );
+        assert!(clean_content(&"é".repeat(MAX_CONTENT_CHARS)).is_ok());
+        assert_eq!(
+            clean_content(&"x".repeat(MAX_CONTENT_CHARS + 1))
+                .unwrap_err()
+                .code,
+            "message_too_long"
+        );
+    }
+
+    #[test]
+    fn client_ids_are_short_and_printable() {
+        assert!(check_client_id(None).is_ok());
+        assert!(check_client_id(Some("a1b2")).is_ok());
+        assert!(check_client_id(Some("")).is_err());
+        assert!(check_client_id(Some(&"x".repeat(65))).is_err());
+        assert!(check_client_id(Some("a\nb")).is_err());
+    }
+
+    #[test]
+    fn server_frames_have_their_type() {
+        let error = serde_json::to_value(ServerFrame::Error {
+            code: "rate_limited".into(),
+            message: "slow down".into(),
+            retry_after: Some(0.5),
+        })
+        .unwrap();
+        assert_eq!(
+            error,
+            json!({"type": "error", "code": "rate_limited", "message": "slow down", "retry_after": 0.5})
+        );
+        assert_eq!(
+            serde_json::to_value(ServerFrame::Pong).unwrap(),
+            json!({"type": "pong"})
+        );
+    }
+}
