@@ -25,6 +25,8 @@ pub const QUEUE_CAPACITY: usize = 512;
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// No frame (a pong counts) for this long and the connection is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a closing connection may take to write what was queued before.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// Invalid frames in a row tolerated before the client is treated as abusive.
 const MAX_BAD_FRAMES: u32 = 20;
 /// Rate-limited messages in a row tolerated before the client is disconnected.
@@ -39,10 +41,10 @@ pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Optio
         .register(claims.sub, claims.username.clone(), queue);
     tracing::debug!(connection = connection.id, user_id = %claims.sub, "websocket connected");
     let writer = tokio::spawn(write(sink, outbound, connection.clone()));
-    if let Some(room) = room {
-        if let Err(e) = state.chat.subscribe(&connection, room).await {
-            send_error(&connection, &e.into());
-        }
+    if let Some(room) = room
+        && let Err(e) = state.chat.subscribe(&connection, room).await
+    {
+        send_error(&connection, &e.into());
     }
     let reason = read(stream, &state, &connection, claims.exp).await;
     connection.kick(reason);
@@ -270,10 +272,24 @@ async fn write(
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     loop {
         let frames: Vec<Utf8Bytes> = tokio::select! {
-            // Queued frames first: a kicked slow consumer still gets its close frame
-            // promptly, but a closing client's acks are not dropped for no reason.
+            // A kick is seen before more queued frames, so a slow consumer is closed
+            // promptly; the kick branch still drains what it owes (see there).
             biased;
             reason = connection.kicked() => {
+                // What was queued before the kick (acks, errors) is still owed to
+                // the client, unless its slowness is the reason: then close now.
+                if !matches!(reason, Kick::SlowConsumer | Kick::Gone | Kick::Broken) {
+                    let drain = async {
+                        while let Ok(item) = outbound.try_recv() {
+                            for frame in deliverable(&mut cursors, item) {
+                                if sink.feed(WsMessage::Text(frame)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+                }
                 if !matches!(reason, Kick::Gone | Kick::Broken) {
                     let close = CloseFrame { code: reason.close_code(), reason: Utf8Bytes::from_static(reason.reason()) };
                     let _ = sink.send(WsMessage::Close(Some(close))).await;

@@ -83,13 +83,12 @@ fn find_token(
     if let Some(token) = params.token.as_deref().filter(|t| !t.is_empty()) {
         return Ok((token.to_owned(), None));
     }
-    if let Some(value) = headers
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        if let Some(token) = value.strip_prefix("Bearer ") {
-            return Ok((token.trim().to_owned(), None));
-        }
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(token) = bearer {
+        return Ok((token.trim().to_owned(), None));
     }
     let offered: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)

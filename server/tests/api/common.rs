@@ -359,3 +359,124 @@ pub struct TestUser {
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
+
+/// A WebSocket client over real TCP, as a browser or the seed's client would be.
+pub struct WsClient {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// How long a test waits for a frame it expects.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl WsClient {
+    /// Connects to `/ws?{query}`; an HTTP refusal comes back as its status and JSON body.
+    pub async fn connect(server: &TestServer, query: &str) -> Result<Self, (u16, Value)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/ws?{query}", server.base.replace("http://", "ws://"));
+        let request = url.into_client_request().expect("ws request");
+        Self::connect_request(request).await
+    }
+
+    pub async fn connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Self, (u16, Value)> {
+        use tokio_tungstenite::tungstenite::Error;
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((stream, _)) => Ok(Self { stream }),
+            Err(Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("websocket connect failed: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_raw(tokio_tungstenite::tungstenite::Message::Text(
+            frame.to_string().into(),
+        ))
+        .await;
+    }
+
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures::SinkExt;
+        self.stream.send(message).await.expect("websocket send");
+    }
+
+    /// The next JSON frame, or what closed the connection as `{"closed": code}`.
+    pub async fn next(&mut self) -> Value {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let frame = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
+                .await
+                .expect("a frame within the timeout");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).expect("frames are JSON");
+                }
+                Some(Ok(Message::Close(close))) => {
+                    return json!({"closed": close.map(|c| u16::from(c.code)), "reason": "" });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return json!({"closed": null}),
+            }
+        }
+    }
+
+    /// The next frame of `kind`, skipping others (presence, typing, ...).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == kind || frame.get("closed").is_some() {
+                return frame;
+            }
+        }
+    }
+
+    /// The next chat message (text or system).
+    pub async fn next_message(&mut self) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == "text" || frame["type"] == "system" || frame.get("closed").is_some()
+            {
+                return frame;
+            }
+        }
+    }
+
+    /// Asserts no chat message arrives within `within`.
+    pub async fn no_message_within(&mut self, within: Duration) {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(&text).expect("JSON");
+                    assert!(
+                        frame["type"] != "text" && frame["type"] != "system",
+                        "unexpected message {frame}"
+                    );
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The query string for `user`, optionally joining `room` at once.
+pub fn ws_query(user: &TestUser, room: Option<&str>) -> String {
+    match room {
+        Some(room) => format!("token={}&room_id={room}", user.token),
+        None => format!("token={}", user.token),
+    }
+}

@@ -6,4 +6,5 @@ mod common;
 mod accounts;
 mod history;
 mod operations;
+mod realtime;
 mod rooms;
