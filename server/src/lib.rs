@@ -6,6 +6,7 @@
 //! wires it together from a [`config::Config`].
 
 pub mod auth;
+pub mod bus;
 pub mod chat;
 pub mod config;
 pub mod health;

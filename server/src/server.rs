@@ -9,6 +9,9 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::TokenIssuer;
 use crate::auth::jwt::load_or_create_secret;
+use crate::bus::Bus;
+use crate::bus::local::LocalBus;
+use crate::bus::redis::RedisBus;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::health::Health;
@@ -29,6 +32,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot read or create the JWT key in {dir}: {source}")]
     JwtSecret { dir: String, source: std::io::Error },
+    #[error("cannot start the message bus: {0}")]
+    Bus(crate::bus::BusError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -61,9 +66,19 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         ),
         None => None,
     };
+    let hub = Arc::new(Hub::default());
+    let bus: Arc<dyn Bus> = match &redis {
+        Some(client) => {
+            RedisBus::start(client.clone(), store.clone(), hub.clone(), &config.pod_name)
+                .await
+                .map_err(StartError::Bus)?
+        }
+        None => Arc::new(LocalBus::new(store.clone(), hub.clone())),
+    };
     let chat = Arc::new(Chat::new(
         store.clone(),
-        Arc::new(Hub::default()),
+        hub,
+        bus,
         config.rate_limit_per_sec,
         config.rate_limit_burst,
     ));

@@ -149,6 +149,14 @@ impl From<ChatError> for ApiError {
                 error.to_string(),
             ),
             ChatError::TooFarBehind => Self::conflict("resume_too_far", error.to_string()),
+            ChatError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "message bus unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "messaging is unavailable; try again shortly",
+                )
+            }
             ChatError::Store(e) => e.into(),
         }
     }

@@ -300,7 +300,7 @@ pub async fn delete(
     if !state.store.delete_room(room.id).await? {
         return Err(gone());
     }
-    state.chat.room_deleted(room.id);
+    state.chat.room_deleted(room.id).await;
     tracing::info!(room_id = %room.id, user_id = %caller.id, "room deleted");
     Ok(StatusCode::NO_CONTENT)
 }

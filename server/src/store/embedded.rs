@@ -416,6 +416,30 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()> {
+        let batch = batch.to_vec();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut messages = tx.open_table(MESSAGES)?;
+                let mut counts = tx.open_table(MESSAGE_COUNTS)?;
+                for message in &batch {
+                    let key = message_key(message.room_id, message.seq);
+                    if messages.get(key.as_slice())?.is_some() {
+                        continue;
+                    }
+                    messages.insert(key.as_slice(), to_json(message)?.as_slice())?;
+                    let room = message.room_id.bytes();
+                    let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
+                    counts.insert(room.as_slice(), count + 1)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage> {
         self.run(move |db| {
             let tx = db.begin_read()?;

@@ -72,5 +72,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a message unless one with the same `(room_id, seq)` exists.
     async fn insert_message(&self, message: &Message) -> StoreResult<Inserted>;
+    /// Stores a batch, skipping messages whose `(room_id, seq)` is already
+    /// stored: the persist worker may deliver a batch more than once.
+    async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()>;
     async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage>;
 }

@@ -595,6 +595,31 @@ impl Store for MongoStore {
         }
     }
 
+    async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let docs = batch
+            .iter()
+            .map(MessageDoc::try_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Unordered: one duplicate (a batch written twice) does not stop the rest.
+        match self.messages().insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(failure)
+                    if failure.write_concern_error.is_none()
+                        && failure.write_errors.as_ref().is_some_and(|errors| {
+                            errors.iter().all(|w| w.code == DUPLICATE_KEY)
+                        }) =>
+                {
+                    Ok(())
+                }
+                _ => Err(map_error(e)),
+            },
+        }
+    }
+
     async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage> {
         let room_id = room.object_id();
         let total = self

@@ -13,9 +13,10 @@ use tokio::time::{Instant, sleep_until};
 
 use super::cursor::Cursors;
 use super::hub::{Connection, Kick, Outbound};
+use super::protocol::encode;
 use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::auth::Claims;
-use crate::chat::{ChatError, encode};
+use crate::chat::ChatError;
 use crate::model::Id;
 use crate::state::AppState;
 
@@ -42,13 +43,13 @@ pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Optio
     tracing::debug!(connection = connection.id, user_id = %claims.sub, "websocket connected");
     let writer = tokio::spawn(write(sink, outbound, connection.clone()));
     if let Some(room) = room
-        && let Err(e) = state.chat.subscribe(&connection, room).await
+        && let Err(e) = state.chat.open(&connection, room, None).await
     {
         send_error(&connection, &e.into());
     }
     let reason = read(stream, &state, &connection, claims.exp).await;
     connection.kick(reason);
-    state.chat.disconnected(&connection);
+    state.chat.disconnected(&connection).await;
     let _ = writer.await;
     tracing::debug!(connection = connection.id, ?reason, "websocket closed");
 }
@@ -148,6 +149,10 @@ impl From<ChatError> for FrameError {
             ChatError::NoSuchRoom => "not_found",
             ChatError::RateLimited(_) => "rate_limited",
             ChatError::TooFarBehind => "resume_too_far",
+            ChatError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "bus unavailable for a websocket frame");
+                return FrameError::new("unavailable", "messaging is unavailable; retry shortly");
+            }
             ChatError::Store(crate::store::StoreError::Unavailable(detail)) => {
                 tracing::warn!(error = %detail, "store unavailable for a websocket frame");
                 return FrameError::new(
@@ -193,15 +198,15 @@ async fn handle(
         }
         ClientFrame::Join { room_id } => {
             chat.ensure_member(room_id, &connection.author()).await?;
-            chat.subscribe(connection, room_id).await?;
+            chat.open(connection, room_id, None).await?;
         }
-        ClientFrame::Leave { room_id } => chat.unsubscribe(connection, room_id),
+        ClientFrame::Leave { room_id } => chat.close(connection, room_id).await,
         ClientFrame::Resume { room_id, last_seq } => {
             let room = chat.visible_room(room_id, connection.user).await?;
             if !room.is_member(connection.user) {
                 return Err(ChatError::NotSubscribed.into());
             }
-            chat.resume(connection, room_id, last_seq).await?;
+            chat.open(connection, room_id, Some(last_seq)).await?;
         }
         ClientFrame::Typing { room_id } => {
             require_subscribed(state, connection, room_id)?;
@@ -212,7 +217,8 @@ async fn handle(
                     user_id: connection.user,
                     username: connection.username.clone(),
                 },
-            );
+            )
+            .await;
         }
         ClientFrame::Read { room_id, seq } => {
             require_subscribed(state, connection, room_id)?;
@@ -223,7 +229,8 @@ async fn handle(
                     user_id: connection.user,
                     seq,
                 },
-            );
+            )
+            .await;
         }
         ClientFrame::Auth { token } => {
             let claims = super::verify(state, &token)
@@ -342,16 +349,17 @@ fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound) -> Vec<Utf8Byte
                 Vec::new()
             }
         }
-        Outbound::Joined { room, last, frame } => {
-            cursors.joined(room, last);
-            vec![frame]
-        }
+
         Outbound::Left { room, frame } => {
             cursors.left(room);
             vec![frame]
         }
         Outbound::Resuming { room } => {
             cursors.resuming(room);
+            Vec::new()
+        }
+        Outbound::Reset { room } => {
+            cursors.left(room);
             Vec::new()
         }
         Outbound::Replayed {

@@ -33,19 +33,20 @@ pub enum Outbound {
         room: Id,
         frame: Utf8Bytes,
     },
-    Joined {
-        room: Id,
-        last: u64,
-        frame: Utf8Bytes,
-    },
     Left {
         room: Id,
         frame: Utf8Bytes,
     },
+    /// Hold the room's live messages until `Replayed` (a join or a resume began).
     Resuming {
         room: Id,
     },
-    /// The end of a resume: `frame` (a `resumed` frame), then the replay.
+    /// A join or resume failed after `Resuming`: forget the room silently.
+    Reset {
+        room: Id,
+    },
+    /// The end of a join or resume: `frame` (`joined` or `resumed`), the replay
+    /// of missed messages, then the held live ones newer than `upto`.
     Replayed {
         room: Id,
         frame: Utf8Bytes,
@@ -315,6 +316,20 @@ impl Hub {
 
     pub fn connection_count(&self) -> usize {
         lock(&self.inner).connections.len()
+    }
+
+    /// Stops delivery of `room` to `user`'s connections (or all), telling them.
+    pub fn evict(&self, room: Id, user: Option<Id>) {
+        let frame = super::protocol::encode(&super::protocol::ServerFrame::Left { room_id: room });
+        for connection in self.subscribers(room) {
+            if user.is_none_or(|user| user == connection.user) {
+                self.unsubscribe(room, connection.id);
+                connection.send(Outbound::Left {
+                    room,
+                    frame: frame.clone(),
+                });
+            }
+        }
     }
 
     /// Kicks every connection (shutdown).

@@ -127,6 +127,15 @@ pub fn check_client_id(client_id: Option<&str>) -> Result<(), FrameError> {
     }
 }
 
+/// Serializes a frame once; every recipient shares the bytes.
+pub fn encode<T: Serialize>(value: &T) -> axum::extract::ws::Utf8Bytes {
+    let json = serde_json::to_string(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot serialize a frame");
+        r#"{"type":"error","code":"internal","message":"unserializable frame"}"#.to_owned()
+    });
+    axum::extract::ws::Utf8Bytes::from(json)
+}
+
 /// What the server sends besides chat messages (which are [`crate::model::Message`]s).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

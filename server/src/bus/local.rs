@@ -1,0 +1,182 @@
+//! The in-process bus for a single server (no CHAT_REDIS_URL).
+//!
+//! Each room has a sequencing lock. Under it a message gets the next `seq`, is
+//! written to the store (it is acked only after the write), and is handed to the
+//! hub, so every subscriber sees a room's messages in seq order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+
+use super::{Bus, BusError};
+use crate::model::{HistoryQuery, Id, Message};
+use crate::store::{Inserted, Store, StoreError};
+use crate::ws::hub::{Hub, Outbound};
+use crate::ws::protocol::encode;
+
+/// How many recent client_ids are remembered to dedupe retries.
+const DEDUPE_CAPACITY: usize = 100_000;
+
+type Sequencer = Arc<tokio::sync::Mutex<Option<u64>>>;
+
+pub struct LocalBus {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    sequencers: Mutex<HashMap<Id, Sequencer>>,
+    sent: Mutex<Dedupe>,
+}
+
+#[derive(Default)]
+struct Dedupe {
+    map: HashMap<String, Message>,
+    order: VecDeque<String>,
+}
+
+impl Dedupe {
+    fn insert(&mut self, key: String, message: Message) {
+        if self.map.insert(key.clone(), message).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > DEDUPE_CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.map.remove(&oldest);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LocalBus {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>) -> Self {
+        Self {
+            store,
+            hub,
+            sequencers: Mutex::default(),
+            sent: Mutex::default(),
+        }
+    }
+
+    fn sequencer(&self, room: Id) -> Sequencer {
+        lock(&self.sequencers).entry(room).or_default().clone()
+    }
+
+    async fn stored_newest(&self, room: Id) -> Result<u64, StoreError> {
+        let page = self
+            .store
+            .messages(
+                room,
+                HistoryQuery::Latest {
+                    offset: 0,
+                    limit: 1,
+                },
+            )
+            .await?;
+        Ok(page.messages.last().map_or(0, |m| m.seq))
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, BusError> {
+        if let Some(previous) = dedupe
+            .as_ref()
+            .and_then(|key| lock(&self.sent).map.get(key).cloned())
+        {
+            return Ok(previous);
+        }
+        let room = draft.room_id;
+        let sequencer = self.sequencer(room);
+        let mut newest = sequencer.lock().await;
+        let mut seq = match *newest {
+            Some(seq) => seq + 1,
+            None => self.stored_newest(room).await? + 1,
+        };
+        let message = loop {
+            let message = Message {
+                seq,
+                ..draft.clone()
+            };
+            match self.store.insert_message(&message).await? {
+                Inserted::New => break message,
+                // Another process wrote this seq (two servers on one store without
+                // Redis): take the next free one rather than lose the message.
+                Inserted::Existing(_) => seq = self.stored_newest(room).await? + 1,
+            }
+        };
+        *newest = Some(seq);
+        let frame = encode(&message);
+        self.hub.broadcast(room, || Outbound::Message {
+            room,
+            seq,
+            frame: frame.clone(),
+        });
+        drop(newest);
+        if let Some(key) = dedupe {
+            lock(&self.sent).insert(key, message.clone());
+        }
+        Ok(message)
+    }
+
+    async fn newest_seq(&self, room: Id) -> Result<u64, BusError> {
+        let sequencer = self.sequencer(room);
+        let mut newest = sequencer.lock().await;
+        let seq = match *newest {
+            Some(seq) => seq,
+            None => self.stored_newest(room).await?,
+        };
+        *newest = Some(seq);
+        Ok(seq)
+    }
+
+    async fn missed(&self, room: Id, after: u64, upto: u64) -> Result<Vec<Message>, BusError> {
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let page = self
+            .store
+            .messages(
+                room,
+                HistoryQuery::After {
+                    seq: after,
+                    limit: upto - after,
+                },
+            )
+            .await?;
+        Ok(page
+            .messages
+            .into_iter()
+            .filter(|m| m.seq <= upto)
+            .collect())
+    }
+
+    async fn subscribe(&self, _room: Id) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _room: Id) {}
+
+    async fn publish_event(&self, room: Id, frame: Utf8Bytes) {
+        self.hub.broadcast(room, || Outbound::Event {
+            room,
+            frame: frame.clone(),
+        });
+    }
+
+    async fn evict(&self, room: Id, user: Option<Id>) {
+        self.hub.evict(room, user);
+        if user.is_none() {
+            lock(&self.sequencers).remove(&room);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The bus: how a message gets its `seq`, becomes durable and reaches every
+//! subscriber on every pod. Two implementations:
+//! - [`local::LocalBus`]: one process; seq from the store, written before delivery;
+//! - [`redis::RedisBus`]: many pods sharing Redis: an atomic script assigns the
+//!   seq, queues the message for persistence on a stream, keeps a short recent
+//!   buffer for resume and publishes it, so pub/sub order is seq order.
+
+pub mod local;
+pub mod redis;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+
+use crate::model::{Id, Message};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    #[error("bus error: {0}")]
+    Internal(String),
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// Gives `draft` the room's next seq, makes it durable and delivers it to
+    /// every subscriber of the room. With `dedupe` (the sender's id and
+    /// client_id), a retry returns the message stored the first time.
+    async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, BusError>;
+
+    /// The newest seq of the room.
+    async fn newest_seq(&self, room: Id) -> Result<u64, BusError>;
+
+    /// The messages with `after < seq <= upto`, in order, for a resume.
+    async fn missed(&self, room: Id, after: u64, upto: u64) -> Result<Vec<Message>, BusError>;
+
+    /// This process starts receiving `room`; returns once it will not miss any.
+    async fn subscribe(&self, room: Id) -> Result<(), BusError>;
+
+    /// This process has no subscriber of `room` left.
+    async fn unsubscribe(&self, room: Id);
+
+    /// Relays a seq-less frame (typing, read, presence) to the room's
+    /// subscribers everywhere. Best effort: such frames are not stored.
+    async fn publish_event(&self, room: Id, frame: Utf8Bytes);
+
+    /// Stops delivery of `room` to `user` (or to everyone) on every pod.
+    async fn evict(&self, room: Id, user: Option<Id>);
+}
+
+/// A message with seq 0 serialized, split where the seq goes, so Redis can
+/// splice in the seq it assigns without parsing JSON. `Message` ends with `seq`.
+pub fn split_at_seq(draft: &Message) -> Result<(String, String), BusError> {
+    let json = serde_json::to_string(&Message {
+        seq: 0,
+        ..draft.clone()
+    })
+    .map_err(|e| BusError::Internal(format!("cannot serialize a message: {e}")))?;
+    let head = json
+        .strip_suffix("0}")
+        .filter(|head| head.ends_with("\"seq\":"))
+        .ok_or_else(|| BusError::Internal("message JSON does not end with its seq".into()))?;
+    Ok((head.to_owned(), "}".to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MessageKind;
+
+    #[test]
+    fn a_message_can_be_spliced_with_its_seq() {
+        let draft = Message {
+            kind: MessageKind::Text,
+            id: Id::new(),
+            room_id: Id::new(),
+            user_id: Id::new(),
+            username: "a\"lice".into(),
+            content: "\"seq\":0}".into(),
+            timestamp: crate::model::now(),
+            seq: 0,
+        };
+        let (head, tail) = split_at_seq(&draft).unwrap();
+        let spliced: Message = serde_json::from_str(&format!("{head}42{tail}")).unwrap();
+        assert_eq!(spliced, Message { seq: 42, ..draft });
+    }
+}

@@ -1,0 +1,509 @@
+//! The Redis bus: sequencing, durable hand-off and cross-pod fan-out for many
+//! chat pods.
+//!
+//! One Lua script does, atomically: dedupe by client_id, `INCR` the room's seq,
+//! `XADD` the message to the persistence stream, add it to the room's recent
+//! buffer and `PUBLISH` it. Because Redis runs scripts one at a time, every pod
+//! sees a room's messages in seq order. A message is acked once the script has
+//! run: it is in the stream (Redis with AOF keeps it through a restart), and the
+//! persist worker moves it into the store in batches with idempotent writes,
+//! claiming what a dead pod left pending. A pod subscribes only to the channels
+//! of rooms it has local subscribers in.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::streams::StreamReadReply;
+use redis::{AsyncCommands, Script};
+use serde::Deserialize;
+
+use super::{Bus, BusError, split_at_seq};
+use crate::model::{HistoryQuery, Id, Message};
+use crate::store::Store;
+use crate::ws::hub::{Hub, Outbound};
+
+/// The stream of acked messages waiting to be written to the store.
+pub const PERSIST_STREAM: &str = "chat:persist";
+const PERSIST_GROUP: &str = "chat-persist";
+/// Messages kept per room for fast resume.
+const RECENT_LEN: usize = 1000;
+/// How long a client_id is remembered for retries.
+const DEDUPE_TTL_SECS: u64 = 24 * 3600;
+/// Entries pending this long belong to a dead pod and are claimed.
+const CLAIM_IDLE_MS: u64 = 30_000;
+const PERSIST_BATCH: usize = 500;
+
+/// KEYS: seq, recent, stream, dedupe. ARGV: floor, head, tail, channel,
+/// recent length, dedupe ttl, whether to dedupe. Returns {status, payload}:
+/// 1 new, 0 a retry (payload is the first message), 2 the seq counter is
+/// missing and the caller must pass the store's newest seq as the floor.
+const APPEND: &str = r"
+if ARGV[7] == '1' then
+  local previous = redis.call('GET', KEYS[4])
+  if previous then return {0, previous} end
+end
+local current = redis.call('GET', KEYS[1])
+if not current then
+  if ARGV[1] == '-1' then return {2, ''} end
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+local seq = redis.call('INCR', KEYS[1])
+local payload = ARGV[2] .. seq .. ARGV[3]
+redis.call('XADD', KEYS[3], '*', 'm', payload)
+redis.call('ZADD', KEYS[2], seq, payload)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[5]) + 1))
+redis.call('EXPIRE', KEYS[2], 86400)
+redis.call('PUBLISH', ARGV[4], payload)
+if ARGV[7] == '1' then redis.call('SET', KEYS[4], payload, 'EX', ARGV[6]) end
+return {1, payload}
+";
+
+fn channel(room: Id) -> String {
+    format!("chat:room:{room}")
+}
+
+fn seq_key(room: Id) -> String {
+    format!("chat:room:{room}:seq")
+}
+
+fn recent_key(room: Id) -> String {
+    format!("chat:room:{room}:recent")
+}
+
+fn unavailable(error: redis::RedisError) -> BusError {
+    BusError::Unavailable(error.to_string())
+}
+
+fn parse_message(payload: &str) -> Result<Message, BusError> {
+    serde_json::from_str(payload)
+        .map_err(|e| BusError::Internal(format!("corrupt message from redis: {e}")))
+}
+
+pub struct RedisBus {
+    commands: ConnectionManager,
+    append: Script,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    /// Rooms this pod wants, re-subscribed after a reconnect.
+    wanted: Mutex<HashSet<Id>>,
+    /// The live pub/sub connection, absent while Redis is unreachable.
+    sink: Mutex<Option<PubSubSink>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Frames on a room channel: messages carry a seq; `_evict` is a control frame.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    room_id: Id,
+    seq: Option<u64>,
+    user_id: Option<Id>,
+}
+
+impl RedisBus {
+    /// Connects and starts the pub/sub listener and the persist worker. Fails
+    /// if Redis cannot be reached now; later outages are survived.
+    pub async fn start(
+        client: redis::Client,
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        pod: &str,
+    ) -> Result<Arc<Self>, BusError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let commands = ConnectionManager::new_with_config(client.clone(), config.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut setup = commands.clone();
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(PERSIST_STREAM)
+            .arg(PERSIST_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut setup)
+            .await;
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(unavailable(e));
+        }
+        // A blocking XREADGROUP would stall every command multiplexed with it,
+        // so the worker has a connection of its own.
+        let worker = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(unavailable)?;
+        let bus = Arc::new(Self {
+            commands,
+            append: Script::new(APPEND),
+            store,
+            hub,
+            wanted: Mutex::default(),
+            sink: Mutex::default(),
+        });
+        tokio::spawn(listen(Arc::downgrade(&bus), client));
+        tokio::spawn(persist(Arc::downgrade(&bus), worker, pod.to_owned()));
+        Ok(bus)
+    }
+
+    async fn stored_newest(&self, room: Id) -> Result<u64, BusError> {
+        let page = self
+            .store
+            .messages(
+                room,
+                HistoryQuery::Latest {
+                    offset: 0,
+                    limit: 1,
+                },
+            )
+            .await?;
+        Ok(page.messages.last().map_or(0, |m| m.seq))
+    }
+
+    /// A frame from a room channel, for the local subscribers of that room.
+    fn deliver(&self, payload: String) {
+        let envelope: Envelope = match serde_json::from_str(&payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable frame on a room channel");
+                return;
+            }
+        };
+        let room = envelope.room_id;
+        match (envelope.kind.as_str(), envelope.seq) {
+            ("text" | "system", Some(seq)) => {
+                let frame = Utf8Bytes::from(payload);
+                self.hub.broadcast(room, || Outbound::Message {
+                    room,
+                    seq,
+                    frame: frame.clone(),
+                });
+            }
+            ("_evict", _) => self.hub.evict(room, envelope.user_id),
+            _ => {
+                let frame = Utf8Bytes::from(payload);
+                self.hub.broadcast(room, || Outbound::Event {
+                    room,
+                    frame: frame.clone(),
+                });
+            }
+        }
+    }
+
+    async fn publish(&self, room: Id, payload: &str) -> redis::RedisResult<()> {
+        let mut commands = self.commands.clone();
+        commands.publish::<_, _, ()>(channel(room), payload).await
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, BusError> {
+        let room = draft.room_id;
+        let (head, tail) = split_at_seq(&draft)?;
+        let dedupe_key = dedupe.map(|key| format!("chat:dedupe:{key}"));
+        let mut floor: i64 = -1;
+        let mut commands = self.commands.clone();
+        for _ in 0..3 {
+            let (status, payload): (i64, String) = self
+                .append
+                .key(seq_key(room))
+                .key(recent_key(room))
+                .key(PERSIST_STREAM)
+                .key(dedupe_key.as_deref().unwrap_or("chat:dedupe:-"))
+                .arg(floor)
+                .arg(&head)
+                .arg(&tail)
+                .arg(channel(room))
+                .arg(RECENT_LEN)
+                .arg(DEDUPE_TTL_SECS)
+                .arg(if dedupe_key.is_some() { "1" } else { "0" })
+                .invoke_async(&mut commands)
+                .await
+                .map_err(unavailable)?;
+            if status == 2 {
+                // First message since Redis lost or never had the counter: carry on
+                // from what the store holds, never reusing a seq.
+                floor = i64::try_from(self.stored_newest(room).await?).unwrap_or(i64::MAX);
+                continue;
+            }
+            return parse_message(&payload);
+        }
+        Err(BusError::Internal(
+            "the seq counter could not be initialised".into(),
+        ))
+    }
+
+    async fn newest_seq(&self, room: Id) -> Result<u64, BusError> {
+        let mut commands = self.commands.clone();
+        let current: Option<u64> = commands.get(seq_key(room)).await.map_err(unavailable)?;
+        match current {
+            Some(seq) => Ok(seq),
+            None => {
+                let stored = self.stored_newest(room).await?;
+                let _: bool = commands
+                    .set_nx(seq_key(room), stored)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(commands
+                    .get::<_, Option<u64>>(seq_key(room))
+                    .await
+                    .map_err(unavailable)?
+                    .unwrap_or(stored))
+            }
+        }
+    }
+
+    async fn missed(&self, room: Id, after: u64, upto: u64) -> Result<Vec<Message>, BusError> {
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let mut commands = self.commands.clone();
+        let recent: Vec<String> = commands
+            .zrangebyscore(recent_key(room), format!("({after}"), upto)
+            .await
+            .map_err(unavailable)?;
+        let mut found = BTreeMap::new();
+        for payload in &recent {
+            let message = parse_message(payload)?;
+            found.insert(message.seq, message);
+        }
+        // The buffer holds the newest messages; older ones come from the store.
+        let covered_from = found.keys().next().copied().unwrap_or(upto + 1);
+        if covered_from > after + 1 {
+            let limit = covered_from - after - 1;
+            let page = self
+                .store
+                .messages(room, HistoryQuery::After { seq: after, limit })
+                .await?;
+            for message in page.messages.into_iter().filter(|m| m.seq < covered_from) {
+                found.insert(message.seq, message);
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    async fn subscribe(&self, room: Id) -> Result<(), BusError> {
+        lock(&self.wanted).insert(room);
+        let sink = lock(&self.sink).clone();
+        match sink {
+            Some(mut sink) => sink.subscribe(channel(room)).await.map_err(unavailable),
+            None => Err(BusError::Unavailable(
+                "not connected to redis pub/sub".into(),
+            )),
+        }
+    }
+
+    async fn unsubscribe(&self, room: Id) {
+        lock(&self.wanted).remove(&room);
+        let sink = lock(&self.sink).clone();
+        if let Some(mut sink) = sink
+            && let Err(e) = sink.unsubscribe(channel(room)).await
+        {
+            tracing::debug!(error = %e, %room, "redis unsubscribe failed");
+        }
+    }
+
+    async fn publish_event(&self, room: Id, frame: Utf8Bytes) {
+        if let Err(e) = self.publish(room, frame.as_str()).await {
+            // Other pods miss this typing/presence frame; local members still get it.
+            tracing::warn!(error = %e, %room, "redis publish failed; delivering locally only");
+            self.hub.broadcast(room, || Outbound::Event {
+                room,
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    async fn evict(&self, room: Id, user: Option<Id>) {
+        let frame =
+            serde_json::json!({"type": "_evict", "room_id": room, "user_id": user}).to_string();
+        if let Err(e) = self.publish(room, &frame).await {
+            tracing::warn!(error = %e, %room, "redis publish failed; evicting locally only");
+            self.hub.evict(room, user);
+        }
+    }
+}
+
+/// Keeps a pub/sub connection up, subscribed to the wanted rooms, and hands
+/// what arrives to the hub. Reconnects with backoff when Redis goes away.
+async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
+    let mut backoff = Duration::from_millis(100);
+    let mut lost = false;
+    loop {
+        let stream = {
+            let Some(this) = bus.upgrade() else { return };
+            match client.get_async_pubsub().await {
+                Ok(pubsub) => {
+                    let (mut sink, stream) = pubsub.split();
+                    let rooms: Vec<String> =
+                        lock(&this.wanted).iter().copied().map(channel).collect();
+                    let subscribed = if rooms.is_empty() {
+                        Ok(())
+                    } else {
+                        sink.subscribe(&rooms).await
+                    };
+                    match subscribed {
+                        Ok(()) => {
+                            *lock(&this.sink) = Some(sink);
+                            if lost {
+                                tracing::info!(rooms = rooms.len(), "redis pub/sub reconnected");
+                            }
+                            backoff = Duration::from_millis(100);
+                            Some(stream)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "redis resubscribe failed");
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !lost {
+                        tracing::warn!(error = %e, "redis pub/sub unreachable; cross-pod delivery paused");
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(mut stream) = stream {
+            while let Some(message) = stream.next().await {
+                let Some(this) = bus.upgrade() else { return };
+                match message.get_payload::<String>() {
+                    Ok(payload) => this.deliver(payload),
+                    Err(e) => tracing::warn!(error = %e, "unreadable pub/sub payload"),
+                }
+            }
+            let Some(this) = bus.upgrade() else { return };
+            *lock(&this.sink) = None;
+            tracing::warn!(
+                "redis pub/sub connection lost; cross-pod delivery paused until it returns"
+            );
+        }
+        lost = true;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Moves acked messages from the stream into the store, in batches, with
+/// idempotent writes. Entries are acknowledged (and deleted) only after the
+/// store accepted them, so a crash or a store outage loses nothing: they stay
+/// pending, are retried, and a dead pod's are claimed by a live one.
+async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consumer: String) {
+    let mut read_pending = true;
+    let mut backoff = Duration::from_millis(100);
+    let mut last_claim = tokio::time::Instant::now();
+    loop {
+        let Some(this) = bus.upgrade() else { return };
+        if last_claim.elapsed() > Duration::from_millis(CLAIM_IDLE_MS / 2) {
+            last_claim = tokio::time::Instant::now();
+            let claimed: redis::RedisResult<redis::Value> = redis::cmd("XAUTOCLAIM")
+                .arg(PERSIST_STREAM)
+                .arg(PERSIST_GROUP)
+                .arg(&consumer)
+                .arg(CLAIM_IDLE_MS)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(PERSIST_BATCH)
+                .arg("JUSTID")
+                .query_async(&mut connection)
+                .await;
+            if claimed.is_ok() {
+                read_pending = true;
+            }
+        }
+        // "0" re-reads this consumer's pending entries (answered at once);
+        // ">" waits up to a second for new ones.
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(PERSIST_GROUP)
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(PERSIST_BATCH);
+        if !read_pending {
+            read.arg("BLOCK").arg(1000);
+        }
+        read.arg("STREAMS")
+            .arg(PERSIST_STREAM)
+            .arg(if read_pending { "0" } else { ">" });
+        let reply: redis::RedisResult<Option<StreamReadReply>> =
+            read.query_async(&mut connection).await;
+        let entries = match reply {
+            Ok(reply) => reply
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "persist worker cannot read the stream");
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                read_pending = true;
+                continue;
+            }
+        };
+        if entries.is_empty() {
+            read_pending = false;
+            continue;
+        }
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut batch = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let payload: Option<String> = entry.get("m");
+            match payload.as_deref().map(parse_message) {
+                Some(Ok(message)) => batch.push(message),
+                // Unreadable entries can never be written; drop them rather than block the queue.
+                _ => {
+                    tracing::error!(entry = %entry.id, "unreadable entry in the persist stream; dropped")
+                }
+            }
+            ids.push(entry.id);
+        }
+        match this.store.insert_messages(&batch).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                let acked: redis::RedisResult<()> = redis::pipe()
+                    .cmd("XACK")
+                    .arg(PERSIST_STREAM)
+                    .arg(PERSIST_GROUP)
+                    .arg(&ids)
+                    .ignore()
+                    .cmd("XDEL")
+                    .arg(PERSIST_STREAM)
+                    .arg(&ids)
+                    .ignore()
+                    .query_async(&mut connection)
+                    .await;
+                if let Err(e) = acked {
+                    // Written but not acked: they will be written again, idempotently.
+                    tracing::warn!(error = %e, "persist worker cannot ack");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pending = ids.len(), "cannot persist messages yet; will retry");
+                read_pending = true;
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
