@@ -100,6 +100,11 @@ impl Drop for Process {
 /// the shell stops the server. A static handle is never dropped, so this is
 /// what keeps a shared server from outliving its tests.
 pub fn start_secantus(storage: &str) -> Process {
+    start_secantus_on(free_port(), storage)
+}
+
+/// [`start_secantus`] on a given port, to restart a server where it was.
+pub fn start_secantus_on(port: u16, storage: &str) -> Process {
     let python = std::env::var("CHAT_TEST_SECANTUS_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
@@ -108,7 +113,6 @@ pub fn start_secantus(storage: &str) -> Process {
         "{} not found: run scripts/test.sh, which installs SecantusDB into .venv",
         python.display()
     );
-    let port = free_port();
     let script = r#""$0" -m secantus --port "$1" --storage-path "$2" --log-level WARNING >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid; wait $pid"#;
     let child = Command::new("sh")
         .arg("-c")
@@ -150,18 +154,29 @@ pub fn mongodb_uri() -> String {
 
 /// A `redis-server` on a free port, with nothing kept on disk.
 pub fn start_redis() -> Process {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+    start_redis_on(free_port(), None)
+}
+
+/// A `redis-server` on `port`; with `dir`, durable (AOF fsynced every write) so a
+/// restart on the same port and directory keeps its data, like a production Redis.
+pub fn start_redis_on(port: u16, dir: Option<&std::path::Path>) -> Process {
+    let mut command = Command::new("redis-server");
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+    ]);
+    match dir {
+        Some(dir) => command
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir),
+        None => command.args(["--appendonly", "no"]),
+    };
+    let child = command
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server (installed by scripts/test.sh)");

@@ -4,6 +4,7 @@
 mod common;
 
 mod accounts;
+mod cluster;
 mod history;
 mod operations;
 mod realtime;

@@ -1,0 +1,367 @@
+//! Several chat servers sharing one Redis and one MongoDB, as pods do:
+//! cross-pod delivery exactly once and in order, subscriptions only where
+//! members are, resume on another pod, and surviving Redis and MongoDB outages.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{
+    Backend, JWT_SECRET, Process, TestServer, TestUser, WsClient, env_for, free_port, mongodb_uri,
+    start_redis_on, start_secantus_on, unique_db_name, ws_query,
+};
+
+struct Cluster {
+    pods: Vec<TestServer>,
+    redis: Process,
+    redis_dir: tempfile::TempDir,
+}
+
+/// `pods` servers on one durable Redis and one MongoDB database.
+async fn cluster(pods: usize, mongodb: Option<String>) -> Cluster {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis = start_redis_on(free_port(), Some(redis_dir.path()));
+    let db = unique_db_name();
+    let uri = mongodb.unwrap_or_else(mongodb_uri);
+    let mut servers = Vec::new();
+    for i in 0..pods {
+        let (mut env, temp) = env_for(Backend::Mongo);
+        env.insert(
+            "CHAT_REDIS_URL",
+            format!("redis://127.0.0.1:{}", redis.port),
+        );
+        env.insert("CHAT_MONGODB_URI", uri.clone());
+        env.insert("CHAT_MONGODB_DB", db.clone());
+        env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
+        env.insert("CHAT_POD_NAME", format!("pod-{i}"));
+        env.insert("CHAT_RATE_LIMIT_PER_SEC", "1000".into());
+        env.insert("CHAT_RATE_LIMIT_BURST", "1000".into());
+        servers.push(TestServer::start_with_env(env, Some(temp)).await);
+    }
+    Cluster {
+        pods: servers,
+        redis,
+        redis_dir,
+    }
+}
+
+async fn send_acked(ws: &mut WsClient, room: &str, content: &str) -> Value {
+    ws.send(json!({"type": "message", "room_id": room, "content": content}))
+        .await;
+    ws.next_of("ack").await
+}
+
+/// Polls the history API until it holds `count` messages (persistence is
+/// asynchronous in cluster mode), returning their contents.
+async fn history_when_complete(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    count: u64,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = server
+            .get(
+                &format!("/api/rooms/{room}/messages?limit=100"),
+                &user.token,
+            )
+            .await;
+        if page["total"].as_u64() == Some(count) || Instant::now() > deadline {
+            return page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().to_owned())
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn channel_subscribers(redis: &Process, room: &str) -> i64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("chat:room:{room}"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    counts[0].1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_pods_once_and_in_order() {
+    let cluster = cluster(2, None).await;
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let room = a.room(&alice, "across", false).await;
+    a.post(
+        &format!("/api/rooms/{room}/join"),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await;
+
+    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    alice_ws.next_of("joined").await;
+    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    bob_ws.next_of("joined").await;
+
+    // Both write at once, from both pods: everyone sees one total order.
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        alice_ws
+            .send(json!({"type": "message", "room_id": room, "content": format!("a{i}")}))
+            .await;
+        bob_ws
+            .send(json!({"type": "message", "room_id": room, "content": format!("b{i}")}))
+            .await;
+        expected.push(format!("a{i}"));
+        expected.push(format!("b{i}"));
+    }
+    let mut seen_by = HashMap::new();
+    for (name, ws) in [("alice", &mut alice_ws), ("bob", &mut bob_ws)] {
+        let mut seqs = Vec::new();
+        let mut contents = Vec::new();
+        while contents.len() < 40 {
+            let message = ws.next_message().await;
+            seqs.push(message["seq"].as_u64().unwrap());
+            contents.push(message["content"].as_str().unwrap().to_owned());
+        }
+        ws.no_message_within(Duration::from_millis(300)).await;
+        let first = seqs[0];
+        assert_eq!(
+            seqs,
+            (first..first + 40).collect::<Vec<_>>(),
+            "{name}: gapless, ascending, no duplicates"
+        );
+        seen_by.insert(name, contents);
+    }
+    assert_eq!(seen_by["alice"], seen_by["bob"], "one order for everyone");
+    let mut sorted = seen_by["alice"].clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "every message, once");
+
+    // All of it reaches MongoDB through the persist stream.
+    let history = history_when_complete(b, &bob, &room, 41).await;
+    assert_eq!(history[0], "bob joined the room");
+    assert_eq!(history[1..], seen_by["alice"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_subscribes_only_to_rooms_with_local_members() {
+    let cluster = cluster(2, None).await;
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let busy = a.room(&alice, "busy", false).await;
+    let quiet = a.room(&alice, "quiet", false).await;
+    assert_eq!(channel_subscribers(&cluster.redis, &busy).await, 0);
+
+    let mut on_a = WsClient::connect(a, &ws_query(&alice, Some(&busy)))
+        .await
+        .unwrap();
+    on_a.next_of("joined").await;
+    assert_eq!(
+        channel_subscribers(&cluster.redis, &busy).await,
+        1,
+        "pod a only"
+    );
+    let mut on_b = WsClient::connect(b, &ws_query(&alice, Some(&busy)))
+        .await
+        .unwrap();
+    on_b.next_of("joined").await;
+    assert_eq!(channel_subscribers(&cluster.redis, &busy).await, 2);
+    assert_eq!(
+        channel_subscribers(&cluster.redis, &quiet).await,
+        0,
+        "nobody is in the quiet room"
+    );
+
+    on_b.send(json!({"type": "leave", "room_id": busy})).await;
+    on_b.next_of("left").await;
+    assert_eq!(
+        channel_subscribers(&cluster.redis, &busy).await,
+        1,
+        "pod b let go of the room"
+    );
+    drop(on_a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while channel_subscribers(&cluster.redis, &busy).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "pod a kept the room after its last member left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_pod_without_gap_or_duplicate() {
+    let cluster = cluster(2, None).await;
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let room = a.room(&alice, "roaming", false).await;
+    a.post(
+        &format!("/api/rooms/{room}/join"),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await;
+    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    alice_ws.next_of("joined").await;
+    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    let last_seen = bob_ws.next_of("joined").await["last_seq"].as_u64().unwrap();
+    drop(bob_ws);
+    for i in 0..5 {
+        send_acked(&mut alice_ws, &room, &format!("while away {i}")).await;
+    }
+    // Bob comes back on the other pod.
+    let mut bob_ws = WsClient::connect(a, &ws_query(&bob, None)).await.unwrap();
+    bob_ws
+        .send(json!({"type": "resume", "room_id": room, "last_seq": last_seen}))
+        .await;
+    assert_eq!(bob_ws.next_of("resumed").await["last_seq"], last_seen + 5);
+    for i in 0..5 {
+        let message = bob_ws.next_message().await;
+        assert_eq!(message["content"], format!("while away {i}"));
+        assert_eq!(message["seq"], last_seen + 1 + i);
+    }
+    bob_ws.no_message_within(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_pod_delivery_resumes_after_a_redis_restart() {
+    let mut cluster = cluster(2, None).await;
+    let (alice, bob, room) = {
+        let a = &cluster.pods[0];
+        let alice = a.user("alice").await;
+        let bob = a.user("bob").await;
+        let room = a.room(&alice, "weathered", false).await;
+        a.post(
+            &format!("/api/rooms/{room}/join"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+        (alice, bob, room)
+    };
+    let mut alice_ws = WsClient::connect(&cluster.pods[0], &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    alice_ws.next_of("joined").await;
+    let mut bob_ws = WsClient::connect(&cluster.pods[1], &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    bob_ws.next_of("joined").await;
+    let before = send_acked(&mut alice_ws, &room, "before").await;
+    assert_eq!(bob_ws.next_message().await["content"], "before");
+
+    let port = cluster.redis.port;
+    cluster.redis.kill();
+    // While Redis is down, posts are refused (not acked), never silently lost.
+    alice_ws
+        .send(json!({"type": "message", "room_id": room, "content": "during", "client_id": "d1"}))
+        .await;
+    assert_eq!(alice_ws.next_of("error").await["code"], "unavailable");
+    cluster.redis = start_redis_on(port, Some(cluster.redis_dir.path()));
+
+    // Delivery comes back by itself; the seq continues from before the restart.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        alice_ws
+            .send(
+                json!({"type": "message", "room_id": room, "content": "after", "client_id": "a1"}),
+            )
+            .await;
+        let frame = alice_ws.next().await;
+        if frame["type"] == "ack" {
+            break frame;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "posting did not recover: {frame}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(after["seq"], before["seq"].as_u64().unwrap() + 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let frame = bob_ws.next().await;
+        if frame["type"] == "text" {
+            assert_eq!(
+                (frame["content"].as_str(), &frame["seq"]),
+                (Some("after"), &after["seq"])
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob never got the message after the restart"
+        );
+    }
+    let history = history_when_complete(&cluster.pods[1], &bob, &room, 3).await;
+    assert_eq!(history, ["bob joined the room", "before", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_goes_on_while_mongodb_is_down_and_the_backlog_is_written_after() {
+    let storage = tempfile::tempdir().unwrap();
+    let storage_path = storage.path().display().to_string();
+    let port = free_port();
+    let mut mongo = start_secantus_on(port, &storage_path);
+    let cluster = cluster(
+        2,
+        Some(format!("mongodb://127.0.0.1:{port}/?directConnection=true")),
+    )
+    .await;
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let room = a.room(&alice, "resilient", false).await;
+    a.post(
+        &format!("/api/rooms/{room}/join"),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await;
+    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    alice_ws.next_of("joined").await;
+    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    bob_ws.next_of("joined").await;
+
+    mongo.kill();
+    for i in 0..10 {
+        let ack = send_acked(&mut alice_ws, &room, &format!("offline {i}")).await;
+        assert_eq!(ack["type"], "ack", "acked while MongoDB is down");
+        assert_eq!(
+            bob_ws.next_message().await["content"],
+            format!("offline {i}")
+        );
+    }
+    let _mongo = start_secantus_on(port, &storage_path);
+    // 1 system message (bob joined) + 10.
+    let history = history_when_complete(b, &bob, &room, 11).await;
+    assert_eq!(history.len(), 11, "{history:?}");
+    assert_eq!(
+        history[1..],
+        (0..10).map(|i| format!("offline {i}")).collect::<Vec<_>>()
+    );
+}
