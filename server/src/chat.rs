@@ -17,7 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use crate::bus::{Bus, BusError};
 use crate::model::{Id, Message, MessageKind, Room};
 use crate::store::{Store, StoreError};
-use crate::ws::hub::{Connection, Hub, Outbound};
+use crate::ws::hub::{Connection, Hub, Outbound, Session};
 use crate::ws::protocol::{PresenceStatus, ServerFrame, encode};
 
 /// How many missed messages one resume replays; a client further behind reads
@@ -70,6 +70,7 @@ pub struct Chat {
     pub hub: Arc<Hub>,
     bus: Arc<dyn Bus>,
     limiter: DefaultKeyedRateLimiter<Id>,
+    pod: String,
 }
 
 impl Chat {
@@ -77,6 +78,7 @@ impl Chat {
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         bus: Arc<dyn Bus>,
+        pod: &str,
         per_sec: u32,
         burst: u32,
     ) -> Self {
@@ -87,6 +89,7 @@ impl Chat {
             hub,
             bus,
             limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            pod: pod.to_owned(),
         }
     }
 
@@ -225,6 +228,7 @@ impl Chat {
             replay,
             upto,
         });
+        self.session_changed(connection).await;
         if first_here {
             self.announce(room, connection, PresenceStatus::Online)
                 .await;
@@ -278,14 +282,35 @@ impl Chat {
             room,
             frame: encode(&ServerFrame::Left { room_id: room }),
         });
+        self.session_changed(connection).await;
         self.left(room, connection).await;
     }
 
     /// A connection closed: forget it, tell its rooms if its user is gone.
     pub async fn disconnected(&self, connection: &Connection) {
+        self.bus
+            .session_closed(connection.user, &self.session_id(connection))
+            .await;
         for room in self.hub.unregister(connection.id) {
             self.left(room, connection).await;
         }
+    }
+
+    /// A connection opened or changed rooms: update the cluster-wide list.
+    pub async fn session_changed(&self, connection: &Connection) {
+        let id = connection.id;
+        if let Some(session) = self.hub.sessions(&self.pod, |c| c.id == id).pop() {
+            self.bus.session_changed(&session).await;
+        }
+    }
+
+    fn session_id(&self, connection: &Connection) -> String {
+        format!("{}/{}", self.pod, connection.id)
+    }
+
+    /// `user`'s live connections on every pod.
+    pub async fn sessions_of(&self, user: Id) -> Result<Vec<Session>, ChatError> {
+        Ok(self.bus.sessions_of(user).await?)
     }
 
     async fn left(&self, room: Id, connection: &Connection) {

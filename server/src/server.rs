@@ -73,12 +73,13 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
                 .await
                 .map_err(StartError::Bus)?
         }
-        None => Arc::new(LocalBus::new(store.clone(), hub.clone())),
+        None => Arc::new(LocalBus::new(store.clone(), hub.clone(), &config.pod_name)),
     };
     let chat = Arc::new(Chat::new(
         store.clone(),
         hub,
         bus,
+        &config.pod_name,
         config.rate_limit_per_sec,
         config.rate_limit_burst,
     ));

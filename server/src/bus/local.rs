@@ -13,7 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 use super::{Bus, BusError};
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::{Inserted, Store, StoreError};
-use crate::ws::hub::{Hub, Outbound};
+use crate::ws::hub::{Hub, Outbound, Session};
 use crate::ws::protocol::encode;
 
 /// How many recent client_ids are remembered to dedupe retries.
@@ -26,6 +26,7 @@ pub struct LocalBus {
     hub: Arc<Hub>,
     sequencers: Mutex<HashMap<Id, Sequencer>>,
     sent: Mutex<Dedupe>,
+    pod: String,
 }
 
 #[derive(Default)]
@@ -54,12 +55,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl LocalBus {
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>) -> Self {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, pod: &str) -> Self {
         Self {
             store,
             hub,
             sequencers: Mutex::default(),
             sent: Mutex::default(),
+            pod: pod.to_owned(),
         }
     }
 
@@ -178,5 +180,13 @@ impl Bus for LocalBus {
         if user.is_none() {
             lock(&self.sequencers).remove(&room);
         }
+    }
+
+    async fn session_changed(&self, _session: &Session) {}
+
+    async fn session_closed(&self, _user: Id, _connection_id: &str) {}
+
+    async fn sessions_of(&self, user: Id) -> Result<Vec<Session>, BusError> {
+        Ok(self.hub.sessions(&self.pod, |c| c.user == user))
     }
 }

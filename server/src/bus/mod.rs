@@ -13,6 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use crate::model::{Id, Message};
 use crate::store::StoreError;
+use crate::ws::hub::Session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -51,6 +52,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Stops delivery of `room` to `user` (or to everyone) on every pod.
     async fn evict(&self, room: Id, user: Option<Id>);
+
+    /// Records or refreshes a local connection in the cluster-wide list.
+    async fn session_changed(&self, session: &Session);
+
+    async fn session_closed(&self, user: Id, connection_id: &str);
+
+    /// The live connections of `user` on every pod, oldest first.
+    async fn sessions_of(&self, user: Id) -> Result<Vec<Session>, BusError>;
 }
 
 /// A message with seq 0 serialized, split where the seq goes, so Redis can

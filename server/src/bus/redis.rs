@@ -25,7 +25,7 @@ use serde::Deserialize;
 use super::{Bus, BusError, split_at_seq};
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::Store;
-use crate::ws::hub::{Hub, Outbound};
+use crate::ws::hub::{Hub, Outbound, Session};
 
 /// The stream of acked messages waiting to be written to the store.
 pub const PERSIST_STREAM: &str = "chat:persist";
@@ -37,6 +37,10 @@ const DEDUPE_TTL_SECS: u64 = 24 * 3600;
 /// Entries pending this long belong to a dead pod and are claimed.
 const CLAIM_IDLE_MS: u64 = 30_000;
 const PERSIST_BATCH: usize = 500;
+/// Each pod rewrites its sessions this often; a session not rewritten for
+/// `SESSION_TTL` belongs to a dead pod and is ignored.
+const SESSION_HEARTBEAT: Duration = Duration::from_secs(15);
+const SESSION_TTL: Duration = Duration::from_secs(45);
 
 /// KEYS: seq, recent, stream, dedupe. ARGV: floor, head, tail, channel,
 /// recent length, dedupe ttl, whether to dedupe. Returns {status, payload}:
@@ -73,6 +77,31 @@ fn seq_key(room: Id) -> String {
 
 fn recent_key(room: Id) -> String {
     format!("chat:room:{room}:recent")
+}
+
+fn sessions_key(user: Id) -> String {
+    format!("chat:sessions:{user}")
+}
+
+/// A session as stored in Redis: with the time its pod must refresh it by.
+#[derive(serde::Serialize, Deserialize)]
+struct StoredSession {
+    #[serde(flatten)]
+    session: Session,
+    expires_at: i64,
+}
+
+fn stored(session: &Session) -> String {
+    let ttl = i64::try_from(SESSION_TTL.as_secs()).unwrap_or(i64::MAX);
+    let expires_at = time::OffsetDateTime::now_utc()
+        .unix_timestamp()
+        .saturating_add(ttl);
+    // Plain strings, ids and numbers: serializing cannot fail.
+    serde_json::to_string(&StoredSession {
+        session: session.clone(),
+        expires_at,
+    })
+    .unwrap_or_default()
 }
 
 fn unavailable(error: redis::RedisError) -> BusError {
@@ -157,6 +186,7 @@ impl RedisBus {
         });
         tokio::spawn(listen(Arc::downgrade(&bus), client));
         tokio::spawn(persist(Arc::downgrade(&bus), worker, pod.to_owned()));
+        tokio::spawn(heartbeat(Arc::downgrade(&bus), pod.to_owned()));
         Ok(bus)
     }
 
@@ -339,6 +369,69 @@ impl Bus for RedisBus {
         if let Err(e) = self.publish(room, &frame).await {
             tracing::warn!(error = %e, %room, "redis publish failed; evicting locally only");
             self.hub.evict(room, user);
+        }
+    }
+
+    async fn session_changed(&self, session: &Session) {
+        let mut commands = self.commands.clone();
+        let key = sessions_key(session.user_id);
+        let written: redis::RedisResult<()> = redis::pipe()
+            .hset(&key, &session.connection_id, stored(session))
+            .ignore()
+            .expire(
+                &key,
+                i64::try_from(SESSION_TTL.as_secs()).unwrap_or(i64::MAX),
+            )
+            .ignore()
+            .query_async(&mut commands)
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot record a session in redis");
+        }
+    }
+
+    async fn session_closed(&self, user: Id, connection_id: &str) {
+        let mut commands = self.commands.clone();
+        if let Err(e) = commands
+            .hdel::<_, _, ()>(sessions_key(user), connection_id)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot remove a session from redis");
+        }
+    }
+
+    async fn sessions_of(&self, user: Id) -> Result<Vec<Session>, BusError> {
+        let mut commands = self.commands.clone();
+        let all: std::collections::HashMap<String, String> = commands
+            .hgetall(sessions_key(user))
+            .await
+            .map_err(unavailable)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for (field, value) in all {
+            match serde_json::from_str::<StoredSession>(&value) {
+                Ok(stored) if stored.expires_at > now => live.push(stored.session),
+                _ => stale.push(field),
+            }
+        }
+        if !stale.is_empty() {
+            let _: redis::RedisResult<()> = commands.hdel(sessions_key(user), stale).await;
+        }
+        live.sort_by_key(|s| s.connected_at);
+        Ok(live)
+    }
+}
+
+/// Rewrites this pod's sessions before they expire, so a pod that dies takes
+/// its sessions with it within `SESSION_TTL`.
+async fn heartbeat(bus: Weak<RedisBus>, pod: String) {
+    let mut tick = tokio::time::interval(SESSION_HEARTBEAT);
+    loop {
+        tick.tick().await;
+        let Some(this) = bus.upgrade() else { return };
+        for session in this.hub.sessions(&pod, |_| true) {
+            this.session_changed(&session).await;
         }
     }
 }

@@ -59,13 +59,13 @@ pub async fn update_me(
     Ok(axum::Json(UserView::own(user)))
 }
 
-/// My live WebSocket connections.
+/// My live WebSocket connections, on every pod.
 pub async fn sessions(
     State(state): State<AppState>,
     caller: AuthUser,
-) -> axum::Json<serde_json::Value> {
-    let sessions = state.chat.hub.sessions_of(caller.id, &state.pod);
-    axum::Json(serde_json::json!({ "sessions": sessions }))
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let sessions = state.chat.sessions_of(caller.id).await?;
+    Ok(axum::Json(serde_json::json!({ "sessions": sessions })))
 }
 
 pub async fn get(
@@ -79,9 +79,15 @@ pub async fn get(
         .user(id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    let online = state.chat.hub.is_online(user.id);
+    // Presence is a nicety here: if it cannot be read, say nothing rather than fail.
+    let online = state
+        .chat
+        .sessions_of(user.id)
+        .await
+        .map(|sessions| !sessions.is_empty())
+        .ok();
     Ok(axum::Json(UserView {
-        online: Some(online),
+        online,
         ..UserView::public(user)
     }))
 }

@@ -42,6 +42,7 @@ pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Optio
         .register(claims.sub, claims.username.clone(), queue);
     tracing::debug!(connection = connection.id, user_id = %claims.sub, "websocket connected");
     let writer = tokio::spawn(write(sink, outbound, connection.clone()));
+    state.chat.session_changed(&connection).await;
     if let Some(room) = room
         && let Err(e) = state.chat.open(&connection, room, None).await
     {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 
 use crate::model::{Id, Timestamp};
@@ -157,9 +157,10 @@ impl Connection {
 }
 
 /// A live connection as listed by `GET /api/sessions`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub connection_id: String,
+    pub user_id: Id,
     pub pod: String,
     #[serde(with = "time::serde::rfc3339")]
     pub connected_at: Timestamp,
@@ -286,14 +287,16 @@ impl Hub {
             .collect()
     }
 
-    pub fn sessions_of(&self, user: Id, pod: &str) -> Vec<Session> {
+    /// The local connections `which` selects, as sessions of pod `pod`.
+    pub fn sessions(&self, pod: &str, which: impl Fn(&Connection) -> bool) -> Vec<Session> {
         let inner = lock(&self.inner);
         let mut sessions: Vec<Session> = inner
             .connections
             .values()
-            .filter(|c| c.user == user)
+            .filter(|c| which(c))
             .map(|c| Session {
                 connection_id: format!("{pod}/{}", c.id),
+                user_id: c.user,
                 pod: pod.to_owned(),
                 connected_at: c.connected_at,
                 rooms: inner
@@ -305,13 +308,6 @@ impl Hub {
             .collect();
         sessions.sort_by_key(|s| s.connected_at);
         sessions
-    }
-
-    pub fn is_online(&self, user: Id) -> bool {
-        lock(&self.inner)
-            .connections
-            .values()
-            .any(|c| c.user == user)
     }
 
     pub fn connection_count(&self) -> usize {
@@ -400,12 +396,11 @@ mod tests {
         hub.register(Id::new(), "other".into(), tx);
         let room = Id::new();
         hub.subscribe(room, &connection);
-        let sessions = hub.sessions_of(user, "pod-1");
+        let sessions = hub.sessions("pod-1", |c| c.user == user);
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions[0].rooms, vec![room]);
         assert_eq!(sessions[0].pod, "pod-1");
-        assert!(hub.is_online(user));
         hub.unregister(connection.id);
-        assert!(!hub.is_online(user));
+        assert!(hub.sessions("pod-1", |c| c.user == user).is_empty());
     }
 }

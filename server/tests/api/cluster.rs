@@ -365,3 +365,69 @@ async fn chat_goes_on_while_mongodb_is_down_and_the_backlog_is_written_after() {
         (0..10).map(|i| format!("offline {i}")).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_presence_span_pods() {
+    let cluster = cluster(2, None).await;
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let room = a.room(&alice, "everywhere", false).await;
+    let mut laptop = WsClient::connect(a, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    laptop.next_of("joined").await;
+    let mut phone = WsClient::connect(b, &ws_query(&alice, None)).await.unwrap();
+    phone.send(json!({"type": "ping"})).await;
+    phone.next_of("pong").await;
+
+    let (status, sessions) = b.get("/api/sessions", &alice.token).await;
+    assert_eq!(status, 200, "{sessions}");
+    let mut pods: Vec<_> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pod"].as_str().unwrap().to_owned())
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["pod-0", "pod-1"], "{sessions}");
+    let on_a = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["pod"] == "pod-0")
+        .unwrap();
+    assert_eq!(on_a["rooms"], json!([room]));
+    let (_, profile) = b.get(&format!("/api/users/{}", alice.id), &bob.token).await;
+    assert_eq!(profile["online"], true);
+
+    // Presence frames cross pods too.
+    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    bob_ws.next_of("joined").await;
+    loop {
+        let presence = laptop.next_of("presence").await;
+        if presence["user_id"] == bob.id.as_str() {
+            assert_eq!(presence["status"], "online");
+            break;
+        }
+    }
+
+    drop(laptop);
+    drop(phone);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, profile) = a.get(&format!("/api/users/{}", alice.id), &bob.token).await;
+        if profile["online"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice still online after closing every connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, sessions) = a.get("/api/sessions", &alice.token).await;
+    assert_eq!(sessions["sessions"], json!([]));
+}
