@@ -7,7 +7,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::state::AppState;
@@ -16,6 +17,22 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    /// Open WebSocket connections on this instance.
+    pub ws_connections: IntGauge,
+    /// Closed WebSocket connections by reason (`slow_consumer`, `flooding`, ...).
+    pub ws_disconnects: IntCounterVec,
+    /// Chat messages accepted from clients on this instance.
+    pub messages_received: IntCounter,
+    /// Frames written to clients (per-recipient deliveries).
+    pub frames_sent: IntCounter,
+    /// Messages refused by the per-user rate limit.
+    pub rate_limited: IntCounter,
+    /// Redis failures (publish, subscribe, script, stream), each logged where it happened.
+    pub bus_errors: IntCounter,
+    /// Acked messages still waiting in the Redis stream to be written to the store.
+    pub persist_backlog: IntGauge,
+    /// Messages written to the store by the persist worker.
+    pub persisted: IntCounter,
 }
 
 impl Metrics {
@@ -41,6 +58,50 @@ impl Metrics {
         )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
+        let ws_connections = IntGauge::new("chat_ws_connections", "Open WebSocket connections")?;
+        let ws_disconnects = IntCounterVec::new(
+            Opts::new(
+                "chat_ws_disconnects_total",
+                "Closed WebSocket connections by reason",
+            ),
+            &["reason"],
+        )?;
+        let messages_received = IntCounter::new(
+            "chat_messages_received_total",
+            "Chat messages accepted from clients",
+        )?;
+        let frames_sent = IntCounter::new(
+            "chat_ws_frames_sent_total",
+            "Frames written to WebSocket clients",
+        )?;
+        let rate_limited = IntCounter::new(
+            "chat_rate_limited_total",
+            "Messages refused by the per-user rate limit",
+        )?;
+        let bus_errors = IntCounter::new(
+            "chat_bus_errors_total",
+            "Redis failures seen by the message bus",
+        )?;
+        let persist_backlog = IntGauge::new(
+            "chat_persist_backlog",
+            "Acked messages not yet written to the store",
+        )?;
+        let persisted = IntCounter::new(
+            "chat_persisted_messages_total",
+            "Messages written to the store by the persist worker",
+        )?;
+        for collector in [
+            Box::new(ws_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ws_disconnects.clone()),
+            Box::new(messages_received.clone()),
+            Box::new(frames_sent.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(bus_errors.clone()),
+            Box::new(persist_backlog.clone()),
+            Box::new(persisted.clone()),
+        ] {
+            registry.register(collector)?;
+        }
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -49,6 +110,14 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            ws_connections,
+            ws_disconnects,
+            messages_received,
+            frames_sent,
+            rate_limited,
+            bus_errors,
+            persist_backlog,
+            persisted,
         })
     }
 

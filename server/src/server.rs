@@ -2,13 +2,14 @@
 //! listener, serve until a signal, drain.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::TokenIssuer;
 use crate::auth::jwt::load_or_create_secret;
+use crate::auth::limits::LoginLimits;
 use crate::bus::Bus;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::RedisBus;
@@ -66,13 +67,18 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         ),
         None => None,
     };
+    let metrics = Arc::new(Metrics::new()?);
     let hub = Arc::new(Hub::default());
     let bus: Arc<dyn Bus> = match &redis {
-        Some(client) => {
-            RedisBus::start(client.clone(), store.clone(), hub.clone(), &config.pod_name)
-                .await
-                .map_err(StartError::Bus)?
-        }
+        Some(client) => RedisBus::start(
+            client.clone(),
+            store.clone(),
+            hub.clone(),
+            &config.pod_name,
+            metrics.clone(),
+        )
+        .await
+        .map_err(StartError::Bus)?,
         None => Arc::new(LocalBus::new(store.clone(), hub.clone(), &config.pod_name)),
     };
     let chat = Arc::new(Chat::new(
@@ -83,26 +89,32 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         config.rate_limit_per_sec,
         config.rate_limit_burst,
     ));
-    tokio::spawn(forget_idle_rate_limits(Arc::downgrade(&chat)));
+    let login_limits = Arc::new(LoginLimits::default());
+    tokio::spawn(forget_idle_rate_limits(
+        Arc::downgrade(&chat),
+        Arc::downgrade(&login_limits),
+    ));
     Ok(AppState {
         health: Arc::new(Health::new(store.clone(), redis)),
         chat,
         pod: Arc::from(config.pod_name.as_str()),
         store,
         tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl)),
-        metrics: Arc::new(Metrics::new()?),
+        metrics,
+        login_limits,
     })
 }
 
 /// Keeps the rate limiter's memory bounded by users active in the last minute.
-async fn forget_idle_rate_limits(chat: std::sync::Weak<Chat>) {
+async fn forget_idle_rate_limits(chat: Weak<Chat>, logins: Weak<LoginLimits>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        match chat.upgrade() {
-            Some(chat) => chat.forget_idle_users(),
-            None => return,
-        }
+        let (Some(chat), Some(logins)) = (chat.upgrade(), logins.upgrade()) else {
+            return;
+        };
+        chat.forget_idle_users();
+        logins.forget_idle();
     }
 }
 

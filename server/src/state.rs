@@ -15,6 +15,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub chat: Arc<Chat>,
+    pub login_limits: Arc<crate::auth::limits::LoginLimits>,
     /// This instance's name (CHAT_POD_NAME), in sessions and logs.
     pub pod: Arc<str>,
 }

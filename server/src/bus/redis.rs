@@ -23,6 +23,7 @@ use redis::{AsyncCommands, Script};
 use serde::Deserialize;
 
 use super::{Bus, BusError, split_at_seq};
+use crate::metrics::Metrics;
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::Store;
 use crate::ws::hub::{Hub, Outbound, Session};
@@ -122,6 +123,7 @@ pub struct RedisBus {
     wanted: Mutex<HashSet<Id>>,
     /// The live pub/sub connection, absent while Redis is unreachable.
     sink: Mutex<Option<PubSubSink>>,
+    metrics: Arc<Metrics>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +150,7 @@ impl RedisBus {
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         pod: &str,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, BusError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -183,6 +186,7 @@ impl RedisBus {
             hub,
             wanted: Mutex::default(),
             sink: Mutex::default(),
+            metrics,
         });
         tokio::spawn(listen(Arc::downgrade(&bus), client));
         tokio::spawn(persist(Arc::downgrade(&bus), worker, pod.to_owned()));
@@ -234,6 +238,12 @@ impl RedisBus {
         }
     }
 
+    /// Counts a Redis failure the caller reports to its client.
+    fn failed(&self, error: redis::RedisError) -> BusError {
+        self.metrics.bus_errors.inc();
+        unavailable(error)
+    }
+
     async fn publish(&self, room: Id, payload: &str) -> redis::RedisResult<()> {
         let mut commands = self.commands.clone();
         commands.publish::<_, _, ()>(channel(room), payload).await
@@ -268,7 +278,7 @@ impl Bus for RedisBus {
                 .arg(if dedupe_key.is_some() { "1" } else { "0" })
                 .invoke_async(&mut commands)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             if status == 2 {
                 // First message since Redis lost or never had the counter: carry on
                 // from what the store holds, never reusing a seq.
@@ -335,7 +345,10 @@ impl Bus for RedisBus {
         lock(&self.wanted).insert(room);
         let sink = lock(&self.sink).clone();
         match sink {
-            Some(mut sink) => sink.subscribe(channel(room)).await.map_err(unavailable),
+            Some(mut sink) => sink
+                .subscribe(channel(room))
+                .await
+                .map_err(|e| self.failed(e)),
             None => Err(BusError::Unavailable(
                 "not connected to redis pub/sub".into(),
             )),
@@ -355,6 +368,7 @@ impl Bus for RedisBus {
     async fn publish_event(&self, room: Id, frame: Utf8Bytes) {
         if let Err(e) = self.publish(room, frame.as_str()).await {
             // Other pods miss this typing/presence frame; local members still get it.
+            self.metrics.bus_errors.inc();
             tracing::warn!(error = %e, %room, "redis publish failed; delivering locally only");
             self.hub.broadcast(room, || Outbound::Event {
                 room,
@@ -367,6 +381,7 @@ impl Bus for RedisBus {
         let frame =
             serde_json::json!({"type": "_evict", "room_id": room, "user_id": user}).to_string();
         if let Err(e) = self.publish(room, &frame).await {
+            self.metrics.bus_errors.inc();
             tracing::warn!(error = %e, %room, "redis publish failed; evicting locally only");
             self.hub.evict(room, user);
         }
@@ -386,6 +401,7 @@ impl Bus for RedisBus {
             .query_async(&mut commands)
             .await;
         if let Err(e) = written {
+            self.metrics.bus_errors.inc();
             tracing::warn!(error = %e, "cannot record a session in redis");
         }
     }
@@ -396,6 +412,7 @@ impl Bus for RedisBus {
             .hdel::<_, _, ()>(sessions_key(user), connection_id)
             .await
         {
+            self.metrics.bus_errors.inc();
             tracing::warn!(error = %e, "cannot remove a session from redis");
         }
     }
@@ -464,6 +481,7 @@ async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
                             Some(stream)
                         }
                         Err(e) => {
+                            this.metrics.bus_errors.inc();
                             tracing::warn!(error = %e, "redis resubscribe failed");
                             None
                         }
@@ -471,6 +489,7 @@ async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
                 }
                 Err(e) => {
                     if !lost {
+                        this.metrics.bus_errors.inc();
                         tracing::warn!(error = %e, "redis pub/sub unreachable; cross-pod delivery paused");
                     }
                     None
@@ -487,6 +506,7 @@ async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
             }
             let Some(this) = bus.upgrade() else { return };
             *lock(&this.sink) = None;
+            this.metrics.bus_errors.inc();
             tracing::warn!(
                 "redis pub/sub connection lost; cross-pod delivery paused until it returns"
             );
@@ -545,6 +565,7 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
                 .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
                 .unwrap_or_default(),
             Err(e) => {
+                this.metrics.bus_errors.inc();
                 tracing::warn!(error = %e, "persist worker cannot read the stream");
                 drop(this);
                 tokio::time::sleep(backoff).await;
@@ -555,6 +576,9 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
         };
         if entries.is_empty() {
             read_pending = false;
+            if let Ok(backlog) = connection.xlen::<_, i64>(PERSIST_STREAM).await {
+                this.metrics.persist_backlog.set(backlog);
+            }
             continue;
         }
         let mut ids = Vec::with_capacity(entries.len());
@@ -573,7 +597,8 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
         match this.store.insert_messages(&batch).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
-                let acked: redis::RedisResult<()> = redis::pipe()
+                this.metrics.persisted.inc_by(batch.len() as u64);
+                let acked: redis::RedisResult<(i64,)> = redis::pipe()
                     .cmd("XACK")
                     .arg(PERSIST_STREAM)
                     .arg(PERSIST_GROUP)
@@ -583,15 +608,24 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
                     .arg(PERSIST_STREAM)
                     .arg(&ids)
                     .ignore()
+                    .cmd("XLEN")
+                    .arg(PERSIST_STREAM)
                     .query_async(&mut connection)
                     .await;
+                if let Ok((backlog,)) = acked {
+                    this.metrics.persist_backlog.set(backlog);
+                }
                 if let Err(e) = acked {
                     // Written but not acked: they will be written again, idempotently.
+                    this.metrics.bus_errors.inc();
                     tracing::warn!(error = %e, "persist worker cannot ack");
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, pending = ids.len(), "cannot persist messages yet; will retry");
+                if let Ok(backlog) = connection.xlen::<_, i64>(PERSIST_STREAM).await {
+                    this.metrics.persist_backlog.set(backlog);
+                }
                 read_pending = true;
                 drop(this);
                 tokio::time::sleep(backoff).await;

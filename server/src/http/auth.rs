@@ -1,6 +1,8 @@
 //! `/api/auth/*`: register, login, refresh, logout.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -69,8 +71,16 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(request): Json<LoginRequest>,
 ) -> Result<axum::Json<SessionView>, ApiError> {
+    let account = request.email.trim().to_lowercase();
+    state
+        .login_limits
+        .check(&account, peer.ip())
+        .map_err(|wait| {
+            ApiError::rate_limited("too many sign-in attempts; wait and try again", wait)
+        })?;
     let invalid =
         || ApiError::unauthorized("invalid_credentials", "the email or password is wrong");
     // A malformed address cannot have an account; answer exactly as for a wrong one.

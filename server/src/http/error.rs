@@ -17,6 +17,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<&'static str>,
+    retry_after: Option<std::time::Duration>,
 }
 
 #[derive(Serialize)]
@@ -30,6 +31,9 @@ struct Detail<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// Seconds to wait before retrying, for `rate_limited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<f64>,
 }
 
 impl ApiError {
@@ -39,6 +43,15 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 with `Retry-After` (whole seconds, rounded up) and `retry_after` in the body.
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
     }
 
@@ -105,6 +118,9 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field,
+                retry_after: self
+                    .retry_after
+                    .map(|wait| (wait.as_secs_f64() * 1000.0).ceil() / 1000.0),
             },
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -112,6 +128,13 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(seconds.max(1)),
             );
         }
         response
@@ -143,11 +166,7 @@ impl From<ChatError> for ApiError {
         match error {
             ChatError::NoSuchRoom => Self::not_found("room"),
             ChatError::NotSubscribed => Self::forbidden(error.to_string()),
-            ChatError::RateLimited(_) => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                error.to_string(),
-            ),
+            ChatError::RateLimited(wait) => Self::rate_limited(error.to_string(), wait),
             ChatError::TooFarBehind => Self::conflict("resume_too_far", error.to_string()),
             ChatError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "message bus unavailable");

@@ -17,6 +17,7 @@ use super::protocol::encode;
 use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::auth::Claims;
 use crate::chat::ChatError;
+use crate::metrics::Metrics;
 use crate::model::Id;
 use crate::state::AppState;
 
@@ -41,7 +42,13 @@ pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Optio
         .hub
         .register(claims.sub, claims.username.clone(), queue);
     tracing::debug!(connection = connection.id, user_id = %claims.sub, "websocket connected");
-    let writer = tokio::spawn(write(sink, outbound, connection.clone()));
+    state.metrics.ws_connections.inc();
+    let writer = tokio::spawn(write(
+        sink,
+        outbound,
+        connection.clone(),
+        state.metrics.clone(),
+    ));
     state.chat.session_changed(&connection).await;
     if let Some(room) = room
         && let Err(e) = state.chat.open(&connection, room, None).await
@@ -52,6 +59,12 @@ pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Optio
     connection.kick(reason);
     state.chat.disconnected(&connection).await;
     let _ = writer.await;
+    state.metrics.ws_connections.dec();
+    state
+        .metrics
+        .ws_disconnects
+        .with_label_values(&[reason.label()])
+        .inc();
     tracing::debug!(connection = connection.id, ?reason, "websocket closed");
 }
 
@@ -109,6 +122,7 @@ async fn read(
             Ok(()) => refused = 0,
             Err(Refusal::RateLimited(retry_after)) => {
                 refused += 1;
+                state.metrics.rate_limited.inc();
                 connection.send(Outbound::Direct(encode(&ServerFrame::Error {
                     code: "rate_limited".into(),
                     message: "too many messages; slow down".into(),
@@ -190,6 +204,7 @@ async fn handle(
             let message = chat
                 .post(connection, room_id, content, client_id.clone())
                 .await?;
+            state.metrics.messages_received.inc();
             connection.send(Outbound::Direct(encode(&ServerFrame::Ack {
                 client_id,
                 room_id,
@@ -275,6 +290,7 @@ async fn write(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut outbound: mpsc::Receiver<Outbound>,
     connection: Arc<Connection>,
+    metrics: Arc<Metrics>,
 ) {
     let mut cursors: Cursors<Utf8Bytes> = Cursors::default();
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
@@ -289,10 +305,8 @@ async fn write(
                 if !matches!(reason, Kick::SlowConsumer | Kick::Gone | Kick::Broken) {
                     let drain = async {
                         while let Ok(item) = outbound.try_recv() {
-                            for frame in deliverable(&mut cursors, item) {
-                                if sink.feed(WsMessage::Text(frame)).await.is_err() {
-                                    return;
-                                }
+                            if !feed(&mut sink, deliverable(&mut cursors, item), &metrics).await {
+                                return;
                             }
                         }
                     };
@@ -316,24 +330,35 @@ async fn write(
                 continue;
             }
         };
-        for frame in frames {
-            if sink.feed(WsMessage::Text(frame)).await.is_err() {
-                connection.kick(Kick::Broken);
+        let mut written = feed(&mut sink, frames, &metrics).await;
+        // Write what else is already queued before flushing: one syscall for a
+        // burst, bounded so a kick is still noticed under constant traffic.
+        for _ in 0..QUEUE_CAPACITY {
+            let Ok(item) = outbound.try_recv() else { break };
+            if !written {
                 break;
             }
+            written = feed(&mut sink, deliverable(&mut cursors, item), &metrics).await;
         }
-        // Write what else is already queued before flushing: one syscall for a burst.
-        while let Ok(item) = outbound.try_recv() {
-            for frame in deliverable(&mut cursors, item) {
-                if sink.feed(WsMessage::Text(frame)).await.is_err() {
-                    connection.kick(Kick::Broken);
-                }
-            }
-        }
-        if sink.flush().await.is_err() {
+        if !written || sink.flush().await.is_err() {
             connection.kick(Kick::Broken);
         }
     }
+}
+
+/// Writes frames without flushing; false once the socket has failed.
+async fn feed(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    frames: Vec<Utf8Bytes>,
+    metrics: &Metrics,
+) -> bool {
+    for frame in frames {
+        if sink.feed(WsMessage::Text(frame)).await.is_err() {
+            return false;
+        }
+        metrics.frames_sent.inc();
+    }
+    true
 }
 
 /// What an outbound item means for this connection's socket, given its cursors.

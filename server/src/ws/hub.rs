@@ -77,6 +77,20 @@ pub enum Kick {
 }
 
 impl Kick {
+    /// The reason as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kick::SlowConsumer => "slow_consumer",
+            Kick::Flooding => "flooding",
+            Kick::Abuse => "abuse",
+            Kick::TokenExpired => "token_expired",
+            Kick::Idle => "idle",
+            Kick::Shutdown => "shutdown",
+            Kick::Gone => "client_closed",
+            Kick::Broken => "broken",
+        }
+    }
+
     pub fn close_code(self) -> u16 {
         match self {
             Kick::SlowConsumer => 4008,

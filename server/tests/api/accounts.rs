@@ -285,3 +285,47 @@ async fn injection_attempts_are_plain_data(backend: Backend) {
         .await;
     assert_eq!((status, code(&error)), (401, "invalid_credentials"));
 }
+
+#[tokio::test]
+async fn sign_in_attempts_are_rate_limited_per_account() {
+    let server = TestServer::start(Backend::Embedded).await;
+    server.user("alice").await;
+    let wrong = json!({"email": "alice@example.com", "password": "guess-guess"});
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        statuses.push(server.post("/api/auth/login", None, wrong.clone()).await.0);
+    }
+    // One attempt went to the sign-in of `server.user`.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        9,
+        "{statuses:?}"
+    );
+    let response = server
+        .client
+        .post(server.url("/api/auth/login"))
+        .json(&wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(body["error"]["retry_after"].as_f64().unwrap() > 0.0);
+    // Even the right password waits: the limit is on attempts, not failures.
+    let (status, _) = server
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": "alice@example.com", "password": "password-alice"}),
+        )
+        .await;
+    assert_eq!(status, 429);
+    server.user("bob").await;
+}

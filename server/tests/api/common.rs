@@ -425,6 +425,11 @@ impl WsClient {
         self.stream.send(message).await.expect("websocket send");
     }
 
+    /// Closes with a close frame, as a well-behaved client does.
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+
     /// The next JSON frame, or what closed the connection as `{"closed": code}`.
     pub async fn next(&mut self) -> Value {
         use futures::StreamExt;

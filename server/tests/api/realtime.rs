@@ -540,3 +540,60 @@ async fn floods_are_rate_limited_then_disconnected() {
         "exactly the acked messages were stored"
     );
 }
+
+#[tokio::test]
+async fn websocket_traffic_is_measured() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "metered", false).await;
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    ws.next_of("joined").await;
+    ws.send(json!({"type": "message", "room_id": room, "content": "count me"}))
+        .await;
+    ws.next_of("ack").await;
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert_eq!(value("chat_ws_connections"), 1.0);
+    assert_eq!(value("chat_messages_received_total"), 1.0);
+    assert!(
+        value("chat_ws_frames_sent_total") >= 3.0,
+        "joined, the message, its ack"
+    );
+    ws.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = server
+            .client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("chat_ws_disconnects_total{reason=\"client_closed\"} 1")
+            && metrics.contains("chat_ws_connections 0")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
