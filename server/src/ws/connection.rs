@@ -58,7 +58,15 @@ pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Optio
     let reason = read(stream, &state, &connection, claims.exp).await;
     connection.kick(reason);
     state.chat.disconnected(&connection).await;
-    let _ = writer.await;
+    // The writer may be stuck writing to a client that stopped reading; it gets
+    // time to say goodbye, then the socket is dropped regardless.
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_DRAIN * 2, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     state.metrics.ws_connections.dec();
     state
         .metrics
@@ -312,11 +320,15 @@ async fn write(
                     };
                     let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
                 }
-                if !matches!(reason, Kick::Gone | Kick::Broken) {
-                    let close = CloseFrame { code: reason.close_code(), reason: Utf8Bytes::from_static(reason.reason()) };
-                    let _ = sink.send(WsMessage::Close(Some(close))).await;
-                }
-                let _ = sink.close().await;
+                // A client that does not read would block these forever.
+                let close = async {
+                    if !matches!(reason, Kick::Gone | Kick::Broken) {
+                        let close = CloseFrame { code: reason.close_code(), reason: Utf8Bytes::from_static(reason.reason()) };
+                        let _ = sink.send(WsMessage::Close(Some(close))).await;
+                    }
+                    let _ = sink.close().await;
+                };
+                let _ = tokio::time::timeout(CLOSE_DRAIN, close).await;
                 return;
             }
             item = outbound.recv() => match item {

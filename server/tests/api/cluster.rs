@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::common::{
     Backend, JWT_SECRET, Process, TestServer, TestUser, WsClient, env_for, free_port, mongodb_uri,
@@ -35,8 +36,8 @@ async fn cluster(pods: usize, mongodb: Option<String>) -> Cluster {
         env.insert("CHAT_MONGODB_DB", db.clone());
         env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
         env.insert("CHAT_POD_NAME", format!("pod-{i}"));
-        env.insert("CHAT_RATE_LIMIT_PER_SEC", "1000".into());
-        env.insert("CHAT_RATE_LIMIT_BURST", "1000".into());
+        env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
+        env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
         servers.push(TestServer::start_with_env(env, Some(temp)).await);
     }
     Cluster {
@@ -90,6 +91,14 @@ async fn channel_subscribers(redis: &Process, room: &str) -> i64 {
         .await
         .unwrap();
     counts[0].1
+}
+
+async fn settles_at(redis: &Process, room: &str, expected: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while channel_subscribers(redis, room).await != expected {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,20 +197,16 @@ async fn a_pod_subscribes_only_to_rooms_with_local_members() {
 
     on_b.send(json!({"type": "leave", "room_id": busy})).await;
     on_b.next_of("left").await;
-    assert_eq!(
-        channel_subscribers(&cluster.redis, &busy).await,
-        1,
-        "pod b let go of the room"
-    );
+    // Unsubscribing follows the `left` frame; give it a moment.
+    settles_at(&cluster.redis, &busy, 1, "pod b let go of the room").await;
     drop(on_a);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while channel_subscribers(&cluster.redis, &busy).await != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "pod a kept the room after its last member left"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    settles_at(
+        &cluster.redis,
+        &busy,
+        0,
+        "pod a let go after its last member left",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,4 +435,90 @@ async fn sessions_and_presence_span_pods() {
     }
     let (_, sessions) = a.get("/api/sessions", &alice.token).await;
     assert_eq!(sessions["sessions"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_disconnected_without_slowing_the_room() {
+    // Redis sequencing keeps the sender fast, so the stalled socket fills quickly.
+    let cluster = cluster(1, None).await;
+    let server = &cluster.pods[0];
+    let alice = server.user("alice").await;
+    let sloth = server.user("sloth").await;
+    let room = server.room(&alice, "firehose", false).await;
+    server
+        .post(
+            &format!("/api/rooms/{room}/join"),
+            Some(&sloth.token),
+            json!({}),
+        )
+        .await;
+
+    // The slow client has a tiny receive buffer and never reads.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let url = format!("ws://{addr}/ws?token={}&room_id={room}", sloth.token);
+    let (slow, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+
+    let mut alice_ws = WsClient::connect(server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    alice_ws.next_of("joined").await;
+    let content = "x".repeat(3000);
+    let total = 3000;
+    let mut received = 0;
+    // The sender reads its own copies and acks as it goes, in windows: a fast client.
+    for window in 0..total / 100 {
+        for i in 0..100 {
+            let n = window * 100 + i;
+            alice_ws.send(json!({"type": "message", "room_id": room, "content": format!("{n} {content}")})).await;
+        }
+        let mut acks = 0;
+        while acks < 100 {
+            match alice_ws.next().await["type"].as_str() {
+                Some("text") => received += 1,
+                Some("ack") => acks += 1,
+                _ => {}
+            }
+        }
+    }
+    while received < total {
+        if alice_ws.next().await["type"] == "text" {
+            received += 1;
+        }
+    }
+    assert_eq!(received, total, "the fast member got every message");
+
+    // The slow one was cut off, and told why once it reads again.
+    use futures::StreamExt;
+    let mut slow = slow;
+    let mut close_code = None;
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+        match frame {
+            Ok(WsMessage::Close(Some(close))) => {
+                close_code = Some(u16::from(close.code));
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("chat_ws_disconnects_total{reason=\"slow_consumer\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        close_code.is_none() || close_code == Some(4008),
+        "{close_code:?}"
+    );
 }

@@ -256,6 +256,12 @@ impl TestServer {
     /// directory so a new server can reopen it.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         self.shutdown_and_wait().await;
+        // Connection tasks let go of the state (and so of the embedded database
+        // file) just after the server stops; a restart must wait for that.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::sync::Arc::strong_count(&self.state.chat) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self._temp.take()
     }
 
