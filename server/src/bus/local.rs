@@ -12,7 +12,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::{Bus, BusError};
 use crate::model::{HistoryQuery, Id, Message};
-use crate::store::{Inserted, Store, StoreError};
+use crate::store::{Inserted, Store};
 use crate::ws::hub::{Hub, Outbound, Session};
 use crate::ws::protocol::encode;
 
@@ -68,20 +68,6 @@ impl LocalBus {
     fn sequencer(&self, room: Id) -> Sequencer {
         lock(&self.sequencers).entry(room).or_default().clone()
     }
-
-    async fn stored_newest(&self, room: Id) -> Result<u64, StoreError> {
-        let page = self
-            .store
-            .messages(
-                room,
-                HistoryQuery::Latest {
-                    offset: 0,
-                    limit: 1,
-                },
-            )
-            .await?;
-        Ok(page.messages.last().map_or(0, |m| m.seq))
-    }
 }
 
 #[async_trait]
@@ -102,7 +88,7 @@ impl Bus for LocalBus {
         let mut newest = sequencer.lock().await;
         let mut seq = match *newest {
             Some(seq) => seq + 1,
-            None => self.stored_newest(room).await? + 1,
+            None => self.store.newest_seq(room).await? + 1,
         };
         let message = loop {
             let message = Message {
@@ -113,7 +99,7 @@ impl Bus for LocalBus {
                 Inserted::New => break message,
                 // Another process wrote this seq (two servers on one store without
                 // Redis): take the next free one rather than lose the message.
-                Inserted::Existing(_) => seq = self.stored_newest(room).await? + 1,
+                Inserted::Existing(_) => seq = self.store.newest_seq(room).await? + 1,
             }
         };
         *newest = Some(seq);
@@ -135,7 +121,7 @@ impl Bus for LocalBus {
         let mut newest = sequencer.lock().await;
         let seq = match *newest {
             Some(seq) => seq,
-            None => self.stored_newest(room).await?,
+            None => self.store.newest_seq(room).await?,
         };
         *newest = Some(seq);
         Ok(seq)

@@ -194,20 +194,6 @@ impl RedisBus {
         Ok(bus)
     }
 
-    async fn stored_newest(&self, room: Id) -> Result<u64, BusError> {
-        let page = self
-            .store
-            .messages(
-                room,
-                HistoryQuery::Latest {
-                    offset: 0,
-                    limit: 1,
-                },
-            )
-            .await?;
-        Ok(page.messages.last().map_or(0, |m| m.seq))
-    }
-
     /// A frame from a room channel, for the local subscribers of that room.
     fn deliver(&self, payload: String) {
         let envelope: Envelope = match serde_json::from_str(&payload) {
@@ -282,7 +268,7 @@ impl Bus for RedisBus {
             if status == 2 {
                 // First message since Redis lost or never had the counter: carry on
                 // from what the store holds, never reusing a seq.
-                floor = i64::try_from(self.stored_newest(room).await?).unwrap_or(i64::MAX);
+                floor = i64::try_from(self.store.newest_seq(room).await?).unwrap_or(i64::MAX);
                 continue;
             }
             return parse_message(&payload);
@@ -298,7 +284,7 @@ impl Bus for RedisBus {
         match current {
             Some(seq) => Ok(seq),
             None => {
-                let stored = self.stored_newest(room).await?;
+                let stored = self.store.newest_seq(room).await?;
                 let _: bool = commands
                     .set_nx(seq_key(room), stored)
                     .await

@@ -475,6 +475,26 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn newest_seq(&self, room: Id) -> StoreResult<u64> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(MESSAGES)?;
+            let (from, to) = (message_key(room, 0), message_key(room, u64::MAX));
+            let newest = match table.range(from.as_slice()..to.as_slice())?.next_back() {
+                Some(entry) => {
+                    let (key, _) = entry?;
+                    let seq: [u8; 8] = key.value()[12..].try_into().map_err(|_| {
+                        StoreError::Internal("embedded store: corrupt message key".into())
+                    })?;
+                    u64::from_be_bytes(seq)
+                }
+                None => 0,
+            };
+            Ok(newest)
+        })
+        .await
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {

@@ -76,4 +76,6 @@ pub trait Store: Send + Sync + 'static {
     /// stored: the persist worker may deliver a batch more than once.
     async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()>;
     async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage>;
+    /// The highest seq stored for `room`, 0 if it has no messages.
+    async fn newest_seq(&self, room: Id) -> StoreResult<u64>;
 }

@@ -659,6 +659,22 @@ impl Store for MongoStore {
         }
         Ok(HistoryPage { messages, total })
     }
+
+    async fn newest_seq(&self, room: Id) -> StoreResult<u64> {
+        let newest = self
+            .db
+            .collection::<Document>("messages")
+            .find_one(doc! {"room_id": room.object_id()})
+            .sort(doc! {"seq": -1})
+            .projection(doc! {"seq": 1, "_id": 0})
+            .await
+            .map_err(map_error)?;
+        match newest {
+            Some(doc) => u64::try_from(doc.get_i64("seq").map_err(|_| corrupt("seq"))?)
+                .map_err(|_| corrupt("seq")),
+            None => Ok(0),
+        }
+    }
 }
 
 /// Reads a cursor to the end; pages are bounded by the caller's limit.

@@ -34,11 +34,6 @@ impl<F> Default for Cursors<F> {
 }
 
 impl<F> Cursors<F> {
-    /// The connection joined `room` when its newest message was `last`.
-    pub fn joined(&mut self, room: Id, last: u64) {
-        self.rooms.insert(room, Cursor::Live { last });
-    }
-
     pub fn left(&mut self, room: Id) {
         self.rooms.remove(&room);
     }
@@ -111,7 +106,11 @@ mod tests {
     fn live_messages_flow_once_in_order() {
         let room = Id::new();
         let mut cursors = Cursors::default();
-        cursors.joined(room, 4);
+        cursors.resuming(room);
+        assert!(
+            cursors.replayed(room, Vec::new(), 4).is_empty(),
+            "joined when the room was at 4"
+        );
         assert_eq!(cursors.live(room, 4, "m4"), None, "already seen at join");
         assert_eq!(cursors.live(room, 5, "m5"), Some("m5"));
         assert_eq!(cursors.live(room, 5, "m5 again"), None, "a duplicate");
@@ -123,7 +122,8 @@ mod tests {
         let room = Id::new();
         let mut cursors = Cursors::default();
         assert_eq!(cursors.live(room, 1, "m1"), None);
-        cursors.joined(room, 0);
+        cursors.resuming(room);
+        cursors.replayed(room, Vec::new(), 0);
         cursors.left(room);
         assert_eq!(cursors.live(room, 2, "m2"), None);
     }

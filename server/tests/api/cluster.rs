@@ -47,6 +47,40 @@ async fn cluster(pods: usize, mongodb: Option<String>) -> Cluster {
     }
 }
 
+/// Alice on pod 0 and Bob on pod 1, both members of one public room and both
+/// with it open.
+struct Pair {
+    bob: TestUser,
+    room: String,
+    alice_ws: WsClient,
+    bob_ws: WsClient,
+    /// The room's newest seq when Bob opened it.
+    bob_joined_at: u64,
+}
+
+async fn alice_and_bob(cluster: &Cluster, room_name: &str) -> Pair {
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let room = a.room(&alice, room_name, false).await;
+    a.join(&bob, &room).await;
+    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    alice_ws.next_of("joined").await;
+    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    let bob_joined_at = bob_ws.next_of("joined").await["last_seq"].as_u64().unwrap();
+    Pair {
+        bob,
+        room,
+        alice_ws,
+        bob_ws,
+        bob_joined_at,
+    }
+}
+
 async fn send_acked(ws: &mut WsClient, room: &str, content: &str) -> Value {
     ws.send(json!({"type": "message", "room_id": room, "content": content}))
         .await;
@@ -104,25 +138,14 @@ async fn settles_at(redis: &Process, room: &str, expected: i64, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cross_pods_once_and_in_order() {
     let cluster = cluster(2, None).await;
-    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-    let alice = a.user("alice").await;
-    let bob = a.user("bob").await;
-    let room = a.room(&alice, "across", false).await;
-    a.post(
-        &format!("/api/rooms/{room}/join"),
-        Some(&bob.token),
-        json!({}),
-    )
-    .await;
-
-    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    alice_ws.next_of("joined").await;
-    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
-        .await
-        .unwrap();
-    bob_ws.next_of("joined").await;
+    let Pair {
+        bob,
+        room,
+        mut alice_ws,
+        mut bob_ws,
+        ..
+    } = alice_and_bob(&cluster, "across").await;
+    let b = &cluster.pods[1];
 
     // Both write at once, from both pods: everyone sees one total order.
     let mut expected = Vec::new();
@@ -212,24 +235,15 @@ async fn a_pod_subscribes_only_to_rooms_with_local_members() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_another_pod_without_gap_or_duplicate() {
     let cluster = cluster(2, None).await;
-    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-    let alice = a.user("alice").await;
-    let bob = a.user("bob").await;
-    let room = a.room(&alice, "roaming", false).await;
-    a.post(
-        &format!("/api/rooms/{room}/join"),
-        Some(&bob.token),
-        json!({}),
-    )
-    .await;
-    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    alice_ws.next_of("joined").await;
-    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
-        .await
-        .unwrap();
-    let last_seen = bob_ws.next_of("joined").await["last_seq"].as_u64().unwrap();
+    let Pair {
+        bob,
+        room,
+        mut alice_ws,
+        bob_ws,
+        bob_joined_at: last_seen,
+        ..
+    } = alice_and_bob(&cluster, "roaming").await;
+    let a = &cluster.pods[0];
     drop(bob_ws);
     for i in 0..5 {
         send_acked(&mut alice_ws, &room, &format!("while away {i}")).await;
@@ -251,27 +265,13 @@ async fn resume_on_another_pod_without_gap_or_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_pod_delivery_resumes_after_a_redis_restart() {
     let mut cluster = cluster(2, None).await;
-    let (alice, bob, room) = {
-        let a = &cluster.pods[0];
-        let alice = a.user("alice").await;
-        let bob = a.user("bob").await;
-        let room = a.room(&alice, "weathered", false).await;
-        a.post(
-            &format!("/api/rooms/{room}/join"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-        (alice, bob, room)
-    };
-    let mut alice_ws = WsClient::connect(&cluster.pods[0], &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    alice_ws.next_of("joined").await;
-    let mut bob_ws = WsClient::connect(&cluster.pods[1], &ws_query(&bob, Some(&room)))
-        .await
-        .unwrap();
-    bob_ws.next_of("joined").await;
+    let Pair {
+        bob,
+        room,
+        mut alice_ws,
+        mut bob_ws,
+        ..
+    } = alice_and_bob(&cluster, "weathered").await;
     let before = send_acked(&mut alice_ws, &room, "before").await;
     assert_eq!(bob_ws.next_message().await["content"], "before");
 
@@ -333,24 +333,14 @@ async fn chat_goes_on_while_mongodb_is_down_and_the_backlog_is_written_after() {
         Some(format!("mongodb://127.0.0.1:{port}/?directConnection=true")),
     )
     .await;
-    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-    let alice = a.user("alice").await;
-    let bob = a.user("bob").await;
-    let room = a.room(&alice, "resilient", false).await;
-    a.post(
-        &format!("/api/rooms/{room}/join"),
-        Some(&bob.token),
-        json!({}),
-    )
-    .await;
-    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    alice_ws.next_of("joined").await;
-    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
-        .await
-        .unwrap();
-    bob_ws.next_of("joined").await;
+    let Pair {
+        bob,
+        room,
+        mut alice_ws,
+        mut bob_ws,
+        ..
+    } = alice_and_bob(&cluster, "resilient").await;
+    let b = &cluster.pods[1];
 
     mongo.kill();
     for i in 0..10 {
@@ -445,13 +435,7 @@ async fn a_slow_consumer_is_disconnected_without_slowing_the_room() {
     let alice = server.user("alice").await;
     let sloth = server.user("sloth").await;
     let room = server.room(&alice, "firehose", false).await;
-    server
-        .post(
-            &format!("/api/rooms/{room}/join"),
-            Some(&sloth.token),
-            json!({}),
-        )
-        .await;
+    server.join(&sloth, &room).await;
 
     // The slow client has a tiny receive buffer and never reads.
     let addr = server.base.trim_start_matches("http://").to_owned();
@@ -504,15 +488,7 @@ async fn a_slow_consumer_is_disconnected_without_slowing_the_room() {
             Err(_) => break,
         }
     }
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("chat_ws_disconnects_total{reason=\"slow_consumer\"} 1"),
         "{metrics}"

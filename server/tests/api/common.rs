@@ -347,6 +347,28 @@ impl TestServer {
         }
     }
 
+    /// `user` joins the public `room` over REST; returns the status.
+    pub async fn join(&self, user: &TestUser, room: &str) -> (u16, Value) {
+        self.post(
+            &format!("/api/rooms/{room}/join"),
+            Some(&user.token),
+            json!({}),
+        )
+        .await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// Creates a room owned by `owner` and returns its id.
     pub async fn room(&self, owner: &TestUser, name: &str, private: bool) -> String {
         let (status, room) = self

@@ -63,6 +63,19 @@ async fn history_pages_by_offset_and_before_seq(backend: Backend) {
         .insert_message(&message(&other_room, &alice.id, 1))
         .await
         .unwrap();
+    let store = &server.state.store;
+    assert_eq!(store.newest_seq(room.parse().unwrap()).await.unwrap(), 25);
+    assert_eq!(
+        store.newest_seq(other_room.parse().unwrap()).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .newest_seq(chat_server::model::Id::new())
+            .await
+            .unwrap(),
+        0
+    );
 
     let (status, latest) = server
         .get(

@@ -84,15 +84,7 @@ async fn metrics_count_requests_by_route_template() {
     server
         .get("/api/rooms/0123456789abcdef01234567", &alice.token)
         .await;
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     assert!(
         text.contains(
             r#"chat_http_requests_total{method="GET",route="/api/rooms/{id}",status="200"} 1"#

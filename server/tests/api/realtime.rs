@@ -122,13 +122,7 @@ async fn resume_replays_exactly_what_was_missed(backend: Backend) {
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let room = server.room(&alice, "resumable", false).await;
-    server
-        .post(
-            &format!("/api/rooms/{room}/join"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
+    server.join(&bob, &room).await;
     let mut alice_ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
         .await
         .unwrap();
@@ -553,15 +547,7 @@ async fn websocket_traffic_is_measured() {
     ws.send(json!({"type": "message", "room_id": room, "content": "count me"}))
         .await;
     ws.next_of("ack").await;
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -579,15 +565,7 @@ async fn websocket_traffic_is_measured() {
     ws.close().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let metrics = server
-            .client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         if metrics.contains("chat_ws_disconnects_total{reason=\"client_closed\"} 1")
             && metrics.contains("chat_ws_connections 0")
         {

@@ -185,22 +185,10 @@ async fn owners_and_admins_manage_members(backend: Backend) {
     let room = server.room(&owner, "team", false).await;
     let members_path = |user: &str| format!("/api/rooms/{room}/members/{user}");
 
-    let (status, joined) = server
-        .post(
-            &format!("/api/rooms/{room}/join"),
-            Some(&member.token),
-            json!({}),
-        )
-        .await;
+    let (status, joined) = server.join(&member, &room).await;
     assert_eq!(status, 200);
     assert_eq!(joined["members"], json!([owner.id, member.id]));
-    let (status, again) = server
-        .post(
-            &format!("/api/rooms/{room}/join"),
-            Some(&member.token),
-            json!({}),
-        )
-        .await;
+    let (status, again) = server.join(&member, &room).await;
     assert_eq!(
         (status, &again["members"]),
         (200, &joined["members"]),
@@ -294,13 +282,7 @@ async fn owner_deletes_room(backend: Backend) {
     let owner = server.user("owner").await;
     let member = server.user("member").await;
     let room = server.room(&owner, "doomed", false).await;
-    server
-        .post(
-            &format!("/api/rooms/{room}/join"),
-            Some(&member.token),
-            json!({}),
-        )
-        .await;
+    server.join(&member, &room).await;
     let (status, error) = server
         .delete(&format!("/api/rooms/{room}"), &member.token)
         .await;
