@@ -152,6 +152,12 @@ pub async fn serve(
             grace_secs = grace.as_secs(),
             "shutting down: draining connections"
         );
+        // Upgraded connections are not tracked by the HTTP server's graceful
+        // shutdown: wait for them to say goodbye (their close frame) ourselves.
+        let deadline = tokio::time::Instant::now() + grace;
+        while state.chat.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = draining_tx.send(true);
     });
     let mut graceful_rx = draining_rx.clone();

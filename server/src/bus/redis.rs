@@ -10,7 +10,7 @@
 //! claiming what a dead pod left pending. A pod subscribes only to the channels
 //! of rooms it has local subscribers in.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::Store;
 use crate::ws::hub::{Hub, Outbound, Session};
+use crate::ws::protocol::encode;
 
 /// The stream of acked messages waiting to be written to the store.
 pub const PERSIST_STREAM: &str = "chat:persist";
@@ -123,6 +124,9 @@ pub struct RedisBus {
     wanted: Mutex<HashSet<Id>>,
     /// The live pub/sub connection, absent while Redis is unreachable.
     sink: Mutex<Option<PubSubSink>>,
+    /// Per wanted room, the newest seq handed to local subscribers: where a
+    /// repair starts after the pub/sub connection was lost.
+    delivered: Mutex<HashMap<Id, u64>>,
     metrics: Arc<Metrics>,
 }
 
@@ -186,6 +190,7 @@ impl RedisBus {
             hub,
             wanted: Mutex::default(),
             sink: Mutex::default(),
+            delivered: Mutex::default(),
             metrics,
         });
         tokio::spawn(listen(Arc::downgrade(&bus), client));
@@ -206,12 +211,7 @@ impl RedisBus {
         let room = envelope.room_id;
         match (envelope.kind.as_str(), envelope.seq) {
             ("text" | "system", Some(seq)) => {
-                let frame = Utf8Bytes::from(payload);
-                self.hub.broadcast(room, || Outbound::Message {
-                    room,
-                    seq,
-                    frame: frame.clone(),
-                });
+                self.deliver_message(room, seq, Utf8Bytes::from(payload))
             }
             ("_evict", _) => self.hub.evict(room, envelope.user_id),
             _ => {
@@ -220,6 +220,50 @@ impl RedisBus {
                     room,
                     frame: frame.clone(),
                 });
+            }
+        }
+    }
+
+    fn deliver_message(&self, room: Id, seq: u64, frame: Utf8Bytes) {
+        if let Some(newest) = lock(&self.delivered).get_mut(&room) {
+            *newest = (*newest).max(seq);
+        }
+        self.hub.broadcast(room, || Outbound::Message {
+            room,
+            seq,
+            frame: frame.clone(),
+        });
+    }
+
+    /// After the pub/sub connection came back: hands local subscribers what was
+    /// published while it was down, before anything newer (the caller has
+    /// subscribed but not read yet), so nobody sees a gap. Connections drop
+    /// what they already have.
+    async fn repair(&self) {
+        let rooms: Vec<(Id, u64)> = lock(&self.delivered)
+            .iter()
+            .map(|(room, seq)| (*room, *seq))
+            .collect();
+        for (room, after) in rooms {
+            let repaired = async {
+                let newest = self.newest_seq(room).await?;
+                if newest.saturating_sub(after) > crate::chat::MAX_RESUME {
+                    return Err(BusError::Internal(format!(
+                        "{} messages missed; clients will resume",
+                        newest - after
+                    )));
+                }
+                self.missed(room, after, newest).await
+            };
+            match repaired.await {
+                Ok(missed) => {
+                    for message in missed {
+                        self.deliver_message(room, message.seq, encode(&message));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %room, "cannot repair a room after reconnecting")
+                }
             }
         }
     }
@@ -334,15 +378,23 @@ impl Bus for RedisBus {
             Some(mut sink) => sink
                 .subscribe(channel(room))
                 .await
-                .map_err(|e| self.failed(e)),
-            None => Err(BusError::Unavailable(
-                "not connected to redis pub/sub".into(),
-            )),
+                .map_err(|e| self.failed(e))?,
+            None => {
+                return Err(BusError::Unavailable(
+                    "not connected to redis pub/sub".into(),
+                ));
+            }
         }
+        if !lock(&self.delivered).contains_key(&room) {
+            let newest = self.newest_seq(room).await?;
+            lock(&self.delivered).entry(room).or_insert(newest);
+        }
+        Ok(())
     }
 
     async fn unsubscribe(&self, room: Id) {
         lock(&self.wanted).remove(&room);
+        lock(&self.delivered).remove(&room);
         let sink = lock(&self.sink).clone();
         if let Some(mut sink) = sink
             && let Err(e) = sink.unsubscribe(channel(room)).await
@@ -462,6 +514,7 @@ async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
                             *lock(&this.sink) = Some(sink);
                             if lost {
                                 tracing::info!(rooms = rooms.len(), "redis pub/sub reconnected");
+                                this.repair().await;
                             }
                             backoff = Duration::from_millis(100);
                             Some(stream)

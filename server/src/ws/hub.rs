@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use crate::model::{Id, Timestamp};
 
@@ -126,8 +126,9 @@ pub struct Connection {
     pub username: String,
     pub connected_at: Timestamp,
     queue: mpsc::Sender<Outbound>,
-    kick: Mutex<Option<Kick>>,
-    kicked: Notify,
+    /// Set once, by whoever closes the connection first; both the reader and
+    /// the writer task wait on it, so it must wake every waiter.
+    kick: watch::Sender<Option<Kick>>,
 }
 
 impl Connection {
@@ -152,20 +153,22 @@ impl Connection {
 
     /// Asks the connection to close with `reason`; the first reason wins.
     pub fn kick(&self, reason: Kick) {
-        let mut kick = lock(&self.kick);
-        if kick.is_none() {
-            *kick = Some(reason);
-            self.kicked.notify_one();
-        }
+        self.kick.send_if_modified(|kick| {
+            let first = kick.is_none();
+            if first {
+                *kick = Some(reason);
+            }
+            first
+        });
     }
 
     /// Resolves once the connection has been kicked, with the reason.
     pub async fn kicked(&self) -> Kick {
-        loop {
-            if let Some(reason) = *lock(&self.kick) {
-                return reason;
-            }
-            self.kicked.notified().await;
+        let mut kicked = self.kick.subscribe();
+        // The sender lives as long as `self`, so this only ends with a reason.
+        match kicked.wait_for(Option::is_some).await {
+            Ok(reason) => reason.unwrap_or(Kick::Gone),
+            Err(_) => Kick::Gone,
         }
     }
 }
@@ -215,8 +218,7 @@ impl Hub {
             username,
             connected_at: crate::model::now(),
             queue,
-            kick: Mutex::new(None),
-            kicked: Notify::new(),
+            kick: watch::Sender::new(None),
         });
         lock(&self.inner)
             .connections
@@ -416,5 +418,29 @@ mod tests {
         assert_eq!(sessions[0].pod, "pod-1");
         hub.unregister(connection.id);
         assert!(hub.sessions("pod-1", |c| c.user == user).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_kick_wakes_the_reader_and_the_writer_with_the_first_reason() {
+        let hub = Hub::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let connection = hub.register(Id::new(), "a".into(), tx);
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let connection = connection.clone();
+                tokio::spawn(async move { connection.kicked().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        connection.kick(Kick::Shutdown);
+        connection.kick(Kick::Idle);
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), Kick::Shutdown);
+        }
+        assert_eq!(
+            connection.kicked().await,
+            Kick::Shutdown,
+            "a late waiter sees it too"
+        );
     }
 }

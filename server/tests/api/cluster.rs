@@ -498,3 +498,51 @@ async fn a_slow_consumer_is_disconnected_without_slowing_the_room() {
         "{close_code:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pubsub_connection_is_repaired_without_gaps() {
+    let cluster = cluster(2, None).await;
+    let Pair {
+        room,
+        mut alice_ws,
+        mut bob_ws,
+        ..
+    } = alice_and_bob(&cluster, "flaky").await;
+    // Redis drops subscribers itself, e.g. past client-output-buffer-limit.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis.port)).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(killed, 2, "one pub/sub connection per pod");
+    for i in 0..30 {
+        alice_ws
+            .send(json!({"type": "message", "room_id": room, "content": format!("m{i}")}))
+            .await;
+    }
+    for (name, ws) in [("alice", &mut alice_ws), ("bob", &mut bob_ws)] {
+        let mut contents = Vec::new();
+        let mut seqs = Vec::new();
+        while contents.len() < 30 {
+            let frame = ws.next().await;
+            if frame["type"] == "text" {
+                contents.push(frame["content"].as_str().unwrap().to_owned());
+                seqs.push(frame["seq"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(
+            contents,
+            (0..30).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "{name}: {seqs:?}"
+        );
+        ws.no_message_within(Duration::from_millis(300)).await;
+    }
+}

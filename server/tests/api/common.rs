@@ -474,7 +474,8 @@ impl WsClient {
                     return json!({"closed": close.map(|c| u16::from(c.code)), "reason": "" });
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return json!({"closed": null}),
+                Some(Err(e)) => return json!({"closed": null, "error": e.to_string()}),
+                None => return json!({"closed": null}),
             }
         }
     }

@@ -575,3 +575,20 @@ async fn websocket_traffic_is_measured() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn shutdown_tells_clients_to_reconnect() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, None))
+        .await
+        .unwrap();
+    ws.send(json!({"type": "ping"})).await;
+    ws.next_of("pong").await;
+    server.stop().await;
+    let closed = ws.next().await;
+    assert_eq!(
+        closed["closed"], 1012,
+        "service restart: reconnect and resume: {closed}"
+    );
+}
