@@ -23,6 +23,9 @@ use crate::ws::protocol::{PresenceStatus, ServerFrame, encode};
 /// How many missed messages one resume replays; a client further behind reads
 /// the history API first.
 pub const MAX_RESUME: u64 = 1000;
+/// Typing and read frames per user per second, after a burst.
+const EVENTS_PER_SEC: NonZeroU32 = NonZeroU32::new(5).unwrap();
+const EVENT_BURST: NonZeroU32 = NonZeroU32::new(20).unwrap();
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -70,6 +73,9 @@ pub struct Chat {
     pub hub: Arc<Hub>,
     bus: Arc<dyn Bus>,
     limiter: DefaultKeyedRateLimiter<Id>,
+    /// Typing and read markers: not stored, but fanned out to the whole room,
+    /// so they get a budget of their own.
+    event_limiter: DefaultKeyedRateLimiter<Id>,
     pod: String,
 }
 
@@ -89,6 +95,9 @@ impl Chat {
             hub,
             bus,
             limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            event_limiter: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(EVENTS_PER_SEC).allow_burst(EVENT_BURST),
+            ),
             pod: pod.to_owned(),
         }
     }
@@ -104,9 +113,17 @@ impl Chat {
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
+    /// One token of `user`'s typing/read budget, or how long to wait for one.
+    pub fn check_event_rate(&self, user: Id) -> Result<(), Duration> {
+        self.event_limiter
+            .check_key(&user)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
     /// Drops rate-limiter state of users idle long enough to have a full bucket.
     pub fn forget_idle_users(&self) {
         self.limiter.retain_recent();
+        self.event_limiter.retain_recent();
     }
 
     /// Posts a member's message from `connection`. A retry with the same

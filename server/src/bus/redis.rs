@@ -563,11 +563,12 @@ async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
 async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consumer: String) {
     let mut read_pending = true;
     let mut backoff = Duration::from_millis(100);
-    let mut last_claim = tokio::time::Instant::now();
+    // None: claim at once, so a pod that starts picks up what a dead one left.
+    let mut last_claim: Option<tokio::time::Instant> = None;
     loop {
         let Some(this) = bus.upgrade() else { return };
-        if last_claim.elapsed() > Duration::from_millis(CLAIM_IDLE_MS / 2) {
-            last_claim = tokio::time::Instant::now();
+        if last_claim.is_none_or(|at| at.elapsed() > Duration::from_millis(CLAIM_IDLE_MS / 2)) {
+            last_claim = Some(tokio::time::Instant::now());
             let claimed: redis::RedisResult<redis::Value> = redis::cmd("XAUTOCLAIM")
                 .arg(PERSIST_STREAM)
                 .arg(PERSIST_GROUP)

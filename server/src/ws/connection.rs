@@ -234,6 +234,8 @@ async fn handle(
         }
         ClientFrame::Typing { room_id } => {
             require_subscribed(state, connection, room_id)?;
+            chat.check_event_rate(connection.user)
+                .map_err(Refusal::RateLimited)?;
             chat.relay(
                 room_id,
                 &ServerFrame::Typing {
@@ -246,6 +248,8 @@ async fn handle(
         }
         ClientFrame::Read { room_id, seq } => {
             require_subscribed(state, connection, room_id)?;
+            chat.check_event_rate(connection.user)
+                .map_err(Refusal::RateLimited)?;
             chat.relay(
                 room_id,
                 &ServerFrame::Read {

@@ -17,6 +17,8 @@ struct Cluster {
     pods: Vec<TestServer>,
     redis: Process,
     redis_dir: tempfile::TempDir,
+    mongodb: String,
+    db: String,
 }
 
 /// `pods` servers on one durable Redis and one MongoDB database.
@@ -44,6 +46,8 @@ async fn cluster(pods: usize, mongodb: Option<String>) -> Cluster {
         pods: servers,
         redis,
         redis_dir,
+        mongodb: uri,
+        db,
     }
 }
 
@@ -545,4 +549,70 @@ async fn a_lost_pubsub_connection_is_repaired_without_gaps() {
         );
         ws.no_message_within(Duration::from_millis(300)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_dead_pod_left_pending_is_persisted_by_another() {
+    let mut cluster = cluster(1, None).await;
+    let a = &cluster.pods[0];
+    let alice = a.user("alice").await;
+    let room = a.room(&alice, "orphaned", false).await;
+
+    // A pod took a message off the persist stream and died before writing it.
+    let orphan = json!({"type": "text", "id": "0123456789abcdef01234567", "room_id": room, "user_id": alice.id,
+        "username": "alice", "content": "left behind", "timestamp": "2026-11-23T12:00:00.000Z", "seq": 1});
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis.port)).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let id: String = redis::cmd("XADD")
+        .arg("chat:persist")
+        .arg("*")
+        .arg("m")
+        .arg(orphan.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("chat-persist")
+        .arg("ghost")
+        .arg("STREAMS")
+        .arg("chat:persist")
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // ...long enough ago to count as dead.
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg("chat:persist")
+        .arg("chat-persist")
+        .arg("ghost")
+        .arg(0)
+        .arg(&id)
+        .arg("IDLE")
+        .arg(3_600_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    // A pod starting later claims it and writes it.
+    let (mut env, temp) = env_for(Backend::Mongo);
+    env.insert(
+        "CHAT_REDIS_URL",
+        format!("redis://127.0.0.1:{}", cluster.redis.port),
+    );
+    env.insert("CHAT_MONGODB_URI", cluster.mongodb.clone());
+    env.insert("CHAT_MONGODB_DB", cluster.db.clone());
+    env.insert("CHAT_POD_NAME", "pod-late".into());
+    cluster
+        .pods
+        .push(TestServer::start_with_env(env, Some(temp)).await);
+    let history = history_when_complete(&cluster.pods[1], &alice, &room, 1).await;
+    assert_eq!(history, ["left behind"]);
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("chat:persist")
+        .arg("chat-persist")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(pending[0], redis::Value::Int(0), "nothing left pending");
 }

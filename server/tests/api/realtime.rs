@@ -592,3 +592,33 @@ async fn shutdown_tells_clients_to_reconnect() {
         "service restart: reconnect and resume: {closed}"
     );
 }
+
+#[tokio::test]
+async fn typing_floods_are_limited_too() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "chatty", false).await;
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    ws.next_of("joined").await;
+    for _ in 0..40 {
+        ws.send(json!({"type": "typing", "room_id": room})).await;
+    }
+    ws.send(json!({"type": "ping"})).await;
+    let (mut relayed, mut limited) = (0, 0);
+    loop {
+        let frame = ws.next().await;
+        match frame["type"].as_str() {
+            Some("typing") => relayed += 1,
+            Some("error") if frame["code"] == "rate_limited" => limited += 1,
+            Some("pong") => break,
+            _ => {}
+        }
+    }
+    assert!(
+        (20..=22).contains(&relayed),
+        "the burst is relayed: {relayed}"
+    );
+    assert_eq!(relayed + limited, 40);
+}
