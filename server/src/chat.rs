@@ -106,18 +106,27 @@ impl Chat {
         self.bus.name()
     }
 
-    /// One token of `user`'s message budget, or how long to wait for one.
-    pub fn check_rate(&self, user: Id) -> Result<(), Duration> {
-        self.limiter
-            .check_key(&user)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    /// Takes one token of `key`'s budget in `limiter`, or says how long to wait.
+    fn take(limiter: &DefaultKeyedRateLimiter<Id>, key: Id) -> Result<(), ChatError> {
+        limiter.check_key(&key).map_err(|not_until| {
+            ChatError::RateLimited(not_until.wait_time_from(DefaultClock::default().now()))
+        })
     }
 
-    /// One token of `user`'s typing/read budget, or how long to wait for one.
-    pub fn check_event_rate(&self, user: Id) -> Result<(), Duration> {
-        self.event_limiter
-            .check_key(&user)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    /// Relays a member's typing or read frame to a room open on `connection`,
+    /// within the user's event budget.
+    pub async fn relay_from(
+        &self,
+        connection: &Connection,
+        room: Id,
+        frame: &ServerFrame,
+    ) -> Result<(), ChatError> {
+        if !self.hub.is_subscribed(room, connection.id) {
+            return Err(ChatError::NotSubscribed);
+        }
+        Self::take(&self.event_limiter, connection.user)?;
+        self.relay(room, frame).await;
+        Ok(())
     }
 
     /// Drops rate-limiter state of users idle long enough to have a full bucket.
@@ -138,6 +147,7 @@ impl Chat {
         if !self.hub.is_subscribed(room, connection.id) {
             return Err(ChatError::NotSubscribed);
         }
+        Self::take(&self.limiter, connection.user)?;
         let dedupe = client_id.map(|c| format!("{}:{c}", connection.user));
         let draft = draft(room, &connection.author(), MessageKind::Text, content);
         Ok(self.bus.append(draft, dedupe).await?)

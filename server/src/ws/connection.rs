@@ -207,8 +207,7 @@ async fn handle(
         } => {
             let content = protocol::clean_content(&content)?;
             protocol::check_client_id(client_id.as_deref())?;
-            chat.check_rate(connection.user)
-                .map_err(Refusal::RateLimited)?;
+
             let message = chat
                 .post(connection, room_id, content, client_id.clone())
                 .await?;
@@ -233,32 +232,20 @@ async fn handle(
             chat.open(connection, room_id, Some(last_seq)).await?;
         }
         ClientFrame::Typing { room_id } => {
-            require_subscribed(state, connection, room_id)?;
-            chat.check_event_rate(connection.user)
-                .map_err(Refusal::RateLimited)?;
-            chat.relay(
+            let frame = ServerFrame::Typing {
                 room_id,
-                &ServerFrame::Typing {
-                    room_id,
-                    user_id: connection.user,
-                    username: connection.username.clone(),
-                },
-            )
-            .await;
+                user_id: connection.user,
+                username: connection.username.clone(),
+            };
+            chat.relay_from(connection, room_id, &frame).await?;
         }
         ClientFrame::Read { room_id, seq } => {
-            require_subscribed(state, connection, room_id)?;
-            chat.check_event_rate(connection.user)
-                .map_err(Refusal::RateLimited)?;
-            chat.relay(
+            let frame = ServerFrame::Read {
                 room_id,
-                &ServerFrame::Read {
-                    room_id,
-                    user_id: connection.user,
-                    seq,
-                },
-            )
-            .await;
+                user_id: connection.user,
+                seq,
+            };
+            chat.relay_from(connection, room_id, &frame).await?;
         }
         ClientFrame::Auth { token } => {
             let claims = super::verify(state, &token)
@@ -278,14 +265,6 @@ async fn handle(
         }
     }
     Ok(())
-}
-
-fn require_subscribed(state: &AppState, connection: &Connection, room: Id) -> Result<(), Refusal> {
-    if state.chat.hub.is_subscribed(room, connection.id) {
-        Ok(())
-    } else {
-        Err(ChatError::NotSubscribed.into())
-    }
 }
 
 fn send_error(connection: &Connection, error: &FrameError) {

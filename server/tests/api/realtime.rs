@@ -323,6 +323,18 @@ async fn next_presence_of(ws: &mut WsClient, user: &str) -> Value {
     }
 }
 
+/// An embedded server with alice in a public room, open on her WebSocket.
+async fn alone_in(room_name: &str) -> (TestServer, crate::common::TestUser, String, WsClient) {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, room_name, false).await;
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    ws.next_of("joined").await;
+    (server, alice, room, ws)
+}
+
 fn token_expiring_in(user: &crate::common::TestUser, secs: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = json!({"sub": user.id, "username": "alice", "iat": now - 10, "exp": now + secs, "jti": "t"});
@@ -417,13 +429,7 @@ async fn an_expired_token_closes_the_socket_unless_refreshed() {
 
 #[tokio::test]
 async fn bad_frames_get_error_frames_and_the_connection_stays() {
-    let server = TestServer::start(Backend::Embedded).await;
-    let alice = server.user("alice").await;
-    let room = server.room(&alice, "robust", false).await;
-    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    ws.next_of("joined").await;
+    let (server, alice, room, mut ws) = alone_in("robust").await;
     let cases: [(WsMessage, &str); 7] = [
         (WsMessage::Text("not json".into()), "malformed_frame"),
         (
@@ -537,13 +543,7 @@ async fn floods_are_rate_limited_then_disconnected() {
 
 #[tokio::test]
 async fn websocket_traffic_is_measured() {
-    let server = TestServer::start(Backend::Embedded).await;
-    let alice = server.user("alice").await;
-    let room = server.room(&alice, "metered", false).await;
-    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    ws.next_of("joined").await;
+    let (server, _, room, mut ws) = alone_in("metered").await;
     ws.send(json!({"type": "message", "room_id": room, "content": "count me"}))
         .await;
     ws.next_of("ack").await;
@@ -595,13 +595,7 @@ async fn shutdown_tells_clients_to_reconnect() {
 
 #[tokio::test]
 async fn typing_floods_are_limited_too() {
-    let server = TestServer::start(Backend::Embedded).await;
-    let alice = server.user("alice").await;
-    let room = server.room(&alice, "chatty", false).await;
-    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    ws.next_of("joined").await;
+    let (_server, _, room, mut ws) = alone_in("chatty").await;
     for _ in 0..40 {
         ws.send(json!({"type": "typing", "room_id": room})).await;
     }
