@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need when missing:
-# redis-server (apt) and the MongoDB-wire-compatible SecantusDB (PyPI, into .venv).
+# redis-server (apt) and, into .venv from PyPI, the MongoDB-wire-compatible
+# SecantusDB and kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,12 +21,12 @@ apt_install() {
 
 command -v redis-server >/dev/null || apt_install redis-server
 
-if ! .venv/bin/python -c 'import secantus' 2>/dev/null; then
+if ! .venv/bin/python -c 'import secantus, kubernetes_validate' 2>/dev/null; then
   say "creating .venv with the test requirements"
-  python3 -m venv .venv 2>/dev/null || { apt_install python3-venv; python3 -m venv .venv; }
+  [ -x .venv/bin/pip ] || python3 -m venv .venv 2>/dev/null || { apt_install python3-venv; python3 -m venv .venv; }
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
-export CHAT_TEST_SECANTUS_PYTHON="$PWD/.venv/bin/python"
+export CHAT_TEST_PYTHON="$PWD/.venv/bin/python"
 
 say "formatting"
 cargo fmt --all -- --check

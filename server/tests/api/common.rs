@@ -105,7 +105,7 @@ pub fn start_secantus(storage: &str) -> Process {
 
 /// [`start_secantus`] on a given port, to restart a server where it was.
 pub fn start_secantus_on(port: u16, storage: &str) -> Process {
-    let python = std::env::var("CHAT_TEST_SECANTUS_PYTHON")
+    let python = std::env::var("CHAT_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
     assert!(

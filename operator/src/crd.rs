@@ -1,0 +1,503 @@
+//! The `ChatCluster` custom resource: `chatcluster.dev/v1alpha1`, short name
+//! `chat`. Every field has a default, so `spec: {}` describes a working cluster
+//! (three chat pods, managed Redis with AOF, a one-member MongoDB); the schema
+//! carries ranges, enums and CEL rules, so the API server refuses bad specs
+//! before the operator sees them.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "chatcluster.dev";
+pub const VERSION: &str = "v1alpha1";
+
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "chatcluster.dev",
+    version = "v1alpha1",
+    kind = "ChatCluster",
+    plural = "chatclusters",
+    shortname = "chat",
+    namespaced,
+    status = "ChatClusterStatus",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Available\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterSpec {
+    /// Chat server pods (ignored while autoscaling is set).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    #[serde(default)]
+    pub image: Image,
+    /// CPU and memory for each chat pod.
+    #[serde(default = "default_server_resources")]
+    pub resources: ResourceRequirements,
+    #[serde(default)]
+    pub log_level: LogLevel,
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+    /// Browser origins allowed by CORS, exactly as the browser sends them.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(o, o.matches('^https?://[^/*]+$'))").message("corsOrigins must be origins like https://chat.example.com"))]
+    pub cors_origins: Vec<String>,
+    /// Seconds a chat pod drains connections on shutdown.
+    #[serde(default = "default_shutdown_grace")]
+    #[schemars(range(min = 0, max = 600))]
+    pub shutdown_grace_seconds: i32,
+    /// The JWT signing key. Absent: the operator generates one into a Secret
+    /// and never overwrites it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<SecretKeyRef>,
+    #[serde(default)]
+    pub redis: Redis,
+    #[serde(default)]
+    pub mongodb: MongoDb,
+    #[serde(default)]
+    pub service: Service,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Ingress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// Stop changing anything: children are left as they are until unpaused.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_shutdown_grace() -> i32 {
+    25
+}
+
+fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_owned(), Quantity(cpu_request.into())),
+                ("memory".to_owned(), Quantity(memory_request.into())),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_owned(), Quantity(memory_limit.into()))].into()),
+        ..Default::default()
+    }
+}
+
+fn default_server_resources() -> ResourceRequirements {
+    resources("100m", "128Mi", "512Mi")
+}
+
+fn default_redis_resources() -> ResourceRequirements {
+    resources("50m", "64Mi", "256Mi")
+}
+
+fn default_mongodb_resources() -> ResourceRequirements {
+    resources("100m", "256Mi", "1Gi")
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    #[serde(default = "default_server_image")]
+    pub repository: String,
+    /// Defaults to the operator's own version.
+    #[serde(default = "default_tag")]
+    pub tag: String,
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Self {
+            repository: default_server_image(),
+            tag: default_tag(),
+            pull_policy: PullPolicy::default(),
+        }
+    }
+}
+
+fn default_server_image() -> String {
+    "ghcr.io/chatcluster/chat-server".into()
+}
+
+fn default_tag() -> String {
+    env!("CARGO_PKG_VERSION").into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Messages per user per second, with a burst allowance.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    #[serde(default = "default_per_second")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub per_second: i32,
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: i32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: default_per_second(),
+            burst: default_burst(),
+        }
+    }
+}
+
+fn default_per_second() -> i32 {
+    10
+}
+
+fn default_burst() -> i32 {
+    20
+}
+
+/// A key of a Secret in the ChatCluster's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Redis: run by the operator (`managed`, the default) or yours (`external`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))").message("set redis.managed or redis.external, not both"))]
+pub struct Redis {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ManagedRedis {
+    #[serde(default = "default_redis_image")]
+    pub image: String,
+    #[serde(default = "default_redis_resources")]
+    pub resources: ResourceRequirements,
+    #[serde(default)]
+    pub persistence: Persistence,
+}
+
+impl Default for ManagedRedis {
+    fn default() -> Self {
+        Self {
+            image: default_redis_image(),
+            resources: default_redis_resources(),
+            persistence: Persistence::default(),
+        }
+    }
+}
+
+fn default_redis_image() -> String {
+    "redis:7.4-alpine".into()
+}
+
+/// Redis persistence: AOF on a volume. On by default: acked messages wait in a
+/// Redis stream until they reach MongoDB.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_redis_storage")]
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            size: default_redis_storage(),
+            storage_class_name: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_redis_storage() -> String {
+    "1Gi".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    /// A Secret key holding the Redis URL (it may carry a password).
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// MongoDB: run by the operator (`managed`, the default) or yours (`external`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))").message("set mongodb.managed or mongodb.external, not both"))]
+pub struct MongoDb {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedMongoDb>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalMongoDb>,
+    /// The database the chat servers use.
+    #[serde(default = "default_database")]
+    pub database: String,
+}
+
+fn default_database() -> String {
+    "chat".into()
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.members % 2 == 1").message("mongodb.managed.members must be odd (1, 3, 5 or 7) so a majority exists"))]
+pub struct ManagedMongoDb {
+    #[serde(default = "default_mongodb_image")]
+    pub image: String,
+    /// Replica-set members; more than one initiates a replica set.
+    #[serde(default = "default_members")]
+    #[schemars(range(min = 1, max = 7))]
+    pub members: i32,
+    #[serde(default = "default_mongodb_storage")]
+    pub storage_size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    #[serde(default = "default_mongodb_resources")]
+    pub resources: ResourceRequirements,
+}
+
+impl Default for ManagedMongoDb {
+    fn default() -> Self {
+        Self {
+            image: default_mongodb_image(),
+            members: default_members(),
+            storage_size: default_mongodb_storage(),
+            storage_class_name: None,
+            resources: default_mongodb_resources(),
+        }
+    }
+}
+
+fn default_mongodb_image() -> String {
+    "mongo:7.0".into()
+}
+
+fn default_members() -> i32 {
+    1
+}
+
+fn default_mongodb_storage() -> String {
+    "10Gi".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalMongoDb {
+    /// A Secret key holding the MongoDB URI (it may carry credentials).
+    pub uri_secret_ref: SecretKeyRef,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Service {
+    #[serde(default, rename = "type")]
+    pub kind: ServiceType,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            kind: ServiceType::default(),
+            port: default_port(),
+        }
+    }
+}
+
+fn default_port() -> i32 {
+    80
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ingress {
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// A TLS Secret for `host`; absent means plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    #[serde(default = "default_min")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    #[serde(default = "default_max")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    #[serde(default = "default_cpu")]
+    #[schemars(range(min = 10, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+fn default_min() -> i32 {
+    2
+}
+
+fn default_max() -> i32 {
+    10
+}
+
+fn default_cpu() -> i32 {
+    70
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Metrics {
+    /// Create a Prometheus Operator ServiceMonitor (when its CRD is installed).
+    #[serde(default)]
+    pub service_monitor: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// The label selector of the chat pods, for the scale subresource.
+    #[serde(default)]
+    pub selector: String,
+    #[serde(default)]
+    pub phase: Phase,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Progressing,
+    Running,
+    Degraded,
+    Paused,
+}
+
+/// A status condition in the Kubernetes shape.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl ChatClusterSpec {
+    /// The Redis the spec asks for, `managed` filled in when neither is set.
+    pub fn managed_redis(&self) -> Option<ManagedRedis> {
+        match (&self.redis.managed, &self.redis.external) {
+            (_, Some(_)) => None,
+            (Some(managed), None) => Some(managed.clone()),
+            (None, None) => Some(ManagedRedis::default()),
+        }
+    }
+
+    /// The MongoDB the spec asks for, `managed` filled in when neither is set.
+    pub fn managed_mongodb(&self) -> Option<ManagedMongoDb> {
+        match (&self.mongodb.managed, &self.mongodb.external) {
+            (_, Some(_)) => None,
+            (Some(managed), None) => Some(managed.clone()),
+            (None, None) => Some(ManagedMongoDb::default()),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The desired state: every child object of a ChatCluster, built by pure
+//! functions of the resource (and, for the generated JWT key, a value the
+//! caller supplies). The controller applies them; `chat-operator render`
+//! prints them. Nothing here talks to a cluster.
+
+mod mongodb;
+mod redis;
+mod server;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::crd::ChatCluster;
+
+pub use mongodb::{mongodb_init_job, mongodb_service, mongodb_statefulset};
+pub use redis::{redis_service, redis_statefulset};
+pub use server::{
+    config_map, connection_secret, deployment, disruption_budget, horizontal_autoscaler, ingress,
+    jwt_secret, service, service_monitor,
+};
+
+/// The field manager of every server-side apply, and the value of
+/// `app.kubernetes.io/managed-by`.
+pub const MANAGER: &str = "chat-operator";
+/// The pod template annotation that changes, and so rolls the pods, when the
+/// configuration or the secrets they read change.
+pub const CONFIG_HASH: &str = "chatcluster.dev/config-hash";
+pub const HTTP_PORT: i32 = 8080;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the ChatCluster has no {0}")]
+    Missing(&'static str),
+    #[error("building {what}: {source}")]
+    Shape {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+/// Which part of the product an object belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Server,
+    Redis,
+    MongoDb,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Server => "server",
+            Component::Redis => "redis",
+            Component::MongoDb => "mongodb",
+        }
+    }
+}
+
+/// The cluster's name and namespace, which every child needs.
+pub(crate) fn identity(cluster: &ChatCluster) -> Result<(String, String), BuildError> {
+    let name = cluster
+        .metadata
+        .name
+        .clone()
+        .ok_or(BuildError::Missing("metadata.name"))?;
+    let namespace = cluster
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    Ok((name, namespace))
+}
+
+/// The labels that select a component's pods.
+pub fn selector_labels(instance: &str, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "chatcluster".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), instance.to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.as_str().to_owned(),
+        ),
+    ])
+}
+
+/// The standard labels every child carries.
+pub fn labels(instance: &str, component: Component) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(instance, component);
+    labels.insert(
+        "app.kubernetes.io/part-of".to_owned(),
+        "chatcluster".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        MANAGER.to_owned(),
+    );
+    labels
+}
+
+/// `key=value,...` for a label selector string (the scale subresource's).
+pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Metadata of a child: name, namespace, labels, and the owner reference that
+/// lets Kubernetes garbage-collect it with the ChatCluster.
+pub(crate) fn child_meta(
+    cluster: &ChatCluster,
+    name: String,
+    component: Component,
+) -> Result<ObjectMeta, BuildError> {
+    let (instance, namespace) = identity(cluster)?;
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace),
+        labels: Some(labels(&instance, component)),
+        owner_references: Some(vec![owner_reference(cluster)?]),
+        ..Default::default()
+    })
+}
+
+fn owner_reference(cluster: &ChatCluster) -> Result<OwnerReference, BuildError> {
+    Ok(OwnerReference {
+        api_version: ChatCluster::api_version(&()).into_owned(),
+        kind: ChatCluster::kind(&()).into_owned(),
+        name: cluster
+            .metadata
+            .name
+            .clone()
+            .ok_or(BuildError::Missing("metadata.name"))?,
+        // Rendering without a cluster has no uid; the API server fills nothing in,
+        // so the controller always builds from a live object that has one.
+        uid: cluster.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// Turns a JSON shape into a typed object; the shapes are ours, so a failure
+/// is a bug the builder tests catch.
+pub(crate) fn typed<T: DeserializeOwned>(
+    what: &'static str,
+    value: serde_json::Value,
+) -> Result<T, BuildError> {
+    serde_json::from_value(value).map_err(|source| BuildError::Shape { what, source })
+}
+
+/// A short stable digest of everything that must roll the pods when it changes.
+pub fn digest<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+//! The managed MongoDB: a StatefulSet of `members` replica-set members with a
+//! volume each, a headless Service for their stable names, and a Job that
+//! initiates the replica set (idempotent: it does nothing once initiated).
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Service;
+use serde_json::json;
+
+use super::{BuildError, Component, child_meta, identity, selector_labels, typed};
+use crate::crd::ChatCluster;
+
+pub const REPLICA_SET: &str = "rs0";
+
+pub fn mongodb_name(instance: &str) -> String {
+    format!("{instance}-mongodb")
+}
+
+pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, BuildError> {
+    let Some(mongodb) = cluster.spec.managed_mongodb() else {
+        return Ok(None);
+    };
+    let (instance, _) = identity(cluster)?;
+    let name = mongodb_name(&instance);
+    let meta = child_meta(cluster, name.clone(), Component::MongoDb)?;
+    let spec = json!({
+        "replicas": mongodb.members,
+        "serviceName": name,
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": selector_labels(&instance, Component::MongoDb)},
+        "template": {
+            "metadata": {"labels": meta.labels},
+            "spec": {
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+                "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 100,
+                    "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector_labels(&instance, Component::MongoDb)}},
+                }]}},
+                "containers": [{
+                    "name": "mongodb",
+                    "image": mongodb.image,
+                    "args": ["--replSet", REPLICA_SET, "--bind_ip_all"],
+                    "ports": [{"name": "mongodb", "containerPort": 27017}],
+                    "resources": mongodb.resources,
+                    "readinessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 5},
+                    "livenessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 10},
+                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                    "volumeMounts": [{"name": "data", "mountPath": "/data/db"}],
+                }],
+            },
+        },
+        "volumeClaimTemplates": [{
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": mongodb.storage_class_name,
+                "resources": {"requests": {"storage": mongodb.storage_size}},
+            },
+        }],
+    });
+    Ok(Some(StatefulSet {
+        metadata: meta,
+        spec: Some(typed("MongoDB StatefulSet spec", spec)?),
+        status: None,
+    }))
+}
+
+/// Headless: each member gets a stable DNS name (`<name>-0.<name>`).
+pub fn mongodb_service(cluster: &ChatCluster) -> Result<Option<Service>, BuildError> {
+    if cluster.spec.managed_mongodb().is_none() {
+        return Ok(None);
+    }
+    let (instance, _) = identity(cluster)?;
+    let spec = json!({
+        "clusterIP": "None",
+        "publishNotReadyAddresses": true,
+        "selector": selector_labels(&instance, Component::MongoDb),
+        "ports": [{"name": "mongodb", "port": 27017, "targetPort": "mongodb"}],
+    });
+    Ok(Some(Service {
+        metadata: child_meta(cluster, mongodb_name(&instance), Component::MongoDb)?,
+        spec: Some(typed("MongoDB Service spec", spec)?),
+        status: None,
+    }))
+}
+
+/// Initiates the replica set once its members answer; retried by the Job
+/// until they do, and a no-op when it is already initiated.
+pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError> {
+    let Some(mongodb) = cluster.spec.managed_mongodb() else {
+        return Ok(None);
+    };
+    let (instance, namespace) = identity(cluster)?;
+    let name = mongodb_name(&instance);
+    let members: Vec<String> = (0..mongodb.members)
+        .map(|i| format!("{{_id: {i}, host: '{name}-{i}.{name}.{namespace}.svc:27017'}}"))
+        .collect();
+    let script = format!(
+        "try {{ rs.status().ok }} catch (e) {{ rs.initiate({{_id: '{REPLICA_SET}', members: [{}]}}).ok }}",
+        members.join(", ")
+    );
+    let spec = json!({
+        "backoffLimit": 20,
+        "ttlSecondsAfterFinished": 600,
+        "template": {
+            "metadata": {"labels": selector_labels(&instance, Component::MongoDb)},
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "initiate",
+                    "image": mongodb.image,
+                    "command": ["mongosh", "--quiet", "--host", format!("{name}-0.{name}.{namespace}.svc:27017"), "--eval", script],
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                }],
+            },
+        },
+    });
+    Ok(Some(Job {
+        metadata: child_meta(cluster, format!("{name}-init"), Component::MongoDb)?,
+        spec: Some(typed("MongoDB init Job spec", spec)?),
+        status: None,
+    }))
+}

@@ -1,0 +1,297 @@
+//! Builder tests: what a minimal and a full ChatCluster turn into.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::ChatCluster;
+
+fn cluster(spec: Value) -> ChatCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "chatcluster.dev/v1alpha1",
+        "kind": "ChatCluster",
+        "metadata": {"name": "demo", "namespace": "chat", "uid": "1f0c6a1e-0000-4000-8000-000000000001"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn full() -> ChatCluster {
+    cluster(json!({
+        "replicas": 5,
+        "image": {"repository": "registry.example.com/chat-server", "tag": "1.2.3", "pullPolicy": "Always"},
+        "logLevel": "debug",
+        "rateLimit": {"perSecond": 50, "burst": 100},
+        "corsOrigins": ["https://chat.example.com", "https://admin.example.com"],
+        "shutdownGraceSeconds": 40,
+        "jwtSecret": {"name": "chat-keys", "key": "jwt"},
+        "redis": {"external": {"urlSecretRef": {"name": "redis-creds", "key": "url"}}},
+        "mongodb": {"managed": {"members": 3, "storageSize": "50Gi", "storageClassName": "fast"}, "database": "chatprod"},
+        "service": {"type": "LoadBalancer", "port": 443},
+        "ingress": {"host": "chat.example.com", "tlsSecretName": "chat-tls", "className": "nginx"},
+        "autoscaling": {"minReplicas": 3, "maxReplicas": 20, "targetCpuUtilization": 60},
+        "metrics": {"serviceMonitor": true},
+    }))
+}
+
+fn container(deployment: &Deployment) -> Value {
+    serde_json::to_value(deployment).unwrap()["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+/// Every environment variable the pod gets: from the ConfigMap and inline.
+fn env_names(cluster: &ChatCluster) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = config_map(cluster)
+        .unwrap()
+        .data
+        .unwrap()
+        .into_keys()
+        .collect();
+    let env = container(&deployment(cluster, "").unwrap())["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    names.extend(env.iter().map(|e| e["name"].as_str().unwrap().to_owned()));
+    names
+}
+
+#[test]
+fn an_empty_spec_is_a_working_cluster() {
+    let cluster = cluster(json!({}));
+    assert_eq!(cluster.spec.replicas, 3);
+    assert!(
+        cluster.spec.managed_redis().unwrap().persistence.enabled,
+        "AOF by default"
+    );
+    assert_eq!(cluster.spec.managed_mongodb().unwrap().members, 1);
+    let deployment = deployment(&cluster, "").unwrap();
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(
+        deployment.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "ChatCluster"
+    );
+    assert!(redis_statefulset(&cluster).unwrap().is_some());
+    assert!(mongodb_statefulset(&cluster).unwrap().is_some());
+    assert!(
+        jwt_secret(&cluster, "k").unwrap().is_some(),
+        "a key is generated when none is named"
+    );
+    assert!(horizontal_autoscaler(&cluster).unwrap().is_none());
+    assert!(ingress(&cluster).unwrap().is_none());
+    assert!(service_monitor(&cluster).unwrap().is_none());
+}
+
+#[test]
+fn the_server_gets_exactly_the_environment_design_lists() {
+    let expected: BTreeSet<String> = [
+        "CHAT_LISTEN_ADDR",
+        "CHAT_MONGODB_URI",
+        "CHAT_MONGODB_DB",
+        "CHAT_REDIS_URL",
+        "CHAT_DATA_DIR",
+        "CHAT_JWT_SECRET",
+        "CHAT_JWT_TTL_SECS",
+        "CHAT_CORS_ORIGINS",
+        "CHAT_RATE_LIMIT_PER_SEC",
+        "CHAT_RATE_LIMIT_BURST",
+        "CHAT_SHUTDOWN_GRACE_SECS",
+        "CHAT_POD_NAME",
+        "CHAT_WEB_DIR",
+        "RUST_LOG",
+        "CHAT_LOG_FORMAT",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(env_names(&cluster(json!({}))), expected);
+    assert_eq!(env_names(&full()), expected);
+}
+
+#[test]
+fn the_server_pod_is_probed_drained_and_locked_down() {
+    let cluster = full();
+    let deployment = deployment(&cluster, "").unwrap();
+    let json = serde_json::to_value(&deployment).unwrap();
+    let pod = &json["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "registry.example.com/chat-server:1.2.3");
+    assert_eq!(container["imagePullPolicy"], "Always");
+    assert_eq!(
+        container["ports"][0],
+        json!({"name": "http", "containerPort": 8080, "protocol": "TCP"})
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        grace >= 40 + pre_stop,
+        "termination grace {grace} covers preStop {pre_stop} + CHAT_SHUTDOWN_GRACE_SECS 40"
+    );
+    assert_eq!(
+        json["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    assert!(pod["affinity"]["podAntiAffinity"].is_object());
+    assert_eq!(
+        json["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    assert!(
+        json["spec"].get("replicas").is_none(),
+        "the autoscaler owns the replica count"
+    );
+    let env = container["env"].as_array().unwrap();
+    let jwt = env.iter().find(|e| e["name"] == "CHAT_JWT_SECRET").unwrap();
+    assert_eq!(
+        jwt["valueFrom"]["secretKeyRef"],
+        json!({"name": "chat-keys", "key": "jwt"})
+    );
+    let redis = env.iter().find(|e| e["name"] == "CHAT_REDIS_URL").unwrap();
+    assert_eq!(
+        redis["valueFrom"]["secretKeyRef"],
+        json!({"name": "redis-creds", "key": "url"})
+    );
+}
+
+#[test]
+fn the_config_hash_changes_with_configuration_and_secrets_only() {
+    let hash = |cluster: &ChatCluster, secrets: &str| {
+        deployment(cluster, secrets)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH]
+            .clone()
+    };
+    let base = cluster(json!({}));
+    assert_eq!(hash(&base, "s1"), hash(&cluster(json!({})), "s1"), "stable");
+    assert_eq!(
+        hash(&base, "s1"),
+        hash(&cluster(json!({"replicas": 7})), "s1"),
+        "scaling does not roll pods"
+    );
+    assert_ne!(
+        hash(&base, "s1"),
+        hash(&cluster(json!({"logLevel": "debug"})), "s1")
+    );
+    assert_ne!(
+        hash(&base, "s1"),
+        hash(
+            &cluster(json!({"corsOrigins": ["https://x.example"]})),
+            "s1"
+        )
+    );
+    assert_ne!(
+        hash(&base, "s1"),
+        hash(&base, "s2"),
+        "a rotated key rolls the pods"
+    );
+}
+
+#[test]
+fn external_backends_are_referenced_not_deployed() {
+    let cluster = cluster(json!({
+        "redis": {"external": {"urlSecretRef": {"name": "r", "key": "url"}}},
+        "mongodb": {"external": {"uriSecretRef": {"name": "m", "key": "uri"}}},
+    }));
+    assert!(redis_statefulset(&cluster).unwrap().is_none());
+    assert!(redis_service(&cluster).unwrap().is_none());
+    assert!(mongodb_statefulset(&cluster).unwrap().is_none());
+    assert!(mongodb_init_job(&cluster).unwrap().is_none());
+    assert!(
+        connection_secret(&cluster).unwrap().is_none(),
+        "nothing to connect to of ours"
+    );
+}
+
+#[test]
+fn managed_backends_get_persistent_volumes_and_connection_strings() {
+    let prod = full();
+    let mongodb = serde_json::to_value(mongodb_statefulset(&prod).unwrap().unwrap()).unwrap();
+    assert_eq!(mongodb["spec"]["replicas"], 3);
+    assert_eq!(
+        mongodb["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "50Gi"
+    );
+    assert_eq!(
+        mongodb["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+        "fast"
+    );
+    let secret = connection_secret(&prod).unwrap().unwrap();
+    let uri = &secret.string_data.unwrap()["mongodb-uri"];
+    assert_eq!(
+        uri.matches(".demo-mongodb.chat.svc:27017").count(),
+        3,
+        "{uri}"
+    );
+    assert!(uri.ends_with("replicaSet=rs0"));
+
+    let redis =
+        serde_json::to_value(redis_statefulset(&cluster(json!({}))).unwrap().unwrap()).unwrap();
+    let args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        args.contains(&json!("--appendonly")) && args.contains(&json!("yes")),
+        "{args:?}"
+    );
+    assert!(redis["spec"]["volumeClaimTemplates"].is_array());
+    let ephemeral = cluster(json!({"redis": {"managed": {"persistence": {"enabled": false}}}}));
+    let redis = serde_json::to_value(redis_statefulset(&ephemeral).unwrap().unwrap()).unwrap();
+    assert!(redis["spec"].get("volumeClaimTemplates").is_none());
+}
+
+#[test]
+fn optional_children_follow_the_spec() {
+    let cluster = full();
+    let hpa = serde_json::to_value(horizontal_autoscaler(&cluster).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (
+            hpa["spec"]["minReplicas"].as_i64(),
+            hpa["spec"]["maxReplicas"].as_i64()
+        ),
+        (Some(3), Some(20))
+    );
+    let ingress = serde_json::to_value(ingress(&cluster).unwrap().unwrap()).unwrap();
+    assert_eq!(ingress["spec"]["tls"][0]["secretName"], "chat-tls");
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    let monitor = service_monitor(&cluster).unwrap().unwrap();
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let service = serde_json::to_value(service(&cluster).unwrap()).unwrap();
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+}
+
+#[test]
+fn every_child_carries_the_standard_labels() {
+    let objects = crate::render::children(&full(), "key").unwrap();
+    assert!(objects.len() >= 10, "{}", objects.len());
+    for object in &objects {
+        let labels = &object["metadata"]["labels"];
+        for key in ["name", "instance", "component", "part-of", "managed-by"] {
+            assert!(
+                labels[format!("app.kubernetes.io/{key}")].is_string(),
+                "{} lacks {key}: {labels}",
+                object["kind"]
+            );
+        }
+        assert_eq!(
+            object["metadata"]["ownerReferences"][0]["controller"], true,
+            "{}",
+            object["kind"]
+        );
+        assert!(object["apiVersion"].is_string() && object["kind"].is_string());
+    }
+}

@@ -1,0 +1,9 @@
+//! chatcluster's Kubernetes operator.
+//!
+//! [`crd`] defines the `ChatCluster` resource; [`desired`] builds every child
+//! object from it with pure functions; [`render`] prints them, as the operator
+//! would apply them, without a cluster.
+
+pub mod crd;
+pub mod desired;
+pub mod render;

@@ -1,0 +1,116 @@
+//! Everything the operator would apply for a ChatCluster, in apply order, as
+//! JSON values (every object with its `apiVersion` and `kind`). `render` and
+//! the controller share this list, so a dry run shows exactly what is applied.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::crd::ChatCluster;
+use crate::desired::{self, BuildError};
+
+fn value<T: Serialize>(object: T) -> Result<Value, BuildError> {
+    serde_json::to_value(object).map_err(|source| BuildError::Shape {
+        what: "object",
+        source,
+    })
+}
+
+/// The children of `cluster`. `jwt_key` is the generated key (used only when
+/// the spec names no Secret of its own).
+pub fn children(cluster: &ChatCluster, jwt_key: &str) -> Result<Vec<Value>, BuildError> {
+    let secrets_digest = desired::digest([jwt_key]);
+    let mut objects = Vec::new();
+    let optional = [
+        desired::jwt_secret(cluster, jwt_key)?
+            .map(value)
+            .transpose()?,
+        desired::connection_secret(cluster)?
+            .map(value)
+            .transpose()?,
+    ];
+    objects.extend(optional.into_iter().flatten());
+    objects.push(value(desired::config_map(cluster)?)?);
+    let backing = [
+        desired::redis_service(cluster)?.map(value).transpose()?,
+        desired::redis_statefulset(cluster)?
+            .map(value)
+            .transpose()?,
+        desired::mongodb_service(cluster)?.map(value).transpose()?,
+        desired::mongodb_statefulset(cluster)?
+            .map(value)
+            .transpose()?,
+        desired::mongodb_init_job(cluster)?.map(value).transpose()?,
+    ];
+    objects.extend(backing.into_iter().flatten());
+    objects.push(value(desired::deployment(cluster, &secrets_digest)?)?);
+    objects.push(value(desired::service(cluster)?)?);
+    objects.push(value(desired::disruption_budget(cluster)?)?);
+    let extras = [
+        desired::horizontal_autoscaler(cluster)?
+            .map(value)
+            .transpose()?,
+        desired::ingress(cluster)?.map(value).transpose()?,
+        desired::service_monitor(cluster)?,
+    ];
+    objects.extend(extras.into_iter().flatten());
+    Ok(objects)
+}
+
+/// The children as one multi-document YAML stream.
+pub fn to_yaml(objects: &[Value]) -> Result<String, serde_yaml_ng::Error> {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&yaml(object)?);
+    }
+    Ok(out)
+}
+
+/// YAML that YAML 1.1 parsers read back the same: kubectl (go-yaml) and
+/// PyYAML take a plain `yes`, `no`, `on`, `off`, `y` or `n` for a boolean,
+/// which serde_yaml_ng (YAML 1.2) leaves unquoted. Booleans are always
+/// written `true`/`false`, so a plain scalar of those words is a string.
+pub fn yaml<T: Serialize>(value: &T) -> Result<String, serde_yaml_ng::Error> {
+    let text = serde_yaml_ng::to_string(value)?;
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        out.push_str(&quote_yaml11_boolean(line));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn quote_yaml11_boolean(line: &str) -> String {
+    const AMBIGUOUS: [&str; 6] = ["y", "n", "yes", "no", "on", "off"];
+    let start = match line.rfind(": ") {
+        Some(i) => i + 2,
+        None => line.len() - line.trim_start_matches([' ', '-']).len(),
+    };
+    let (head, scalar) = line.split_at(start);
+    if AMBIGUOUS.contains(&scalar.to_ascii_lowercase().as_str()) {
+        format!("{head}'{scalar}'")
+    } else {
+        line.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_11_booleans_written_as_strings_are_quoted() {
+        let value = serde_json::json!({"args": ["--appendonly", "yes", "on"], "mode": "No", "flag": true, "name": "yesterday"});
+        let text = yaml(&value).unwrap();
+        assert!(
+            text.contains("- 'yes'") && text.contains("- 'on'") && text.contains("mode: 'No'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flag: true") && text.contains("name: yesterday"),
+            "{text}"
+        );
+        let back: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(back, value);
+    }
+}

@@ -1,0 +1,166 @@
+//! The shipped manifests and what `render` prints, checked against the
+//! generated CRD and the Kubernetes 1.31 OpenAPI schemas.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chat_operator::crd::ChatCluster;
+use chat_operator::render;
+use kube::CustomResourceExt;
+use serde::Deserialize;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("manifests/examples"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "a minimal and a full example");
+    files
+}
+
+/// The project's Python (with kubernetes-validate), installed by scripts/test.sh.
+fn python() -> PathBuf {
+    let python = std::env::var("CHAT_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/test.sh",
+        python.display()
+    );
+    python
+}
+
+fn validate(mode: &str, target: &str, files: &[&Path]) {
+    let output = Command::new(python())
+        .arg(root().join("operator/tests/validate.py"))
+        .args([mode, target])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{mode} validation failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn manifests_crd_yaml_is_the_generated_crd() {
+    let generated = render::yaml(&ChatCluster::crd()).unwrap();
+    let shipped = std::fs::read_to_string(root().join("manifests/crd.yaml")).unwrap();
+    assert!(
+        shipped == generated,
+        "manifests/crd.yaml is stale: run `cargo run -p chat-operator -- crd > manifests/crd.yaml`"
+    );
+}
+
+#[test]
+fn the_crd_has_the_contracted_names_and_subresources() {
+    let crd = serde_json::to_value(ChatCluster::crd()).unwrap();
+    assert_eq!(crd["spec"]["group"], "chatcluster.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["kind"], "ChatCluster");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "chat");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_object());
+    assert_eq!(
+        version["subresources"]["scale"]["specReplicasPath"],
+        ".spec.replicas"
+    );
+    assert_eq!(
+        version["subresources"]["scale"]["labelSelectorPath"],
+        ".status.selector"
+    );
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Ready", "Replicas", "Phase", "Age"]);
+    let text = crd.to_string();
+    assert!(
+        text.contains("x-kubernetes-validations"),
+        "CEL rules are in the schema"
+    );
+    assert!(text.contains("set redis.managed or redis.external, not both"));
+}
+
+#[test]
+fn examples_validate_against_the_crd_schema() {
+    let files = examples();
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let crd = root().join("manifests/crd.yaml");
+    validate("crd", &crd.display().to_string(), &paths);
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let _: ChatCluster =
+            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
+#[test]
+fn everything_render_prints_is_valid_kubernetes_1_31() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rendered = Vec::new();
+    for (i, file) in examples().iter().enumerate() {
+        let cluster: ChatCluster =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let objects = render::children(&cluster, "a-generated-key").unwrap();
+        let path = dir.path().join(format!("rendered-{i}.yaml"));
+        std::fs::write(&path, render::to_yaml(&objects).unwrap()).unwrap();
+        rendered.push(path);
+    }
+    let paths: Vec<&Path> = rendered.iter().map(PathBuf::as_path).collect();
+    validate("objects", "1.31.0", &paths);
+}
+
+#[test]
+fn the_binary_renders_a_file() {
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
+        .args(["render", "-f"])
+        .arg(root().join("manifests/examples/minimal.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let kinds: Vec<String> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| {
+            let value = serde_yaml_ng::Value::deserialize(document).unwrap();
+            value["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for kind in [
+        "Secret",
+        "ConfigMap",
+        "StatefulSet",
+        "Job",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} missing from {kinds:?}"
+        );
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
+        .args(["render", "-f", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.yaml"));
+}
