@@ -71,13 +71,30 @@ pub fn to_yaml(objects: &[Value]) -> Result<String, serde_yaml_ng::Error> {
 /// which serde_yaml_ng (YAML 1.2) leaves unquoted. Booleans are always
 /// written `true`/`false`, so a plain scalar of those words is a string.
 pub fn yaml<T: Serialize>(value: &T) -> Result<String, serde_yaml_ng::Error> {
-    let text = serde_yaml_ng::to_string(value)?;
+    let value =
+        serde_json::to_value(value).map_err(<serde_yaml_ng::Error as serde::ser::Error>::custom)?;
+    let text = serde_yaml_ng::to_string(&sorted(value))?;
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
         out.push_str(&quote_yaml11_boolean(line));
         out.push('\n');
     }
     Ok(out)
+}
+
+/// Object keys in sorted order at every level. serde_json keeps insertion
+/// order when another crate in the build enables its `preserve_order`
+/// feature, which would make the output depend on what is built alongside.
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
 }
 
 fn quote_yaml11_boolean(line: &str) -> String {

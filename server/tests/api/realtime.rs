@@ -394,11 +394,11 @@ async fn an_expired_token_closes_the_socket_unless_refreshed() {
     let server = mongo_server().await;
     let alice = server.user("alice").await;
     let mut refreshed =
-        WsClient::connect(&server, &format!("token={}", token_expiring_in(&alice, 2)))
+        WsClient::connect(&server, &format!("token={}", token_expiring_in(&alice, 4)))
             .await
             .unwrap();
     let mut lapsing =
-        WsClient::connect(&server, &format!("token={}", token_expiring_in(&alice, 2)))
+        WsClient::connect(&server, &format!("token={}", token_expiring_in(&alice, 4)))
             .await
             .unwrap();
     refreshed
