@@ -2,8 +2,10 @@
 //!
 //! [`crd`] defines the `ChatCluster` resource; [`desired`] builds every child
 //! object from it with pure functions; [`render`] prints them, as the operator
-//! would apply them, without a cluster.
+//! would apply them, without a cluster; [`status`] computes the resource's
+//! status from what was observed, idempotently.
 
 pub mod crd;
 pub mod desired;
 pub mod render;
+pub mod status;

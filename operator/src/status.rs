@@ -1,0 +1,269 @@
+//! The ChatCluster's status, computed by a pure function of the resource (its
+//! previous status included) and what was observed of its chat Deployment.
+//!
+//! Idempotent by construction: the same observation gives the same status,
+//! with every `lastTransitionTime` kept from the previous status unless that
+//! condition's value changed. Writing it back therefore changes nothing, and
+//! the controller's own status writes never wake it up again.
+
+use crate::crd::{ChatCluster, ChatClusterStatus, Condition, Phase};
+use crate::desired::{Component, selector_labels, selector_string};
+
+/// What the controller saw of the chat server Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// Pods wanted (the Deployment's spec, or the autoscaler's choice).
+    pub desired: i32,
+    pub ready: i32,
+    /// Pods already running the current template.
+    pub updated: i32,
+}
+
+pub const AVAILABLE: &str = "Available";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// The status to write. `observed` is `None` before the Deployment exists;
+/// `now` is an RFC 3339 time, used only for conditions that change.
+pub fn status(cluster: &ChatCluster, observed: Option<Observed>, now: &str) -> ChatClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let instance = cluster.metadata.name.clone().unwrap_or_default();
+    let seen = observed.unwrap_or_default();
+    let rolled_out =
+        observed.is_some() && seen.updated >= seen.desired && seen.ready >= seen.desired;
+    let available = seen.ready > 0 || (observed.is_some() && seen.desired == 0);
+    let degraded = observed.is_some() && seen.desired > 0 && seen.ready == 0;
+    // Working towards the spec: not there yet, and not stuck with nothing ready.
+    let progressing = observed.is_none() || (!rolled_out && !degraded);
+
+    let phase = if cluster.spec.paused {
+        Phase::Paused
+    } else if observed.is_none() {
+        Phase::Pending
+    } else if degraded {
+        Phase::Degraded
+    } else if rolled_out {
+        Phase::Running
+    } else {
+        Phase::Progressing
+    };
+    let pods = format!("{} of {} chat pods ready", seen.ready, seen.desired);
+    let conditions = vec![
+        condition(
+            &previous,
+            AVAILABLE,
+            available,
+            if available { "PodsReady" } else { "NoPodReady" },
+            &pods,
+            now,
+            generation,
+        ),
+        condition(
+            &previous,
+            PROGRESSING,
+            progressing,
+            if progressing {
+                "RollingOut"
+            } else if rolled_out {
+                "RolloutComplete"
+            } else {
+                "Stalled"
+            },
+            &format!("{} of {} chat pods updated", seen.updated, seen.desired),
+            now,
+            generation,
+        ),
+        condition(
+            &previous,
+            DEGRADED,
+            degraded,
+            if degraded { "NoPodReady" } else { "AsExpected" },
+            &pods,
+            now,
+            generation,
+        ),
+    ];
+    ChatClusterStatus {
+        observed_generation: generation,
+        replicas: seen.desired,
+        ready_replicas: seen.ready,
+        selector: selector_string(&selector_labels(&instance, Component::Server)),
+        phase,
+        conditions,
+    }
+}
+
+fn condition(
+    previous: &ChatClusterStatus,
+    kind: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    now: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if value { "True" } else { "False" };
+    let since = previous
+        .conditions
+        .iter()
+        .find(|c| c.kind == kind && c.status == status)
+        .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+    Condition {
+        kind: kind.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster(spec: serde_json::Value) -> ChatCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": "demo", "namespace": "chat", "generation": 4}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn value<'a>(status: &'a ChatClusterStatus, kind: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.kind == kind).unwrap()
+    }
+
+    #[test]
+    fn phases_follow_the_deployment() {
+        let demo = cluster(json!({}));
+        assert_eq!(status(&demo, None, "t0").phase, Phase::Pending);
+        let rolling = status(
+            &demo,
+            Some(Observed {
+                desired: 3,
+                ready: 1,
+                updated: 1,
+            }),
+            "t0",
+        );
+        assert_eq!(rolling.phase, Phase::Progressing);
+        assert_eq!(value(&rolling, AVAILABLE).status, "True");
+        assert_eq!(value(&rolling, PROGRESSING).status, "True");
+        let running = status(
+            &demo,
+            Some(Observed {
+                desired: 3,
+                ready: 3,
+                updated: 3,
+            }),
+            "t0",
+        );
+        assert_eq!(running.phase, Phase::Running);
+        assert_eq!(value(&running, PROGRESSING).reason, "RolloutComplete");
+        let down = status(
+            &demo,
+            Some(Observed {
+                desired: 3,
+                ready: 0,
+                updated: 3,
+            }),
+            "t0",
+        );
+        assert_eq!(down.phase, Phase::Degraded);
+        assert_eq!(value(&down, DEGRADED).status, "True");
+        assert_eq!(value(&down, AVAILABLE).status, "False");
+        assert_eq!(
+            status(&cluster(json!({"paused": true})), None, "t0").phase,
+            Phase::Paused
+        );
+    }
+
+    #[test]
+    fn status_carries_what_scale_and_printer_columns_read() {
+        let status = status(
+            &cluster(json!({})),
+            Some(Observed {
+                desired: 3,
+                ready: 2,
+                updated: 3,
+            }),
+            "t0",
+        );
+        assert_eq!(
+            (
+                status.replicas,
+                status.ready_replicas,
+                status.observed_generation
+            ),
+            (3, 2, Some(4))
+        );
+        assert_eq!(
+            status.selector,
+            "app.kubernetes.io/component=server,app.kubernetes.io/instance=demo,app.kubernetes.io/name=chatcluster"
+        );
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(4))
+        );
+    }
+
+    #[test]
+    fn the_same_observation_gives_the_same_status() {
+        let mut demo = cluster(json!({}));
+        let seen = Some(Observed {
+            desired: 3,
+            ready: 3,
+            updated: 3,
+        });
+        let first = status(&demo, seen, "2026-11-23T10:00:00Z");
+        demo.status = Some(first.clone());
+        let again = status(&demo, seen, "2026-11-23T11:00:00Z");
+        assert_eq!(
+            again, first,
+            "nothing to write, so no self-triggered reconcile"
+        );
+    }
+
+    #[test]
+    fn transition_times_change_only_on_transitions() {
+        let mut demo = cluster(json!({}));
+        demo.status = Some(status(
+            &demo,
+            Some(Observed {
+                desired: 3,
+                ready: 3,
+                updated: 3,
+            }),
+            "t1",
+        ));
+        let after = status(
+            &demo,
+            Some(Observed {
+                desired: 3,
+                ready: 0,
+                updated: 3,
+            }),
+            "t2",
+        );
+        assert_eq!(
+            value(&after, AVAILABLE).last_transition_time,
+            "t2",
+            "Available flipped"
+        );
+        assert_eq!(
+            value(&after, DEGRADED).last_transition_time,
+            "t2",
+            "Degraded flipped"
+        );
+        assert_eq!(
+            value(&after, PROGRESSING).last_transition_time,
+            "t1",
+            "Progressing stayed False"
+        );
+    }
+}
