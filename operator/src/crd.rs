@@ -468,6 +468,18 @@ pub enum Phase {
     Paused,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::Running => "Running",
+            Phase::Degraded => "Degraded",
+            Phase::Paused => "Paused",
+        }
+    }
+}
+
 /// A status condition in the Kubernetes shape.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -15,10 +15,38 @@ fn value<T: Serialize>(object: T) -> Result<Value, BuildError> {
     })
 }
 
-/// The children of `cluster`. `jwt_key` is the generated key (used only when
-/// the spec names no Secret of its own).
-pub fn children(cluster: &ChatCluster, jwt_key: &str) -> Result<Vec<Value>, BuildError> {
-    let secrets_digest = desired::digest([jwt_key]);
+/// The secret values the children depend on. A pure function cannot read
+/// them, so the caller does (or generates the key, for a new cluster).
+#[derive(Debug, Clone, Default)]
+pub struct SecretValues {
+    /// The JWT signing key: the generated one, or the value of `jwtSecret`.
+    pub jwt_key: String,
+    /// Values of the user's Secrets the pods read (external Redis URL and
+    /// MongoDB URI), so that rotating one rolls the pods.
+    pub referenced: Vec<String>,
+}
+
+impl SecretValues {
+    /// Only a (new or existing) generated JWT key.
+    pub fn generated(jwt_key: impl Into<String>) -> Self {
+        Self {
+            jwt_key: jwt_key.into(),
+            referenced: Vec::new(),
+        }
+    }
+
+    fn digest(&self) -> String {
+        desired::digest(
+            std::iter::once(self.jwt_key.as_str())
+                .chain(self.referenced.iter().map(String::as_str)),
+        )
+    }
+}
+
+/// The children of `cluster`, in apply order.
+pub fn children(cluster: &ChatCluster, secrets: &SecretValues) -> Result<Vec<Value>, BuildError> {
+    let secrets_digest = secrets.digest();
+    let jwt_key = secrets.jwt_key.as_str();
     let mut objects = Vec::new();
     let optional = [
         desired::jwt_secret(cluster, jwt_key)?

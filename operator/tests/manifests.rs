@@ -115,7 +115,11 @@ fn everything_render_prints_is_valid_kubernetes_1_31() {
     for (i, file) in examples().iter().enumerate() {
         let cluster: ChatCluster =
             serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
-        let objects = render::children(&cluster, "a-generated-key").unwrap();
+        let objects = render::children(
+            &cluster,
+            &render::SecretValues::generated("a-generated-key"),
+        )
+        .unwrap();
         let path = dir.path().join(format!("rendered-{i}.yaml"));
         std::fs::write(&path, render::to_yaml(&objects).unwrap()).unwrap();
         rendered.push(path);

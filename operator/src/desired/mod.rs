@@ -19,8 +19,8 @@ use crate::crd::ChatCluster;
 pub use mongodb::{mongodb_init_job, mongodb_service, mongodb_statefulset};
 pub use redis::{redis_service, redis_statefulset};
 pub use server::{
-    config_map, connection_secret, deployment, disruption_budget, horizontal_autoscaler, ingress,
-    jwt_secret, service, service_monitor,
+    config_map, connection_secret, deployment, disruption_budget, generate_jwt_key,
+    horizontal_autoscaler, ingress, jwt_secret, jwt_secret_name, service, service_monitor,
 };
 
 /// The field manager of every server-side apply, and the value of

@@ -7,7 +7,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
 
-use super::{BuildError, Component, child_meta, identity, selector_labels, typed};
+use super::{BuildError, Component, child_meta, digest, identity, selector_labels, typed};
 use crate::crd::ChatCluster;
 
 pub const REPLICA_SET: &str = "rs0";
@@ -85,7 +85,10 @@ pub fn mongodb_service(cluster: &ChatCluster) -> Result<Option<Service>, BuildEr
 }
 
 /// Initiates the replica set once its members answer; retried by the Job
-/// until they do, and a no-op when it is already initiated.
+/// until they do, and a no-op when it is already initiated. A Job's template
+/// cannot be changed, so its name carries a digest of the spec: a new member
+/// count or image makes a new Job, and the controller prunes the old one. The
+/// finished Job is kept (no TTL), or the controller would re-create it.
 pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError> {
     let Some(mongodb) = cluster.spec.managed_mongodb() else {
         return Ok(None);
@@ -101,9 +104,9 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
     );
     let spec = json!({
         "backoffLimit": 20,
-        "ttlSecondsAfterFinished": 600,
         "template": {
-            "metadata": {"labels": selector_labels(&instance, Component::MongoDb)},
+            // Not the members' selector labels: the headless Service must not pick this pod.
+            "metadata": {"labels": {"app.kubernetes.io/name": "chatcluster", "app.kubernetes.io/instance": instance}},
             "spec": {
                 "restartPolicy": "OnFailure",
                 "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -117,7 +120,11 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
         },
     });
     Ok(Some(Job {
-        metadata: child_meta(cluster, format!("{name}-init"), Component::MongoDb)?,
+        metadata: child_meta(
+            cluster,
+            format!("{name}-init-{}", digest([spec.to_string().as_str()])),
+            Component::MongoDb,
+        )?,
         spec: Some(typed("MongoDB init Job spec", spec)?),
         status: None,
     }))

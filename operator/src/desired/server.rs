@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use rand::RngCore;
 use serde_json::json;
 
 use super::{
@@ -84,6 +86,13 @@ pub fn jwt_secret(cluster: &ChatCluster, key: &str) -> Result<Option<Secret>, Bu
     }))
 }
 
+/// A fresh HS256 signing key: 48 random bytes, base64 (64 characters).
+pub fn generate_jwt_key() -> String {
+    let mut key = [0u8; 48];
+    rand::rng().fill_bytes(&mut key);
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(key)
+}
+
 /// Where the JWT key is: the user's Secret or the generated one.
 pub fn jwt_secret_ref(cluster: &ChatCluster) -> Result<SecretKeyRef, BuildError> {
     let (instance, _) = identity(cluster)?;
@@ -126,7 +135,13 @@ pub fn connection_secret(cluster: &ChatCluster) -> Result<Option<Secret>, BuildE
             connection_secret_name(&instance),
             Component::Server,
         )?,
-        string_data: Some(data),
+        // `data`, not `stringData`: the API server stores and returns `data`,
+        // and the controller compares what it wants with what it reads.
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
         ..Default::default()
     }))
 }

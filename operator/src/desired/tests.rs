@@ -228,7 +228,7 @@ fn managed_backends_get_persistent_volumes_and_connection_strings() {
         "fast"
     );
     let secret = connection_secret(&prod).unwrap().unwrap();
-    let uri = &secret.string_data.unwrap()["mongodb-uri"];
+    let uri = String::from_utf8(secret.data.unwrap()["mongodb-uri"].0.clone()).unwrap();
     assert_eq!(
         uri.matches(".demo-mongodb.chat.svc:27017").count(),
         3,
@@ -276,7 +276,8 @@ fn optional_children_follow_the_spec() {
 
 #[test]
 fn every_child_carries_the_standard_labels() {
-    let objects = crate::render::children(&full(), "key").unwrap();
+    let objects =
+        crate::render::children(&full(), &crate::render::SecretValues::generated("key")).unwrap();
     assert!(objects.len() >= 10, "{}", objects.len());
     for object in &objects {
         let labels = &object["metadata"]["labels"];

@@ -1,0 +1,275 @@
+//! The children as the API server holds them: which API each kind lives in,
+//! what a cluster's children look like now, and the pure decision of what to
+//! write. The controller compares before it writes, so a reconcile with
+//! nothing to change makes no changing call at all.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use kube::api::{ApiResource, GroupVersionKind};
+use serde_json::Value;
+
+/// Every kind the operator creates: `(apiVersion, kind, plural)`.
+pub const CHILD_KINDS: [(&str, &str, &str); 10] = [
+    ("v1", "Secret", "secrets"),
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "Service", "services"),
+    ("apps/v1", "StatefulSet", "statefulsets"),
+    ("apps/v1", "Deployment", "deployments"),
+    ("batch/v1", "Job", "jobs"),
+    ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    (
+        "autoscaling/v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+    ),
+    ("networking.k8s.io/v1", "Ingress", "ingresses"),
+    (
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+        "servicemonitors",
+    ),
+];
+
+/// The kind that exists only where the Prometheus Operator is installed.
+pub const SERVICE_MONITOR: &str = "ServiceMonitor";
+
+/// The API of one of [`CHILD_KINDS`].
+pub fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
+    let (_, _, plural) = CHILD_KINDS
+        .iter()
+        .find(|(v, k, _)| *v == api_version && *k == kind)?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    Some(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind),
+        plural,
+    ))
+}
+
+/// Which object: kind and name (the namespace is the ChatCluster's).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of a JSON object with `apiVersion`, `kind` and `metadata.name`.
+    pub fn of(object: &Value) -> Option<Self> {
+        Some(Self {
+            api_version: object.get("apiVersion")?.as_str()?.to_owned(),
+            kind: object.get("kind")?.as_str()?.to_owned(),
+            name: object.pointer("/metadata/name")?.as_str()?.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// What exists now of one ChatCluster's children.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// The children this ChatCluster owns, by key.
+    pub objects: BTreeMap<ObjectKey, Value>,
+    /// Whether the cluster serves the ServiceMonitor API.
+    pub service_monitor_api: bool,
+}
+
+/// The writes that bring the live children to the desired ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Objects to server-side apply, in the desired (apply) order.
+    pub apply: Vec<Value>,
+    /// Owned objects no longer wanted.
+    pub prune: Vec<ObjectKey>,
+    /// Wanted, but their API is not served (a ServiceMonitor without the
+    /// Prometheus Operator).
+    pub unavailable: Vec<ObjectKey>,
+}
+
+impl Plan {
+    pub fn changes_nothing(&self) -> bool {
+        self.apply.is_empty() && self.prune.is_empty()
+    }
+}
+
+/// What to write. `keep` names owned objects never pruned (the generated JWT
+/// key outlives a switch to a Secret of the user's own: switching back must
+/// not log everyone out).
+pub fn plan(desired: &[Value], live: &Live, keep: &[ObjectKey]) -> Plan {
+    let mut plan = Plan::default();
+    let mut wanted = Vec::with_capacity(desired.len());
+    for object in desired {
+        let Some(key) = ObjectKey::of(object) else {
+            continue;
+        };
+        if key.kind == SERVICE_MONITOR && !live.service_monitor_api {
+            plan.unavailable.push(key.clone());
+        } else if live
+            .objects
+            .get(&key)
+            .is_none_or(|current| !contains(current, object))
+        {
+            plan.apply.push(object.clone());
+        }
+        wanted.push(key);
+    }
+    plan.prune = live
+        .objects
+        .keys()
+        .filter(|key| !wanted.contains(key) && !keep.contains(key))
+        .cloned()
+        .collect();
+    plan
+}
+
+/// Whether `live` already holds every field of `desired` with the same value.
+/// Fields the API server defaults, or other managers own, are not ours to
+/// compare; `apiVersion` and `kind` are not returned in list items.
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(live), Value::Object(desired)) => {
+            desired.iter().all(|(field, want)| match live.get(field) {
+                _ if field == "apiVersion" || field == "kind" => true,
+                Some(have) => contains(have, want),
+                // The API server drops nulls and empty lists and maps.
+                None => is_empty(want),
+            })
+        }
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
+        }
+        (live, desired) => live == desired,
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(kind: &str, name: &str) -> ObjectKey {
+        let api_version = CHILD_KINDS
+            .iter()
+            .find(|(_, k, _)| *k == kind)
+            .map(|(v, _, _)| (*v).to_owned())
+            .unwrap();
+        ObjectKey {
+            api_version,
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn object(kind: &str, name: &str, spec: Value) -> Value {
+        let key = key(kind, name);
+        json!({"apiVersion": key.api_version, "kind": kind, "metadata": {"name": name}, "spec": spec})
+    }
+
+    fn live(objects: &[Value], service_monitor_api: bool) -> Live {
+        Live {
+            objects: objects
+                .iter()
+                .map(|o| (ObjectKey::of(o).unwrap(), o.clone()))
+                .collect(),
+            service_monitor_api,
+        }
+    }
+
+    #[test]
+    fn server_defaults_and_other_managers_fields_are_not_differences() {
+        let desired = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "chat", "args": []}]}}}});
+        let live = json!({
+            "metadata": {"resourceVersion": "7", "managedFields": []},
+            "spec": {"replicas": 3, "revisionHistoryLimit": 10,
+                     "template": {"spec": {"containers": [{"name": "chat", "terminationMessagePath": "/dev/termination-log"}]}}},
+            "status": {"readyReplicas": 3},
+        });
+        assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn a_changed_or_missing_field_or_list_item_is_a_difference() {
+        let live = json!({"spec": {"replicas": 3, "ports": [{"port": 80}]}});
+        assert!(!contains(&live, &json!({"spec": {"replicas": 5}})));
+        assert!(!contains(&live, &json!({"spec": {"paused": true}})));
+        assert!(!contains(
+            &live,
+            &json!({"spec": {"ports": [{"port": 80}, {"port": 81}]}})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"spec": {"ports": [{"port": 81}]}})
+        ));
+    }
+
+    #[test]
+    fn plan_writes_only_what_is_missing_or_different() {
+        let desired = vec![
+            object("ConfigMap", "demo-config", json!(null)),
+            object("Deployment", "demo", json!({"replicas": 3})),
+            object("Service", "demo", json!({"type": "ClusterIP"})),
+        ];
+        let current = live(
+            &[
+                object("ConfigMap", "demo-config", json!(null)),
+                object("Deployment", "demo", json!({"replicas": 5})),
+            ],
+            false,
+        );
+        let plan = plan(&desired, &current, &[]);
+        assert_eq!(plan.apply, desired[1..].to_vec());
+        assert!(plan.prune.is_empty());
+        assert!(super::plan(&desired, &live(&desired, false), &[]).changes_nothing());
+    }
+
+    #[test]
+    fn plan_prunes_owned_children_no_longer_wanted_but_keeps_the_jwt_key() {
+        let desired = vec![object("Deployment", "demo", json!({}))];
+        let current = live(
+            &[
+                object("Deployment", "demo", json!({})),
+                object("Ingress", "demo", json!({})),
+                object("Secret", "demo-jwt", json!(null)),
+            ],
+            true,
+        );
+        let plan = plan(&desired, &current, &[key("Secret", "demo-jwt")]);
+        assert_eq!(plan.prune, vec![key("Ingress", "demo")]);
+    }
+
+    #[test]
+    fn a_service_monitor_waits_for_its_api() {
+        let desired = vec![object("ServiceMonitor", "demo", json!({}))];
+        let without = plan(&desired, &live(&[], false), &[]);
+        assert!(without.apply.is_empty());
+        assert_eq!(without.unavailable, vec![key("ServiceMonitor", "demo")]);
+        assert_eq!(plan(&desired, &live(&[], true), &[]).apply, desired);
+    }
+
+    #[test]
+    fn every_child_kind_has_an_api() {
+        for (api_version, kind, plural) in CHILD_KINDS {
+            let api = api_resource(api_version, kind).unwrap();
+            assert_eq!(
+                (api.api_version.as_str(), api.plural.as_str()),
+                (api_version, plural)
+            );
+        }
+        assert!(api_resource("v1", "Pod").is_none());
+    }
+}
