@@ -6,7 +6,7 @@
 
 pub mod objects;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,6 +81,9 @@ pub struct Context {
     recorder: Recorder,
     /// Consecutive failures per ChatCluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Warnings already given for a ChatCluster's generation, so a condition
+    /// that persists is reported once per spec, not on every resync.
+    warned: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -94,6 +97,7 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
         }
     }
 
@@ -102,6 +106,19 @@ impl Context {
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// True the first time `what` is reported for this generation of `cluster`.
+    fn first_warning(&self, cluster: &ChatCluster, what: &str) -> bool {
+        let key = format!(
+            "{}@{}:{what}",
+            cluster_key(cluster),
+            cluster.metadata.generation.unwrap_or_default()
+        );
+        self.warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key)
     }
 
     /// Publishes a Kubernetes event about `cluster`. Events are a courtesy to
@@ -225,7 +242,7 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
             ctx.event(cluster, EventType::Normal, "Applied", note).await;
         }
         for key in &plan.unavailable {
-            if key.kind == SERVICE_MONITOR {
+            if key.kind == SERVICE_MONITOR && ctx.first_warning(cluster, SERVICE_MONITOR) {
                 ctx.event(
                     cluster,
                     EventType::Warning,

@@ -294,5 +294,11 @@ fn every_child_carries_the_standard_labels() {
             object["kind"]
         );
         assert!(object["apiVersion"].is_string() && object["kind"].is_string());
+        // The controller finds, lists and prunes children by these labels and kinds.
+        let key = crate::controller::objects::ObjectKey::of(object).unwrap();
+        assert!(
+            crate::controller::objects::api_resource(&key.api_version, &key.kind).is_some(),
+            "{key} is not among the child kinds the controller knows"
+        );
     }
 }
