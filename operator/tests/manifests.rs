@@ -168,3 +168,121 @@ fn the_binary_renders_a_file() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.yaml"));
 }
+
+fn operator_manifest() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(root().join("manifests/operator.yaml")).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| serde_json::Value::deserialize(document).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_operator_manifest_is_valid_kubernetes_1_31() {
+    validate(
+        "objects",
+        "1.31.0",
+        &[root().join("manifests/operator.yaml").as_path()],
+    );
+    let kinds: Vec<String> = operator_manifest()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap().to_owned())
+        .collect();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} missing from {kinds:?}"
+        );
+    }
+}
+
+/// The verbs the ClusterRole grants on `group`/`resource`.
+fn granted(role: &serde_json::Value, group: &str, resource: &str) -> Vec<String> {
+    let mut verbs = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let has =
+            |field: &str, want: &str| rule[field].as_array().unwrap().iter().any(|v| v == want);
+        if has("apiGroups", group) && has("resources", resource) {
+            verbs.extend(
+                rule["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned()),
+            );
+        }
+    }
+    verbs.sort();
+    verbs
+}
+
+#[test]
+fn the_operator_is_granted_exactly_what_the_controller_does() {
+    let objects = operator_manifest();
+    let role = objects.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
+    for rule in role["rules"].as_array().unwrap() {
+        for field in ["apiGroups", "resources", "verbs"] {
+            assert!(
+                !rule[field].as_array().unwrap().iter().any(|v| v == "*"),
+                "no wildcards: {rule}"
+            );
+        }
+    }
+    let sorted = |verbs: &[&str]| {
+        let mut verbs: Vec<String> = verbs.iter().map(|v| (*v).to_owned()).collect();
+        verbs.sort();
+        verbs
+    };
+    // Every child kind: listed by label (observe), watched (owns), applied
+    // (server-side apply creates or patches) and pruned.
+    for (api_version, kind, plural) in chat_operator::controller::objects::CHILD_KINDS {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let mut want = vec!["create", "delete", "list", "patch", "watch"];
+        if kind == "ServiceMonitor" {
+            // Its API may not exist, so it is not watched.
+            want.retain(|v| *v != "watch");
+        }
+        if kind == "Secret" {
+            // The Secrets a ChatCluster names are read by name.
+            want.push("get");
+        }
+        assert_eq!(granted(role, group, plural), sorted(&want), "{kind}");
+    }
+    assert_eq!(
+        granted(role, "chatcluster.dev", "chatclusters"),
+        sorted(&["get", "list", "watch"])
+    );
+    assert_eq!(
+        granted(role, "chatcluster.dev", "chatclusters/status"),
+        sorted(&["patch"])
+    );
+    assert_eq!(
+        granted(role, "events.k8s.io", "events"),
+        sorted(&["create", "patch"])
+    );
+    let lease_role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
+    assert_eq!(
+        lease_role["metadata"]["namespace"], "chat-operator",
+        "Leases only in the operator's namespace"
+    );
+    assert_eq!(
+        granted(lease_role, "coordination.k8s.io", "leases"),
+        sorted(&["create", "get", "patch"])
+    );
+
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "chat-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+}
