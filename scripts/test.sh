@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need when missing:
 # redis-server (apt) and, into .venv from PyPI, the MongoDB-wire-compatible
-# SecantusDB and kubernetes-validate.
+# SecantusDB, kubernetes-validate and Helm's library (helm-python-sdk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,15 +21,21 @@ apt_install() {
 
 command -v redis-server >/dev/null || apt_install redis-server
 
-if ! .venv/bin/python -c 'import secantus, kubernetes_validate' 2>/dev/null; then
-  say "creating .venv with the test requirements"
+# The venv is (re)filled whenever scripts/requirements-test.txt changes.
+wanted="$(sha256sum scripts/requirements-test.txt | cut -d' ' -f1)"
+if [ "$(cat .venv/requirements.sha256 2>/dev/null)" != "$wanted" ]; then
+  say "installing the test requirements into .venv"
   [ -x .venv/bin/pip ] || python3 -m venv .venv 2>/dev/null || { apt_install python3-venv; python3 -m venv .venv; }
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+  echo "$wanted" > .venv/requirements.sha256
 fi
 export CHAT_TEST_PYTHON="$PWD/.venv/bin/python"
 
 say "formatting"
 cargo fmt --all -- --check
+
+say "packaging: Helm charts, Dockerfiles, kind, Tilt, alerts and dashboard"
+.venv/bin/python scripts/check_packaging.py
 
 say "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -354,13 +354,20 @@ pub struct ExternalMongoDb {
     pub uri_secret_ref: SecretKeyRef,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'").message("service.nodePort needs service.type NodePort or LoadBalancer"))]
 pub struct Service {
     #[serde(default, rename = "type")]
     pub kind: ServiceType,
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// A fixed node port (NodePort or LoadBalancer services), e.g. the one a
+    /// kind cluster maps to localhost; absent, Kubernetes picks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
 }
 
 impl Default for Service {
@@ -368,6 +375,7 @@ impl Default for Service {
         Self {
             kind: ServiceType::default(),
             port: default_port(),
+            node_port: None,
         }
     }
 }

@@ -11,10 +11,15 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kube::runtime::reflector::Store;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use crate::crd::ChatCluster;
 
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +73,14 @@ impl Metrics {
         })
     }
 
+    /// Exposes every ChatCluster's replica counts, read from the controller's
+    /// cache at scrape time, so a deleted ChatCluster leaves no stale series
+    /// behind to alert on.
+    pub fn watch_clusters(&self, clusters: Store<ChatCluster>) -> Result<(), prometheus::Error> {
+        self.registry
+            .register(Box::new(ClusterCollector::new(clusters)?))
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -76,6 +89,66 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// `chat_operator_cluster_replicas` and `chat_operator_cluster_ready_replicas`
+/// by namespace and name, from the ChatClusters' status.
+struct ClusterCollector {
+    clusters: Store<ChatCluster>,
+    replicas: IntGaugeVec,
+    ready: IntGaugeVec,
+}
+
+impl ClusterCollector {
+    fn new(clusters: Store<ChatCluster>) -> Result<Self, prometheus::Error> {
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["namespace", "name"])
+        };
+        Ok(Self {
+            clusters,
+            replicas: gauge(
+                "chat_operator_cluster_replicas",
+                "Chat pods a ChatCluster wants (from its status)",
+            )?,
+            ready: gauge(
+                "chat_operator_cluster_ready_replicas",
+                "Chat pods of a ChatCluster that are ready (from its status)",
+            )?,
+        })
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.replicas
+            .desc()
+            .into_iter()
+            .chain(self.ready.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.replicas.reset();
+        self.ready.reset();
+        for cluster in self.clusters.state() {
+            let Some(status) = &cluster.status else {
+                continue;
+            };
+            let namespace = cluster.metadata.namespace.as_deref().unwrap_or_default();
+            let name = cluster.metadata.name.as_deref().unwrap_or_default();
+            self.replicas
+                .with_label_values(&[namespace, name])
+                .set(i64::from(status.replicas));
+            self.ready
+                .with_label_values(&[namespace, name])
+                .set(i64::from(status.ready_replicas));
+        }
+        self.replicas
+            .collect()
+            .into_iter()
+            .chain(self.ready.collect())
+            .collect()
     }
 }
 
@@ -126,5 +199,41 @@ async fn readiness(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "not connected to the API server yet",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+
+    fn cluster(ready: i32) -> ChatCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": "demo", "namespace": "chat", "uid": "u1"}, "spec": {},
+            "status": {"replicas": 3, "readyReplicas": ready, "selector": "", "phase": "Progressing", "conditions": []},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn cluster_gauges_follow_the_cache_and_vanish_with_the_cluster() {
+        let metrics = Metrics::new().unwrap();
+        let (reader, mut writer) = reflector::store();
+        metrics.watch_clusters(reader).unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(cluster(2)));
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains(r#"chat_operator_cluster_ready_replicas{name="demo",namespace="chat"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"chat_operator_cluster_replicas{name="demo",namespace="chat"} 3"#),
+            "{text}"
+        );
+        writer.apply_watcher_event(&watcher::Event::Delete(cluster(2)));
+        let text = metrics.render().unwrap();
+        assert!(!text.contains("name=\"demo\""), "{text}");
     }
 }

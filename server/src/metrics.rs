@@ -7,8 +7,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::state::AppState;
@@ -33,6 +33,13 @@ pub struct Metrics {
     pub persist_backlog: IntGauge,
     /// Messages written to the store by the persist worker.
     pub persisted: IntCounter,
+    /// From a message's acceptance (its timestamp, set by the pod that
+    /// sequenced it) to its hand-off to this instance's recipients. Across
+    /// pods it includes their clock difference.
+    pub delivery_latency: Histogram,
+    /// 1 when a dependency (`mongodb`/`embedded` store, `redis`) answered the
+    /// last readiness check, 0 when it did not.
+    pub dependency_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -90,8 +97,26 @@ impl Metrics {
             "chat_persisted_messages_total",
             "Messages written to the store by the persist worker",
         )?;
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "chat_delivery_latency_seconds",
+                "Time from a message's acceptance to its hand-off to this instance's recipients",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let dependency_up = IntGaugeVec::new(
+            Opts::new(
+                "chat_dependency_up",
+                "Whether a dependency answered the last readiness check",
+            ),
+            &["dependency"],
+        )?;
         for collector in [
             Box::new(ws_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(delivery_latency.clone()),
+            Box::new(dependency_up.clone()),
             Box::new(ws_disconnects.clone()),
             Box::new(messages_received.clone()),
             Box::new(frames_sent.clone()),
@@ -118,7 +143,15 @@ impl Metrics {
             bus_errors,
             persist_backlog,
             persisted,
+            delivery_latency,
+            dependency_up,
         })
+    }
+
+    /// Records the delivery of a message accepted at `accepted`.
+    pub fn observe_delivery(&self, accepted: crate::model::Timestamp) {
+        let elapsed = (crate::model::now() - accepted).as_seconds_f64();
+        self.delivery_latency.observe(elapsed.max(0.0));
     }
 
     pub fn registry(&self) -> &Registry {

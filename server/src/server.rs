@@ -79,7 +79,12 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         )
         .await
         .map_err(StartError::Bus)?,
-        None => Arc::new(LocalBus::new(store.clone(), hub.clone(), &config.pod_name)),
+        None => Arc::new(LocalBus::new(
+            store.clone(),
+            hub.clone(),
+            &config.pod_name,
+            metrics.clone(),
+        )),
     };
     let chat = Arc::new(Chat::new(
         store.clone(),

@@ -515,6 +515,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let client = ctx.client.clone();
     let clusters: Api<ChatCluster> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
+    if let Err(error) = ctx.metrics.watch_clusters(reader.clone()) {
+        warn!(%error, "registering the per-ChatCluster metrics");
+    }
     let trigger = watcher(clusters, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)

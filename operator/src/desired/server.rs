@@ -270,7 +270,7 @@ pub fn service(cluster: &ChatCluster) -> Result<Service, BuildError> {
     let spec = json!({
         "type": cluster.spec.service.kind.as_str(),
         "selector": selector_labels(&instance, Component::Server),
-        "ports": [{"name": "http", "port": cluster.spec.service.port, "targetPort": "http", "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": cluster.spec.service.port, "targetPort": "http", "protocol": "TCP", "nodePort": cluster.spec.service.node_port}],
     });
     Ok(Service {
         metadata: child_meta(cluster, instance, Component::Server)?,

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
 use super::{Bus, BusError};
+use crate::metrics::Metrics;
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::{Inserted, Store};
 use crate::ws::hub::{Hub, Outbound, Session};
@@ -27,6 +28,7 @@ pub struct LocalBus {
     sequencers: Mutex<HashMap<Id, Sequencer>>,
     sent: Mutex<Dedupe>,
     pod: String,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -55,10 +57,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl LocalBus {
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, pod: &str) -> Self {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, pod: &str, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             hub,
+            metrics,
             sequencers: Mutex::default(),
             sent: Mutex::default(),
             pod: pod.to_owned(),
@@ -109,6 +112,7 @@ impl Bus for LocalBus {
             seq,
             frame: frame.clone(),
         });
+        self.metrics.observe_delivery(message.timestamp);
         drop(newest);
         if let Some(key) = dedupe {
             lock(&self.sent).insert(key, message.clone());

@@ -144,6 +144,8 @@ struct Envelope {
     room_id: Id,
     seq: Option<u64>,
     user_id: Option<Id>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    timestamp: Option<crate::model::Timestamp>,
 }
 
 impl RedisBus {
@@ -211,7 +213,10 @@ impl RedisBus {
         let room = envelope.room_id;
         match (envelope.kind.as_str(), envelope.seq) {
             ("text" | "system", Some(seq)) => {
-                self.deliver_message(room, seq, Utf8Bytes::from(payload))
+                self.deliver_message(room, seq, Utf8Bytes::from(payload));
+                if let Some(accepted) = envelope.timestamp {
+                    self.metrics.observe_delivery(accepted);
+                }
             }
             ("_evict", _) => self.hub.evict(room, envelope.user_id),
             _ => {

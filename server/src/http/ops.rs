@@ -17,6 +17,13 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// body says which check failed either way.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let readiness = state.health.readiness().await;
+    for check in &readiness.checks {
+        state
+            .metrics
+            .dependency_up
+            .with_label_values(&[check.name])
+            .set(i64::from(check.ok));
+    }
     let status = if readiness.ready {
         StatusCode::OK
     } else {

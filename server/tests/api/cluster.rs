@@ -187,6 +187,28 @@ async fn messages_cross_pods_once_and_in_order() {
     expected.sort();
     assert_eq!(sorted, expected, "every message, once");
 
+    // Each pod measured the delivery of every message it handed to its members,
+    // and its readiness check saw Redis and MongoDB.
+    for pod in &cluster.pods {
+        let (status, _) = pod.call(reqwest::Method::GET, "/readyz", None, None).await;
+        assert_eq!(status, 200);
+        let metrics = pod.metrics().await;
+        let delivered: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("chat_delivery_latency_seconds_count "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no delivery latency in\n{metrics}"));
+        assert!(delivered >= 40.0, "{delivered} deliveries measured");
+        for dependency in ["redis", "mongodb"] {
+            assert!(
+                metrics.contains(&format!(
+                    "chat_dependency_up{{dependency=\"{dependency}\"}} 1"
+                )),
+                "{dependency} up: {metrics}"
+            );
+        }
+    }
+
     // All of it reaches MongoDB through the persist stream.
     let history = history_when_complete(b, &bob, &room, 41).await;
     assert_eq!(history[0], "bob joined the room");

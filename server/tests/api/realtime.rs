@@ -558,6 +558,11 @@ async fn websocket_traffic_is_measured() {
     };
     assert_eq!(value("chat_ws_connections"), 1.0);
     assert_eq!(value("chat_messages_received_total"), 1.0);
+    assert_eq!(
+        value("chat_delivery_latency_seconds_count"),
+        1.0,
+        "the message's hand-off to the room, measured"
+    );
     assert!(
         value("chat_ws_frames_sent_total") >= 3.0,
         "joined, the message, its ack"

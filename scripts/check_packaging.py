@@ -1,0 +1,385 @@
+"""Checks of what users install: the Helm charts, the Dockerfiles, the kind
+cluster config, and the Prometheus alerts and dashboard.
+
+  python scripts/check_packaging.py           run every check (scripts/test.sh does)
+  python scripts/check_packaging.py --write   regenerate the generated files:
+      the chart's copy of the CRD and charts/chatcluster/values.schema.json
+
+Charts are linted and rendered offline by Helm's own library (PyPI
+helm-python-sdk; no helm binary), with default values and with every
+optional feature on, and every rendered object is validated against the
+Kubernetes 1.31 OpenAPI schemas (kubernetes-validate, strict). ChatClusters
+the chart renders are validated against the CRD's schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import helm_python as helm
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CRD = ROOT / "manifests" / "crd.yaml"
+OPERATOR_CHART = ROOT / "charts" / "chatcluster-operator"
+CLUSTER_CHART = ROOT / "charts" / "chatcluster"
+CHART_CRD = OPERATOR_CHART / "crds" / "chatclusters.chatcluster.dev.yaml"
+CLUSTER_SCHEMA = CLUSTER_CHART / "values.schema.json"
+KUBE_VERSION = "1.31.0"
+
+# Every optional feature of each chart turned on.
+OPERATOR_ALL_ON = {
+    "replicaCount": 2,
+    "imagePullSecrets": [{"name": "registry"}],
+    "serviceAccount": {"annotations": {"example.com/role": "operator"}},
+    "podAnnotations": {"example.com/team": "chat"},
+    "podLabels": {"team": "chat"},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "chat", "effect": "NoSchedule"}],
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "chatcluster-operator"}}}}]}},
+    "priorityClassName": "system-cluster-critical",
+    "metrics": {"service": {"type": "NodePort", "nodePort": 30081}},
+    "monitoring": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
+    },
+}
+CLUSTER_ALL_ON = {
+    "clusterName": "chat",
+    "replicas": 5,
+    "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+    "corsOrigins": ["https://chat.example.com"],
+    "jwtSecret": {"name": "chat-keys", "key": "jwt"},
+    "redis": {"external": {"urlSecretRef": {"name": "redis", "key": "url"}}},
+    "mongodb": {"database": "chat", "managed": {"members": 3, "storageSize": "20Gi", "storageClassName": "fast"}},
+    "service": {"type": "NodePort", "port": 80, "nodePort": 30080},
+    "ingress": {"host": "chat.example.com", "tlsSecretName": "chat-tls", "className": "nginx"},
+    "autoscaling": {"minReplicas": 3, "maxReplicas": 12, "targetCpuUtilization": 60},
+    "metrics": {"serviceMonitor": True},
+    "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+}
+# Kinds that are not in the Kubernetes release's schemas.
+CUSTOM_KINDS = {"ChatCluster", "ServiceMonitor", "PrometheusRule"}
+
+
+def crd_spec_schema() -> dict:
+    definition = yaml.safe_load(CRD.read_text())
+    return definition["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def strict(schema: dict) -> dict:
+    """The schema with unknown fields refused wherever it lists the known
+    ones. The API server prunes unknown fields of a ChatCluster silently; a
+    chart user's typo (`service.tpye`) should fail at install instead."""
+    schema = copy.deepcopy(schema)
+    if "properties" in schema and "additionalProperties" not in schema \
+            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        schema["additionalProperties"] = False
+    for key in ("properties",):
+        for name, sub in schema.get(key, {}).items():
+            schema[key][name] = strict(sub)
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = strict(schema["items"])
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema["additionalProperties"] = strict(schema["additionalProperties"])
+    return schema
+
+
+def cluster_values_schema() -> dict:
+    """The chatcluster chart's values schema: the CRD's spec schema plus the
+    chart's own options, so a value the CRD would refuse fails at install."""
+    spec = strict(crd_spec_schema())
+    properties = spec["properties"]
+    properties["clusterName"] = {
+        "type": "string",
+        "description": "The ChatCluster's name; empty means the release name.",
+        "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        "maxLength": 40,
+    }
+    properties["global"] = {"type": "object", "description": "Values shared with a parent chart (unused here)."}
+    properties["monitoring"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "serviceMonitor": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "enabled": {"type": "boolean", "description": "A ServiceMonitor for the chat servers' /metrics."},
+                    "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$", "description": "Scrape interval."},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"},
+                               "description": "Extra labels, e.g. the one your Prometheus selects on."},
+                },
+            }
+        },
+    }
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "chatcluster values: the ChatCluster spec (generated from manifests/crd.yaml) and chart options",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": dict(sorted(properties.items())),
+    }
+
+
+def write_generated() -> None:
+    CHART_CRD.write_text(CRD.read_text())
+    CLUSTER_SCHEMA.write_text(json.dumps(cluster_values_schema(), indent=2) + "\n")
+
+
+def render(chart: Path, values: dict | None, name: str = "chat", namespace: str = "chat") -> list[dict]:
+    with helm.Chart.load(chart) as loaded:
+        loaded.validate_schema(values or {})
+        manifests = loaded.render(values or {}, name=name, namespace=namespace, is_install=True)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                objects.append(document)
+    return objects
+
+
+def notes(chart: Path, values: dict | None) -> str:
+    with helm.Chart.load(chart) as loaded:
+        manifests = loaded.render(values or {}, name="chat", namespace="chat", is_install=True)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
+def kubernetes_validate(objects: list[dict]) -> None:
+    standard = [o for o in objects if o["kind"] not in CUSTOM_KINDS]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(standard, f)
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "-k", KUBE_VERSION, "--strict", "--quiet", f.name],
+        capture_output=True, text=True)
+    Path(f.name).unlink()
+    if result.returncode != 0:
+        raise AssertionError(f"kubernetes-validate {KUBE_VERSION}:\n{result.stdout}{result.stderr}")
+
+
+def metric_names_in_source() -> set[str]:
+    names = set()
+    for source in [ROOT / "server/src/metrics.rs", ROOT / "operator/src/metrics.rs"]:
+        names |= set(re.findall(r'"(chat_[a-z_]+)"', source.read_text()))
+    return names
+
+
+def metrics_used(expression: str) -> set[str]:
+    found = set()
+    for name in re.findall(r"\b(chat_[a-z_]+)", expression):
+        found.add(re.sub(r"_(bucket|sum|count)$", "", name))
+    return found
+
+
+class Charts(unittest.TestCase):
+    def test_every_chart_lints_cleanly(self):
+        for chart, values in [(OPERATOR_CHART, None), (OPERATOR_CHART, OPERATOR_ALL_ON),
+                              (CLUSTER_CHART, None), (CLUSTER_CHART, CLUSTER_ALL_ON)]:
+            report = helm.lint(chart, values, strict=True, namespace="chat", kube_version="v" + KUBE_VERSION)
+            problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
+            self.assertEqual(problems, [], f"{chart.name} with {'all features' if values else 'defaults'}")
+
+    def test_operator_chart_renders_valid_kubernetes(self):
+        for values in (None, OPERATOR_ALL_ON):
+            objects = render(OPERATOR_CHART, values)
+            kubernetes_validate(objects)
+            kinds = sorted(o["kind"] for o in objects)
+            for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service"]:
+                self.assertIn(kind, kinds)
+            for o in objects:
+                labels = o["metadata"].get("labels", {})
+                for key in ["name", "instance", "version", "managed-by"]:
+                    self.assertIn(f"app.kubernetes.io/{key}", labels, f"{o['kind']} {o['metadata']['name']}")
+        every = {o["kind"] for o in render(OPERATOR_CHART, OPERATOR_ALL_ON)}
+        self.assertTrue({"ServiceMonitor", "PrometheusRule", "ConfigMap"} <= every, every)
+        self.assertFalse({"ServiceMonitor", "PrometheusRule", "ConfigMap"} & {o["kind"] for o in render(OPERATOR_CHART, None)})
+
+    def test_operator_chart_applies_values(self):
+        objects = render(OPERATOR_CHART, OPERATOR_ALL_ON)
+        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        self.assertEqual(deployment["spec"]["replicas"], 2)
+        self.assertEqual(pod["nodeSelector"], OPERATOR_ALL_ON["nodeSelector"])
+        self.assertEqual(pod["tolerations"], OPERATOR_ALL_ON["tolerations"])
+        self.assertEqual(pod["affinity"], OPERATOR_ALL_ON["affinity"])
+        self.assertEqual(pod["securityContext"]["runAsUser"], 65532)
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        self.assertEqual(env["CHAT_OPERATOR_LEADER_ELECTION"], "true")
+        self.assertEqual(pod["containers"][0]["image"], "ghcr.io/chatcluster/chat-operator:0.1.0")
+        dashboard = next(o for o in objects if o["kind"] == "ConfigMap")
+        self.assertEqual(dashboard["metadata"]["namespace"], "monitoring")
+        self.assertEqual(dashboard["metadata"]["labels"]["grafana_dashboard"], "1")
+
+    def test_more_than_one_replica_requires_leader_election(self):
+        with self.assertRaises(helm.HelmError) as refused:
+            render(OPERATOR_CHART, {"replicaCount": 2, "leaderElection": {"enabled": False}})
+        self.assertIn("leaderElection", str(refused.exception))
+
+    def test_operator_rbac_is_the_manifests_rbac(self):
+        """The chart grants what manifests/operator.yaml grants, which the
+        operator's tests compare with what the controller does."""
+        shipped = list(yaml.safe_load_all((ROOT / "manifests/operator.yaml").read_text()))
+        rendered = render(OPERATOR_CHART, None)
+        for kind in ["ClusterRole", "Role"]:
+            want = next(o for o in shipped if o["kind"] == kind)["rules"]
+            have = next(o for o in rendered if o["kind"] == kind)["rules"]
+            self.assertEqual(have, want, kind)
+
+    def test_schemas_refuse_bad_values(self):
+        bad = [
+            (OPERATOR_CHART, {"replicaCount": "two"}),
+            (OPERATOR_CHART, {"image": {"pullPolicy": "Sometimes"}}),
+            (OPERATOR_CHART, {"logFormat": "xml"}),
+            (OPERATOR_CHART, {"replicaCont": 1}),
+            (CLUSTER_CHART, {"replicas": 1000}),
+            (CLUSTER_CHART, {"logLevel": "verbose"}),
+            (CLUSTER_CHART, {"service": {"type": "Headless"}}),
+            (CLUSTER_CHART, {"replica": 3}),
+            (CLUSTER_CHART, {"mongodb": {"managed": {"members": "3"}}}),
+            (CLUSTER_CHART, {"service": {"tpye": "NodePort"}}),
+        ]
+        for chart, values in bad:
+            with self.subTest(chart=chart.name, values=values), helm.Chart.load(chart) as loaded:
+                with self.assertRaises(helm.HelmValuesError):
+                    loaded.validate_schema(values)
+
+    def test_cluster_chart_renders_a_chatcluster_from_values(self):
+        objects = render(CLUSTER_CHART, {"replicas": 3}, name="chat")
+        cluster = next(o for o in objects if o["kind"] == "ChatCluster")
+        self.assertEqual(cluster["metadata"]["name"], "chat")
+        self.assertEqual(cluster["spec"]["replicas"], 3)
+        self.assertNotIn("monitoring", cluster["spec"])
+        self.assertNotIn("clusterName", cluster["spec"])
+        every = render(CLUSTER_CHART, CLUSTER_ALL_ON)
+        cluster = next(o for o in every if o["kind"] == "ChatCluster")
+        self.assertEqual(cluster["metadata"]["name"], "chat")
+        self.assertEqual(cluster["spec"]["ingress"]["host"], "chat.example.com")
+        monitor = next(o for o in every if o["kind"] == "ServiceMonitor")
+        self.assertEqual(monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"], "chat")
+        self.assertIn("kubectl", notes(CLUSTER_CHART, None))
+        self.assertIn("kubectl", notes(OPERATOR_CHART, None))
+
+    def test_rendered_chatclusters_satisfy_the_crd(self):
+        schema = strict(crd_spec_schema())
+        for values in (None, CLUSTER_ALL_ON, yaml.safe_load((CLUSTER_CHART / "values-kind.yaml").read_text())):
+            objects = render(CLUSTER_CHART, values)
+            kubernetes_validate(objects)
+            cluster = next(o for o in objects if o["kind"] == "ChatCluster")
+            errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
+                      for e in jsonschema.Draft7Validator(schema).iter_errors(cluster["spec"])]
+            self.assertEqual(errors, [])
+
+
+class Generated(unittest.TestCase):
+    def test_chart_crd_is_manifests_crd(self):
+        self.assertEqual(CHART_CRD.read_text(), CRD.read_text(),
+                         "run: .venv/bin/python scripts/check_packaging.py --write")
+
+    def test_cluster_values_schema_follows_the_crd(self):
+        self.assertEqual(json.loads(CLUSTER_SCHEMA.read_text()), cluster_values_schema(),
+                         "run: .venv/bin/python scripts/check_packaging.py --write")
+
+
+class Monitoring(unittest.TestCase):
+    def test_alerts_and_dashboard_use_metrics_that_exist(self):
+        known = metric_names_in_source()
+        rule = next(o for o in render(OPERATOR_CHART, OPERATOR_ALL_ON) if o["kind"] == "PrometheusRule")
+        alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+        names = {a["alert"] for a in alerts}
+        for wanted in ["ChatHighErrorRate", "ChatRedisUnreachable", "ChatMongoDBUnreachable",
+                       "ChatPersistBacklogGrowing", "ChatConnectionsNearLimit", "ChatPodsNotReady",
+                       "ChatOperatorReconcileErrors"]:
+            self.assertIn(wanted, names)
+        for alert in alerts:
+            self.assertIn(alert["labels"]["severity"], {"warning", "critical"})
+            self.assertTrue(alert["annotations"]["summary"])
+            unknown = metrics_used(alert["expr"]) - known
+            self.assertEqual(unknown, set(), alert["alert"])
+        dashboard = json.loads((OPERATOR_CHART / "files/grafana-dashboard.json").read_text())
+        titles = [p["title"] for p in dashboard["panels"]]
+        for wanted in ["WebSocket connections", "Messages per second", "Delivery latency", "Persist backlog",
+                       "Operator reconciles and errors"]:
+            self.assertIn(wanted, titles)
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                self.assertEqual(metrics_used(target["expr"]) - known, set(), panel["title"])
+
+
+class Images(unittest.TestCase):
+    def stages(self, dockerfile: Path) -> list[list[str]]:
+        """The Dockerfile's instructions, split into build stages."""
+        stages: list[list[str]] = []
+        text = re.sub(r"\\\n", " ", dockerfile.read_text())
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.upper().startswith("FROM "):
+                stages.append([])
+            if stages:
+                stages[-1].append(line)
+        return stages
+
+    def test_images_are_multi_stage_minimal_and_non_root(self):
+        for dockerfile in [ROOT / "server/Dockerfile", ROOT / "operator/Dockerfile"]:
+            with self.subTest(dockerfile=str(dockerfile.relative_to(ROOT))):
+                stages = self.stages(dockerfile)
+                self.assertGreaterEqual(len(stages), 2, "multi-stage")
+                final = stages[-1]
+                self.assertIn("distroless", final[0], "a minimal runtime without a shell")
+                users = [i.split()[1] for i in final if i.upper().startswith("USER ")]
+                self.assertTrue(users, "the runtime stage sets USER")
+                uid = users[-1].split(":")[0]
+                self.assertTrue(uid.isdigit() and int(uid) != 0, f"numeric non-root USER, not {users[-1]}")
+                self.assertFalse([i for i in final if i.upper().startswith("RUN ")], "no RUN: no shell at runtime")
+                entry = [i for i in final if i.upper().startswith("ENTRYPOINT ")]
+                self.assertTrue(entry and entry[0].split(None, 1)[1].startswith("["), "exec-form ENTRYPOINT")
+                self.assertTrue(any("org.opencontainers.image.source" in i for i in final), "OCI labels")
+                builder = "\n".join(i for stage in stages[:-1] for i in stage)
+                self.assertIn("cargo chef cook", builder, "dependencies in their own cached layer")
+
+
+class Kind(unittest.TestCase):
+    def test_kind_config_is_a_cluster_mapping_the_chat_service(self):
+        config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+        self.assertEqual(config["apiVersion"], "kind.x-k8s.io/v1alpha4")
+        self.assertEqual(config["kind"], "Cluster")
+        mappings = [m for node in config["nodes"] for m in node.get("extraPortMappings", [])]
+        kind_values = yaml.safe_load((CLUSTER_CHART / "values-kind.yaml").read_text())
+        chat = [m for m in mappings if m["containerPort"] == kind_values["service"]["nodePort"]]
+        self.assertEqual([m["hostPort"] for m in chat], [8080], "the chat service at localhost:8080")
+        for m in mappings:
+            self.assertTrue(30000 <= m["containerPort"] <= 32767, "a node port")
+            self.assertIn(m.get("protocol", "TCP"), {"TCP", "UDP", "SCTP"})
+        for node in config["nodes"]:
+            self.assertIn(node["role"], {"control-plane", "worker"})
+
+    def test_tiltfile_builds_both_images_and_installs_the_charts(self):
+        tiltfile = (ROOT / "Tiltfile").read_text()
+        for needle in ["'ghcr.io/chatcluster/chat-operator'", "'ghcr.io/chatcluster/chat-server'",
+                       "dockerfile='server/Dockerfile'", "dockerfile='operator/Dockerfile'",
+                       "k8s_yaml('manifests/crd.yaml')", "'charts/chatcluster-operator'",
+                       "helm('charts/chatcluster'", "k8s_kind('ChatCluster'",
+                       "port_forwards=['8090:8080']", "port_forwards=['8091:8080']"]:
+            self.assertIn(needle, tiltfile)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write_generated()
+        print(f"wrote {CHART_CRD.relative_to(ROOT)} and {CLUSTER_SCHEMA.relative_to(ROOT)}")
+        sys.exit(0)
+    unittest.main(verbosity=2)
