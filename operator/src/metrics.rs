@@ -225,7 +225,9 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Apply(cluster(2)));
         let text = metrics.render().unwrap();
         assert!(
-            text.contains(r#"chat_operator_cluster_ready_replicas{name="demo",namespace="chat"} 2"#),
+            text.contains(
+                r#"chat_operator_cluster_ready_replicas{name="demo",namespace="chat"} 2"#
+            ),
             "{text}"
         );
         assert!(
