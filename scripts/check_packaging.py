@@ -350,6 +350,9 @@ class Images(unittest.TestCase):
                 self.assertTrue(any("org.opencontainers.image.source" in i for i in final), "OCI labels")
                 builder = "\n".join(i for stage in stages[:-1] for i in stage)
                 self.assertIn("cargo chef cook", builder, "dependencies in their own cached layer")
+        server = "\n".join(i for stage in self.stages(ROOT / "server/Dockerfile") for i in stage)
+        self.assertIn("npm run build", server, "the server image carries the built web client")
+        self.assertIn("/app/web", server)
 
 
 class Kind(unittest.TestCase):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need when missing:
-# redis-server (apt) and, into .venv from PyPI, the MongoDB-wire-compatible
-# SecantusDB, kubernetes-validate and Helm's library (helm-python-sdk).
+# redis-server and chromium (apt), into .venv from PyPI the MongoDB-wire-
+# compatible SecantusDB, kubernetes-validate and Helm's library
+# (helm-python-sdk), and the web client's packages (npm ci).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,3 +43,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "tests"
 cargo test --workspace --locked
+
+say "web client: unit tests, build, end-to-end in headless Chromium"
+command -v chromium >/dev/null || apt_install chromium
+command -v npm >/dev/null || apt_install nodejs npm
+cargo build --locked -p chat-server
+(
+  cd web
+  npm ci --no-audit --no-fund --loglevel=error
+  npm test
+  npm run build
+  npm run e2e
+)

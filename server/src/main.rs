@@ -36,7 +36,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "chat-server listening"
     );
-    let app = http::router(state.clone(), &config.cors_origins);
+    let app = http::router(state.clone(), &config.cors_origins, &config.web_dir);
     server::serve(
         listener,
         app,

@@ -8,6 +8,7 @@ pub mod ops;
 pub mod rooms;
 pub mod users;
 pub mod views;
+pub mod web;
 
 use std::time::Duration;
 
@@ -33,13 +34,15 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
+pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path::Path) -> Router {
+    let web = web::WebClient::new(web_dir);
     let api = Router::new()
         .route("/api/auth/register", post(auth::register))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/refresh", post(auth::refresh))
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/users/me", get(users::me).patch(users::update_me))
+        .route("/api/users", get(users::find))
         .route("/api/users/{id}", get(users::get))
         .route("/api/rooms", post(rooms::create).get(rooms::list))
         .route("/api/rooms/{id}", get(rooms::get).delete(rooms::delete))
@@ -63,7 +66,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .fallback(|| async { ApiError::not_found("route") })
+        .fallback(move |request: axum::extract::Request| web.clone().respond(request))
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })

@@ -4,7 +4,7 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::extract::{Json, Path, parse_id, present};
+use super::extract::{Json, Path, Query, parse_id, present};
 use super::views::UserView;
 use crate::auth::AuthUser;
 use crate::model::ProfileUpdate;
@@ -79,6 +79,32 @@ pub async fn get(
         .user(id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(axum::Json(with_presence(&state, user).await))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lookup {
+    username: String,
+}
+
+/// `GET /api/users?username=bob`: finds a user by exact username (any case),
+/// so a client can start a direct message or invite someone by name.
+pub async fn find(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    Query(lookup): Query<Lookup>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let username = validate::username(&lookup.username)?;
+    let user = state
+        .store
+        .user_by_username(&username)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(axum::Json(with_presence(&state, user).await))
+}
+
+async fn with_presence(state: &AppState, user: crate::model::User) -> UserView {
     // Presence is a nicety here: if it cannot be read, say nothing rather than fail.
     let online = state
         .chat
@@ -86,8 +112,8 @@ pub async fn get(
         .await
         .map(|sessions| !sessions.is_empty())
         .ok();
-    Ok(axum::Json(UserView {
+    UserView {
         online,
         ..UserView::public(user)
-    }))
+    }
 }

@@ -208,6 +208,18 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let key = User::username_key(username);
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let Some(id) = tx.open_table(USERS_BY_NAME)?.get(key.as_str())? else {
+                return Ok(None);
+            };
+            get_json(&tx.open_table(USERS)?, id.value())
+        })
+        .await
+    }
+
     async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>> {
         let update = update.clone();
         self.run(move |db| {

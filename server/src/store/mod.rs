@@ -47,6 +47,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user(&self, id: Id) -> StoreResult<Option<User>>;
     /// Looks up by e-mail address, which callers pass already normalised.
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    /// Looks up by username, regardless of case (through the unique key).
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
     async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>>;
 
     async fn save_refresh_token(&self, token: &RefreshToken) -> StoreResult<()>;

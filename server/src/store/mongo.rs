@@ -403,6 +403,15 @@ impl Store for MongoStore {
         Ok(doc.map(User::from))
     }
 
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let doc = self
+            .users()
+            .find_one(doc! {"username_key": User::username_key(username)})
+            .await
+            .map_err(map_error)?;
+        Ok(doc.map(User::from))
+    }
+
     async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>> {
         let mut set = Document::new();
         let mut unset = Document::new();

@@ -13,8 +13,36 @@ on_both_stores!(
     refresh_rotates_and_logout_revokes,
     tokens_are_checked,
     profile_updates,
+    users_are_found_by_username,
     injection_attempts_are_plain_data,
 );
+
+async fn users_are_found_by_username(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("Bob.Builder").await;
+    let (status, found) = server
+        .get("/api/users?username=bob.builder", &alice.token)
+        .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["id"], bob.id.as_str(), "any case finds the user");
+    assert_eq!(found["username"], "Bob.Builder");
+    assert!(found.get("email").is_none(), "a public profile: {found}");
+
+    let (status, error) = server.get("/api/users?username=nobody", &alice.token).await;
+    assert_eq!((status, code(&error)), (404, "not_found"));
+    let (status, error) = server
+        .get(
+            "/api/users?username=%7B%22%24gt%22%3A%22%22%7D",
+            &alice.token,
+        )
+        .await;
+    assert_eq!(status, 422, "{error}");
+    let (status, _) = server.get("/api/users", &alice.token).await;
+    assert_eq!(status, 400);
+    let (status, _) = server.get("/api/users?username=alice", "not-a-token").await;
+    assert_eq!(status, 401);
+}
 
 async fn register_validates_every_field(backend: Backend) {
     let server = TestServer::start(backend).await;

@@ -235,7 +235,7 @@ impl TestServer {
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
-            chat_server::http::router(state.clone(), &config.cors_origins),
+            chat_server::http::router(state.clone(), &config.cors_origins, &config.web_dir),
             state.clone(),
             async move {
                 let _ = stop.await;

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::{
     Backend, TestServer, code, env_for, free_port, start_redis, start_secantus, unique_db_name,
@@ -261,4 +261,63 @@ fn sigterm_stops_the_server_gracefully() {
         .unwrap();
     assert!(logs.contains("draining"), "{logs}");
     assert!(logs.contains("chat-server stopped"), "{logs}");
+}
+
+#[tokio::test]
+async fn the_web_client_is_served_without_shadowing_the_api() {
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(
+        web.path().join("index.html"),
+        "<!doctype html><title>chatcluster</title>",
+    )
+    .unwrap();
+    std::fs::create_dir(web.path().join("assets")).unwrap();
+    std::fs::write(web.path().join("assets/index-abc123.js"), "console.log(1)").unwrap();
+    let (mut env, temp) = env_for(Backend::Embedded);
+    env.insert("CHAT_WEB_DIR", web.path().display().to_string());
+    let server = TestServer::start_with_env(env, Some(temp)).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(server.url(path)).send();
+
+    for page in ["/", "/rooms/6b04a1b2c3d4e5f601234567", "/settings"] {
+        let response = get(page).await.unwrap();
+        assert_eq!(response.status(), 200, "{page}");
+        assert_eq!(response.headers()["cache-control"], "no-cache", "{page}");
+        assert!(
+            response
+                .text()
+                .await
+                .unwrap()
+                .contains("<title>chatcluster"),
+            "{page} is the client's page"
+        );
+    }
+    let asset = get("/assets/index-abc123.js").await.unwrap();
+    assert_eq!(asset.status(), 200);
+    assert_eq!(
+        asset.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert!(
+        asset.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+    assert_eq!(get("/assets/gone-000.js").await.unwrap().status(), 404);
+
+    // The server's own paths never fall through to the page.
+    for path in ["/api/nope", "/api", "/ws/extra", "/healthz/x", "/metrics/x"] {
+        let response = get(path).await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(code(&body), "not_found", "{path}");
+    }
+    assert_eq!(get("/ws").await.unwrap().status(), 401);
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("chat_http_requests_total"));
+    // Path traversal stays inside the directory.
+    let response = get("/..%2f..%2fetc%2fpasswd").await.unwrap();
+    assert!(!response.text().await.unwrap().contains("root:"));
 }

@@ -1,0 +1,205 @@
+// The REST API (docs/api.md) and the session: tokens kept in localStorage,
+// the access token refreshed a minute before it expires, and once more on a
+// 401, so a user stays signed in for as long as the refresh token lives.
+
+import type { ChatMessage, Room, User } from "./protocol/types";
+
+/** An error the API answered with: `{"error":{"code","message","field"?}}`. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Session {
+  token: string;
+  refreshToken: string;
+  /** Unix milliseconds when the access token lapses. */
+  expiresAt: number;
+  user: User;
+}
+
+interface LoginAnswer {
+  token: string;
+  refresh_token: string;
+  expires_in: number;
+  user: User;
+}
+
+const STORAGE_KEY = "chatcluster.session";
+/** Refresh this long before the access token lapses. */
+const REFRESH_MARGIN_MS = 60_000;
+
+export class Api {
+  private session: Session | null = null;
+  private refreshing: Promise<Session | null> | null = null;
+  private listeners = new Set<(user: User | null, token: string | null) => void>();
+
+  constructor(private readonly base = "") {
+    try {
+      const saved = localStorage.getItem(STORAGE_KEY);
+      if (saved) this.session = JSON.parse(saved) as Session;
+    } catch {
+      this.session = null;
+    }
+  }
+
+  get user(): User | null {
+    return this.session?.user ?? null;
+  }
+
+  /** Called with the user (null when signed out) and a fresh token on every change. */
+  subscribe(listener: (user: User | null, token: string | null) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async register(username: string, email: string, password: string): Promise<void> {
+    await this.call("POST", "/api/auth/register", { username, email, password }, false);
+    await this.login(email, password);
+  }
+
+  async login(email: string, password: string): Promise<User> {
+    const answer = await this.call<LoginAnswer>("POST", "/api/auth/login", { email, password }, false);
+    this.save(answer);
+    return answer.user;
+  }
+
+  async logout(): Promise<void> {
+    const refreshToken = this.session?.refreshToken;
+    this.setSession(null);
+    if (refreshToken) {
+      await this.call("POST", "/api/auth/logout", { refresh_token: refreshToken }, false).catch(() => undefined);
+    }
+  }
+
+  /** A current access token, refreshed first when it is about to lapse. */
+  async token(): Promise<string | null> {
+    const session = this.session;
+    if (!session) return null;
+    if (session.expiresAt - Date.now() > REFRESH_MARGIN_MS) return session.token;
+    return (await this.refresh())?.token ?? null;
+  }
+
+  /** Milliseconds until the token should be refreshed (for a timer). */
+  refreshDueInMs(): number | null {
+    if (!this.session) return null;
+    return Math.max(0, this.session.expiresAt - Date.now() - REFRESH_MARGIN_MS);
+  }
+
+  /** Rotates the refresh token; concurrent callers share one request. */
+  refresh(): Promise<Session | null> {
+    if (!this.refreshing) {
+      const refreshToken = this.session?.refreshToken;
+      this.refreshing = (async () => {
+        if (!refreshToken) return null;
+        try {
+          const answer = await this.call<LoginAnswer>(
+            "POST",
+            "/api/auth/refresh",
+            { refresh_token: refreshToken },
+            false,
+          );
+          return this.save(answer);
+        } catch (error) {
+          // Refused (expired, revoked): signed out. A network error keeps the
+          // session for the next try.
+          if (error instanceof ApiError && error.status === 401) this.setSession(null);
+          return null;
+        } finally {
+          this.refreshing = null;
+        }
+      })();
+    }
+    return this.refreshing;
+  }
+
+  me = () => this.call<User>("GET", "/api/users/me");
+  userById = (id: string) => this.call<User>("GET", `/api/users/${encodeURIComponent(id)}`);
+  userByName = (username: string) =>
+    this.call<User>("GET", `/api/users?username=${encodeURIComponent(username)}`);
+  rooms = (offset = 0, limit = 100) =>
+    this.call<{ rooms: Room[]; total: number }>("GET", `/api/rooms?limit=${limit}&offset=${offset}`);
+  room = (id: string) => this.call<Room>("GET", `/api/rooms/${id}`);
+  createRoom = (name: string, description: string, isPrivate: boolean) =>
+    this.call<Room>("POST", "/api/rooms", { name, description, is_private: isPrivate });
+  joinRoom = (id: string) => this.call<Room>("POST", `/api/rooms/${id}/join`);
+  leaveRoom = (id: string) => this.call<void>("POST", `/api/rooms/${id}/leave`);
+  addMember = (roomId: string, userId: string) =>
+    this.call<Room>("POST", `/api/rooms/${roomId}/members/${userId}`);
+  removeMember = (roomId: string, userId: string) =>
+    this.call<Room>("DELETE", `/api/rooms/${roomId}/members/${userId}`);
+  direct = (userId: string) => this.call<Room>("POST", `/api/dm/${userId}`);
+  latest = (roomId: string, limit: number) =>
+    this.call<{ messages: ChatMessage[]; total: number }>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&offset=0`);
+  before = (roomId: string, seq: number, limit: number) =>
+    this.call<{ messages: ChatMessage[] }>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&before_seq=${seq}`);
+
+  private async call<T>(method: string, path: string, body?: unknown, authenticated = true): Promise<T> {
+    const send = async (token: string | null) => {
+      const headers: Record<string, string> = {};
+      if (body !== undefined) headers["content-type"] = "application/json";
+      if (token) headers.authorization = `Bearer ${token}`;
+      return fetch(this.base + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    };
+    let response = await send(authenticated ? await this.token() : null);
+    if (authenticated && response.status === 401) {
+      // The token lapsed between the check and the call (or was revoked): once more.
+      const renewed = await this.refresh();
+      if (!renewed) throw new ApiError(401, "signed_out", "Your session has ended. Please sign in again.");
+      response = await send(renewed.token);
+    }
+    if (response.status === 204) return undefined as T;
+    const text = await response.text();
+    const json = text ? safeJson(text) : null;
+    if (!response.ok) {
+      const error = (json as { error?: { code?: string; message?: string; field?: string } } | null)?.error;
+      throw new ApiError(
+        response.status,
+        error?.code ?? "http_error",
+        error?.message ?? `The server answered ${response.status}.`,
+        error?.field,
+      );
+    }
+    return json as T;
+  }
+
+  private save(answer: LoginAnswer): Session {
+    const session = {
+      token: answer.token,
+      refreshToken: answer.refresh_token,
+      expiresAt: Date.now() + answer.expires_in * 1000,
+      user: answer.user,
+    };
+    this.setSession(session);
+    return session;
+  }
+
+  private setSession(session: Session | null): void {
+    this.session = session;
+    try {
+      if (session) localStorage.setItem(STORAGE_KEY, JSON.stringify(session));
+      else localStorage.removeItem(STORAGE_KEY);
+    } catch {
+      // Private browsing without storage: the session lives in memory only.
+    }
+    for (const listener of this.listeners) listener(session?.user ?? null, session?.token ?? null);
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}

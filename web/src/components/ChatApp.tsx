@@ -1,0 +1,254 @@
+import { useCallback, useEffect, useMemo, useReducer, useRef, useState } from "react";
+import { ApiError, type Api } from "../api";
+import { ChatConnection } from "../protocol/client";
+import type { Room, User } from "../protocol/types";
+import { PAGE, initialState, reducer } from "../state";
+import { RoomList } from "./RoomList";
+import { RoomView } from "./RoomView";
+import { StatusBar } from "./StatusBar";
+
+function socketUrl(): string {
+  const scheme = window.location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${window.location.host}/ws`;
+}
+
+const isMember = (room: Room, me: string) => room.members.includes(me);
+
+/** The signed-in screen: owns the live connection and the chat state. */
+export function ChatApp({ api, me }: { api: Api; me: User }) {
+  const [state, dispatch] = useReducer(reducer, initialState(me.id, me.username));
+  const [connection] = useState(
+    () =>
+      new ChatConnection({
+        url: socketUrl(),
+        getToken: () => api.token(),
+        onEvent: (event) => {
+          if (event.type === "status") dispatch({ type: "status", status: event.status, retryInMs: event.retryInMs });
+          else if (event.type === "frame") {
+            dispatch({ type: "frame", frame: event.frame, now: Date.now() });
+            // Joins, leaves and removals change the room's member list.
+            if (event.frame.type === "system") {
+              api.room(event.frame.room_id).then(
+                (room) => dispatch({ type: "room", room }),
+                () => undefined,
+              );
+            }
+          }
+          else void api.logout();
+        },
+      }),
+  );
+  const loadedLatest = useRef(new Set<string>());
+
+  const report = useCallback((error: unknown) => {
+    const notice =
+      error instanceof ApiError ? error.message : "The server cannot be reached. Your changes were not saved.";
+    dispatch({ type: "notice", notice });
+  }, []);
+
+  const loadLatest = useCallback(
+    async (roomId: string) => {
+      try {
+        const page = await api.latest(roomId, PAGE);
+        dispatch({ type: "latest", roomId, messages: page.messages });
+      } catch (error) {
+        report(error);
+      }
+    },
+    [api, report],
+  );
+
+  // Rooms, then the live connection with every room I belong to open, so
+  // unread counts and presence are live everywhere.
+  useEffect(() => {
+    let cancelled = false;
+    connection.start();
+    void (async () => {
+      try {
+        const rooms: Room[] = [];
+        for (let offset = 0; ; offset += 100) {
+          const page = await api.rooms(offset, 100);
+          rooms.push(...page.rooms);
+          if (rooms.length >= page.total || page.rooms.length === 0) break;
+        }
+        if (cancelled) return;
+        dispatch({ type: "rooms", rooms });
+        for (const room of rooms) if (isMember(room, me.id)) connection.open(room.id);
+      } catch (error) {
+        report(error);
+      }
+    })();
+    return () => {
+      cancelled = true;
+      connection.stop();
+    };
+  }, [api, connection, me.id, report]);
+
+  // Keep the token fresh for REST and for the live socket.
+  useEffect(() => {
+    let timer: ReturnType<typeof setTimeout>;
+    const schedule = () => {
+      const due = api.refreshDueInMs();
+      if (due === null) return;
+      timer = setTimeout(async () => {
+        const session = await api.refresh();
+        if (session) connection.authenticate(session.token);
+        schedule();
+      }, due);
+    };
+    schedule();
+    return () => clearTimeout(timer);
+  }, [api, connection]);
+
+  const active = state.active ? state.rooms[state.active] : undefined;
+
+  // Opening a room shows its latest page once; the socket keeps it current.
+  useEffect(() => {
+    if (!active || loadedLatest.current.has(active.id)) return;
+    loadedLatest.current.add(active.id);
+    void loadLatest(active.id);
+  }, [active, loadLatest]);
+
+  // Names and presence of the open room's members, looked up once each;
+  // presence frames keep them current afterwards.
+  const lookedUp = useRef(new Set<string>([me.id]));
+  useEffect(() => {
+    if (!active) return;
+    const unknown = active.members.filter((id) => !lookedUp.current.has(id));
+    if (unknown.length === 0) return;
+    for (const id of unknown) lookedUp.current.add(id);
+    void Promise.all(unknown.map((id) => api.userById(id).catch(() => null))).then((users) =>
+      dispatch({ type: "users", users: users.filter((u) => u !== null) }),
+    );
+  }, [active, api]);
+
+  const actions = useMemo(
+    () => ({
+      select: (roomId: string | null) => dispatch({ type: "select", roomId }),
+      create: async (name: string, description: string, isPrivate: boolean) => {
+        try {
+          const room = await api.createRoom(name, description, isPrivate);
+          dispatch({ type: "room", room });
+          connection.open(room.id);
+          dispatch({ type: "select", roomId: room.id });
+          return null;
+        } catch (error) {
+          return error instanceof ApiError ? error.message : "The server cannot be reached.";
+        }
+      },
+      join: async (roomId: string) => {
+        try {
+          const room = await api.joinRoom(roomId);
+          dispatch({ type: "room", room });
+          connection.open(room.id);
+          dispatch({ type: "select", roomId: room.id });
+        } catch (error) {
+          report(error);
+        }
+      },
+      leave: async (room: Room) => {
+        try {
+          await api.leaveRoom(room.id);
+          connection.close(room.id);
+          loadedLatest.current.delete(room.id);
+          if (room.is_private) dispatch({ type: "room_gone", roomId: room.id });
+          else dispatch({ type: "room", room: { ...room, members: room.members.filter((m) => m !== me.id) } });
+          dispatch({ type: "select", roomId: null });
+        } catch (error) {
+          report(error);
+        }
+      },
+      direct: async (username: string) => {
+        try {
+          const user = await api.userByName(username.trim());
+          const room = await api.direct(user.id);
+          dispatch({ type: "users", users: [user] });
+          dispatch({ type: "room", room });
+          connection.open(room.id);
+          dispatch({ type: "select", roomId: room.id });
+          return null;
+        } catch (error) {
+          if (error instanceof ApiError && error.status === 404) return `Nobody is called ${username.trim()}.`;
+          return error instanceof ApiError ? error.message : "The server cannot be reached.";
+        }
+      },
+      invite: async (room: Room, username: string) => {
+        try {
+          const user = await api.userByName(username.trim());
+          const updated = await api.addMember(room.id, user.id);
+          dispatch({ type: "users", users: [user] });
+          dispatch({ type: "room", room: updated });
+          return null;
+        } catch (error) {
+          if (error instanceof ApiError && error.status === 404) return `Nobody is called ${username.trim()}.`;
+          return error instanceof ApiError ? error.message : "The server cannot be reached.";
+        }
+      },
+      remove: async (room: Room, userId: string) => {
+        try {
+          dispatch({ type: "room", room: await api.removeMember(room.id, userId) });
+        } catch (error) {
+          report(error);
+        }
+      },
+      send: (roomId: string, content: string) => {
+        const clientId = connection.post(roomId, content);
+        dispatch({
+          type: "pending",
+          pending: { clientId, roomId, content, sentAt: new Date().toISOString() },
+        });
+      },
+      typing: (roomId: string) => connection.typing(roomId),
+      read: (roomId: string, seq: number) => connection.read(roomId, seq),
+      older: async (roomId: string, beforeSeq: number) => {
+        try {
+          const page = await api.before(roomId, beforeSeq, PAGE);
+          dispatch({ type: "older", roomId, messages: page.messages });
+        } catch (error) {
+          report(error);
+        }
+      },
+      dismiss: () => dispatch({ type: "notice", notice: null }),
+      signOut: () => void api.logout(),
+    }),
+    [api, connection, me.id, report],
+  );
+
+  return (
+    <div className={`app ${active ? "room-open" : ""}`}>
+      <StatusBar status={state.status} retryInMs={state.retryInMs} me={me} onSignOut={actions.signOut} />
+      {state.notice && (
+        <div className="notice" role="alert">
+          <span>{state.notice}</span>
+          <button type="button" onClick={actions.dismiss} aria-label="Dismiss">
+            ×
+          </button>
+        </div>
+      )}
+      <RoomList state={state} actions={actions} />
+      {active ? (
+        <RoomView key={active.id} room={active} state={state} actions={actions} />
+      ) : (
+        <section className="empty-room" aria-label="No room open">
+          <p>Choose a room, create one, or start a direct message.</p>
+        </section>
+      )}
+    </div>
+  );
+}
+
+export type ChatActions = {
+  select: (roomId: string | null) => void;
+  create: (name: string, description: string, isPrivate: boolean) => Promise<string | null>;
+  join: (roomId: string) => Promise<void>;
+  leave: (room: Room) => Promise<void>;
+  direct: (username: string) => Promise<string | null>;
+  invite: (room: Room, username: string) => Promise<string | null>;
+  remove: (room: Room, userId: string) => Promise<void>;
+  send: (roomId: string, content: string) => void;
+  typing: (roomId: string) => void;
+  read: (roomId: string, seq: number) => void;
+  older: (roomId: string, beforeSeq: number) => Promise<void>;
+  dismiss: () => void;
+  signOut: () => void;
+};

@@ -1,0 +1,136 @@
+import { useState, type FormEvent } from "react";
+import type { ChatState } from "../state";
+import type { Room } from "../protocol/types";
+import type { ChatActions } from "./ChatApp";
+
+function roomTitle(room: Room, state: ChatState): string {
+  if (!room.is_direct) return room.name;
+  const other = room.members.find((m) => m !== state.me);
+  return other ? (state.names[other] ?? "Direct message") : "Direct message";
+}
+
+/** My rooms with unread counts, public rooms to join, and forms to start more. */
+export function RoomList({ state, actions }: { state: ChatState; actions: ChatActions }) {
+  const rooms = Object.values(state.rooms).sort((a, b) => a.created_at.localeCompare(b.created_at));
+  const mine = rooms.filter((r) => r.members.includes(state.me));
+  const others = rooms.filter((r) => !r.members.includes(state.me));
+  return (
+    <nav className="room-list" aria-label="Rooms">
+      <h2>My rooms</h2>
+      <ul>
+        {mine.map((room) => {
+          const unread = state.unread[room.id] ?? 0;
+          return (
+            <li key={room.id}>
+              <button
+                type="button"
+                className={room.id === state.active ? "room active" : "room"}
+                aria-current={room.id === state.active ? "true" : undefined}
+                onClick={() => actions.select(room.id)}
+              >
+                <span className="room-name">
+                  {room.is_direct ? "@ " : room.is_private ? "🔒 " : "# "}
+                  {roomTitle(room, state)}
+                </span>
+                {unread > 0 && (
+                  <span className="unread" aria-label={`${unread} unread`}>
+                    {unread}
+                  </span>
+                )}
+              </button>
+            </li>
+          );
+        })}
+        {mine.length === 0 && <li className="hint">No rooms yet.</li>}
+      </ul>
+      {others.length > 0 && (
+        <>
+          <h2>Public rooms</h2>
+          <ul>
+            {others.map((room) => (
+              <li key={room.id} className="public-room">
+                <span className="room-name"># {room.name}</span>
+                <button type="button" onClick={() => void actions.join(room.id)} aria-label={`Join ${room.name}`}>
+                  Join
+                </button>
+              </li>
+            ))}
+          </ul>
+        </>
+      )}
+      <CreateRoom actions={actions} />
+      <DirectMessage actions={actions} />
+    </nav>
+  );
+}
+
+function CreateRoom({ actions }: { actions: ChatActions }) {
+  const [name, setName] = useState("");
+  const [description, setDescription] = useState("");
+  const [isPrivate, setPrivate] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    if (!name.trim()) {
+      setError("Give the room a name.");
+      return;
+    }
+    const failure = await actions.create(name.trim(), description.trim(), isPrivate);
+    setError(failure);
+    if (!failure) {
+      setName("");
+      setDescription("");
+      setPrivate(false);
+    }
+  }
+  return (
+    <form className="side-form" onSubmit={submit} aria-labelledby="create-room-title">
+      <h2 id="create-room-title">New room</h2>
+      <label>
+        Name
+        <input value={name} onChange={(e) => setName(e.target.value)} maxLength={100} name="room-name" />
+      </label>
+      <label>
+        Description
+        <input value={description} onChange={(e) => setDescription(e.target.value)} maxLength={1000} name="room-description" />
+      </label>
+      <label className="checkbox">
+        <input type="checkbox" checked={isPrivate} onChange={(e) => setPrivate(e.target.checked)} name="room-private" />
+        Private (invited members only)
+      </label>
+      {error && (
+        <p className="field-error" role="alert">
+          {error}
+        </p>
+      )}
+      <button type="submit">Create room</button>
+    </form>
+  );
+}
+
+function DirectMessage({ actions }: { actions: ChatActions }) {
+  const [username, setUsername] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    if (!username.trim()) return;
+    const failure = await actions.direct(username);
+    setError(failure);
+    if (!failure) setUsername("");
+  }
+  return (
+    <form className="side-form" onSubmit={submit} aria-labelledby="dm-title">
+      <h2 id="dm-title">Direct message</h2>
+      <label>
+        Username
+        <input value={username} onChange={(e) => setUsername(e.target.value)} name="dm-username" />
+      </label>
+      {error && (
+        <p className="field-error" role="alert">
+          {error}
+        </p>
+      )}
+      <button type="submit">Message</button>
+    </form>
+  );
+}

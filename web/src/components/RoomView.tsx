@@ -1,0 +1,282 @@
+import { useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
+import { typingIn, type ChatState } from "../state";
+import type { ChatMessage, Room } from "../protocol/types";
+import { emptyTimeline } from "../protocol/timeline";
+import { Avatar } from "./Avatar";
+import type { ChatActions } from "./ChatApp";
+
+const MAX_LENGTH = 4000;
+const TYPING_EVERY_MS = 2500;
+
+function time(timestamp: string): string {
+  const date = new Date(timestamp);
+  return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+/**
+ * Message text as text: React escapes it, so markup shows as typed. Only
+ * http(s) URLs become links, opening in a new tab without access to this one.
+ */
+function Content({ text }: { text: string }) {
+  const parts = text.split(/(https?:\/\/[^\s<>"']+)/g);
+  return (
+    <>
+      {parts.map((part, i) =>
+        /^https?:\/\//.test(part) ? (
+          <a key={i} href={part} target="_blank" rel="noopener noreferrer nofollow">
+            {part}
+          </a>
+        ) : (
+          part
+        ),
+      )}
+    </>
+  );
+}
+
+function Message({ message, state }: { message: ChatMessage; state: ChatState }) {
+  if (message.type === "system") {
+    return (
+      <li className="message system" data-seq={message.seq}>
+        <span>{message.content}</span> <time dateTime={message.timestamp}>{time(message.timestamp)}</time>
+      </li>
+    );
+  }
+  const mine = message.user_id === state.me;
+  return (
+    <li className={`message ${mine ? "mine" : ""}`} data-seq={message.seq} data-id={message.id}>
+      <Avatar name={message.username} online={state.online[message.user_id]} />
+      <div className="bubble">
+        <div className="meta">
+          <strong className="author">{message.username}</strong>{" "}
+          <time dateTime={message.timestamp}>{time(message.timestamp)}</time>
+        </div>
+        <p className="content">
+          <Content text={message.content} />
+        </p>
+      </div>
+    </li>
+  );
+}
+
+export function RoomView({ room, state, actions }: { room: Room; state: ChatState; actions: ChatActions }) {
+  const timeline = state.timelines[room.id] ?? emptyTimeline();
+  const list = useRef<HTMLOListElement>(null);
+  const stickToBottom = useRef(true);
+  const previousHeight = useRef(0);
+  const loadingOlder = useRef(false);
+  const [draft, setDraft] = useState("");
+  const [showMembers, setShowMembers] = useState(false);
+  const lastTyping = useRef(0);
+  const [now, setNow] = useState(Date.now());
+  const member = room.members.includes(state.me);
+
+  // Typing indicators expire: re-render while any are shown.
+  useEffect(() => {
+    const timer = setInterval(() => setNow(Date.now()), 1000);
+    return () => clearInterval(timer);
+  }, []);
+
+  // New messages scroll into view when the reader is at the bottom; an older
+  // page keeps what the reader was looking at in place.
+  useLayoutEffect(() => {
+    const element = list.current;
+    if (!element) return;
+    if (loadingOlder.current) {
+      element.scrollTop += element.scrollHeight - previousHeight.current;
+      loadingOlder.current = false;
+    } else if (stickToBottom.current) {
+      element.scrollTop = element.scrollHeight;
+    }
+    previousHeight.current = element.scrollHeight;
+  }, [timeline.messages.length, timeline.pending.length]);
+
+  // Read up to the newest message on screen.
+  const newest = timeline.messages.at(-1)?.seq;
+  useEffect(() => {
+    if (member && newest && stickToBottom.current) actions.read(room.id, newest);
+  }, [actions, member, newest, room.id]);
+
+  function onScroll() {
+    const element = list.current;
+    if (!element) return;
+    stickToBottom.current = element.scrollHeight - element.scrollTop - element.clientHeight < 40;
+    if (element.scrollTop < 60 && timeline.hasOlder && !loadingOlder.current && timeline.messages.length > 0) {
+      loadingOlder.current = true;
+      previousHeight.current = element.scrollHeight;
+      void actions.older(room.id, timeline.messages[0].seq).finally(() => {
+        // If the page was empty the layout effect did not run.
+        setTimeout(() => (loadingOlder.current = false), 0);
+      });
+    }
+  }
+
+  function send(event?: FormEvent) {
+    event?.preventDefault();
+    const content = draft.trim();
+    if (!content || content.length > MAX_LENGTH) return;
+    stickToBottom.current = true;
+    actions.send(room.id, content);
+    setDraft("");
+  }
+
+  function onKeyDown(event: KeyboardEvent<HTMLTextAreaElement>) {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      send();
+    }
+  }
+
+  function onDraft(value: string) {
+    setDraft(value);
+    if (value && Date.now() - lastTyping.current > TYPING_EVERY_MS) {
+      lastTyping.current = Date.now();
+      actions.typing(room.id);
+    }
+  }
+
+  const typing = typingIn(state, room.id, now);
+  const owner = room.creator_id === state.me;
+  const manager = owner || room.admins.includes(state.me);
+  const readers = Object.entries(state.reads[room.id] ?? {})
+    .filter(([user, seq]) => user !== state.me && newest !== undefined && seq >= newest)
+    .map(([user]) => state.names[user] ?? "someone");
+  const title = room.is_direct
+    ? (state.names[room.members.find((m) => m !== state.me) ?? ""] ?? "Direct message")
+    : room.name;
+
+  return (
+    <section className="room-view" aria-labelledby="room-title">
+      <header className="room-header">
+        <button type="button" className="back" onClick={() => actions.select(null)} aria-label="Back to rooms">
+          ←
+        </button>
+        <div>
+          <h2 id="room-title">{title}</h2>
+          {room.description && <p className="description">{room.description}</p>}
+        </div>
+        <div className="room-actions">
+          <button type="button" onClick={() => setShowMembers(!showMembers)} aria-expanded={showMembers}>
+            Members ({room.members.length})
+          </button>
+          {member && !owner && !room.is_direct && (
+            <button type="button" onClick={() => void actions.leave(room)}>
+              Leave
+            </button>
+          )}
+        </div>
+      </header>
+      {showMembers && <Members room={room} state={state} actions={actions} manager={manager} />}
+      <ol className="messages" ref={list} onScroll={onScroll} aria-label={`Messages in ${title}`} aria-live="polite">
+        {timeline.hasOlder && timeline.messages.length > 0 && (
+          <li className="older-hint">Scroll up for older messages</li>
+        )}
+        {timeline.messages.map((message) => (
+          <Message key={message.id} message={message} state={state} />
+        ))}
+        {timeline.pending.map((pending) => (
+          <li key={pending.clientId} className={`message mine pending ${pending.failed ? "failed" : ""}`}>
+            <Avatar name={state.names[state.me] ?? "me"} />
+            <div className="bubble">
+              <div className="meta">
+                <strong className="author">{state.names[state.me]}</strong>{" "}
+                <span className="sending">{pending.failed ? `Not sent: ${pending.failed}` : "sending…"}</span>
+              </div>
+              <p className="content">{pending.content}</p>
+            </div>
+          </li>
+        ))}
+      </ol>
+      <div className="below-messages">
+        <p className="typing" aria-live="polite">
+          {typing.length === 1 ? `${typing[0]} is typing…` : typing.length > 1 ? `${typing.join(", ")} are typing…` : ""}
+        </p>
+        {readers.length > 0 && <p className="read-marker">Seen by {readers.join(", ")}</p>}
+      </div>
+      {member ? (
+        <form className="composer" onSubmit={send}>
+          <label htmlFor="composer-input" className="visually-hidden">
+            Message {title}
+          </label>
+          <textarea
+            id="composer-input"
+            value={draft}
+            onChange={(e) => onDraft(e.target.value)}
+            onKeyDown={onKeyDown}
+            placeholder={`Message ${title}`}
+            rows={1}
+            maxLength={MAX_LENGTH}
+          />
+          <button type="submit" disabled={!draft.trim()}>
+            Send
+          </button>
+        </form>
+      ) : (
+        <div className="composer">
+          <button type="button" onClick={() => void actions.join(room.id)}>
+            Join to write
+          </button>
+        </div>
+      )}
+    </section>
+  );
+}
+
+function Members({
+  room,
+  state,
+  actions,
+  manager,
+}: {
+  room: Room;
+  state: ChatState;
+  actions: ChatActions;
+  manager: boolean;
+}) {
+  const [username, setUsername] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  async function invite(event: FormEvent) {
+    event.preventDefault();
+    if (!username.trim()) return;
+    const failure = await actions.invite(room, username);
+    setError(failure);
+    if (!failure) setUsername("");
+  }
+  return (
+    <aside className="members" aria-label="Members">
+      <ul>
+        {room.members.map((id) => {
+          const name = state.names[id] ?? "…";
+          return (
+            <li key={id}>
+              <Avatar name={name} online={state.online[id] ?? false} />
+              <span>
+                {name}
+                {id === room.creator_id ? " (owner)" : room.admins.includes(id) ? " (admin)" : ""}
+              </span>
+              {manager && id !== state.me && id !== room.creator_id && !room.is_direct && (
+                <button type="button" onClick={() => void actions.remove(room, id)} aria-label={`Remove ${name}`}>
+                  Remove
+                </button>
+              )}
+            </li>
+          );
+        })}
+      </ul>
+      {manager && !room.is_direct && (
+        <form onSubmit={invite}>
+          <label>
+            Invite by username
+            <input value={username} onChange={(e) => setUsername(e.target.value)} name="invite-username" />
+          </label>
+          <button type="submit">Invite</button>
+          {error && (
+            <p className="field-error" role="alert">
+              {error}
+            </p>
+          )}
+        </form>
+      )}
+    </aside>
+  );
+}

@@ -1,0 +1,74 @@
+// The wire shapes of docs/protocol.md and docs/api.md.
+
+export type MessageKind = "text" | "system";
+
+/** A chat message, live or from history: the same object either way. */
+export interface ChatMessage {
+  type: MessageKind;
+  id: string;
+  room_id: string;
+  user_id: string;
+  username: string;
+  content: string;
+  timestamp: string;
+  seq: number;
+}
+
+export interface User {
+  id: string;
+  username: string;
+  email?: string;
+  display_name: string | null;
+  avatar_url: string | null;
+  created_at: string;
+  online?: boolean;
+}
+
+export interface Room {
+  id: string;
+  name: string;
+  description: string;
+  is_private: boolean;
+  is_direct: boolean;
+  creator_id: string;
+  members: string[];
+  admins: string[];
+  created_at: string;
+}
+
+export type ServerFrame =
+  | ChatMessage
+  | { type: "ack"; client_id: string | null; room_id: string; id: string; seq: number }
+  | { type: "joined"; room_id: string; last_seq: number }
+  | { type: "resumed"; room_id: string; from_seq: number; last_seq: number }
+  | { type: "left"; room_id: string }
+  | { type: "presence"; room_id: string; user_id: string; username: string; status: "online" | "offline" }
+  | { type: "typing"; room_id: string; user_id: string; username: string }
+  | { type: "read"; room_id: string; user_id: string; seq: number }
+  | { type: "authenticated"; exp: number }
+  | { type: "pong" }
+  | { type: "error"; code: string; message: string; retry_after?: number; room_id?: string };
+
+export type ClientFrame =
+  | { type: "message"; room_id: string; content: string; client_id: string }
+  | { type: "join"; room_id: string }
+  | { type: "resume"; room_id: string; last_seq: number }
+  | { type: "leave"; room_id: string }
+  | { type: "typing"; room_id: string }
+  | { type: "read"; room_id: string; seq: number }
+  | { type: "auth"; token: string }
+  | { type: "ping" };
+
+/** Parses a frame from the server; `null` for anything that is not one. */
+export function parseFrame(data: unknown): ServerFrame | null {
+  if (typeof data !== "string") return null;
+  try {
+    const value = JSON.parse(data);
+    if (value && typeof value === "object" && typeof value.type === "string") {
+      return value as ServerFrame;
+    }
+  } catch {
+    // not JSON: ignored like any unknown frame
+  }
+  return null;
+}

@@ -1,0 +1,210 @@
+// The chat screen's state and every change to it, as one pure reducer:
+// rooms, their timelines, unread counts, typing, presence and read markers.
+
+import type { Status } from "./protocol/client";
+import {
+  acknowledge,
+  addMessages,
+  addOlder,
+  addPending,
+  emptyTimeline,
+  markFailed,
+  openedAt,
+  type Pending,
+  type Timeline,
+} from "./protocol/timeline";
+import type { ChatMessage, Room, ServerFrame, User } from "./protocol/types";
+
+export const PAGE = 50;
+const TYPING_SHOWN_MS = 4000;
+
+export interface ChatState {
+  me: string;
+  rooms: Record<string, Room>;
+  timelines: Record<string, Timeline>;
+  unread: Record<string, number>;
+  active: string | null;
+  /** room → user → until (ms) */
+  typing: Record<string, Record<string, { username: string; until: number }>>;
+  /** user → online, from presence frames */
+  online: Record<string, boolean>;
+  /** room → user → highest seq read */
+  reads: Record<string, Record<string, number>>;
+  /** user id → username, learned from messages and lookups */
+  names: Record<string, string>;
+  status: Status;
+  retryInMs?: number;
+  notice: string | null;
+}
+
+export type Action =
+  | { type: "rooms"; rooms: Room[] }
+  | { type: "room"; room: Room }
+  | { type: "room_gone"; roomId: string }
+  | { type: "select"; roomId: string | null }
+  | { type: "frame"; frame: ServerFrame; now: number }
+  | { type: "latest"; roomId: string; messages: ChatMessage[] }
+  | { type: "older"; roomId: string; messages: ChatMessage[] }
+  | { type: "pending"; pending: Pending }
+  | { type: "status"; status: Status; retryInMs?: number }
+  /** Users looked up: their names, and whether they are online now. */
+  | { type: "users"; users: Pick<User, "id" | "username" | "online">[] }
+  | { type: "notice"; notice: string | null };
+
+export const initialState = (me: string, myName: string): ChatState => ({
+  me,
+  rooms: {},
+  timelines: {},
+  unread: {},
+  active: null,
+  typing: {},
+  online: { [me]: true },
+  reads: {},
+  names: { [me]: myName },
+  status: "connecting",
+  notice: null,
+});
+
+const timelineOf = (state: ChatState, roomId: string) => state.timelines[roomId] ?? emptyTimeline();
+
+function withTimeline(state: ChatState, roomId: string, timeline: Timeline): ChatState {
+  return { ...state, timelines: { ...state.timelines, [roomId]: timeline } };
+}
+
+export function reducer(state: ChatState, action: Action): ChatState {
+  switch (action.type) {
+    case "rooms":
+      return { ...state, rooms: Object.fromEntries(action.rooms.map((r) => [r.id, r])) };
+    case "room":
+      return { ...state, rooms: { ...state.rooms, [action.room.id]: action.room } };
+    case "room_gone": {
+      const rooms = { ...state.rooms };
+      delete rooms[action.roomId];
+      return { ...state, rooms, active: state.active === action.roomId ? null : state.active };
+    }
+    case "select":
+      return {
+        ...state,
+        active: action.roomId,
+        unread: action.roomId ? { ...state.unread, [action.roomId]: 0 } : state.unread,
+      };
+    case "latest": {
+      const timeline = addMessages(timelineOf(state, action.roomId), action.messages);
+      const newest = action.messages.at(-1)?.seq ?? 0;
+      const next = {
+        ...openedAt(timeline, newest),
+        hasOlder: action.messages.length >= PAGE && (action.messages[0]?.seq ?? 1) > 1,
+      };
+      return learnNames(withTimeline(state, action.roomId, next), action.messages);
+    }
+    case "older":
+      return learnNames(
+        withTimeline(state, action.roomId, addOlder(timelineOf(state, action.roomId), action.messages, PAGE)),
+        action.messages,
+      );
+    case "pending":
+      return withTimeline(state, action.pending.roomId, addPending(timelineOf(state, action.pending.roomId), action.pending));
+    case "status":
+      return { ...state, status: action.status, retryInMs: action.retryInMs };
+    case "users": {
+      const names = { ...state.names };
+      const online = { ...state.online };
+      for (const user of action.users) {
+        names[user.id] = user.username;
+        if (user.online !== undefined) online[user.id] = user.online;
+      }
+      return { ...state, names, online };
+    }
+    case "notice":
+      return { ...state, notice: action.notice };
+    case "frame":
+      return onFrame(state, action.frame, action.now);
+  }
+}
+
+function learnNames(state: ChatState, messages: ChatMessage[]): ChatState {
+  const names = { ...state.names };
+  for (const m of messages) if (m.type === "text") names[m.user_id] = m.username;
+  return { ...state, names };
+}
+
+function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
+  switch (frame.type) {
+    case "text":
+    case "system": {
+      const before = timelineOf(state, frame.room_id);
+      const after = addMessages(before, [frame]);
+      if (after === before) return state;
+      let next = learnNames(withTimeline(state, frame.room_id, after), [frame]);
+      // A message from someone ends their typing.
+      const typing = next.typing[frame.room_id];
+      if (typing?.[frame.user_id]) {
+        const rest = { ...typing };
+        delete rest[frame.user_id];
+        next = { ...next, typing: { ...next.typing, [frame.room_id]: rest } };
+      }
+      if (frame.room_id !== state.active && frame.user_id !== state.me) {
+        next = { ...next, unread: { ...next.unread, [frame.room_id]: (next.unread[frame.room_id] ?? 0) + 1 } };
+      }
+      return next;
+    }
+    case "joined":
+      return withTimeline(state, frame.room_id, openedAt(timelineOf(state, frame.room_id), frame.last_seq));
+    case "ack":
+      return withTimeline(state, frame.room_id, acknowledge(timelineOf(state, frame.room_id), frame.client_id));
+    case "typing": {
+      if (frame.user_id === state.me) return state;
+      const room = { ...(state.typing[frame.room_id] ?? {}) };
+      room[frame.user_id] = { username: frame.username, until: now + TYPING_SHOWN_MS };
+      return { ...state, typing: { ...state.typing, [frame.room_id]: room } };
+    }
+    case "presence":
+      return {
+        ...state,
+        online: { ...state.online, [frame.user_id]: frame.status === "online" },
+        names: { ...state.names, [frame.user_id]: frame.username },
+      };
+    case "read": {
+      const room = { ...(state.reads[frame.room_id] ?? {}) };
+      room[frame.user_id] = Math.max(room[frame.user_id] ?? 0, frame.seq);
+      return { ...state, reads: { ...state.reads, [frame.room_id]: room } };
+    }
+    case "left": {
+      // Removed from the room (or it was deleted): it goes from my list unless it is public.
+      const room = state.rooms[frame.room_id];
+      if (room && !room.is_private) {
+        return { ...state, rooms: { ...state.rooms, [room.id]: { ...room, members: room.members.filter((m) => m !== state.me) } } };
+      }
+      return onFrameRoomGone(state, frame.room_id);
+    }
+    case "error": {
+      if (frame.code === "rate_limited" || frame.code === "unavailable") {
+        return { ...state, notice: `${frame.message} Retrying…` };
+      }
+      if (frame.code === "message_too_long" || frame.code === "empty_message") {
+        // The oldest pending message is the one refused.
+        const active = state.active;
+        const pending = active ? timelineOf(state, active).pending[0] : undefined;
+        if (active && pending) {
+          return withTimeline(state, active, markFailed(timelineOf(state, active), pending.clientId, frame.message));
+        }
+      }
+      return { ...state, notice: frame.message };
+    }
+    default:
+      return state;
+  }
+}
+
+function onFrameRoomGone(state: ChatState, roomId: string): ChatState {
+  const rooms = { ...state.rooms };
+  delete rooms[roomId];
+  return { ...state, rooms, active: state.active === roomId ? null : state.active };
+}
+
+/** Who is typing in a room now. */
+export function typingIn(state: ChatState, roomId: string, now: number): string[] {
+  return Object.values(state.typing[roomId] ?? {})
+    .filter((t) => t.until > now)
+    .map((t) => t.username);
+}

@@ -1,0 +1,201 @@
+// End to end, in headless Chromium (Debian's, driven by playwright-core)
+// against a real chat-server that this script starts and restarts:
+// two people register, one creates a room, the other joins, they talk both
+// ways live; the server restarts mid-conversation and both clients reconnect
+// and resume with nothing missing and nothing twice. Screenshots of the chat
+// go to web/test-results/.
+//
+//   node tests/e2e/chat.e2e.mjs      (after `npm run build` and `cargo build -p chat-server`)
+//
+// CHAT_SERVER_BIN and CHROMIUM_PATH override where the server binary and
+// the browser are.
+
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const web = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const root = resolve(web, "..");
+const serverBin = process.env.CHAT_SERVER_BIN ?? join(root, "target/debug/chat-server");
+const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const results = join(web, "test-results");
+const TIMEOUT = 20_000;
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => ok(port));
+    });
+    server.on("error", fail);
+  });
+}
+
+/** The chat server on `port`, its data in `dataDir` (kept across restarts). */
+class ChatServer {
+  constructor(port, dataDir) {
+    this.port = port;
+    this.dataDir = dataDir;
+    this.logs = "";
+  }
+
+  async start() {
+    this.process = spawn(serverBin, [], {
+      env: {
+        ...process.env,
+        CHAT_LISTEN_ADDR: `127.0.0.1:${this.port}`,
+        CHAT_DATA_DIR: this.dataDir,
+        CHAT_WEB_DIR: join(web, "dist"),
+        CHAT_SHUTDOWN_GRACE_SECS: "2",
+        CHAT_LOG_FORMAT: "json",
+        RUST_LOG: "warn",
+      },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    this.process.stderr.on("data", (chunk) => (this.logs += chunk));
+    this.exited = new Promise((ok) => this.process.on("exit", ok));
+    const deadline = Date.now() + TIMEOUT;
+    while (Date.now() < deadline) {
+      try {
+        const response = await fetch(`http://127.0.0.1:${this.port}/readyz`);
+        if (response.ok) return;
+      } catch {
+        // not listening yet
+      }
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+    throw new Error(`chat-server did not become ready:\n${this.logs}`);
+  }
+
+  async stop() {
+    if (!this.process || this.process.exitCode !== null) return;
+    this.process.kill("SIGTERM");
+    await this.exited;
+  }
+}
+
+async function register(page, base, name) {
+  await page.goto(base);
+  await page.getByRole("button", { name: "New here? Create an account" }).click();
+  await page.getByLabel("Username").fill(name);
+  await page.getByLabel("E-mail").fill(`${name}@example.com`);
+  await page.getByLabel("Password").fill("correct horse battery");
+  await page.getByRole("button", { name: "Create account" }).click();
+  await connected(page);
+}
+
+const connected = (page) =>
+  page.locator('.connection[data-status="online"]').waitFor({ timeout: TIMEOUT });
+
+/** Messages shown in the open room, as text, in order (pending ones excluded). */
+const shown = (page) => page.locator(".messages li.message:not(.pending):not(.system) .content").allTextContents();
+
+async function send(page, text) {
+  const box = page.getByRole("textbox", { name: /^Message / });
+  await box.fill(text);
+  await box.press("Enter");
+}
+
+async function expectShown(page, who, expected) {
+  const deadline = Date.now() + TIMEOUT;
+  let got = [];
+  while (Date.now() < deadline) {
+    got = await shown(page);
+    if (JSON.stringify(got) === JSON.stringify(expected)) return;
+    await page.waitForTimeout(100);
+  }
+  throw new Error(`${who} sees ${JSON.stringify(got)}, expected ${JSON.stringify(expected)}`);
+}
+
+async function main() {
+  mkdirSync(results, { recursive: true });
+  const dataDir = mkdtempSync(join(tmpdir(), "chat-e2e-"));
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const server = new ChatServer(port, dataDir);
+  const browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] });
+  try {
+    await server.start();
+    const alice = await (await browser.newContext({ viewport: { width: 1200, height: 800 } })).newPage();
+    const bob = await (await browser.newContext({ viewport: { width: 390, height: 800 } })).newPage();
+    for (const page of [alice, bob]) page.on("pageerror", (error) => console.error("page error:", error));
+
+    await register(alice, base, "alice");
+    await register(bob, base, "bob");
+    console.log("registered alice and bob");
+
+    // Alice creates a public room and is in it.
+    await alice.getByLabel("Name", { exact: true }).fill("Launch");
+    await alice.getByLabel("Description").fill("Release day <b>chatter</b>");
+    await alice.getByRole("button", { name: "Create room" }).click();
+    await alice.getByRole("heading", { name: "Launch" }).waitFor({ timeout: TIMEOUT });
+
+    // Bob finds it among the public rooms (after a reload: new rooms are not pushed) and joins.
+    await bob.reload();
+    await connected(bob);
+    await bob.getByRole("button", { name: "Join Launch" }).click();
+    await bob.getByRole("heading", { name: "Launch" }).waitFor({ timeout: TIMEOUT });
+    await alice.getByText("bob joined the room").waitFor({ timeout: TIMEOUT });
+    await alice.getByRole("button", { name: "Members (2)" }).waitFor({ timeout: TIMEOUT });
+    console.log("bob joined the room alice created");
+
+    // Both ways, live; markup stays text.
+    await send(alice, "Hello Bob <img src=x onerror=alert(1)>");
+    await expectShown(bob, "bob", ["Hello Bob <img src=x onerror=alert(1)>"]);
+    await bob.getByRole("textbox", { name: /^Message / }).fill("typing");
+    await alice.getByText("bob is typing…").waitFor({ timeout: TIMEOUT });
+    await send(bob, "Hi Alice! https://example.com/docs");
+    const firstTwo = ["Hello Bob <img src=x onerror=alert(1)>", "Hi Alice! https://example.com/docs"];
+    await expectShown(alice, "alice", firstTwo);
+    if ((await alice.locator(".messages img").count()) !== 0) throw new Error("message markup was rendered as HTML");
+    const link = alice.locator(".messages a", { hasText: "https://example.com/docs" });
+    if ((await link.getAttribute("rel")) !== "noopener noreferrer nofollow") throw new Error("links must not reach the opener");
+    console.log("messages went both ways live");
+
+    // The server restarts mid-conversation. Alice writes while it is down.
+    await server.stop();
+    await alice.locator('.connection[data-status="reconnecting"]').waitFor({ timeout: TIMEOUT });
+    await send(alice, "sent while the server was down");
+    await alice.locator(".message.pending", { hasText: "sent while the server was down" }).waitFor({ timeout: TIMEOUT });
+    await server.start();
+    await connected(alice);
+    await connected(bob);
+    console.log("both reconnected after the restart");
+    await send(bob, "back again");
+    const all = [...firstTwo, "sent while the server was down", "back again"];
+    await expectShown(alice, "alice", all);
+    await expectShown(bob, "bob", all);
+    if ((await alice.locator(".message.pending").count()) !== 0) throw new Error("a message stayed pending");
+    console.log("nothing missing, nothing twice, after the restart");
+
+    // History: a reload shows the conversation from the API, in order.
+    await bob.reload();
+    await connected(bob);
+    await bob.getByRole("button", { name: /Launch/ }).click();
+    await expectShown(bob, "bob after a reload", all);
+
+    await alice.screenshot({ path: join(results, "chat.png") });
+    await bob.screenshot({ path: join(results, "chat-phone.png") });
+    console.log(`screenshots in ${results}`);
+  } catch (error) {
+    console.error(`server log:\n${server.logs}`);
+    throw error;
+  } finally {
+    await browser.close();
+    await server.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => console.log("e2e: ok"),
+  (error) => {
+    console.error("e2e: FAILED:", error);
+    process.exit(1);
+  },
+);

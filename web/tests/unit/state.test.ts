@@ -1,0 +1,89 @@
+import { describe, expect, it } from "vitest";
+import { initialState, reducer, typingIn } from "../../src/state";
+import type { ChatMessage, Room } from "../../src/protocol/types";
+
+const room = (id: string): Room => ({
+  id,
+  name: id,
+  description: "",
+  is_private: false,
+  is_direct: false,
+  creator_id: "me",
+  members: ["me", "bob"],
+  admins: [],
+  created_at: "2026-11-23T10:00:00.000Z",
+});
+
+const text = (roomId: string, seq: number, user = "bob"): ChatMessage => ({
+  type: "text",
+  id: `${roomId}-${seq}`,
+  room_id: roomId,
+  user_id: user,
+  username: user,
+  content: "hi",
+  timestamp: "2026-11-23T10:00:00.000Z",
+  seq,
+});
+
+const start = () => reducer(reducer(initialState("me", "me"), { type: "rooms", rooms: [room("a"), room("b")] }), { type: "select", roomId: "a" });
+
+describe("chat state", () => {
+  it("counts unread messages in other rooms only, not my own, and clears on opening", () => {
+    let state = start();
+    state = reducer(state, { type: "frame", frame: text("a", 1), now: 0 });
+    state = reducer(state, { type: "frame", frame: text("b", 1), now: 0 });
+    state = reducer(state, { type: "frame", frame: text("b", 2), now: 0 });
+    state = reducer(state, { type: "frame", frame: text("b", 3, "me"), now: 0 });
+    expect(state.unread).toEqual({ a: 0, b: 2 });
+    state = reducer(state, { type: "select", roomId: "b" });
+    expect(state.unread.b).toBe(0);
+  });
+
+  it("does not count a message twice", () => {
+    let state = reducer(start(), { type: "select", roomId: "b" });
+    state = reducer(state, { type: "frame", frame: text("a", 1), now: 0 });
+    state = reducer(state, { type: "frame", frame: text("a", 1), now: 0 });
+    expect(state.unread.a).toBe(1);
+    expect(state.timelines.a.messages).toHaveLength(1);
+  });
+
+  it("shows typing for a few seconds, and ends it when that person's message arrives", () => {
+    let state = start();
+    state = reducer(state, { type: "frame", frame: { type: "typing", room_id: "a", user_id: "bob", username: "bob" }, now: 1000 });
+    expect(typingIn(state, "a", 2000)).toEqual(["bob"]);
+    expect(typingIn(state, "a", 6000)).toEqual([]);
+    state = reducer(state, { type: "frame", frame: text("a", 1), now: 2000 });
+    expect(typingIn(state, "a", 2000)).toEqual([]);
+  });
+
+  it("tracks presence and read markers", () => {
+    let state = start();
+    state = reducer(state, {
+      type: "frame",
+      frame: { type: "presence", room_id: "a", user_id: "bob", username: "bob", status: "online" },
+      now: 0,
+    });
+    expect(state.online.bob).toBe(true);
+    state = reducer(state, { type: "frame", frame: { type: "read", room_id: "a", user_id: "bob", seq: 4 }, now: 0 });
+    state = reducer(state, { type: "frame", frame: { type: "read", room_id: "a", user_id: "bob", seq: 2 }, now: 0 });
+    expect(state.reads.a.bob).toBe(4);
+  });
+
+  it("moves my message from pending to the timeline when acknowledged", () => {
+    let state = start();
+    state = reducer(state, { type: "pending", pending: { clientId: "c1", roomId: "a", content: "hi", sentAt: "" } });
+    expect(state.timelines.a.pending).toHaveLength(1);
+    state = reducer(state, { type: "frame", frame: text("a", 1, "me"), now: 0 });
+    state = reducer(state, { type: "frame", frame: { type: "ack", client_id: "c1", room_id: "a", id: "a-1", seq: 1 }, now: 0 });
+    expect(state.timelines.a.pending).toEqual([]);
+    expect(state.timelines.a.messages.map((m) => m.seq)).toEqual([1]);
+  });
+
+  it("forgets a private room I was removed from", () => {
+    let state = reducer(start(), { type: "room", room: { ...room("secret"), is_private: true } });
+    state = reducer(state, { type: "select", roomId: "secret" });
+    state = reducer(state, { type: "frame", frame: { type: "left", room_id: "secret" }, now: 0 });
+    expect(state.rooms.secret).toBeUndefined();
+    expect(state.active).toBeNull();
+  });
+});
