@@ -55,3 +55,7 @@ cargo build --locked -p chat-server
   npm run build
   npm run e2e
 )
+
+say "benchmark smoke run: 1,000 connections, every message to every member"
+cargo build --locked -p chat-bench
+bench/smoke.sh

@@ -1,0 +1,258 @@
+"""Runs chatcluster and the Socket.IO peer through the same scenarios on this
+machine, alternating, several times, and writes the medians and ratios.
+
+  cargo build --release -p chat-server -p chat-bench
+  (cd bench/peers/socketio && npm ci)
+  .venv/bin/python bench/run.py [--repeats 3] [--quick]
+
+Each run starts its own processes on free ports (redis-server, SecantusDB as
+the MongoDB stand-in for the two-instance cluster, chat-server, node) and
+stops them after. Raw results go to bench/results/raw/ (ignored by git), the
+summary to bench/results/summary.json, and bench/chart.py draws
+docs/benchmarks.svg from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+PEER = ROOT / "bench" / "peers" / "socketio"
+RESULTS = ROOT / "bench" / "results"
+JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+class Processes:
+    """Processes of one run, stopped (SIGTERM, then SIGKILL) at the end."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen] = []
+        self.dir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+
+    def start(self, args: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        log = open(self.dir / f"{Path(args[0]).name}-{len(self.running)}.log", "w")
+        process = subprocess.Popen(args, env={**os.environ, **(env or {})}, cwd=cwd,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.running.append(process)
+        return process
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        for process in reversed(self.running):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.running):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis(p: Processes) -> int:
+    port = free_port()
+    p.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(p.dir)])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def mongodb(p: Processes) -> str:
+    port = free_port()
+    storage = p.dir / "secantus"
+    storage.mkdir()
+    p.start([sys.executable, "-m", "secantus", "--port", str(port), "--storage-path", str(storage)])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return f"mongodb://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("SecantusDB did not start")
+
+
+def chat_servers(p: Processes, count: int, redis_port: int | None, mongodb_uri: str | None) -> list[tuple[str, int]]:
+    servers = []
+    for i in range(count):
+        port = free_port()
+        env = {
+            "CHAT_LISTEN_ADDR": f"127.0.0.1:{port}",
+            "CHAT_DATA_DIR": str(p.dir / f"data-{i}"),
+            "CHAT_RATE_LIMIT_PER_SEC": "1000000",
+            "CHAT_RATE_LIMIT_BURST": "1000000",
+            "CHAT_POD_NAME": f"bench-{i}",
+            "RUST_LOG": "warn",
+            "CHAT_WEB_DIR": str(p.dir / "no-web"),
+        }
+        if redis_port:
+            env["CHAT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
+        if mongodb_uri:
+            env.update({"CHAT_MONGODB_URI": mongodb_uri, "CHAT_MONGODB_DB": "bench", "CHAT_JWT_SECRET": JWT_SECRET})
+        process = p.start([str(RELEASE / "chat-server")], env)
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+        servers.append((f"http://127.0.0.1:{port}", process.pid))
+    return servers
+
+
+def peers(p: Processes, count: int, redis_port: int | None) -> list[tuple[str, int]]:
+    servers = []
+    for _ in range(count):
+        port = free_port()
+        env = {"PORT": str(port)}
+        if redis_port:
+            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
+        process = p.start(["node", "server.js"], env, cwd=PEER)
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        servers.append((f"http://127.0.0.1:{port}", process.pid))
+    return servers
+
+
+def bench(servers: list[tuple[str, int]], protocol: str, **options) -> dict:
+    args = [str(RELEASE / "chat-bench"), "--protocol", protocol]
+    for url, pid in servers:
+        args += ["--url", url, "--server-pid", str(pid)]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"chat-bench failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def scenario_idle(system: str, connections: int) -> dict:
+    with Processes() as p:
+        servers = chat_servers(p, 1, None, None) if system == "chatcluster" else peers(p, 1, None)
+        return bench(servers, "chat" if system == "chatcluster" else "socketio",
+                     connections=connections, rooms=100, users=20, rate=0, duration=5, source_ips=4)
+
+
+def scenario_fanout(system: str, connections: int, rate: float, duration: float) -> dict:
+    with Processes() as p:
+        redis_port = redis(p)
+        if system == "chatcluster":
+            servers = chat_servers(p, 2, redis_port, mongodb(p))
+        else:
+            servers = peers(p, 2, redis_port)
+        return bench(servers, "chat" if system == "chatcluster" else "socketio",
+                     connections=connections, rooms=50, users=50, rate=rate, duration=duration)
+
+
+def scenario_throughput(rates: list[float], duration: float) -> list[dict]:
+    """One chatcluster instance (embedded store, in-process bus) at rising rates."""
+    found = []
+    with Processes() as p:
+        servers = chat_servers(p, 1, None, None)
+        for rate in rates:
+            result = bench(servers, "chat", connections=200, rooms=20, users=20, rate=rate, duration=duration)
+            found.append(result)
+            print(f"  throughput {rate:>7.0f}/s: p99 {result['p99_ms']:.2f} ms, "
+                  f"{result['delivered']}/{result['expected']} delivered", flush=True)
+            if result["p99_ms"] > 50 or result["delivered"] < result["expected"]:
+                break
+    return found
+
+
+def median(results: list[dict], key: str) -> float | None:
+    values = [r[key] for r in results if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small and short, to try the harness")
+    args = parser.parse_args()
+    idle_connections = 2000 if args.quick else 19_000
+    fanout = dict(connections=200 if args.quick else 1000, rate=100 if args.quick else 500,
+                  duration=5 if args.quick else 20)
+    raw = RESULTS / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict]] = {}
+
+    for repeat in range(args.repeats):
+        for system in ("chatcluster", "socketio"):  # alternating, so drift hits both
+            print(f"[{repeat + 1}/{args.repeats}] {system}: idle {idle_connections}", flush=True)
+            runs.setdefault(f"idle/{system}", []).append(scenario_idle(system, idle_connections))
+            print(f"[{repeat + 1}/{args.repeats}] {system}: fan-out {fanout}", flush=True)
+            runs.setdefault(f"fanout/{system}", []).append(scenario_fanout(system, **fanout))
+    print("throughput: one chatcluster instance", flush=True)
+    rates = [1000, 2000] if args.quick else [1000, 2000, 4000, 8000, 12000, 16000, 24000]
+    runs["throughput/chatcluster"] = scenario_throughput(rates, 5 if args.quick else 10)
+    (raw / f"runs-{int(time.time())}.json").write_text(json.dumps(runs, indent=1))
+
+    keys = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "deliveries_per_sec", "errors", "delivered", "expected"]
+    summary: dict = {"machine": machine(), "repeats": args.repeats, "quick": args.quick, "scenarios": {}}
+    for name, results in runs.items():
+        if name.startswith("throughput"):
+            sustained = [r for r in results if r["p99_ms"] <= 50 and r["delivered"] >= r["expected"]]
+            summary["scenarios"][name] = {"steps": [{k: r[k] for k in ["rate", "p50_ms", "p99_ms", "deliveries_per_sec", "delivered", "expected"]} for r in results],
+                                          "sustained_rate": max((r["rate"] for r in sustained), default=None)}
+            continue
+        entry = {k: median(results, k) for k in keys}
+        per_connection = [v for r in results for v in r.get("rss_per_connection_bytes") or [] if v]
+        entry["rss_per_connection_bytes"] = statistics.median(per_connection) if per_connection else None
+        entry["connections"] = results[0]["connections"]
+        entry["runs"] = len(results)
+        summary["scenarios"][name] = entry
+    for scenario in ("idle", "fanout"):
+        ours, theirs = summary["scenarios"].get(f"{scenario}/chatcluster"), summary["scenarios"].get(f"{scenario}/socketio")
+        if ours and theirs:
+            summary["scenarios"][f"{scenario}/ratio"] = {
+                k: (theirs[k] / ours[k]) if ours.get(k) and theirs.get(k) else None
+                for k in ["p50_ms", "p99_ms", "rss_per_connection_bytes"]
+            }
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown")
+    memory = next((line.split(":", 1)[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), "unknown")
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": memory,
+            "kernel": os.uname().release, "date": time.strftime("%Y-%m-%d")}
+
+
+if __name__ == "__main__":
+    main()

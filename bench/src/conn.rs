@@ -1,0 +1,255 @@
+//! One benchmark connection: a WebSocket from a chosen source address, the
+//! protocol's handshake (chatcluster's or Socket.IO's), then frames out from
+//! the scheduler and messages in, each timed against the send time it carries.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// chatcluster's `/ws` (docs/protocol.md).
+    Chat,
+    /// Socket.IO v4 over its WebSocket transport (bench/peers/socketio).
+    Socketio,
+}
+
+/// Counters every connection adds to.
+#[derive(Default)]
+pub struct Counters {
+    pub delivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub struct Spec {
+    pub protocol: Protocol,
+    pub server: SocketAddr,
+    /// Host and port as the URL names them.
+    pub authority: String,
+    pub source: IpAddr,
+    pub room: String,
+    /// Which of the run's rooms `room` is.
+    pub room_index: usize,
+    pub server_index: usize,
+    /// chatcluster: the access token; Socket.IO: the user's name.
+    pub credential: String,
+}
+
+/// A connected benchmark connection.
+pub struct Handle {
+    pub room_index: usize,
+    /// Which server (index of --url) it is connected to.
+    pub server_index: usize,
+    pub outgoing: mpsc::Sender<String>,
+    pub connect_time: Duration,
+    pub task: tokio::task::JoinHandle<Histogram<u64>>,
+}
+
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+pub fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 min at 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The frame that posts a message carrying its send time.
+pub fn message_frame(protocol: Protocol, room: &str, sequence: u64) -> String {
+    let sent = now_micros().to_string();
+    match protocol {
+        Protocol::Chat => json!({"type": "message", "room_id": room, "content": sent, "client_id": format!("b{sequence}")}).to_string(),
+        Protocol::Socketio => format!("42{}", json!(["message", {"room": room, "content": sent}])),
+    }
+}
+
+pub async fn connect(
+    spec: Spec,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Handle> {
+    let started = Instant::now();
+    let socket = if spec.server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket
+        .bind(SocketAddr::new(spec.source, 0))
+        .with_context(|| format!("binding {}", spec.source))?;
+    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(spec.server))
+        .await
+        .context("TCP connect timed out")?
+        .context("TCP connect")?;
+    stream.set_nodelay(true)?;
+    let url = match spec.protocol {
+        Protocol::Chat => format!(
+            "ws://{}/ws?token={}&room_id={}",
+            spec.authority, spec.credential, spec.room
+        ),
+        Protocol::Socketio => format!(
+            "ws://{}/socket.io/?EIO=4&transport=websocket",
+            spec.authority
+        ),
+    };
+    // A small read buffer, like the server's: thousands of these run in one process.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)),
+    )
+    .await
+    .context("WebSocket handshake timed out")?
+    .context("WebSocket handshake")?;
+    let (mut sink, mut source) = ws.split();
+
+    // Ready means: the room is open (chat: `joined`; Socket.IO: connected, then joined).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let frame = tokio::time::timeout_at(deadline.into(), source.next())
+            .await
+            .context("no answer to the handshake")?
+            .context("closed during the handshake")??;
+        let Message::Text(text) = frame else { continue };
+        match spec.protocol {
+            Protocol::Chat => {
+                if text.contains("\"joined\"") {
+                    break;
+                }
+                if text.contains("\"error\"") {
+                    anyhow::bail!("opening the room: {text}");
+                }
+            }
+            Protocol::Socketio => {
+                if text.starts_with('0') {
+                    sink.send(Message::text(format!(
+                        "40{}",
+                        json!({"user": spec.credential})
+                    )))
+                    .await?;
+                } else if text.starts_with("40") {
+                    sink.send(Message::text(format!("42{}", json!(["join", spec.room]))))
+                        .await?;
+                } else if text.starts_with("42[\"joined\"") {
+                    break;
+                } else if text == "2" {
+                    sink.send(Message::text("3")).await?;
+                }
+            }
+        }
+    }
+    let connect_time = started.elapsed();
+
+    let (outgoing, mut queue) = mpsc::channel::<String>(256);
+    let protocol = spec.protocol;
+    let task = tokio::spawn(async move {
+        let mut latencies = histogram();
+        loop {
+            tokio::select! {
+                frame = queue.recv() => {
+                    let Some(frame) = frame else { break };
+                    if sink.send(Message::text(frame)).await.is_err() {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                incoming = source.next() => {
+                    let Some(Ok(Message::Text(text))) = incoming else {
+                        if !*stop.borrow() {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("chat-bench: a connection closed: {incoming:?}");
+                        }
+                        break;
+                    };
+                    match received(protocol, &text) {
+                        Received::Message(sent) => {
+                            let latency = now_micros().saturating_sub(sent).max(1);
+                            let _ = latencies.record(latency);
+                            counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Received::Ack => { counters.acked.fetch_add(1, Ordering::Relaxed); }
+                        Received::Ping => { let _ = sink.send(Message::text("3")).await; }
+                        Received::Error(error) => {
+                            if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                                eprintln!("chat-bench: server error: {error}");
+                            }
+                        }
+                        Received::Other => {}
+                    }
+                }
+                _ = stop.changed() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            }
+        }
+        latencies
+    });
+    Ok(Handle {
+        room_index: spec.room_index,
+        server_index: spec.server_index,
+        outgoing,
+        connect_time,
+        task,
+    })
+}
+
+enum Received {
+    /// A chat message with the send time it carries.
+    Message(u64),
+    Ack,
+    Ping,
+    Error(String),
+    Other,
+}
+
+fn received(protocol: Protocol, text: &str) -> Received {
+    match protocol {
+        Protocol::Chat => {
+            if text.contains("\"type\":\"text\"") {
+                let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                value["content"]
+                    .as_str()
+                    .and_then(|c| c.parse().ok())
+                    .map_or(Received::Other, Received::Message)
+            } else if text.contains("\"type\":\"ack\"") {
+                Received::Ack
+            } else if text.contains("\"type\":\"error\"") {
+                Received::Error(text.to_owned())
+            } else {
+                Received::Other
+            }
+        }
+        Protocol::Socketio => {
+            if text == "2" {
+                Received::Ping
+            } else if let Some(payload) = text.strip_prefix("42") {
+                let value: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+                match value[0].as_str() {
+                    Some("message") => value[1]["content"]
+                        .as_str()
+                        .and_then(|c| c.parse().ok())
+                        .map_or(Received::Other, Received::Message),
+                    Some("ack") => Received::Ack,
+                    _ => Received::Other,
+                }
+            } else {
+                Received::Other
+            }
+        }
+    }
+}

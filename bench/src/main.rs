@@ -1,0 +1,346 @@
+//! chat-bench: opens many authenticated WebSockets against one or more chat
+//! servers (or the Socket.IO peer), sends messages that carry their send time
+//! at a fixed total rate, and measures delivery latency at every recipient.
+//! Progress goes to stderr; the result is one JSON line on stdout.
+
+mod conn;
+mod setup;
+mod system;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::StreamExt;
+use futures_util::stream;
+use serde_json::json;
+use tokio::sync::watch;
+
+use conn::{Counters, Protocol, Spec};
+
+#[derive(Parser, Debug)]
+#[command(name = "chat-bench", version, about)]
+struct Args {
+    /// A server to connect to (repeat for several; connections are spread over them).
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Protocol::Chat)]
+    protocol: Protocol,
+    /// WebSocket connections to open.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Rooms the connections are spread over (connection i is in room i % rooms).
+    #[arg(long, default_value_t = 10)]
+    rooms: usize,
+    /// Accounts the connections are spread over (registration is slow on purpose: argon2id).
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    /// Messages per second, in total.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of sending (or of holding the connections, at rate 0).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 2000.0)]
+    ramp: f64,
+    /// Source addresses 127.0.0.1 .. 127.0.0.N, for more connections than one
+    /// address has ephemeral ports (about 28,000 each).
+    #[arg(long, default_value_t = 1)]
+    source_ips: u8,
+    /// PIDs of the servers (same order as --url), to report their memory per connection.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Fail (exit 1) unless there were no errors and every message reached every member.
+    #[arg(long)]
+    require_complete: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    match run(Args::parse()).await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(error) => {
+            eprintln!("chat-bench: {error:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+struct Server {
+    http: String,
+    authority: String,
+    addr: SocketAddr,
+}
+
+fn servers(urls: &[String]) -> anyhow::Result<Vec<Server>> {
+    urls.iter()
+        .map(|url| {
+            let authority = url
+                .trim_start_matches("http://")
+                .trim_start_matches("ws://")
+                .trim_end_matches('/')
+                .to_owned();
+            let addr = authority
+                .to_socket_addrs()
+                .with_context(|| format!("resolving {authority}"))?
+                .next()
+                .with_context(|| format!("{authority} has no address"))?;
+            Ok(Server {
+                http: format!("http://{authority}"),
+                authority,
+                addr,
+            })
+        })
+        .collect()
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    if args.connections == 0 || args.rooms == 0 || args.users == 0 {
+        bail!("--connections, --rooms and --users must be positive");
+    }
+    let servers = servers(&args.urls)?;
+    let limit = system::raise_descriptor_limit();
+    if args.connections as u64 + 64 > limit {
+        bail!(
+            "{} connections need about {} file descriptors, and this process may have {limit} \
+             (the hard limit; raise it with `ulimit -Hn` as root, or split the load over several \
+             chat-bench processes)",
+            args.connections,
+            args.connections + 64
+        );
+    }
+    let per_address = 28_000usize;
+    if args.connections > per_address * args.source_ips as usize {
+        bail!(
+            "{} connections need {} source addresses (--source-ips): one has about {per_address} ephemeral ports",
+            args.connections,
+            args.connections.div_ceil(per_address)
+        );
+    }
+
+    // Accounts and rooms.
+    let started = Instant::now();
+    let (credentials, rooms): (Vec<String>, Vec<String>) = match args.protocol {
+        Protocol::Chat => {
+            let fixture = setup::create(
+                &servers[0].http,
+                args.users.min(args.connections),
+                args.rooms,
+                args.connections,
+            )
+            .await?;
+            (
+                fixture.users.into_iter().map(|u| u.token).collect(),
+                fixture.rooms,
+            )
+        }
+        Protocol::Socketio => (
+            (0..args.users).map(|u| format!("user{u}")).collect(),
+            (0..args.rooms).map(|r| format!("room{r}")).collect(),
+        ),
+    };
+    eprintln!(
+        "chat-bench: {} users and {} rooms ready in {:.1} s",
+        credentials.len(),
+        rooms.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let baseline: Vec<Option<u64>> = args
+        .server_pids
+        .iter()
+        .map(|pid| system::rss_bytes(*pid))
+        .collect();
+
+    // Connections, ramped.
+    let counters = Arc::new(Counters::default());
+    let (stop, stopped) = watch::channel(false);
+    let ramp_gap = Duration::from_secs_f64(1.0 / args.ramp.max(1.0));
+    let connecting = Instant::now();
+    let specs: Vec<Spec> = (0..args.connections)
+        .map(|i| {
+            let server = &servers[i % servers.len()];
+            let source = if server.addr.ip().is_loopback() {
+                IpAddr::V4(Ipv4Addr::new(
+                    127,
+                    0,
+                    0,
+                    1 + (i % args.source_ips as usize) as u8,
+                ))
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            };
+            Spec {
+                protocol: args.protocol,
+                server: server.addr,
+                authority: server.authority.clone(),
+                source,
+                room: rooms[i % rooms.len()].clone(),
+                room_index: i % rooms.len(),
+                server_index: i % servers.len(),
+                credential: credentials[i % credentials.len()].clone(),
+            }
+        })
+        .collect();
+    let results: Vec<anyhow::Result<conn::Handle>> = stream::iter(specs.into_iter().enumerate())
+        .map(|(i, spec)| {
+            let counters = counters.clone();
+            let stopped = stopped.clone();
+            async move {
+                tokio::time::sleep(ramp_gap * i as u32).await;
+                let result = conn::connect(spec, counters, stopped).await;
+                if (i + 1) % 1000 == 0 {
+                    eprintln!("chat-bench: {} connections opened", i + 1);
+                }
+                result
+            }
+        })
+        .buffer_unordered(512)
+        .collect()
+        .await;
+    let mut handles = Vec::with_capacity(results.len());
+    let mut connect_errors = 0u64;
+    for result in results {
+        match result {
+            Ok(handle) => handles.push(handle),
+            Err(error) => {
+                if connect_errors < 5 {
+                    eprintln!("chat-bench: connecting: {error:#}");
+                }
+                connect_errors += 1;
+            }
+        }
+    }
+    let mut connect_times = conn::histogram();
+    for handle in &handles {
+        let _ = connect_times.record(handle.connect_time.as_micros().max(1) as u64);
+    }
+    eprintln!(
+        "chat-bench: {} of {} connections open in {:.1} s ({connect_errors} failed)",
+        handles.len(),
+        args.connections,
+        connecting.elapsed().as_secs_f64()
+    );
+    // Let the servers settle before measuring their memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded: Vec<Option<u64>> = args
+        .server_pids
+        .iter()
+        .map(|pid| system::rss_bytes(*pid))
+        .collect();
+
+    // Who receives what: every open connection of a room, the sender's included.
+    let mut members = vec![0u64; rooms.len()];
+    for handle in &handles {
+        members[handle.room_index] += 1;
+    }
+
+    // Send at the total rate, round-robin over the connections.
+    let sending = Instant::now();
+    let mut sent = 0u64;
+    let mut expected = 0u64;
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_report = Instant::now();
+    let duration = Duration::from_secs_f64(args.duration);
+    while sending.elapsed() < duration {
+        tick.tick().await;
+        if args.rate > 0.0 && !handles.is_empty() {
+            let due = (sending.elapsed().as_secs_f64() * args.rate) as u64;
+            while sent < due {
+                let handle = &handles[next];
+                let room = handle.room_index;
+                let frame = conn::message_frame(args.protocol, &rooms[room], sent);
+                if handle.outgoing.try_send(frame).is_ok() {
+                    expected += members[room];
+                } else {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                sent += 1;
+                next = (next + 1) % handles.len();
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprintln!(
+                "chat-bench: {:>5.1} s  sent {sent}  delivered {}  errors {}",
+                sending.elapsed().as_secs_f64(),
+                counters.delivered.load(Ordering::Relaxed),
+                counters.errors.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let send_seconds = sending.elapsed().as_secs_f64();
+    // Wait for the last deliveries (up to 10 s).
+    let draining = Instant::now();
+    while counters.delivered.load(Ordering::Relaxed) < expected
+        && draining.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    let mut latencies = conn::histogram();
+    let open = handles.len();
+    let mut open_per_server = vec![0usize; servers.len()];
+    for handle in &handles {
+        open_per_server[handle.server_index] += 1;
+    }
+    for handle in handles {
+        drop(handle.outgoing);
+        if let Ok(histogram) = handle.task.await {
+            let _ = latencies.add(&histogram);
+        }
+    }
+
+    let delivered = counters.delivered.load(Ordering::Relaxed);
+    let errors = counters.errors.load(Ordering::Relaxed) + connect_errors;
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    let per_connection: Vec<Option<f64>> = baseline
+        .iter()
+        .zip(&loaded)
+        .enumerate()
+        .map(|(k, (before, after))| {
+            let on_server = open_per_server.get(k).copied().unwrap_or(0).max(1);
+            Some((after.as_ref()?.saturating_sub(*before.as_ref()?)) as f64 / on_server as f64)
+        })
+        .collect();
+    let summary = json!({
+        "protocol": format!("{:?}", args.protocol).to_lowercase(),
+        "servers": servers.len(),
+        "connections": open,
+        "rooms": rooms.len(),
+        "rate": args.rate,
+        "duration_s": send_seconds,
+        "sent": sent,
+        "expected": expected,
+        "delivered": delivered,
+        "acked": counters.acked.load(Ordering::Relaxed),
+        "errors": errors,
+        "deliveries_per_sec": if send_seconds > 0.0 { delivered as f64 / send_seconds } else { 0.0 },
+        "p50_ms": ms(latencies.value_at_quantile(0.50)),
+        "p90_ms": ms(latencies.value_at_quantile(0.90)),
+        "p99_ms": ms(latencies.value_at_quantile(0.99)),
+        "p999_ms": ms(latencies.value_at_quantile(0.999)),
+        "max_ms": ms(latencies.max()),
+        "connect_p50_ms": ms(connect_times.value_at_quantile(0.50)),
+        "connect_p99_ms": ms(connect_times.value_at_quantile(0.99)),
+        "server_rss_bytes": loaded,
+        "rss_per_connection_bytes": per_connection,
+    });
+    println!("{summary}");
+    let complete = errors == 0 && delivered == expected && open == args.connections;
+    if args.require_complete && !complete {
+        eprintln!(
+            "chat-bench: incomplete: {open} of {} connected, {delivered} of {expected} deliveries, {errors} errors",
+            args.connections
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
