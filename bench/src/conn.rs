@@ -53,7 +53,7 @@ pub struct Handle {
     pub server_index: usize,
     pub outgoing: mpsc::Sender<String>,
     pub connect_time: Duration,
-    pub task: tokio::task::JoinHandle<Histogram<u64>>,
+    pub task: tokio::task::JoinHandle<Option<Histogram<u64>>>,
 }
 
 pub fn now_micros() -> u64 {
@@ -157,7 +157,9 @@ pub async fn connect(
     let (outgoing, mut queue) = mpsc::channel::<String>(256);
     let protocol = spec.protocol;
     let task = tokio::spawn(async move {
-        let mut latencies = histogram();
+        // Allocated on the first delivery: a histogram is ~160 KiB, and idle
+        // runs hold tens of thousands of connections.
+        let mut latencies: Option<Histogram<u64>> = None;
         loop {
             tokio::select! {
                 frame = queue.recv() => {
@@ -168,17 +170,22 @@ pub async fn connect(
                     }
                 }
                 incoming = source.next() => {
-                    let Some(Ok(Message::Text(text))) = incoming else {
-                        if !*stop.borrow() {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("chat-bench: a connection closed: {incoming:?}");
+                    let text = match incoming {
+                        Some(Ok(Message::Text(text))) => text,
+                        // tungstenite answers pings itself; nothing else is for us.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_) | Message::Frame(_))) => continue,
+                        closed => {
+                            if !*stop.borrow() {
+                                counters.errors.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("chat-bench: a connection closed: {closed:?}");
+                            }
+                            break;
                         }
-                        break;
                     };
                     match received(protocol, &text) {
                         Received::Message(sent) => {
                             let latency = now_micros().saturating_sub(sent).max(1);
-                            let _ = latencies.record(latency);
+                            let _ = latencies.get_or_insert_with(histogram).record(latency);
                             counters.delivered.fetch_add(1, Ordering::Relaxed);
                         }
                         Received::Ack => { counters.acked.fetch_add(1, Ordering::Relaxed); }

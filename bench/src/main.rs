@@ -161,7 +161,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let counters = Arc::new(Counters::default());
     let (stop, stopped) = watch::channel(false);
     let ramp_gap = Duration::from_secs_f64(1.0 / args.ramp.max(1.0));
-    let connecting = Instant::now();
+    let connecting = tokio::time::Instant::now();
     let specs: Vec<Spec> = (0..args.connections)
         .map(|i| {
             let server = &servers[i % servers.len()];
@@ -192,7 +192,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             let counters = counters.clone();
             let stopped = stopped.clone();
             async move {
-                tokio::time::sleep(ramp_gap * i as u32).await;
+                // An absolute schedule: a slot freed late must not push the rest back.
+                tokio::time::sleep_until(connecting + ramp_gap * i as u32).await;
                 let result = conn::connect(spec, counters, stopped).await;
                 if (i + 1) % 1000 == 0 {
                     eprintln!("chat-bench: {} connections opened", i + 1);
@@ -293,7 +294,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     for handle in handles {
         drop(handle.outgoing);
-        if let Ok(histogram) = handle.task.await {
+        if let Ok(Some(histogram)) = handle.task.await {
             let _ = latencies.add(&histogram);
         }
     }

@@ -19,26 +19,35 @@ pub struct Fixture {
 /// Registration hashes passwords (argon2id): a few at a time is as fast as it gets.
 const PARALLEL: usize = 8;
 
+/// POSTs JSON; a 429 (sign-ins are rate limited per address) waits as told and retries.
 async fn post(
     client: &reqwest::Client,
     url: String,
     token: Option<&str>,
     body: Value,
 ) -> anyhow::Result<Value> {
-    let mut request = client.post(&url).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+    for _ in 0..100 {
+        let mut request = client.post(&url).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if status.as_u16() == 429 {
+            let wait = answer["error"]["retry_after"].as_f64().unwrap_or(1.0);
+            tokio::time::sleep(std::time::Duration::from_secs_f64(wait.clamp(0.05, 30.0))).await;
+            continue;
+        }
+        if !status.is_success() {
+            bail!("POST {url}: {status} {answer}");
+        }
+        return Ok(answer);
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!("POST {url}: {status} {body}");
-    }
-    Ok(body)
+    bail!("POST {url}: still rate limited after 100 tries")
 }
 
 /// Creates the fixture through `base` (any server of the cluster: they share the store).
