@@ -42,12 +42,16 @@ say "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "tests"
+# One build of every target with the feature set `cargo test` resolves, so the
+# binaries the web and benchmark steps run (target/debug/chat-server and
+# chat-bench) come out of it; a later `cargo build -p ...` would resolve other
+# features and compile the dependencies again.
+cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
 
 say "web client: unit tests, build, end-to-end in headless Chromium"
 command -v chromium >/dev/null || apt_install chromium
 command -v npm >/dev/null || apt_install nodejs npm
-cargo build --locked -p chat-server
 (
   cd web
   npm ci --no-audit --no-fund --loglevel=error
@@ -57,5 +61,4 @@ cargo build --locked -p chat-server
 )
 
 say "benchmark smoke run: 1,000 connections, every message to every member"
-cargo build --locked -p chat-bench
 bench/smoke.sh

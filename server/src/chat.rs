@@ -17,7 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use crate::bus::{Bus, BusError};
 use crate::model::{Id, Message, MessageKind, Room};
 use crate::store::{Store, StoreError};
-use crate::ws::hub::{Connection, Hub, Outbound, Session};
+use crate::ws::hub::{Connection, Hub, Outbound, Replay, Session};
 use crate::ws::protocol::{PresenceStatus, ServerFrame, encode};
 
 /// How many missed messages one resume replays; a client further behind reads
@@ -249,12 +249,12 @@ impl Chat {
                 return Err(e);
             }
         };
-        connection.send(Outbound::Replayed {
+        connection.send(Outbound::Replayed(Box::new(Replay {
             room,
             frame,
             replay,
             upto,
-        });
+        })));
         self.session_changed(connection).await;
         if first_here {
             self.announce(room, connection, PresenceStatus::Online)
@@ -305,10 +305,10 @@ impl Chat {
     /// Stops live delivery of `room` to `connection` (the `leave` frame).
     pub async fn close(&self, connection: &Connection, room: Id) {
         self.hub.unsubscribe(room, connection.id);
-        connection.send(Outbound::Left {
+        connection.send(Outbound::left(
             room,
-            frame: encode(&ServerFrame::Left { room_id: room }),
-        });
+            encode(&ServerFrame::Left { room_id: room }),
+        ));
         self.session_changed(connection).await;
         self.left(room, connection).await;
     }

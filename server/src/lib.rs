@@ -16,6 +16,7 @@ pub mod model;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod validate;
 pub mod ws;

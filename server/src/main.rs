@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 
 use chat_server::config::Config;
-use chat_server::{http, server, telemetry};
+use chat_server::{auth, http, server, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    auth::password::return_hash_memory_to_the_system();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

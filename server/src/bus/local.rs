@@ -14,6 +14,7 @@ use super::{Bus, BusError};
 use crate::metrics::Metrics;
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::{Inserted, Store};
+use crate::sync::lock;
 use crate::ws::hub::{Hub, Outbound, Session};
 use crate::ws::protocol::encode;
 
@@ -48,12 +49,6 @@ impl Dedupe {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl LocalBus {
@@ -107,11 +102,8 @@ impl Bus for LocalBus {
         };
         *newest = Some(seq);
         let frame = encode(&message);
-        self.hub.broadcast(room, || Outbound::Message {
-            room,
-            seq,
-            frame: frame.clone(),
-        });
+        self.hub
+            .broadcast(room, Outbound::message(room, seq, frame));
         self.metrics.observe_delivery(message.timestamp);
         drop(newest);
         if let Some(key) = dedupe {
@@ -159,10 +151,7 @@ impl Bus for LocalBus {
     async fn unsubscribe(&self, _room: Id) {}
 
     async fn publish_event(&self, room: Id, frame: Utf8Bytes) {
-        self.hub.broadcast(room, || Outbound::Event {
-            room,
-            frame: frame.clone(),
-        });
+        self.hub.broadcast(room, Outbound::event(room, frame));
     }
 
     async fn evict(&self, room: Id, user: Option<Id>) {

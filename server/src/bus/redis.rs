@@ -26,6 +26,7 @@ use super::{Bus, BusError, split_at_seq};
 use crate::metrics::Metrics;
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::Store;
+use crate::sync::lock;
 use crate::ws::hub::{Hub, Outbound, Session};
 use crate::ws::protocol::encode;
 
@@ -130,12 +131,6 @@ pub struct RedisBus {
     metrics: Arc<Metrics>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Frames on a room channel: messages carry a seq; `_evict` is a control frame.
 #[derive(Deserialize)]
 struct Envelope {
@@ -220,11 +215,8 @@ impl RedisBus {
             }
             ("_evict", _) => self.hub.evict(room, envelope.user_id),
             _ => {
-                let frame = Utf8Bytes::from(payload);
-                self.hub.broadcast(room, || Outbound::Event {
-                    room,
-                    frame: frame.clone(),
-                });
+                self.hub
+                    .broadcast(room, Outbound::event(room, Utf8Bytes::from(payload)));
             }
         }
     }
@@ -233,11 +225,8 @@ impl RedisBus {
         if let Some(newest) = lock(&self.delivered).get_mut(&room) {
             *newest = (*newest).max(seq);
         }
-        self.hub.broadcast(room, || Outbound::Message {
-            room,
-            seq,
-            frame: frame.clone(),
-        });
+        self.hub
+            .broadcast(room, Outbound::message(room, seq, frame));
     }
 
     /// After the pub/sub connection came back: hands local subscribers what was
@@ -413,10 +402,7 @@ impl Bus for RedisBus {
             // Other pods miss this typing/presence frame; local members still get it.
             self.metrics.bus_errors.inc();
             tracing::warn!(error = %e, %room, "redis publish failed; delivering locally only");
-            self.hub.broadcast(room, || Outbound::Event {
-                room,
-                frame: frame.clone(),
-            });
+            self.hub.broadcast(room, Outbound::event(room, frame));
         }
     }
 

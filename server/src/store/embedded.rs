@@ -6,19 +6,26 @@
 //! indexes. redb allows one writer at a time, which is what makes the
 //! check-then-insert of unique names and direct rooms atomic here. Calls run on
 //! the blocking thread pool because redb's I/O is synchronous.
+//!
+//! Messages are acked only once committed, and a commit waits for the disk
+//! (fsync). Commits are grouped: messages that arrive while one commit is under
+//! way are written together by the next, so the disk's sync rate bounds the
+//! number of commits per second, not the number of messages.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
 use super::{Inserted, Store, StoreError, StoreResult};
 use crate::model::{
     HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Room, RoomPage, User,
 };
+use crate::sync::lock;
 
 const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 const USERS_BY_NAME: TableDefinition<&str, &[u8]> = TableDefinition::new("users_by_username");
@@ -37,6 +44,21 @@ pub const FILE_NAME: &str = "chat.redb";
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    commits: Arc<Mutex<CommitQueue>>,
+}
+
+/// Messages waiting for the next group commit.
+#[derive(Default)]
+struct CommitQueue {
+    waiting: Vec<PendingInsert>,
+    /// Whether a blocking task is committing; it takes whatever waits until
+    /// nothing does, so at most one runs and no message waits without one.
+    committing: bool,
+}
+
+struct PendingInsert {
+    message: Message,
+    done: oneshot::Sender<StoreResult<Inserted>>,
 }
 
 macro_rules! internal_from {
@@ -85,7 +107,10 @@ impl EmbeddedStore {
         tx.open_table(MESSAGES)?;
         tx.open_table(MESSAGE_COUNTS)?;
         tx.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            commits: Arc::default(),
+        })
     }
 
     async fn run<T, F>(&self, work: F) -> StoreResult<T>
@@ -139,6 +164,82 @@ where
         Some(value) => Ok(Some(serde_json::from_slice(value.value())?)),
         None => Ok(None),
     }
+}
+
+/// Commits the waiting messages, one transaction per round, until none wait.
+fn commit_waiting(db: &Database, commits: &Mutex<CommitQueue>) {
+    /// If writing panics, the waiting callers get an error instead of waiting
+    /// forever, and the next insert starts a new committer.
+    struct Reset<'a>(&'a Mutex<CommitQueue>);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let mut queue = lock(self.0);
+                queue.committing = false;
+                queue.waiting.clear();
+            }
+        }
+    }
+    let _reset = Reset(commits);
+    loop {
+        let batch = {
+            let mut queue = lock(commits);
+            if queue.waiting.is_empty() {
+                queue.committing = false;
+                return;
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        let (messages, waiters): (Vec<Message>, Vec<_>) = batch
+            .into_iter()
+            .map(|pending| (pending.message, pending.done))
+            .unzip();
+        match write_messages(db, &messages) {
+            Ok(outcomes) => {
+                for (done, outcome) in waiters.into_iter().zip(outcomes) {
+                    let _ = done.send(outcome);
+                }
+            }
+            Err(e) => {
+                for done in waiters {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Writes `messages` in one transaction, each unless its `(room, seq)` is
+/// already stored (earlier, or earlier in the same batch). The outer error
+/// fails them all (nothing was committed); an inner one only that message.
+fn write_messages(db: &Database, messages: &[Message]) -> StoreResult<Vec<StoreResult<Inserted>>> {
+    let tx = db.begin_write()?;
+    let mut outcomes = Vec::with_capacity(messages.len());
+    {
+        let mut table = tx.open_table(MESSAGES)?;
+        let mut counts = tx.open_table(MESSAGE_COUNTS)?;
+        for message in messages {
+            let key = message_key(message.room_id, message.seq);
+            if let Some(existing) = get_json::<_, Message>(&table, key.as_slice())? {
+                outcomes.push(Ok(Inserted::Existing(Box::new(existing))));
+                continue;
+            }
+            let record = match to_json(message) {
+                Ok(record) => record,
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            };
+            table.insert(key.as_slice(), record.as_slice())?;
+            let room = message.room_id.bytes();
+            let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
+            counts.insert(room.as_slice(), count + 1)?;
+            outcomes.push(Ok(Inserted::New));
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
 }
 
 fn message_key(room: Id, seq: u64) -> [u8; 20] {
@@ -407,47 +508,30 @@ impl Store for EmbeddedStore {
     }
 
     async fn insert_message(&self, message: &Message) -> StoreResult<Inserted> {
-        let message = message.clone();
-        self.run(move |db| {
-            let key = message_key(message.room_id, message.seq);
-            let tx = db.begin_write()?;
-            {
-                let mut messages = tx.open_table(MESSAGES)?;
-                if let Some(existing) = get_json::<_, Message>(&messages, key.as_slice())? {
-                    return Ok(Inserted::Existing(Box::new(existing)));
-                }
-                messages.insert(key.as_slice(), to_json(&message)?.as_slice())?;
-                let mut counts = tx.open_table(MESSAGE_COUNTS)?;
-                let room = message.room_id.bytes();
-                let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
-                counts.insert(room.as_slice(), count + 1)?;
-            }
-            tx.commit()?;
-            Ok(Inserted::New)
-        })
-        .await
+        let (done, outcome) = oneshot::channel();
+        let start_committer = {
+            let mut queue = lock(&self.commits);
+            queue.waiting.push(PendingInsert {
+                message: message.clone(),
+                done,
+            });
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if start_committer {
+            let (db, commits) = (self.db.clone(), self.commits.clone());
+            tokio::task::spawn_blocking(move || commit_waiting(&db, &commits));
+        }
+        outcome.await.map_err(|_| {
+            StoreError::Internal("embedded store: the commit ended without an outcome".into())
+        })?
     }
 
     async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()> {
         let batch = batch.to_vec();
         self.run(move |db| {
-            let tx = db.begin_write()?;
-            {
-                let mut messages = tx.open_table(MESSAGES)?;
-                let mut counts = tx.open_table(MESSAGE_COUNTS)?;
-                for message in &batch {
-                    let key = message_key(message.room_id, message.seq);
-                    if messages.get(key.as_slice())?.is_some() {
-                        continue;
-                    }
-                    messages.insert(key.as_slice(), to_json(message)?.as_slice())?;
-                    let room = message.room_id.bytes();
-                    let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
-                    counts.insert(room.as_slice(), count + 1)?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
+            write_messages(db, &batch)?
+                .into_iter()
+                .try_for_each(|outcome| outcome.map(drop))
         })
         .await
     }

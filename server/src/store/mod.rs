@@ -14,7 +14,7 @@ use crate::model::{
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness constraint refused the write; names the field (`username`, `email`).
     #[error("{0} is already taken")]

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::cursor::Cursors;
-use super::hub::{Connection, Kick, Outbound};
+use super::hub::{Connection, Kick, Outbound, Replay};
 use super::protocol::encode;
 use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::auth::Claims;
@@ -34,6 +34,11 @@ const MAX_BAD_FRAMES: u32 = 20;
 /// Rate-limited messages in a row tolerated before the client is disconnected.
 const MAX_REFUSED_MESSAGES: u32 = 50;
 
+/// The connection's life, from registration to cleanup.
+///
+/// This future is the connection's task and stays allocated while the client is
+/// idle, so the calls that await the store or the bus are boxed: their state
+/// exists only while they run, not for the whole life of every connection.
 pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Option<Id>) {
     let (sink, stream) = socket.split();
     let (queue, outbound) = mpsc::channel(QUEUE_CAPACITY);
@@ -49,15 +54,15 @@ pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Optio
         connection.clone(),
         state.metrics.clone(),
     ));
-    state.chat.session_changed(&connection).await;
+    Box::pin(state.chat.session_changed(&connection)).await;
     if let Some(room) = room
-        && let Err(e) = state.chat.open(&connection, room, None).await
+        && let Err(e) = Box::pin(state.chat.open(&connection, room, None)).await
     {
         send_error(&connection, &e.into());
     }
     let reason = read(stream, &state, &connection, claims.exp).await;
     connection.kick(reason);
-    state.chat.disconnected(&connection).await;
+    Box::pin(state.chat.disconnected(&connection)).await;
     // The writer may be stuck writing to a client that stopped reading; it gets
     // time to say goodbye, then the socket is dropped regardless.
     let mut writer = writer;
@@ -126,12 +131,12 @@ async fn read(
             }
         };
         bad_frames = 0;
-        match handle(frame, state, connection, &mut expires_at).await {
+        match Box::pin(handle(frame, state, connection, &mut expires_at)).await {
             Ok(()) => refused = 0,
             Err(Refusal::RateLimited(retry_after)) => {
                 refused += 1;
                 state.metrics.rate_limited.inc();
-                connection.send(Outbound::Direct(encode(&ServerFrame::Error {
+                connection.send(Outbound::direct(encode(&ServerFrame::Error {
                     code: "rate_limited".into(),
                     message: "too many messages; slow down".into(),
                     retry_after: Some((retry_after.as_secs_f64() * 1000.0).ceil() / 1000.0),
@@ -212,7 +217,7 @@ async fn handle(
                 .post(connection, room_id, content, client_id.clone())
                 .await?;
             state.metrics.messages_received.inc();
-            connection.send(Outbound::Direct(encode(&ServerFrame::Ack {
+            connection.send(Outbound::direct(encode(&ServerFrame::Ack {
                 client_id,
                 room_id,
                 id: message.id,
@@ -256,19 +261,19 @@ async fn handle(
                 );
             }
             *expires_at = deadline_of(claims.exp);
-            connection.send(Outbound::Direct(encode(&ServerFrame::Authenticated {
+            connection.send(Outbound::direct(encode(&ServerFrame::Authenticated {
                 exp: claims.exp,
             })));
         }
         ClientFrame::Ping => {
-            connection.send(Outbound::Direct(encode(&ServerFrame::Pong)));
+            connection.send(Outbound::direct(encode(&ServerFrame::Pong)));
         }
     }
     Ok(())
 }
 
 fn send_error(connection: &Connection, error: &FrameError) {
-    connection.send(Outbound::Direct(encode(&ServerFrame::from(error.clone()))));
+    connection.send(Outbound::direct(encode(&ServerFrame::from(error.clone()))));
 }
 
 /// When a token with this `exp` (seconds since the epoch) stops being valid.
@@ -359,21 +364,21 @@ async fn feed(
 /// What an outbound item means for this connection's socket, given its cursors.
 fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound) -> Vec<Utf8Bytes> {
     match item {
-        Outbound::Direct(frame) => vec![frame],
-        Outbound::Message { room, seq, frame } => {
-            cursors.live(room, seq, frame).into_iter().collect()
-        }
-        Outbound::Event { room, frame } => {
-            if cursors.is_subscribed(room) {
-                vec![frame]
+        Outbound::Direct(frame) => vec![*frame],
+        Outbound::Message(message) => cursors
+            .live(message.room, message.seq, message.frame.clone())
+            .into_iter()
+            .collect(),
+        Outbound::Event(event) => {
+            if cursors.is_subscribed(event.room) {
+                vec![event.frame.clone()]
             } else {
                 Vec::new()
             }
         }
-
-        Outbound::Left { room, frame } => {
-            cursors.left(room);
-            vec![frame]
+        Outbound::Left(event) => {
+            cursors.left(event.room);
+            vec![event.frame.clone()]
         }
         Outbound::Resuming { room } => {
             cursors.resuming(room);
@@ -383,12 +388,13 @@ fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound) -> Vec<Utf8Byte
             cursors.left(room);
             Vec::new()
         }
-        Outbound::Replayed {
-            room,
-            frame,
-            replay,
-            upto,
-        } => {
+        Outbound::Replayed(replayed) => {
+            let Replay {
+                room,
+                frame,
+                replay,
+                upto,
+            } = *replayed;
             let mut frames = vec![frame];
             frames.extend(cursors.replayed(room, replay, upto));
             frames

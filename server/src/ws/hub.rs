@@ -7,52 +7,80 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::model::{Id, Timestamp};
+use crate::sync::lock;
 
 pub type ConnId = u64;
 
 /// What a connection's writer task receives.
-#[derive(Debug)]
+///
+/// Two words at most, payloads behind pointers: tokio's channel allocates its
+/// slots 32 at a time, so every connection, idle or not, pays 32 times this
+/// size. Room frames are built once and shared by every recipient (cloning a
+/// `Message`, `Event` or `Left` copies a pointer).
+#[derive(Debug, Clone)]
 pub enum Outbound {
     /// A frame for this connection alone (ack, error, pong, ...).
-    Direct(Utf8Bytes),
+    Direct(Box<Utf8Bytes>),
     /// A room message, written at most once per seq (see `cursor`).
-    Message {
-        room: Id,
-        seq: u64,
-        frame: Utf8Bytes,
-    },
+    Message(Arc<RoomMessage>),
     /// A room event without seq (typing, read, presence): written if subscribed.
-    Event {
-        room: Id,
-        frame: Utf8Bytes,
-    },
-    Left {
-        room: Id,
-        frame: Utf8Bytes,
-    },
+    Event(Arc<RoomEvent>),
+    /// The connection no longer receives the room; `frame` tells it so.
+    Left(Arc<RoomEvent>),
     /// Hold the room's live messages until `Replayed` (a join or a resume began).
-    Resuming {
-        room: Id,
-    },
+    Resuming { room: Id },
     /// A join or resume failed after `Resuming`: forget the room silently.
-    Reset {
-        room: Id,
-    },
-    /// The end of a join or resume: `frame` (`joined` or `resumed`), the replay
-    /// of missed messages, then the held live ones newer than `upto`.
-    Replayed {
-        room: Id,
-        frame: Utf8Bytes,
-        replay: Vec<(u64, Utf8Bytes)>,
-        upto: u64,
-    },
+    Reset { room: Id },
+    /// The end of a join or resume.
+    Replayed(Box<Replay>),
+}
+
+impl Outbound {
+    pub fn direct(frame: Utf8Bytes) -> Self {
+        Outbound::Direct(Box::new(frame))
+    }
+
+    pub fn message(room: Id, seq: u64, frame: Utf8Bytes) -> Self {
+        Outbound::Message(Arc::new(RoomMessage { room, seq, frame }))
+    }
+
+    pub fn event(room: Id, frame: Utf8Bytes) -> Self {
+        Outbound::Event(Arc::new(RoomEvent { room, frame }))
+    }
+
+    pub fn left(room: Id, frame: Utf8Bytes) -> Self {
+        Outbound::Left(Arc::new(RoomEvent { room, frame }))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomMessage {
+    pub room: Id,
+    pub seq: u64,
+    pub frame: Utf8Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomEvent {
+    pub room: Id,
+    pub frame: Utf8Bytes,
+}
+
+/// `frame` (`joined` or `resumed`), the replay of missed messages, then the
+/// held live ones newer than `upto`.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub room: Id,
+    pub frame: Utf8Bytes,
+    pub replay: Vec<(u64, Utf8Bytes)>,
+    pub upto: u64,
 }
 
 /// Why the server closes a connection: a WebSocket close code and reason.
@@ -197,14 +225,6 @@ pub struct Hub {
     next_id: AtomicU64,
 }
 
-/// A poisoned lock only means another thread panicked mid-update of plain maps;
-/// the maps stay usable, so carry on rather than take the server down.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Hub {
     pub fn register(
         &self,
@@ -285,13 +305,13 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Sends one item per subscriber of `room`, made by `item` (frames are shared
-    /// bytes, so this copies no payload).
-    pub fn broadcast(&self, room: Id, item: impl Fn() -> Outbound) -> usize {
+    /// Sends `item` to every subscriber of `room` (room items are shared, so
+    /// this copies no payload).
+    pub fn broadcast(&self, room: Id, item: Outbound) -> usize {
         let subscribers = self.subscribers(room);
         subscribers
             .iter()
-            .filter(|connection| connection.send(item()))
+            .filter(|connection| connection.send(item.clone()))
             .count()
     }
 
@@ -332,14 +352,14 @@ impl Hub {
 
     /// Stops delivery of `room` to `user`'s connections (or all), telling them.
     pub fn evict(&self, room: Id, user: Option<Id>) {
-        let frame = super::protocol::encode(&super::protocol::ServerFrame::Left { room_id: room });
+        let left = Outbound::left(
+            room,
+            super::protocol::encode(&super::protocol::ServerFrame::Left { room_id: room }),
+        );
         for connection in self.subscribers(room) {
             if user.is_none_or(|user| user == connection.user) {
                 self.unsubscribe(room, connection.id);
-                connection.send(Outbound::Left {
-                    room,
-                    frame: frame.clone(),
-                });
+                connection.send(left.clone());
             }
         }
     }
@@ -358,7 +378,7 @@ mod tests {
     use super::*;
 
     fn frame(text: &str) -> Outbound {
-        Outbound::Direct(Utf8Bytes::from(text.to_owned()))
+        Outbound::direct(Utf8Bytes::from(text.to_owned()))
     }
 
     #[tokio::test]
@@ -370,16 +390,16 @@ mod tests {
         let b = hub.register(Id::new(), "b".into(), tx_b);
         let room = Id::new();
         hub.subscribe(room, &a);
-        assert_eq!(hub.broadcast(room, || frame("hi")), 1);
+        assert_eq!(hub.broadcast(room, frame("hi")), 1);
         assert!(matches!(rx_a.try_recv(), Ok(Outbound::Direct(_))));
         assert!(rx_b.try_recv().is_err());
         hub.subscribe(room, &b);
         hub.unsubscribe(room, a.id);
-        assert_eq!(hub.broadcast(room, || frame("again")), 1);
+        assert_eq!(hub.broadcast(room, frame("again")), 1);
         assert!(rx_a.try_recv().is_err());
         assert!(rx_b.try_recv().is_ok());
         assert_eq!(hub.unregister(b.id), vec![room]);
-        assert_eq!(hub.broadcast(room, || frame("nobody")), 0);
+        assert_eq!(hub.broadcast(room, frame("nobody")), 0);
     }
 
     #[tokio::test]
@@ -393,7 +413,7 @@ mod tests {
         hub.subscribe(room, &slow);
         hub.subscribe(room, &fast);
         for i in 0..5 {
-            hub.broadcast(room, || frame(&i.to_string()));
+            hub.broadcast(room, frame(&i.to_string()));
         }
         assert_eq!(slow.kicked().await, Kick::SlowConsumer);
         let mut received = 0;

@@ -22,9 +22,14 @@ use crate::state::AppState;
 
 /// Incoming frames are chat-sized; a larger one closes the connection (1009).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// tungstenite's default 128 KiB read buffer is zero-filled per connection; 4 KiB
-/// keeps an idle connection at a few KiB of memory.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// tungstenite's default 128 KiB read buffer is allocated and zero-filled for
+/// every connection, idle or not. Chat frames are small; a bigger one grows the
+/// buffer to its length as it arrives.
+const READ_BUFFER_BYTES: usize = 1024;
+/// Frames are written to the socket once this much is buffered (and at every
+/// flush). The buffer never shrinks, so a burst of queued frames would
+/// otherwise keep up to the default 128 KiB per connection for its lifetime.
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// The subprotocol a browser selects when it passes its token as `bearer.<jwt>`.
 const SUBPROTOCOL: &str = "chat";
 
@@ -56,6 +61,7 @@ pub async fn upgrade(
     };
     let mut upgrade = upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES);
     if let Some(protocol) = protocol {

@@ -5,7 +5,7 @@
 // and resume with nothing missing and nothing twice. Screenshots of the chat
 // go to web/test-results/.
 //
-//   node tests/e2e/chat.e2e.mjs      (after `npm run build` and `cargo build -p chat-server`)
+//   node tests/e2e/chat.e2e.mjs      (after `npm run build` and `cargo build --workspace --all-targets`)
 //
 // CHAT_SERVER_BIN and CHROMIUM_PATH override where the server binary and
 // the browser are.
