@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -34,6 +35,7 @@ RELEASE = ROOT / "target" / "release"
 PEER = ROOT / "bench" / "peers" / "socketio"
 RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
+MONGODB_DB = "bench"
 
 
 def raise_descriptor_limit() -> None:
@@ -140,7 +142,7 @@ def chat_servers(p: Processes, count: int, redis_port: int | None, mongodb_uri: 
         if redis_port:
             env["CHAT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
         if mongodb_uri:
-            env.update({"CHAT_MONGODB_URI": mongodb_uri, "CHAT_MONGODB_DB": "bench", "CHAT_JWT_SECRET": JWT_SECRET})
+            env.update({"CHAT_MONGODB_URI": mongodb_uri, "CHAT_MONGODB_DB": MONGODB_DB, "CHAT_JWT_SECRET": JWT_SECRET})
         process = p.start([str(RELEASE / "chat-server")], env)
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
@@ -161,6 +163,15 @@ def peers(p: Processes, count: int, redis_port: int | None) -> list[tuple[str, i
         wait_http(f"http://127.0.0.1:{port}/healthz")
         servers.append((f"http://127.0.0.1:{port}", process.pid))
     return servers
+
+
+def metric(base: str, name: str) -> float | None:
+    """One unlabelled sample from a server's /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
 
 
 def bench(servers: list[tuple[str, int]], protocol: str, **options) -> dict:
@@ -187,10 +198,81 @@ def scenario_fanout(system: str, connections: int, rate: float, duration: float)
         redis_port = redis(p)
         if system == "chatcluster":
             servers = chat_servers(p, 2, redis_port, mongodb(p))
+            # Then history pages of the rooms just written (the peer keeps none).
+            extra = {"history_requests": 200}
         else:
             servers = peers(p, 2, redis_port)
+            extra = {}
         return bench(servers, "chat" if system == "chatcluster" else "socketio",
-                     connections=connections, rooms=50, users=50, rate=rate, duration=duration)
+                     connections=connections, rooms=50, users=50, rate=rate, duration=duration, **extra)
+
+
+PERSIST_BATCH = 500  # the persist worker's batch (server/src/bus/redis.rs)
+
+
+def scenario_persistence(rate: float, duration: float, baseline_seconds: float) -> dict:
+    """The persist pipeline's rate against the raw batch-insert rate of the same
+    MongoDB server. A load faster than MongoDB builds a backlog in the Redis
+    stream; once the load stops, the pipeline drains it on an otherwise idle
+    machine. The pipeline's rate is taken while at least a full batch was
+    waiting (then nothing but it limits). The raw insert_many baseline (same
+    driver, document shape, index and batch size, one batch at a time) runs on
+    the same idle machine twice: before, into an empty scratch collection, and
+    after, into the server's own collection, as big as when the pipeline
+    drained it. The ratio is against the latter, the like-for-like one."""
+    with Processes() as p:
+        redis_port, uri = redis(p), mongodb(p)
+        before = bench_baseline(uri, baseline_seconds)
+        servers = chat_servers(p, 1, redis_port, uri)
+        base = servers[0][0]
+        samples: list[tuple[float, float, float]] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                try:
+                    persisted, backlog = metric(base, "chat_persisted_messages_total"), metric(base, "chat_persist_backlog")
+                    samples.append((time.monotonic(), persisted or 0.0, backlog or 0.0))
+                except OSError as e:
+                    print(f"  persistence: cannot read metrics: {e}", flush=True)
+                time.sleep(0.25)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        load = bench(servers, "chat", connections=20, rooms=20, users=20, rate=rate, duration=duration)
+        load_ended = time.monotonic()
+        deadline = load_ended + 300
+        while time.monotonic() < deadline and (not samples or samples[-1][0] < load_ended or samples[-1][2] > 0):
+            time.sleep(0.25)
+        done.set()
+        sampler.join()
+        # Into the server's own collection, now as big as when it was drained.
+        after = bench_baseline(f"{uri}/{MONGODB_DB}", baseline_seconds)
+    drain = [s for s in samples if s[0] >= load_ended]
+    persisted = seconds = 0.0
+    for (t0, p0, b0), (t1, p1, _) in zip(drain, drain[1:]):
+        if b0 >= PERSIST_BATCH:
+            persisted += p1 - p0
+            seconds += t1 - t0
+    raw = after["inserts_per_sec"]
+    pipeline = persisted / seconds if seconds else None
+    return {
+        "offered_rate": rate, "sent": load["sent"], "acked": load["acked"],
+        "peak_backlog": max((s[2] for s in samples), default=0),
+        "persisted_total": samples[-1][1] if samples else 0,
+        "pipeline_per_sec": pipeline, "measured_over_s": seconds,
+        "raw_insert_per_sec_before": before["inserts_per_sec"], "raw_insert_per_sec_after": after["inserts_per_sec"],
+        "documents_when_drained": after["documents_before"],
+        "ratio": pipeline / raw if pipeline else None,
+    }
+
+
+def bench_baseline(uri: str, seconds: float) -> dict:
+    result = subprocess.run([str(RELEASE / "chat-bench"), "--insert-baseline", uri, "--duration", str(seconds)],
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"chat-bench --insert-baseline failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def scenario_throughput(rates: list[float], duration: float, with_redis: bool) -> list[dict]:
@@ -219,7 +301,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small and short, to try the harness")
+    parser.add_argument("--scenarios", default="idle,fanout,throughput,persistence",
+                        help="comma-separated subset of idle,fanout,throughput,persistence")
     args = parser.parse_args()
+    chosen = set(args.scenarios.split(","))
     idle_connections = 2000 if args.quick else 19_000
     fanout = dict(connections=200 if args.quick else 1000, rate=100 if args.quick else 500,
                   duration=5 if args.quick else 20)
@@ -227,21 +312,38 @@ def main() -> None:
     raw.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
 
+    persistence = dict(rate=2000 if args.quick else 6000, duration=5 if args.quick else 30,
+                       baseline_seconds=3 if args.quick else 10)
     for repeat in range(args.repeats):
         for system in ("chatcluster", "socketio"):  # alternating, so drift hits both
-            print(f"[{repeat + 1}/{args.repeats}] {system}: idle {idle_connections}", flush=True)
-            runs.setdefault(f"idle/{system}", []).append(scenario_idle(system, idle_connections))
-            print(f"[{repeat + 1}/{args.repeats}] {system}: fan-out {fanout}", flush=True)
-            runs.setdefault(f"fanout/{system}", []).append(scenario_fanout(system, **fanout))
+            if "idle" in chosen:
+                print(f"[{repeat + 1}/{args.repeats}] {system}: idle {idle_connections}", flush=True)
+                runs.setdefault(f"idle/{system}", []).append(scenario_idle(system, idle_connections))
+            if "fanout" in chosen:
+                print(f"[{repeat + 1}/{args.repeats}] {system}: fan-out {fanout}", flush=True)
+                runs.setdefault(f"fanout/{system}", []).append(scenario_fanout(system, **fanout))
+        if "persistence" in chosen:
+            print(f"[{repeat + 1}/{args.repeats}] chatcluster: persistence {persistence}", flush=True)
+            result = scenario_persistence(**persistence)
+            print(f"  pipeline {result['pipeline_per_sec'] or 0:.0f}/s, raw insert_many "
+                  f"{result['raw_insert_per_sec_before']:.0f}/s before and {result['raw_insert_per_sec_after']:.0f}/s "
+                  f"after, ratio {result['ratio'] or 0:.2f}", flush=True)
+            runs.setdefault("persistence/chatcluster", []).append(result)
     rates = [250, 1000] if args.quick else [100, 250, 500, 1000, 2000, 4000, 8000, 16000]
     for name, with_redis in (("embedded", False), ("redis", True)):
+        if "throughput" not in chosen:
+            break
         print(f"throughput: one chatcluster instance, {name}", flush=True)
         runs[f"throughput/chatcluster-{name}"] = scenario_throughput(rates, 5 if args.quick else 10, with_redis)
     (raw / f"runs-{int(time.time())}.json").write_text(json.dumps(runs, indent=1))
 
-    keys = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "deliveries_per_sec", "errors", "delivered", "expected"]
+    keys = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "deliveries_per_sec", "errors", "delivered", "expected",
+            "history_p50_ms", "history_p99_ms"]
     summary: dict = {"machine": machine(), "repeats": args.repeats, "quick": args.quick, "scenarios": {}}
     for name, results in runs.items():
+        if name.startswith("persistence"):
+            summary["scenarios"][name] = {k: median(results, k) for k in results[0]} | {"runs": len(results)}
+            continue
         if name.startswith("throughput"):
             sustained = [r for r in results if r["p99_ms"] <= 50 and r["delivered"] >= r["expected"]]
             summary["scenarios"][name] = {"steps": [{k: r[k] for k in ["rate", "p50_ms", "p99_ms", "deliveries_per_sec", "delivered", "expected"]} for r in results],

@@ -3,7 +3,9 @@
 //! at a fixed total rate, and measures delivery latency at every recipient.
 //! Progress goes to stderr; the result is one JSON line on stdout.
 
+mod baseline;
 mod conn;
+mod history;
 mod setup;
 mod system;
 
@@ -25,7 +27,7 @@ use conn::{Counters, Protocol, Spec};
 #[command(name = "chat-bench", version, about)]
 struct Args {
     /// A server to connect to (repeat for several; connections are spread over them).
-    #[arg(long = "url", required = true)]
+    #[arg(long = "url", required_unless_present = "insert_baseline")]
     urls: Vec<String>,
     #[arg(long, value_enum, default_value_t = Protocol::Chat)]
     protocol: Protocol,
@@ -57,6 +59,14 @@ struct Args {
     /// Fail (exit 1) unless there were no errors and every message reached every member.
     #[arg(long)]
     require_complete: bool,
+    /// After sending, fetch this many history pages (50 messages) one by one
+    /// and report their latency.
+    #[arg(long, default_value_t = 0)]
+    history_requests: usize,
+    /// Instead of a load run: the raw batch-insert rate of this MongoDB server
+    /// for --duration seconds, to compare the persist pipeline with.
+    #[arg(long, value_name = "MONGODB_URI")]
+    insert_baseline: Option<String>,
 }
 
 #[tokio::main]
@@ -100,6 +110,11 @@ fn servers(urls: &[String]) -> anyhow::Result<Vec<Server>> {
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
+    if let Some(uri) = &args.insert_baseline {
+        let summary = baseline::run(uri, Duration::from_secs_f64(args.duration)).await?;
+        println!("{summary}");
+        return Ok(true);
+    }
     if args.connections == 0 || args.rooms == 0 || args.users == 0 {
         bail!("--connections, --rooms and --users must be positive");
     }
@@ -285,6 +300,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let history = if args.history_requests > 0 && args.protocol == Protocol::Chat {
+        // Connection i's account is a member of connection i's room.
+        let readers: Vec<history::Reader> = (0..args.connections.min(rooms.len()))
+            .map(|i| history::Reader {
+                token: credentials[i % credentials.len()].clone(),
+                room: rooms[i % rooms.len()].clone(),
+            })
+            .collect();
+        Some(history::sample(&servers[0].http, &readers, args.history_requests).await?)
+    } else {
+        None
+    };
     let _ = stop.send(true);
     let mut latencies = conn::histogram();
     let open = handles.len();
@@ -333,6 +360,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "connect_p99_ms": ms(connect_times.value_at_quantile(0.99)),
         "server_rss_bytes": loaded,
         "rss_per_connection_bytes": per_connection,
+        "history_requests": history.as_ref().map_or(0, |h| h.len()),
+        "history_p50_ms": history.as_ref().map(|h| ms(h.value_at_quantile(0.50))),
+        "history_p99_ms": history.as_ref().map(|h| ms(h.value_at_quantile(0.99))),
     });
     println!("{summary}");
     let complete = errors == 0 && delivered == expected && open == args.connections;

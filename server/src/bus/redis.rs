@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::streams::StreamReadReply;
+use redis::streams::{StreamId, StreamReadReply};
 use redis::{AsyncCommands, Script};
 use serde::Deserialize;
 
@@ -547,6 +547,33 @@ async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
     }
 }
 
+/// Up to a batch of this consumer's entries: with `pending`, those it read
+/// before and has not acknowledged ("0", answered at once); otherwise new ones
+/// (">"), waiting up to a second for some when `wait`.
+async fn read_batch(
+    connection: &mut ConnectionManager,
+    consumer: &str,
+    pending: bool,
+    wait: bool,
+) -> redis::RedisResult<Vec<StreamId>> {
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(PERSIST_GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(PERSIST_BATCH);
+    if wait && !pending {
+        read.arg("BLOCK").arg(1000);
+    }
+    read.arg("STREAMS")
+        .arg(PERSIST_STREAM)
+        .arg(if pending { "0" } else { ">" });
+    let reply: Option<StreamReadReply> = read.query_async(connection).await?;
+    Ok(reply
+        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+        .unwrap_or_default())
+}
+
 /// Moves acked messages from the stream into the store, in batches, with
 /// idempotent writes. Entries are acknowledged (and deleted) only after the
 /// store accepted them, so a crash or a store outage loses nothing: they stay
@@ -556,6 +583,7 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
     let mut backoff = Duration::from_millis(100);
     // None: claim at once, so a pod that starts picks up what a dead one left.
     let mut last_claim: Option<tokio::time::Instant> = None;
+    let mut prefetched: Option<Vec<StreamId>> = None;
     loop {
         let Some(this) = bus.upgrade() else { return };
         if last_claim.is_none_or(|at| at.elapsed() > Duration::from_millis(CLAIM_IDLE_MS / 2)) {
@@ -575,26 +603,12 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
                 read_pending = true;
             }
         }
-        // "0" re-reads this consumer's pending entries (answered at once);
-        // ">" waits up to a second for new ones.
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(PERSIST_GROUP)
-            .arg(&consumer)
-            .arg("COUNT")
-            .arg(PERSIST_BATCH);
-        if !read_pending {
-            read.arg("BLOCK").arg(1000);
-        }
-        read.arg("STREAMS")
-            .arg(PERSIST_STREAM)
-            .arg(if read_pending { "0" } else { ">" });
-        let reply: redis::RedisResult<Option<StreamReadReply>> =
-            read.query_async(&mut connection).await;
+        let reply = match prefetched.take() {
+            Some(entries) => Ok(entries),
+            None => read_batch(&mut connection, &consumer, read_pending, true).await,
+        };
         let entries = match reply {
-            Ok(reply) => reply
-                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-                .unwrap_or_default(),
+            Ok(entries) => entries,
             Err(e) => {
                 this.metrics.bus_errors.inc();
                 tracing::warn!(error = %e, "persist worker cannot read the stream");
@@ -625,8 +639,24 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
             }
             ids.push(entry.id);
         }
-        match this.store.insert_messages(&batch).await {
+        // The next batch is read while this one is written, so the store's
+        // write time alone sets the pace, not round trips to Redis.
+        let mut reader = connection.clone();
+        let next = async {
+            if read_pending {
+                return None;
+            }
+            read_batch(&mut reader, &consumer, false, false)
+                .await
+                .ok()
+                .filter(|entries| !entries.is_empty())
+        };
+        let (written, next) = tokio::join!(this.store.insert_messages(&batch), next);
+        match written {
             Ok(()) => {
+                // Read after a write that succeeded; after a failure the
+                // entries are pending and read again with the rest.
+                prefetched = next;
                 backoff = Duration::from_millis(100);
                 this.metrics.persisted.inc_by(batch.len() as u64);
                 let acked: redis::RedisResult<(i64,)> = redis::pipe()

@@ -13,7 +13,7 @@
 //! number of commits per second, not the number of messages.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -167,7 +167,11 @@ where
 }
 
 /// Commits the waiting messages, one transaction per round, until none wait.
-fn commit_waiting(db: &Database, commits: &Mutex<CommitQueue>) {
+///
+/// The database is held only while writing, never while waking the callers:
+/// once the last of them has its outcome, dropping the store closes the file,
+/// so a restart in the same process can open it again.
+fn commit_waiting(db: &Weak<Database>, commits: &Mutex<CommitQueue>) {
     /// If writing panics, the waiting callers get an error instead of waiting
     /// forever, and the next insert starts a new committer.
     struct Reset<'a>(&'a Mutex<CommitQueue>);
@@ -194,7 +198,13 @@ fn commit_waiting(db: &Database, commits: &Mutex<CommitQueue>) {
             .into_iter()
             .map(|pending| (pending.message, pending.done))
             .unzip();
-        match write_messages(db, &messages) {
+        let written = match db.upgrade() {
+            Some(db) => write_messages(&db, &messages),
+            None => Err(StoreError::Unavailable(
+                "the embedded store was closed".into(),
+            )),
+        };
+        match written {
             Ok(outcomes) => {
                 for (done, outcome) in waiters.into_iter().zip(outcomes) {
                     let _ = done.send(outcome);
@@ -518,7 +528,7 @@ impl Store for EmbeddedStore {
             !std::mem::replace(&mut queue.committing, true)
         };
         if start_committer {
-            let (db, commits) = (self.db.clone(), self.commits.clone());
+            let (db, commits) = (Arc::downgrade(&self.db), self.commits.clone());
             tokio::task::spawn_blocking(move || commit_waiting(&db, &commits));
         }
         outcome.await.map_err(|_| {
