@@ -1,5 +1,6 @@
 """Draws docs/benchmarks.svg from bench/results/summary.json: chatcluster and
-the Socket.IO peer side by side (fan-out latency p50/p99, memory per idle
+the Socket.IO peer side by side (fan-out latency: p50, and p99 for
+deliveries on the sender's instance and on the other, memory per idle
 connection). Plain SVG, no plotting library.
 
   python3 bench/chart.py
@@ -48,7 +49,9 @@ def main() -> None:
         v = s.get(f"{scenario}/{system}", {}).get(key)
         return None if v is None else v * scale
 
-    latency = [(q, {sys: value("fanout", sys, f"{q}_ms") for sys in COLOURS}) for q in ("p50", "p99")]
+    latency = [(label, {sys: value("fanout", sys, key) for sys in COLOURS})
+               for label, key in (("p50", "p50_ms"), ("p99 same pod", "same_server_p99_ms"),
+                                  ("p99 cross pod", "cross_server_p99_ms"))]
     memory = [("per idle connection", {sys: value("idle", sys, "rss_per_connection_bytes", 1 / 1024) for sys in COLOURS})]
     legend = "".join(
         f'<rect x="{20 + i * 260}" y="330" width="14" height="14" fill="{c}"/>'

@@ -36,6 +36,7 @@ PEER = ROOT / "bench" / "peers" / "socketio"
 RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
 MONGODB_DB = "bench"
+ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence"}
 
 
 def raise_descriptor_limit() -> None:
@@ -301,8 +302,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small and short, to try the harness")
-    parser.add_argument("--scenarios", default="idle,fanout,throughput,persistence",
-                        help="comma-separated subset of idle,fanout,throughput,persistence")
+    parser.add_argument("--scenarios", default=",".join(sorted(ALL_SCENARIOS)),
+                        help="comma-separated subset of idle,fanout,throughput,persistence "
+                             "(the others keep their figures in summary.json)")
     args = parser.parse_args()
     chosen = set(args.scenarios.split(","))
     idle_connections = 2000 if args.quick else 19_000
@@ -338,29 +340,40 @@ def main() -> None:
     (raw / f"runs-{int(time.time())}.json").write_text(json.dumps(runs, indent=1))
 
     keys = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "deliveries_per_sec", "errors", "delivered", "expected",
-            "history_p50_ms", "history_p99_ms"]
+            "history_p50_ms", "history_p99_ms", "same_server_p50_ms", "same_server_p99_ms",
+            "cross_server_p50_ms", "cross_server_p99_ms"]
     summary: dict = {"machine": machine(), "repeats": args.repeats, "quick": args.quick, "scenarios": {}}
+    previous = RESULTS / "summary.json"
+    if chosen != ALL_SCENARIOS and previous.exists():
+        # A subset re-run keeps the other scenarios' figures (each has its date).
+        summary["scenarios"] = json.loads(previous.read_text()).get("scenarios", {})
+    today = time.strftime("%Y-%m-%d")
     for name, results in runs.items():
+        if not results:
+            continue
+        summary["scenarios"].pop(name, None)
         if name.startswith("persistence"):
-            summary["scenarios"][name] = {k: median(results, k) for k in results[0]} | {"runs": len(results)}
+            summary["scenarios"][name] = {k: median(results, k) for k in results[0]} | {"runs": len(results), "date": today}
             continue
         if name.startswith("throughput"):
             sustained = [r for r in results if r["p99_ms"] <= 50 and r["delivered"] >= r["expected"]]
             summary["scenarios"][name] = {"steps": [{k: r[k] for k in ["rate", "p50_ms", "p99_ms", "deliveries_per_sec", "delivered", "expected"]} for r in results],
-                                          "sustained_rate": max((r["rate"] for r in sustained), default=None)}
+                                          "sustained_rate": max((r["rate"] for r in sustained), default=None),
+                                          "date": today}
             continue
         entry = {k: median(results, k) for k in keys}
         per_connection = [v for r in results for v in r.get("rss_per_connection_bytes") or [] if v]
         entry["rss_per_connection_bytes"] = statistics.median(per_connection) if per_connection else None
         entry["connections"] = results[0]["connections"]
         entry["runs"] = len(results)
+        entry["date"] = today
         summary["scenarios"][name] = entry
     for scenario in ("idle", "fanout"):
         ours, theirs = summary["scenarios"].get(f"{scenario}/chatcluster"), summary["scenarios"].get(f"{scenario}/socketio")
         if ours and theirs:
             summary["scenarios"][f"{scenario}/ratio"] = {
                 k: (theirs[k] / ours[k]) if ours.get(k) and theirs.get(k) else None
-                for k in ["p50_ms", "p99_ms", "rss_per_connection_bytes"]
+                for k in ["p50_ms", "p99_ms", "same_server_p99_ms", "cross_server_p99_ms", "rss_per_connection_bytes"]
             }
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -53,7 +53,17 @@ pub struct Handle {
     pub server_index: usize,
     pub outgoing: mpsc::Sender<String>,
     pub connect_time: Duration,
-    pub task: tokio::task::JoinHandle<Option<Histogram<u64>>>,
+    pub task: tokio::task::JoinHandle<Latencies>,
+}
+
+/// One connection's delivery latencies (µs), apart by where the message was
+/// sent: through the same server as this connection, or through another one
+/// (so it crossed the bus between pods). Allocated on the first delivery: a
+/// histogram is ~160 KiB, and idle runs hold tens of thousands of connections.
+#[derive(Default)]
+pub struct Latencies {
+    pub same_server: Option<Histogram<u64>>,
+    pub cross_server: Option<Histogram<u64>>,
 }
 
 pub fn now_micros() -> u64 {
@@ -68,9 +78,10 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// The frame that posts a message carrying its send time.
-pub fn message_frame(protocol: Protocol, room: &str, sequence: u64) -> String {
-    let sent = now_micros().to_string();
+/// The frame that posts a message carrying its send time and the server it
+/// is sent through: `<µs since the epoch>:<server index>`.
+pub fn message_frame(protocol: Protocol, room: &str, sequence: u64, server_index: usize) -> String {
+    let sent = format!("{}:{server_index}", now_micros());
     match protocol {
         Protocol::Chat => json!({"type": "message", "room_id": room, "content": sent, "client_id": format!("b{sequence}")}).to_string(),
         Protocol::Socketio => format!("42{}", json!(["message", {"room": room, "content": sent}])),
@@ -156,10 +167,9 @@ pub async fn connect(
 
     let (outgoing, mut queue) = mpsc::channel::<String>(256);
     let protocol = spec.protocol;
+    let server_index = spec.server_index;
     let task = tokio::spawn(async move {
-        // Allocated on the first delivery: a histogram is ~160 KiB, and idle
-        // runs hold tens of thousands of connections.
-        let mut latencies: Option<Histogram<u64>> = None;
+        let mut latencies = Latencies::default();
         loop {
             tokio::select! {
                 frame = queue.recv() => {
@@ -183,9 +193,10 @@ pub async fn connect(
                         }
                     };
                     match received(protocol, &text) {
-                        Received::Message(sent) => {
+                        Received::Message { sent, origin } => {
                             let latency = now_micros().saturating_sub(sent).max(1);
-                            let _ = latencies.get_or_insert_with(histogram).record(latency);
+                            let bucket = if origin == server_index { &mut latencies.same_server } else { &mut latencies.cross_server };
+                            let _ = bucket.get_or_insert_with(histogram).record(latency);
                             counters.delivered.fetch_add(1, Ordering::Relaxed);
                         }
                         Received::Ack => { counters.acked.fetch_add(1, Ordering::Relaxed); }
@@ -216,8 +227,11 @@ pub async fn connect(
 }
 
 enum Received {
-    /// A chat message with the send time it carries.
-    Message(u64),
+    /// A chat message with the send time and server index it carries.
+    Message {
+        sent: u64,
+        origin: usize,
+    },
     Ack,
     Ping,
     Error(String),
@@ -231,8 +245,7 @@ fn received(protocol: Protocol, text: &str) -> Received {
                 let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
                 value["content"]
                     .as_str()
-                    .and_then(|c| c.parse().ok())
-                    .map_or(Received::Other, Received::Message)
+                    .map_or(Received::Other, parse_content)
             } else if text.contains("\"type\":\"ack\"") {
                 Received::Ack
             } else if text.contains("\"type\":\"error\"") {
@@ -249,8 +262,7 @@ fn received(protocol: Protocol, text: &str) -> Received {
                 match value[0].as_str() {
                     Some("message") => value[1]["content"]
                         .as_str()
-                        .and_then(|c| c.parse().ok())
-                        .map_or(Received::Other, Received::Message),
+                        .map_or(Received::Other, parse_content),
                     Some("ack") => Received::Ack,
                     _ => Received::Other,
                 }
@@ -258,5 +270,51 @@ fn received(protocol: Protocol, text: &str) -> Received {
                 Received::Other
             }
         }
+    }
+}
+
+/// The content [`message_frame`] wrote, or `Other` for anyone else's.
+fn parse_content(content: &str) -> Received {
+    let parsed = content
+        .split_once(':')
+        .and_then(|(sent, origin)| Some((sent.parse().ok()?, origin.parse().ok()?)));
+    match parsed {
+        Some((sent, origin)) => Received::Message { sent, origin },
+        None => Received::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_back_what_it_sends_in_both_protocols() {
+        let chat = message_frame(Protocol::Chat, "r", 1, 3);
+        let content = serde_json::from_str::<Value>(&chat).unwrap()["content"].clone();
+        let delivered = json!({"type": "text", "content": content}).to_string();
+        assert!(
+            matches!(received(Protocol::Chat, &delivered), Received::Message { origin: 3, sent } if sent > 0)
+        );
+
+        let socketio = message_frame(Protocol::Socketio, "r", 1, 0);
+        let payload: Value = serde_json::from_str(socketio.strip_prefix("42").unwrap()).unwrap();
+        let delivered = format!(
+            "42{}",
+            json!(["message", {"room": "r", "content": payload[1]["content"]}])
+        );
+        assert!(matches!(
+            received(Protocol::Socketio, &delivered),
+            Received::Message { origin: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn other_content_is_not_timed() {
+        let delivered = json!({"type": "text", "content": "hello"}).to_string();
+        assert!(matches!(
+            received(Protocol::Chat, &delivered),
+            Received::Other
+        ));
     }
 }

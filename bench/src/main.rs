@@ -179,7 +179,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let connecting = tokio::time::Instant::now();
     let specs: Vec<Spec> = (0..args.connections)
         .map(|i| {
-            let server = &servers[i % servers.len()];
+            // Connection i is in room i % rooms; taking the server from i / rooms
+            // spreads every room's members over all servers (i % servers would
+            // put a whole room on one server whenever the counts share a factor),
+            // so messages cross between servers as they would between pods.
+            let server_index = (i / rooms.len()) % servers.len();
+            let server = &servers[server_index];
             let source = if server.addr.ip().is_loopback() {
                 IpAddr::V4(Ipv4Addr::new(
                     127,
@@ -197,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 source,
                 room: rooms[i % rooms.len()].clone(),
                 room_index: i % rooms.len(),
-                server_index: i % servers.len(),
+                server_index,
                 credential: credentials[i % credentials.len()].clone(),
             }
         })
@@ -272,7 +277,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             while sent < due {
                 let handle = &handles[next];
                 let room = handle.room_index;
-                let frame = conn::message_frame(args.protocol, &rooms[room], sent);
+                let frame =
+                    conn::message_frame(args.protocol, &rooms[room], sent, handle.server_index);
                 if handle.outgoing.try_send(frame).is_ok() {
                     expected += members[room];
                 } else {
@@ -314,6 +320,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     let _ = stop.send(true);
     let mut latencies = conn::histogram();
+    let mut same_server = conn::histogram();
+    let mut cross_server = conn::histogram();
     let open = handles.len();
     let mut open_per_server = vec![0usize; servers.len()];
     for handle in &handles {
@@ -321,8 +329,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     for handle in handles {
         drop(handle.outgoing);
-        if let Ok(Some(histogram)) = handle.task.await {
-            let _ = latencies.add(&histogram);
+        if let Ok(connection) = handle.task.await {
+            for (part, into) in [
+                (connection.same_server, &mut same_server),
+                (connection.cross_server, &mut cross_server),
+            ] {
+                if let Some(part) = part {
+                    let _ = latencies.add(&part);
+                    let _ = into.add(&part);
+                }
+            }
         }
     }
 
@@ -356,6 +372,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "p99_ms": ms(latencies.value_at_quantile(0.99)),
         "p999_ms": ms(latencies.value_at_quantile(0.999)),
         "max_ms": ms(latencies.max()),
+        // Sent through the recipient's own server, or through another (cross pod).
+        "same_server_deliveries": same_server.len(),
+        "same_server_p50_ms": ms(same_server.value_at_quantile(0.50)),
+        "same_server_p99_ms": ms(same_server.value_at_quantile(0.99)),
+        "cross_server_deliveries": cross_server.len(),
+        "cross_server_p50_ms": ms(cross_server.value_at_quantile(0.50)),
+        "cross_server_p99_ms": ms(cross_server.value_at_quantile(0.99)),
         "connect_p50_ms": ms(connect_times.value_at_quantile(0.50)),
         "connect_p99_ms": ms(connect_times.value_at_quantile(0.99)),
         "server_rss_bytes": loaded,
