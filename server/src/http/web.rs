@@ -26,8 +26,21 @@ const RESERVED: [&str; 5] = ["/api", "/ws", "/metrics", "/healthz", "/readyz"];
 
 #[derive(Clone)]
 pub struct WebClient {
-    assets: Option<ServeDir>,
-    pages: Option<ServeDir<ServeFile>>,
+    /// None when no client is built: then the server is API-only.
+    built: Option<Built>,
+}
+
+#[derive(Clone)]
+struct Built {
+    assets: ServeDir,
+    pages: ServeDir<ServeFile>,
+}
+
+fn is_reserved(path: &str) -> bool {
+    RESERVED.iter().any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 impl WebClient {
@@ -37,29 +50,24 @@ impl WebClient {
         let index = dir.join("index.html");
         if !index.is_file() {
             tracing::info!(dir = %dir.display(), "no web client built there; serving the API only");
-            return Self {
-                assets: None,
-                pages: None,
-            };
+            return Self { built: None };
         }
         Self {
-            assets: Some(ServeDir::new(dir)),
-            pages: Some(ServeDir::new(dir).fallback(ServeFile::new(index))),
+            built: Some(Built {
+                assets: ServeDir::new(dir),
+                pages: ServeDir::new(dir).fallback(ServeFile::new(index)),
+            }),
         }
     }
 
     pub async fn respond(self, request: Request) -> Response {
-        let path = request.uri().path().to_owned();
-        let reserved = RESERVED
-            .iter()
-            .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")));
-        let (Some(assets), Some(pages)) = (self.assets, self.pages) else {
+        let Some(Built { assets, pages }) = self.built else {
             return ApiError::not_found("route").into_response();
         };
-        if reserved {
+        if is_reserved(request.uri().path()) {
             return ApiError::not_found("route").into_response();
         }
-        let hashed = path.starts_with("/assets/");
+        let hashed = request.uri().path().starts_with("/assets/");
         let result: Result<Response, Infallible> = if hashed {
             // A missing asset is a 404, never the page.
             assets

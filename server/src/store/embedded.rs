@@ -124,6 +124,22 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Internal(format!("embedded store task failed: {e}")))?
     }
 
+    /// The user that the unique index `index` maps `key` to.
+    async fn user_through(
+        &self,
+        index: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: String,
+    ) -> StoreResult<Option<User>> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let Some(id) = tx.open_table(index)?.get(key.as_str())? else {
+                return Ok(None);
+            };
+            get_json(&tx.open_table(USERS)?, id.value())
+        })
+        .await
+    }
+
     /// Reads a room, applies `change` and writes it back in one write transaction.
     async fn modify_room(
         &self,
@@ -308,27 +324,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        let email = email.to_owned();
-        self.run(move |db| {
-            let tx = db.begin_read()?;
-            let Some(id) = tx.open_table(USERS_BY_EMAIL)?.get(email.as_str())? else {
-                return Ok(None);
-            };
-            get_json(&tx.open_table(USERS)?, id.value())
-        })
-        .await
+        self.user_through(USERS_BY_EMAIL, email.to_owned()).await
     }
 
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
-        let key = User::username_key(username);
-        self.run(move |db| {
-            let tx = db.begin_read()?;
-            let Some(id) = tx.open_table(USERS_BY_NAME)?.get(key.as_str())? else {
-                return Ok(None);
-            };
-            get_json(&tx.open_table(USERS)?, id.value())
-        })
-        .await
+        self.user_through(USERS_BY_NAME, User::username_key(username))
+            .await
     }
 
     async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>> {
