@@ -380,7 +380,21 @@ class Kind(unittest.TestCase):
             self.assertIn(needle, tiltfile)
 
 
+def chart_chatclusters() -> dict[str, dict]:
+    """The ChatClusters the cluster chart renders: with its defaults, with
+    every option on, and with the kind values."""
+    kind = yaml.safe_load((CLUSTER_CHART / "values-kind.yaml").read_text())
+    sets = {"defaults": None, "all-on": CLUSTER_ALL_ON, "kind": kind}
+    return {label: next(o for o in render(CLUSTER_CHART, values) if o["kind"] == "ChatCluster")
+            for label, values in sets.items()}
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--chatclusters"] and len(sys.argv) == 3:
+        # For the operator's real-server tests (operator/tests/apiserver).
+        for label, cluster in chart_chatclusters().items():
+            (Path(sys.argv[2]) / f"chart-{label}.yaml").write_text(yaml.safe_dump(cluster))
+        sys.exit(0)
     if sys.argv[1:] == ["--write"]:
         write_generated()
         print(f"wrote {CHART_CRD.relative_to(ROOT)} and {CLUSTER_SCHEMA.relative_to(ROOT)}")

@@ -2,7 +2,8 @@
 # Runs every test of the project, installing what the tests need when missing:
 # redis-server and chromium (apt), into .venv from PyPI the MongoDB-wire-
 # compatible SecantusDB, kubernetes-validate and Helm's library
-# (helm-python-sdk), and the web client's packages (npm ci).
+# (helm-python-sdk), the web client's packages (npm ci), and kube-apiserver
+# and etcd built with Go from the module proxy (.cache/kube).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,11 @@ if [ "$(cat .venv/requirements.sha256 2>/dev/null)" != "$wanted" ]; then
   echo "$wanted" > .venv/requirements.sha256
 fi
 export CHAT_TEST_PYTHON="$PWD/.venv/bin/python"
+
+say "Kubernetes API server and etcd for the operator's real-server tests"
+# Built once from the Go module proxy into .cache/kube/bin (about 5 minutes);
+# later runs only compare a stamp.
+scripts/build-test-apiserver.sh
 
 say "formatting"
 cargo fmt --all -- --check

@@ -12,6 +12,16 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "chatcluster.dev";
 pub const VERSION: &str = "v1alpha1";
 
+// Bounds on strings. Every list, string and map a CEL rule reads must have one,
+// or the API server's cost estimate assumes the request limit and refuses the
+// CRD; the others are bounded because nothing sensible is that long.
+/// A DNS subdomain: Kubernetes object names, host names, storage classes.
+const NAME_MAX: u32 = 253;
+/// An image reference: registry, repository, tag and digest.
+const IMAGE_MAX: u32 = 512;
+/// A resource quantity such as `10Gi`.
+const QUANTITY_MAX: u32 = 64;
+
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "chatcluster.dev",
@@ -44,7 +54,10 @@ pub struct ChatClusterSpec {
     #[serde(default)]
     pub rate_limit: RateLimit,
     /// Browser origins allowed by CORS, exactly as the browser sends them.
+    /// Bounded so the API server can estimate the rule's cost (an origin is a
+    /// scheme, a host name of at most 253 characters and a port).
     #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 270)))]
     #[x_kube(validation = Rule::new("self.all(o, o.matches('^https?://[^/*]+$'))").message("corsOrigins must be origins like https://chat.example.com"))]
     pub cors_origins: Vec<String>,
     /// Seconds a chat pod drains connections on shutdown.
@@ -111,9 +124,11 @@ fn default_mongodb_resources() -> ResourceRequirements {
 #[serde(rename_all = "camelCase")]
 pub struct Image {
     #[serde(default = "default_server_image")]
+    #[schemars(length(min = 1, max = IMAGE_MAX))]
     pub repository: String,
     /// Defaults to the operator's own version.
     #[serde(default = "default_tag")]
+    #[schemars(length(min = 1, max = 128))]
     pub tag: String,
     #[serde(default)]
     pub pull_policy: PullPolicy,
@@ -210,9 +225,9 @@ fn default_burst() -> i32 {
 /// A key of a Secret in the ChatCluster's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct SecretKeyRef {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = NAME_MAX))]
     pub name: String,
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = NAME_MAX))]
     pub key: String,
 }
 
@@ -229,6 +244,7 @@ pub struct Redis {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct ManagedRedis {
     #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1, max = IMAGE_MAX))]
     pub image: String,
     #[serde(default = "default_redis_resources")]
     pub resources: ResourceRequirements,
@@ -258,8 +274,10 @@ pub struct Persistence {
     #[serde(default = "default_true")]
     pub enabled: bool,
     #[serde(default = "default_redis_storage")]
+    #[schemars(length(min = 1, max = QUANTITY_MAX))]
     pub size: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NAME_MAX))]
     pub storage_class_name: Option<String>,
 }
 
@@ -289,16 +307,29 @@ pub struct ExternalRedis {
 }
 
 /// MongoDB: run by the operator (`managed`, the default) or yours (`external`).
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))").message("set mongodb.managed or mongodb.external, not both"))]
 pub struct MongoDb {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedMongoDb>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalMongoDb>,
-    /// The database the chat servers use.
+    /// The database the chat servers use (MongoDB allows 63 characters).
     #[serde(default = "default_database")]
+    #[schemars(length(min = 1, max = 63))]
     pub database: String,
+}
+
+// Not derived: the derived default would name the database "", and the CRD
+// carries this value as the default of an omitted `mongodb`.
+impl Default for MongoDb {
+    fn default() -> Self {
+        Self {
+            managed: None,
+            external: None,
+            database: default_database(),
+        }
+    }
 }
 
 fn default_database() -> String {
@@ -310,14 +341,17 @@ fn default_database() -> String {
 #[x_kube(validation = Rule::new("self.members % 2 == 1").message("mongodb.managed.members must be odd (1, 3, 5 or 7) so a majority exists"))]
 pub struct ManagedMongoDb {
     #[serde(default = "default_mongodb_image")]
+    #[schemars(length(min = 1, max = IMAGE_MAX))]
     pub image: String,
     /// Replica-set members; more than one initiates a replica set.
     #[serde(default = "default_members")]
     #[schemars(range(min = 1, max = 7))]
     pub members: i32,
     #[serde(default = "default_mongodb_storage")]
+    #[schemars(length(min = 1, max = QUANTITY_MAX))]
     pub storage_size: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NAME_MAX))]
     pub storage_class_name: Option<String>,
     #[serde(default = "default_mongodb_resources")]
     pub resources: ResourceRequirements,
@@ -405,12 +439,14 @@ impl ServiceType {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ingress {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = NAME_MAX))]
     pub host: String,
     /// A TLS Secret for `host`; absent means plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NAME_MAX))]
     pub tls_secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NAME_MAX))]
     pub class_name: Option<String>,
 }
 
@@ -459,10 +495,12 @@ pub struct ChatClusterStatus {
     pub ready_replicas: i32,
     /// The label selector of the chat pods, for the scale subresource.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub selector: String,
     #[serde(default)]
     pub phase: Phase,
     #[serde(default)]
+    #[schemars(length(max = 16))]
     pub conditions: Vec<Condition>,
 }
 
@@ -493,10 +531,15 @@ impl Phase {
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 316))]
     pub kind: String,
+    #[schemars(length(min = 1, max = 16))]
     pub status: String,
+    #[schemars(length(min = 1, max = 1024))]
     pub reason: String,
+    #[schemars(length(max = 32768))]
     pub message: String,
+    #[schemars(length(max = 64))]
     pub last_transition_time: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

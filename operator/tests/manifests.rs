@@ -286,3 +286,148 @@ fn the_operator_is_granted_exactly_what_the_controller_does() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
 }
+
+/// The fields a CEL rule reads, as paths from the node that carries it: `[]`
+/// for the node itself (`self.all(...)`, `self % 2`), `["a", "b"]` for
+/// `self.a.b`. Presence tests (`has(self.a)`) cost nothing whatever the field
+/// holds, so they are not reads.
+fn rule_reads(rule: &str) -> Vec<Vec<String>> {
+    const METHODS: [&str; 12] = [
+        "all",
+        "exists",
+        "exists_one",
+        "map",
+        "filter",
+        "size",
+        "matches",
+        "contains",
+        "startsWith",
+        "endsWith",
+        "split",
+        "lowerAscii",
+    ];
+    let mut text = rule.to_owned();
+    while let Some(start) = text.find("has(") {
+        let end = text[start..]
+            .find(')')
+            .map_or(text.len(), |e| start + e + 1);
+        text.replace_range(start..end, "true");
+    }
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut reads = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("self") {
+        let before = rest[..at].chars().next_back();
+        rest = &rest[at + 4..];
+        if before.is_some_and(ident) || rest.starts_with(ident) {
+            continue; // part of another name, e.g. `oldSelf`
+        }
+        let mut path = Vec::new();
+        while let Some(after_dot) = rest.strip_prefix('.') {
+            let len = after_dot
+                .find(|c: char| !ident(c))
+                .unwrap_or(after_dot.len());
+            let name = &after_dot[..len];
+            if METHODS.contains(&name) && after_dot[len..].starts_with('(') {
+                break; // a method of what the path names so far
+            }
+            path.push(name.to_owned());
+            rest = &after_dot[len..];
+        }
+        reads.push(path);
+    }
+    reads
+}
+
+/// Where `schema` (and everything inside it) lacks a size bound, as JSON
+/// pointers from `at`: strings need maxLength (or an enum), lists maxItems,
+/// maps maxProperties.
+fn unbounded(schema: &serde_json::Value, at: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    match schema["type"].as_str() {
+        Some("string") if schema["maxLength"].is_null() && schema["enum"].is_null() => {
+            found.push(at.to_owned());
+        }
+        Some("array") => {
+            if schema["maxItems"].is_null() {
+                found.push(at.to_owned());
+            }
+            found.extend(unbounded(&schema["items"], &format!("{at}/items")));
+        }
+        Some("object") => {
+            if let Some(values) = schema["additionalProperties"].as_object() {
+                if schema["maxProperties"].is_null() {
+                    found.push(at.to_owned());
+                }
+                let values = serde_json::Value::Object(values.clone());
+                found.extend(unbounded(&values, &format!("{at}/additionalProperties")));
+            }
+            for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+                found.extend(unbounded(property, &format!("{at}/properties/{name}")));
+            }
+        }
+        _ => {}
+    }
+    found
+}
+
+/// Every rule in `schema` that reads a list, string or map without a size
+/// bound: the API server would estimate its cost at the request size limit.
+fn rules_reading_unbounded_fields(schema: &serde_json::Value, at: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for validation in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let rule = validation["rule"].as_str().unwrap_or_default();
+        for path in rule_reads(rule) {
+            let mut node = schema;
+            let mut pointer = at.to_owned();
+            for name in &path {
+                node = &node["properties"][name];
+                pointer.push_str(&format!("/properties/{name}"));
+            }
+            for field in unbounded(node, &pointer) {
+                found.push(format!("`{rule}` reads {field}, which has no size bound"));
+            }
+        }
+    }
+    for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+        found.extend(rules_reading_unbounded_fields(
+            property,
+            &format!("{at}/properties/{name}"),
+        ));
+    }
+    if schema["items"].is_object() {
+        found.extend(rules_reading_unbounded_fields(
+            &schema["items"],
+            &format!("{at}/items"),
+        ));
+    }
+    found
+}
+
+#[test]
+fn every_field_a_cel_rule_reads_has_a_size_bound() {
+    let crd = serde_json::to_value(ChatCluster::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let found = rules_reading_unbounded_fields(schema, "");
+    assert!(found.is_empty(), "{found:#?}");
+
+    // The check itself finds the shape a real API server refuses.
+    let refused = serde_json::json!({
+        "type": "object",
+        "properties": {"origins": {
+            "type": "array",
+            "items": {"type": "string"},
+            "x-kubernetes-validations": [{"rule": "self.all(o, o.matches('^https://'))"}],
+        }},
+        "x-kubernetes-validations": [{"rule": "!has(self.origins) || self.origins.size() < 3"}],
+    });
+    assert_eq!(rules_reading_unbounded_fields(&refused, "").len(), 4);
+    assert_eq!(
+        rule_reads("!has(self.autoscaling) || self.autoscaling.minReplicas <= oldSelf.x"),
+        [vec!["autoscaling".to_owned(), "minReplicas".to_owned()]]
+    );
+}

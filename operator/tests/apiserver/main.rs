@@ -1,0 +1,955 @@
+//! The Kubernetes side proven against a real API server (kube-apiserver and
+//! etcd, see `server.rs`): the CRD installs (the API server estimates the cost
+//! of its CEL rules), ChatClusters are defaulted, validated and pruned by it,
+//! status, scale and generation behave as the controller assumes, and
+//! `chat-operator run` reconciles through real admission with exactly the
+//! RBAC of manifests/operator.yaml.
+//!
+//! One API server is shared by the tests that run no operator, each in
+//! namespaces of its own; the tests that run the operator start their own.
+
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use chat_operator::crd::{ChatCluster, ChatClusterSpec};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::discovery::{ApiResource, pinned_kind};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use server::ApiServer;
+
+const CRD_NAME: &str = "chatclusters.chatcluster.dev";
+
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap())
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+/// Starts an API server and creates manifests/crd.yaml on it (created, not
+/// updated: creation is where the API server checks the schema and estimates
+/// the cost of every CEL rule). It runs on a thread of its own: it waits with
+/// a runtime of its own, and the tests call this from inside theirs.
+fn start_with_crd() -> ApiServer {
+    std::thread::spawn(|| {
+        let server = ApiServer::start();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = server.admin().await;
+            install_crd(&client).await;
+        });
+        server
+    })
+    .join()
+    .expect("starting an API server with the CRD")
+}
+
+/// The API server the tests that need no operator share.
+fn shared() -> &'static ApiServer {
+    static SHARED: OnceLock<ApiServer> = OnceLock::new();
+    SHARED.get_or_init(start_with_crd)
+}
+
+/// Creates manifests/crd.yaml and waits until the API serves it.
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition =
+        serde_json::from_value(yaml_documents(&repository().join("manifests/crd.yaml"))[0].clone())
+            .unwrap();
+    if let Err(error) = crds.create(&PostParams::default(), &crd).await {
+        panic!("the API server refused manifests/crd.yaml: {error}");
+    }
+    wait_for("the CRD to be established", Duration::from_secs(30), || {
+        let crds = crds.clone();
+        async move {
+            let crd = crds.get(CRD_NAME).await.ok()?;
+            let conditions = crd.status?.conditions?;
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        }
+    })
+    .await;
+    // Established is set before the discovery documents are updated.
+    let chatclusters: Api<ChatCluster> = Api::all(client.clone());
+    wait_for("ChatClusters to be served", Duration::from_secs(30), || {
+        let chatclusters = chatclusters.clone();
+        async move { chatclusters.list(&Default::default()).await.ok().map(drop) }
+    })
+    .await;
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+fn chatcluster_resource() -> ApiResource {
+    ApiResource::erase::<ChatCluster>(&())
+}
+
+/// ChatClusters as raw objects, so requests can carry what the Rust type
+/// would not (unknown fields, invalid values).
+fn raw_chatclusters(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &chatcluster_resource())
+}
+
+fn chatcluster(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "chatcluster.dev/v1alpha1",
+        "kind": "ChatCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// The spec the operator reads for `spec`: every default filled in by serde,
+/// as docs/operator.md documents them.
+fn defaulted(spec: &Value) -> Value {
+    let typed: ChatClusterSpec = serde_json::from_value(spec.clone()).unwrap();
+    serde_json::to_value(typed).unwrap()
+}
+
+#[tokio::test]
+async fn the_crd_installs_and_serves_its_printer_columns() {
+    let server = shared();
+    let client = server.admin().await;
+
+    // The chart installs the same CRD as manifests/crd.yaml.
+    let chart_crd = yaml_documents(
+        &repository().join("charts/chatcluster-operator/crds/chatclusters.chatcluster.dev.yaml"),
+    );
+    assert!(
+        chart_crd == yaml_documents(&repository().join("manifests/crd.yaml"))
+            && chart_crd[0] == serde_json::to_value(ChatCluster::crd()).unwrap(),
+        "the chart's CRD is not manifests/crd.yaml: run `.venv/bin/python scripts/check_packaging.py --write`"
+    );
+    let crd = Api::<CustomResourceDefinition>::all(client.clone())
+        .get(CRD_NAME)
+        .await
+        .unwrap();
+    let accepted = crd.status.unwrap().conditions.unwrap();
+    for wanted in ["NamesAccepted", "Established"] {
+        assert!(
+            accepted
+                .iter()
+                .any(|c| c.type_ == wanted && c.status == "True"),
+            "{wanted}: {accepted:?}"
+        );
+    }
+
+    // `kubectl get chat` asks for a Table; the columns come from the CRD.
+    let namespace = "printer-columns";
+    create_namespace(&client, namespace).await;
+    let api = raw_chatclusters(&client, namespace);
+    api.create(&PostParams::default(), &chatcluster("demo", json!({})))
+        .await
+        .unwrap();
+    let status = json!({
+        "apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster",
+        "status": {"replicas": 3, "readyReplicas": 2, "selector": "app=x", "phase": "Progressing",
+                   "conditions": [{"type": "Available", "status": "True", "reason": "PodsReady",
+                                   "message": "2 of 3 chat pods ready",
+                                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+    });
+    api.patch_status(
+        "demo",
+        &PatchParams::apply("chat-operator").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .unwrap();
+    let request = http::Request::get(format!(
+        "/apis/chatcluster.dev/v1alpha1/namespaces/{namespace}/chatclusters"
+    ))
+    .header(
+        "Accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+    )
+    .body(Vec::new())
+    .unwrap();
+    let table: Value = serde_json::from_str(&client.request_text(request).await.unwrap()).unwrap();
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Name", "Ready", "Replicas", "Phase", "Age"]);
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(cells[0], "demo");
+    assert_eq!(cells[1], "True");
+    assert_eq!(cells[2], 2);
+    assert_eq!(cells[3], "Progressing");
+}
+
+#[tokio::test]
+async fn examples_and_the_charts_chatclusters_come_back_with_the_documented_defaults() {
+    let server = shared();
+    let client = server.admin().await;
+    let namespace = "defaults";
+    create_namespace(&client, namespace).await;
+    let api = raw_chatclusters(&client, namespace);
+
+    let rendered = server.dir.join("chart-chatclusters");
+    std::fs::create_dir_all(&rendered).unwrap();
+    let python = std::env::var("CHAT_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repository().join(".venv/bin/python"));
+    let output = Command::new(&python)
+        .arg(repository().join("scripts/check_packaging.py"))
+        .arg("--chatclusters")
+        .arg(&rendered)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test.sh)", python.display()));
+    assert!(
+        output.status.success(),
+        "rendering the chart: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repository().join("manifests/examples"))
+        .unwrap()
+        .chain(std::fs::read_dir(&rendered).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 5,
+        "two examples and three chart renderings: {files:?}"
+    );
+    for (i, file) in files.iter().enumerate() {
+        let example = yaml_documents(file).remove(0);
+        let name = format!("example-{i}");
+        let object = chatcluster(&name, example["spec"].clone());
+        let created = api
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("{} refused: {e}", file.display()));
+        let spec = &created.data["spec"];
+        assert_eq!(
+            spec,
+            &defaulted(&example["spec"]),
+            "{}: the API server's defaults differ from the operator's",
+            file.display()
+        );
+        assert_eq!(created.metadata.generation, Some(1));
+    }
+
+    // `spec: {}` is a working cluster; the documented defaults, spelled out.
+    let minimal = api.get("example-1").await.unwrap();
+    let spec = &minimal.data["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(
+        spec["image"]["repository"],
+        "ghcr.io/chatcluster/chat-server"
+    );
+    assert_eq!(spec["rateLimit"], json!({"perSecond": 10, "burst": 20}));
+    assert_eq!(spec["shutdownGraceSeconds"], 25);
+    assert_eq!(spec["service"], json!({"type": "ClusterIP", "port": 80}));
+    assert_eq!(spec["mongodb"]["database"], "chat");
+    assert_eq!(spec["logLevel"], "info");
+}
+
+/// Each invalid spec, and the message the API server answers with: for the
+/// CEL rules, the message docs/operator.md documents.
+#[tokio::test]
+async fn invalid_chatclusters_are_refused_with_the_documented_messages() {
+    let server = shared();
+    let client = server.admin().await;
+    let namespace = "invalid";
+    create_namespace(&client, namespace).await;
+    let api = raw_chatclusters(&client, namespace);
+    let reference = json!({"name": "s", "key": "k"});
+    let too_many_origins: Vec<String> = (0..65)
+        .map(|i| format!("https://chat{i}.example.com"))
+        .collect();
+    let cases = [
+        (
+            json!({"redis": {"managed": {}, "external": {"urlSecretRef": reference}}}),
+            "set redis.managed or redis.external, not both",
+        ),
+        (
+            json!({"mongodb": {"managed": {}, "external": {"uriSecretRef": reference}}}),
+            "set mongodb.managed or mongodb.external, not both",
+        ),
+        (
+            json!({"mongodb": {"managed": {"members": 2}}}),
+            "mongodb.managed.members must be odd (1, 3, 5 or 7) so a majority exists",
+        ),
+        (
+            json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}),
+            "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+        ),
+        (
+            json!({"corsOrigins": ["https://chat.example.com/app"]}),
+            "corsOrigins must be origins like https://chat.example.com",
+        ),
+        (
+            json!({"service": {"type": "ClusterIP", "nodePort": 30080}}),
+            "service.nodePort needs service.type NodePort or LoadBalancer",
+        ),
+        (
+            json!({"replicas": 101}),
+            "spec.replicas: Invalid value: 101: spec.replicas in body should be less than or equal to 100",
+        ),
+        (
+            json!({"replicas": -1}),
+            "spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 0",
+        ),
+        (
+            json!({"mongodb": {"managed": {"members": 9}}}),
+            "spec.mongodb.managed.members in body should be less than or equal to 7",
+        ),
+        (
+            json!({"corsOrigins": too_many_origins}),
+            "spec.corsOrigins: Too many: 65: must have at most 64 items",
+        ),
+        (
+            json!({"corsOrigins": [format!("https://{}.example.com", "a".repeat(300))]}),
+            "spec.corsOrigins[0]: Too long: may not be more than 270 bytes",
+        ),
+        (
+            json!({"logLevel": "loud"}),
+            "spec.logLevel: Unsupported value: \"loud\"",
+        ),
+        (
+            json!({"replicas": "three"}),
+            "spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer",
+        ),
+    ];
+    let docs = std::fs::read_to_string(repository().join("docs/operator.md")).unwrap();
+    for (spec, message) in cases {
+        let refused = api
+            .create(
+                &PostParams::default(),
+                &chatcluster("invalid", spec.clone()),
+            )
+            .await
+            .map(|_| ())
+            .expect_err(&format!("accepted {spec}"));
+        let kube::Error::Api(status) = &refused else {
+            panic!("{spec}: {refused}");
+        };
+        assert_eq!(status.code, 422, "{spec}: {status:?}");
+        assert!(
+            status.message.contains(message),
+            "{spec}: wanted {message:?} in {:?}",
+            status.message
+        );
+        if !message.starts_with("spec.") {
+            assert!(docs.contains(message), "docs/operator.md lacks {message:?}");
+        }
+    }
+
+    // Each bound also holds for an update, and for the scale subresource.
+    api.create(&PostParams::default(), &chatcluster("valid", json!({})))
+        .await
+        .unwrap();
+    let refused = api
+        .patch(
+            "valid",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": {"minReplicas": 9, "maxReplicas": 2}}})),
+        )
+        .await
+        .map(|_| ())
+        .expect_err("an invalid update is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
+        "{refused}"
+    );
+    let refused = api
+        .patch_scale(
+            "valid",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 500}})),
+        )
+        .await
+        .map(|_| ())
+        .expect_err("scaling beyond the range is refused");
+    assert!(
+        refused.to_string().contains("less than or equal to 100"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn status_scale_generation_and_pruning_behave_as_the_controller_assumes() {
+    let server = shared();
+    let client = server.admin().await;
+    let namespace = "subresources";
+    create_namespace(&client, namespace).await;
+    let api = raw_chatclusters(&client, namespace);
+
+    // Unknown fields are pruned, at the top of the spec and inside it.
+    let created = api
+        .create(
+            &PostParams::default(),
+            &chatcluster(
+                "chat",
+                json!({"replicas": 2, "colour": "blue", "redis": {"managed": {"flavour": "x"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(created.data["spec"].get("colour").is_none());
+    assert!(
+        created.data["spec"]["redis"]["managed"]
+            .get("flavour")
+            .is_none()
+    );
+    assert_eq!(created.metadata.generation, Some(1));
+
+    // Status through server-side apply on the status subresource, under the
+    // operator's field manager: the spec's generation does not move.
+    let status = json!({
+        "apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster",
+        "status": {"observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "phase": "Running",
+                   "selector": "app.kubernetes.io/instance=chat,app.kubernetes.io/component=server",
+                   "conditions": []},
+    });
+    let apply = PatchParams::apply("chat-operator").force();
+    let written = api
+        .patch_status("chat", &apply, &Patch::Apply(&status))
+        .await
+        .unwrap();
+    assert_eq!(written.metadata.generation, Some(1));
+    assert_eq!(written.data["status"]["phase"], "Running");
+    let managers: Vec<(String, Option<String>)> = written
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| (m.manager.clone().unwrap_or_default(), m.subresource.clone()))
+        .collect();
+    assert!(
+        managers.contains(&("chat-operator".to_owned(), Some("status".to_owned()))),
+        "{managers:?}"
+    );
+    // The same status again writes nothing: the controller's idempotent
+    // status never wakes a watcher.
+    let again = api
+        .patch_status("chat", &apply, &Patch::Apply(&status))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.resource_version,
+        written.metadata.resource_version
+    );
+    // A spec write through the main resource cannot change the status.
+    let ignored = api
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Degraded"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ignored.data["status"]["phase"], "Running");
+
+    // Labels and annotations do not move the generation; spec changes do.
+    let labelled = api
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "chat"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(labelled.metadata.generation, Some(1));
+    let changed = api
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"logLevel": "debug"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.metadata.generation, Some(2));
+
+    // The scale subresource: what `kubectl scale` and an HPA use.
+    let scale = api.get_scale("chat").await.unwrap();
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(2));
+    let scale_status = scale.status.unwrap();
+    assert_eq!(scale_status.replicas, 2);
+    assert_eq!(
+        scale_status.selector.as_deref(),
+        Some("app.kubernetes.io/instance=chat,app.kubernetes.io/component=server")
+    );
+    api.patch_scale(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 5}})),
+    )
+    .await
+    .unwrap();
+    let scaled = api.get("chat").await.unwrap();
+    assert_eq!(scaled.data["spec"]["replicas"], 5);
+    assert_eq!(scaled.metadata.generation, Some(3));
+}
+
+/// `chat-operator run` as a process, killed when the test ends.
+struct Operator {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Operator {
+    fn start(kubeconfig: &Path, log: PathBuf, args: &[&str]) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
+            .args(["run", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("CHAT_OPERATOR_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Operator { child, port, log }
+    }
+
+    /// The status code and body of GET `path` on the operator's endpoint.
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let code = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response.split("\r\n\r\n").nth(1)?.to_owned();
+        Some((code, body))
+    }
+
+    /// The value of a metric without labels.
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await.expect("the operator's /metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Applies every object of manifests/operator.yaml but the operator's own
+/// Deployment and Service (no pods run here): the namespace, ServiceAccount
+/// and RBAC exactly as users install them.
+async fn install_operator_rbac(client: &Client) {
+    for object in yaml_documents(&repository().join("manifests/operator.yaml")) {
+        let kind = object["kind"].as_str().unwrap();
+        if matches!(kind, "Deployment" | "Service") {
+            continue;
+        }
+        let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
+            Some((group, version)) => (group, version),
+            None => ("", object["apiVersion"].as_str().unwrap()),
+        };
+        let (resource, capabilities) =
+            pinned_kind(client, &GroupVersionKind::gvk(group, version, kind))
+                .await
+                .unwrap();
+        let api: Api<DynamicObject> =
+            match (capabilities.scope, object["metadata"]["namespace"].as_str()) {
+                (kube::discovery::Scope::Namespaced, Some(namespace)) => {
+                    Api::namespaced_with(client.clone(), namespace, &resource)
+                }
+                _ => Api::all_with(client.clone(), &resource),
+            };
+        let name = object["metadata"]["name"].as_str().unwrap();
+        api.patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
+    }
+}
+
+/// A token of the operator's ServiceAccount, as a pod of it would mount.
+async fn operator_token(client: &Client) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "chat-operator");
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}
+    }))
+    .unwrap();
+    let issued: TokenRequest = accounts
+        .create_subresource("token", "chat-operator", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    issued.status.and_then(|s| s.token).expect("a token")
+}
+
+/// The children the operator made for `instance`: `Kind/name` with their
+/// resourceVersion, every one owned by the ChatCluster.
+async fn children(
+    client: &Client,
+    namespace: &str,
+    instance: &str,
+    owner: &str,
+) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (api_version, kind, _) in chat_operator::controller::objects::CHILD_KINDS {
+        let Some(resource) = chat_operator::controller::objects::api_resource(api_version, kind)
+        else {
+            continue;
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+        let selector = format!(
+            "app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by=chat-operator"
+        );
+        let Ok(list) = api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+        else {
+            continue; // an API this server lacks (ServiceMonitor)
+        };
+        for item in list.items {
+            let owned = item
+                .owner_references()
+                .iter()
+                .any(|o| o.uid == owner && o.controller == Some(true));
+            assert!(
+                owned,
+                "{kind}/{} is not owned by the ChatCluster",
+                item.name_any()
+            );
+            found.push((
+                format!("{kind}/{}", item.name_any()),
+                item.resource_version().unwrap_or_default(),
+            ));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The reasons of the events about `name` in `namespace`.
+async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    let mut reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    reasons
+}
+
+#[tokio::test]
+async fn the_operator_reconciles_through_real_admission_with_its_own_rbac() {
+    // A server of its own: the operator watches every namespace, and what it
+    // does here must not mix with the other tests' ChatClusters.
+    let server = start_with_crd();
+    let admin = server.admin().await;
+    install_operator_rbac(&admin).await;
+    let token = operator_token(&admin).await;
+    let kubeconfig = server.write_kubeconfig("chat-operator", &token);
+    let mut operator = Operator::start(
+        &kubeconfig,
+        server.dir.join("operator.log"),
+        &[
+            "--lease-namespace",
+            "chat-operator",
+            "--identity",
+            "operator-under-test",
+        ],
+    );
+    wait_for(
+        "the operator to be ready and lead",
+        Duration::from_secs(60),
+        || {
+            let operator = &operator;
+            async move {
+                let ready = operator.get("/readyz").await?.0 == 200;
+                (ready && operator.metric("chat_operator_leader").await == 1.0).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Every option on: the full example with its Secret.
+    let namespace = "chat";
+    create_namespace(&admin, namespace).await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), namespace);
+    let keys: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "chat-keys"},
+        "stringData": {"jwt": "a-jwt-signing-key-of-at-least-32-bytes!!"},
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &keys).await.unwrap();
+    let example = yaml_documents(&repository().join("manifests/examples/full.yaml")).remove(0);
+    let api = raw_chatclusters(&admin, namespace);
+    let created = api
+        .create(
+            &PostParams::default(),
+            &chatcluster("chat", example["spec"].clone()),
+        )
+        .await
+        .unwrap();
+    let uid = created.uid().unwrap();
+
+    let status = wait_for("the operator's status", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let status = api.get("chat").await.ok()?.data["status"].clone();
+            (status["observedGeneration"] == 1 && status["phase"] != "Pending").then_some(status)
+        }
+    })
+    .await;
+    // No controller-manager runs here: the Deployment exists, no pod does.
+    assert_eq!(status["readyReplicas"], 0, "{status}");
+    assert_eq!(
+        status["selector"],
+        "app.kubernetes.io/component=server,app.kubernetes.io/instance=chat,app.kubernetes.io/name=chatcluster",
+        "{status}"
+    );
+
+    let made = children(&admin, namespace, "chat", &uid).await;
+    let kinds: Vec<&str> = made.iter().map(|(k, _)| k.as_str()).collect();
+    for wanted in [
+        "Deployment/chat",
+        "ConfigMap/chat-config",
+        "HorizontalPodAutoscaler/chat",
+        "Ingress/chat",
+        "PodDisruptionBudget/chat",
+    ] {
+        assert!(kinds.contains(&wanted), "{wanted} missing from {kinds:?}");
+    }
+    for kind in ["StatefulSet/", "Service/", "Job/"] {
+        assert!(
+            kinds.iter().any(|k| k.starts_with(kind)),
+            "no {kind} in {kinds:?}"
+        );
+    }
+
+    // What this server lacks: the Prometheus Operator's ServiceMonitor API.
+    // Reported once as an event; everything else is applied.
+    let reasons = wait_for("the operator's events", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        async move {
+            let reasons = event_reasons(&admin, namespace, "chat").await;
+            reasons
+                .iter()
+                .any(|r| r == "ServiceMonitorUnavailable")
+                .then_some(reasons)
+        }
+    })
+    .await;
+    assert!(reasons.contains(&"Applied".to_owned()), "{reasons:?}");
+    assert!(
+        !reasons.contains(&"ReconcileFailed".to_owned()),
+        "{reasons:?}\n{}",
+        operator.log()
+    );
+
+    // Settled: with what the API server defaulted in, the children compare
+    // equal to the desired ones, so a reconcile writes nothing and nothing
+    // wakes the controller again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = children(&admin, namespace, "chat", &uid).await;
+    let reconciles = operator.metric("chat_operator_reconciles_total").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        children(&admin, namespace, "chat", &uid).await,
+        before,
+        "children rewritten while settled"
+    );
+    assert_eq!(
+        operator.metric("chat_operator_reconciles_total").await,
+        reconciles,
+        "the controller keeps waking itself:\n{}",
+        operator.log()
+    );
+
+    // Drift is put back: someone edits the ConfigMap by hand.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(admin.clone(), namespace);
+    let original = configmaps.get("chat-config").await.unwrap().data.unwrap();
+    configmaps
+        .patch(
+            "chat-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"CHAT_RATE_LIMIT_PER_SEC": "100000"}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the edited ConfigMap to be put back", Duration::from_secs(30), || {
+        let configmaps = configmaps.clone();
+        let original = original.clone();
+        async move { (configmaps.get("chat-config").await.ok()?.data? == original).then_some(()) }
+    })
+    .await;
+
+    // A spec change reaches the pods' configuration and the status.
+    api.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"logLevel": "debug"}})),
+    )
+    .await
+    .unwrap();
+    wait_for("the new log level", Duration::from_secs(30), || {
+        let configmaps = configmaps.clone();
+        let api = api.clone();
+        async move {
+            let data = configmaps.get("chat-config").await.ok()?.data?;
+            let observed = api.get("chat").await.ok()?.data["status"]["observedGeneration"].clone();
+            (data.get("RUST_LOG").is_some_and(|v| v.contains("debug")) && observed == 2)
+                .then_some(())
+        }
+    })
+    .await;
+
+    assert!(
+        operator.running(),
+        "the operator exited:\n{}",
+        operator.log()
+    );
+    let (_, metrics) = operator.get("/metrics").await.unwrap();
+    assert!(
+        !metrics.contains("chat_operator_reconcile_errors_total{"),
+        "reconcile errors:\n{metrics}\n{}",
+        operator.log()
+    );
+    let log = operator.log();
+    assert!(!log.contains(&token), "the operator logged its token");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// An API server without the ChatCluster CRD: the operator says so, is not
+/// ready, keeps retrying without exiting or spinning, and starts working once
+/// the CRD is installed.
+#[tokio::test]
+async fn the_operator_waits_for_the_crd_and_says_so() {
+    // Its own thread, as for the shared one: it waits with a runtime of its own.
+    let bare = std::thread::spawn(ApiServer::start).join().unwrap();
+    let admin = bare.admin().await;
+    let mut operator = Operator::start(
+        &bare.admin_kubeconfig(),
+        bare.dir.join("operator.log"),
+        &["--leader-election", "false"],
+    );
+    wait_for(
+        "the operator to say why it waits",
+        Duration::from_secs(30),
+        || {
+            let log = operator.log();
+            async move { log.contains("is the CRD installed?").then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(operator.get("/healthz").await.map(|r| r.0), Some(200));
+    let (code, body) = operator.get("/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        operator.running(),
+        "the operator exited:\n{}",
+        operator.log()
+    );
+    let attempts = operator.log().matches("is the CRD installed?").count();
+    assert!(
+        (1..=3).contains(&attempts),
+        "one attempt every 5 s, not a spin: {attempts} in ~7 s"
+    );
+
+    install_crd(&admin).await;
+    wait_for(
+        "the operator to become ready",
+        Duration::from_secs(30),
+        || {
+            let operator = &operator;
+            async move { (operator.get("/readyz").await?.0 == 200).then_some(()) }
+        },
+    )
+    .await;
+    create_namespace(&admin, "late").await;
+    let api = raw_chatclusters(&admin, "late");
+    api.create(&PostParams::default(), &chatcluster("late", json!({})))
+        .await
+        .unwrap();
+    wait_for("the first reconcile", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move {
+            let status = api.get("late").await.ok()?.data["status"].clone();
+            (status["observedGeneration"] == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(operator.running());
+}
