@@ -25,8 +25,8 @@ echo "building kube-apiserver $kubernetes and etcd $(go list -m -f '{{.Version}}
 # The version Kubernetes' own build stamps in, so /version and the API
 # server's compatibility checks see a release, not v0.0.0-master.
 version=k8s.io/component-base/version
-go build -trimpath -o "$out/kube-apiserver" \
+go build -buildvcs=false -trimpath -o "$out/kube-apiserver" \
   -ldflags "-s -w -X $version.gitVersion=$kubernetes -X $version.gitMajor=$major -X $version.gitMinor=$minor" \
   k8s.io/kubernetes/cmd/kube-apiserver
-go build -trimpath -o "$out/etcd" -ldflags "-s -w" go.etcd.io/etcd/server/v3
+go build -buildvcs=false -trimpath -o "$out/etcd" -ldflags "-s -w" go.etcd.io/etcd/server/v3
 echo "$stamp" > "$out/stamp"

@@ -17,6 +17,9 @@ pub struct Observed {
     pub ready: i32,
     /// Pods already running the current template.
     pub updated: i32,
+    /// The Deployment gave up waiting for its rollout (its `Progressing`
+    /// condition is False: the progress deadline passed).
+    pub stalled: bool,
 }
 
 pub const AVAILABLE: &str = "Available";
@@ -33,7 +36,15 @@ pub fn status(cluster: &ChatCluster, observed: Option<Observed>, now: &str) -> C
     let rolled_out =
         observed.is_some() && seen.updated >= seen.desired && seen.ready >= seen.desired;
     let available = seen.ready > 0 || (observed.is_some() && seen.desired == 0);
-    let degraded = observed.is_some() && seen.desired > 0 && seen.ready == 0;
+    // No pod ready is a fault once pods had been ready (or the fault was
+    // already reported), or once the rollout is past its deadline; before
+    // that, a new cluster is still starting, not degraded.
+    let was_up = previous
+        .conditions
+        .iter()
+        .any(|c| c.status == "True" && (c.kind == AVAILABLE || c.kind == DEGRADED));
+    let degraded =
+        observed.is_some() && seen.desired > 0 && seen.ready == 0 && (was_up || seen.stalled);
     // Working towards the spec: not there yet, and not stuck with nothing ready.
     let progressing = observed.is_none() || (!rolled_out && !degraded);
 
@@ -78,7 +89,13 @@ pub fn status(cluster: &ChatCluster, observed: Option<Observed>, now: &str) -> C
             &previous,
             DEGRADED,
             degraded,
-            if degraded { "NoPodReady" } else { "AsExpected" },
+            if !degraded {
+                "AsExpected"
+            } else if seen.stalled {
+                "ProgressDeadlineExceeded"
+            } else {
+                "NoPodReady"
+            },
             &pods,
             now,
             generation,
@@ -146,6 +163,7 @@ mod tests {
                 desired: 3,
                 ready: 1,
                 updated: 1,
+                ..Default::default()
             }),
             "t0",
         );
@@ -158,23 +176,42 @@ mod tests {
                 desired: 3,
                 ready: 3,
                 updated: 3,
+                ..Default::default()
             }),
             "t0",
         );
         assert_eq!(running.phase, Phase::Running);
         assert_eq!(value(&running, PROGRESSING).reason, "RolloutComplete");
-        let down = status(
-            &demo,
-            Some(Observed {
-                desired: 3,
-                ready: 0,
-                updated: 3,
-            }),
-            "t0",
-        );
+
+        let none_ready = Observed {
+            desired: 3,
+            ready: 0,
+            updated: 3,
+            ..Default::default()
+        };
+        // A new cluster whose pods are still starting is not degraded.
+        let starting = status(&demo, Some(none_ready), "t0");
+        assert_eq!(starting.phase, Phase::Progressing);
+        assert_eq!(value(&starting, DEGRADED).status, "False");
+        // Pods that were ready and are no longer: degraded, and it stays so
+        // (the status is idempotent) until a pod is ready again.
+        let mut was_running = demo.clone();
+        was_running.status = Some(running);
+        let down = status(&was_running, Some(none_ready), "t1");
         assert_eq!(down.phase, Phase::Degraded);
         assert_eq!(value(&down, DEGRADED).status, "True");
         assert_eq!(value(&down, AVAILABLE).status, "False");
+        let mut still_down = demo.clone();
+        still_down.status = Some(down.clone());
+        assert_eq!(status(&still_down, Some(none_ready), "t2"), down);
+        // A rollout past its deadline with nothing ready: degraded too.
+        let stalled = Observed {
+            stalled: true,
+            ..none_ready
+        };
+        let stuck = status(&demo, Some(stalled), "t0");
+        assert_eq!(stuck.phase, Phase::Degraded);
+        assert_eq!(value(&stuck, DEGRADED).reason, "ProgressDeadlineExceeded");
         assert_eq!(
             status(&cluster(json!({"paused": true})), None, "t0").phase,
             Phase::Paused
@@ -189,6 +226,7 @@ mod tests {
                 desired: 3,
                 ready: 2,
                 updated: 3,
+                ..Default::default()
             }),
             "t0",
         );
@@ -219,6 +257,7 @@ mod tests {
             desired: 3,
             ready: 3,
             updated: 3,
+            ..Default::default()
         });
         let first = status(&demo, seen, "2026-11-23T10:00:00Z");
         demo.status = Some(first.clone());
@@ -238,6 +277,7 @@ mod tests {
                 desired: 3,
                 ready: 3,
                 updated: 3,
+                ..Default::default()
             }),
             "t1",
         ));
@@ -247,6 +287,7 @@ mod tests {
                 desired: 3,
                 ready: 0,
                 updated: 3,
+                ..Default::default()
             }),
             "t2",
         );

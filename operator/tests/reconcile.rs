@@ -162,13 +162,17 @@ impl FakeApi {
                         .pointer("/spec/replicas")
                         .cloned()
                         .unwrap_or(json!(1));
-                    let ready = if self.pods_stay_down.load(Ordering::SeqCst) {
-                        json!(0)
+                    let down = self.pods_stay_down.load(Ordering::SeqCst);
+                    let ready = if down { json!(0) } else { replicas.clone() };
+                    // Pods that never become ready: the rollout's deadline passes.
+                    let progressing = if down {
+                        json!({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"})
                     } else {
-                        replicas.clone()
+                        json!({"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"})
                     };
                     object["spec"]["revisionHistoryLimit"] = json!(10);
-                    object["status"] = json!({"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas});
+                    object["status"] = json!({"replicas": replicas, "readyReplicas": ready,
+                        "updatedReplicas": replicas, "conditions": [progressing]});
                 }
                 objects.insert(path, object.clone());
                 respond(StatusCode::OK, &object)
@@ -586,7 +590,7 @@ async fn a_service_monitor_is_applied_only_where_its_api_exists() {
 }
 
 #[tokio::test]
-async fn pods_down_reads_as_degraded_with_a_warning_event() {
+async fn pods_that_never_become_ready_read_as_degraded_with_a_warning_event() {
     let harness = Harness::new(json!({}));
     harness.api.pods_stay_down.store(true, Ordering::SeqCst);
     harness.settle().await;

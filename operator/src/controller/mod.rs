@@ -327,11 +327,18 @@ fn observed_pods(deployment: &Value) -> Observed {
             .and_then(Value::as_i64)
             .and_then(|n| i32::try_from(n).ok())
     };
+    let stalled = deployment
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Progressing" && c["status"] == "False");
     Observed {
         // The API server defaults `replicas` to 1.
         desired: int("/spec/replicas").unwrap_or(1),
         ready: int("/status/readyReplicas").unwrap_or(0),
         updated: int("/status/updatedReplicas").unwrap_or(0),
+        stalled,
     }
 }
 
@@ -575,9 +582,15 @@ mod tests {
             Observed {
                 desired: 3,
                 ready: 2,
-                updated: 3
+                updated: 3,
+                stalled: false
             }
         );
+        let past_deadline = json!({"spec": {"replicas": 3}, "status": {"conditions": [
+            {"type": "Available", "status": "False"},
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"},
+        ]}});
+        assert!(observed_pods(&past_deadline).stalled);
         assert_eq!(observed_pods(&json!({})).desired, 1);
     }
 

@@ -771,8 +771,10 @@ async fn the_operator_reconciles_through_real_admission_with_its_own_rbac() {
         }
     })
     .await;
-    // No controller-manager runs here: the Deployment exists, no pod does.
+    // No controller-manager runs here: the Deployment exists, no pod does,
+    // which reads as a cluster still starting, not a degraded one.
     assert_eq!(status["readyReplicas"], 0, "{status}");
+    assert_eq!(status["phase"], "Progressing", "{status}");
     assert_eq!(
         status["selector"],
         "app.kubernetes.io/component=server,app.kubernetes.io/instance=chat,app.kubernetes.io/name=chatcluster",
@@ -811,6 +813,7 @@ async fn the_operator_reconciles_through_real_admission_with_its_own_rbac() {
     })
     .await;
     assert!(reasons.contains(&"Applied".to_owned()), "{reasons:?}");
+    assert!(!reasons.contains(&"Degraded".to_owned()), "{reasons:?}");
     assert!(
         !reasons.contains(&"ReconcileFailed".to_owned()),
         "{reasons:?}\n{}",

@@ -37,7 +37,11 @@ impl Drop for ApiServer {
             let _ = process.kill();
             let _ = process.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // After a failure the logs are worth keeping; the next run removes
+        // them (see `fresh_dir`).
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
