@@ -36,7 +36,7 @@ PEER = ROOT / "bench" / "peers" / "socketio"
 RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
 MONGODB_DB = "bench"
-ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence"}
+ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "ceiling"}
 
 
 def raise_descriptor_limit() -> None:
@@ -68,6 +68,8 @@ class Processes:
 
     def __init__(self) -> None:
         self.running: list[subprocess.Popen] = []
+        # The shared services' process ids by name ("redis", "mongodb"), for CPU.
+        self.pids: dict[str, int] = {}
         self.dir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
 
     def start(self, args: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
@@ -100,8 +102,9 @@ class Processes:
 
 def redis(p: Processes) -> int:
     port = free_port()
-    p.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(p.dir)])
+    process = p.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(p.dir)])
+    p.pids["redis"] = process.pid
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
@@ -116,7 +119,8 @@ def mongodb(p: Processes) -> str:
     port = free_port()
     storage = p.dir / "secantus"
     storage.mkdir()
-    p.start([sys.executable, "-m", "secantus", "--port", str(port), "--storage-path", str(storage)])
+    process = p.start([sys.executable, "-m", "secantus", "--port", str(port), "--storage-path", str(storage)])
+    p.pids["mongodb"] = process.pid
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -180,7 +184,8 @@ def bench(servers: list[tuple[str, int]], protocol: str, **options) -> dict:
     for url, pid in servers:
         args += ["--url", url, "--server-pid", str(pid)]
     for key, value in options.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        for one in value if isinstance(value, list) else [value]:
+            args += [f"--{key.replace('_', '-')}", str(one)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     if result.returncode not in (0, 1):
         raise RuntimeError(f"chat-bench failed:\n{result.stderr[-3000:]}")
@@ -206,6 +211,44 @@ def scenario_fanout(system: str, connections: int, rate: float, duration: float)
             extra = {}
         return bench(servers, "chat" if system == "chatcluster" else "socketio",
                      connections=connections, rooms=50, users=50, rate=rate, duration=duration, **extra)
+
+
+def two_instances(p: Processes, system: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """Two instances of `system` sharing one Redis (and, for chatcluster, the
+    MongoDB stand-in), and the --cpu-pid arguments for those shared services."""
+    redis_port = redis(p)
+    servers = chat_servers(p, 2, redis_port, mongodb(p)) if system == "chatcluster" else peers(p, 2, redis_port)
+    return servers, [f"{name}={pid}" for name, pid in p.pids.items()]
+
+
+def scenario_efficiency(system: str, rate: float, connections: int, duration: float) -> dict:
+    """CPU per delivery of both instances and CPU per message of Redis (and of
+    the MongoDB stand-in) while messages flow, every room split over both."""
+    with Processes() as p:
+        servers, cpu = two_instances(p, system)
+        return bench(servers, "chat" if system == "chatcluster" else "socketio", connections=connections,
+                     rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
+
+
+CEILING_P99_MS = 25
+
+
+def scenario_ceiling(system: str, rates: list[float], connections: int, duration: float) -> dict:
+    """The highest of `rates` that two instances sustain with p99 at most
+    CEILING_P99_MS and every message delivered, trying them in turn."""
+    steps = []
+    with Processes() as p:
+        servers, cpu = two_instances(p, system)
+        for rate in rates:
+            result = bench(servers, "chat" if system == "chatcluster" else "socketio", connections=connections,
+                           rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
+            steps.append({k: result[k] for k in ["rate", "p99_ms", "delivered", "expected", "server_cpu_us_per_delivery"]})
+            print(f"  ceiling {system} {rate:>6.0f}/s: p99 {result['p99_ms']:.2f} ms, "
+                  f"{result['delivered']}/{result['expected']} delivered", flush=True)
+            if result["p99_ms"] > CEILING_P99_MS or result["delivered"] < result["expected"]:
+                break
+    sustained = [s["rate"] for s in steps if s["p99_ms"] <= CEILING_P99_MS and s["delivered"] >= s["expected"]]
+    return {"sustained_rate": max(sustained, default=None), "steps": steps}
 
 
 PERSIST_BATCH = 500  # the persist worker's batch (server/src/bus/redis.rs)
@@ -303,7 +346,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small and short, to try the harness")
     parser.add_argument("--scenarios", default=",".join(sorted(ALL_SCENARIOS)),
-                        help="comma-separated subset of idle,fanout,throughput,persistence "
+                        help="comma-separated subset of idle,fanout,throughput,persistence,efficiency,ceiling "
                              "(the others keep their figures in summary.json)")
     args = parser.parse_args()
     chosen = set(args.scenarios.split(","))
@@ -314,6 +357,9 @@ def main() -> None:
     raw.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
 
+    efficiency = dict(connections=200 if args.quick else 1000, duration=5 if args.quick else 20)
+    efficiency_rates = [250, 1000] if args.quick else [1000, 4000]
+    ceiling_rates = [500, 1000, 2000] if args.quick else [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000]
     persistence = dict(rate=2000 if args.quick else 6000, duration=5 if args.quick else 30,
                        baseline_seconds=3 if args.quick else 10)
     for repeat in range(args.repeats):
@@ -324,13 +370,26 @@ def main() -> None:
             if "fanout" in chosen:
                 print(f"[{repeat + 1}/{args.repeats}] {system}: fan-out {fanout}", flush=True)
                 runs.setdefault(f"fanout/{system}", []).append(scenario_fanout(system, **fanout))
-        if "persistence" in chosen:
-            print(f"[{repeat + 1}/{args.repeats}] chatcluster: persistence {persistence}", flush=True)
-            result = scenario_persistence(**persistence)
-            print(f"  pipeline {result['pipeline_per_sec'] or 0:.0f}/s, raw insert_many "
-                  f"{result['raw_insert_per_sec_before']:.0f}/s before and {result['raw_insert_per_sec_after']:.0f}/s "
-                  f"after, ratio {result['ratio'] or 0:.2f}", flush=True)
-            runs.setdefault("persistence/chatcluster", []).append(result)
+            if "efficiency" in chosen:
+                for rate in efficiency_rates:
+                    print(f"[{repeat + 1}/{args.repeats}] {system}: efficiency {rate}/s {efficiency}", flush=True)
+                    result = scenario_efficiency(system, rate, **efficiency)
+                    print(f"  server {result['server_cpu_us_per_delivery']:.2f} us/delivery, "
+                          f"per message {result['cpu_us_per_message']}, p99 {result['p99_ms']:.2f} ms, "
+                          f"{result['delivered']}/{result['expected']} delivered", flush=True)
+                    runs.setdefault(f"efficiency-{rate}/{system}", []).append(result)
+    if "ceiling" in chosen:
+        for system in ("chatcluster", "socketio"):
+            print(f"ceiling: {system}, two instances, p99 <= {CEILING_P99_MS} ms", flush=True)
+            runs[f"ceiling/{system}"] = [scenario_ceiling(system, ceiling_rates, efficiency["connections"],
+                                                          5 if args.quick else 10)]
+    for repeat in range(args.repeats if "persistence" in chosen else 0):
+        print(f"[{repeat + 1}/{args.repeats}] chatcluster: persistence {persistence}", flush=True)
+        result = scenario_persistence(**persistence)
+        print(f"  pipeline {result['pipeline_per_sec'] or 0:.0f}/s, raw insert_many "
+              f"{result['raw_insert_per_sec_before']:.0f}/s before and {result['raw_insert_per_sec_after']:.0f}/s "
+              f"after, ratio {result['ratio'] or 0:.2f}", flush=True)
+        runs.setdefault("persistence/chatcluster", []).append(result)
     rates = [250, 1000] if args.quick else [100, 250, 500, 1000, 2000, 4000, 8000, 16000]
     for name, with_redis in (("embedded", False), ("redis", True)):
         if "throughput" not in chosen:
@@ -355,6 +414,17 @@ def main() -> None:
         if name.startswith("persistence"):
             summary["scenarios"][name] = {k: median(results, k) for k in results[0]} | {"runs": len(results), "date": today}
             continue
+        if name.startswith("ceiling"):
+            summary["scenarios"][name] = results[0] | {"date": today}
+            continue
+        if name.startswith("efficiency"):
+            entry = {k: median(results, k) for k in ["server_cpu_us_per_delivery", "p50_ms", "p99_ms", "delivered",
+                                                       "expected", "errors", "deliveries_per_sec"]}
+            for service in ("redis", "mongodb"):
+                entry[f"{service}_cpu_us_per_message"] = median(
+                    [{"v": r["cpu_us_per_message"].get(service)} for r in results], "v")
+            summary["scenarios"][name] = entry | {"runs": len(results), "date": today}
+            continue
         if name.startswith("throughput"):
             sustained = [r for r in results if r["p99_ms"] <= 50 and r["delivered"] >= r["expected"]]
             summary["scenarios"][name] = {"steps": [{k: r[k] for k in ["rate", "p50_ms", "p99_ms", "deliveries_per_sec", "delivered", "expected"]} for r in results],
@@ -374,6 +444,15 @@ def main() -> None:
             summary["scenarios"][f"{scenario}/ratio"] = {
                 k: (theirs[k] / ours[k]) if ours.get(k) and theirs.get(k) else None
                 for k in ["p50_ms", "p99_ms", "same_server_p99_ms", "cross_server_p99_ms", "rss_per_connection_bytes"]
+            }
+    for rate in efficiency_rates:
+        ours = summary["scenarios"].get(f"efficiency-{rate}/chatcluster")
+        theirs = summary["scenarios"].get(f"efficiency-{rate}/socketio")
+        if ours and theirs:
+            # Ours over theirs: below 1 means less CPU than Socket.IO.
+            summary["scenarios"][f"efficiency-{rate}/ratio"] = {
+                k: (ours[k] / theirs[k]) if ours.get(k) is not None and theirs.get(k) else None
+                for k in ["server_cpu_us_per_delivery", "redis_cpu_us_per_message", "p99_ms"]
             }
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

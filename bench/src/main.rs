@@ -56,6 +56,10 @@ struct Args {
     /// PIDs of the servers (same order as --url), to report their memory per connection.
     #[arg(long = "server-pid")]
     server_pids: Vec<u32>,
+    /// Other processes whose CPU time to report while messages flow, as
+    /// LABEL=PID (e.g. redis=1234); repeat for several.
+    #[arg(long = "cpu-pid", value_parser = parse_labelled_pid)]
+    cpu_pids: Vec<(String, u32)>,
     /// Fail (exit 1) unless there were no errors and every message reached every member.
     #[arg(long)]
     require_complete: bool,
@@ -67,6 +71,30 @@ struct Args {
     /// for --duration seconds, to compare the persist pipeline with.
     #[arg(long, value_name = "MONGODB_URI")]
     insert_baseline: Option<String>,
+}
+
+fn parse_labelled_pid(text: &str) -> Result<(String, u32), String> {
+    let (label, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not LABEL=PID"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{pid:?} in {text:?} is not a process id"))?;
+    Ok((label.to_owned(), pid))
+}
+
+/// CPU seconds used so far by the servers (`server-0`, ...) and the other
+/// processes named with --cpu-pid.
+fn cpu_snapshot(args: &Args) -> Vec<(String, Option<f64>)> {
+    let servers = args
+        .server_pids
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| (format!("server-{i}"), *pid));
+    servers
+        .chain(args.cpu_pids.iter().cloned())
+        .map(|(label, pid)| (label, system::cpu_seconds(pid)))
+        .collect()
 }
 
 #[tokio::main]
@@ -261,7 +289,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         members[handle.room_index] += 1;
     }
 
-    // Send at the total rate, round-robin over the connections.
+    // Send at the total rate, round-robin over the connections. CPU is
+    // counted from here to the last delivery: set-up and sign-ins excluded.
+    let cpu_before = cpu_snapshot(&args);
     let sending = Instant::now();
     let mut sent = 0u64;
     let mut expected = 0u64;
@@ -306,6 +336,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu_used: Vec<(String, Option<f64>)> = cpu_before
+        .into_iter()
+        .zip(cpu_snapshot(&args))
+        .map(|((label, before), (_, after))| (label, after.zip(before).map(|(a, b)| a - b)))
+        .collect();
     let history = if args.history_requests > 0 && args.protocol == Protocol::Chat {
         // Connection i's account is a member of connection i's room.
         let readers: Vec<history::Reader> = (0..args.connections.min(rooms.len()))
@@ -354,6 +389,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Some((after.as_ref()?.saturating_sub(*before.as_ref()?)) as f64 / on_server as f64)
         })
         .collect();
+    let delivered_or_one = delivered.max(1) as f64;
+    let server_cpu: f64 = cpu_used
+        .iter()
+        .filter(|(label, _)| label.starts_with("server-"))
+        .filter_map(|(_, seconds)| *seconds)
+        .sum();
+    let cpu_seconds: serde_json::Map<String, serde_json::Value> = cpu_used
+        .iter()
+        .map(|(label, seconds)| (label.clone(), json!(seconds)))
+        .collect();
+    // The other processes (Redis, MongoDB) per message sent.
+    let cpu_us_per_message: serde_json::Map<String, serde_json::Value> = cpu_used
+        .iter()
+        .filter(|(label, _)| !label.starts_with("server-"))
+        .map(|(label, seconds)| {
+            let per = seconds.map(|s| s * 1e6 / sent.max(1) as f64);
+            (label.clone(), json!(per))
+        })
+        .collect();
     let summary = json!({
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
         "servers": servers.len(),
@@ -381,6 +435,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "cross_server_p99_ms": ms(cross_server.value_at_quantile(0.99)),
         "connect_p50_ms": ms(connect_times.value_at_quantile(0.50)),
         "connect_p99_ms": ms(connect_times.value_at_quantile(0.99)),
+        "cpu_seconds": cpu_seconds,
+        "server_cpu_us_per_delivery": server_cpu * 1e6 / delivered_or_one,
+        "cpu_us_per_message": cpu_us_per_message,
         "server_rss_bytes": loaded,
         "rss_per_connection_bytes": per_connection,
         "history_requests": history.as_ref().map_or(0, |h| h.len()),
