@@ -148,7 +148,8 @@ impl Chat {
             return Err(ChatError::NotSubscribed);
         }
         Self::take(&self.limiter, connection.user)?;
-        let dedupe = client_id.map(|c| format!("{}:{c}", connection.user));
+        // A client_id names one message of one sender in one room.
+        let dedupe = client_id.map(|c| format!("{room}:{}:{c}", connection.user));
         let draft = draft(room, &connection.author(), MessageKind::Text, content);
         Ok(self.bus.append(draft, dedupe).await?)
     }

@@ -47,12 +47,23 @@ const SESSION_TTL: Duration = Duration::from_secs(45);
 
 /// KEYS: seq, recent, stream, dedupe. ARGV: floor, head, tail, channel,
 /// recent length, dedupe ttl, whether to dedupe. Returns {status, payload}:
-/// 1 new, 0 a retry (payload is the first message), 2 the seq counter is
+/// 1 new, 0 a retry (payload is the first message), 3 a retry of a message no
+/// longer in the recent buffer (payload is its seq), 2 the seq counter is
 /// missing and the caller must pass the store's newest seq as the floor.
+///
+/// Every write here is also written to the AOF, so the script keeps each
+/// message once in the stream and once in the recent buffer and nothing
+/// more: the dedupe key holds only the seq, and the buffer is trimmed every
+/// 64 messages (it holds up to `recent length` + 63) and its expiry renewed
+/// at most once an hour, rather than on every message.
 const APPEND: &str = r"
 if ARGV[7] == '1' then
   local previous = redis.call('GET', KEYS[4])
-  if previous then return {0, previous} end
+  if previous then
+    local first = redis.call('ZRANGEBYSCORE', KEYS[2], previous, previous)
+    if first[1] then return {0, first[1]} end
+    return {3, previous}
+  end
 end
 local current = redis.call('GET', KEYS[1])
 if not current then
@@ -63,10 +74,12 @@ local seq = redis.call('INCR', KEYS[1])
 local payload = ARGV[2] .. seq .. ARGV[3]
 redis.call('XADD', KEYS[3], '*', 'm', payload)
 redis.call('ZADD', KEYS[2], seq, payload)
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[5]) + 1))
-redis.call('EXPIRE', KEYS[2], 86400)
+if seq % 64 == 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[5]) + 1))
+end
+if redis.call('TTL', KEYS[2]) < 82800 then redis.call('EXPIRE', KEYS[2], 86400) end
 redis.call('PUBLISH', ARGV[4], payload)
-if ARGV[7] == '1' then redis.call('SET', KEYS[4], payload, 'EX', ARGV[6]) end
+if ARGV[7] == '1' then redis.call('SET', KEYS[4], seq, 'EX', ARGV[6]) end
 return {1, payload}
 ";
 
@@ -268,6 +281,22 @@ impl RedisBus {
         unavailable(error)
     }
 
+    /// The message a retry names by its seq, once it has left the recent
+    /// buffer: from the store, where it is unless the persist stream has not
+    /// reached it yet (then the client is asked to retry later).
+    async fn retried(&self, room: Id, seq: &str) -> Result<Message, BusError> {
+        let seq: u64 = seq
+            .parse()
+            .map_err(|_| BusError::Internal(format!("corrupt dedupe entry {seq:?}")))?;
+        self.missed(room, seq.saturating_sub(1), seq)
+            .await?
+            .into_iter()
+            .find(|message| message.seq == seq)
+            .ok_or_else(|| {
+                BusError::Unavailable("the original of this retry is not stored yet".into())
+            })
+    }
+
     async fn publish(&self, room: Id, payload: &str) -> redis::RedisResult<()> {
         let mut commands = self.commands.clone();
         commands.publish::<_, _, ()>(channel(room), payload).await
@@ -308,6 +337,9 @@ impl Bus for RedisBus {
                 // from what the store holds, never reusing a seq.
                 floor = i64::try_from(self.store.newest_seq(room).await?).unwrap_or(i64::MAX);
                 continue;
+            }
+            if status == 3 {
+                return self.retried(room, &payload).await;
             }
             return parse_message(&payload);
         }

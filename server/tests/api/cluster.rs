@@ -288,6 +288,83 @@ async fn resume_on_another_pod_without_gap_or_duplicate() {
     bob_ws.no_message_within(Duration::from_millis(300)).await;
 }
 
+/// Redis keeps only the seq under a retry's dedupe key; the message itself
+/// comes from the recent buffer or, once it has left it, from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_acked_the_same_after_its_message_left_the_recent_buffer() {
+    let cluster = cluster(2, None).await;
+    let Pair {
+        bob,
+        room,
+        mut alice_ws,
+        ..
+    } = alice_and_bob(&cluster, "retried").await;
+    let frame =
+        json!({"type": "message", "room_id": room, "content": "original", "client_id": "r-1"});
+    alice_ws.send(frame.clone()).await;
+    let first = alice_ws.next_of("ack").await;
+    alice_ws.send(frame.clone()).await;
+    assert_eq!(
+        alice_ws.next_of("ack").await,
+        first,
+        "from the recent buffer"
+    );
+
+    let stored = |page: &Value| {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["content"] == "original")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = cluster.pods[1]
+            .get(&format!("/api/rooms/{room}/messages"), &bob.token)
+            .await;
+        if stored(&page) == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never persisted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // As if a thousand newer messages had pushed it out of the buffer.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis.port)).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("chat:room:{room}:recent"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    alice_ws.send(frame).await;
+    assert_eq!(alice_ws.next_of("ack").await, first, "from the store");
+
+    // The same client_id in another room is another message.
+    let other = cluster.pods[0].room(&bob, "elsewhere", false).await;
+    let mut bob_ws = WsClient::connect(&cluster.pods[0], &ws_query(&bob, Some(&other)))
+        .await
+        .unwrap();
+    bob_ws.next_of("joined").await;
+    let in_room =
+        json!({"type": "message", "room_id": room, "content": "bob's", "client_id": "r-2"});
+    let in_other =
+        json!({"type": "message", "room_id": other, "content": "bob's", "client_id": "r-2"});
+    bob_ws.send(json!({"type": "join", "room_id": room})).await;
+    bob_ws.next_of("joined").await;
+    bob_ws.send(in_room).await;
+    let here = bob_ws.next_of("ack").await;
+    bob_ws.send(in_other).await;
+    let there = bob_ws.next_of("ack").await;
+    assert_ne!(here["id"], there["id"]);
+    assert_eq!(there["room_id"], other.as_str());
+
+    let (_, page) = cluster.pods[0]
+        .get(&format!("/api/rooms/{room}/messages"), &bob.token)
+        .await;
+    assert_eq!(stored(&page), 1, "the retries stored nothing new");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_pod_delivery_resumes_after_a_redis_restart() {
     let mut cluster = cluster(2, None).await;
