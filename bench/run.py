@@ -201,14 +201,9 @@ def scenario_idle(system: str, connections: int) -> dict:
 
 def scenario_fanout(system: str, connections: int, rate: float, duration: float) -> dict:
     with Processes() as p:
-        redis_port = redis(p)
-        if system == "chatcluster":
-            servers = chat_servers(p, 2, redis_port, mongodb(p))
-            # Then history pages of the rooms just written (the peer keeps none).
-            extra = {"history_requests": 200}
-        else:
-            servers = peers(p, 2, redis_port)
-            extra = {}
+        servers, _ = two_instances(p, system)
+        # Then history pages of the rooms just written (the peer keeps none).
+        extra = {"history_requests": 200} if system == "chatcluster" else {}
         return bench(servers, "chat" if system == "chatcluster" else "socketio",
                      connections=connections, rooms=50, users=50, rate=rate, duration=duration, **extra)
 

@@ -548,10 +548,7 @@ impl Drop for Operator {
 
 impl Operator {
     fn start(kubeconfig: &Path, log: PathBuf, args: &[&str]) -> Operator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = server::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
             .args(["run", "--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(args)
