@@ -149,7 +149,7 @@ impl Chat {
         }
         Self::take(&self.limiter, connection.user)?;
         // A client_id names one message of one sender in one room.
-        let dedupe = client_id.map(|c| format!("{room}:{}:{c}", connection.user));
+        let dedupe = client_id.map(|c| format!("{}:{c}", connection.user));
         let draft = draft(room, &connection.author(), MessageKind::Text, content);
         Ok(self.bus.append(draft, dedupe).await?)
     }

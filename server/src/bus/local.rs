@@ -75,13 +75,14 @@ impl Bus for LocalBus {
     }
 
     async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, BusError> {
+        let room = draft.room_id;
+        let dedupe = dedupe.map(|key| format!("{room}:{key}"));
         if let Some(previous) = dedupe
             .as_ref()
             .and_then(|key| lock(&self.sent).map.get(key).cloned())
         {
             return Ok(previous);
         }
-        let room = draft.room_id;
         let sequencer = self.sequencer(room);
         let mut newest = sequencer.lock().await;
         let mut seq = match *newest {

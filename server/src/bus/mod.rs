@@ -31,7 +31,8 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Gives `draft` the room's next seq, makes it durable and delivers it to
     /// every subscriber of the room. With `dedupe` (the sender's id and
-    /// client_id), a retry returns the message stored the first time.
+    /// client_id, unique within the room), a retry returns the message stored
+    /// the first time.
     async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, BusError>;
 
     /// The newest seq of the room.

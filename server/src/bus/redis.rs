@@ -2,13 +2,15 @@
 //! chat pods.
 //!
 //! One Lua script does, atomically: dedupe by client_id, `INCR` the room's seq,
-//! `XADD` the message to the persistence stream, add it to the room's recent
-//! buffer and `PUBLISH` it. Because Redis runs scripts one at a time, every pod
-//! sees a room's messages in seq order. A message is acked once the script has
-//! run: it is in the stream (Redis with AOF keeps it through a restart), and the
-//! persist worker moves it into the store in batches with idempotent writes,
-//! claiming what a dead pod left pending. A pod subscribes only to the channels
-//! of rooms it has local subscribers in.
+//! `XADD` the message to the persistence stream, add it to the room's log (the
+//! recent messages `resume` reads) and `PUBLISH` it, for every message a pod's
+//! clients posted since its previous call (group commit). Because Redis runs
+//! scripts one at a time, every pod sees a room's messages in seq order. A
+//! message is acked once the script has run: it is in the stream (Redis with
+//! AOF keeps it through a restart), and the persist worker moves it into the
+//! store in batches with idempotent writes, claiming what a dead pod left
+//! pending. A pod subscribes only to the channels of rooms it has local
+//! subscribers in.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,9 +20,10 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::streams::{StreamId, StreamReadReply};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncCommands, Script};
 use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Bus, BusError, split_at_seq};
 use crate::metrics::Metrics;
@@ -33,66 +36,114 @@ use crate::ws::protocol::encode;
 /// The stream of acked messages waiting to be written to the store.
 pub const PERSIST_STREAM: &str = "chat:persist";
 const PERSIST_GROUP: &str = "chat-persist";
-/// Messages kept per room for fast resume.
+/// Messages kept in a room's log for fast resume (approximately: the
+/// stream is trimmed a node at a time).
 const RECENT_LEN: usize = 1000;
 /// How long a client_id is remembered for retries.
 const DEDUPE_TTL_SECS: u64 = 24 * 3600;
 /// Entries pending this long belong to a dead pod and are claimed.
 const CLAIM_IDLE_MS: u64 = 30_000;
-const PERSIST_BATCH: usize = 500;
+/// Stream entries per persist batch; each holds the messages of one append
+/// call, up to `APPEND_BATCH`.
+const PERSIST_BATCH: usize = 100;
 /// Each pod rewrites its sessions this often; a session not rewritten for
 /// `SESSION_TTL` belongs to a dead pod and is ignored.
 const SESSION_HEARTBEAT: Duration = Duration::from_secs(15);
 const SESSION_TTL: Duration = Duration::from_secs(45);
 
-/// KEYS: seq, recent, stream, dedupe. ARGV: floor, head, tail, channel,
-/// recent length, dedupe ttl, whether to dedupe. Returns {status, payload}:
-/// 1 new, 0 a retry (payload is the first message), 3 a retry of a message no
-/// longer in the recent buffer (payload is its seq), 2 the seq counter is
+/// Appends a batch of messages, in order.
+/// KEYS: the persist stream, then per message its room's seq, log and dedupe
+/// keys. ARGV: log length, dedupe ttl, then per message: floor, head, tail,
+/// channel, whether to dedupe. Returns per message {status, value}: 1 new
+/// (value is its seq), 0 a retry (value is the first message), 3 a retry of a
+/// message no longer in the log (value is its seq), 2 the seq counter is
 /// missing and the caller must pass the store's newest seq as the floor.
 ///
-/// Every write here is also written to the AOF, so the script keeps each
-/// message once in the stream and once in the recent buffer and nothing
-/// more: the dedupe key holds only the seq, and the buffer is trimmed every
-/// 64 messages (it holds up to `recent length` + 63) and its expiry renewed
-/// at most once an hour, rather than on every message.
+/// Redis spends more on each call (a read, a script set-up, an AOF write and
+/// a reply) than on the commands inside, so a pod sends what its clients
+/// posted meanwhile in one call, and the batch is one entry of the persist
+/// stream (payloads joined by newlines, which JSON escapes). The room's log
+/// is a stream whose ids are the seqs: `XADD` with an explicit id and
+/// approximate trimming costs less than a sorted set of whole payloads, and
+/// `resume` reads it with `XRANGE`. The dedupe key holds only the seq. The
+/// log's expiry is renewed when it is created and every 64 messages.
 const APPEND: &str = r"
-if ARGV[7] == '1' then
-  local previous = redis.call('GET', KEYS[4])
+local out, persisted = {}, {}
+local log_len, ttl = ARGV[1], ARGV[2]
+for i = 0, (#KEYS - 1) / 3 - 1 do
+  local seq_key, log_key, dedupe_key = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
+  local floor, dedupe = ARGV[3 + 5 * i], ARGV[7 + 5 * i] == '1'
+  local previous = dedupe and redis.call('GET', dedupe_key)
   if previous then
-    local first = redis.call('ZRANGEBYSCORE', KEYS[2], previous, previous)
-    if first[1] then return {0, first[1]} end
-    return {3, previous}
+    local first = redis.call('XRANGE', log_key, previous, previous)
+    if first[1] then
+      out[i + 1] = {0, first[1][2][2]}
+    else
+      out[i + 1] = {3, previous}
+    end
+  else
+    if floor ~= '-1' then redis.call('SET', seq_key, floor, 'NX') end
+    local seq = redis.call('INCR', seq_key)
+    if seq == 1 and floor == '-1' then
+      -- A new room, or Redis lost the counter: only the store can tell.
+      redis.call('DEL', seq_key)
+      out[i + 1] = {2, ''}
+    else
+      local payload = ARGV[4 + 5 * i] .. seq .. ARGV[5 + 5 * i]
+      persisted[#persisted + 1] = payload
+      local id = seq .. '-0'
+      local added = redis.pcall('XADD', log_key, 'MAXLEN', '~', log_len, id, 'm', payload)
+      if type(added) == 'table' and added.err then
+        -- The log outlived its counter and holds higher seqs: start it anew.
+        redis.call('DEL', log_key)
+        redis.call('XADD', log_key, id, 'm', payload)
+      end
+      if seq % 64 == 0 or redis.call('XLEN', log_key) == 1 then
+        redis.call('EXPIRE', log_key, ttl)
+      end
+      redis.call('PUBLISH', ARGV[6 + 5 * i], payload)
+      if dedupe then redis.call('SET', dedupe_key, seq, 'EX', ttl) end
+      out[i + 1] = {1, tostring(seq)}
+    end
   end
 end
-local current = redis.call('GET', KEYS[1])
-if not current then
-  if ARGV[1] == '-1' then return {2, ''} end
-  redis.call('SET', KEYS[1], ARGV[1])
+if persisted[1] then
+  redis.call('XADD', KEYS[1], '*', 'b', table.concat(persisted, '\n'))
 end
-local seq = redis.call('INCR', KEYS[1])
-local payload = ARGV[2] .. seq .. ARGV[3]
-redis.call('XADD', KEYS[3], '*', 'm', payload)
-redis.call('ZADD', KEYS[2], seq, payload)
-if seq % 64 == 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[5]) + 1))
-end
-if redis.call('TTL', KEYS[2]) < 82800 then redis.call('EXPIRE', KEYS[2], 86400) end
-redis.call('PUBLISH', ARGV[4], payload)
-if ARGV[7] == '1' then redis.call('SET', KEYS[4], seq, 'EX', ARGV[6]) end
-return {1, payload}
+return out
 ";
 
+/// The most messages one script call carries.
+const APPEND_BATCH: usize = 64;
+/// While messages keep coming, a pod calls the append script at most this
+/// often, so each call carries what arrived meanwhile; a message after a
+/// quiet spell goes out at once. A few milliseconds of latency under load
+/// buy Redis several times fewer calls, syscalls and AOF writes.
+const APPEND_LINGER: Duration = Duration::from_millis(2);
+
+// A room's keys share the room id as their hash tag, so in a Redis Cluster
+// they live on one shard with the room's channel.
+
 fn channel(room: Id) -> String {
-    format!("chat:room:{room}")
+    format!("chat:room:{{{room}}}")
 }
 
 fn seq_key(room: Id) -> String {
+    format!("chat:room:{{{room}}}:seq")
+}
+
+/// Before the keys had hash tags; read once when a room's counter is missing
+/// so an upgrade never reuses a seq acked but not yet persisted.
+fn legacy_seq_key(room: Id) -> String {
     format!("chat:room:{room}:seq")
 }
 
-fn recent_key(room: Id) -> String {
-    format!("chat:room:{room}:recent")
+fn log_key(room: Id) -> String {
+    format!("chat:room:{{{room}}}:log")
+}
+
+fn dedupe_key(room: Id, key: &str) -> String {
+    format!("chat:room:{{{room}}}:dedupe:{key}")
 }
 
 fn sessions_key(user: Id) -> String {
@@ -131,7 +182,8 @@ fn parse_message(payload: &str) -> Result<Message, BusError> {
 
 pub struct RedisBus {
     commands: ConnectionManager,
-    append: Script,
+    /// Messages waiting for the committer's next script call.
+    appends: mpsc::Sender<PendingAppend>,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     /// Rooms this pod wants, re-subscribed after a reconnect.
@@ -142,6 +194,17 @@ pub struct RedisBus {
     /// repair starts after the pub/sub connection was lost.
     delivered: Mutex<HashMap<Id, u64>>,
     metrics: Arc<Metrics>,
+}
+
+/// A message waiting for the committer, and where its outcome goes.
+struct PendingAppend {
+    room: Id,
+    head: String,
+    tail: String,
+    dedupe: Option<String>,
+    /// -1, or the seq to start the room's counter from if it is missing.
+    floor: i64,
+    done: oneshot::Sender<Result<(i64, String), BusError>>,
 }
 
 /// Frames on a room channel: messages carry a seq; `_evict` is a control frame.
@@ -193,9 +256,11 @@ impl RedisBus {
         let worker = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(unavailable)?;
+        let (appends, queue) = mpsc::channel(4 * APPEND_BATCH);
+        tokio::spawn(commit(commands.clone(), queue));
         let bus = Arc::new(Self {
             commands,
-            append: Script::new(APPEND),
+            appends,
             store,
             hub,
             wanted: Mutex::default(),
@@ -297,6 +362,19 @@ impl RedisBus {
             })
     }
 
+    /// Where a room's missing counter starts: the store's newest seq, or the
+    /// counter the previous key layout left if it is higher (acked messages
+    /// not persisted yet).
+    async fn seq_floor(&self, room: Id) -> Result<u64, BusError> {
+        let stored = self.store.newest_seq(room).await?;
+        let mut commands = self.commands.clone();
+        let legacy: Option<u64> = commands
+            .get(legacy_seq_key(room))
+            .await
+            .map_err(unavailable)?;
+        Ok(stored.max(legacy.unwrap_or(0)))
+    }
+
     async fn publish(&self, room: Id, payload: &str) -> redis::RedisResult<()> {
         let mut commands = self.commands.clone();
         commands.publish::<_, _, ()>(channel(room), payload).await
@@ -312,36 +390,35 @@ impl Bus for RedisBus {
     async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, BusError> {
         let room = draft.room_id;
         let (head, tail) = split_at_seq(&draft)?;
-        let dedupe_key = dedupe.map(|key| format!("chat:dedupe:{key}"));
         let mut floor: i64 = -1;
-        let mut commands = self.commands.clone();
         for _ in 0..3 {
-            let (status, payload): (i64, String) = self
-                .append
-                .key(seq_key(room))
-                .key(recent_key(room))
-                .key(PERSIST_STREAM)
-                .key(dedupe_key.as_deref().unwrap_or("chat:dedupe:-"))
-                .arg(floor)
-                .arg(&head)
-                .arg(&tail)
-                .arg(channel(room))
-                .arg(RECENT_LEN)
-                .arg(DEDUPE_TTL_SECS)
-                .arg(if dedupe_key.is_some() { "1" } else { "0" })
-                .invoke_async(&mut commands)
-                .await
-                .map_err(|e| self.failed(e))?;
-            if status == 2 {
+            let (done, outcome) = oneshot::channel();
+            let pending = PendingAppend {
+                room,
+                head: head.clone(),
+                tail: tail.clone(),
+                dedupe: dedupe.clone(),
+                floor,
+                done,
+            };
+            let stopped = || BusError::Internal("the redis committer stopped".into());
+            self.appends.send(pending).await.map_err(|_| stopped())?;
+            let (status, payload) = outcome.await.map_err(|_| stopped())?.inspect_err(|_| {
+                self.metrics.bus_errors.inc();
+            })?;
+            match status {
                 // First message since Redis lost or never had the counter: carry on
                 // from what the store holds, never reusing a seq.
-                floor = i64::try_from(self.store.newest_seq(room).await?).unwrap_or(i64::MAX);
-                continue;
+                2 => floor = i64::try_from(self.seq_floor(room).await?).unwrap_or(i64::MAX),
+                1 => {
+                    let seq = payload.parse().map_err(|_| {
+                        BusError::Internal(format!("the append script answered seq {payload:?}"))
+                    })?;
+                    return Ok(Message { seq, ..draft });
+                }
+                3 => return self.retried(room, &payload).await,
+                _ => return parse_message(&payload),
             }
-            if status == 3 {
-                return self.retried(room, &payload).await;
-            }
-            return parse_message(&payload);
         }
         Err(BusError::Internal(
             "the seq counter could not be initialised".into(),
@@ -354,7 +431,7 @@ impl Bus for RedisBus {
         match current {
             Some(seq) => Ok(seq),
             None => {
-                let stored = self.store.newest_seq(room).await?;
+                let stored = self.seq_floor(room).await?;
                 let _: bool = commands
                     .set_nx(seq_key(room), stored)
                     .await
@@ -373,13 +450,16 @@ impl Bus for RedisBus {
             return Ok(Vec::new());
         }
         let mut commands = self.commands.clone();
-        let recent: Vec<String> = commands
-            .zrangebyscore(recent_key(room), format!("({after}"), upto)
+        let recent: StreamRangeReply = commands
+            .xrange(log_key(room), after + 1, upto)
             .await
             .map_err(unavailable)?;
         let mut found = BTreeMap::new();
-        for payload in &recent {
-            let message = parse_message(payload)?;
+        for entry in &recent.ids {
+            let payload: String = entry.get("m").ok_or_else(|| {
+                BusError::Internal(format!("log entry {} has no message", entry.id))
+            })?;
+            let message = parse_message(&payload)?;
             found.insert(message.seq, message);
         }
         // The buffer holds the newest messages; older ones come from the store.
@@ -661,9 +741,14 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
         let mut ids = Vec::with_capacity(entries.len());
         let mut batch = Vec::with_capacity(entries.len());
         for entry in entries {
-            let payload: Option<String> = entry.get("m");
-            match payload.as_deref().map(parse_message) {
-                Some(Ok(message)) => batch.push(message),
+            // "b": the messages of one append call, one per line; "m": one
+            // message, as pods before group commit wrote them.
+            let payloads: Option<String> = entry.get("b").or_else(|| entry.get("m"));
+            let parsed: Option<Result<Vec<Message>, BusError>> = payloads
+                .as_deref()
+                .map(|payloads| payloads.split('\n').map(parse_message).collect());
+            match parsed {
+                Some(Ok(messages)) => batch.extend(messages),
                 // Unreadable entries can never be written; drop them rather than block the queue.
                 _ => {
                     tracing::error!(entry = %entry.id, "unreadable entry in the persist stream; dropped")
@@ -723,6 +808,70 @@ async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consume
                 drop(this);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Group commit: sends what clients posted since the previous call (at most
+/// `APPEND_LINGER` ago) as one script call, so under load Redis pays its
+/// per-call cost once for many messages.
+async fn commit(mut connection: ConnectionManager, mut queue: mpsc::Receiver<PendingAppend>) {
+    let script = Script::new(APPEND);
+    let mut batch = Vec::with_capacity(APPEND_BATCH);
+    let mut last_call: Option<tokio::time::Instant> = None;
+    while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+        if let Some(due) = last_call.map(|at| at + APPEND_LINGER)
+            && batch.len() < APPEND_BATCH
+            && tokio::time::Instant::now() < due
+        {
+            tokio::time::sleep_until(due).await;
+            while batch.len() < APPEND_BATCH {
+                match queue.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_call = Some(tokio::time::Instant::now());
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(PERSIST_STREAM)
+            .arg(RECENT_LEN)
+            .arg(DEDUPE_TTL_SECS);
+        for pending in &batch {
+            let room = pending.room;
+            invocation
+                .key(seq_key(room))
+                .key(log_key(room))
+                .key(dedupe_key(room, pending.dedupe.as_deref().unwrap_or("-")))
+                .arg(pending.floor)
+                .arg(&pending.head)
+                .arg(&pending.tail)
+                .arg(channel(room))
+                .arg(if pending.dedupe.is_some() { "1" } else { "0" });
+        }
+        let outcome: redis::RedisResult<Vec<(i64, String)>> =
+            invocation.invoke_async(&mut connection).await;
+        match outcome {
+            Ok(outcomes) if outcomes.len() == batch.len() => {
+                for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                    // The sender may have gone (its client left); the message stands.
+                    let _ = pending.done.send(Ok(outcome));
+                }
+            }
+            outcome => {
+                let error = match outcome {
+                    Err(e) => e.to_string(),
+                    Ok(outcomes) => format!(
+                        "the append script answered {} of {} messages",
+                        outcomes.len(),
+                        batch.len()
+                    ),
+                };
+                for pending in batch.drain(..) {
+                    let _ = pending.done.send(Err(BusError::Unavailable(error.clone())));
+                }
             }
         }
     }

@@ -124,7 +124,7 @@ async fn channel_subscribers(redis: &Process, room: &str) -> i64 {
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
         .arg("NUMSUB")
-        .arg(format!("chat:room:{room}"))
+        .arg(format!("chat:room:{{{room}}}"))
         .query_async(&mut connection)
         .await
         .unwrap();
@@ -333,7 +333,7 @@ async fn a_retry_is_acked_the_same_after_its_message_left_the_recent_buffer() {
     let client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis.port)).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("chat:room:{room}:recent"))
+        .arg(format!("chat:room:{{{room}}}:log"))
         .query_async(&mut connection)
         .await
         .unwrap();
@@ -714,4 +714,72 @@ async fn what_a_dead_pod_left_pending_is_persisted_by_another() {
         .await
         .unwrap();
     assert_eq!(pending[0], redis::Value::Int(0), "nothing left pending");
+}
+
+/// A room's counter lost or left under the old key layout: the next seq
+/// continues above every seq ever acked (the old counter may be ahead of the
+/// store), and a log that outlived its counter is started anew rather than
+/// refusing the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_counter_never_reuses_a_seq() {
+    let cluster = cluster(2, None).await;
+    let Pair {
+        bob,
+        room,
+        mut alice_ws,
+        mut bob_ws,
+        ..
+    } = alice_and_bob(&cluster, "counted").await;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis.port)).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let post = |content: &str| json!({"type": "message", "room_id": room, "content": content});
+
+    // An upgrade from the layout without hash tags, with acked messages up to
+    // seq 40 not persisted yet.
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("chat:room:{{{room}}}:seq"))
+        .cmd("SET")
+        .arg(format!("chat:room:{room}:seq"))
+        .arg(40)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    alice_ws.send(post("after the upgrade")).await;
+    assert_eq!(alice_ws.next_of("ack").await["seq"], 41);
+    let live = bob_ws.next_message().await;
+    assert_eq!(
+        (live["seq"].as_u64(), live["content"].as_str()),
+        (Some(41), Some("after the upgrade"))
+    );
+
+    // The counter lost while the log still holds seq 41.
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("chat:room:{{{room}}}:seq"))
+        .arg(format!("chat:room:{room}:seq"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("chat:room:{{{room}}}:log"))
+        .arg("900-0")
+        .arg("m")
+        .arg("{}")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    alice_ws.send(post("after the loss")).await;
+    let seq = alice_ws.next_of("ack").await["seq"].as_u64().unwrap();
+    assert!(seq > 41, "seq {seq} reused");
+    assert_eq!(bob_ws.next_message().await["content"], "after the loss");
+
+    // A resume from before it reads the renewed log.
+    let mut back = WsClient::connect(&cluster.pods[1], &ws_query(&bob, None))
+        .await
+        .unwrap();
+    back.send(json!({"type": "resume", "room_id": room, "last_seq": seq - 1}))
+        .await;
+    assert_eq!(back.next_of("resumed").await["last_seq"], seq);
+    assert_eq!(back.next_message().await["content"], "after the loss");
 }
