@@ -134,13 +134,20 @@ impl Config {
         }
 
         let redis_url = get("CHAT_REDIS_URL").map(Secret::new);
-        if let Some(url) = &redis_url {
-            redis::Client::open(url.expose()).map_err(|e| {
-                invalid(
-                    "CHAT_REDIS_URL",
-                    format!("not a Redis URL ({})", e.category()),
-                )
-            })?;
+        if let Some(urls) = &redis_url {
+            // One URL, or a comma-separated list of a Redis Cluster's seed nodes.
+            let mut seeds = urls.expose().split(',').map(str::trim).peekable();
+            if seeds.peek().is_none_or(|url| url.is_empty()) {
+                return Err(invalid("CHAT_REDIS_URL", "is empty"));
+            }
+            for url in seeds {
+                redis::Client::open(url).map_err(|e| {
+                    invalid(
+                        "CHAT_REDIS_URL",
+                        format!("not a Redis URL ({})", e.category()),
+                    )
+                })?;
+            }
         }
 
         let data_dir = PathBuf::from(get("CHAT_DATA_DIR").unwrap_or_else(|| "./data".into()));
@@ -345,6 +352,8 @@ mod tests {
             ("CHAT_MONGODB_URI", "postgres://x"),
             ("CHAT_MONGODB_DB", "a/b"),
             ("CHAT_REDIS_URL", "http://not-redis"),
+            ("CHAT_REDIS_URL", "redis://a:7000,http://b:7000"),
+            ("CHAT_REDIS_URL", " , "),
             ("CHAT_JWT_SECRET", "short"),
             ("CHAT_JWT_TTL_SECS", "ten"),
             ("CHAT_JWT_TTL_SECS", "0"),
@@ -364,6 +373,16 @@ mod tests {
                 config(&[(var, value)]).expect_err(&format!("{var}={value} should be refused"));
             assert_eq!(&err.var, var, "{var}={value} blamed {}", err.var);
         }
+    }
+
+    #[test]
+    fn a_redis_cluster_is_given_by_its_seed_nodes() {
+        let seeds = "redis://10.0.0.1:7000, redis://10.0.0.2:7000,redis://10.0.0.3:7000";
+        let config = config(&[("CHAT_REDIS_URL", seeds)]).unwrap();
+        assert_eq!(
+            config.redis_url.map(|url| url.expose().to_owned()),
+            Some(seeds.to_owned())
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::bus::Bus;
 use crate::store::Store;
 
 /// How long one dependency may take to answer a readiness check.
@@ -18,7 +19,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Health {
     store: Arc<dyn Store>,
-    redis: Option<redis::Client>,
+    bus: Arc<dyn Bus>,
     draining: AtomicBool,
 }
 
@@ -38,10 +39,10 @@ pub struct Check {
 }
 
 impl Health {
-    pub fn new(store: Arc<dyn Store>, redis: Option<redis::Client>) -> Self {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
         Self {
             store,
-            redis,
+            bus,
             draining: AtomicBool::new(false),
         }
     }
@@ -70,11 +71,11 @@ impl Health {
             }
         };
         let redis = async {
-            let client = self.redis.as_ref()?;
-            let result = tokio::time::timeout(CHECK_TIMEOUT, ping_redis(client)).await;
+            let result = tokio::time::timeout(CHECK_TIMEOUT, self.bus.ping()).await;
             let error = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("redis: {}", e.category())),
+                Ok(None) => return None,
+                Ok(Some(Ok(()))) => None,
+                Ok(Some(Err(e))) => Some(e.to_string()),
                 Err(_) => Some("redis: timed out".to_owned()),
             };
             Some(Check {
@@ -92,9 +93,4 @@ impl Health {
             checks,
         }
     }
-}
-
-async fn ping_redis(client: &redis::Client) -> redis::RedisResult<()> {
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    redis::cmd("PING").query_async::<()>(&mut connection).await
 }

@@ -10,9 +10,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::auth::TokenIssuer;
 use crate::auth::jwt::load_or_create_secret;
 use crate::auth::limits::LoginLimits;
-use crate::bus::Bus;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::RedisBus;
+use crate::bus::redis::connection::Target;
+use crate::bus::{Bus, BusError};
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::health::Health;
@@ -59,26 +60,23 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             })?
         }
     };
-    // Config validation already parsed the URL; opening a client does no I/O.
-    let redis = match &config.redis_url {
-        Some(url) => Some(
-            redis::Client::open(url.expose())
-                .map_err(|e| StoreError::Unavailable(format!("redis: {}", e.category())))?,
-        ),
-        None => None,
-    };
     let metrics = Arc::new(Metrics::new()?);
     let hub = Arc::new(Hub::default());
-    let bus: Arc<dyn Bus> = match &redis {
-        Some(client) => RedisBus::start(
-            client.clone(),
-            store.clone(),
-            hub.clone(),
-            &config.pod_name,
-            metrics.clone(),
-        )
-        .await
-        .map_err(StartError::Bus)?,
+    let bus: Arc<dyn Bus> = match &config.redis_url {
+        Some(url) => {
+            let target = Target::discover(url.expose()).await.map_err(|e| {
+                StartError::Bus(BusError::Unavailable(format!("redis: {}", e.category())))
+            })?;
+            RedisBus::start(
+                target,
+                store.clone(),
+                hub.clone(),
+                &config.pod_name,
+                metrics.clone(),
+            )
+            .await
+            .map_err(StartError::Bus)?
+        }
         None => Arc::new(LocalBus::new(
             store.clone(),
             hub.clone(),
@@ -89,7 +87,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let chat = Arc::new(Chat::new(
         store.clone(),
         hub,
-        bus,
+        bus.clone(),
         &config.pod_name,
         config.rate_limit_per_sec,
         config.rate_limit_burst,
@@ -100,7 +98,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         Arc::downgrade(&login_limits),
     ));
     Ok(AppState {
-        health: Arc::new(Health::new(store.clone(), redis)),
+        health: Arc::new(Health::new(store.clone(), bus.clone())),
         chat,
         pod: Arc::from(config.pod_name.as_str()),
         store,

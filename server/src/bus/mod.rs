@@ -29,6 +29,12 @@ pub enum BusError {
 pub trait Bus: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
+    /// Whether the shared service behind the bus answers, for readiness;
+    /// `None` when there is none.
+    async fn ping(&self) -> Option<Result<(), BusError>> {
+        None
+    }
+
     /// Gives `draft` the room's next seq, makes it durable and delivers it to
     /// every subscriber of the room. With `dedupe` (the sender's id and
     /// client_id, unique within the room), a retry returns the message stored

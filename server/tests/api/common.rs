@@ -160,6 +160,11 @@ pub fn start_redis() -> Process {
 /// A `redis-server` on `port`; with `dir`, durable (AOF fsynced every write) so a
 /// restart on the same port and directory keeps its data, like a production Redis.
 pub fn start_redis_on(port: u16, dir: Option<&std::path::Path>) -> Process {
+    start_redis_with(port, dir, &[])
+}
+
+/// [`start_redis_on`] with more `redis-server` arguments.
+pub fn start_redis_with(port: u16, dir: Option<&std::path::Path>, extra: &[&str]) -> Process {
     let mut command = Command::new("redis-server");
     command.args([
         "--port",
@@ -177,6 +182,7 @@ pub fn start_redis_on(port: u16, dir: Option<&std::path::Path>) -> Process {
         None => command.args(["--appendonly", "no"]),
     };
     let child = command
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server (installed by scripts/test.sh)");
@@ -186,6 +192,117 @@ pub fn start_redis_on(port: u16, dir: Option<&std::path::Path>) -> Process {
         "redis-server did not listen on {port}"
     );
     process
+}
+
+/// A Redis Cluster of three masters on free loopback ports, each durable like
+/// [`start_redis_on`] with a directory, so a master restarted on its port and
+/// directory comes back with its data and its slots.
+pub struct RedisCluster {
+    pub nodes: Vec<Process>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Process> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                Self::node(&dir, port)
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let created = create
+            .arg("--cluster-yes")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes, dir };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    fn node(dir: &tempfile::TempDir, port: u16) -> Process {
+        let node_dir = dir.path().join(port.to_string());
+        std::fs::create_dir_all(&node_dir).unwrap();
+        start_redis_with(
+            port,
+            Some(&node_dir),
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ],
+        )
+    }
+
+    /// Every node reports `cluster_state:ok`.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("run redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the redis cluster never became ok"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// `CHAT_REDIS_URL` for the cluster: every node as a seed.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node that serves `key`'s slot: the one that answers rather than
+    /// redirecting.
+    pub fn node_of(&self, key: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|node| {
+                let asked = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "exists", key])
+                    .output()
+                    .expect("run redis-cli");
+                !String::from_utf8_lossy(&asked.stdout).contains("MOVED")
+            })
+            .unwrap_or_else(|| panic!("no node serves {key}"))
+    }
+
+    /// Kills a master with SIGKILL and starts it again where it was.
+    pub fn restart(&mut self, index: usize) {
+        let port = self.nodes[index].port;
+        self.nodes[index].kill();
+        self.nodes[index] = Self::node(&self.dir, port);
+        self.wait_until_ok();
+    }
+
+    /// A plain connection to one node, for what a test checks there.
+    pub async fn node_connection(&self, index: usize) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.nodes[index].port))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
 }
 
 pub fn unique_db_name() -> String {

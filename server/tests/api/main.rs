@@ -8,4 +8,5 @@ mod cluster;
 mod history;
 mod operations;
 mod realtime;
+mod redis_cluster;
 mod rooms;

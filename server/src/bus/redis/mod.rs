@@ -1,16 +1,24 @@
 //! The Redis bus: sequencing, durable hand-off and cross-pod fan-out for many
-//! chat pods.
+//! chat pods, on one Redis or a Redis Cluster.
 //!
 //! One Lua script does, atomically: dedupe by client_id, `INCR` the room's seq,
-//! `XADD` the message to the persistence stream, add it to the room's log (the
-//! recent messages `resume` reads) and `PUBLISH` it, for every message a pod's
-//! clients posted since its previous call (group commit). Because Redis runs
-//! scripts one at a time, every pod sees a room's messages in seq order. A
-//! message is acked once the script has run: it is in the stream (Redis with
-//! AOF keeps it through a restart), and the persist worker moves it into the
-//! store in batches with idempotent writes, claiming what a dead pod left
-//! pending. A pod subscribes only to the channels of rooms it has local
-//! subscribers in.
+//! add the message to the room's log (the recent messages `resume` reads),
+//! queue it on the persist stream and publish it, for every message a pod's
+//! clients posted since its previous call (group commit, [`append`]). Because
+//! Redis runs scripts one at a time, every pod sees a room's messages in seq
+//! order. A message is acked once the script has run: it is in the stream
+//! (Redis with AOF keeps it through a restart), and the persist workers
+//! ([`persist`]) move it into the store in batches with idempotent writes,
+//! claiming what a dead pod left pending. A pod subscribes only to the
+//! channels of rooms it has local subscribers in. In a cluster a room's keys
+//! and its sharded channel live on one shard ([`keys`]), each shard has its
+//! own persist stream, and a message travels only through its room's shard
+//! ([`connection`]).
+
+mod append;
+pub mod connection;
+mod keys;
+mod persist;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -19,12 +27,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
+use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+use redis::streams::StreamRangeReply;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use self::append::{APPEND_BATCH, PendingAppend, commit, status};
+use self::connection::{Commands, Layout, PERSIST_STREAMS, Target};
+use self::keys::{channel, legacy_seq_key, log_key, room_of_channel, seq_key, sessions_key};
 use super::{Bus, BusError, split_at_seq};
 use crate::metrics::Metrics;
 use crate::model::{HistoryQuery, Id, Message};
@@ -33,122 +45,18 @@ use crate::sync::lock;
 use crate::ws::hub::{Hub, Outbound, Session};
 use crate::ws::protocol::encode;
 
-/// The stream of acked messages waiting to be written to the store.
-pub const PERSIST_STREAM: &str = "chat:persist";
-const PERSIST_GROUP: &str = "chat-persist";
-/// Messages kept in a room's log for fast resume (approximately: the
-/// stream is trimmed a node at a time).
-const RECENT_LEN: usize = 1000;
-/// How long a client_id is remembered for retries.
-const DEDUPE_TTL_SECS: u64 = 24 * 3600;
-/// Entries pending this long belong to a dead pod and are claimed.
-const CLAIM_IDLE_MS: u64 = 30_000;
-/// Stream entries per persist batch; each holds the messages of one append
-/// call, up to `APPEND_BATCH`.
-const PERSIST_BATCH: usize = 100;
+pub use self::connection::PERSIST_STREAM;
+
 /// Each pod rewrites its sessions this often; a session not rewritten for
 /// `SESSION_TTL` belongs to a dead pod and is ignored.
 const SESSION_HEARTBEAT: Duration = Duration::from_secs(15);
 const SESSION_TTL: Duration = Duration::from_secs(45);
-
-/// Appends a batch of messages, in order.
-/// KEYS: the persist stream, then per message its room's seq, log and dedupe
-/// keys. ARGV: log length, dedupe ttl, then per message: floor, head, tail,
-/// channel, whether to dedupe. Returns per message {status, value}: 1 new
-/// (value is its seq), 0 a retry (value is the first message), 3 a retry of a
-/// message no longer in the log (value is its seq), 2 the seq counter is
-/// missing and the caller must pass the store's newest seq as the floor.
-///
-/// Redis spends more on each call (a read, a script set-up, an AOF write and
-/// a reply) than on the commands inside, so a pod sends what its clients
-/// posted meanwhile in one call, and the batch is one entry of the persist
-/// stream (payloads joined by newlines, which JSON escapes). The room's log
-/// is a stream whose ids are the seqs: `XADD` with an explicit id and
-/// approximate trimming costs less than a sorted set of whole payloads, and
-/// `resume` reads it with `XRANGE`. The dedupe key holds only the seq. The
-/// log's expiry is renewed when it is created and every 64 messages.
-const APPEND: &str = r"
-local out, persisted = {}, {}
-local log_len, ttl = ARGV[1], ARGV[2]
-for i = 0, (#KEYS - 1) / 3 - 1 do
-  local seq_key, log_key, dedupe_key = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
-  local floor, dedupe = ARGV[3 + 5 * i], ARGV[7 + 5 * i] == '1'
-  local previous = dedupe and redis.call('GET', dedupe_key)
-  if previous then
-    local first = redis.call('XRANGE', log_key, previous, previous)
-    if first[1] then
-      out[i + 1] = {0, first[1][2][2]}
-    else
-      out[i + 1] = {3, previous}
-    end
-  else
-    if floor ~= '-1' then redis.call('SET', seq_key, floor, 'NX') end
-    local seq = redis.call('INCR', seq_key)
-    if seq == 1 and floor == '-1' then
-      -- A new room, or Redis lost the counter: only the store can tell.
-      redis.call('DEL', seq_key)
-      out[i + 1] = {2, ''}
-    else
-      local payload = ARGV[4 + 5 * i] .. seq .. ARGV[5 + 5 * i]
-      persisted[#persisted + 1] = payload
-      local id = seq .. '-0'
-      local added = redis.pcall('XADD', log_key, 'MAXLEN', '~', log_len, id, 'm', payload)
-      if type(added) == 'table' and added.err then
-        -- The log outlived its counter and holds higher seqs: start it anew.
-        redis.call('DEL', log_key)
-        redis.call('XADD', log_key, id, 'm', payload)
-      end
-      if seq % 64 == 0 or redis.call('XLEN', log_key) == 1 then
-        redis.call('EXPIRE', log_key, ttl)
-      end
-      redis.call('PUBLISH', ARGV[6 + 5 * i], payload)
-      if dedupe then redis.call('SET', dedupe_key, seq, 'EX', ttl) end
-      out[i + 1] = {1, tostring(seq)}
-    end
-  end
-end
-if persisted[1] then
-  redis.call('XADD', KEYS[1], '*', 'b', table.concat(persisted, '\n'))
-end
-return out
-";
-
-/// The most messages one script call carries.
-const APPEND_BATCH: usize = 64;
-/// While messages keep coming, a pod calls the append script at most this
-/// often, so each call carries what arrived meanwhile; a message after a
-/// quiet spell goes out at once. A few milliseconds of latency under load
-/// buy Redis several times fewer calls, syscalls and AOF writes.
-const APPEND_LINGER: Duration = Duration::from_millis(2);
-
-// A room's keys share the room id as their hash tag, so in a Redis Cluster
-// they live on one shard with the room's channel.
-
-fn channel(room: Id) -> String {
-    format!("chat:room:{{{room}}}")
-}
-
-fn seq_key(room: Id) -> String {
-    format!("chat:room:{{{room}}}:seq")
-}
-
-/// Before the keys had hash tags; read once when a room's counter is missing
-/// so an upgrade never reuses a seq acked but not yet persisted.
-fn legacy_seq_key(room: Id) -> String {
-    format!("chat:room:{room}:seq")
-}
-
-fn log_key(room: Id) -> String {
-    format!("chat:room:{{{room}}}:log")
-}
-
-fn dedupe_key(room: Id, key: &str) -> String {
-    format!("chat:room:{{{room}}}:dedupe:{key}")
-}
-
-fn sessions_key(user: Id) -> String {
-    format!("chat:sessions:{user}")
-}
+/// How often a pod in a cluster rereads the slot map and looks for persist
+/// streams it does not drain yet.
+const TOPOLOGY_REFRESH: Duration = Duration::from_secs(10);
+/// After a pub/sub connection to a node dropped, the resubscriptions redis-rs
+/// makes by itself within this long each repair their room.
+const REPAIR_WINDOW: Duration = Duration::from_secs(60);
 
 /// A session as stored in Redis: with the time its pod must refresh it by.
 #[derive(serde::Serialize, Deserialize)]
@@ -180,31 +88,51 @@ fn parse_message(payload: &str) -> Result<Message, BusError> {
         .map_err(|e| BusError::Internal(format!("corrupt message from redis: {e}")))
 }
 
+/// The pub/sub side: a dedicated connection on one Redis; on a cluster, a
+/// RESP3 cluster connection with sharded subscriptions.
+#[derive(Clone)]
+enum Subscriber {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+impl Subscriber {
+    async fn subscribe(&mut self, room: Id) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(sink) => sink.subscribe(channel(room)).await,
+            Self::Cluster(connection) => connection.ssubscribe(channel(room)).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, room: Id) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(sink) => sink.unsubscribe(channel(room)).await,
+            Self::Cluster(connection) => connection.sunsubscribe(channel(room)).await,
+        }
+    }
+}
+
 pub struct RedisBus {
-    commands: ConnectionManager,
+    target: Target,
+    commands: Commands,
+    layout: Arc<Layout>,
     /// Messages waiting for the committer's next script call.
     appends: mpsc::Sender<PendingAppend>,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    pod: String,
     /// Rooms this pod wants, re-subscribed after a reconnect.
     wanted: Mutex<HashSet<Id>>,
     /// The live pub/sub connection, absent while Redis is unreachable.
-    sink: Mutex<Option<PubSubSink>>,
+    sink: Mutex<Option<Subscriber>>,
     /// Per wanted room, the newest seq handed to local subscribers: where a
     /// repair starts after the pub/sub connection was lost.
     delivered: Mutex<HashMap<Id, u64>>,
+    /// The persist streams this pod runs a worker for.
+    workers: Mutex<HashSet<String>>,
+    /// Each persist stream's length, summed into the backlog gauge.
+    backlogs: Mutex<HashMap<String, i64>>,
     metrics: Arc<Metrics>,
-}
-
-/// A message waiting for the committer, and where its outcome goes.
-struct PendingAppend {
-    room: Id,
-    head: String,
-    tail: String,
-    dedupe: Option<String>,
-    /// -1, or the seq to start the room's counter from if it is missing.
-    floor: i64,
-    done: oneshot::Sender<Result<(i64, String), BusError>>,
 }
 
 /// Frames on a room channel: messages carry a seq; `_evict` is a control frame.
@@ -220,58 +148,92 @@ struct Envelope {
 }
 
 impl RedisBus {
-    /// Connects and starts the pub/sub listener and the persist worker. Fails
-    /// if Redis cannot be reached now; later outages are survived.
+    /// Connects and starts the pub/sub listener, the committer and the
+    /// persist workers. Fails if Redis cannot be reached now; later outages
+    /// are survived.
     pub async fn start(
-        client: redis::Client,
+        target: Target,
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         pod: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, BusError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let commands = ConnectionManager::new_with_config(client.clone(), config.clone())
-            .await
-            .map_err(unavailable)?;
-        let mut setup = commands.clone();
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(PERSIST_STREAM)
-            .arg(PERSIST_GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut setup)
-            .await;
-        if let Err(e) = created
-            && e.code() != Some("BUSYGROUP")
-        {
-            return Err(unavailable(e));
-        }
-        // A blocking XREADGROUP would stall every command multiplexed with it,
-        // so the worker has a connection of its own.
-        let worker = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(unavailable)?;
+        let mut commands = target.connect().await.map_err(unavailable)?;
+        let layout = Arc::new(Layout::of(&mut commands).await.map_err(unavailable)?);
         let (appends, queue) = mpsc::channel(4 * APPEND_BATCH);
-        tokio::spawn(commit(commands.clone(), queue));
+        tokio::spawn(commit(commands.clone(), layout.clone(), queue));
         let bus = Arc::new(Self {
+            target: target.clone(),
             commands,
+            layout,
             appends,
             store,
             hub,
+            pod: pod.to_owned(),
             wanted: Mutex::default(),
             sink: Mutex::default(),
             delivered: Mutex::default(),
+            workers: Mutex::default(),
+            backlogs: Mutex::default(),
             metrics,
         });
-        tokio::spawn(listen(Arc::downgrade(&bus), client));
-        tokio::spawn(persist(Arc::downgrade(&bus), worker, pod.to_owned()));
+        bus.drain_streams().await?;
+        match target {
+            Target::Single(client) => {
+                tokio::spawn(listen(Arc::downgrade(&bus), client));
+            }
+            Target::Cluster { .. } => {
+                tokio::spawn(listen_sharded(Arc::downgrade(&bus)));
+                tokio::spawn(follow_topology(Arc::downgrade(&bus)));
+            }
+        }
         tokio::spawn(heartbeat(Arc::downgrade(&bus), pod.to_owned()));
         Ok(bus)
+    }
+
+    /// Starts a persist worker for every stream appends go to now and, in a
+    /// cluster, every stream a previous slot map had (it may hold entries).
+    async fn drain_streams(self: &Arc<Self>) -> Result<(), BusError> {
+        let mut streams = self.layout.streams();
+        if self.target.is_cluster() {
+            let mut commands = self.commands.clone();
+            commands
+                .sadd::<_, _, ()>(PERSIST_STREAMS, &streams)
+                .await
+                .map_err(unavailable)?;
+            let known: Vec<String> = commands
+                .smembers(PERSIST_STREAMS)
+                .await
+                .map_err(unavailable)?;
+            streams.extend(known);
+            streams.sort_unstable();
+            streams.dedup();
+        }
+        for stream in streams {
+            if lock(&self.workers).contains(&stream) {
+                continue;
+            }
+            // A blocking XREADGROUP would stall every command multiplexed
+            // with it, so each worker has a connection of its own.
+            let mut worker = self.target.connect().await.map_err(unavailable)?;
+            persist::create_group(&mut worker, &stream)
+                .await
+                .map_err(unavailable)?;
+            lock(&self.workers).insert(stream.clone());
+            tokio::spawn(persist::persist(
+                Arc::downgrade(self),
+                worker,
+                stream,
+                self.pod.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn backlog(&self, stream: &str, length: i64) {
+        let mut backlogs = lock(&self.backlogs);
+        backlogs.insert(stream.to_owned(), length);
+        self.metrics.persist_backlog.set(backlogs.values().sum());
     }
 
     /// A frame from a room channel, for the local subscribers of that room.
@@ -312,11 +274,17 @@ impl RedisBus {
     /// subscribed but not read yet), so nobody sees a gap. Connections drop
     /// what they already have.
     async fn repair(&self) {
-        let rooms: Vec<(Id, u64)> = lock(&self.delivered)
-            .iter()
-            .map(|(room, seq)| (*room, *seq))
-            .collect();
-        for (room, after) in rooms {
+        let rooms: Vec<Id> = lock(&self.delivered).keys().copied().collect();
+        for room in rooms {
+            self.repair_room(room).await;
+        }
+    }
+
+    async fn repair_room(&self, room: Id) {
+        let Some(after) = lock(&self.delivered).get(&room).copied() else {
+            return;
+        };
+        {
             let repaired = async {
                 let newest = self.newest_seq(room).await?;
                 if newest.saturating_sub(after) > crate::chat::MAX_RESUME {
@@ -362,9 +330,9 @@ impl RedisBus {
             })
     }
 
-    /// Where a room's missing counter starts: the store's newest seq, or the
-    /// counter the previous key layout left if it is higher (acked messages
-    /// not persisted yet).
+    /// Where a room's missing counter starts: above the store's newest seq,
+    /// the newest in the room's log and the counter of the previous key
+    /// layout, since acked messages may not be persisted yet.
     async fn seq_floor(&self, room: Id) -> Result<u64, BusError> {
         let stored = self.store.newest_seq(room).await?;
         let mut commands = self.commands.clone();
@@ -372,12 +340,29 @@ impl RedisBus {
             .get(legacy_seq_key(room))
             .await
             .map_err(unavailable)?;
-        Ok(stored.max(legacy.unwrap_or(0)))
+        let logged: StreamRangeReply = commands
+            .xrevrange_count(log_key(room), "+", "-", 1)
+            .await
+            .map_err(unavailable)?;
+        let logged = logged
+            .ids
+            .first()
+            .and_then(|entry| entry.id.split('-').next()?.parse().ok());
+        Ok(stored.max(legacy.unwrap_or(0)).max(logged.unwrap_or(0)))
     }
 
     async fn publish(&self, room: Id, payload: &str) -> redis::RedisResult<()> {
         let mut commands = self.commands.clone();
-        commands.publish::<_, _, ()>(channel(room), payload).await
+        let publish = if self.target.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        redis::cmd(publish)
+            .arg(channel(room))
+            .arg(payload)
+            .query_async(&mut commands)
+            .await
     }
 }
 
@@ -385,6 +370,13 @@ impl RedisBus {
 impl Bus for RedisBus {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    async fn ping(&self) -> Option<Result<(), BusError>> {
+        let mut commands = self.commands.clone();
+        let pong: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut commands).await;
+        // The category only: a connection error may name the URL.
+        Some(pong.map_err(|e| BusError::Unavailable(e.category().to_owned())))
     }
 
     async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, BusError> {
@@ -409,15 +401,24 @@ impl Bus for RedisBus {
             match status {
                 // First message since Redis lost or never had the counter: carry on
                 // from what the store holds, never reusing a seq.
-                2 => floor = i64::try_from(self.seq_floor(room).await?).unwrap_or(i64::MAX),
-                1 => {
+                status::NO_COUNTER => {
+                    floor = i64::try_from(self.seq_floor(room).await?).unwrap_or(i64::MAX)
+                }
+                // The committer has reread the slot map; send it again.
+                status::MOVED => {}
+                status::NEW => {
                     let seq = payload.parse().map_err(|_| {
                         BusError::Internal(format!("the append script answered seq {payload:?}"))
                     })?;
                     return Ok(Message { seq, ..draft });
                 }
-                3 => return self.retried(room, &payload).await,
-                _ => return parse_message(&payload),
+                status::RETRY_ELSEWHERE => return self.retried(room, &payload).await,
+                status::RETRY => return parse_message(&payload),
+                other => {
+                    return Err(BusError::Internal(format!(
+                        "the append script answered status {other}"
+                    )));
+                }
             }
         }
         Err(BusError::Internal(
@@ -481,10 +482,7 @@ impl Bus for RedisBus {
         lock(&self.wanted).insert(room);
         let sink = lock(&self.sink).clone();
         match sink {
-            Some(mut sink) => sink
-                .subscribe(channel(room))
-                .await
-                .map_err(|e| self.failed(e))?,
+            Some(mut sink) => sink.subscribe(room).await.map_err(|e| self.failed(e))?,
             None => {
                 return Err(BusError::Unavailable(
                     "not connected to redis pub/sub".into(),
@@ -503,7 +501,7 @@ impl Bus for RedisBus {
         lock(&self.delivered).remove(&room);
         let sink = lock(&self.sink).clone();
         if let Some(mut sink) = sink
-            && let Err(e) = sink.unsubscribe(channel(room)).await
+            && let Err(e) = sink.unsubscribe(room).await
         {
             tracing::debug!(error = %e, %room, "redis unsubscribe failed");
         }
@@ -614,7 +612,7 @@ async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
                     };
                     match subscribed {
                         Ok(()) => {
-                            *lock(&this.sink) = Some(sink);
+                            *lock(&this.sink) = Some(Subscriber::Single(sink));
                             if lost {
                                 tracing::info!(rooms = rooms.len(), "redis pub/sub reconnected");
                                 this.repair().await;
@@ -659,220 +657,80 @@ async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
     }
 }
 
-/// Up to a batch of this consumer's entries: with `pending`, those it read
-/// before and has not acknowledged ("0", answered at once); otherwise new ones
-/// (">"), waiting up to a second for some when `wait`.
-async fn read_batch(
-    connection: &mut ConnectionManager,
-    consumer: &str,
-    pending: bool,
-    wait: bool,
-) -> redis::RedisResult<Vec<StreamId>> {
-    let mut read = redis::cmd("XREADGROUP");
-    read.arg("GROUP")
-        .arg(PERSIST_GROUP)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(PERSIST_BATCH);
-    if wait && !pending {
-        read.arg("BLOCK").arg(1000);
-    }
-    read.arg("STREAMS")
-        .arg(PERSIST_STREAM)
-        .arg(if pending { "0" } else { ">" });
-    let reply: Option<StreamReadReply> = read.query_async(connection).await?;
-    Ok(reply
-        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-        .unwrap_or_default())
-}
-
-/// Moves acked messages from the stream into the store, in batches, with
-/// idempotent writes. Entries are acknowledged (and deleted) only after the
-/// store accepted them, so a crash or a store outage loses nothing: they stay
-/// pending, are retried, and a dead pod's are claimed by a live one.
-async fn persist(bus: Weak<RedisBus>, mut connection: ConnectionManager, consumer: String) {
-    let mut read_pending = true;
+/// The cluster's pub/sub: sharded subscriptions on a RESP3 cluster
+/// connection, whose messages arrive as pushes. redis-rs reconnects to a node
+/// and resubscribes by itself; each resubscription after a disconnection
+/// repairs its room, as [`listen`] does after a reconnect.
+async fn listen_sharded(bus: Weak<RedisBus>) {
+    let (pushes, mut received) = mpsc::unbounded_channel();
     let mut backoff = Duration::from_millis(100);
-    // None: claim at once, so a pod that starts picks up what a dead one left.
-    let mut last_claim: Option<tokio::time::Instant> = None;
-    let mut prefetched: Option<Vec<StreamId>> = None;
     loop {
         let Some(this) = bus.upgrade() else { return };
-        if last_claim.is_none_or(|at| at.elapsed() > Duration::from_millis(CLAIM_IDLE_MS / 2)) {
-            last_claim = Some(tokio::time::Instant::now());
-            let claimed: redis::RedisResult<redis::Value> = redis::cmd("XAUTOCLAIM")
-                .arg(PERSIST_STREAM)
-                .arg(PERSIST_GROUP)
-                .arg(&consumer)
-                .arg(CLAIM_IDLE_MS)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(PERSIST_BATCH)
-                .arg("JUSTID")
-                .query_async(&mut connection)
-                .await;
-            if claimed.is_ok() {
-                read_pending = true;
+        match this.target.subscriber(pushes.clone()).await {
+            Ok(connection) => {
+                let mut subscriber = Subscriber::Cluster(connection);
+                let rooms: Vec<Id> = lock(&this.wanted).iter().copied().collect();
+                for room in rooms {
+                    if let Err(e) = subscriber.subscribe(room).await {
+                        tracing::warn!(error = %e, %room, "redis ssubscribe failed");
+                    }
+                }
+                *lock(&this.sink) = Some(subscriber);
+                break;
             }
-        }
-        let reply = match prefetched.take() {
-            Some(entries) => Ok(entries),
-            None => read_batch(&mut connection, &consumer, read_pending, true).await,
-        };
-        let entries = match reply {
-            Ok(entries) => entries,
             Err(e) => {
                 this.metrics.bus_errors.inc();
-                tracing::warn!(error = %e, "persist worker cannot read the stream");
-                drop(this);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                read_pending = true;
-                continue;
+                tracing::warn!(error = %e, "redis cluster pub/sub unreachable; cross-pod delivery paused");
             }
-        };
-        if entries.is_empty() {
-            read_pending = false;
-            if let Ok(backlog) = connection.xlen::<_, i64>(PERSIST_STREAM).await {
-                this.metrics.persist_backlog.set(backlog);
-            }
-            continue;
         }
-        let mut ids = Vec::with_capacity(entries.len());
-        let mut batch = Vec::with_capacity(entries.len());
-        for entry in entries {
-            // "b": the messages of one append call, one per line; "m": one
-            // message, as pods before group commit wrote them.
-            let payloads: Option<String> = entry.get("b").or_else(|| entry.get("m"));
-            let parsed: Option<Result<Vec<Message>, BusError>> = payloads
-                .as_deref()
-                .map(|payloads| payloads.split('\n').map(parse_message).collect());
-            match parsed {
-                Some(Ok(messages)) => batch.extend(messages),
-                // Unreadable entries can never be written; drop them rather than block the queue.
-                _ => {
-                    tracing::error!(entry = %entry.id, "unreadable entry in the persist stream; dropped")
+        drop(this);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    let mut disconnected: Option<tokio::time::Instant> = None;
+    while let Some(push) = received.recv().await {
+        let Some(this) = bus.upgrade() else { return };
+        match push.kind {
+            redis::PushKind::SMessage => match push.data.get(1).map(redis::from_redis_value_ref) {
+                Some(Ok(payload)) => this.deliver(payload),
+                _ => tracing::warn!("unreadable sharded pub/sub message"),
+            },
+            redis::PushKind::Disconnection => {
+                disconnected = Some(tokio::time::Instant::now());
+                this.metrics.bus_errors.inc();
+                tracing::warn!(
+                    "a redis cluster pub/sub connection dropped; it resubscribes when the node is back"
+                );
+            }
+            redis::PushKind::SSubscribe
+                if disconnected.is_some_and(|at| at.elapsed() < REPAIR_WINDOW) =>
+            {
+                let room = push
+                    .data
+                    .first()
+                    .and_then(|name| redis::from_redis_value_ref::<String>(name).ok())
+                    .and_then(|name| room_of_channel(&name));
+                if let Some(room) = room {
+                    this.repair_room(room).await;
                 }
             }
-            ids.push(entry.id);
-        }
-        // The next batch is read while this one is written, so the store's
-        // write time alone sets the pace, not round trips to Redis.
-        let mut reader = connection.clone();
-        let next = async {
-            if read_pending {
-                return None;
-            }
-            read_batch(&mut reader, &consumer, false, false)
-                .await
-                .ok()
-                .filter(|entries| !entries.is_empty())
-        };
-        let (written, next) = tokio::join!(this.store.insert_messages(&batch), next);
-        match written {
-            Ok(()) => {
-                // Read after a write that succeeded; after a failure the
-                // entries are pending and read again with the rest.
-                prefetched = next;
-                backoff = Duration::from_millis(100);
-                this.metrics.persisted.inc_by(batch.len() as u64);
-                let acked: redis::RedisResult<(i64,)> = redis::pipe()
-                    .cmd("XACK")
-                    .arg(PERSIST_STREAM)
-                    .arg(PERSIST_GROUP)
-                    .arg(&ids)
-                    .ignore()
-                    .cmd("XDEL")
-                    .arg(PERSIST_STREAM)
-                    .arg(&ids)
-                    .ignore()
-                    .cmd("XLEN")
-                    .arg(PERSIST_STREAM)
-                    .query_async(&mut connection)
-                    .await;
-                if let Ok((backlog,)) = acked {
-                    this.metrics.persist_backlog.set(backlog);
-                }
-                if let Err(e) = acked {
-                    // Written but not acked: they will be written again, idempotently.
-                    this.metrics.bus_errors.inc();
-                    tracing::warn!(error = %e, "persist worker cannot ack");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, pending = ids.len(), "cannot persist messages yet; will retry");
-                if let Ok(backlog) = connection.xlen::<_, i64>(PERSIST_STREAM).await {
-                    this.metrics.persist_backlog.set(backlog);
-                }
-                read_pending = true;
-                drop(this);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            _ => {}
         }
     }
 }
 
-/// Group commit: sends what clients posted since the previous call (at most
-/// `APPEND_LINGER` ago) as one script call, so under load Redis pays its
-/// per-call cost once for many messages.
-async fn commit(mut connection: ConnectionManager, mut queue: mpsc::Receiver<PendingAppend>) {
-    let script = Script::new(APPEND);
-    let mut batch = Vec::with_capacity(APPEND_BATCH);
-    let mut last_call: Option<tokio::time::Instant> = None;
-    while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
-        if let Some(due) = last_call.map(|at| at + APPEND_LINGER)
-            && batch.len() < APPEND_BATCH
-            && tokio::time::Instant::now() < due
-        {
-            tokio::time::sleep_until(due).await;
-            while batch.len() < APPEND_BATCH {
-                match queue.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
-                }
-            }
-        }
-        last_call = Some(tokio::time::Instant::now());
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(PERSIST_STREAM)
-            .arg(RECENT_LEN)
-            .arg(DEDUPE_TTL_SECS);
-        for pending in &batch {
-            let room = pending.room;
-            invocation
-                .key(seq_key(room))
-                .key(log_key(room))
-                .key(dedupe_key(room, pending.dedupe.as_deref().unwrap_or("-")))
-                .arg(pending.floor)
-                .arg(&pending.head)
-                .arg(&pending.tail)
-                .arg(channel(room))
-                .arg(if pending.dedupe.is_some() { "1" } else { "0" });
-        }
-        let outcome: redis::RedisResult<Vec<(i64, String)>> =
-            invocation.invoke_async(&mut connection).await;
-        match outcome {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
-                for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                    // The sender may have gone (its client left); the message stands.
-                    let _ = pending.done.send(Ok(outcome));
-                }
-            }
-            outcome => {
-                let error = match outcome {
-                    Err(e) => e.to_string(),
-                    Ok(outcomes) => format!(
-                        "the append script answered {} of {} messages",
-                        outcomes.len(),
-                        batch.len()
-                    ),
-                };
-                for pending in batch.drain(..) {
-                    let _ = pending.done.send(Err(BusError::Unavailable(error.clone())));
-                }
-            }
+/// Follows the cluster's slot map, so appends go to the shard that holds a
+/// room after a resharding and every persist stream keeps a worker.
+async fn follow_topology(bus: Weak<RedisBus>) {
+    let mut tick = tokio::time::interval(TOPOLOGY_REFRESH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(this) = bus.upgrade() else { return };
+        let mut commands = this.commands.clone();
+        this.layout.refresh(&mut commands).await;
+        if let Err(e) = this.drain_streams().await {
+            tracing::warn!(error = %e, "cannot start the persist workers of new streams");
         }
     }
 }

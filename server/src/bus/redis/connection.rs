@@ -1,0 +1,381 @@
+//! How the bus reaches Redis: one server, or a Redis Cluster, where the slot
+//! map decides which shard holds a room and which persist stream that
+//! shard's appends go to.
+//!
+//! Every key of a room carries the room id as its hash tag, so a room lives
+//! on one shard with its sharded pub/sub channel. A batch of appends may span
+//! rooms; it goes to one shard at a time, as one script call that declares
+//! only the shard's persist stream (Redis refuses declared keys of several
+//! slots) and reaches the rooms' keys, all local to that shard, by name.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+use crate::model::Id;
+use crate::sync::lock;
+
+/// The stream of acked messages waiting to be written to the store, on a
+/// single Redis. In a cluster each shard has its own (see [`SlotMap`]).
+pub const PERSIST_STREAM: &str = "chat:persist";
+/// Every persist stream a cluster has had, so a pod that starts after a
+/// resharding still drains the streams of the old layout.
+pub const PERSIST_STREAMS: &str = "chat:persist:streams";
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where Redis is, from `CHAT_REDIS_URL`.
+#[derive(Clone)]
+pub enum Target {
+    Single(redis::Client),
+    Cluster {
+        client: Box<ClusterClient>,
+        seeds: Vec<String>,
+    },
+}
+
+impl Target {
+    /// A comma-separated list of seed nodes is a cluster; one URL is a cluster
+    /// if that server says so (`cluster_enabled:1`), as a cloud provider's
+    /// single configuration endpoint does.
+    pub async fn discover(urls: &str) -> RedisResult<Self> {
+        let seeds: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let [url] = seeds.as_slice() {
+            let client = redis::Client::open(url.as_str())?;
+            let mut probe = client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(TIMEOUT))
+                        .set_response_timeout(Some(TIMEOUT)),
+                )
+                .await?;
+            let info: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut probe)
+                .await?;
+            if !info.contains("cluster_enabled:1") {
+                return Ok(Self::Single(client));
+            }
+        }
+        Ok(Self::Cluster {
+            client: Box::new(cluster_builder(&seeds).build()?),
+            seeds,
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+
+    /// A new multiplexed connection, reconnecting by itself.
+    pub async fn connect(&self) -> RedisResult<Commands> {
+        match self {
+            Self::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(TIMEOUT))
+                    .set_response_timeout(Some(TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_max_delay(TIMEOUT);
+                Ok(Commands::Single(
+                    ConnectionManager::new_with_config(client.clone(), config).await?,
+                ))
+            }
+            Self::Cluster { client, .. } => {
+                Ok(Commands::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A cluster connection whose sharded pub/sub messages (and disconnection
+    /// notices) go to `pushes`; it resubscribes by itself after a reconnect.
+    pub async fn subscriber(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> RedisResult<ClusterConnection> {
+        let Self::Cluster { seeds, .. } = self else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "sharded pub/sub needs a cluster",
+            )));
+        };
+        cluster_builder(seeds)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()?
+            .get_async_connection()
+            .await
+    }
+}
+
+fn cluster_builder(seeds: &[String]) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(TIMEOUT)
+        .response_timeout(TIMEOUT)
+        .retries(3)
+}
+
+/// Commands to Redis, whichever shape it has. Clones share one multiplexed
+/// connection (per node, in a cluster).
+#[derive(Clone)]
+pub enum Commands {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// The hash slot of a key, as Redis Cluster computes it: CRC16 of the hash
+/// tag (the part between the first `{` and the next `}`, if not empty) or of
+/// the whole key, modulo 16384.
+pub fn slot(key: &str) -> u16 {
+    let key = key.as_bytes();
+    let tagged = key.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        rest.iter()
+            .position(|b| *b == b'}')
+            .filter(|close| *close > 0)
+            .map(|close| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
+}
+
+/// The slot of every key of `room`.
+pub fn room_slot(room: Id) -> u16 {
+    slot(&format!("{{{room}}}"))
+}
+
+/// Which node serves which slots, from `CLUSTER SLOTS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotMap {
+    /// (first slot, last slot, "host:port" of the master)
+    ranges: Vec<(u16, u16, String)>,
+}
+
+impl SlotMap {
+    pub fn parse(reply: &Value) -> Option<Self> {
+        let Value::Array(entries) = reply else {
+            return None;
+        };
+        let mut ranges = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Value::Array(fields) = entry else {
+                return None;
+            };
+            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(master))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                return None;
+            };
+            let host = match master.first()? {
+                Value::BulkString(host) => String::from_utf8_lossy(host).into_owned(),
+                Value::SimpleString(host) => host.clone(),
+                _ => return None,
+            };
+            let Some(Value::Int(port)) = master.get(1) else {
+                return None;
+            };
+            ranges.push((
+                u16::try_from(*first).ok()?,
+                u16::try_from(*last).ok()?,
+                format!("{host}:{port}"),
+            ));
+        }
+        ranges.sort();
+        Some(Self { ranges })
+    }
+
+    pub fn node(&self, slot: u16) -> Option<&str> {
+        self.ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, node)| node.as_str())
+    }
+
+    /// Each node's persist stream: `chat:persist:{N}` with the smallest N
+    /// whose slot the node serves. Every pod derives the same names from the
+    /// same map.
+    pub fn persist_streams(&self) -> BTreeMap<String, String> {
+        let mut nodes: Vec<&str> = self.ranges.iter().map(|(_, _, n)| n.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut streams = BTreeMap::new();
+        for n in 0u32.. {
+            if streams.len() == nodes.len() || n > 1_000_000 {
+                break;
+            }
+            let stream = format!("{PERSIST_STREAM}:{{{n}}}");
+            if let Some(node) = self.node(slot(&stream)) {
+                streams.entry(node.to_owned()).or_insert(stream);
+            }
+        }
+        streams
+    }
+
+    /// The persist stream of the shard that holds `room`.
+    pub fn stream_for(&self, room: Id) -> Option<String> {
+        let node = self.node(room_slot(room))?;
+        self.persist_streams().remove(node)
+    }
+}
+
+/// Where appends go: the one persist stream of a single Redis, or the
+/// stream of the shard that holds the room, from a slot map kept current.
+pub struct Layout {
+    cluster: Option<Mutex<SlotMap>>,
+}
+
+impl Layout {
+    pub async fn of(commands: &mut Commands) -> RedisResult<Self> {
+        let cluster = match commands {
+            Commands::Single(_) => None,
+            Commands::Cluster(_) => Some(Mutex::new(slot_map(commands).await?)),
+        };
+        Ok(Self { cluster })
+    }
+
+    pub fn stream_for(&self, room: Id) -> String {
+        self.cluster
+            .as_ref()
+            .and_then(|map| lock(map).stream_for(room))
+            .unwrap_or_else(|| PERSIST_STREAM.to_owned())
+    }
+
+    /// The persist streams appends go to now.
+    pub fn streams(&self) -> Vec<String> {
+        match &self.cluster {
+            None => vec![PERSIST_STREAM.to_owned()],
+            Some(map) => lock(map).persist_streams().into_values().collect(),
+        }
+    }
+
+    /// Reads the slot map again (after a resharding, or a failover that
+    /// moved a master); keeps the old one if Redis cannot say.
+    pub async fn refresh(&self, commands: &mut Commands) {
+        let Some(current) = &self.cluster else { return };
+        match slot_map(commands).await {
+            Ok(map) => {
+                let mut current = lock(current);
+                if *current != map {
+                    tracing::info!(
+                        shards = map.persist_streams().len(),
+                        "redis cluster slot map changed"
+                    );
+                    *current = map;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the redis cluster slot map"),
+        }
+    }
+}
+
+async fn slot_map(commands: &mut Commands) -> RedisResult<SlotMap> {
+    let reply: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(commands)
+        .await?;
+    SlotMap::parse(&reply).ok_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "CLUSTER SLOTS answered something else than a slot map",
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_those_redis_computes() {
+        // From `CLUSTER KEYSLOT` of Redis 7.
+        assert_eq!(slot("{a}"), 15495);
+        assert_eq!(slot("{b}x"), 3300);
+        assert_eq!(slot("x{e}y"), 15363);
+        assert_eq!(slot("foo"), 12182);
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(slot("{}foo"), slot("{}foo"));
+        assert_ne!(slot("{}foo"), slot("foo"));
+    }
+
+    fn three_masters() -> SlotMap {
+        let node = |port: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |first: i64, last: i64, port: i64| {
+            Value::Array(vec![
+                Value::Int(first),
+                Value::Int(last),
+                node(port),
+                node(port + 100),
+            ])
+        };
+        SlotMap::parse(&Value::Array(vec![
+            range(10923, 16383, 7003),
+            range(0, 5460, 7001),
+            range(5461, 10922, 7002),
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_node_gets_a_persist_stream_it_serves() {
+        let map = three_masters();
+        let streams = map.persist_streams();
+        assert_eq!(streams.len(), 3);
+        for (node, stream) in &streams {
+            assert_eq!(map.node(slot(stream)), Some(node.as_str()));
+        }
+        let room = Id::new();
+        let stream = map.stream_for(room).unwrap();
+        assert_eq!(map.node(slot(&stream)), map.node(room_slot(room)));
+    }
+
+    #[test]
+    fn a_reply_that_is_not_a_slot_map_is_refused() {
+        assert_eq!(SlotMap::parse(&Value::Int(1)), None);
+        assert_eq!(
+            SlotMap::parse(&Value::Array(vec![Value::Array(vec![Value::Int(0)])])),
+            None
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! The names of a room's keys and channel. Each carries the room id as its
+//! hash tag, so in a Redis Cluster they all live on the room's shard.
+
+use crate::model::Id;
+
+/// The room's pub/sub channel (sharded in a cluster).
+pub fn channel(room: Id) -> String {
+    format!("chat:room:{{{room}}}")
+}
+
+/// The room's newest seq.
+pub fn seq_key(room: Id) -> String {
+    format!("chat:room:{{{room}}}:seq")
+}
+
+/// The counter before the keys had hash tags; read once when a room's
+/// counter is missing, so an upgrade never reuses a seq acked but not yet
+/// persisted.
+pub fn legacy_seq_key(room: Id) -> String {
+    format!("chat:room:{room}:seq")
+}
+
+/// The room's recent messages, a stream whose ids are their seqs.
+pub fn log_key(room: Id) -> String {
+    format!("chat:room:{{{room}}}:log")
+}
+
+/// A retry's key: the sender and client_id (`key`) within the room.
+pub fn dedupe_key(room: Id, key: &str) -> String {
+    format!("chat:room:{{{room}}}:dedupe:{key}")
+}
+
+/// The room a channel name belongs to.
+pub fn room_of_channel(channel: &str) -> Option<Id> {
+    channel
+        .strip_prefix("chat:room:{")?
+        .strip_suffix('}')?
+        .parse()
+        .ok()
+}
+
+pub fn sessions_key(user: Id) -> String {
+    format!("chat:sessions:{user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_names_its_room() {
+        let room = Id::new();
+        assert_eq!(room_of_channel(&channel(room)), Some(room));
+        assert_eq!(room_of_channel("chat:room:{nope}"), None);
+        assert_eq!(room_of_channel(&seq_key(room)), None);
+    }
+}

@@ -1,0 +1,197 @@
+//! The persist worker: moves acked messages from a persist stream into the
+//! store. Every pod runs one per stream (one on a single Redis, one per
+//! shard in a cluster), all in one consumer group, so the load is shared and
+//! a dead pod's pending entries are claimed by a live one.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::streams::{StreamId, StreamReadReply};
+
+use super::connection::Commands;
+use super::{BusError, RedisBus, parse_message};
+use crate::model::Message;
+
+pub const PERSIST_GROUP: &str = "chat-persist";
+/// Entries pending this long belong to a dead pod and are claimed.
+const CLAIM_IDLE_MS: u64 = 30_000;
+/// Stream entries per persist batch; each holds the messages of one append
+/// call, up to `APPEND_BATCH`.
+const PERSIST_BATCH: usize = 100;
+
+/// Creates the consumer group (and the stream) if they do not exist.
+pub async fn create_group(connection: &mut Commands, stream: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(PERSIST_GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(connection)
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Up to a batch of this consumer's entries: with `pending`, those it read
+/// before and has not acknowledged ("0", answered at once); otherwise new ones
+/// (">"), waiting up to a second for some when `wait`.
+async fn read_batch(
+    connection: &mut Commands,
+    stream: &str,
+    consumer: &str,
+    pending: bool,
+    wait: bool,
+) -> redis::RedisResult<Vec<StreamId>> {
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(PERSIST_GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(PERSIST_BATCH);
+    if wait && !pending {
+        read.arg("BLOCK").arg(1000);
+    }
+    read.arg("STREAMS")
+        .arg(stream)
+        .arg(if pending { "0" } else { ">" });
+    let reply: Option<StreamReadReply> = read.query_async(connection).await?;
+    Ok(reply
+        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+        .unwrap_or_default())
+}
+
+/// Moves acked messages from the stream into the store, in batches, with
+/// idempotent writes. Entries are acknowledged (and deleted) only after the
+/// store accepted them, so a crash or a store outage loses nothing: they stay
+/// pending, are retried, and a dead pod's are claimed by a live one.
+pub async fn persist(
+    bus: Weak<RedisBus>,
+    mut connection: Commands,
+    stream: String,
+    consumer: String,
+) {
+    let mut read_pending = true;
+    let mut backoff = Duration::from_millis(100);
+    // None: claim at once, so a pod that starts picks up what a dead one left.
+    let mut last_claim: Option<tokio::time::Instant> = None;
+    let mut prefetched: Option<Vec<StreamId>> = None;
+    loop {
+        let Some(this) = bus.upgrade() else { return };
+        if last_claim.is_none_or(|at| at.elapsed() > Duration::from_millis(CLAIM_IDLE_MS / 2)) {
+            last_claim = Some(tokio::time::Instant::now());
+            let claimed: redis::RedisResult<redis::Value> = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(PERSIST_GROUP)
+                .arg(&consumer)
+                .arg(CLAIM_IDLE_MS)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(PERSIST_BATCH)
+                .arg("JUSTID")
+                .query_async(&mut connection)
+                .await;
+            if claimed.is_ok() {
+                read_pending = true;
+            }
+        }
+        let reply = match prefetched.take() {
+            Some(entries) => Ok(entries),
+            None => read_batch(&mut connection, &stream, &consumer, read_pending, true).await,
+        };
+        let entries = match reply {
+            Ok(entries) => entries,
+            Err(e) => {
+                this.metrics.bus_errors.inc();
+                tracing::warn!(error = %e, %stream, "persist worker cannot read the stream");
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                read_pending = true;
+                continue;
+            }
+        };
+        if entries.is_empty() {
+            read_pending = false;
+            if let Ok(backlog) = connection.xlen::<_, i64>(&stream).await {
+                this.backlog(&stream, backlog);
+            }
+            continue;
+        }
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut batch = Vec::with_capacity(entries.len());
+        for entry in entries {
+            // "b": the messages of one append call, one per line; "m": one
+            // message, as pods before group commit wrote them.
+            let payloads: Option<String> = entry.get("b").or_else(|| entry.get("m"));
+            let parsed: Option<Result<Vec<Message>, BusError>> = payloads
+                .as_deref()
+                .map(|payloads| payloads.split('\n').map(parse_message).collect());
+            match parsed {
+                Some(Ok(messages)) => batch.extend(messages),
+                // Unreadable entries can never be written; drop them rather than block the queue.
+                _ => {
+                    tracing::error!(entry = %entry.id, "unreadable entry in the persist stream; dropped")
+                }
+            }
+            ids.push(entry.id);
+        }
+        // The next batch is read while this one is written, so the store's
+        // write time alone sets the pace, not round trips to Redis.
+        let mut reader = connection.clone();
+        let next = async {
+            if read_pending {
+                return None;
+            }
+            read_batch(&mut reader, &stream, &consumer, false, false)
+                .await
+                .ok()
+                .filter(|entries| !entries.is_empty())
+        };
+        let (written, next) = tokio::join!(this.store.insert_messages(&batch), next);
+        match written {
+            Ok(()) => {
+                // Read after a write that succeeded; after a failure the
+                // entries are pending and read again with the rest.
+                prefetched = next;
+                backoff = Duration::from_millis(100);
+                this.metrics.persisted.inc_by(batch.len() as u64);
+                let acked: redis::RedisResult<(i64,)> = redis::pipe()
+                    .cmd("XACK")
+                    .arg(&stream)
+                    .arg(PERSIST_GROUP)
+                    .arg(&ids)
+                    .ignore()
+                    .cmd("XDEL")
+                    .arg(&stream)
+                    .arg(&ids)
+                    .ignore()
+                    .cmd("XLEN")
+                    .arg(&stream)
+                    .query_async(&mut connection)
+                    .await;
+                if let Ok((backlog,)) = acked {
+                    this.backlog(&stream, backlog);
+                }
+                if let Err(e) = acked {
+                    // Written but not acked: they will be written again, idempotently.
+                    this.metrics.bus_errors.inc();
+                    tracing::warn!(error = %e, "persist worker cannot ack");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pending = ids.len(), "cannot persist messages yet; will retry");
+                if let Ok(backlog) = connection.xlen::<_, i64>(&stream).await {
+                    this.backlog(&stream, backlog);
+                }
+                read_pending = true;
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
