@@ -256,8 +256,8 @@ async fn examples_and_the_charts_chatclusters_come_back_with_the_documented_defa
         .collect();
     files.sort();
     assert!(
-        files.len() >= 5,
-        "two examples and three chart renderings: {files:?}"
+        files.len() >= 6,
+        "three examples and three chart renderings: {files:?}"
     );
     for (i, file) in files.iter().enumerate() {
         let example = yaml_documents(file).remove(0);
