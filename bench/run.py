@@ -246,7 +246,7 @@ def scenario_ceiling(system: str, rates: list[float], connections: int, duration
     return {"sustained_rate": max(sustained, default=None), "steps": steps}
 
 
-PERSIST_BATCH = 500  # the persist worker's batch (server/src/bus/redis.rs)
+PERSIST_BATCH = 500  # messages waiting: enough that the persist worker, not the load, sets the pace
 
 
 def scenario_persistence(rate: float, duration: float, baseline_seconds: float) -> dict:

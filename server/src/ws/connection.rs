@@ -90,11 +90,13 @@ async fn read(
     let mut expires_at = deadline_of(exp);
     let mut bad_frames = 0u32;
     let mut refused = 0u32;
+    let kicked = connection.kicked();
+    tokio::pin!(kicked);
     loop {
         let idle = Instant::now() + IDLE_TIMEOUT;
         let frame = tokio::select! {
             frame = stream.next() => frame,
-            reason = connection.kicked() => return reason,
+            reason = &mut kicked => return reason,
             () = sleep_until(expires_at) => return Kick::TokenExpired,
             () = sleep_until(idle) => return Kick::Idle,
         };
@@ -290,18 +292,24 @@ async fn write(
 ) {
     let mut cursors: Cursors<Utf8Bytes> = Cursors::default();
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    // One kick watch for the connection's life, and one buffer of frames
+    // reused for every delivery: nothing is set up or allocated per frame.
+    let kicked = connection.kicked();
+    tokio::pin!(kicked);
+    let mut frames: Vec<Utf8Bytes> = Vec::new();
     loop {
-        let frames: Vec<Utf8Bytes> = tokio::select! {
+        tokio::select! {
             // A kick is seen before more queued frames, so a slow consumer is closed
             // promptly; the kick branch still drains what it owes (see there).
             biased;
-            reason = connection.kicked() => {
+            reason = &mut kicked => {
                 // What was queued before the kick (acks, errors) is still owed to
                 // the client, unless its slowness is the reason: then close now.
                 if !matches!(reason, Kick::SlowConsumer | Kick::Gone | Kick::Broken) {
                     let drain = async {
                         while let Ok(item) = outbound.try_recv() {
-                            if !feed(&mut sink, deliverable(&mut cursors, item), &metrics).await {
+                            deliverable(&mut cursors, item, &mut frames);
+                            if !feed(&mut sink, &mut frames, &metrics).await {
                                 return;
                             }
                         }
@@ -320,7 +328,7 @@ async fn write(
                 return;
             }
             item = outbound.recv() => match item {
-                Some(item) => deliverable(&mut cursors, item),
+                Some(item) => deliverable(&mut cursors, item, &mut frames),
                 None => return,
             },
             _ = ping.tick() => {
@@ -330,7 +338,7 @@ async fn write(
                 continue;
             }
         };
-        let mut written = feed(&mut sink, frames, &metrics).await;
+        let mut written = feed(&mut sink, &mut frames, &metrics).await;
         // Write what else is already queued before flushing: one syscall for a
         // burst, bounded so a kick is still noticed under constant traffic.
         for _ in 0..QUEUE_CAPACITY {
@@ -338,7 +346,8 @@ async fn write(
             if !written {
                 break;
             }
-            written = feed(&mut sink, deliverable(&mut cursors, item), &metrics).await;
+            deliverable(&mut cursors, item, &mut frames);
+            written = feed(&mut sink, &mut frames, &metrics).await;
         }
         if !written || sink.flush().await.is_err() {
             connection.kick(Kick::Broken);
@@ -346,13 +355,14 @@ async fn write(
     }
 }
 
-/// Writes frames without flushing; false once the socket has failed.
+/// Writes (and takes) the frames without flushing; false once the socket has
+/// failed.
 async fn feed(
     sink: &mut SplitSink<WebSocket, WsMessage>,
-    frames: Vec<Utf8Bytes>,
+    frames: &mut Vec<Utf8Bytes>,
     metrics: &Metrics,
 ) -> bool {
-    for frame in frames {
+    for frame in frames.drain(..) {
         if sink.feed(WsMessage::Text(frame)).await.is_err() {
             return false;
         }
@@ -361,33 +371,25 @@ async fn feed(
     true
 }
 
-/// What an outbound item means for this connection's socket, given its cursors.
-fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound) -> Vec<Utf8Bytes> {
+/// What an outbound item means for this connection's socket, given its
+/// cursors: the frames to write, added to `frames`.
+fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound, frames: &mut Vec<Utf8Bytes>) {
     match item {
-        Outbound::Direct(frame) => vec![*frame],
-        Outbound::Message(message) => cursors
-            .live(message.room, message.seq, message.frame.clone())
-            .into_iter()
-            .collect(),
+        Outbound::Direct(frame) => frames.push(*frame),
+        Outbound::Message(message) => {
+            frames.extend(cursors.live(message.room, message.seq, message.frame.clone()))
+        }
         Outbound::Event(event) => {
             if cursors.is_subscribed(event.room) {
-                vec![event.frame.clone()]
-            } else {
-                Vec::new()
+                frames.push(event.frame.clone());
             }
         }
         Outbound::Left(event) => {
             cursors.left(event.room);
-            vec![event.frame.clone()]
+            frames.push(event.frame.clone());
         }
-        Outbound::Resuming { room } => {
-            cursors.resuming(room);
-            Vec::new()
-        }
-        Outbound::Reset { room } => {
-            cursors.left(room);
-            Vec::new()
-        }
+        Outbound::Resuming { room } => cursors.resuming(room),
+        Outbound::Reset { room } => cursors.left(room),
         Outbound::Replayed(replayed) => {
             let Replay {
                 room,
@@ -395,9 +397,8 @@ fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound) -> Vec<Utf8Byte
                 replay,
                 upto,
             } = *replayed;
-            let mut frames = vec![frame];
+            frames.push(frame);
             frames.extend(cursors.replayed(room, replay, upto));
-            frames
         }
     }
 }

@@ -445,15 +445,28 @@ async fn chat_goes_on_while_mongodb_is_down_and_the_backlog_is_written_after() {
     } = alice_and_bob(&cluster, "resilient").await;
     let b = &cluster.pods[1];
 
+    // Bob's join is in MongoDB before it goes away.
+    history_when_complete(b, &bob, &room, 1).await;
     mongo.kill();
+    // A burst, so the pods send several messages per script call.
     for i in 0..10 {
-        let ack = send_acked(&mut alice_ws, &room, &format!("offline {i}")).await;
-        assert_eq!(ack["type"], "ack", "acked while MongoDB is down");
+        alice_ws
+            .send(json!({"type": "message", "room_id": room, "content": format!("offline {i}")}))
+            .await;
+    }
+    for i in 0..10 {
+        assert_eq!(
+            alice_ws.next_of("ack").await["type"],
+            "ack",
+            "acked while MongoDB is down"
+        );
         assert_eq!(
             bob_ws.next_message().await["content"],
             format!("offline {i}")
         );
     }
+    // The backlog counts messages, however many a stream entry holds.
+    assert_eq!(backlog_settles(b, |n| n == 10).await, 10);
     let _mongo = start_secantus_on(port, &storage_path);
     // 1 system message (bob joined) + 10.
     let history = history_when_complete(b, &bob, &room, 11).await;
@@ -462,6 +475,24 @@ async fn chat_goes_on_while_mongodb_is_down_and_the_backlog_is_written_after() {
         history[1..],
         (0..10).map(|i| format!("offline {i}")).collect::<Vec<_>>()
     );
+    assert_eq!(backlog_settles(b, |n| n == 0).await, 0);
+}
+
+/// `chat_persist_backlog` once `settled` holds of it (or after 30 s).
+async fn backlog_settles(pod: &TestServer, settled: impl Fn(u64) -> bool) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = pod.metrics().await;
+        let backlog = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("chat_persist_backlog "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        if settled(backlog) || Instant::now() > deadline {
+            return backlog;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::BusError;
 use super::connection::{Commands, Layout};
 use super::keys::{channel, dedupe_key, log_key, seq_key};
+use super::persist::backlog_key;
 use crate::model::Id;
 
 /// Messages kept in a room's log for fast resume (approximately: the stream
@@ -42,7 +43,7 @@ pub mod status {
 }
 
 /// Appends a batch of messages, in order, on one Redis or one shard.
-/// KEYS: the persist stream. ARGV: log length, dedupe ttl, the publish
+/// KEYS: the persist stream and its backlog count. ARGV: log length, dedupe ttl, the publish
 /// command (`PUBLISH`, or `SPUBLISH` in a cluster), then per message: its
 /// room's seq, log and dedupe keys, floor, head, tail, channel, whether to
 /// dedupe. Returns per message {status, value} (see [`status`]).
@@ -104,6 +105,7 @@ for i = 4, #ARGV, 8 do
 end
 if persisted[1] then
   redis.call('XADD', KEYS[1], '*', 'b', table.concat(persisted, '\n'))
+  redis.call('INCRBY', KEYS[2], #persisted)
 end
 return out
 ";
@@ -178,6 +180,7 @@ async fn call(
     let mut invocation = script.prepare_invoke();
     invocation
         .key(stream)
+        .key(backlog_key(stream))
         .arg(RECENT_LEN)
         .arg(DEDUPE_TTL_SECS)
         .arg(if matches!(connection, Commands::Cluster(_)) {

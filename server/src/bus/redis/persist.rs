@@ -6,8 +6,8 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use redis::streams::{StreamId, StreamReadReply};
+use redis::{AsyncCommands, Script};
 
 use super::connection::Commands;
 use super::{BusError, RedisBus, parse_message};
@@ -19,6 +19,32 @@ const CLAIM_IDLE_MS: u64 = 30_000;
 /// Stream entries per persist batch; each holds the messages of one append
 /// call, up to `APPEND_BATCH`.
 const PERSIST_BATCH: usize = 100;
+
+/// Acknowledges and deletes persisted entries and takes their messages off
+/// the stream's backlog count (entries hold several messages, so the
+/// stream's length is not the backlog). Only entries this call deleted count,
+/// so an entry acknowledged twice is not subtracted twice. KEYS: stream,
+/// backlog. ARGV: group, then per entry its id and message count. Returns the
+/// messages still waiting.
+const ACK: &str = r"
+local gone = 0
+for i = 2, #ARGV, 2 do
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then gone = gone + tonumber(ARGV[i + 1]) end
+end
+local left = redis.call('DECRBY', KEYS[2], gone)
+if left < 0 then
+  redis.call('SET', KEYS[2], 0)
+  left = 0
+end
+return left
+";
+
+/// The count of acked messages in `stream` not yet in the store.
+pub fn backlog_key(stream: &str) -> String {
+    // `chat:persist:{N}:backlog` shares the stream's hash tag and shard.
+    format!("{stream}:backlog")
+}
 
 /// Creates the consumer group (and the stream) if they do not exist.
 pub async fn create_group(connection: &mut Commands, stream: &str) -> redis::RedisResult<()> {
@@ -74,6 +100,7 @@ pub async fn persist(
     stream: String,
     consumer: String,
 ) {
+    let ack = Script::new(ACK);
     let mut read_pending = true;
     let mut backoff = Duration::from_millis(100);
     // None: claim at once, so a pod that starts picks up what a dead one left.
@@ -116,12 +143,13 @@ pub async fn persist(
         };
         if entries.is_empty() {
             read_pending = false;
-            if let Ok(backlog) = connection.xlen::<_, i64>(&stream).await {
-                this.backlog(&stream, backlog);
+            if let Ok(backlog) = connection.get::<_, Option<i64>>(backlog_key(&stream)).await {
+                this.backlog(&stream, backlog.unwrap_or(0));
             }
             continue;
         }
         let mut ids = Vec::with_capacity(entries.len());
+        let mut counts = Vec::with_capacity(entries.len());
         let mut batch = Vec::with_capacity(entries.len());
         for entry in entries {
             // "b": the messages of one append call, one per line; "m": one
@@ -130,6 +158,11 @@ pub async fn persist(
             let parsed: Option<Result<Vec<Message>, BusError>> = payloads
                 .as_deref()
                 .map(|payloads| payloads.split('\n').map(parse_message).collect());
+            counts.push(
+                parsed
+                    .as_ref()
+                    .map_or(0, |p| p.as_ref().map_or(0, Vec::len)),
+            );
             match parsed {
                 Some(Ok(messages)) => batch.extend(messages),
                 // Unreadable entries can never be written; drop them rather than block the queue.
@@ -159,21 +192,15 @@ pub async fn persist(
                 prefetched = next;
                 backoff = Duration::from_millis(100);
                 this.metrics.persisted.inc_by(batch.len() as u64);
-                let acked: redis::RedisResult<(i64,)> = redis::pipe()
-                    .cmd("XACK")
-                    .arg(&stream)
-                    .arg(PERSIST_GROUP)
-                    .arg(&ids)
-                    .ignore()
-                    .cmd("XDEL")
-                    .arg(&stream)
-                    .arg(&ids)
-                    .ignore()
-                    .cmd("XLEN")
-                    .arg(&stream)
-                    .query_async(&mut connection)
-                    .await;
-                if let Ok((backlog,)) = acked {
+                let mut ack = ack.prepare_invoke();
+                ack.key(&stream)
+                    .key(backlog_key(&stream))
+                    .arg(PERSIST_GROUP);
+                for (id, count) in ids.iter().zip(&counts) {
+                    ack.arg(id).arg(count);
+                }
+                let acked: redis::RedisResult<i64> = ack.invoke_async(&mut connection).await;
+                if let Ok(backlog) = acked {
                     this.backlog(&stream, backlog);
                 }
                 if let Err(e) = acked {
@@ -184,8 +211,8 @@ pub async fn persist(
             }
             Err(e) => {
                 tracing::warn!(error = %e, pending = ids.len(), "cannot persist messages yet; will retry");
-                if let Ok(backlog) = connection.xlen::<_, i64>(&stream).await {
-                    this.backlog(&stream, backlog);
+                if let Ok(backlog) = connection.get::<_, Option<i64>>(backlog_key(&stream)).await {
+                    this.backlog(&stream, backlog.unwrap_or(0));
                 }
                 read_pending = true;
                 drop(this);
