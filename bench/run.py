@@ -36,7 +36,7 @@ PEER = ROOT / "bench" / "peers" / "socketio"
 RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
 MONGODB_DB = "bench"
-ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "ceiling"}
+ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "efficiency-cluster", "ceiling"}
 
 
 def raise_descriptor_limit() -> None:
@@ -115,6 +115,42 @@ def redis(p: Processes) -> int:
     raise RuntimeError("redis-server did not start")
 
 
+def redis_cluster(p: Processes, masters: int = 3) -> list[int]:
+    """A Redis Cluster of `masters` masters on loopback ports, each with AOF as
+    `redis` has; their pids are recorded as redis-0, redis-1..."""
+    ports = []
+    for i in range(masters):
+        port = free_port()
+        node_dir = p.dir / f"redis-{port}"
+        node_dir.mkdir()
+        process = p.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(node_dir),
+                           "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                           # The bus port is the port + 10000 unless given: not free, or past 65535.
+                           "--cluster-port", str(free_port())])
+        p.pids[f"redis-{i}"] = process.pid
+        ports.append(port)
+    for port in ports:
+        deadline = time.time() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{port}" for port in ports], "--cluster-yes"],
+                   check=True, capture_output=True)
+    deadline = time.time() + 30
+    while not all("cluster_state:ok" in subprocess.run(["redis-cli", "-p", str(port), "cluster", "info"],
+                                                       capture_output=True, text=True).stdout for port in ports):
+        if time.time() > deadline:
+            raise RuntimeError("the redis cluster never became ok")
+        time.sleep(0.1)
+    return ports
+
+
 def mongodb(p: Processes) -> str:
     port = free_port()
     storage = p.dir / "secantus"
@@ -131,7 +167,8 @@ def mongodb(p: Processes) -> str:
     raise RuntimeError("SecantusDB did not start")
 
 
-def chat_servers(p: Processes, count: int, redis_port: int | None, mongodb_uri: str | None) -> list[tuple[str, int]]:
+def chat_servers(p: Processes, count: int, redis_port: int | list[int] | None,
+                 mongodb_uri: str | None) -> list[tuple[str, int]]:
     servers = []
     for i in range(count):
         port = free_port()
@@ -144,7 +181,9 @@ def chat_servers(p: Processes, count: int, redis_port: int | None, mongodb_uri: 
             "RUST_LOG": "warn",
             "CHAT_WEB_DIR": str(p.dir / "no-web"),
         }
-        if redis_port:
+        if isinstance(redis_port, list):
+            env["CHAT_REDIS_URL"] = ",".join(f"redis://127.0.0.1:{port}" for port in redis_port)
+        elif redis_port:
             env["CHAT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
         if mongodb_uri:
             env.update({"CHAT_MONGODB_URI": mongodb_uri, "CHAT_MONGODB_DB": MONGODB_DB, "CHAT_JWT_SECRET": JWT_SECRET})
@@ -223,6 +262,23 @@ def scenario_efficiency(system: str, rate: float, connections: int, duration: fl
         servers, cpu = two_instances(p, system)
         return bench(servers, "chat" if system == "chatcluster" else "socketio", connections=connections,
                      rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
+
+
+def scenario_efficiency_cluster(rate: float, connections: int, duration: float) -> dict:
+    """The efficiency load on two chatcluster instances over a three-master
+    Redis Cluster: Redis CPU per message of each shard and each shard's share
+    of the cluster's Redis CPU (50 rooms should spread over the shards)."""
+    with Processes() as p:
+        ports = redis_cluster(p)
+        servers = chat_servers(p, 2, ports, mongodb(p))
+        cpu = [f"{name}={pid}" for name, pid in p.pids.items()]
+        result = bench(servers, "chat", connections=connections, rooms=50, users=50, rate=rate,
+                       duration=duration, cpu_pid=cpu)
+    shards = {name: seconds for name, seconds in result["cpu_seconds"].items() if name.startswith("redis-")}
+    total = sum(shards.values())
+    result["redis_cpu_us_per_message"] = sum(v for k, v in result["cpu_us_per_message"].items() if k.startswith("redis-"))
+    result["shard_share"] = {name: seconds / total if total else None for name, seconds in shards.items()}
+    return result
 
 
 CEILING_P99_MS = 25
@@ -341,7 +397,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small and short, to try the harness")
     parser.add_argument("--scenarios", default=",".join(sorted(ALL_SCENARIOS)),
-                        help="comma-separated subset of idle,fanout,throughput,persistence,efficiency,ceiling "
+                        help="comma-separated subset of idle,fanout,throughput,persistence,efficiency,"
+                             "efficiency-cluster,ceiling "
                              "(the others keep their figures in summary.json)")
     args = parser.parse_args()
     chosen = set(args.scenarios.split(","))
@@ -373,6 +430,15 @@ def main() -> None:
                           f"per message {result['cpu_us_per_message']}, p99 {result['p99_ms']:.2f} ms, "
                           f"{result['delivered']}/{result['expected']} delivered", flush=True)
                     runs.setdefault(f"efficiency-{rate}/{system}", []).append(result)
+            if "efficiency-cluster" in chosen and system == "chatcluster":
+                for rate in efficiency_rates:
+                    print(f"[{repeat + 1}/{args.repeats}] chatcluster on a 3-master Redis Cluster: efficiency {rate}/s",
+                          flush=True)
+                    result = scenario_efficiency_cluster(rate, **efficiency)
+                    print(f"  server {result['server_cpu_us_per_delivery']:.2f} us/delivery, redis (all shards) "
+                          f"{result['redis_cpu_us_per_message']:.1f} us/message, shares {result['shard_share']}, "
+                          f"{result['delivered']}/{result['expected']} delivered", flush=True)
+                    runs.setdefault(f"efficiency-cluster-{rate}/chatcluster", []).append(result)
     if "ceiling" in chosen:
         for system in ("chatcluster", "socketio"):
             print(f"ceiling: {system}, two instances, p99 <= {CEILING_P99_MS} ms", flush=True)
@@ -411,6 +477,15 @@ def main() -> None:
             continue
         if name.startswith("ceiling"):
             summary["scenarios"][name] = results[0] | {"date": today}
+            continue
+        if name.startswith("efficiency-cluster"):
+            entry = {k: median(results, k) for k in ["server_cpu_us_per_delivery", "redis_cpu_us_per_message",
+                                                       "p50_ms", "p99_ms", "delivered", "expected", "errors"]}
+            for service in results[0]["cpu_us_per_message"]:
+                entry[f"{service}_cpu_us_per_message"] = median(
+                    [{"v": r["cpu_us_per_message"].get(service)} for r in results], "v")
+            entry["largest_shard_share"] = median([{"v": max(r["shard_share"].values())} for r in results], "v")
+            summary["scenarios"][name] = entry | {"runs": len(results), "date": today}
             continue
         if name.startswith("efficiency"):
             entry = {k: median(results, k) for k in ["server_cpu_us_per_delivery", "p50_ms", "p99_ms", "delivered",

@@ -199,17 +199,17 @@ pub fn start_redis_with(port: u16, dir: Option<&std::path::Path>, extra: &[&str]
 /// directory comes back with its data and its slots.
 pub struct RedisCluster {
     pub nodes: Vec<Process>,
+    buses: Vec<u16>,
     dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let nodes: Vec<Process> = (0..3)
-            .map(|_| {
-                let port = free_port();
-                Self::node(&dir, port)
-            })
+        let buses: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes: Vec<Process> = buses
+            .iter()
+            .map(|bus| Self::node(&dir, free_port(), *bus))
             .collect();
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
@@ -222,12 +222,14 @@ impl RedisCluster {
             .status()
             .expect("run redis-cli --cluster create");
         assert!(created.success(), "redis-cli --cluster create failed");
-        let cluster = Self { nodes, dir };
+        let cluster = Self { nodes, buses, dir };
         cluster.wait_until_ok();
         cluster
     }
 
-    fn node(dir: &tempfile::TempDir, port: u16) -> Process {
+    /// A node on `port`, with its cluster bus on `bus` (by default it would
+    /// be the port + 10000, which may be taken or past 65535).
+    fn node(dir: &tempfile::TempDir, port: u16, bus: u16) -> Process {
         let node_dir = dir.path().join(port.to_string());
         std::fs::create_dir_all(&node_dir).unwrap();
         start_redis_with(
@@ -238,6 +240,8 @@ impl RedisCluster {
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
+                "--cluster-port",
+                &bus.to_string(),
             ],
         )
     }
@@ -291,7 +295,7 @@ impl RedisCluster {
     pub fn restart(&mut self, index: usize) {
         let port = self.nodes[index].port;
         self.nodes[index].kill();
-        self.nodes[index] = Self::node(&self.dir, port);
+        self.nodes[index] = Self::node(&self.dir, port, self.buses[index]);
         self.wait_until_ok();
     }
 

@@ -19,6 +19,12 @@ const CLAIM_IDLE_MS: u64 = 30_000;
 /// Stream entries per persist batch; each holds the messages of one append
 /// call, up to `APPEND_BATCH`.
 const PERSIST_BATCH: usize = 100;
+/// Once caught up, the worker waits this long before reading again, so a
+/// steady flow is read, written and acknowledged in batches of this many
+/// milliseconds rather than one wake, store write and ack per append call.
+/// History trails live delivery by about this much (`resume` reads the log
+/// and never does).
+const PERSIST_LINGER: Duration = Duration::from_millis(100);
 
 /// Acknowledges and deletes persisted entries and takes their messages off
 /// the stream's backlog count (entries hold several messages, so the
@@ -207,6 +213,12 @@ pub async fn persist(
                     // Written but not acked: they will be written again, idempotently.
                     this.metrics.bus_errors.inc();
                     tracing::warn!(error = %e, "persist worker cannot ack");
+                }
+                if prefetched.is_none() && ids.len() < PERSIST_BATCH {
+                    // Caught up: let the next batch gather rather than wake
+                    // for every append call.
+                    drop(this);
+                    tokio::time::sleep(PERSIST_LINGER).await;
                 }
             }
             Err(e) => {
