@@ -411,7 +411,7 @@ def main() -> None:
 
     efficiency = dict(connections=200 if args.quick else 1000, duration=5 if args.quick else 20)
     efficiency_rates = [250, 1000] if args.quick else [1000, 4000]
-    ceiling_rates = [500, 1000, 2000] if args.quick else [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000]
+    ceiling_rates = [250, 500, 1000] if args.quick else [250, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000, 8000]
     persistence = dict(rate=2000 if args.quick else 6000, duration=5 if args.quick else 30,
                        baseline_seconds=3 if args.quick else 10)
     for repeat in range(args.repeats):

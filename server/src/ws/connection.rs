@@ -90,13 +90,11 @@ async fn read(
     let mut expires_at = deadline_of(exp);
     let mut bad_frames = 0u32;
     let mut refused = 0u32;
-    let kicked = connection.kicked();
-    tokio::pin!(kicked);
     loop {
         let idle = Instant::now() + IDLE_TIMEOUT;
         let frame = tokio::select! {
             frame = stream.next() => frame,
-            reason = &mut kicked => return reason,
+            reason = connection.kicked() => return reason,
             () = sleep_until(expires_at) => return Kick::TokenExpired,
             () = sleep_until(idle) => return Kick::Idle,
         };
@@ -292,24 +290,18 @@ async fn write(
 ) {
     let mut cursors: Cursors<Utf8Bytes> = Cursors::default();
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
-    // One kick watch for the connection's life, and one buffer of frames
-    // reused for every delivery: nothing is set up or allocated per frame.
-    let kicked = connection.kicked();
-    tokio::pin!(kicked);
-    let mut frames: Vec<Utf8Bytes> = Vec::new();
     loop {
-        tokio::select! {
+        let frames: Vec<Utf8Bytes> = tokio::select! {
             // A kick is seen before more queued frames, so a slow consumer is closed
             // promptly; the kick branch still drains what it owes (see there).
             biased;
-            reason = &mut kicked => {
+            reason = connection.kicked() => {
                 // What was queued before the kick (acks, errors) is still owed to
                 // the client, unless its slowness is the reason: then close now.
                 if !matches!(reason, Kick::SlowConsumer | Kick::Gone | Kick::Broken) {
                     let drain = async {
                         while let Ok(item) = outbound.try_recv() {
-                            deliverable(&mut cursors, item, &mut frames);
-                            if !feed(&mut sink, &mut frames, &metrics).await {
+                            if !feed(&mut sink, deliverable(&mut cursors, item), &metrics).await {
                                 return;
                             }
                         }
@@ -328,7 +320,7 @@ async fn write(
                 return;
             }
             item = outbound.recv() => match item {
-                Some(item) => deliverable(&mut cursors, item, &mut frames),
+                Some(item) => deliverable(&mut cursors, item),
                 None => return,
             },
             _ = ping.tick() => {
@@ -338,7 +330,7 @@ async fn write(
                 continue;
             }
         };
-        let mut written = feed(&mut sink, &mut frames, &metrics).await;
+        let mut written = feed(&mut sink, frames, &metrics).await;
         // Write what else is already queued before flushing: one syscall for a
         // burst, bounded so a kick is still noticed under constant traffic.
         for _ in 0..QUEUE_CAPACITY {
@@ -346,8 +338,7 @@ async fn write(
             if !written {
                 break;
             }
-            deliverable(&mut cursors, item, &mut frames);
-            written = feed(&mut sink, &mut frames, &metrics).await;
+            written = feed(&mut sink, deliverable(&mut cursors, item), &metrics).await;
         }
         if !written || sink.flush().await.is_err() {
             connection.kick(Kick::Broken);
@@ -355,14 +346,13 @@ async fn write(
     }
 }
 
-/// Writes (and takes) the frames without flushing; false once the socket has
-/// failed.
+/// Writes frames without flushing; false once the socket has failed.
 async fn feed(
     sink: &mut SplitSink<WebSocket, WsMessage>,
-    frames: &mut Vec<Utf8Bytes>,
+    frames: Vec<Utf8Bytes>,
     metrics: &Metrics,
 ) -> bool {
-    for frame in frames.drain(..) {
+    for frame in frames {
         if sink.feed(WsMessage::Text(frame)).await.is_err() {
             return false;
         }
@@ -371,25 +361,33 @@ async fn feed(
     true
 }
 
-/// What an outbound item means for this connection's socket, given its
-/// cursors: the frames to write, added to `frames`.
-fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound, frames: &mut Vec<Utf8Bytes>) {
+/// What an outbound item means for this connection's socket, given its cursors.
+fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound) -> Vec<Utf8Bytes> {
     match item {
-        Outbound::Direct(frame) => frames.push(*frame),
-        Outbound::Message(message) => {
-            frames.extend(cursors.live(message.room, message.seq, message.frame.clone()))
-        }
+        Outbound::Direct(frame) => vec![*frame],
+        Outbound::Message(message) => cursors
+            .live(message.room, message.seq, message.frame.clone())
+            .into_iter()
+            .collect(),
         Outbound::Event(event) => {
             if cursors.is_subscribed(event.room) {
-                frames.push(event.frame.clone());
+                vec![event.frame.clone()]
+            } else {
+                Vec::new()
             }
         }
         Outbound::Left(event) => {
             cursors.left(event.room);
-            frames.push(event.frame.clone());
+            vec![event.frame.clone()]
         }
-        Outbound::Resuming { room } => cursors.resuming(room),
-        Outbound::Reset { room } => cursors.left(room),
+        Outbound::Resuming { room } => {
+            cursors.resuming(room);
+            Vec::new()
+        }
+        Outbound::Reset { room } => {
+            cursors.left(room);
+            Vec::new()
+        }
         Outbound::Replayed(replayed) => {
             let Replay {
                 room,
@@ -397,8 +395,9 @@ fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound, frames: &mut Ve
                 replay,
                 upto,
             } = *replayed;
-            frames.push(frame);
+            let mut frames = vec![frame];
             frames.extend(cursors.replayed(room, replay, upto));
+            frames
         }
     }
 }
