@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::common::{
-    Backend, JWT_SECRET, Process, TestServer, TestUser, WsClient, env_for, free_port, mongodb_uri,
-    start_redis_on, start_secantus_on, unique_db_name, ws_query,
+    Backend, JWT_SECRET, Process, TestServer, TestUser, WsClient, env_for, free_port,
+    history_when_complete, mongodb_uri, start_redis_on, start_secantus_on, unique_db_name,
+    ws_query,
 };
 
 struct Cluster {
@@ -89,34 +90,6 @@ async fn send_acked(ws: &mut WsClient, room: &str, content: &str) -> Value {
     ws.send(json!({"type": "message", "room_id": room, "content": content}))
         .await;
     ws.next_of("ack").await
-}
-
-/// Polls the history API until it holds `count` messages (persistence is
-/// asynchronous in cluster mode), returning their contents.
-async fn history_when_complete(
-    server: &TestServer,
-    user: &TestUser,
-    room: &str,
-    count: u64,
-) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, page) = server
-            .get(
-                &format!("/api/rooms/{room}/messages?limit=100"),
-                &user.token,
-            )
-            .await;
-        if page["total"].as_u64() == Some(count) || Instant::now() > deadline {
-            return page["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["content"].as_str().unwrap().to_owned())
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn channel_subscribers(redis: &Process, room: &str) -> i64 {

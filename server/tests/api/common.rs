@@ -309,6 +309,34 @@ impl RedisCluster {
     }
 }
 
+/// Polls the history API until it holds `count` messages (persistence is
+/// asynchronous with Redis), returning their contents.
+pub async fn history_when_complete(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    count: u64,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = server
+            .get(
+                &format!("/api/rooms/{room}/messages?limit=100"),
+                &user.token,
+            )
+            .await;
+        if page["total"].as_u64() == Some(count) || Instant::now() > deadline {
+            return page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().to_owned())
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn unique_db_name() -> String {
     format!("chat_test_{}", chat_server::model::Id::new())
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::{
-    Backend, JWT_SECRET, RedisCluster, TestServer, TestUser, WsClient, env_for, mongodb_uri,
-    unique_db_name, ws_query,
+    Backend, JWT_SECRET, RedisCluster, TestServer, WsClient, env_for, history_when_complete,
+    mongodb_uri, unique_db_name, ws_query,
 };
 
 /// Two pods on the cluster and one MongoDB database. The first is given every
@@ -46,32 +46,6 @@ fn seq_key(room: &str) -> String {
 async fn open(ws: &mut WsClient, room: &str) {
     ws.send(json!({"type": "join", "room_id": room})).await;
     ws.next_of("joined").await;
-}
-
-/// The contents in the room's history once it holds `count` messages.
-async fn history(server: &TestServer, user: &TestUser, room: &str, count: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, page) = server
-            .get(
-                &format!("/api/rooms/{room}/messages?limit=100"),
-                &user.token,
-            )
-            .await;
-        let contents: Vec<String> = page["messages"]
-            .as_array()
-            .map(|messages| {
-                messages
-                    .iter()
-                    .filter_map(|m| m["content"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if contents.len() >= count || Instant::now() > deadline {
-            return contents;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Sends a message with a client_id until it is acked, as a client does
@@ -188,20 +162,11 @@ async fn rooms_live_on_their_shard_and_messages_cross_pods_once_in_order() {
     }
 
     // One persist stream per shard, all drained into MongoDB.
-    let mut any = redis::cluster::ClusterClient::new(
-        cluster
-            .nodes
-            .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap()
-    .get_async_connection()
-    .await
-    .unwrap();
+    let registry = "chat:persist:streams";
+    let mut node = cluster.node_connection(cluster.node_of(registry)).await;
     let streams: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("chat:persist:streams")
-        .query_async(&mut any)
+        .arg(registry)
+        .query_async(&mut node)
         .await
         .unwrap();
     assert_eq!(streams.len(), 3, "{streams:?}");
@@ -211,7 +176,7 @@ async fn rooms_live_on_their_shard_and_messages_cross_pods_once_in_order() {
     }
     assert_eq!(holders.len(), 3, "a stream on each shard: {streams:?}");
     for room in &rooms {
-        let stored = history(b, &bob, room, EACH + 1).await;
+        let stored = history_when_complete(b, &bob, room, EACH as u64 + 1).await;
         assert_eq!(stored[0], "bob joined the room");
         assert_eq!(
             stored[1..],
@@ -285,7 +250,7 @@ async fn a_master_restarted_under_traffic_loses_no_acked_message() {
     assert_eq!(again.next_message().await["content"], "live again");
     assert_eq!(bob_ws.next_message().await["content"], "live again");
 
-    let stored = history(b, &bob, &room, 12).await;
+    let stored = history_when_complete(b, &bob, &room, 12).await;
     let expected: Vec<String> = std::iter::once("bob joined the room".to_owned())
         .chain((0..5).map(|i| format!("before {i}")))
         .chain((0..5).map(|i| format!("after {i}")))

@@ -183,11 +183,7 @@ async fn call(
         .key(backlog_key(stream))
         .arg(RECENT_LEN)
         .arg(DEDUPE_TTL_SECS)
-        .arg(if matches!(connection, Commands::Cluster(_)) {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        });
+        .arg(connection.publish_command());
     for pending in messages {
         let room = pending.room;
         invocation

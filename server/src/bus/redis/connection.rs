@@ -132,6 +132,17 @@ pub enum Commands {
     Cluster(ClusterConnection),
 }
 
+impl Commands {
+    /// How a room's channel is published to: sharded on a cluster, so a
+    /// message travels only through its room's shard.
+    pub fn publish_command(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "PUBLISH",
+            Self::Cluster(_) => "SPUBLISH",
+        }
+    }
+}
+
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -185,6 +196,9 @@ pub fn room_slot(room: Id) -> u16 {
 pub struct SlotMap {
     /// (first slot, last slot, "host:port" of the master)
     ranges: Vec<(u16, u16, String)>,
+    /// Each node's persist stream, derived once from `ranges` (appends look
+    /// it up for every message).
+    streams: BTreeMap<String, String>,
 }
 
 impl SlotMap {
@@ -217,41 +231,51 @@ impl SlotMap {
             ));
         }
         ranges.sort();
-        Some(Self { ranges })
+        let streams = persist_streams(&ranges);
+        Some(Self { ranges, streams })
     }
 
     pub fn node(&self, slot: u16) -> Option<&str> {
-        self.ranges
-            .iter()
-            .find(|(first, last, _)| (*first..=*last).contains(&slot))
-            .map(|(_, _, node)| node.as_str())
+        node_of(&self.ranges, slot)
     }
 
-    /// Each node's persist stream: `chat:persist:{N}` with the smallest N
-    /// whose slot the node serves. Every pod derives the same names from the
-    /// same map.
-    pub fn persist_streams(&self) -> BTreeMap<String, String> {
-        let mut nodes: Vec<&str> = self.ranges.iter().map(|(_, _, n)| n.as_str()).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        let mut streams = BTreeMap::new();
-        for n in 0u32.. {
-            if streams.len() == nodes.len() || n > 1_000_000 {
-                break;
-            }
-            let stream = format!("{PERSIST_STREAM}:{{{n}}}");
-            if let Some(node) = self.node(slot(&stream)) {
-                streams.entry(node.to_owned()).or_insert(stream);
-            }
-        }
-        streams
+    /// Each node's persist stream (see [`persist_streams`]), by node.
+    pub fn persist_streams(&self) -> &BTreeMap<String, String> {
+        &self.streams
     }
 
     /// The persist stream of the shard that holds `room`.
     pub fn stream_for(&self, room: Id) -> Option<String> {
         let node = self.node(room_slot(room))?;
-        self.persist_streams().remove(node)
+        self.streams.get(node).cloned()
     }
+}
+
+fn node_of(ranges: &[(u16, u16, String)], slot: u16) -> Option<&str> {
+    ranges
+        .iter()
+        .find(|(first, last, _)| (*first..=*last).contains(&slot))
+        .map(|(_, _, node)| node.as_str())
+}
+
+/// Each node's persist stream: `chat:persist:{N}` with the smallest N whose
+/// slot the node serves. Every pod derives the same names from the same map.
+fn persist_streams(ranges: &[(u16, u16, String)]) -> BTreeMap<String, String> {
+    let mut nodes: Vec<&str> = ranges.iter().map(|(_, _, n)| n.as_str()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let mut streams = BTreeMap::new();
+    // 16384 slots: some N below a million hashes onto every node's slots.
+    for n in 0u32..1_000_000 {
+        if streams.len() == nodes.len() {
+            break;
+        }
+        let stream = format!("{PERSIST_STREAM}:{{{n}}}");
+        if let Some(node) = node_of(ranges, slot(&stream)) {
+            streams.entry(node.to_owned()).or_insert(stream);
+        }
+    }
+    streams
 }
 
 /// Where appends go: the one persist stream of a single Redis, or the
@@ -280,7 +304,7 @@ impl Layout {
     pub fn streams(&self) -> Vec<String> {
         match &self.cluster {
             None => vec![PERSIST_STREAM.to_owned()],
-            Some(map) => lock(map).persist_streams().into_values().collect(),
+            Some(map) => lock(map).persist_streams().values().cloned().collect(),
         }
     }
 
@@ -362,7 +386,7 @@ mod tests {
         let map = three_masters();
         let streams = map.persist_streams();
         assert_eq!(streams.len(), 3);
-        for (node, stream) in &streams {
+        for (node, stream) in streams {
             assert_eq!(map.node(slot(stream)), Some(node.as_str()));
         }
         let room = Id::new();

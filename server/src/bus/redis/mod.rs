@@ -130,7 +130,8 @@ pub struct RedisBus {
     delivered: Mutex<HashMap<Id, u64>>,
     /// The persist streams this pod runs a worker for.
     workers: Mutex<HashSet<String>>,
-    /// Each persist stream's length, summed into the backlog gauge.
+    /// Each persist stream's messages not yet in the store, summed into the
+    /// backlog gauge.
     backlogs: Mutex<HashMap<String, i64>>,
     metrics: Arc<Metrics>,
 }
@@ -284,26 +285,24 @@ impl RedisBus {
         let Some(after) = lock(&self.delivered).get(&room).copied() else {
             return;
         };
-        {
-            let repaired = async {
-                let newest = self.newest_seq(room).await?;
-                if newest.saturating_sub(after) > crate::chat::MAX_RESUME {
-                    return Err(BusError::Internal(format!(
-                        "{} messages missed; clients will resume",
-                        newest - after
-                    )));
+        let repaired = async {
+            let newest = self.newest_seq(room).await?;
+            if newest.saturating_sub(after) > crate::chat::MAX_RESUME {
+                return Err(BusError::Internal(format!(
+                    "{} messages missed; clients will resume",
+                    newest - after
+                )));
+            }
+            self.missed(room, after, newest).await
+        };
+        match repaired.await {
+            Ok(missed) => {
+                for message in missed {
+                    self.deliver_message(room, message.seq, encode(&message));
                 }
-                self.missed(room, after, newest).await
-            };
-            match repaired.await {
-                Ok(missed) => {
-                    for message in missed {
-                        self.deliver_message(room, message.seq, encode(&message));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, %room, "cannot repair a room after reconnecting")
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %room, "cannot repair a room after reconnecting")
             }
         }
     }
@@ -314,8 +313,8 @@ impl RedisBus {
         unavailable(error)
     }
 
-    /// The message a retry names by its seq, once it has left the recent
-    /// buffer: from the store, where it is unless the persist stream has not
+    /// The message a retry names by its seq, once it has left the room's
+    /// log: from the store, where it is unless the persist stream has not
     /// reached it yet (then the client is asked to retry later).
     async fn retried(&self, room: Id, seq: &str) -> Result<Message, BusError> {
         let seq: u64 = seq
@@ -353,12 +352,7 @@ impl RedisBus {
 
     async fn publish(&self, room: Id, payload: &str) -> redis::RedisResult<()> {
         let mut commands = self.commands.clone();
-        let publish = if self.target.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
-        redis::cmd(publish)
+        redis::cmd(commands.publish_command())
             .arg(channel(room))
             .arg(payload)
             .query_async(&mut commands)
