@@ -56,6 +56,46 @@ pub struct Config {
     pub web_dir: PathBuf,
     pub log_filter: String,
     pub log_format: LogFormat,
+    pub limits: Limits,
+}
+
+/// How much of a pod one client may take (docs/reliability.md has the why of
+/// each default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to send a request's headers; also how long an idle keep-alive
+    /// connection is kept. Slow-header clients are cut off after it.
+    pub header_timeout: Duration,
+    /// Time to send a request's body and get the answer (not a WebSocket's life).
+    pub request_timeout: Duration,
+    /// WebSocket connections of one user on one pod.
+    pub connections_per_user: usize,
+    /// WebSocket connections from one client address on one pod.
+    pub connections_per_address: usize,
+    /// Bytes waiting to be written to one WebSocket client before it counts as slow.
+    pub queue_bytes: usize,
+    /// Password hashes (argon2id, 19 MiB each) computed at once.
+    pub password_hashes: usize,
+    /// Accounts one client address may create per hour (a third at once).
+    pub signups_per_address_per_hour: u32,
+    /// Peers whose `X-Forwarded-For` names the client (the Ingress, a load
+    /// balancer); every other peer is the client itself.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            connections_per_user: 20,
+            connections_per_address: 200,
+            queue_bytes: 4 * 1024 * 1024,
+            password_hashes: std::thread::available_parallelism().map_or(2, usize::from),
+            signups_per_address_per_hour: 60,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// Why start-up refused the configuration: the variable and what is wrong with it.
@@ -215,6 +255,8 @@ impl Config {
             }
         };
 
+        let limits = parse_limits(&mut get)?;
+
         Ok(Self {
             listen_addr,
             mongodb_uri,
@@ -231,8 +273,83 @@ impl Config {
             web_dir,
             log_filter,
             log_format,
+            limits,
         })
     }
+}
+
+fn parse_limits(
+    get: &mut impl FnMut(&'static str) -> Option<String>,
+) -> Result<Limits, ConfigError> {
+    let default = Limits::default();
+    let secs = |d: Duration| d.as_secs();
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Ok(Limits {
+        header_timeout: Duration::from_secs(parse_number(
+            get,
+            "CHAT_HTTP_HEADER_TIMEOUT_SECS",
+            secs(default.header_timeout),
+            1..=3_600,
+        )?),
+        request_timeout: Duration::from_secs(parse_number(
+            get,
+            "CHAT_HTTP_REQUEST_TIMEOUT_SECS",
+            secs(default.request_timeout),
+            1..=3_600,
+        )?),
+        connections_per_user: count(parse_number(
+            get,
+            "CHAT_MAX_CONNECTIONS_PER_USER",
+            default.connections_per_user as u64,
+            1..=100_000,
+        )?),
+        connections_per_address: count(parse_number(
+            get,
+            "CHAT_MAX_CONNECTIONS_PER_ADDRESS",
+            default.connections_per_address as u64,
+            1..=1_000_000,
+        )?),
+        queue_bytes: count(parse_number(
+            get,
+            "CHAT_MAX_QUEUE_BYTES",
+            default.queue_bytes as u64,
+            64 * 1024..=1 << 30,
+        )?),
+        password_hashes: count(parse_number(
+            get,
+            "CHAT_PASSWORD_HASH_CONCURRENCY",
+            default.password_hashes as u64,
+            1..=256,
+        )?),
+        signups_per_address_per_hour: u32::try_from(parse_number(
+            get,
+            "CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR",
+            u64::from(default.signups_per_address_per_hour),
+            1..=1_000_000,
+        )?)
+        .unwrap_or(u32::MAX),
+        trusted_proxies: match get("CHAT_TRUSTED_PROXIES") {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(parse_network)
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        },
+    })
+}
+
+/// A CIDR block, or a single address (a /32 or /128).
+fn parse_network(raw: &str) -> Result<ipnet::IpNet, ConfigError> {
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            invalid(
+                "CHAT_TRUSTED_PROXIES",
+                format!("{raw:?} is not an address or a CIDR block like 10.0.0.0/8"),
+            )
+        })
 }
 
 fn parse_number(
@@ -367,6 +484,14 @@ mod tests {
             ("CHAT_SHUTDOWN_GRACE_SECS", "1.5"),
             ("RUST_LOG", "info,[[["),
             ("CHAT_LOG_FORMAT", "xml"),
+            ("CHAT_HTTP_HEADER_TIMEOUT_SECS", "0"),
+            ("CHAT_HTTP_REQUEST_TIMEOUT_SECS", "soon"),
+            ("CHAT_MAX_CONNECTIONS_PER_USER", "0"),
+            ("CHAT_MAX_CONNECTIONS_PER_ADDRESS", "-5"),
+            ("CHAT_MAX_QUEUE_BYTES", "1024"),
+            ("CHAT_PASSWORD_HASH_CONCURRENCY", "0"),
+            ("CHAT_TRUSTED_PROXIES", "10.0.0.0/8, ingress"),
+            ("CHAT_TRUSTED_PROXIES", "10.0.0.0/33"),
         ];
         for (var, value) in cases {
             let err =
@@ -383,6 +508,27 @@ mod tests {
             config.redis_url.map(|url| url.expose().to_owned()),
             Some(seeds.to_owned())
         );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_take_proxies_as_blocks_or_addresses() {
+        let limits = config(&[]).unwrap().limits;
+        assert_eq!(limits, Limits::default());
+        assert_eq!(limits.header_timeout, Duration::from_secs(10));
+        assert!(limits.trusted_proxies.is_empty());
+        let limits = config(&[
+            ("CHAT_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,fd00::/8"),
+            ("CHAT_MAX_CONNECTIONS_PER_USER", "3"),
+        ])
+        .unwrap()
+        .limits;
+        let proxies: Vec<String> = limits
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]);
+        assert_eq!(limits.connections_per_user, 3);
     }
 
     #[test]

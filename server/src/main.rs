@@ -44,6 +44,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         state,
         shutdown_signal(),
         config.shutdown_grace,
+        config.limits.header_timeout,
     )
     .await?;
     tracing::info!("chat-server stopped");

@@ -5,11 +5,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
+use tower::ServiceExt;
 
 use crate::auth::TokenIssuer;
 use crate::auth::jwt::load_or_create_secret;
 use crate::auth::limits::LoginLimits;
+use crate::auth::password::HashPool;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::redis::connection::Target;
@@ -92,7 +99,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         config.rate_limit_per_sec,
         config.rate_limit_burst,
     ));
-    let login_limits = Arc::new(LoginLimits::default());
+    let login_limits = Arc::new(LoginLimits::new(config.limits.signups_per_address_per_hour));
     tokio::spawn(forget_idle_rate_limits(
         Arc::downgrade(&chat),
         Arc::downgrade(&login_limits),
@@ -105,6 +112,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl)),
         metrics,
         login_limits,
+        hashes: Arc::new(HashPool::new(config.limits.password_hashes)),
+        limits: Arc::new(config.limits.clone()),
     })
 }
 
@@ -138,14 +147,21 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// Serves until `shutdown` resolves, then drains: readiness fails at once, no new
 /// connections are accepted, and in-flight requests get `grace` to finish.
+///
+/// HTTP/1.1 only, through hyper directly rather than `axum::serve`, because
+/// that is where a client that never finishes its headers can be cut off
+/// (`header_timeout`, which also closes idle keep-alive connections): without
+/// it each such socket holds a descriptor for ever. Browsers reach a pod over
+/// HTTP/1.1 (the Ingress speaks it to its backends), and WebSockets upgrade from it.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
+    header_timeout: Duration,
 ) -> std::io::Result<()> {
-    let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
+    let (draining_tx, mut draining) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         state.health.start_draining();
@@ -163,23 +179,45 @@ pub async fn serve(
         }
         let _ = draining_tx.send(true);
     });
-    let mut graceful_rx = draining_rx.clone();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|draining| *draining).await;
-    });
-    let deadline = async move {
-        if draining_rx.wait_for(|draining| *draining).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(grace).await;
-    };
+
+    let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was
+                    // taken: give the pod a moment instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = async {
+                let _ = draining.wait_for(|draining| *draining).await;
+            } => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
     tokio::select! {
-        result = server => result,
-        () = deadline => {
+        () = graceful.shutdown() => Ok(()),
+        () = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over: closing the remaining connections");
             Ok(())
         }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use crate::auth::TokenIssuer;
+use crate::auth::password::HashPool;
 use crate::chat::Chat;
+use crate::config::Limits;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -16,6 +18,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub chat: Arc<Chat>,
     pub login_limits: Arc<crate::auth::limits::LoginLimits>,
+    pub hashes: Arc<HashPool>,
+    pub limits: Arc<Limits>,
     /// This instance's name (CHAT_POD_NAME), in sessions and logs.
     pub pod: Arc<str>,
 }

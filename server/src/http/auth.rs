@@ -1,12 +1,11 @@
 //! `/api/auth/*`: register, login, refresh, logout.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
+use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::extract::Json;
 use super::views::UserView;
@@ -46,14 +45,22 @@ pub struct SessionView {
 
 pub async fn register(
     State(state): State<AppState>,
+    client: ClientAddress,
     Json(request): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let username = validate::username(&request.username)?;
     let email = validate::email(&request.email)?;
     validate::password(&request.password)?;
-    let password_hash = tokio::task::spawn_blocking(move || password::hash(&request.password))
-        .await
-        .map_err(ApiError::internal)?
+    state
+        .login_limits
+        .check_registration(client.bucket())
+        .map_err(|wait| {
+            ApiError::rate_limited("too many accounts created from your address; wait", wait)
+        })?;
+    let password_hash = state
+        .hashes
+        .run(move || password::hash(&request.password))
+        .await?
         .map_err(ApiError::internal)?;
     let user = User {
         id: Id::new(),
@@ -71,13 +78,13 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientAddress,
     Json(request): Json<LoginRequest>,
 ) -> Result<axum::Json<SessionView>, ApiError> {
     let account = request.email.trim().to_lowercase();
     state
         .login_limits
-        .check(&account, peer.ip())
+        .check(&account, client.bucket())
         .map_err(|wait| {
             ApiError::rate_limited("too many sign-in attempts; wait and try again", wait)
         })?;
@@ -89,17 +96,18 @@ pub async fn login(
         Err(_) => None,
     };
     let candidate = request.password;
-    let user = tokio::task::spawn_blocking(move || match user {
-        Some(user) if password::verify(&candidate, &user.password_hash) => Some(user),
-        Some(_) => None,
-        None => {
-            password::verify_against_nothing(&candidate);
-            None
-        }
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .ok_or_else(invalid)?;
+    let user = state
+        .hashes
+        .run(move || match user {
+            Some(user) if password::verify(&candidate, &user.password_hash) => Some(user),
+            Some(_) => None,
+            None => {
+                password::verify_against_nothing(&candidate);
+                None
+            }
+        })
+        .await?
+        .ok_or_else(invalid)?;
     tracing::info!(user_id = %user.id, "user signed in");
     Ok(axum::Json(start_session(&state, user).await?))
 }

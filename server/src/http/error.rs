@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::auth::password::PoolError;
 use crate::chat::ChatError;
 use crate::store::StoreError;
 
@@ -52,6 +53,14 @@ impl ApiError {
         Self {
             retry_after: Some(wait),
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
+    /// 503 with `Retry-After`: this pod has no room for the request right now.
+    pub fn busy(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
         }
     }
 
@@ -157,6 +166,21 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Internal(detail) => Self::internal(detail),
+        }
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Busy => {
+                tracing::warn!("password hashing saturated: request turned away");
+                Self::busy(
+                    "the server is busy checking other passwords; try again in a moment",
+                    std::time::Duration::from_secs(1),
+                )
+            }
+            PoolError::Failed(e) => Self::internal(e),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The REST API, probes and metrics: routes, middleware, handlers.
 
 pub mod auth;
+pub mod client_address;
 pub mod error;
 pub mod extract;
 pub mod messages;
@@ -23,6 +24,7 @@ use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -33,6 +35,15 @@ use crate::state::AppState;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The web client keeps its tokens in `localStorage`, so an injected script
+/// would own the account: only the client's own files may run or style the
+/// page (no inline script, no `eval`), it talks only to its own origin
+/// (`'self'` covers `ws:`/`wss:` to the same host), and no other site may
+/// frame it. Sent with every response; API bodies are JSON and unaffected.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data: blob:; font-src 'self'; connect-src 'self'; \
+    object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path::Path) -> Router {
     let web = web::WebClient::new(web_dir);
@@ -70,6 +81,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         // Runs after routing, so it sees the matched route template.
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::track_http))
         .layer(
@@ -87,9 +99,32 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(|_| -> Response { ApiError::internal("handler panicked").into_response() }))
                 .option_layer(cors(cors_origins))
+                .layer(SetResponseHeaderLayer::if_not_present(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)))
+                .layer(SetResponseHeaderLayer::if_not_present(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+                .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+                .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)
+}
+
+/// Answers 408 for a request whose body and handling take longer than
+/// `CHAT_HTTP_REQUEST_TIMEOUT_SECS` (a WebSocket's upgrade answers at once, so
+/// its life is not bounded by this).
+async fn deadline(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long to arrive or to answer",
+        )
+        .into_response(),
+    }
 }
 
 /// Exact origins only, credentials allowed; no layer at all (same origin only)

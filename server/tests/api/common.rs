@@ -358,6 +358,10 @@ pub fn env_for(backend: Backend) -> (HashMap<&'static str, String>, tempfile::Te
         ("CHAT_DATA_DIR", temp.path().display().to_string()),
         ("CHAT_SHUTDOWN_GRACE_SECS", "2".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
+        // Every test client comes from 127.0.0.1: per-address limits are
+        // tested on their own, with their defaults.
+        ("CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR", "1000000".to_owned()),
+        ("CHAT_MAX_CONNECTIONS_PER_ADDRESS", "1000000".to_owned()),
     ]);
     if backend == Backend::Mongo {
         env.insert("CHAT_MONGODB_URI", mongodb_uri());
@@ -390,6 +394,7 @@ impl TestServer {
                 let _ = stop.await;
             },
             config.shutdown_grace,
+            config.limits.header_timeout,
         ));
         Self {
             base: format!("http://{addr}"),

@@ -1,0 +1,275 @@
+//! What one client, sometimes without an account, must not be able to do to a
+//! pod: hold sockets with headers that never finish, hash passwords without
+//! bound, grow `/metrics` without end, make accounts by the thousand, lock
+//! another user out. Each attack as an outside client would try it, over TCP.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{Backend, TestServer, code, env_for};
+
+async fn server_with(vars: &[(&'static str, &str)]) -> TestServer {
+    let (mut env, temp) = env_for(Backend::Embedded);
+    for (name, value) in vars {
+        env.insert(name, (*value).to_owned());
+    }
+    TestServer::start_with_env(env, Some(temp)).await
+}
+
+fn address(server: &TestServer) -> String {
+    server.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the socket; returns what it sent and when.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<(String, Instant)> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => {
+                return Some((
+                    String::from_utf8_lossy(&received).into_owned(),
+                    Instant::now(),
+                ));
+            }
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn headers_that_never_finish_are_cut_off_and_idle_keep_alives_closed() {
+    let server = server_with(&[("CHAT_HTTP_HEADER_TIMEOUT_SECS", "1")]).await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+        stream
+            .write_all(b"GET /api/rooms HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    let started = Instant::now();
+    for stream in &mut slow {
+        let (_, closed_at) = read_until_closed(stream, Duration::from_secs(10))
+            .await
+            .expect("the server keeps a slow-header socket open");
+        assert!(closed_at - started < Duration::from_secs(5));
+    }
+
+    // A finished request on a keep-alive connection, then silence.
+    let mut idle = TcpStream::connect(address(&server)).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut idle, Duration::from_secs(10))
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The pod still serves everybody else.
+    let (status, _) = server
+        .call(reqwest::Method::GET, "/healthz", None, None)
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408() {
+    let server = server_with(&[("CHAT_HTTP_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"email\":",
+        )
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the server waits for the body for ever");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+#[tokio::test]
+async fn invented_methods_do_not_grow_metrics() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let invent = |from: usize, to: usize| {
+        let server = &server;
+        async move {
+            for i in from..to {
+                let method =
+                    reqwest::Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+                let (status, _) = server.call(method, &format!("/nope/{i}"), None, None).await;
+                assert!(status == 404 || status == 405, "{status}");
+            }
+        }
+    };
+    invent(0, 5).await;
+    server.metrics().await;
+    let before = server.metrics().await.lines().count();
+    invent(5, 205).await;
+    let metrics = server.metrics().await;
+    assert!(!metrics.contains("INVENTED"), "a method became a label");
+    assert!(metrics.contains(r#"method="other""#));
+    assert_eq!(metrics.lines().count(), before, "/metrics grew");
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let server = TestServer::start(Backend::Embedded).await;
+    for path in ["/", "/api/rooms", "/healthz"] {
+        let response = server.client.get(server.url(path)).send().await.unwrap();
+        let headers = response.headers();
+        let csp = headers
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            csp.contains("default-src 'self'")
+                && csp.contains("frame-ancestors 'none'")
+                && !csp.contains("unsafe"),
+            "{path}: {csp}"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+    }
+}
+
+async fn register(
+    server: &TestServer,
+    name: &str,
+    forwarded_for: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let response = server
+        .client
+        .post(server.url("/api/auth/register"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": format!("password-{name}")}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.json().await.unwrap_or_default())
+}
+
+async fn login(
+    server: &TestServer,
+    name: &str,
+    password: &str,
+    forwarded_for: &str,
+) -> (u16, serde_json::Value) {
+    let response = server
+        .client
+        .post(server.url("/api/auth/login"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"email": format!("{name}@example.com"), "password": password}))
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn sign_ups_are_limited_per_client_address_behind_a_trusted_proxy() {
+    let server = server_with(&[
+        ("CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR", "6"),
+        ("CHAT_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let (status, headers, body) = register(&server, &format!("spam{i}"), "203.0.113.5").await;
+        if status == 429 {
+            assert_eq!(code(&body), "rate_limited");
+            assert!(headers.contains_key("retry-after"));
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [201, 201, 429]);
+    // Another client behind the same Ingress is not affected.
+    let (status, _, _) = register(&server, "neighbour", "198.51.100.9").await;
+    assert_eq!(status, 201);
+    // Without a trusted proxy, the header is the client's word: ignored.
+    let direct = server_with(&[("CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR", "3")]).await;
+    let (first, _, _) = register(&direct, "one", "192.0.2.1").await;
+    let (second, _, _) = register(&direct, "two", "192.0.2.2").await;
+    assert_eq!((first, second), (201, 429));
+}
+
+#[tokio::test]
+async fn failing_on_purpose_does_not_lock_the_owner_out() {
+    let server = server_with(&[("CHAT_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    server.user("alice").await;
+    let mut refused = false;
+    for _ in 0..15 {
+        let (status, body) = login(&server, "alice", "wrong-password", "203.0.113.66").await;
+        if status == 429 {
+            assert_eq!(code(&body), "rate_limited");
+            refused = true;
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    assert!(
+        refused,
+        "wrong passwords from one address were never limited"
+    );
+    let (status, body) = login(&server, "alice", "password-alice", "198.51.100.7").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sign_ins_waits_for_bounded_hashing_or_is_turned_away() {
+    let server = server_with(&[
+        ("CHAT_PASSWORD_HASH_CONCURRENCY", "1"),
+        ("CHAT_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    server.user("alice").await;
+    let attempts = (0..300).map(|i| {
+        let client = server.client.clone();
+        let url = server.url("/api/auth/login");
+        async move {
+            let response = client
+                .post(url)
+                .header("x-forwarded-for", format!("10.{}.{}.1", i / 200, i % 200))
+                .json(&json!({"email": format!("nobody{i}@example.com"), "password": "whatever-it-is"}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, retry_after, code(&body).to_owned())
+        }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let busy = outcomes
+        .iter()
+        .filter(|(status, ..)| *status == 503)
+        .count();
+    for (status, retry_after, code) in &outcomes {
+        match status {
+            401 => assert_eq!(code, "invalid_credentials"),
+            503 => assert!(*retry_after && code == "busy", "{code}"),
+            other => panic!("unexpected {other} {code}"),
+        }
+    }
+    assert!(busy > 0, "300 hashes at once on one slot all waited");
+    assert!(busy < 300, "none was served");
+    // Once the burst is over, the pod signs people in again.
+    let (status, _) = login(&server, "alice", "password-alice", "192.0.2.44").await;
+    assert_eq!(status, 200);
+}
