@@ -26,6 +26,10 @@ pub const MAX_RESUME: u64 = 1000;
 /// Typing and read frames per user per second, after a burst.
 const EVENTS_PER_SEC: NonZeroU32 = NonZeroU32::new(5).unwrap();
 const EVENT_BURST: NonZeroU32 = NonZeroU32::new(20).unwrap();
+/// Join, leave, resume, auth and ping frames per user per second, after a
+/// burst big enough for several tabs reopening dozens of rooms at once.
+const CONTROL_PER_SEC: NonZeroU32 = NonZeroU32::new(20).unwrap();
+const CONTROL_BURST: NonZeroU32 = NonZeroU32::new(200).unwrap();
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -76,6 +80,9 @@ pub struct Chat {
     /// Typing and read markers: not stored, but fanned out to the whole room,
     /// so they get a budget of their own.
     event_limiter: DefaultKeyedRateLimiter<Id>,
+    /// Join, leave, resume, auth and ping: each costs a store read, a replay
+    /// or a fan-out of presence, so they are budgeted too.
+    control_limiter: DefaultKeyedRateLimiter<Id>,
     pod: String,
 }
 
@@ -98,8 +105,16 @@ impl Chat {
             event_limiter: DefaultKeyedRateLimiter::keyed(
                 Quota::per_second(EVENTS_PER_SEC).allow_burst(EVENT_BURST),
             ),
+            control_limiter: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(CONTROL_PER_SEC).allow_burst(CONTROL_BURST),
+            ),
             pod: pod.to_owned(),
         }
+    }
+
+    /// Takes one control frame (join, leave, resume, auth, ping) of `user`'s budget.
+    pub fn take_control(&self, user: Id) -> Result<(), ChatError> {
+        Self::take(&self.control_limiter, user)
     }
 
     pub fn bus_name(&self) -> &'static str {
@@ -133,6 +148,7 @@ impl Chat {
     pub fn forget_idle_users(&self) {
         self.limiter.retain_recent();
         self.event_limiter.retain_recent();
+        self.control_limiter.retain_recent();
     }
 
     /// Posts a member's message from `connection`. A retry with the same
@@ -238,7 +254,9 @@ impl Chat {
             .is_empty();
         connection.send(Outbound::Resuming { room });
         self.hub.subscribe(room, connection);
-        let opened = self.replay(room, resume_after).await;
+        let opened = self
+            .replay(room, resume_after, connection.max_replay_bytes())
+            .await;
         let (frame, replay, upto) = match opened {
             Ok(opened) => opened,
             Err(e) => {
@@ -270,6 +288,7 @@ impl Chat {
         &self,
         room: Id,
         resume_after: Option<u64>,
+        max_bytes: usize,
     ) -> Result<
         (
             axum::extract::ws::Utf8Bytes,
@@ -294,7 +313,11 @@ impl Chat {
             return Err(ChatError::TooFarBehind);
         }
         let missed = self.bus.missed(room, after, upto).await?;
-        let replay = missed.iter().map(|m| (m.seq, encode(m))).collect();
+        let replay: Vec<_> = missed.iter().map(|m| (m.seq, encode(m))).collect();
+        // Bigger than the connection may queue: the client pages history instead.
+        if replay.iter().map(|(_, frame)| frame.len()).sum::<usize>() > max_bytes {
+            return Err(ChatError::TooFarBehind);
+        }
         let frame = encode(&ServerFrame::Resumed {
             room_id: room,
             from_seq: after,
@@ -305,11 +328,17 @@ impl Chat {
 
     /// Stops live delivery of `room` to `connection` (the `leave` frame).
     pub async fn close(&self, connection: &Connection, room: Id) {
+        let was_open = self.hub.is_subscribed(room, connection.id);
         self.hub.unsubscribe(room, connection.id);
         connection.send(Outbound::left(
             room,
             encode(&ServerFrame::Left { room_id: room }),
         ));
+        // Leaving a room one never opened changes nothing, and must tell
+        // nobody: it could otherwise announce presence into any room id.
+        if !was_open {
+            return;
+        }
         self.session_changed(connection).await;
         self.left(room, connection).await;
     }

@@ -29,7 +29,7 @@ use crate::state::AppState;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
-use crate::ws::hub::{Hub, Kick};
+use crate::ws::hub::{Hub, HubLimits, Kick};
 
 /// tokio's default backlog of 1024 drops SYNs under a burst of connects, which
 /// clients then retry only after a second.
@@ -68,7 +68,11 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         }
     };
     let metrics = Arc::new(Metrics::new()?);
-    let hub = Arc::new(Hub::default());
+    let hub = Arc::new(Hub::new(HubLimits {
+        connections_per_user: config.limits.connections_per_user,
+        connections_per_address: config.limits.connections_per_address,
+        queue_bytes: config.limits.queue_bytes,
+    }));
     let bus: Arc<dyn Bus> = match &config.redis_url {
         Some(url) => {
             let target = Target::discover(url.expose()).await.map_err(|e| {

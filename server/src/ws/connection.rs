@@ -2,6 +2,7 @@
 //! and a writer task that owns the socket's sending half and the delivery
 //! cursors. They share only the bounded queue and the connection's kick signal.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,13 +40,37 @@ const MAX_REFUSED_MESSAGES: u32 = 50;
 /// This future is the connection's task and stays allocated while the client is
 /// idle, so the calls that await the store or the bus are boxed: their state
 /// exists only while they run, not for the whole life of every connection.
-pub async fn run(socket: WebSocket, state: AppState, claims: Claims, room: Option<Id>) {
-    let (sink, stream) = socket.split();
+pub async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    claims: Claims,
+    room: Option<Id>,
+    address: IpAddr,
+) {
     let (queue, outbound) = mpsc::channel(QUEUE_CAPACITY);
-    let connection = state
+    let registered = state
         .chat
         .hub
-        .register(claims.sub, claims.username.clone(), queue);
+        .register(claims.sub, claims.username.clone(), address, queue);
+    let connection = match registered {
+        Ok(connection) => connection,
+        Err(reason) => {
+            tracing::info!(user_id = %claims.sub, %address, reason = reason.label(), "websocket refused");
+            state
+                .metrics
+                .ws_disconnects
+                .with_label_values(&[reason.label()])
+                .inc();
+            let close = CloseFrame {
+                code: reason.close_code(),
+                reason: Utf8Bytes::from_static(reason.reason()),
+            };
+            let _ =
+                tokio::time::timeout(CLOSE_DRAIN, socket.send(WsMessage::Close(Some(close)))).await;
+            return;
+        }
+    };
+    let (sink, stream) = socket.split();
     tracing::debug!(connection = connection.id, user_id = %claims.sub, "websocket connected");
     state.metrics.ws_connections.inc();
     let writer = tokio::spawn(write(
@@ -138,7 +163,7 @@ async fn read(
                 state.metrics.rate_limited.inc();
                 connection.send(Outbound::direct(encode(&ServerFrame::Error {
                     code: "rate_limited".into(),
-                    message: "too many messages; slow down".into(),
+                    message: "too many frames; slow down".into(),
                     retry_after: Some((retry_after.as_secs_f64() * 1000.0).ceil() / 1000.0),
                 })));
                 if refused > MAX_REFUSED_MESSAGES {
@@ -204,6 +229,12 @@ async fn handle(
     expires_at: &mut Instant,
 ) -> Result<(), Refusal> {
     let chat = &state.chat;
+    if !matches!(
+        frame,
+        ClientFrame::Message { .. } | ClientFrame::Typing { .. } | ClientFrame::Read { .. }
+    ) {
+        chat.take_control(connection.user)?;
+    }
     match frame {
         ClientFrame::Message {
             room_id,
@@ -301,6 +332,7 @@ async fn write(
                 if !matches!(reason, Kick::SlowConsumer | Kick::Gone | Kick::Broken) {
                     let drain = async {
                         while let Ok(item) = outbound.try_recv() {
+                            connection.dequeued(&item);
                             if !feed(&mut sink, deliverable(&mut cursors, item), &metrics).await {
                                 return;
                             }
@@ -320,7 +352,10 @@ async fn write(
                 return;
             }
             item = outbound.recv() => match item {
-                Some(item) => deliverable(&mut cursors, item),
+                Some(item) => {
+                    connection.dequeued(&item);
+                    deliverable(&mut cursors, item)
+                }
                 None => return,
             },
             _ = ping.tick() => {
@@ -335,6 +370,7 @@ async fn write(
         // burst, bounded so a kick is still noticed under constant traffic.
         for _ in 0..QUEUE_CAPACITY {
             let Ok(item) = outbound.try_recv() else { break };
+            connection.dequeued(&item);
             if !written {
                 break;
             }

@@ -6,7 +6,8 @@
 //! than slowing the room for everyone else.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
@@ -43,6 +44,18 @@ pub enum Outbound {
 }
 
 impl Outbound {
+    /// The bytes this item will write: what it counts against the queue's
+    /// byte budget (a replay counts all of its frames).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Outbound::Direct(frame) => frame.len(),
+            Outbound::Message(message) => message.frame.len(),
+            Outbound::Event(event) | Outbound::Left(event) => event.frame.len(),
+            Outbound::Resuming { .. } | Outbound::Reset { .. } => 0,
+            Outbound::Replayed(replay) => replay.bytes(),
+        }
+    }
+
     pub fn direct(frame: Utf8Bytes) -> Self {
         Outbound::Direct(Box::new(frame))
     }
@@ -83,6 +96,12 @@ pub struct Replay {
     pub upto: u64,
 }
 
+impl Replay {
+    pub fn bytes(&self) -> usize {
+        self.frame.len() + self.replay.iter().map(|(_, f)| f.len()).sum::<usize>()
+    }
+}
+
 /// Why the server closes a connection: a WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
@@ -102,6 +121,8 @@ pub enum Kick {
     Gone,
     /// The socket failed (reset, protocol violation, oversized frame).
     Broken,
+    /// The user or the client address already has as many connections as allowed.
+    TooManyConnections,
 }
 
 impl Kick {
@@ -116,6 +137,7 @@ impl Kick {
             Kick::Shutdown => "shutdown",
             Kick::Gone => "client_closed",
             Kick::Broken => "broken",
+            Kick::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -129,6 +151,7 @@ impl Kick {
             Kick::Shutdown => 1012,
             Kick::Gone => 1000,
             Kick::Broken => 1002,
+            Kick::TooManyConnections => 4009,
         }
     }
 
@@ -142,6 +165,9 @@ impl Kick {
             Kick::Shutdown => "server shutting down; reconnect",
             Kick::Gone => "closed",
             Kick::Broken => "connection failed",
+            Kick::TooManyConnections => {
+                "too many connections for this user or address; close another first"
+            }
         }
     }
 }
@@ -153,7 +179,12 @@ pub struct Connection {
     pub user: Id,
     pub username: String,
     pub connected_at: Timestamp,
+    /// The client's address, for the per-address connection cap.
+    pub address: IpAddr,
     queue: mpsc::Sender<Outbound>,
+    /// Bytes queued and not yet taken by the writer (see [`HubLimits::queue_bytes`]).
+    queued_bytes: AtomicUsize,
+    max_queue_bytes: usize,
     /// Set once, by whoever closes the connection first; both the reader and
     /// the writer task wait on it, so it must wake every waiter.
     kick: watch::Sender<Option<Kick>>,
@@ -167,16 +198,42 @@ impl Connection {
         }
     }
 
-    /// Queues an item without waiting. A full queue disconnects the connection.
+    /// Queues an item without waiting. A full queue, in items or in bytes,
+    /// disconnects the connection: a client that stops reading holds at most
+    /// `max_queue_bytes` of the pod's memory.
     pub fn send(&self, item: Outbound) -> bool {
-        match self.queue.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick(Kick::SlowConsumer);
+        let bytes = item.bytes();
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let refused = if queued > self.max_queue_bytes {
+            Some(true)
+        } else {
+            match self.queue.try_send(item) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(_)) => Some(true),
+                Err(mpsc::error::TrySendError::Closed(_)) => Some(false),
+            }
+        };
+        match refused {
+            None => true,
+            Some(slow) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                if slow {
+                    self.kick(Kick::SlowConsumer);
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// The writer took `item` off the queue.
+    pub fn dequeued(&self, item: &Outbound) {
+        self.queued_bytes.fetch_sub(item.bytes(), Ordering::Relaxed);
+    }
+
+    /// The most a join or resume may replay at once: half the queue's bytes,
+    /// so a replay never makes its own connection a slow consumer.
+    pub fn max_replay_bytes(&self) -> usize {
+        self.max_queue_bytes / 2
     }
 
     /// Asks the connection to close with `reason`; the first reason wins.
@@ -217,39 +274,91 @@ struct Inner {
     connections: HashMap<ConnId, Arc<Connection>>,
     rooms: HashMap<Id, HashMap<ConnId, Arc<Connection>>>,
     rooms_of: HashMap<ConnId, HashSet<Id>>,
+    per_user: HashMap<Id, usize>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// What one user or client address may hold of this pod's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    pub connections_per_user: usize,
+    pub connections_per_address: usize,
+    /// Bytes queued for one connection before it counts as a slow consumer.
+    pub queue_bytes: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self {
+            connections_per_user: usize::MAX,
+            connections_per_address: usize::MAX,
+            queue_bytes: 4 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct Hub {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
+    limits: HubLimits,
 }
 
 impl Hub {
+    pub fn new(limits: HubLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a connection, unless its user or its address is at the cap
+    /// (checked and counted under one lock, so a burst of connects cannot
+    /// overshoot it).
     pub fn register(
         &self,
         user: Id,
         username: String,
+        address: IpAddr,
         queue: mpsc::Sender<Outbound>,
-    ) -> Arc<Connection> {
+    ) -> Result<Arc<Connection>, Kick> {
+        let mut inner = lock(&self.inner);
+        let of_user = inner.per_user.get(&user).copied().unwrap_or(0);
+        let of_address = inner.per_address.get(&address).copied().unwrap_or(0);
+        if of_user >= self.limits.connections_per_user
+            || of_address >= self.limits.connections_per_address
+        {
+            return Err(Kick::TooManyConnections);
+        }
         let connection = Arc::new(Connection {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             user,
             username,
             connected_at: crate::model::now(),
+            address,
             queue,
+            queued_bytes: AtomicUsize::new(0),
+            max_queue_bytes: self.limits.queue_bytes,
             kick: watch::Sender::new(None),
         });
-        lock(&self.inner)
-            .connections
-            .insert(connection.id, connection.clone());
-        connection
+        inner.connections.insert(connection.id, connection.clone());
+        *inner.per_user.entry(user).or_default() += 1;
+        *inner.per_address.entry(address).or_default() += 1;
+        Ok(connection)
     }
 
     /// Forgets a closed connection; returns the rooms it was subscribed to.
     pub fn unregister(&self, id: ConnId) -> Vec<Id> {
         let mut inner = lock(&self.inner);
-        inner.connections.remove(&id);
+        if let Some(connection) = inner.connections.remove(&id) {
+            let Inner {
+                per_user,
+                per_address,
+                ..
+            } = &mut *inner;
+            release(per_user, connection.user);
+            release(per_address, connection.address);
+        }
         let rooms: Vec<Id> = inner.rooms_of.remove(&id).into_iter().flatten().collect();
         for room in &rooms {
             if let Some(members) = inner.rooms.get_mut(room) {
@@ -373,12 +482,78 @@ impl Hub {
     }
 }
 
+/// One connection fewer for `key`; the entry goes when it reaches zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
+    if let std::collections::hash_map::Entry::Occupied(mut count) = counts.entry(key) {
+        *count.get_mut() -= 1;
+        if *count.get() == 0 {
+            count.remove();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn frame(text: &str) -> Outbound {
         Outbound::direct(Utf8Bytes::from(text.to_owned()))
+    }
+
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn register(hub: &Hub, user: Id, tx: mpsc::Sender<Outbound>) -> Arc<Connection> {
+        hub.register(user, "u".into(), HERE, tx).unwrap()
+    }
+
+    #[test]
+    fn users_and_addresses_are_capped_and_a_closed_connection_frees_its_slot() {
+        let hub = Hub::new(HubLimits {
+            connections_per_user: 2,
+            connections_per_address: 3,
+            ..HubLimits::default()
+        });
+        let (tx, _rx) = mpsc::channel(1);
+        let alice = Id::new();
+        let first = register(&hub, alice, tx.clone());
+        register(&hub, alice, tx.clone());
+        assert_eq!(
+            hub.register(alice, "a".into(), HERE, tx.clone())
+                .unwrap_err(),
+            Kick::TooManyConnections
+        );
+        register(&hub, Id::new(), tx.clone());
+        let elsewhere: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(
+            hub.register(Id::new(), "b".into(), HERE, tx.clone())
+                .is_err()
+        );
+        assert!(
+            hub.register(Id::new(), "b".into(), elsewhere, tx.clone())
+                .is_ok()
+        );
+        hub.unregister(first.id);
+        assert!(
+            hub.register(alice, "a".into(), "192.0.2.2".parse().unwrap(), tx)
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_bytes_kicks_the_connection() {
+        let hub = Hub::new(HubLimits {
+            queue_bytes: 10,
+            ..HubLimits::default()
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        let connection = register(&hub, Id::new(), tx);
+        assert!(connection.send(frame("12345")));
+        assert!(connection.send(frame("12345")));
+        let taken = rx.try_recv().unwrap();
+        connection.dequeued(&taken);
+        assert!(connection.send(frame("12345")), "the writer made room");
+        assert!(!connection.send(frame("123456")));
+        assert_eq!(connection.kicked().await, Kick::SlowConsumer);
     }
 
     #[test]
@@ -393,8 +568,8 @@ mod tests {
         let hub = Hub::default();
         let (tx_a, mut rx_a) = mpsc::channel(8);
         let (tx_b, mut rx_b) = mpsc::channel(8);
-        let a = hub.register(Id::new(), "a".into(), tx_a);
-        let b = hub.register(Id::new(), "b".into(), tx_b);
+        let a = register(&hub, Id::new(), tx_a);
+        let b = register(&hub, Id::new(), tx_b);
         let room = Id::new();
         hub.subscribe(room, &a);
         assert_eq!(hub.broadcast(room, frame("hi")), 1);
@@ -414,8 +589,8 @@ mod tests {
         let hub = Hub::default();
         let (tx_slow, _rx_slow) = mpsc::channel(2);
         let (tx_fast, mut rx_fast) = mpsc::channel(16);
-        let slow = hub.register(Id::new(), "slow".into(), tx_slow);
-        let fast = hub.register(Id::new(), "fast".into(), tx_fast);
+        let slow = register(&hub, Id::new(), tx_slow);
+        let fast = register(&hub, Id::new(), tx_fast);
         let room = Id::new();
         hub.subscribe(room, &slow);
         hub.subscribe(room, &fast);
@@ -435,8 +610,8 @@ mod tests {
         let hub = Hub::default();
         let user = Id::new();
         let (tx, _rx) = mpsc::channel(1);
-        let connection = hub.register(user, "u".into(), tx.clone());
-        hub.register(Id::new(), "other".into(), tx);
+        let connection = register(&hub, user, tx.clone());
+        register(&hub, Id::new(), tx);
         let room = Id::new();
         hub.subscribe(room, &connection);
         let sessions = hub.sessions("pod-1", |c| c.user == user);
@@ -451,7 +626,7 @@ mod tests {
     async fn a_kick_wakes_the_reader_and_the_writer_with_the_first_reason() {
         let hub = Hub::default();
         let (tx, _rx) = mpsc::channel(1);
-        let connection = hub.register(Id::new(), "a".into(), tx);
+        let connection = register(&hub, Id::new(), tx);
         let waiters: Vec<_> = (0..2)
             .map(|_| {
                 let connection = connection.clone();

@@ -16,6 +16,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use crate::auth::{Claims, TokenError};
+use crate::http::client_address::ClientAddress;
 use crate::http::error::ApiError;
 use crate::http::extract::{Query, parse_id};
 use crate::state::AppState;
@@ -41,6 +42,7 @@ pub struct WsParams {
 
 pub async fn upgrade(
     State(state): State<AppState>,
+    client: ClientAddress,
     Query(params): Query<WsParams>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -67,7 +69,8 @@ pub async fn upgrade(
     if let Some(protocol) = protocol {
         upgrade = upgrade.protocols([protocol]);
     }
-    Ok(upgrade.on_upgrade(move |socket| connection::run(socket, state, claims, room)))
+    let address = client.bucket();
+    Ok(upgrade.on_upgrade(move |socket| connection::run(socket, state, claims, room, address)))
 }
 
 pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {

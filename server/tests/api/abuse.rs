@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Backend, TestServer, code, env_for};
+use crate::common::{Backend, TestServer, WsClient, code, env_for, ws_query};
 
 async fn server_with(vars: &[(&'static str, &str)]) -> TestServer {
     let (mut env, temp) = env_for(Backend::Embedded);
@@ -272,4 +272,148 @@ async fn a_burst_of_sign_ins_waits_for_bounded_hashing_or_is_turned_away() {
     // Once the burst is over, the pod signs people in again.
     let (status, _) = login(&server, "alice", "password-alice", "192.0.2.44").await;
     assert_eq!(status, 200);
+}
+
+/// Reads frames until the connection closes; returns its close code.
+async fn close_code(ws: &mut WsClient) -> Option<u64> {
+    loop {
+        let frame = ws.next().await;
+        if let Some(code) = frame.get("closed") {
+            return code.as_u64();
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_user_and_per_address_with_4009() {
+    let server = server_with(&[
+        ("CHAT_MAX_CONNECTIONS_PER_USER", "2"),
+        ("CHAT_MAX_CONNECTIONS_PER_ADDRESS", "3"),
+    ])
+    .await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let first = WsClient::connect(&server, &ws_query(&alice, None))
+        .await
+        .unwrap();
+    let _second = WsClient::connect(&server, &ws_query(&alice, None))
+        .await
+        .unwrap();
+    let mut third = WsClient::connect(&server, &ws_query(&alice, None))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut third).await, Some(4009));
+    // One closed, one more allowed.
+    first.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = WsClient::connect(&server, &ws_query(&alice, None))
+        .await
+        .unwrap();
+    again.send(json!({"type": "ping"})).await;
+    assert_eq!(again.next().await["type"], "pong");
+    // Alice holds two, bob one: the address's three.
+    let mut bobs = WsClient::connect(&server, &ws_query(&bob, None))
+        .await
+        .unwrap();
+    bobs.send(json!({"type": "ping"})).await;
+    assert_eq!(bobs.next().await["type"], "pong");
+    let mut over = WsClient::connect(&server, &ws_query(&bob, None))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut over).await, Some(4009));
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains(r#"reason="too_many_connections""#)
+    );
+}
+
+#[tokio::test]
+async fn control_frames_are_rate_limited_and_a_flood_is_closed() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, None))
+        .await
+        .unwrap();
+    for _ in 0..400 {
+        if !ws.try_send(json!({"type": "ping"})).await {
+            break;
+        }
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    let closed = loop {
+        let frame = ws.next().await;
+        match frame["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => {
+                assert_eq!(frame["code"], "rate_limited");
+                limited += 1;
+            }
+            _ => break frame["closed"].as_u64(),
+        }
+    };
+    assert!(
+        pongs >= 200 && limited > 0,
+        "{pongs} pongs, {limited} refused"
+    );
+    assert_eq!(closed, Some(4029));
+}
+
+#[tokio::test]
+async fn leaving_a_room_one_never_opened_tells_its_members_nothing() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let mallory = server.user("mallory").await;
+    let secret = server.room(&alice, "secret", true).await;
+    let mut inside = WsClient::connect(&server, &ws_query(&alice, Some(&secret)))
+        .await
+        .unwrap();
+    assert_eq!(inside.next_of("joined").await["room_id"], secret.as_str());
+    let mut outside = WsClient::connect(&server, &ws_query(&mallory, None))
+        .await
+        .unwrap();
+    outside
+        .send(json!({"type": "leave", "room_id": secret}))
+        .await;
+    assert_eq!(outside.next().await["type"], "left");
+    inside.send(json!({"type": "ping"})).await;
+    loop {
+        let frame = inside.next().await;
+        assert!(
+            frame["type"] != "presence" || frame["user_id"] == alice.id.as_str(),
+            "mallory's leave reached the room: {frame}"
+        );
+        if frame["type"] == "pong" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resume_bigger_than_the_queue_is_sent_to_the_history_api() {
+    let server = server_with(&[("CHAT_MAX_QUEUE_BYTES", "65536")]).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "big", false).await;
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    ws.next_of("joined").await;
+    let content = "x".repeat(4000);
+    for i in 0..12 {
+        ws.send(json!({"type": "message", "room_id": room, "content": content, "client_id": format!("c{i}")}))
+            .await;
+        assert_eq!(ws.next_of("ack").await["client_id"], format!("c{i}"));
+    }
+    let mut late = WsClient::connect(&server, &ws_query(&alice, None))
+        .await
+        .unwrap();
+    late.send(json!({"type": "resume", "room_id": room, "last_seq": 0}))
+        .await;
+    let refused = late.next_of("error").await;
+    assert_eq!(refused["code"], "resume_too_far");
+    // A resume that fits is served.
+    late.send(json!({"type": "resume", "room_id": room, "last_seq": 6}))
+        .await;
+    assert_eq!(late.next_of("resumed").await["from_seq"], 6);
 }

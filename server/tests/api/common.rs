@@ -602,6 +602,17 @@ impl WsClient {
         .await;
     }
 
+    /// Sends a frame; false once the server has closed the connection.
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        use futures::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                frame.to_string().into(),
+            ))
+            .await
+            .is_ok()
+    }
+
     pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
         use futures::SinkExt;
         self.stream.send(message).await.expect("websocket send");
