@@ -123,7 +123,21 @@ async function main() {
     await server.start();
     const alice = await (await browser.newContext({ viewport: { width: 1200, height: 800 } })).newPage();
     const bob = await (await browser.newContext({ viewport: { width: 390, height: 800 } })).newPage();
-    for (const page of [alice, bob]) page.on("pageerror", (error) => console.error("page error:", error));
+    // The server sends a strict Content-Security-Policy; the client must run under it untouched.
+    const violations = [];
+    for (const page of [alice, bob]) {
+      page.on("pageerror", (error) => console.error("page error:", error));
+      page.on("console", (message) => {
+        if (message.type() === "error" && /Content Security Policy|Refused to/i.test(message.text())) {
+          violations.push(message.text());
+        }
+      });
+    }
+    const landing = await alice.goto(base);
+    const csp = landing?.headers()["content-security-policy"] ?? "";
+    if (!csp.includes("script-src 'self'") || !csp.includes("frame-ancestors 'none'")) {
+      throw new Error(`the web client is served without a strict CSP: ${csp}`);
+    }
 
     await register(alice, base, "alice");
     await register(bob, base, "bob");
@@ -178,6 +192,9 @@ async function main() {
     await connected(bob);
     await bob.getByRole("button", { name: /Launch/ }).click();
     await expectShown(bob, "bob after a reload", all);
+
+    if (violations.length) throw new Error(`CSP violations:\n${violations.join("\n")}`);
+    console.log("no Content-Security-Policy violation");
 
     await alice.screenshot({ path: join(results, "chat.png") });
     await bob.screenshot({ path: join(results, "chat-phone.png") });
