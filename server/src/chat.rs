@@ -7,9 +7,10 @@
 //! after, and the replay of what was missed plus the held messages newer than
 //! it are written in order. No message is lost or repeated in between.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -17,6 +18,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use crate::bus::{Bus, BusError};
 use crate::model::{Id, Message, MessageKind, Room};
 use crate::store::{Store, StoreError};
+use crate::sync::lock;
 use crate::ws::hub::{Connection, Hub, Outbound, Replay, Session};
 use crate::ws::protocol::{PresenceStatus, ServerFrame, encode};
 
@@ -26,6 +28,14 @@ pub const MAX_RESUME: u64 = 1000;
 /// Typing and read frames per user per second, after a burst.
 const EVENTS_PER_SEC: NonZeroU32 = NonZeroU32::new(5).unwrap();
 const EVENT_BURST: NonZeroU32 = NonZeroU32::new(20).unwrap();
+/// How long a membership the store confirmed is trusted for posting. A
+/// removal reaches other pods as an eviction message; if that is lost, the
+/// removed user can post for at most this long.
+pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(5);
+/// How often a pod re-reads the membership of every room open on it and
+/// stops delivering to connections whose user is no longer a member (or
+/// whose room is gone), eviction message or not.
+pub const MEMBERSHIP_SWEEP: Duration = Duration::from_secs(10);
 /// Join, leave, resume, auth and ping frames per user per second, after a
 /// burst big enough for several tabs reopening dozens of rooms at once.
 const CONTROL_PER_SEC: NonZeroU32 = NonZeroU32::new(20).unwrap();
@@ -83,6 +93,8 @@ pub struct Chat {
     /// Join, leave, resume, auth and ping: each costs a store read, a replay
     /// or a fan-out of presence, so they are budgeted too.
     control_limiter: DefaultKeyedRateLimiter<Id>,
+    /// (room, user) memberships the store confirmed, and when.
+    confirmed_members: Mutex<HashMap<(Id, Id), Instant>>,
     pod: String,
 }
 
@@ -108,6 +120,7 @@ impl Chat {
             control_limiter: DefaultKeyedRateLimiter::keyed(
                 Quota::per_second(CONTROL_PER_SEC).allow_burst(CONTROL_BURST),
             ),
+            confirmed_members: Mutex::default(),
             pod: pod.to_owned(),
         }
     }
@@ -149,6 +162,7 @@ impl Chat {
         self.limiter.retain_recent();
         self.event_limiter.retain_recent();
         self.control_limiter.retain_recent();
+        lock(&self.confirmed_members).retain(|_, at| at.elapsed() < MEMBERSHIP_TTL);
     }
 
     /// Posts a member's message from `connection`. A retry with the same
@@ -164,10 +178,67 @@ impl Chat {
             return Err(ChatError::NotSubscribed);
         }
         Self::take(&self.limiter, connection.user)?;
+        self.confirm_member(room, connection.user).await?;
         // A client_id names one message of one sender in one room.
         let dedupe = client_id.map(|c| format!("{}:{c}", connection.user));
         let draft = draft(room, &connection.author(), MessageKind::Text, content);
         Ok(self.bus.append(draft, dedupe).await?)
+    }
+
+    /// Whether `user` is still a member of `room`, from the store at most
+    /// [`MEMBERSHIP_TTL`] ago. The live subscription alone is not proof: it
+    /// ends on other pods only when the eviction message arrives. A user found
+    /// removed is evicted here and now. While the store is unreachable the
+    /// subscription is trusted, so a database outage does not stop chat.
+    async fn confirm_member(&self, room: Id, user: Id) -> Result<(), ChatError> {
+        let fresh = lock(&self.confirmed_members)
+            .get(&(room, user))
+            .is_some_and(|at| at.elapsed() < MEMBERSHIP_TTL);
+        if fresh {
+            return Ok(());
+        }
+        let member = match self.store.room(room).await {
+            Ok(current) => current.is_some_and(|r| r.is_member(user)),
+            // Chat goes on while the database is down (messages wait in the
+            // persist stream); so does the live subscription's word for it.
+            // No removal can be made meanwhile: it needs the database too.
+            Err(StoreError::Unavailable(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if member {
+            lock(&self.confirmed_members).insert((room, user), Instant::now());
+            Ok(())
+        } else {
+            lock(&self.confirmed_members).remove(&(room, user));
+            tracing::info!(room_id = %room, user_id = %user, "a removed member was still subscribed: evicted");
+            self.hub.evict(room, Some(user));
+            Err(ChatError::NotSubscribed)
+        }
+    }
+
+    /// Re-reads the membership of every room open on this pod and stops
+    /// delivery to whoever is no longer in it: the guarantee that a removed
+    /// member stops reading does not rest on an eviction message arriving.
+    /// One store read per open room per [`MEMBERSHIP_SWEEP`].
+    pub async fn sweep_memberships(&self) {
+        for room in self.hub.open_rooms() {
+            let current = match self.store.room(room).await {
+                Ok(current) => current,
+                Err(e) => {
+                    tracing::warn!(room_id = %room, error = %e, "membership sweep: cannot read the room");
+                    continue;
+                }
+            };
+            for connection in self.hub.subscribers(room) {
+                if !current
+                    .as_ref()
+                    .is_some_and(|r| r.is_member(connection.user))
+                {
+                    tracing::info!(room_id = %room, user_id = %connection.user, "membership sweep: evicted a non-member");
+                    self.hub.evict(room, Some(connection.user));
+                }
+            }
+        }
     }
 
     /// Posts a server message about `about` (joins, leaves, room events).

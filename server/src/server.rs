@@ -108,6 +108,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         Arc::downgrade(&chat),
         Arc::downgrade(&login_limits),
     ));
+    tokio::spawn(sweep_memberships(Arc::downgrade(&chat)));
     Ok(AppState {
         health: Arc::new(Health::new(store.clone(), bus.clone())),
         chat,
@@ -131,6 +132,17 @@ async fn forget_idle_rate_limits(chat: Weak<Chat>, logins: Weak<LoginLimits>) {
         };
         chat.forget_idle_users();
         logins.forget_idle();
+    }
+}
+
+/// See [`Chat::sweep_memberships`].
+async fn sweep_memberships(chat: Weak<Chat>) {
+    let mut tick = tokio::time::interval(crate::chat::MEMBERSHIP_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(chat) = chat.upgrade() else { return };
+        chat.sweep_memberships().await;
     }
 }
 

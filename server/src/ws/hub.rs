@@ -424,6 +424,11 @@ impl Hub {
             .count()
     }
 
+    /// The rooms with at least one subscriber here.
+    pub fn open_rooms(&self) -> Vec<Id> {
+        lock(&self.inner).rooms.keys().copied().collect()
+    }
+
     /// The connections of `user` subscribed to `room`.
     pub fn user_subscriptions(&self, room: Id, user: Id) -> Vec<Arc<Connection>> {
         self.subscribers(room)

@@ -786,3 +786,95 @@ async fn a_missing_counter_never_reuses_a_seq() {
     assert_eq!(back.next_of("resumed").await["last_seq"], seq);
     assert_eq!(back.next_message().await["content"], "after the loss");
 }
+
+/// A removal whose eviction message never reaches bob's pod (made here in the
+/// store directly, as if the publish had failed or the subscriber had been
+/// reconnecting): bob can no longer post, and carol, who only reads, no
+/// longer reads the private room, within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_whose_eviction_is_lost_can_neither_post_nor_read() {
+    let cluster = cluster(2, None).await;
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let carol = a.user("carol").await;
+    let room = a.room(&alice, "secret", true).await;
+    for member in [&bob, &carol] {
+        let (status, _) = a
+            .post(
+                &format!("/api/rooms/{room}/members/{}", member.id),
+                Some(&alice.token),
+                json!({}),
+            )
+            .await;
+        assert!(status == 200 || status == 201, "{status}");
+    }
+    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    alice_ws.next_of("joined").await;
+    let mut poster = WsClient::connect(b, &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    poster.next_of("joined").await;
+    let mut reader = WsClient::connect(b, &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    reader.next_of("joined").await;
+    poster
+        .send(json!({"type": "message", "room_id": room, "content": "still here", "client_id": "before"}))
+        .await;
+    assert_eq!(poster.next_of("ack").await["client_id"], "before");
+
+    let removed_at = Instant::now();
+    for member in [&bob, &carol] {
+        b.state
+            .store
+            .remove_member(room.parse().unwrap(), member.id.parse().unwrap())
+            .await
+            .unwrap();
+    }
+
+    // Posting: refused once the confirmed membership is older than its TTL.
+    let refused = 'posting: loop {
+        assert!(
+            removed_at.elapsed() < chat_server::chat::MEMBERSHIP_TTL + Duration::from_secs(5),
+            "bob still posts"
+        );
+        poster
+            .send(json!({"type": "message", "room_id": room, "content": "sneaky"}))
+            .await;
+        loop {
+            let frame = poster.next().await;
+            match frame["type"].as_str() {
+                Some("ack") => break,
+                Some("error") | Some("left") => break 'posting frame,
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        refused["type"] == "left" || refused["code"] == "not_joined",
+        "{refused}"
+    );
+
+    // Reading: carol, who never posts, is evicted by the sweep.
+    let left = loop {
+        let frame = reader.next().await;
+        if frame["type"] == "left" || frame.get("closed").is_some() {
+            break frame;
+        }
+    };
+    assert_eq!(left["type"], "left", "{left}");
+    assert!(
+        removed_at.elapsed()
+            < chat_server::chat::MEMBERSHIP_TTL + chat_server::chat::MEMBERSHIP_SWEEP * 2
+    );
+    alice_ws
+        .send(json!({"type": "message", "room_id": room, "content": "bob is gone", "client_id": "after"}))
+        .await;
+    assert_eq!(alice_ws.next_of("ack").await["client_id"], "after");
+    reader.no_message_within(Duration::from_secs(1)).await;
+    poster.no_message_within(Duration::from_millis(200)).await;
+}
