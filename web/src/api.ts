@@ -35,18 +35,28 @@ const STORAGE_KEY = "chatcluster.session";
 /** Refresh this long before the access token lapses. */
 const REFRESH_MARGIN_MS = 60_000;
 
+function loadSession(): Session | null {
+  try {
+    const saved = localStorage.getItem(STORAGE_KEY);
+    return saved ? (JSON.parse(saved) as Session) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Runs `work` while no other tab of this origin runs it (where Web Locks exist). */
+function oneTabAtATime<T>(work: () => Promise<T>): Promise<T> {
+  const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+  return locks ? (locks.request("chatcluster.refresh", work) as Promise<T>) : work();
+}
+
 export class Api {
   private session: Session | null = null;
   private refreshing: Promise<Session | null> | null = null;
   private listeners = new Set<(user: User | null, token: string | null) => void>();
 
   constructor(private readonly base = "") {
-    try {
-      const saved = localStorage.getItem(STORAGE_KEY);
-      if (saved) this.session = JSON.parse(saved) as Session;
-    } catch {
-      this.session = null;
-    }
+    this.session = loadSession();
   }
 
   get user(): User | null {
@@ -92,11 +102,22 @@ export class Api {
     return Math.max(0, this.session.expiresAt - Date.now() - REFRESH_MARGIN_MS);
   }
 
-  /** Rotates the refresh token; concurrent callers share one request. */
+  /**
+   * Rotates the refresh token; concurrent callers share one request. Tabs
+   * share the session through localStorage, and a refresh token presented
+   * twice revokes the sign-in (the server takes it for a stolen copy), so
+   * tabs refresh one at a time (Web Locks) and a tab that finds a newer
+   * session stored by another adopts it instead of refreshing.
+   */
   refresh(): Promise<Session | null> {
     if (!this.refreshing) {
-      const refreshToken = this.session?.refreshToken;
-      this.refreshing = (async () => {
+      this.refreshing = oneTabAtATime(async () => {
+        const stored = loadSession();
+        if (stored && stored.refreshToken !== this.session?.refreshToken) {
+          this.setSession(stored);
+          if (stored.expiresAt - Date.now() > REFRESH_MARGIN_MS) return stored;
+        }
+        const refreshToken = this.session?.refreshToken;
         if (!refreshToken) return null;
         try {
           const answer = await this.call<LoginAnswer>(
@@ -111,10 +132,10 @@ export class Api {
           // session for the next try.
           if (error instanceof ApiError && error.status === 401) this.setSession(null);
           return null;
-        } finally {
-          this.refreshing = null;
         }
-      })();
+      }).finally(() => {
+        this.refreshing = null;
+      });
     }
     return this.refreshing;
   }

@@ -9,8 +9,9 @@ use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::extract::Json;
 use super::views::UserView;
+use crate::auth::AuthUser;
 use crate::auth::{password, refresh};
-use crate::model::{Id, RefreshToken, User};
+use crate::model::{Id, ProfileUpdate, RefreshToken, Revoke, User};
 use crate::state::AppState;
 use crate::validate;
 
@@ -109,11 +110,13 @@ pub async fn login(
         .await?
         .ok_or_else(invalid)?;
     tracing::info!(user_id = %user.id, "user signed in");
-    Ok(axum::Json(start_session(&state, user).await?))
+    Ok(axum::Json(start_session(&state, user, None).await?))
 }
 
-/// Exchanges a refresh token for a new access token and a new refresh token; the
-/// old refresh token is consumed.
+/// Exchanges a refresh token for a new access token and a new refresh token of
+/// the same sign-in; the old refresh token is used up. A used one presented
+/// again was copied: the whole sign-in is revoked, thief and owner alike
+/// sign in again.
 pub async fn refresh(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -126,9 +129,17 @@ pub async fn refresh(
     };
     let stored = state
         .store
-        .take_refresh_token(&refresh::digest(&request.refresh_token))
+        .use_refresh_token(&refresh::digest(&request.refresh_token))
         .await?
         .ok_or_else(invalid)?;
+    if stored.used {
+        let revoked = state
+            .store
+            .revoke_refresh_tokens(Revoke::Family(stored.family))
+            .await?;
+        tracing::warn!(user_id = %stored.user_id, revoked, "a used refresh token was presented again: its sign-in is revoked");
+        return Err(invalid());
+    }
     if stored.expires_at <= crate::model::now() {
         return Err(invalid());
     }
@@ -137,25 +148,110 @@ pub async fn refresh(
         .user(stored.user_id)
         .await?
         .ok_or_else(invalid)?;
-    Ok(axum::Json(start_session(&state, user).await?))
+    Ok(axum::Json(
+        start_session(&state, user, Some(stored.family)).await?,
+    ))
 }
 
-/// Revokes the refresh token. Idempotent: an unknown token is already revoked.
+/// Revokes the refresh token's sign-in. Idempotent: an unknown token is
+/// already revoked.
 pub async fn logout(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
     if let Some(token) = state
         .store
-        .take_refresh_token(&refresh::digest(&request.refresh_token))
+        .use_refresh_token(&refresh::digest(&request.refresh_token))
         .await?
     {
+        state
+            .store
+            .revoke_refresh_tokens(Revoke::Family(token.family))
+            .await?;
         tracing::info!(user_id = %token.user_id, "user signed out");
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn start_session(state: &AppState, user: User) -> Result<SessionView, ApiError> {
+/// Revokes every refresh token of the caller: every device must sign in again
+/// once its access token expires (within `CHAT_JWT_TTL_SECS`).
+pub async fn logout_all(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<StatusCode, ApiError> {
+    let revoked = state
+        .store
+        .revoke_refresh_tokens(Revoke::User(caller.id))
+        .await?;
+    tracing::info!(user_id = %caller.id, revoked, "user signed out everywhere");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// Changes the caller's password, revokes every sign-in, and answers with a
+/// new session for this device.
+pub async fn change_password(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    client: ClientAddress,
+    Json(request): Json<PasswordChange>,
+) -> Result<axum::Json<SessionView>, ApiError> {
+    validate::password(&request.new_password).map_err(|e| e.for_field("new_password"))?;
+    let user = state
+        .store
+        .user(caller.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    // Guessing the current password here is a sign-in attempt like any other.
+    state
+        .login_limits
+        .check(&user.email, client.bucket())
+        .map_err(|wait| {
+            ApiError::rate_limited("too many password attempts; wait and try again", wait)
+        })?;
+    let stored_hash = user.password_hash.clone();
+    let (current, new) = (request.current_password, request.new_password);
+    let new_hash = state
+        .hashes
+        .run(move || {
+            password::verify(&current, &stored_hash)
+                .then(|| password::hash(&new))
+                .transpose()
+        })
+        .await?
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::unauthorized("invalid_credentials", "the current password is wrong")
+        })?;
+    let update = ProfileUpdate {
+        password_hash: Some(new_hash),
+        ..ProfileUpdate::default()
+    };
+    let user = state
+        .store
+        .update_profile(caller.id, &update)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let revoked = state
+        .store
+        .revoke_refresh_tokens(Revoke::User(caller.id))
+        .await?;
+    tracing::info!(user_id = %caller.id, revoked, "password changed: every sign-in revoked");
+    Ok(axum::Json(start_session(&state, user, None).await?))
+}
+
+/// Issues an access token and a refresh token: of a new sign-in, or of
+/// `family` when refreshing.
+async fn start_session(
+    state: &AppState,
+    user: User,
+    family: Option<Id>,
+) -> Result<SessionView, ApiError> {
     let access = state.tokens.issue(&user).map_err(ApiError::internal)?;
     let (refresh_token, hash) = refresh::generate();
     state
@@ -164,6 +260,8 @@ async fn start_session(state: &AppState, user: User) -> Result<SessionView, ApiE
             hash,
             user_id: user.id,
             expires_at: crate::model::now() + refresh::TTL,
+            family: family.unwrap_or_default(),
+            used: false,
         })
         .await?;
     Ok(SessionView {

@@ -80,6 +80,14 @@ impl ApiError {
         }
     }
 
+    /// The same validation error, naming `field` (one rule, another field's name).
+    pub fn for_field(self, field: &'static str) -> Self {
+        Self {
+            field: self.field.map(|_| field),
+            ..self
+        }
+    }
+
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }

@@ -52,6 +52,8 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/refresh", post(auth::refresh))
         .route("/api/auth/logout", post(auth::logout))
+        .route("/api/auth/logout-all", post(auth::logout_all))
+        .route("/api/users/me/password", put(auth::change_password))
         .route("/api/users/me", get(users::me).patch(users::update_me))
         .route("/api/users", get(users::find))
         .route("/api/users/{id}", get(users::get))

@@ -50,6 +50,7 @@ pub async fn update_me(
             .avatar_url
             .map(|url| url.map(|u| validate::avatar_url(&u)).transpose())
             .transpose()?,
+        password_hash: None,
     };
     let user = state
         .store

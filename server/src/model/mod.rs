@@ -11,7 +11,7 @@ mod user;
 pub use id::{Id, InvalidId};
 pub use message::{HistoryPage, HistoryQuery, Message, MessageKind};
 pub use room::{Room, RoomKind, RoomPage};
-pub use user::{ProfileUpdate, RefreshToken, User};
+pub use user::{ProfileUpdate, RefreshToken, Revoke, User};
 
 /// Timestamps are stored and compared as UTC instants and rendered as RFC 3339.
 pub type Timestamp = time::OffsetDateTime;

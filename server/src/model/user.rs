@@ -28,6 +28,8 @@ impl User {
 pub struct ProfileUpdate {
     pub display_name: Option<Option<String>>,
     pub avatar_url: Option<Option<String>>,
+    /// A new password's hash (a password change).
+    pub password_hash: Option<String>,
 }
 
 impl ProfileUpdate {
@@ -38,15 +40,37 @@ impl ProfileUpdate {
         if let Some(avatar_url) = &self.avatar_url {
             user.avatar_url.clone_from(avatar_url);
         }
+        if let Some(password_hash) = &self.password_hash {
+            user.password_hash.clone_from(password_hash);
+        }
     }
 }
 
 /// A refresh token as stored: only its SHA-256, so a leaked database does not leak
 /// usable tokens.
+///
+/// Each use replaces the token with a new one of the same `family` (one
+/// sign-in on one device) and keeps the used one, marked, until it expires:
+/// a used token presented again means it was stolen (the thief or the owner
+/// used it first), and the whole family is revoked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefreshToken {
     pub hash: String,
     pub user_id: Id,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: Timestamp,
+    /// Tokens stored before families existed each make a family of their own.
+    #[serde(default = "Id::new")]
+    pub family: Id,
+    #[serde(default)]
+    pub used: bool,
+}
+
+/// Which refresh tokens to revoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    /// One sign-in: sign-out, or a reused token.
+    Family(Id),
+    /// Every sign-in of a user: sign-out everywhere, a password change.
+    User(Id),
 }

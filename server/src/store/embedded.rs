@@ -23,7 +23,8 @@ use tokio::sync::oneshot;
 
 use super::{Inserted, Store, StoreError, StoreResult};
 use crate::model::{
-    HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Room, RoomPage, User,
+    HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Revoke, Room,
+    RoomPage, User,
 };
 use crate::sync::lock;
 
@@ -45,7 +46,12 @@ pub const FILE_NAME: &str = "chat.redb";
 pub struct EmbeddedStore {
     db: Arc<Database>,
     commits: Arc<Mutex<CommitQueue>>,
+    /// When expired refresh tokens were last swept out.
+    refresh_sweep: Arc<Mutex<Option<std::time::Instant>>>,
 }
+
+/// How often saving a refresh token also sweeps out the expired ones.
+const REFRESH_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Messages waiting for the next group commit.
 #[derive(Default)]
@@ -110,6 +116,7 @@ impl EmbeddedStore {
         Ok(Self {
             db: Arc::new(db),
             commits: Arc::default(),
+            refresh_sweep: Arc::default(),
         })
     }
 
@@ -353,16 +360,29 @@ impl Store for EmbeddedStore {
 
     async fn save_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
         let token = token.clone();
+        let sweep = {
+            let mut last = lock(&self.refresh_sweep);
+            let due = last.is_none_or(|at| at.elapsed() >= REFRESH_SWEEP_EVERY);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
         self.run(move |db| {
             let tx = db.begin_write()?;
             {
                 let mut tokens = tx.open_table(REFRESH_TOKENS)?;
                 tokens.insert(token.hash.as_str(), to_json(&token)?.as_slice())?;
-                // Expired tokens are useless; sweep them while we hold the writer.
-                let now = crate::model::now();
-                tokens.retain(|_, value| {
-                    serde_json::from_slice::<RefreshToken>(value).is_ok_and(|t| t.expires_at > now)
-                })?;
+                // Expired tokens are useless; sweep them now and then, while
+                // holding the writer anyway (not on every sign-in: that read
+                // every token there is).
+                if sweep {
+                    let now = crate::model::now();
+                    tokens.retain(|_, value| {
+                        serde_json::from_slice::<RefreshToken>(value)
+                            .is_ok_and(|t| t.expires_at > now)
+                    })?;
+                }
             }
             tx.commit()?;
             Ok(())
@@ -370,20 +390,47 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn take_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>> {
+    async fn use_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>> {
         let hash = hash.to_owned();
         self.run(move |db| {
             let tx = db.begin_write()?;
-            let token = {
+            let before = {
                 let mut tokens = tx.open_table(REFRESH_TOKENS)?;
-                let removed = tokens.remove(hash.as_str())?;
-                match removed {
-                    Some(value) => Some(serde_json::from_slice::<RefreshToken>(value.value())?),
-                    None => None,
+                let before: Option<RefreshToken> = get_json(&tokens, hash.as_str())?;
+                if let Some(token) = before.as_ref().filter(|t| !t.used) {
+                    let used = RefreshToken {
+                        used: true,
+                        ..token.clone()
+                    };
+                    tokens.insert(hash.as_str(), to_json(&used)?.as_slice())?;
                 }
+                before
             };
             tx.commit()?;
-            Ok(token)
+            Ok(before)
+        })
+        .await
+    }
+
+    async fn revoke_refresh_tokens(&self, which: Revoke) -> StoreResult<u64> {
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let mut revoked = 0;
+            {
+                let mut tokens = tx.open_table(REFRESH_TOKENS)?;
+                // A scan: revoking is rare (sign-out, a password change, a theft).
+                tokens.retain(|_, value| {
+                    let keep =
+                        serde_json::from_slice::<RefreshToken>(value).is_ok_and(|t| match which {
+                            Revoke::Family(family) => t.family != family,
+                            Revoke::User(user) => t.user_id != user,
+                        });
+                    revoked += u64::from(!keep);
+                    keep
+                })?;
+            }
+            tx.commit()?;
+            Ok(revoked)
         })
         .await
     }

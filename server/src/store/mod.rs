@@ -9,7 +9,8 @@ pub mod mongo;
 use async_trait::async_trait;
 
 use crate::model::{
-    HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Room, RoomPage, User,
+    HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Revoke, Room,
+    RoomPage, User,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -52,9 +53,12 @@ pub trait Store: Send + Sync + 'static {
     async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>>;
 
     async fn save_refresh_token(&self, token: &RefreshToken) -> StoreResult<()>;
-    /// Removes and returns the token with this hash, atomically: of two concurrent
-    /// uses of one refresh token, only one gets it.
-    async fn take_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>>;
+    /// Marks the token with this hash used and returns it as it was before,
+    /// atomically: of two concurrent uses of one refresh token, only one sees
+    /// it unused.
+    async fn use_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>>;
+    /// Deletes the refresh tokens `which` names; returns how many.
+    async fn revoke_refresh_tokens(&self, which: Revoke) -> StoreResult<u64>;
 
     async fn create_room(&self, room: &Room) -> StoreResult<()>;
     async fn room(&self, id: Id) -> StoreResult<Option<Room>>;

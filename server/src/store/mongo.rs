@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Inserted, Store, StoreError, StoreResult};
 use crate::model::{
-    HistoryPage, HistoryQuery, Id, Message, MessageKind, Page, ProfileUpdate, RefreshToken, Room,
-    RoomKind, RoomPage, Timestamp, User,
+    HistoryPage, HistoryQuery, Id, Message, MessageKind, Page, ProfileUpdate, RefreshToken, Revoke,
+    Room, RoomKind, RoomPage, Timestamp, User,
 };
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -117,6 +117,14 @@ impl MongoStore {
             )
             .await
             .map_err(map_error)?;
+        // Revocation deletes by family (sign-out, reuse) or by user (sign-out
+        // everywhere, password change).
+        for key in ["family", "user_id"] {
+            self.refresh_tokens()
+                .create_index(IndexModel::builder().keys(doc! {key: 1}).build())
+                .await
+                .map_err(map_error)?;
+        }
         Ok(())
     }
 
@@ -356,6 +364,23 @@ struct RefreshTokenDoc {
     hash: String,
     user_id: ObjectId,
     expires_at: bson::DateTime,
+    /// Absent on tokens stored before families existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    family: Option<ObjectId>,
+    #[serde(default)]
+    used: bool,
+}
+
+impl From<RefreshTokenDoc> for RefreshToken {
+    fn from(doc: RefreshTokenDoc) -> Self {
+        Self {
+            hash: doc.hash,
+            user_id: doc.user_id.into(),
+            expires_at: from_bson_date(doc.expires_at),
+            family: doc.family.map_or_else(Id::new, Id::from),
+            used: doc.used,
+        }
+    }
 }
 
 #[async_trait]
@@ -415,6 +440,9 @@ impl Store for MongoStore {
     async fn update_profile(&self, id: Id, update: &ProfileUpdate) -> StoreResult<Option<User>> {
         let mut set = Document::new();
         let mut unset = Document::new();
+        if let Some(hash) = &update.password_hash {
+            set.insert("password_hash", hash.as_str());
+        }
         for (field, value) in [
             ("display_name", &update.display_name),
             ("avatar_url", &update.avatar_url),
@@ -453,6 +481,8 @@ impl Store for MongoStore {
             hash: token.hash.clone(),
             user_id: token.user_id.object_id(),
             expires_at: to_bson_date(token.expires_at),
+            family: Some(token.family.object_id()),
+            used: token.used,
         };
         self.refresh_tokens()
             .insert_one(doc)
@@ -461,17 +491,27 @@ impl Store for MongoStore {
         Ok(())
     }
 
-    async fn take_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>> {
+    async fn use_refresh_token(&self, hash: &str) -> StoreResult<Option<RefreshToken>> {
         let doc = self
             .refresh_tokens()
-            .find_one_and_delete(doc! {"_id": hash})
+            .find_one_and_update(doc! {"_id": hash}, doc! {"$set": {"used": true}})
+            .return_document(ReturnDocument::Before)
             .await
             .map_err(map_error)?;
-        Ok(doc.map(|doc| RefreshToken {
-            hash: doc.hash,
-            user_id: doc.user_id.into(),
-            expires_at: from_bson_date(doc.expires_at),
-        }))
+        Ok(doc.map(RefreshToken::from))
+    }
+
+    async fn revoke_refresh_tokens(&self, which: Revoke) -> StoreResult<u64> {
+        let filter = match which {
+            Revoke::Family(family) => doc! {"family": family.object_id()},
+            Revoke::User(user) => doc! {"user_id": user.object_id()},
+        };
+        let deleted = self
+            .refresh_tokens()
+            .delete_many(filter)
+            .await
+            .map_err(map_error)?;
+        Ok(deleted.deleted_count)
     }
 
     async fn create_room(&self, room: &Room) -> StoreResult<()> {

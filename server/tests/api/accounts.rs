@@ -11,6 +11,8 @@ on_both_stores!(
     duplicate_usernames_and_emails_conflict,
     login_failures_look_alike,
     refresh_rotates_and_logout_revokes,
+    a_reused_refresh_token_revokes_its_sign_in_only,
+    sign_out_everywhere_and_password_change_revoke_every_sign_in,
     tokens_are_checked,
     profile_updates,
     users_are_found_by_username,
@@ -205,6 +207,108 @@ async fn refresh_rotates_and_logout_revokes(backend: Backend) {
         )
         .await;
     assert_eq!((status, code(&error)), (401, "invalid_refresh_token"));
+}
+
+async fn refresh(server: &TestServer, token: &str) -> (u16, serde_json::Value) {
+    server
+        .post("/api/auth/refresh", None, json!({"refresh_token": token}))
+        .await
+}
+
+async fn sign_in(server: &TestServer, name: &str, password: &str) -> (u16, serde_json::Value) {
+    server
+        .post(
+            "/api/auth/login",
+            None,
+            json!({"email": format!("{name}@example.com"), "password": password}),
+        )
+        .await
+}
+
+async fn a_reused_refresh_token_revokes_its_sign_in_only(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let laptop = server.user("alice").await;
+    let (status, phone) = sign_in(&server, "alice", "password-alice").await;
+    assert_eq!(status, 200);
+    let (status, renewed) = refresh(&server, &laptop.refresh_token).await;
+    assert_eq!(status, 200);
+    // Someone copied the laptop's first token and uses it after the owner did.
+    let (status, error) = refresh(&server, &laptop.refresh_token).await;
+    assert_eq!((status, code(&error)), (401, "invalid_refresh_token"));
+    // The laptop's sign-in is revoked: its current token no longer works either.
+    let (status, _) = refresh(&server, renewed["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 401, "the thief's or the owner's copy lives on");
+    // The phone's sign-in is another family.
+    let (status, _) = refresh(&server, phone["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+}
+
+async fn sign_out_everywhere_and_password_change_revoke_every_sign_in(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let laptop = server.user("alice").await;
+    let (_, phone) = sign_in(&server, "alice", "password-alice").await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/auth/logout-all",
+            Some(&laptop.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    for token in [
+        laptop.refresh_token.as_str(),
+        phone["refresh_token"].as_str().unwrap(),
+    ] {
+        let (status, _) = refresh(&server, token).await;
+        assert_eq!(status, 401);
+    }
+
+    let bob = server.user("bob").await;
+    let (_, tablet) = sign_in(&server, "bob", "password-bob").await;
+    let change =
+        |current: &str, new: &str| json!({"current_password": current, "new_password": new});
+    let (status, error) = server
+        .call(
+            Method::PUT,
+            "/api/users/me/password",
+            Some(&bob.token),
+            Some(change("not-my-password", "a brand new secret")),
+        )
+        .await;
+    assert_eq!((status, code(&error)), (401, "invalid_credentials"));
+    let (status, error) = server
+        .call(
+            Method::PUT,
+            "/api/users/me/password",
+            Some(&bob.token),
+            Some(change("password-bob", "short")),
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["field"].as_str()),
+        (422, Some("new_password"))
+    );
+    let (status, session) = server
+        .call(
+            Method::PUT,
+            "/api/users/me/password",
+            Some(&bob.token),
+            Some(change("password-bob", "a brand new secret")),
+        )
+        .await;
+    assert_eq!(status, 200, "{session}");
+    for token in [
+        bob.refresh_token.as_str(),
+        tablet["refresh_token"].as_str().unwrap(),
+    ] {
+        let (status, _) = refresh(&server, token).await;
+        assert_eq!(status, 401, "a sign-in survived the password change");
+    }
+    let (status, _) = refresh(&server, session["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "this device stays signed in");
+    assert_eq!(sign_in(&server, "bob", "password-bob").await.0, 401);
+    assert_eq!(sign_in(&server, "bob", "a brand new secret").await.0, 200);
 }
 
 async fn tokens_are_checked(backend: Backend) {
