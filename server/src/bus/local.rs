@@ -4,7 +4,7 @@
 //! written to the store (it is acked only after the write), and is handed to the
 //! hub, so every subscriber sees a room's messages in seq order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,37 +18,14 @@ use crate::sync::lock;
 use crate::ws::hub::{Hub, Outbound, Session};
 use crate::ws::protocol::encode;
 
-/// How many recent client_ids are remembered to dedupe retries.
-const DEDUPE_CAPACITY: usize = 100_000;
-
 type Sequencer = Arc<tokio::sync::Mutex<Option<u64>>>;
 
 pub struct LocalBus {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     sequencers: Mutex<HashMap<Id, Sequencer>>,
-    sent: Mutex<Dedupe>,
     pod: String,
     metrics: Arc<Metrics>,
-}
-
-#[derive(Default)]
-struct Dedupe {
-    map: HashMap<String, Message>,
-    order: VecDeque<String>,
-}
-
-impl Dedupe {
-    fn insert(&mut self, key: String, message: Message) {
-        if self.map.insert(key.clone(), message).is_none() {
-            self.order.push_back(key);
-        }
-        while self.order.len() > DEDUPE_CAPACITY {
-            if let Some(oldest) = self.order.pop_front() {
-                self.map.remove(&oldest);
-            }
-        }
-    }
 }
 
 impl LocalBus {
@@ -58,7 +35,6 @@ impl LocalBus {
             hub,
             metrics,
             sequencers: Mutex::default(),
-            sent: Mutex::default(),
             pod: pod.to_owned(),
         }
     }
@@ -74,15 +50,11 @@ impl Bus for LocalBus {
         "local"
     }
 
+    /// Retries are deduped by the store, under the room's sequencing lock: the
+    /// key is written with the message, so two concurrent retries, or a retry
+    /// after a restart, find the first one.
     async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, BusError> {
         let room = draft.room_id;
-        let dedupe = dedupe.map(|key| format!("{room}:{key}"));
-        if let Some(previous) = dedupe
-            .as_ref()
-            .and_then(|key| lock(&self.sent).map.get(key).cloned())
-        {
-            return Ok(previous);
-        }
         let sequencer = self.sequencer(room);
         let mut newest = sequencer.lock().await;
         let mut seq = match *newest {
@@ -94,8 +66,13 @@ impl Bus for LocalBus {
                 seq,
                 ..draft.clone()
             };
-            match self.store.insert_message(&message).await? {
+            match self
+                .store
+                .insert_message(&message, dedupe.as_deref())
+                .await?
+            {
                 Inserted::New => break message,
+                Inserted::Duplicate(earlier) => return Ok(*earlier),
                 // Another process wrote this seq (two servers on one store without
                 // Redis): take the next free one rather than lose the message.
                 Inserted::Existing(_) => seq = self.store.newest_seq(room).await? + 1,
@@ -106,10 +83,6 @@ impl Bus for LocalBus {
         self.hub
             .broadcast(room, Outbound::message(room, seq, frame));
         self.metrics.observe_delivery(message.timestamp);
-        drop(newest);
-        if let Some(key) = dedupe {
-            lock(&self.sent).insert(key, message.clone());
-        }
         Ok(message)
     }
 

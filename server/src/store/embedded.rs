@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{Inserted, Store, StoreError, StoreResult};
@@ -38,6 +38,9 @@ const DIRECT_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("direct_
 /// contiguous range in seq order.
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
 const MESSAGE_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("message_counts");
+/// Room id followed by the dedupe key → the seq it was stored under and when
+/// the key expires (see [`DedupeEntry`]).
+const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
 
 /// The file inside `CHAT_DATA_DIR`.
 pub const FILE_NAME: &str = "chat.redb";
@@ -50,8 +53,9 @@ pub struct EmbeddedStore {
     refresh_sweep: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
-/// How often saving a refresh token also sweeps out the expired ones.
-const REFRESH_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often saving a refresh token, or committing messages, also sweeps out
+/// expired refresh tokens, or dedupe keys.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Messages waiting for the next group commit.
 #[derive(Default)]
@@ -60,11 +64,27 @@ struct CommitQueue {
     /// Whether a blocking task is committing; it takes whatever waits until
     /// nothing does, so at most one runs and no message waits without one.
     committing: bool,
+    /// When expired dedupe keys were last swept out.
+    dedupe_swept: Option<std::time::Instant>,
 }
 
 struct PendingInsert {
     message: Message,
+    dedupe: Option<String>,
     done: oneshot::Sender<StoreResult<Inserted>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DedupeEntry {
+    seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: crate::model::Timestamp,
+}
+
+fn dedupe_key(room: Id, key: &str) -> Vec<u8> {
+    let mut bytes = room.bytes().to_vec();
+    bytes.extend_from_slice(key.as_bytes());
+    bytes
 }
 
 macro_rules! internal_from {
@@ -112,6 +132,7 @@ impl EmbeddedStore {
         tx.open_table(DIRECT_ROOMS)?;
         tx.open_table(MESSAGES)?;
         tx.open_table(MESSAGE_COUNTS)?;
+        tx.open_table(DEDUPE)?;
         tx.commit()?;
         Ok(Self {
             db: Arc::new(db),
@@ -209,20 +230,26 @@ fn commit_waiting(db: &Weak<Database>, commits: &Mutex<CommitQueue>) {
     }
     let _reset = Reset(commits);
     loop {
-        let batch = {
+        let (batch, sweep) = {
             let mut queue = lock(commits);
             if queue.waiting.is_empty() {
                 queue.committing = false;
                 return;
             }
-            std::mem::take(&mut queue.waiting)
+            let sweep = queue
+                .dedupe_swept
+                .is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+            if sweep {
+                queue.dedupe_swept = Some(std::time::Instant::now());
+            }
+            (std::mem::take(&mut queue.waiting), sweep)
         };
-        let (messages, waiters): (Vec<Message>, Vec<_>) = batch
+        let (messages, waiters): (Vec<_>, Vec<_>) = batch
             .into_iter()
-            .map(|pending| (pending.message, pending.done))
+            .map(|pending| ((pending.message, pending.dedupe), pending.done))
             .unzip();
         let written = match db.upgrade() {
-            Some(db) => write_messages(&db, &messages),
+            Some(db) => write_messages(&db, &messages, sweep),
             None => Err(StoreError::Unavailable(
                 "the embedded store was closed".into(),
             )),
@@ -243,15 +270,42 @@ fn commit_waiting(db: &Weak<Database>, commits: &Mutex<CommitQueue>) {
 }
 
 /// Writes `messages` in one transaction, each unless its `(room, seq)` is
-/// already stored (earlier, or earlier in the same batch). The outer error
+/// already stored (earlier, or earlier in the same batch) or its dedupe key
+/// names a stored message of the room that has not expired. The outer error
 /// fails them all (nothing was committed); an inner one only that message.
-fn write_messages(db: &Database, messages: &[Message]) -> StoreResult<Vec<StoreResult<Inserted>>> {
+/// With `sweep`, expired dedupe keys are removed in the same transaction.
+fn write_messages(
+    db: &Database,
+    messages: &[(Message, Option<String>)],
+    sweep: bool,
+) -> StoreResult<Vec<StoreResult<Inserted>>> {
     let tx = db.begin_write()?;
     let mut outcomes = Vec::with_capacity(messages.len());
     {
         let mut table = tx.open_table(MESSAGES)?;
         let mut counts = tx.open_table(MESSAGE_COUNTS)?;
-        for message in messages {
+        let mut dedupes = tx.open_table(DEDUPE)?;
+        let now = crate::model::now();
+        if sweep {
+            dedupes.retain(|_, value| {
+                serde_json::from_slice::<DedupeEntry>(value).is_ok_and(|e| e.expires_at > now)
+            })?;
+        }
+        for (message, dedupe) in messages {
+            let dedupe = dedupe
+                .as_deref()
+                .map(|key| dedupe_key(message.room_id, key));
+            if let Some(key) = &dedupe
+                && let Some(entry) = get_json::<_, DedupeEntry>(&dedupes, key.as_slice())?
+                && entry.expires_at > now
+                && let Some(earlier) = get_json::<_, Message>(
+                    &table,
+                    message_key(message.room_id, entry.seq).as_slice(),
+                )?
+            {
+                outcomes.push(Ok(Inserted::Duplicate(Box::new(earlier))));
+                continue;
+            }
             let key = message_key(message.room_id, message.seq);
             if let Some(existing) = get_json::<_, Message>(&table, key.as_slice())? {
                 outcomes.push(Ok(Inserted::Existing(Box::new(existing))));
@@ -268,6 +322,13 @@ fn write_messages(db: &Database, messages: &[Message]) -> StoreResult<Vec<StoreR
             let room = message.room_id.bytes();
             let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
             counts.insert(room.as_slice(), count + 1)?;
+            if let Some(dedupe) = dedupe {
+                let entry = DedupeEntry {
+                    seq: message.seq,
+                    expires_at: now + crate::store::DEDUPE_TTL,
+                };
+                dedupes.insert(dedupe.as_slice(), to_json(&entry)?.as_slice())?;
+            }
             outcomes.push(Ok(Inserted::New));
         }
     }
@@ -362,7 +423,7 @@ impl Store for EmbeddedStore {
         let token = token.clone();
         let sweep = {
             let mut last = lock(&self.refresh_sweep);
-            let due = last.is_none_or(|at| at.elapsed() >= REFRESH_SWEEP_EVERY);
+            let due = last.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
             if due {
                 *last = Some(std::time::Instant::now());
             }
@@ -565,12 +626,17 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn insert_message(&self, message: &Message) -> StoreResult<Inserted> {
+    async fn insert_message(
+        &self,
+        message: &Message,
+        dedupe: Option<&str>,
+    ) -> StoreResult<Inserted> {
         let (done, outcome) = oneshot::channel();
         let start_committer = {
             let mut queue = lock(&self.commits);
             queue.waiting.push(PendingInsert {
                 message: message.clone(),
+                dedupe: dedupe.map(str::to_owned),
                 done,
             });
             !std::mem::replace(&mut queue.committing, true)
@@ -585,9 +651,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()> {
-        let batch = batch.to_vec();
+        let batch: Vec<_> = batch.iter().map(|m| (m.clone(), None)).collect();
         self.run(move |db| {
-            write_messages(db, &batch)?
+            write_messages(db, &batch, false)?
                 .into_iter()
                 .try_for_each(|outcome| outcome.map(drop))
         })

@@ -33,7 +33,13 @@ pub enum Inserted {
     /// A message with this room and seq was already stored (a retried write); the
     /// stored copy is returned and nothing was changed.
     Existing(Box<Message>),
+    /// A message with this dedupe key was stored in the room within
+    /// [`DEDUPE_TTL`] (a client's retry): that one is returned, nothing changed.
+    Duplicate(Box<Message>),
 }
+
+/// How long a dedupe key (a sender's `client_id` in a room) is remembered.
+pub const DEDUPE_TTL: time::Duration = time::Duration::hours(24);
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -76,8 +82,15 @@ pub trait Store: Send + Sync + 'static {
     /// only if there is none, so concurrent calls for one pair agree on one room.
     async fn direct_room(&self, candidate: &Room) -> StoreResult<Room>;
 
-    /// Stores a message unless one with the same `(room_id, seq)` exists.
-    async fn insert_message(&self, message: &Message) -> StoreResult<Inserted>;
+    /// Stores a message unless one with the same `(room_id, seq)` exists, or
+    /// (with a `dedupe` key, the sender's `client_id`) unless the room has a
+    /// message of that key from the last [`DEDUPE_TTL`]. The key is kept with
+    /// the message, so a retry after a restart still finds it.
+    async fn insert_message(
+        &self,
+        message: &Message,
+        dedupe: Option<&str>,
+    ) -> StoreResult<Inserted>;
     /// Stores a batch, skipping messages whose `(room_id, seq)` is already
     /// stored: the persist worker may deliver a batch more than once.
     async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()>;

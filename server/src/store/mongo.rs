@@ -117,6 +117,20 @@ impl MongoStore {
             )
             .await
             .map_err(map_error)?;
+        self.dedupe()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"expires_at": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .expire_after(Duration::ZERO)
+                            .name("expiry_ttl".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(map_error)?;
         // Revocation deletes by family (sign-out, reuse) or by user (sign-out
         // everywhere, password change).
         for key in ["family", "user_id"] {
@@ -138,6 +152,10 @@ impl MongoStore {
 
     fn messages(&self) -> Collection<MessageDoc> {
         self.db.collection("messages")
+    }
+
+    fn dedupe(&self) -> Collection<DedupeDoc> {
+        self.db.collection("dedupe")
     }
 
     fn refresh_tokens(&self) -> Collection<RefreshTokenDoc> {
@@ -355,6 +373,17 @@ impl TryFrom<MessageDoc> for Message {
             seq: u64::try_from(doc.seq).map_err(|_| corrupt("seq"))?,
         })
     }
+}
+
+/// A sender's `client_id` in a room, for single-server dedupe (with Redis,
+/// Redis dedupes); removed by a TTL index when it expires.
+#[derive(Debug, Serialize, Deserialize)]
+struct DedupeDoc {
+    /// `{room_id}:{dedupe key}`.
+    #[serde(rename = "_id")]
+    id: String,
+    seq: i64,
+    expires_at: bson::DateTime,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -622,26 +651,63 @@ impl Store for MongoStore {
         }
     }
 
-    async fn insert_message(&self, message: &Message) -> StoreResult<Inserted> {
+    async fn insert_message(
+        &self,
+        message: &Message,
+        dedupe: Option<&str>,
+    ) -> StoreResult<Inserted> {
+        let room = message.room_id.object_id();
+        let dedupe_id = dedupe.map(|key| format!("{}:{key}", message.room_id));
+        if let Some(id) = &dedupe_id
+            && let Some(entry) = self
+                .dedupe()
+                .find_one(doc! {"_id": id, "expires_at": {"$gt": bson::DateTime::now()}})
+                .await
+                .map_err(map_error)?
+            && let Some(earlier) = self
+                .messages()
+                .find_one(doc! {"room_id": room, "seq": entry.seq})
+                .await
+                .map_err(map_error)?
+        {
+            return Ok(Inserted::Duplicate(Box::new(Message::try_from(earlier)?)));
+        }
         match self
             .messages()
             .insert_one(MessageDoc::try_from(message)?)
             .await
         {
-            Ok(_) => Ok(Inserted::New),
+            Ok(_) => {}
             Err(e) if duplicate_key(&e).is_some() => {
-                let filter =
-                    doc! {"room_id": message.room_id.object_id(), "seq": seq_to_i64(message.seq)?};
+                let filter = doc! {"room_id": room, "seq": seq_to_i64(message.seq)?};
                 let existing = self
                     .messages()
                     .find_one(filter)
                     .await
                     .map_err(map_error)?
                     .ok_or_else(|| StoreError::Internal("duplicate message not found".into()))?;
-                Ok(Inserted::Existing(Box::new(Message::try_from(existing)?)))
+                return Ok(Inserted::Existing(Box::new(Message::try_from(existing)?)));
             }
-            Err(e) => Err(map_error(e)),
+            Err(e) => return Err(map_error(e)),
         }
+        // After the message: a key never names a message that is not stored.
+        // (A crash in between forgets the key, and a retry stores the message again.)
+        if let Some(id) = dedupe_id {
+            let entry = DedupeDoc {
+                id,
+                seq: seq_to_i64(message.seq)?,
+                expires_at: to_bson_date(crate::model::now() + crate::store::DEDUPE_TTL),
+            };
+            let replace = self
+                .dedupe()
+                .replace_one(doc! {"_id": &entry.id}, &entry)
+                .upsert(true)
+                .await;
+            if let Err(e) = replace {
+                tracing::warn!(error = %e, "cannot remember a message's dedupe key");
+            }
+        }
+        Ok(Inserted::New)
     }
 
     async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()> {

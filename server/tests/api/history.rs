@@ -52,7 +52,7 @@ async fn history_pages_by_offset_and_before_seq(backend: Backend) {
             server
                 .state
                 .store
-                .insert_message(&message(&room, &alice.id, seq))
+                .insert_message(&message(&room, &alice.id, seq), None)
                 .await
                 .unwrap(),
             Inserted::New
@@ -61,7 +61,7 @@ async fn history_pages_by_offset_and_before_seq(backend: Backend) {
     server
         .state
         .store
-        .insert_message(&message(&other_room, &alice.id, 1))
+        .insert_message(&message(&other_room, &alice.id, 1), None)
         .await
         .unwrap();
     let store = &server.state.store;
@@ -193,7 +193,12 @@ async fn message_writes_are_idempotent(backend: Backend) {
     let room = server.room(&alice, "retries", false).await;
     let original = message(&room, &alice.id, 1);
     assert_eq!(
-        server.state.store.insert_message(&original).await.unwrap(),
+        server
+            .state
+            .store
+            .insert_message(&original, None)
+            .await
+            .unwrap(),
         Inserted::New
     );
     // A retried write of seq 1 (even with another id) stores nothing new.
@@ -202,9 +207,15 @@ async fn message_writes_are_idempotent(backend: Backend) {
         content: "changed".into(),
         ..original.clone()
     };
-    match server.state.store.insert_message(&retry).await.unwrap() {
+    match server
+        .state
+        .store
+        .insert_message(&retry, None)
+        .await
+        .unwrap()
+    {
         Inserted::Existing(existing) => assert_eq!(*existing, original),
-        Inserted::New => panic!("a second message with seq 1 was stored"),
+        other => panic!("a second message with seq 1 was stored: {other:?}"),
     }
     let (_, page) = server
         .get(&format!("/api/rooms/{room}/messages"), &alice.token)
@@ -232,7 +243,7 @@ async fn concurrent_writes_are_each_stored_once(backend: Backend) {
                 let store = server.state.store.clone();
                 let message = message(room, &alice.id, seq);
                 writes.spawn(async move {
-                    let outcome = store.insert_message(&message).await.unwrap();
+                    let outcome = store.insert_message(&message, None).await.unwrap();
                     (message, outcome)
                 });
             }
@@ -283,7 +294,7 @@ async fn history_survives_a_restart(backend: Backend) {
         server
             .state
             .store
-            .insert_message(&message(&room, &alice.id, seq))
+            .insert_message(&message(&room, &alice.id, seq), None)
             .await
             .unwrap();
     }

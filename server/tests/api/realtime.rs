@@ -96,8 +96,12 @@ async fn seed_client_chats_live(backend: Backend) {
     assert_eq!(contents, ["bob joined the room", "hello bob", "hi alice"]);
 }
 
+/// Retries with one `client_id` store one message: in a row, at the same time
+/// on two connections, and after the server restarted (single-server dedupe
+/// is kept in the store with the message).
 async fn retries_with_a_client_id_store_once(backend: Backend) {
-    let server = TestServer::start(backend).await;
+    let (env, temp) = crate::common::env_for(backend);
+    let server = TestServer::start_with_env(env.clone(), Some(temp)).await;
     let alice = server.user("alice").await;
     let room = server.room(&alice, "retries", false).await;
     let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
@@ -107,14 +111,39 @@ async fn retries_with_a_client_id_store_once(backend: Backend) {
     let frame = json!({"type": "message", "room_id": room, "content": "once", "client_id": "c-42"});
     ws.send(frame.clone()).await;
     let first = ws.next_of("ack").await;
-    ws.send(frame).await;
+    ws.send(frame.clone()).await;
     let second = ws.next_of("ack").await;
     assert_eq!(first, second, "the retry is acked with the same id and seq");
     assert_eq!(first["client_id"], "c-42");
+
+    let mut other = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    other.next_of("joined").await;
+    let twice =
+        json!({"type": "message", "room_id": room, "content": "twice?", "client_id": "c-43"});
+    ws.send(twice.clone()).await;
+    other.send(twice).await;
+    let (a, b) = (ws.next_of("ack").await, other.next_of("ack").await);
+    assert_eq!(a["seq"], b["seq"], "concurrent retries became two messages");
+    drop((ws, other));
+
+    let temp = server.stop().await;
+    let server = TestServer::start_with_env(env, temp).await;
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    ws.next_of("joined").await;
+    ws.send(frame).await;
+    let after_restart = ws.next_of("ack").await;
+    assert_eq!(
+        after_restart["seq"], first["seq"],
+        "the retry after a restart was stored again"
+    );
     let (_, history) = server
         .get(&format!("/api/rooms/{room}/messages"), &alice.token)
         .await;
-    assert_eq!(history["total"], 1);
+    assert_eq!(history["total"], 2, "{history}");
 }
 
 async fn resume_replays_exactly_what_was_missed(backend: Backend) {
