@@ -20,6 +20,7 @@ use crate::auth::password::HashPool;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::redis::connection::Target;
+use crate::bus::redis::owner;
 use crate::bus::{Bus, BusError};
 use crate::chat::Chat;
 use crate::config::Config;
@@ -43,6 +44,11 @@ pub enum StartError {
     JwtSecret { dir: String, source: std::io::Error },
     #[error("cannot start the message bus: {0}")]
     Bus(crate::bus::BusError),
+    #[error(
+        "{0}: servers that share CHAT_REDIS_URL must share one MongoDB (CHAT_MONGODB_URI); \
+         a server that moved to a new CHAT_DATA_DIR can start once the old claim lapses (60 s)"
+    )]
+    SharedRedis(owner::ClaimError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -54,9 +60,16 @@ pub enum StartError {
 
 /// Connects to the configured store and Redis and assembles the shared state.
 pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
-    let store: Arc<dyn Store> = match &config.mongodb_uri {
-        Some(uri) => Arc::new(MongoStore::connect(uri.expose(), &config.mongodb_db).await?),
-        None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
+    let (store, embedded_id): (Arc<dyn Store>, _) = match &config.mongodb_uri {
+        Some(uri) => (
+            Arc::new(MongoStore::connect(uri.expose(), &config.mongodb_db).await?),
+            None,
+        ),
+        None => {
+            let store = EmbeddedStore::open(&config.data_dir)?;
+            let id = store.id().to_owned();
+            (Arc::new(store), Some(id))
+        }
     };
     let secret = match &config.jwt_secret {
         Some(secret) => secret.expose().as_bytes().to_vec(),
@@ -75,9 +88,19 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     }));
     let bus: Arc<dyn Bus> = match &config.redis_url {
         Some(url) => {
-            let target = Target::discover(url.expose()).await.map_err(|e| {
+            let unavailable = |e: redis::RedisError| {
                 StartError::Bus(BusError::Unavailable(format!("redis: {}", e.category())))
-            })?;
+            };
+            let target = Target::discover(url.expose()).await.map_err(unavailable)?;
+            if let Some(id) = embedded_id {
+                // Before anything of the bus starts: its persist workers would
+                // write another store's messages into this one.
+                let mut commands = target.connect().await.map_err(unavailable)?;
+                owner::claim(&mut commands, &id)
+                    .await
+                    .map_err(StartError::SharedRedis)?;
+                tokio::spawn(owner::keep(commands, id));
+            }
             RedisBus::start(
                 target,
                 store.clone(),

@@ -41,6 +41,8 @@ const MESSAGE_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("messag
 /// Room id followed by the dedupe key → the seq it was stored under and when
 /// the key expires (see [`DedupeEntry`]).
 const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
+/// The database's own facts: `id`, its identity.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// The file inside `CHAT_DATA_DIR`.
 pub const FILE_NAME: &str = "chat.redb";
@@ -51,6 +53,7 @@ pub struct EmbeddedStore {
     commits: Arc<Mutex<CommitQueue>>,
     /// When expired refresh tokens were last swept out.
     refresh_sweep: Arc<Mutex<Option<std::time::Instant>>>,
+    id: String,
 }
 
 /// How often saving a refresh token, or committing messages, also sweeps out
@@ -133,12 +136,31 @@ impl EmbeddedStore {
         tx.open_table(MESSAGES)?;
         tx.open_table(MESSAGE_COUNTS)?;
         tx.open_table(DEDUPE)?;
+        let id = {
+            let mut meta = tx.open_table(META)?;
+            let existing = meta.get("id")?.map(|id| id.value().to_owned());
+            match existing {
+                Some(id) => id,
+                None => {
+                    let id = Id::new().to_string();
+                    meta.insert("id", id.as_str())?;
+                    id
+                }
+            }
+        };
         tx.commit()?;
         Ok(Self {
             db: Arc::new(db),
             commits: Arc::default(),
             refresh_sweep: Arc::default(),
+            id,
         })
+    }
+
+    /// This database's identity, made when it was created: tells two embedded
+    /// stores apart (see `bus::redis::owner`).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     async fn run<T, F>(&self, work: F) -> StoreResult<T>

@@ -321,3 +321,30 @@ async fn the_web_client_is_served_without_shadowing_the_api() {
     let response = get("/..%2f..%2fetc%2fpasswd").await.unwrap();
     assert!(!response.text().await.unwrap().contains("root:"));
 }
+
+/// Two servers, each on its own embedded store, sharing one Redis would half
+/// work (accounts made on one unknown to the other): the second refuses to
+/// start, saying why.
+#[tokio::test]
+async fn a_second_embedded_store_on_one_redis_is_refused_at_start_up() {
+    let redis = start_redis();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let (mut env, temp) = env_for(Backend::Embedded);
+    env.insert("CHAT_REDIS_URL", url.clone());
+    let first = TestServer::start_with_env(env, Some(temp)).await;
+
+    let other = tempfile::tempdir().unwrap();
+    let output = chat_server_binary()
+        .env("CHAT_LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("CHAT_DATA_DIR", other.path())
+        .env("CHAT_REDIS_URL", &url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CHAT_MONGODB_URI"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let (status, _) = first.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, 200, "the first server goes on");
+}

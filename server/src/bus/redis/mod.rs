@@ -18,6 +18,7 @@
 mod append;
 pub mod connection;
 mod keys;
+pub mod owner;
 mod persist;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
