@@ -125,6 +125,14 @@ impl Chat {
         }
     }
 
+    /// Takes one message of `user`'s budget for a REST change that posts a
+    /// system message or changes rooms (create, join, leave, add, remove,
+    /// promote, delete, open a direct room): looping over them would
+    /// otherwise flood a room with system messages.
+    pub fn take_change(&self, user: Id) -> Result<(), ChatError> {
+        Self::take(&self.limiter, user)
+    }
+
     /// Takes one control frame (join, leave, resume, auth, ping) of `user`'s budget.
     pub fn take_control(&self, user: Id) -> Result<(), ChatError> {
         Self::take(&self.control_limiter, user)

@@ -26,6 +26,12 @@ pub struct HistoryView {
     pub limit: u64,
 }
 
+/// Stores count in signed 64 bits; a seq or an offset beyond them means the
+/// same as the largest they hold (before everything, or past the end).
+pub fn clamp(number: u64) -> u64 {
+    number.min(i64::MAX.unsigned_abs())
+}
+
 /// `?offset=N` counts back from the newest message (0 is the latest page);
 /// `?before_seq=S` pages back from a known message. Not both.
 pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
@@ -35,9 +41,12 @@ pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
             "invalid_query",
             "use offset or before_seq, not both",
         )),
-        (_, Some(seq)) => Ok(HistoryQuery::BeforeSeq { seq, limit }),
+        (_, Some(seq)) => Ok(HistoryQuery::BeforeSeq {
+            seq: clamp(seq),
+            limit,
+        }),
         (offset, None) => Ok(HistoryQuery::Latest {
-            offset: offset.unwrap_or(0),
+            offset: clamp(offset.unwrap_or(0)),
             limit,
         }),
     }

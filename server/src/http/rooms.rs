@@ -75,6 +75,7 @@ pub async fn create(
     caller: AuthUser,
     Json(request): Json<CreateRoomRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.chat.take_change(caller.id)?;
     let name = validate::text("name", &request.name, 1, 100)?;
     let description = validate::text("description", &request.description, 0, 1000)?;
     let room = Room::new_group(name, description, request.is_private, caller.id);
@@ -89,7 +90,7 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<PageView<Rooms>>, ApiError> {
     let page = Page {
-        offset: query.offset.unwrap_or(0),
+        offset: super::messages::clamp(query.offset.unwrap_or(0)),
         limit: page_limit(query.limit)?,
     };
     let found = state.store.rooms_visible_to(caller.id, page).await?;
@@ -120,6 +121,7 @@ pub async fn join(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
+    state.chat.take_change(caller.id)?;
     let room = state
         .chat
         .ensure_member(parse_id(&id, "room")?, &caller.author())
@@ -132,6 +134,7 @@ pub async fn leave(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.chat.take_change(caller.id)?;
     let room = visible_room(&state, &id, caller.id).await?;
     if room.kind == RoomKind::Direct {
         return Err(ApiError::conflict(
@@ -184,6 +187,7 @@ pub async fn add_member(
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
+    state.chat.take_change(caller.id)?;
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
     let added = member_author(&state, user).await?;
     if room.is_member(user) {
@@ -207,6 +211,7 @@ pub async fn remove_member(
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
+    state.chat.take_change(caller.id)?;
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
     if room.is_owner(user) {
         return Err(ApiError::conflict(
@@ -277,6 +282,7 @@ pub async fn add_admin(
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
+    state.chat.take_change(caller.id)?;
     set_admin(state, caller, room_id, user_id, true).await
 }
 
@@ -285,6 +291,7 @@ pub async fn remove_admin(
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
+    state.chat.take_change(caller.id)?;
     set_admin(state, caller, room_id, user_id, false).await
 }
 
@@ -293,6 +300,7 @@ pub async fn delete(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.chat.take_change(caller.id)?;
     let room = visible_room(&state, &id, caller.id).await?;
     if !room.is_owner(caller.id) {
         return Err(ApiError::forbidden("only the room's owner can delete it"));
@@ -313,6 +321,7 @@ pub async fn direct(
     caller: AuthUser,
     Path(user_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.chat.take_change(caller.id)?;
     let other_id = parse_id(&user_id, "user")?;
     if other_id == caller.id {
         return Err(ApiError::validation(

@@ -417,3 +417,39 @@ async fn a_resume_bigger_than_the_queue_is_sent_to_the_history_api() {
         .await;
     assert_eq!(late.next_of("resumed").await["from_seq"], 6);
 }
+
+#[tokio::test]
+async fn looping_join_and_leave_over_rest_cannot_flood_a_room() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let mallory = server.user("mallory").await;
+    let room = server.room(&alice, "lobby", false).await;
+    let mut limited = 0;
+    for _ in 0..40 {
+        for action in ["join", "leave"] {
+            let (status, body) = server
+                .post(
+                    &format!("/api/rooms/{room}/{action}"),
+                    Some(&mallory.token),
+                    json!({}),
+                )
+                .await;
+            if status == 429 {
+                assert_eq!(code(&body), "rate_limited");
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        limited > 0,
+        "80 membership changes in a row were all accepted"
+    );
+    let (_, history) = server
+        .get(&format!("/api/rooms/{room}/messages"), &alice.token)
+        .await;
+    assert!(
+        history["total"].as_u64().unwrap() <= 30,
+        "the room got {} system messages",
+        history["total"]
+    );
+}

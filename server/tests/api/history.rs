@@ -13,8 +13,37 @@ on_both_stores!(
     history_pages_by_offset_and_before_seq,
     message_writes_are_idempotent,
     concurrent_writes_are_each_stored_once,
-    history_survives_a_restart
+    history_survives_a_restart,
+    numbers_past_what_stores_hold_are_clamped
 );
+
+/// `offset` and `before_seq` above 2^63 (where MongoDB's numbers end) mean
+/// "past the end" and "before everything", never an error.
+async fn numbers_past_what_stores_hold_are_clamped(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "big numbers", false).await;
+    let huge = u64::MAX;
+    let (status, page) = server
+        .get(
+            &format!("/api/rooms/{room}/messages?offset={huge}"),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"], serde_json::json!([]));
+    let (status, page) = server
+        .get(
+            &format!("/api/rooms/{room}/messages?before_seq={huge}"),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let (status, page) = server
+        .get(&format!("/api/rooms?offset={huge}"), &alice.token)
+        .await;
+    assert_eq!(status, 200, "{page}");
+}
 
 fn message(room: &str, user: &str, seq: u64) -> Message {
     Message {

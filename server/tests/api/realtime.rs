@@ -557,7 +557,8 @@ async fn floods_are_rate_limited_then_disconnected() {
             _ => {}
         }
     }
-    assert!((3..=5).contains(&acks), "the burst got through: {acks}");
+    // Creating the room took one of the burst of 3.
+    assert!((2..=4).contains(&acks), "the burst got through: {acks}");
     assert!(limited > 50, "{limited}");
     assert_eq!(closed, Some(4029));
     let (_, history) = server
