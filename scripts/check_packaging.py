@@ -60,6 +60,8 @@ CLUSTER_ALL_ON = {
     "replicas": 5,
     "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     "corsOrigins": ["https://chat.example.com"],
+    "limits": {"headerTimeoutSeconds": 10, "connectionsPerUser": 10, "queueBytes": 1048576,
+               "trustedProxies": ["10.0.0.0/8"]},
     "jwtSecret": {"name": "chat-keys", "key": "jwt"},
     "redis": {"external": {"urlSecretRef": {"name": "redis", "key": "url"}}},
     "mongodb": {"database": "chat", "managed": {"members": 3, "storageSize": "20Gi", "storageClassName": "fast"}},

@@ -53,6 +53,10 @@ pub struct ChatClusterSpec {
     pub log_level: LogLevel,
     #[serde(default)]
     pub rate_limit: RateLimit,
+    /// What one client may take of a chat pod; unset fields keep the server's
+    /// defaults (docs/reliability.md).
+    #[serde(default)]
+    pub limits: Limits,
     /// Browser origins allowed by CORS, exactly as the browser sends them.
     /// Bounded so the API server can estimate the rule's cost (an origin is a
     /// scheme, a host name of at most 253 characters and a port).
@@ -220,6 +224,83 @@ fn default_per_second() -> i32 {
 
 fn default_burst() -> i32 {
     20
+}
+
+/// What one client may take of a chat pod. Each field is the server's
+/// `CHAT_*` variable of the same meaning (README's configuration table); an
+/// unset one keeps the server's default.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Seconds to send a request's headers; also the idle keep-alive time (10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub header_timeout_seconds: Option<i32>,
+    /// Seconds for a request's body and answer (30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub request_timeout_seconds: Option<i32>,
+    /// WebSocket connections of one user on one pod (20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub connections_per_user: Option<i32>,
+    /// WebSocket connections from one client address on one pod (200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub connections_per_address: Option<i32>,
+    /// Bytes queued for one WebSocket client before it is closed as slow (4 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 65536, max = 1073741824))]
+    pub queue_bytes: Option<i32>,
+    /// Password hashes computed at once (the pod's CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub password_hash_concurrency: Option<i32>,
+    /// Accounts one client address may create per hour (60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub signups_per_address_per_hour: Option<i32>,
+    /// Addresses or CIDR blocks of the proxies in front of the pods (the
+    /// Ingress controller's pods, a load balancer) whose X-Forwarded-For names
+    /// the client. Empty: the TCP peer is the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 2, max = 43)))]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Limits {
+    /// The server's environment variables for the fields that are set.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let numbers = [
+            ("CHAT_HTTP_HEADER_TIMEOUT_SECS", self.header_timeout_seconds),
+            (
+                "CHAT_HTTP_REQUEST_TIMEOUT_SECS",
+                self.request_timeout_seconds,
+            ),
+            ("CHAT_MAX_CONNECTIONS_PER_USER", self.connections_per_user),
+            (
+                "CHAT_MAX_CONNECTIONS_PER_ADDRESS",
+                self.connections_per_address,
+            ),
+            ("CHAT_MAX_QUEUE_BYTES", self.queue_bytes),
+            (
+                "CHAT_PASSWORD_HASH_CONCURRENCY",
+                self.password_hash_concurrency,
+            ),
+            (
+                "CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR",
+                self.signups_per_address_per_hour,
+            ),
+        ];
+        let mut env: Vec<_> = numbers
+            .into_iter()
+            .filter_map(|(var, value)| value.map(|v| (var, v.to_string())))
+            .collect();
+        if !self.trusted_proxies.is_empty() {
+            env.push(("CHAT_TRUSTED_PROXIES", self.trusted_proxies.join(",")));
+        }
+        env
+    }
 }
 
 /// A key of a Secret in the ChatCluster's namespace.

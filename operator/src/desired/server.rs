@@ -40,7 +40,7 @@ pub fn connection_secret_name(instance: &str) -> String {
 pub fn config_map(cluster: &ChatCluster) -> Result<ConfigMap, BuildError> {
     let (instance, _) = identity(cluster)?;
     let spec = &cluster.spec;
-    let data = BTreeMap::from(
+    let mut data = BTreeMap::from(
         [
             ("CHAT_LISTEN_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
             ("CHAT_MONGODB_DB", spec.mongodb.database.clone()),
@@ -61,6 +61,12 @@ pub fn config_map(cluster: &ChatCluster) -> Result<ConfigMap, BuildError> {
             ("CHAT_LOG_FORMAT", "json".to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v)),
+    );
+    data.extend(
+        spec.limits
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
     );
     Ok(ConfigMap {
         metadata: child_meta(cluster, config_map_name(&instance), Component::Server)?,

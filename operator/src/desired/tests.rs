@@ -84,6 +84,21 @@ fn an_empty_spec_is_a_working_cluster() {
 }
 
 #[test]
+fn limits_that_are_set_reach_the_server_and_the_rest_keep_its_defaults() {
+    let cluster = cluster(json!({"limits": {
+        "connectionsPerUser": 5,
+        "headerTimeoutSeconds": 7,
+        "trustedProxies": ["10.0.0.0/8", "192.168.0.10"],
+    }}));
+    let data = config_map(&cluster).unwrap().data.unwrap();
+    assert_eq!(data["CHAT_MAX_CONNECTIONS_PER_USER"], "5");
+    assert_eq!(data["CHAT_HTTP_HEADER_TIMEOUT_SECS"], "7");
+    assert_eq!(data["CHAT_TRUSTED_PROXIES"], "10.0.0.0/8,192.168.0.10");
+    assert!(!data.contains_key("CHAT_MAX_QUEUE_BYTES"));
+    assert!(!data.contains_key("CHAT_PASSWORD_HASH_CONCURRENCY"));
+}
+
+#[test]
 fn the_server_gets_exactly_the_environment_design_lists() {
     let expected: BTreeSet<String> = [
         "CHAT_LISTEN_ADDR",
