@@ -112,9 +112,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let cluster: ChatCluster = serde_yaml_ng::from_str(&text)
                 .with_context(|| format!("{} is not a ChatCluster", file.display()))?;
-            // A fresh key, as the operator would generate on first apply.
-            let key = desired::generate_jwt_key();
-            let objects = render::children(&cluster, &render::SecretValues::generated(key))?;
+            // Fresh values, as the operator would generate on first apply.
+            let secrets = render::SecretValues::generated(
+                desired::generate_jwt_key(),
+                desired::generate_password(),
+            );
+            let objects = render::children(&cluster, &secrets)?;
             print!("{}", render::to_yaml(&objects)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -21,23 +21,27 @@ fn value<T: Serialize>(object: T) -> Result<Value, BuildError> {
 pub struct SecretValues {
     /// The JWT signing key: the generated one, or the value of `jwtSecret`.
     pub jwt_key: String,
+    /// The managed Redis's password (generated once, then read back).
+    pub redis_password: String,
     /// Values of the user's Secrets the pods read (external Redis URL and
     /// MongoDB URI), so that rotating one rolls the pods.
     pub referenced: Vec<String>,
 }
 
 impl SecretValues {
-    /// Only a (new or existing) generated JWT key.
-    pub fn generated(jwt_key: impl Into<String>) -> Self {
+    /// Only (new or existing) generated values.
+    pub fn generated(jwt_key: impl Into<String>, redis_password: impl Into<String>) -> Self {
         Self {
             jwt_key: jwt_key.into(),
+            redis_password: redis_password.into(),
             referenced: Vec::new(),
         }
     }
 
     fn digest(&self) -> String {
         desired::digest(
-            std::iter::once(self.jwt_key.as_str())
+            [self.jwt_key.as_str(), self.redis_password.as_str()]
+                .into_iter()
                 .chain(self.referenced.iter().map(String::as_str)),
         )
     }
@@ -52,15 +56,24 @@ pub fn children(cluster: &ChatCluster, secrets: &SecretValues) -> Result<Vec<Val
         desired::jwt_secret(cluster, jwt_key)?
             .map(value)
             .transpose()?,
-        desired::connection_secret(cluster)?
+        desired::redis_auth_secret(cluster, &secrets.redis_password)?
+            .map(value)
+            .transpose()?,
+        desired::connection_secret(cluster, &secrets.redis_password)?
             .map(value)
             .transpose()?,
     ];
     objects.extend(optional.into_iter().flatten());
     objects.push(value(desired::config_map(cluster)?)?);
     let backing = [
+        desired::redis_network_policy(cluster)?
+            .map(value)
+            .transpose()?,
         desired::redis_service(cluster)?.map(value).transpose()?,
         desired::redis_statefulset(cluster)?
+            .map(value)
+            .transpose()?,
+        desired::mongodb_network_policy(cluster)?
             .map(value)
             .transpose()?,
         desired::mongodb_service(cluster)?.map(value).transpose()?,

@@ -117,7 +117,7 @@ fn everything_render_prints_is_valid_kubernetes_1_31() {
             serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
         let objects = render::children(
             &cluster,
-            &render::SecretValues::generated("a-generated-key"),
+            &render::SecretValues::generated("a-generated-key", "a-generated-password"),
         )
         .unwrap();
         let path = dir.path().join(format!("rendered-{i}.yaml"));
@@ -155,6 +155,7 @@ fn the_binary_renders_a_file() {
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     ] {
         assert!(
             kinds.iter().any(|k| k == kind),

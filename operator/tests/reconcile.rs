@@ -321,20 +321,23 @@ async fn the_first_reconcile_creates_every_child_in_order_and_reports_status() {
         applied_children(&calls),
         [
             "secrets/demo-jwt",
+            "secrets/demo-redis-auth",
             "secrets/demo-connections",
             "configmaps/demo-config",
+            "networkpolicies/demo-redis",
             "services/demo-redis",
             "statefulsets/demo-redis",
+            "networkpolicies/demo-mongodb",
             "services/demo-mongodb",
             "statefulsets/demo-mongodb",
             // The init Job's name carries a digest of its spec.
-            applied_children(&calls)[7].as_str(),
+            applied_children(&calls)[10].as_str(),
             "deployments/demo",
             "services/demo",
             "poddisruptionbudgets/demo",
         ]
     );
-    assert!(applied_children(&calls)[7].starts_with("jobs/demo-mongodb-init-"));
+    assert!(applied_children(&calls)[10].starts_with("jobs/demo-mongodb-init-"));
 
     let key = harness
         .api

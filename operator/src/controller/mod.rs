@@ -16,6 +16,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -214,11 +215,17 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
     if !cluster.spec.paused {
         let secrets = secret_values(&ctx.client, cluster, &namespace, &name).await?;
         let desired = render::children(cluster, &secrets)?;
-        let keep = [ObjectKey {
+        // Generated secrets outlive a switch to the user's own (or to an
+        // external Redis): switching back finds them unchanged.
+        let keep = [
+            desired::jwt_secret_name(&name),
+            desired::redis_auth_secret_name(&name),
+        ]
+        .map(|name| ObjectKey {
             api_version: "v1".to_owned(),
             kind: "Secret".to_owned(),
-            name: desired::jwt_secret_name(&name),
-        }];
+            name,
+        });
         let plan = objects::plan(&desired, &live, &keep);
         for object in &plan.apply {
             apply(&ctx.client, &namespace, object).await?;
@@ -367,6 +374,12 @@ async fn secret_values(
             }
         }
     };
+    // Never overwritten either: Redis keeps requiring the password it started with.
+    let redis_password =
+        match read_secret(&secrets, &desired::redis_auth_secret_name(name), "password").await? {
+            Some(password) => password,
+            None => desired::generate_password(),
+        };
     let mut referenced = Vec::new();
     let external = [
         cluster
@@ -392,6 +405,7 @@ async fn secret_values(
     }
     Ok(SecretValues {
         jwt_key,
+        redis_password,
         referenced,
     })
 }
@@ -548,7 +562,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             Api::<HorizontalPodAutoscaler>::all(client.clone()),
             owned.clone(),
         )
-        .owns(Api::<Ingress>::all(client), owned)
+        .owns(Api::<Ingress>::all(client.clone()), owned.clone())
+        .owns(Api::<NetworkPolicy>::all(client), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

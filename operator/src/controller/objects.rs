@@ -10,7 +10,7 @@ use kube::api::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
 /// Every kind the operator creates: `(apiVersion, kind, plural)`.
-pub const CHILD_KINDS: [(&str, &str, &str); 10] = [
+pub const CHILD_KINDS: [(&str, &str, &str); 11] = [
     ("v1", "Secret", "secrets"),
     ("v1", "ConfigMap", "configmaps"),
     ("v1", "Service", "services"),
@@ -24,6 +24,7 @@ pub const CHILD_KINDS: [(&str, &str, &str); 10] = [
         "horizontalpodautoscalers",
     ),
     ("networking.k8s.io/v1", "Ingress", "ingresses"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     (
         "monitoring.coreos.com/v1",
         "ServiceMonitor",

@@ -16,8 +16,11 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::ChatCluster;
 
-pub use mongodb::{mongodb_init_job, mongodb_service, mongodb_statefulset};
-pub use redis::{redis_service, redis_statefulset};
+pub use mongodb::{mongodb_init_job, mongodb_network_policy, mongodb_service, mongodb_statefulset};
+pub use redis::{
+    generate_password, redis_auth_secret, redis_auth_secret_name, redis_network_policy,
+    redis_service, redis_statefulset,
+};
 pub use server::{
     config_map, connection_secret, deployment, disruption_budget, generate_jwt_key,
     horizontal_autoscaler, ingress, jwt_secret, jwt_secret_name, service, service_monitor,

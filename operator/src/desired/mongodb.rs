@@ -1,10 +1,12 @@
 //! The managed MongoDB: a StatefulSet of `members` replica-set members with a
 //! volume each, a headless Service for their stable names, and a Job that
-//! initiates the replica set (idempotent: it does nothing once initiated).
+//! initiates the replica set (idempotent: it does nothing once initiated), and
+//! the NetworkPolicy that admits only the chat pods, the members and that Job.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 
 use super::{BuildError, Component, child_meta, digest, identity, selector_labels, typed};
@@ -89,6 +91,40 @@ pub fn mongodb_service(cluster: &ChatCluster) -> Result<Option<Service>, BuildEr
 /// cannot be changed, so its name carries a digest of the spec: a new member
 /// count or image makes a new Job, and the controller prunes the old one. The
 /// finished Job is kept (no TTL), or the controller would re-create it.
+/// The init Job's pod: its own component, which the members' NetworkPolicy admits.
+fn init_job_labels(instance: &str) -> serde_json::Value {
+    json!({
+        "app.kubernetes.io/name": "chatcluster",
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/component": "mongodb-init",
+    })
+}
+
+/// Only the chat pods, the members themselves (replication) and the init Job
+/// may connect to MongoDB.
+pub fn mongodb_network_policy(cluster: &ChatCluster) -> Result<Option<NetworkPolicy>, BuildError> {
+    if cluster.spec.managed_mongodb().is_none() {
+        return Ok(None);
+    }
+    let (instance, _) = identity(cluster)?;
+    let spec = json!({
+        "podSelector": {"matchLabels": selector_labels(&instance, Component::MongoDb)},
+        "policyTypes": ["Ingress"],
+        "ingress": [{
+            "from": [
+                {"podSelector": {"matchLabels": selector_labels(&instance, Component::Server)}},
+                {"podSelector": {"matchLabels": selector_labels(&instance, Component::MongoDb)}},
+                {"podSelector": {"matchLabels": init_job_labels(&instance)}},
+            ],
+            "ports": [{"protocol": "TCP", "port": 27017}],
+        }],
+    });
+    Ok(Some(NetworkPolicy {
+        metadata: child_meta(cluster, mongodb_name(&instance), Component::MongoDb)?,
+        spec: Some(typed("MongoDB NetworkPolicy spec", spec)?),
+    }))
+}
+
 pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError> {
     let Some(mongodb) = cluster.spec.managed_mongodb() else {
         return Ok(None);
@@ -106,7 +142,7 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
         "backoffLimit": 20,
         "template": {
             // Not the members' selector labels: the headless Service must not pick this pod.
-            "metadata": {"labels": {"app.kubernetes.io/name": "chatcluster", "app.kubernetes.io/instance": instance}},
+            "metadata": {"labels": init_job_labels(&instance)},
             "spec": {
                 "restartPolicy": "OnFailure",
                 "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "seccompProfile": {"type": "RuntimeDefault"}},

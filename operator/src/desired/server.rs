@@ -112,15 +112,18 @@ pub fn jwt_secret_ref(cluster: &ChatCluster) -> Result<SecretKeyRef, BuildError>
         }))
 }
 
-/// Connection strings of the managed Redis and MongoDB (none for external ones,
-/// whose Secrets the user provides).
-pub fn connection_secret(cluster: &ChatCluster) -> Result<Option<Secret>, BuildError> {
+/// Connection strings of the managed Redis (with its password) and MongoDB
+/// (none for external ones, whose Secrets the user provides).
+pub fn connection_secret(
+    cluster: &ChatCluster,
+    redis_password: &str,
+) -> Result<Option<Secret>, BuildError> {
     let (instance, namespace) = identity(cluster)?;
     let mut data = BTreeMap::new();
     if cluster.spec.managed_redis().is_some() {
         data.insert(
             "redis-url".to_owned(),
-            format!("redis://{instance}-redis.{namespace}.svc:6379"),
+            format!("redis://:{redis_password}@{instance}-redis.{namespace}.svc:6379"),
         );
     }
     if let Some(mongodb) = cluster.spec.managed_mongodb() {

@@ -224,7 +224,7 @@ fn external_backends_are_referenced_not_deployed() {
     assert!(mongodb_statefulset(&cluster).unwrap().is_none());
     assert!(mongodb_init_job(&cluster).unwrap().is_none());
     assert!(
-        connection_secret(&cluster).unwrap().is_none(),
+        connection_secret(&cluster, "pw").unwrap().is_none(),
         "nothing to connect to of ours"
     );
 }
@@ -242,7 +242,7 @@ fn managed_backends_get_persistent_volumes_and_connection_strings() {
         mongodb["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
         "fast"
     );
-    let secret = connection_secret(&prod).unwrap().unwrap();
+    let secret = connection_secret(&prod, "pw").unwrap().unwrap();
     let uri = String::from_utf8(secret.data.unwrap()["mongodb-uri"].0.clone()).unwrap();
     assert_eq!(
         uri.matches(".demo-mongodb.chat.svc:27017").count(),
@@ -291,8 +291,11 @@ fn optional_children_follow_the_spec() {
 
 #[test]
 fn every_child_carries_the_standard_labels() {
-    let objects =
-        crate::render::children(&full(), &crate::render::SecretValues::generated("key")).unwrap();
+    let objects = crate::render::children(
+        &full(),
+        &crate::render::SecretValues::generated("key", "password"),
+    )
+    .unwrap();
     assert!(objects.len() >= 10, "{}", objects.len());
     for object in &objects {
         let labels = &object["metadata"]["labels"];
@@ -316,4 +319,93 @@ fn every_child_carries_the_standard_labels() {
             "{key} is not among the child kinds the controller knows"
         );
     }
+}
+
+#[test]
+fn the_managed_redis_requires_its_password_and_only_chat_pods_reach_the_backends() {
+    let cluster = cluster(json!({}));
+    let redis = serde_json::to_value(redis_statefulset(&cluster).unwrap().unwrap()).unwrap();
+    let container = &redis["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let after = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
+    assert_eq!(after("--requirepass"), "$(REDIS_PASSWORD)");
+    assert_eq!(after("--maxmemory-policy"), "volatile-ttl");
+    // 75% of the default 256Mi limit.
+    assert_eq!(
+        after("--maxmemory"),
+        (256u64 * 1024 * 1024 / 100 * 75).to_string()
+    );
+    assert_eq!(
+        container["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+        "demo-redis-auth"
+    );
+    let auth = redis_auth_secret(&cluster, "s3cret").unwrap().unwrap();
+    assert_eq!(auth.data.unwrap()["password"].0, b"s3cret");
+    let url = connection_secret(&cluster, "s3cret")
+        .unwrap()
+        .unwrap()
+        .data
+        .unwrap()["redis-url"]
+        .0
+        .clone();
+    assert_eq!(
+        String::from_utf8(url).unwrap(),
+        "redis://:s3cret@demo-redis.chat.svc:6379"
+    );
+
+    let redis_policy =
+        serde_json::to_value(redis_network_policy(&cluster).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        redis_policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "redis"
+    );
+    let from = &redis_policy["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 1);
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "server"
+    );
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "demo"
+    );
+
+    let mongodb_policy =
+        serde_json::to_value(mongodb_network_policy(&cluster).unwrap().unwrap()).unwrap();
+    let admitted: BTreeSet<String> = mongodb_policy["spec"]["ingress"][0]["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|peer| {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        admitted,
+        ["mongodb", "mongodb-init", "server"]
+            .map(String::from)
+            .into()
+    );
+    let job = serde_json::to_value(mongodb_init_job(&cluster).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"],
+        "mongodb-init",
+        "the policy admits the init Job by this label"
+    );
+
+    let external = crate::desired::tests::cluster(json!({
+        "redis": {"external": {"urlSecretRef": {"name": "r", "key": "url"}}},
+        "mongodb": {"external": {"uriSecretRef": {"name": "m", "key": "uri"}}},
+    }));
+    assert!(redis_network_policy(&external).unwrap().is_none());
+    assert!(mongodb_network_policy(&external).unwrap().is_none());
+    assert!(redis_auth_secret(&external, "x").unwrap().is_none());
 }
