@@ -687,6 +687,27 @@ impl WsClient {
     }
 }
 
+/// Sends a message with a client_id (its content) until it is acked, as a
+/// client does while Redis or a shard is unavailable; returns the ack.
+pub async fn send_until_acked(ws: &mut WsClient, room: &str, content: &str) -> Value {
+    let frame =
+        json!({"type": "message", "room_id": room, "content": content, "client_id": content});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        ws.send(frame.clone()).await;
+        loop {
+            let answer = ws.next().await;
+            match answer["type"].as_str() {
+                Some("ack") if answer["client_id"] == content => return answer,
+                Some("error") => break,
+                _ => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "{content} never acked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The query string for `user`, optionally joining `room` at once.
 pub fn ws_query(user: &TestUser, room: Option<&str>) -> String {
     match room {

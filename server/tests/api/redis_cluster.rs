@@ -4,13 +4,13 @@
 //! master restarted under traffic without losing an acked message.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::{
     Backend, JWT_SECRET, RedisCluster, TestServer, WsClient, env_for, history_when_complete,
-    mongodb_uri, unique_db_name, ws_query,
+    mongodb_uri, send_until_acked, unique_db_name, ws_query,
 };
 
 /// Two pods on the cluster and one MongoDB database. The first is given every
@@ -46,27 +46,6 @@ fn seq_key(room: &str) -> String {
 async fn open(ws: &mut WsClient, room: &str) {
     ws.send(json!({"type": "join", "room_id": room})).await;
     ws.next_of("joined").await;
-}
-
-/// Sends a message with a client_id until it is acked, as a client does
-/// while a shard is unavailable; returns the ack.
-async fn send_until_acked(ws: &mut WsClient, room: &str, content: &str) -> Value {
-    let frame =
-        json!({"type": "message", "room_id": room, "content": content, "client_id": content});
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        ws.send(frame.clone()).await;
-        loop {
-            let answer = ws.next().await;
-            match answer["type"].as_str() {
-                Some("ack") if answer["client_id"] == content => return answer,
-                Some("error") => break,
-                _ => {}
-            }
-        }
-        assert!(Instant::now() < deadline, "{content} never acked");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
