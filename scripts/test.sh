@@ -68,3 +68,6 @@ command -v npm >/dev/null || apt_install nodejs npm
 
 say "benchmark smoke run: 1,000 connections, every message to every member"
 bench/smoke.sh
+
+say "soak, two minutes: two servers under churn; memory, descriptors, threads, Redis memory and backlog stay flat"
+.venv/bin/python bench/soak.py --minutes 2

@@ -48,6 +48,8 @@ pub struct Config {
     /// `None` in embedded mode when unset: a key is generated and kept in `data_dir`.
     pub jwt_secret: Option<Secret>,
     pub jwt_ttl: Duration,
+    /// How long a `client_id` is remembered to dedupe retries.
+    pub dedupe_ttl: Duration,
     pub cors_origins: Vec<HeaderValue>,
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
@@ -216,6 +218,13 @@ impl Config {
             30..=86_400,
         )?);
 
+        let dedupe_ttl = Duration::from_secs(parse_number(
+            &mut get,
+            "CHAT_DEDUPE_TTL_SECS",
+            24 * 3600,
+            60..=7 * 24 * 3600,
+        )?);
+
         let cors_origins = match get("CHAT_CORS_ORIGINS") {
             Some(list) => list
                 .split(',')
@@ -265,6 +274,7 @@ impl Config {
             data_dir,
             jwt_secret,
             jwt_ttl,
+            dedupe_ttl,
             cors_origins,
             rate_limit_per_sec: u32::try_from(rate_limit_per_sec).unwrap_or(u32::MAX),
             rate_limit_burst: u32::try_from(rate_limit_burst).unwrap_or(u32::MAX),
@@ -474,6 +484,7 @@ mod tests {
             ("CHAT_JWT_SECRET", "short"),
             ("CHAT_JWT_TTL_SECS", "ten"),
             ("CHAT_JWT_TTL_SECS", "0"),
+            ("CHAT_DEDUPE_TTL_SECS", "5"),
             ("CHAT_CORS_ORIGINS", "*"),
             (
                 "CHAT_CORS_ORIGINS",

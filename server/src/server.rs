@@ -62,11 +62,15 @@ pub enum StartError {
 pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let (store, embedded_id): (Arc<dyn Store>, _) = match &config.mongodb_uri {
         Some(uri) => (
-            Arc::new(MongoStore::connect(uri.expose(), &config.mongodb_db).await?),
+            Arc::new(
+                MongoStore::connect(uri.expose(), &config.mongodb_db)
+                    .await?
+                    .with_dedupe_ttl(config.dedupe_ttl),
+            ),
             None,
         ),
         None => {
-            let store = EmbeddedStore::open(&config.data_dir)?;
+            let store = EmbeddedStore::open(&config.data_dir)?.with_dedupe_ttl(config.dedupe_ttl);
             let id = store.id().to_owned();
             (Arc::new(store), Some(id))
         }
@@ -107,6 +111,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
                 hub.clone(),
                 &config.pod_name,
                 metrics.clone(),
+                config.dedupe_ttl,
             )
             .await
             .map_err(StartError::Bus)?

@@ -54,6 +54,7 @@ pub struct EmbeddedStore {
     /// When expired refresh tokens were last swept out.
     refresh_sweep: Arc<Mutex<Option<std::time::Instant>>>,
     id: String,
+    dedupe_ttl: time::Duration,
 }
 
 /// How often saving a refresh token, or committing messages, also sweeps out
@@ -73,7 +74,8 @@ struct CommitQueue {
 
 struct PendingInsert {
     message: Message,
-    dedupe: Option<String>,
+    /// The dedupe key and when it expires.
+    dedupe: Option<(String, crate::model::Timestamp)>,
     done: oneshot::Sender<StoreResult<Inserted>>,
 }
 
@@ -154,7 +156,16 @@ impl EmbeddedStore {
             commits: Arc::default(),
             refresh_sweep: Arc::default(),
             id,
+            dedupe_ttl: crate::store::DEDUPE_TTL,
         })
+    }
+
+    /// How long a dedupe key is remembered (default [`crate::store::DEDUPE_TTL`]).
+    pub fn with_dedupe_ttl(self, ttl: std::time::Duration) -> Self {
+        Self {
+            dedupe_ttl: time::Duration::try_from(ttl).unwrap_or(crate::store::DEDUPE_TTL),
+            ..self
+        }
     }
 
     /// This database's identity, made when it was created: tells two embedded
@@ -298,7 +309,7 @@ fn commit_waiting(db: &Weak<Database>, commits: &Mutex<CommitQueue>) {
 /// With `sweep`, expired dedupe keys are removed in the same transaction.
 fn write_messages(
     db: &Database,
-    messages: &[(Message, Option<String>)],
+    messages: &[(Message, Option<(String, crate::model::Timestamp)>)],
     sweep: bool,
 ) -> StoreResult<Vec<StoreResult<Inserted>>> {
     let tx = db.begin_write()?;
@@ -315,9 +326,9 @@ fn write_messages(
         }
         for (message, dedupe) in messages {
             let dedupe = dedupe
-                .as_deref()
-                .map(|key| dedupe_key(message.room_id, key));
-            if let Some(key) = &dedupe
+                .as_ref()
+                .map(|(key, expires_at)| (dedupe_key(message.room_id, key), *expires_at));
+            if let Some((key, _)) = &dedupe
                 && let Some(entry) = get_json::<_, DedupeEntry>(&dedupes, key.as_slice())?
                 && entry.expires_at > now
                 && let Some(earlier) = get_json::<_, Message>(
@@ -344,10 +355,10 @@ fn write_messages(
             let room = message.room_id.bytes();
             let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
             counts.insert(room.as_slice(), count + 1)?;
-            if let Some(dedupe) = dedupe {
+            if let Some((dedupe, expires_at)) = dedupe {
                 let entry = DedupeEntry {
                     seq: message.seq,
-                    expires_at: now + crate::store::DEDUPE_TTL,
+                    expires_at,
                 };
                 dedupes.insert(dedupe.as_slice(), to_json(&entry)?.as_slice())?;
             }
@@ -658,7 +669,7 @@ impl Store for EmbeddedStore {
             let mut queue = lock(&self.commits);
             queue.waiting.push(PendingInsert {
                 message: message.clone(),
-                dedupe: dedupe.map(str::to_owned),
+                dedupe: dedupe.map(|key| (key.to_owned(), crate::model::now() + self.dedupe_ttl)),
                 done,
             });
             !std::mem::replace(&mut queue.committing, true)

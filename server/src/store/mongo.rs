@@ -27,6 +27,7 @@ const EMAIL_INDEX: &str = "email_unique";
 #[derive(Clone, Debug)]
 pub struct MongoStore {
     db: Database,
+    dedupe_ttl: time::Duration,
 }
 
 impl MongoStore {
@@ -50,9 +51,18 @@ impl MongoStore {
         let client = Client::with_options(options).map_err(map_error)?;
         let store = Self {
             db: client.database(db_name),
+            dedupe_ttl: crate::store::DEDUPE_TTL,
         };
         store.create_indexes().await?;
         Ok(store)
+    }
+
+    /// How long a dedupe key is remembered (default [`crate::store::DEDUPE_TTL`]).
+    pub fn with_dedupe_ttl(self, ttl: Duration) -> Self {
+        Self {
+            dedupe_ttl: time::Duration::try_from(ttl).unwrap_or(crate::store::DEDUPE_TTL),
+            ..self
+        }
     }
 
     async fn create_indexes(&self) -> StoreResult<()> {
@@ -696,7 +706,7 @@ impl Store for MongoStore {
             let entry = DedupeDoc {
                 id,
                 seq: seq_to_i64(message.seq)?,
-                expires_at: to_bson_date(crate::model::now() + crate::store::DEDUPE_TTL),
+                expires_at: to_bson_date(crate::model::now() + self.dedupe_ttl),
             };
             let replace = self
                 .dedupe()

@@ -17,8 +17,8 @@ use crate::model::Id;
 /// Messages kept in a room's log for fast resume (approximately: the stream
 /// is trimmed a node at a time).
 pub const RECENT_LEN: usize = 1000;
-/// How long a client_id is remembered for retries.
-pub const DEDUPE_TTL_SECS: u64 = 24 * 3600;
+/// How long an idle room's log is kept.
+const LOG_TTL_SECS: u64 = 24 * 3600;
 /// The most messages one script call carries.
 pub const APPEND_BATCH: usize = 64;
 /// While messages keep coming, a pod calls the append script at most this
@@ -43,8 +43,8 @@ pub mod status {
 }
 
 /// Appends a batch of messages, in order, on one Redis or one shard.
-/// KEYS: the persist stream and its backlog count. ARGV: log length, dedupe ttl, the publish
-/// command (`PUBLISH`, or `SPUBLISH` in a cluster), then per message: its
+/// KEYS: the persist stream and its backlog count. ARGV: log length, log ttl, the publish
+/// command (`PUBLISH`, or `SPUBLISH` in a cluster), dedupe ttl, then per message: its
 /// room's seq, log and dedupe keys, floor, head, tail, channel, whether to
 /// dedupe. Returns per message {status, value} (see [`status`]).
 ///
@@ -60,7 +60,7 @@ pub mod status {
 /// and `resume` reads it with `XRANGE`. The dedupe key holds only the seq.
 /// The log's expiry is renewed when it is created and every 64 messages.
 const APPEND: &str = r"
-local log_len, ttl, publish = ARGV[1], ARGV[2], ARGV[3]
+local log_len, ttl, publish, dedupe_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function failed(reply) return type(reply) == 'table' and reply.err end
 local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, dedupe, persisted)
   if dedupe then
@@ -95,11 +95,11 @@ local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, 
     redis.call('EXPIRE', log_key, ttl)
   end
   redis.call(publish, channel, payload)
-  if dedupe then redis.call('SET', dedupe_key, seq, 'EX', ttl) end
+  if dedupe then redis.call('SET', dedupe_key, seq, 'EX', dedupe_ttl) end
   return {1, tostring(seq)}
 end
 local out, persisted = {}, {}
-for i = 4, #ARGV, 8 do
+for i = 5, #ARGV, 8 do
   out[#out + 1] = append(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
     ARGV[i + 5], ARGV[i + 6], ARGV[i + 7] == '1', persisted)
 end
@@ -128,6 +128,7 @@ pub async fn commit(
     connection: Commands,
     layout: Arc<Layout>,
     mut queue: mpsc::Receiver<PendingAppend>,
+    dedupe_ttl: Duration,
 ) {
     let script = Script::new(APPEND);
     let mut batch = Vec::with_capacity(APPEND_BATCH);
@@ -160,7 +161,7 @@ pub async fn commit(
             let script = &script;
             let layout = &layout;
             async move {
-                let outcome = call(script, &mut connection, &stream, &messages).await;
+                let outcome = call(script, &mut connection, &stream, &messages, dedupe_ttl).await;
                 if outcome.iter().flatten().any(|(s, _)| *s == status::MOVED) {
                     layout.refresh(&mut connection).await;
                 }
@@ -176,14 +177,16 @@ async fn call(
     connection: &mut Commands,
     stream: &str,
     messages: &[PendingAppend],
+    dedupe_ttl: Duration,
 ) -> Result<Vec<(i64, String)>, String> {
     let mut invocation = script.prepare_invoke();
     invocation
         .key(stream)
         .key(backlog_key(stream))
         .arg(RECENT_LEN)
-        .arg(DEDUPE_TTL_SECS)
-        .arg(connection.publish_command());
+        .arg(LOG_TTL_SECS)
+        .arg(connection.publish_command())
+        .arg(dedupe_ttl.as_secs().max(1));
     for pending in messages {
         let room = pending.room;
         invocation

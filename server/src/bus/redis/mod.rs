@@ -159,11 +159,12 @@ impl RedisBus {
         hub: Arc<Hub>,
         pod: &str,
         metrics: Arc<Metrics>,
+        dedupe_ttl: Duration,
     ) -> Result<Arc<Self>, BusError> {
         let mut commands = target.connect().await.map_err(unavailable)?;
         let layout = Arc::new(Layout::of(&mut commands).await.map_err(unavailable)?);
         let (appends, queue) = mpsc::channel(4 * APPEND_BATCH);
-        tokio::spawn(commit(commands.clone(), layout.clone(), queue));
+        tokio::spawn(commit(commands.clone(), layout.clone(), queue, dedupe_ttl));
         let bus = Arc::new(Self {
             target: target.clone(),
             commands,

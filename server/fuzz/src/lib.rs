@@ -1,0 +1,4 @@
+//! The fuzz targets' harness (see `harness`).
+
+mod harness;
+pub use harness::*;
