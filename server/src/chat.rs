@@ -36,6 +36,10 @@ pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(5);
 /// stops delivering to connections whose user is no longer a member (or
 /// whose room is gone), eviction message or not.
 pub const MEMBERSHIP_SWEEP: Duration = Duration::from_secs(10);
+/// After a membership check found the store unreachable, how long posts
+/// trust the subscription without asking it again (a check waits for the
+/// driver's timeout, seconds, when the store is down).
+const STORE_PROBE: Duration = Duration::from_secs(10);
 /// Join, leave, resume, auth and ping frames per user per second, after a
 /// burst big enough for several tabs reopening dozens of rooms at once.
 const CONTROL_PER_SEC: NonZeroU32 = NonZeroU32::new(20).unwrap();
@@ -95,6 +99,8 @@ pub struct Chat {
     control_limiter: DefaultKeyedRateLimiter<Id>,
     /// (room, user) memberships the store confirmed, and when.
     confirmed_members: Mutex<HashMap<(Id, Id), Instant>>,
+    /// Until when the store is taken to be down (see `confirm_member`).
+    store_down_until: Mutex<Option<Instant>>,
     pod: String,
 }
 
@@ -121,6 +127,7 @@ impl Chat {
                 Quota::per_second(CONTROL_PER_SEC).allow_burst(CONTROL_BURST),
             ),
             confirmed_members: Mutex::default(),
+            store_down_until: Mutex::default(),
             pod: pod.to_owned(),
         }
     }
@@ -205,12 +212,20 @@ impl Chat {
         if fresh {
             return Ok(());
         }
+        // While the database is known to be down, do not wait for it on
+        // every post: one post probes it per STORE_PROBE.
+        if lock(&self.store_down_until).is_some_and(|until| Instant::now() < until) {
+            return Ok(());
+        }
         let member = match self.store.room(room).await {
             Ok(current) => current.is_some_and(|r| r.is_member(user)),
             // Chat goes on while the database is down (messages wait in the
             // persist stream); so does the live subscription's word for it.
             // No removal can be made meanwhile: it needs the database too.
-            Err(StoreError::Unavailable(_)) => return Ok(()),
+            Err(StoreError::Unavailable(_)) => {
+                *lock(&self.store_down_until) = Some(Instant::now() + STORE_PROBE);
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         };
         if member {
@@ -230,10 +245,16 @@ impl Chat {
     /// One store read per open room per [`MEMBERSHIP_SWEEP`].
     pub async fn sweep_memberships(&self) {
         for room in self.hub.open_rooms() {
+            if lock(&self.store_down_until).is_some_and(|until| Instant::now() < until) {
+                return;
+            }
             let current = match self.store.room(room).await {
                 Ok(current) => current,
                 Err(e) => {
                     tracing::warn!(room_id = %room, error = %e, "membership sweep: cannot read the room");
+                    if matches!(e, StoreError::Unavailable(_)) {
+                        *lock(&self.store_down_until) = Some(Instant::now() + STORE_PROBE);
+                    }
                     continue;
                 }
             };

@@ -491,3 +491,103 @@ async fn a_pod_killed_mid_burst_loses_nothing_its_clients_acked() {
     let stored = stored_once(&survivor.base, &alice, &room, total).await;
     assert_eq!(stored, everything, "history differs from what was acked");
 }
+
+/// How long MongoDB stays down in the outage test.
+const MONGODB_OUTAGE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_stopped_for_a_minute_under_load_loses_nothing() {
+    let storage = tempfile::tempdir().unwrap();
+    let storage_path = storage.path().display().to_string();
+    let mongodb_port = free_port();
+    let mut mongodb = crate::common::start_secantus_on(mongodb_port, &storage_path);
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis = start_redis_on(free_port(), Some(redis_dir.path()));
+    let db = unique_db_name();
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        let (mut env, temp) = env_for(Backend::Mongo);
+        env.insert(
+            "CHAT_MONGODB_URI",
+            format!("mongodb://127.0.0.1:{mongodb_port}/?directConnection=true"),
+        );
+        env.insert("CHAT_MONGODB_DB", db.clone());
+        env.insert(
+            "CHAT_REDIS_URL",
+            format!("redis://127.0.0.1:{}", redis.port),
+        );
+        env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
+        env.insert("CHAT_POD_NAME", format!("pod-{i}"));
+        env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
+        env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
+        pods.push(TestServer::start_with_env(env, Some(temp)).await);
+    }
+    let alice = pods[0].user("alice").await;
+    let bob = pods[0].user("bob").await;
+    let room = pods[0].room(&alice, "outage", false).await;
+    pods[0].join(&bob, &room).await;
+    let mut alice_ws = connect_to(&pods[0], &alice, &room).await;
+    let mut bob_ws = connect_to(&pods[1], &bob, &room).await;
+    // Bob reads all along, as a person's client does (a client that stops
+    // reading is closed as idle or slow).
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, String)>::new()));
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let frame = bob_ws.next().await;
+                assert!(
+                    frame.get("closed").is_none(),
+                    "bob's connection closed: {frame}"
+                );
+                if frame["type"] == "text" {
+                    let seq = frame["seq"].as_u64().unwrap();
+                    let content = frame["content"].as_str().unwrap().to_owned();
+                    seen.lock().unwrap().push((seq, content));
+                }
+            }
+        })
+    };
+
+    mongodb.kill();
+    let outage = Instant::now();
+    let mut acked = BTreeSet::new();
+    // Ten messages a second while the database is down.
+    while outage.elapsed() < MONGODB_OUTAGE {
+        let content = format!("during {}", acked.len());
+        send_until_acked(&mut alice_ws, &room, &content).await;
+        acked.insert(content);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        acked.len() > 300,
+        "only {} messages were acked in a minute without MongoDB",
+        acked.len()
+    );
+    let _mongodb = crate::common::start_secantus_on(mongodb_port, &storage_path);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let contents: BTreeSet<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect();
+        if acked.is_subset(&contents) {
+            break;
+        }
+        assert!(!reader.is_finished(), "bob's reader stopped");
+        assert!(Instant::now() < deadline, "bob is missing messages");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reader.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "bob got messages out of order or twice"
+    );
+    let contents: BTreeSet<String> = seen.into_iter().map(|(_, c)| c).collect();
+    assert_eq!(contents, acked, "bob got messages nobody had acked");
+    let stored = stored_once(&pods[1].base, &bob, &room, acked.len()).await;
+    assert_eq!(stored, acked, "history differs from what was acked");
+}
