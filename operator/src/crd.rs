@@ -436,6 +436,12 @@ pub struct ManagedMongoDb {
     pub storage_class_name: Option<String>,
     #[serde(default = "default_mongodb_resources")]
     pub resources: ResourceRequirements,
+    /// Authentication with generated credentials: a keyfile between the
+    /// members, a root user, and a `chat` user (readWrite on the database)
+    /// for the pods. Set `false` only for a managed MongoDB created before
+    /// the operator generated credentials (its data has no users).
+    #[serde(default = "default_true")]
+    pub auth: bool,
 }
 
 impl Default for ManagedMongoDb {
@@ -446,6 +452,7 @@ impl Default for ManagedMongoDb {
             storage_size: default_mongodb_storage(),
             storage_class_name: None,
             resources: default_mongodb_resources(),
+            auth: true,
         }
     }
 }

@@ -116,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let secrets = render::SecretValues::generated(
                 desired::generate_jwt_key(),
                 desired::generate_password(),
+                desired::MongoDbCredentials::generate(),
             );
             let objects = render::children(&cluster, &secrets)?;
             print!("{}", render::to_yaml(&objects)?);

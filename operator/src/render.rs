@@ -23,6 +23,8 @@ pub struct SecretValues {
     pub jwt_key: String,
     /// The managed Redis's password (generated once, then read back).
     pub redis_password: String,
+    /// The managed MongoDB's credentials (generated once, then read back).
+    pub mongodb: desired::MongoDbCredentials,
     /// Values of the user's Secrets the pods read (external Redis URL and
     /// MongoDB URI), so that rotating one rolls the pods.
     pub referenced: Vec<String>,
@@ -30,10 +32,15 @@ pub struct SecretValues {
 
 impl SecretValues {
     /// Only (new or existing) generated values.
-    pub fn generated(jwt_key: impl Into<String>, redis_password: impl Into<String>) -> Self {
+    pub fn generated(
+        jwt_key: impl Into<String>,
+        redis_password: impl Into<String>,
+        mongodb: desired::MongoDbCredentials,
+    ) -> Self {
         Self {
             jwt_key: jwt_key.into(),
             redis_password: redis_password.into(),
+            mongodb,
             referenced: Vec::new(),
         }
     }
@@ -42,6 +49,7 @@ impl SecretValues {
         desired::digest(
             [self.jwt_key.as_str(), self.redis_password.as_str()]
                 .into_iter()
+                .chain(self.mongodb.values())
                 .chain(self.referenced.iter().map(String::as_str)),
         )
     }
@@ -59,7 +67,10 @@ pub fn children(cluster: &ChatCluster, secrets: &SecretValues) -> Result<Vec<Val
         desired::redis_auth_secret(cluster, &secrets.redis_password)?
             .map(value)
             .transpose()?,
-        desired::connection_secret(cluster, &secrets.redis_password)?
+        desired::mongodb_auth_secret(cluster, &secrets.mongodb)?
+            .map(value)
+            .transpose()?,
+        desired::connection_secret(cluster, &secrets.redis_password, &secrets.mongodb)?
             .map(value)
             .transpose()?,
     ];

@@ -117,7 +117,11 @@ fn everything_render_prints_is_valid_kubernetes_1_31() {
             serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
         let objects = render::children(
             &cluster,
-            &render::SecretValues::generated("a-generated-key", "a-generated-password"),
+            &render::SecretValues::generated(
+                "a-generated-key",
+                "a-generated-password",
+                chat_operator::desired::MongoDbCredentials::default(),
+            ),
         )
         .unwrap();
         let path = dir.path().join(format!("rendered-{i}.yaml"));

@@ -322,6 +322,7 @@ async fn the_first_reconcile_creates_every_child_in_order_and_reports_status() {
         [
             "secrets/demo-jwt",
             "secrets/demo-redis-auth",
+            "secrets/demo-mongodb-auth",
             "secrets/demo-connections",
             "configmaps/demo-config",
             "networkpolicies/demo-redis",
@@ -331,13 +332,13 @@ async fn the_first_reconcile_creates_every_child_in_order_and_reports_status() {
             "services/demo-mongodb",
             "statefulsets/demo-mongodb",
             // The init Job's name carries a digest of its spec.
-            applied_children(&calls)[10].as_str(),
+            applied_children(&calls)[11].as_str(),
             "deployments/demo",
             "services/demo",
             "poddisruptionbudgets/demo",
         ]
     );
-    assert!(applied_children(&calls)[10].starts_with("jobs/demo-mongodb-init-"));
+    assert!(applied_children(&calls)[11].starts_with("jobs/demo-mongodb-init-"));
 
     let key = harness
         .api
@@ -557,6 +558,56 @@ async fn an_existing_generated_key_is_never_overwritten() {
             .get(&format!("/api/v1{NS}/secrets/demo-jwt"))
             .unwrap()["data"]["secret"],
         existing
+    );
+}
+
+#[tokio::test]
+async fn existing_backend_credentials_are_never_overwritten() {
+    let harness = Harness::new(json!({}));
+    // "redis-password-in-use" and others, in base64.
+    let redis = "cmVkaXMtcGFzc3dvcmQtaW4tdXNl";
+    let (root, app, keyfile) = ("cm9vdC1wdw==", "YXBwLXB3", "a2V5ZmlsZQ==");
+    harness.api.put(
+        &format!("/api/v1{NS}/secrets/demo-redis-auth"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-redis-auth", "namespace": "chat"},
+               "data": {"password": redis}}),
+    );
+    harness.api.put(
+        &format!("/api/v1{NS}/secrets/demo-mongodb-auth"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-mongodb-auth", "namespace": "chat"},
+               "data": {"root-password": root, "app-password": app, "keyfile": keyfile}}),
+    );
+    harness.settle().await;
+    let secret = |name: &str| {
+        harness
+            .api
+            .get(&format!("/api/v1{NS}/secrets/{name}"))
+            .unwrap()["data"]
+            .clone()
+    };
+    assert_eq!(secret("demo-redis-auth")["password"], redis);
+    assert_eq!(secret("demo-mongodb-auth")["app-password"], app);
+    assert_eq!(secret("demo-mongodb-auth")["keyfile"], keyfile);
+    // The pods connect with them: "redis://:redis-password-in-use@..." and the app user's.
+    use base64::Engine;
+    let url = |key: &str| {
+        let encoded = secret("demo-connections")[key].as_str().unwrap().to_owned();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(
+        url("redis-url").starts_with("redis://:redis-password-in-use@"),
+        "{}",
+        url("redis-url")
+    );
+    assert!(
+        url("mongodb-uri").starts_with("mongodb://chat:app-pw@"),
+        "{}",
+        url("mongodb-uri")
     );
 }
 

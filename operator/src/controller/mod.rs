@@ -220,6 +220,7 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
         let keep = [
             desired::jwt_secret_name(&name),
             desired::redis_auth_secret_name(&name),
+            desired::mongodb_auth_secret_name(&name),
         ]
         .map(|name| ObjectKey {
             api_version: "v1".to_owned(),
@@ -380,6 +381,21 @@ async fn secret_values(
             Some(password) => password,
             None => desired::generate_password(),
         };
+    let mongodb = {
+        let name = desired::mongodb_auth_secret_name(name);
+        let mut stored = Vec::new();
+        for key in desired::MongoDbCredentials::KEYS {
+            stored.push(read_secret(&secrets, &name, key).await?);
+        }
+        match stored.as_slice() {
+            [Some(root), Some(app), Some(keyfile)] => desired::MongoDbCredentials {
+                root_password: root.clone(),
+                app_password: app.clone(),
+                keyfile: keyfile.clone(),
+            },
+            _ => desired::MongoDbCredentials::generate(),
+        }
+    };
     let mut referenced = Vec::new();
     let external = [
         cluster
@@ -406,6 +422,7 @@ async fn secret_values(
     Ok(SecretValues {
         jwt_key,
         redis_password,
+        mongodb,
         referenced,
     })
 }

@@ -16,7 +16,10 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::ChatCluster;
 
-pub use mongodb::{mongodb_init_job, mongodb_network_policy, mongodb_service, mongodb_statefulset};
+pub use mongodb::{
+    MongoDbCredentials, mongodb_auth_secret, mongodb_auth_secret_name, mongodb_init_job,
+    mongodb_network_policy, mongodb_service, mongodb_statefulset,
+};
 pub use redis::{
     generate_password, redis_auth_secret, redis_auth_secret_name, redis_network_policy,
     redis_service, redis_statefulset,

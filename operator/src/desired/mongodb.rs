@@ -3,10 +3,15 @@
 //! initiates the replica set (idempotent: it does nothing once initiated), and
 //! the NetworkPolicy that admits only the chat pods, the members and that Job.
 
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use rand::RngCore;
 use serde_json::json;
 
 use super::{BuildError, Component, child_meta, digest, identity, selector_labels, typed};
@@ -18,6 +23,75 @@ pub fn mongodb_name(instance: &str) -> String {
     format!("{instance}-mongodb")
 }
 
+pub fn mongodb_auth_secret_name(instance: &str) -> String {
+    format!("{instance}-mongodb-auth")
+}
+
+/// The user the chat pods connect as (readWrite on the ChatCluster's database).
+pub const APP_USER: &str = "chat";
+const ROOT_USER: &str = "root";
+
+/// The managed MongoDB's generated secrets. The caller supplies them
+/// (generated once, or read back from their Secret) and never rewrites them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MongoDbCredentials {
+    pub root_password: String,
+    pub app_password: String,
+    /// Shared by the members to authenticate each other (base64, 756 bytes).
+    pub keyfile: String,
+}
+
+impl MongoDbCredentials {
+    pub fn generate() -> Self {
+        let keyfile = {
+            let mut bytes = [0u8; 567];
+            rand::rng().fill_bytes(&mut bytes);
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        };
+        Self {
+            root_password: super::generate_password(),
+            app_password: super::generate_password(),
+            keyfile,
+        }
+    }
+
+    /// Keys of their Secret.
+    pub const KEYS: [&'static str; 3] = ["root-password", "app-password", "keyfile"];
+
+    pub fn values(&self) -> [&str; 3] {
+        [&self.root_password, &self.app_password, &self.keyfile]
+    }
+}
+
+/// The generated credentials, for a managed MongoDB with `auth`.
+pub fn mongodb_auth_secret(
+    cluster: &ChatCluster,
+    credentials: &MongoDbCredentials,
+) -> Result<Option<Secret>, BuildError> {
+    if !cluster.spec.managed_mongodb().is_some_and(|m| m.auth) {
+        return Ok(None);
+    }
+    let (instance, _) = identity(cluster)?;
+    let data = MongoDbCredentials::KEYS
+        .into_iter()
+        .zip(credentials.values())
+        .map(|(key, value)| (key.to_owned(), ByteString(value.as_bytes().to_vec())))
+        .collect::<BTreeMap<_, _>>();
+    Ok(Some(Secret {
+        metadata: child_meta(
+            cluster,
+            mongodb_auth_secret_name(&instance),
+            Component::MongoDb,
+        )?,
+        data: Some(data),
+        ..Default::default()
+    }))
+}
+
+fn secret_key(instance: &str, key: &str) -> serde_json::Value {
+    json!({"secretKeyRef": {"name": mongodb_auth_secret_name(instance), "key": key}})
+}
+
 pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, BuildError> {
     let Some(mongodb) = cluster.spec.managed_mongodb() else {
         return Ok(None);
@@ -25,6 +99,39 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
     let (instance, _) = identity(cluster)?;
     let name = mongodb_name(&instance);
     let meta = child_meta(cluster, name.clone(), Component::MongoDb)?;
+    let mut args = vec!["--replSet", REPLICA_SET, "--bind_ip_all"];
+    // With auth, the image's entrypoint creates the root user on the first
+    // start of an empty volume; the keyfile authenticates the members to each
+    // other. mongod refuses a keyfile others can read, and a Secret's files
+    // belong to root: an init container copies it, mode 0400, for uid 999.
+    let (env, init_containers, keyfile_mounts, keyfile_volumes) = if mongodb.auth {
+        args.extend(["--keyFile", "/keyfile/keyfile"]);
+        (
+            json!([
+                {"name": "MONGO_INITDB_ROOT_USERNAME", "value": ROOT_USER},
+                {"name": "MONGO_INITDB_ROOT_PASSWORD", "valueFrom": secret_key(&instance, "root-password")},
+            ]),
+            json!([{
+                "name": "keyfile",
+                "image": mongodb.image,
+                "command": ["sh", "-c", "cp /keyfile-secret/keyfile /keyfile/keyfile && chmod 0400 /keyfile/keyfile"],
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [
+                    {"name": "keyfile-secret", "mountPath": "/keyfile-secret", "readOnly": true},
+                    {"name": "keyfile", "mountPath": "/keyfile"},
+                ],
+            }]),
+            json!([{"name": "keyfile", "mountPath": "/keyfile", "readOnly": true}]),
+            json!([
+                {"name": "keyfile-secret", "secret": {"secretName": mongodb_auth_secret_name(&instance), "defaultMode": 0o440, "items": [{"key": "keyfile", "path": "keyfile"}]}},
+                {"name": "keyfile", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            ]),
+        )
+    } else {
+        (json!([]), json!([]), json!([]), json!([]))
+    };
+    let mut mounts = vec![json!({"name": "data", "mountPath": "/data/db"})];
+    mounts.extend(keyfile_mounts.as_array().cloned().unwrap_or_default());
     let spec = json!({
         "replicas": mongodb.members,
         "serviceName": name,
@@ -38,17 +145,20 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
                     "weight": 100,
                     "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector_labels(&instance, Component::MongoDb)}},
                 }]}},
+                "initContainers": init_containers,
                 "containers": [{
                     "name": "mongodb",
                     "image": mongodb.image,
-                    "args": ["--replSet", REPLICA_SET, "--bind_ip_all"],
+                    "args": args,
+                    "env": env,
                     "ports": [{"name": "mongodb", "containerPort": 27017}],
                     "resources": mongodb.resources,
                     "readinessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 5},
                     "livenessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 10},
                     "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-                    "volumeMounts": [{"name": "data", "mountPath": "/data/db"}],
+                    "volumeMounts": mounts,
                 }],
+                "volumes": keyfile_volumes,
             },
         },
         "volumeClaimTemplates": [{
@@ -134,10 +244,44 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
     let members: Vec<String> = (0..mongodb.members)
         .map(|i| format!("{{_id: {i}, host: '{name}-{i}.{name}.{namespace}.svc:27017'}}"))
         .collect();
-    let script = format!(
+    let initiate = format!(
         "try {{ rs.status().ok }} catch (e) {{ rs.initiate({{_id: '{REPLICA_SET}', members: [{}]}}).ok }}",
         members.join(", ")
     );
+    let first = format!("{name}-0.{name}.{namespace}.svc:27017");
+    let (command, env) = if mongodb.auth {
+        // Then, through the replica set (its primary), the pods' user: made,
+        // or given the current password and database again.
+        let hosts: Vec<String> = (0..mongodb.members)
+            .map(|i| format!("{name}-{i}.{name}.{namespace}.svc:27017"))
+            .collect();
+        let app_user = format!(
+            "const admin = db.getSiblingDB('admin'); \
+             const roles = [{{role: 'readWrite', db: process.env.DATABASE}}]; \
+             if (admin.getUser('{APP_USER}')) {{ admin.updateUser('{APP_USER}', {{pwd: process.env.APP_PASSWORD, roles}}) }} \
+             else {{ admin.createUser({{user: '{APP_USER}', pwd: process.env.APP_PASSWORD, roles}}) }}"
+        );
+        let login = format!("-u {ROOT_USER} -p \"$ROOT_PASSWORD\" --authenticationDatabase admin");
+        let script = format!(
+            "set -e\nmongosh --quiet --host {first} {login} --eval \"{initiate}\"\n\
+             mongosh --quiet 'mongodb://{}/?replicaSet={REPLICA_SET}' {login} --eval \"{app_user}\"\n",
+            hosts.join(",")
+        );
+        (
+            json!(["sh", "-c", script]),
+            json!([
+                {"name": "HOME", "value": "/tmp"},
+                {"name": "ROOT_PASSWORD", "valueFrom": secret_key(&instance, "root-password")},
+                {"name": "APP_PASSWORD", "valueFrom": secret_key(&instance, "app-password")},
+                {"name": "DATABASE", "value": cluster.spec.mongodb.database},
+            ]),
+        )
+    } else {
+        (
+            json!(["mongosh", "--quiet", "--host", first, "--eval", initiate]),
+            json!([{"name": "HOME", "value": "/tmp"}]),
+        )
+    };
     let spec = json!({
         "backoffLimit": 20,
         "template": {
@@ -149,9 +293,13 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
                 "containers": [{
                     "name": "initiate",
                     "image": mongodb.image,
-                    "command": ["mongosh", "--quiet", "--host", format!("{name}-0.{name}.{namespace}.svc:27017"), "--eval", script],
+                    "command": command,
+                    "env": env,
                     "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                    // mongosh keeps its history and logs under $HOME.
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 }],
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
             },
         },
     });

@@ -117,6 +117,7 @@ pub fn jwt_secret_ref(cluster: &ChatCluster) -> Result<SecretKeyRef, BuildError>
 pub fn connection_secret(
     cluster: &ChatCluster,
     redis_password: &str,
+    mongodb: &super::MongoDbCredentials,
 ) -> Result<Option<Secret>, BuildError> {
     let (instance, namespace) = identity(cluster)?;
     let mut data = BTreeMap::new();
@@ -126,14 +127,21 @@ pub fn connection_secret(
             format!("redis://:{redis_password}@{instance}-redis.{namespace}.svc:6379"),
         );
     }
-    if let Some(mongodb) = cluster.spec.managed_mongodb() {
-        let hosts: Vec<String> = (0..mongodb.members)
+    if let Some(managed) = cluster.spec.managed_mongodb() {
+        let hosts: Vec<String> = (0..managed.members)
             .map(|i| format!("{instance}-mongodb-{i}.{instance}-mongodb.{namespace}.svc:27017"))
             .collect();
-        data.insert(
-            "mongodb-uri".to_owned(),
-            format!("mongodb://{}/?replicaSet=rs0", hosts.join(",")),
-        );
+        let uri = if managed.auth {
+            format!(
+                "mongodb://{}:{}@{}/?replicaSet=rs0&authSource=admin",
+                super::mongodb::APP_USER,
+                mongodb.app_password,
+                hosts.join(",")
+            )
+        } else {
+            format!("mongodb://{}/?replicaSet=rs0", hosts.join(","))
+        };
+        data.insert("mongodb-uri".to_owned(), uri);
     }
     if data.is_empty() {
         return Ok(None);

@@ -224,7 +224,9 @@ fn external_backends_are_referenced_not_deployed() {
     assert!(mongodb_statefulset(&cluster).unwrap().is_none());
     assert!(mongodb_init_job(&cluster).unwrap().is_none());
     assert!(
-        connection_secret(&cluster, "pw").unwrap().is_none(),
+        connection_secret(&cluster, "pw", &MongoDbCredentials::default())
+            .unwrap()
+            .is_none(),
         "nothing to connect to of ours"
     );
 }
@@ -242,14 +244,21 @@ fn managed_backends_get_persistent_volumes_and_connection_strings() {
         mongodb["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
         "fast"
     );
-    let secret = connection_secret(&prod, "pw").unwrap().unwrap();
+    let credentials = MongoDbCredentials {
+        app_password: "app-pw".into(),
+        ..MongoDbCredentials::default()
+    };
+    let secret = connection_secret(&prod, "pw", &credentials)
+        .unwrap()
+        .unwrap();
     let uri = String::from_utf8(secret.data.unwrap()["mongodb-uri"].0.clone()).unwrap();
     assert_eq!(
         uri.matches(".demo-mongodb.chat.svc:27017").count(),
         3,
         "{uri}"
     );
-    assert!(uri.ends_with("replicaSet=rs0"));
+    assert!(uri.starts_with("mongodb://chat:app-pw@"), "{uri}");
+    assert!(uri.ends_with("replicaSet=rs0&authSource=admin"), "{uri}");
 
     let redis =
         serde_json::to_value(redis_statefulset(&cluster(json!({}))).unwrap().unwrap()).unwrap();
@@ -293,7 +302,11 @@ fn optional_children_follow_the_spec() {
 fn every_child_carries_the_standard_labels() {
     let objects = crate::render::children(
         &full(),
-        &crate::render::SecretValues::generated("key", "password"),
+        &crate::render::SecretValues::generated(
+            "key",
+            "password",
+            crate::desired::MongoDbCredentials::default(),
+        ),
     )
     .unwrap();
     assert!(objects.len() >= 10, "{}", objects.len());
@@ -346,7 +359,7 @@ fn the_managed_redis_requires_its_password_and_only_chat_pods_reach_the_backends
     );
     let auth = redis_auth_secret(&cluster, "s3cret").unwrap().unwrap();
     assert_eq!(auth.data.unwrap()["password"].0, b"s3cret");
-    let url = connection_secret(&cluster, "s3cret")
+    let url = connection_secret(&cluster, "s3cret", &MongoDbCredentials::default())
         .unwrap()
         .unwrap()
         .data
@@ -408,4 +421,68 @@ fn the_managed_redis_requires_its_password_and_only_chat_pods_reach_the_backends
     assert!(redis_network_policy(&external).unwrap().is_none());
     assert!(mongodb_network_policy(&external).unwrap().is_none());
     assert!(redis_auth_secret(&external, "x").unwrap().is_none());
+}
+
+#[test]
+fn the_managed_mongodb_authenticates_with_generated_credentials() {
+    let cluster = cluster(json!({"mongodb": {"managed": {"members": 3}, "database": "chatprod"}}));
+    let credentials = MongoDbCredentials::generate();
+    assert_eq!(credentials.keyfile.len(), 756, "the keyfile mongod expects");
+    assert_ne!(credentials.root_password, credentials.app_password);
+    let secret = mongodb_auth_secret(&cluster, &credentials)
+        .unwrap()
+        .unwrap();
+    let data = secret.data.unwrap();
+    assert_eq!(data["app-password"].0, credentials.app_password.as_bytes());
+    assert_eq!(secret.metadata.name.as_deref(), Some("demo-mongodb-auth"));
+
+    let set = serde_json::to_value(mongodb_statefulset(&cluster).unwrap().unwrap()).unwrap();
+    let pod = &set["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(args.contains(r#""--keyFile","/keyfile/keyfile""#), "{args}");
+    assert_eq!(
+        pod["containers"][0]["env"][0]["name"],
+        "MONGO_INITDB_ROOT_USERNAME"
+    );
+    assert_eq!(pod["initContainers"][0]["name"], "keyfile");
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        "demo-mongodb-auth"
+    );
+
+    let job = serde_json::to_value(mongodb_init_job(&cluster).unwrap().unwrap()).unwrap();
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    let script = container["command"][2].as_str().unwrap();
+    assert!(script.contains("rs.initiate"), "{script}");
+    assert!(
+        script.contains("createUser") && script.contains("updateUser"),
+        "{script}"
+    );
+    assert!(
+        !script.contains(&credentials.root_password),
+        "no secret in the Job's spec"
+    );
+    let env = container["env"].to_string();
+    assert!(
+        env.contains("chatprod") && env.contains("demo-mongodb-auth"),
+        "{env}"
+    );
+
+    // A MongoDB made before credentials existed keeps running without them.
+    let legacy = crate::desired::tests::cluster(json!({"mongodb": {"managed": {"auth": false}}}));
+    assert!(
+        mongodb_auth_secret(&legacy, &credentials)
+            .unwrap()
+            .is_none()
+    );
+    let set = serde_json::to_value(mongodb_statefulset(&legacy).unwrap().unwrap()).unwrap();
+    assert!(!set.to_string().contains("keyFile"));
+    let uri = connection_secret(&legacy, "pw", &credentials)
+        .unwrap()
+        .unwrap()
+        .data
+        .unwrap()["mongodb-uri"]
+        .0
+        .clone();
+    assert!(!String::from_utf8(uri).unwrap().contains('@'));
 }
