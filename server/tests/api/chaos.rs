@@ -591,3 +591,60 @@ async fn mongodb_stopped_for_a_minute_under_load_loses_nothing() {
     let stored = stored_once(&pods[1].base, &bob, &room, acked.len()).await;
     assert_eq!(stored, acked, "history differs from what was acked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_and_restarted_from_its_aof_loses_nothing() {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis_port = free_port();
+    let mut redis = start_redis_on(redis_port, Some(redis_dir.path()));
+    let db = unique_db_name();
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        let (mut env, temp) = env_for(Backend::Mongo);
+        env.insert("CHAT_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"));
+        env.insert("CHAT_MONGODB_DB", db.clone());
+        env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
+        env.insert("CHAT_POD_NAME", format!("pod-{i}"));
+        env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
+        env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
+        pods.push(Arc::new(TestServer::start_with_env(env, Some(temp)).await));
+    }
+    let alice = pods[0].user("alice").await;
+    let bob = pods[0].user("bob").await;
+    let room = pods[0].room(&alice, "storm", false).await;
+    pods[0].join(&bob, &room).await;
+    let mut alice_rx = connect_to(&pods[0], &alice, &room).await;
+    let mut bob_rx = connect_to(&pods[1], &bob, &room).await;
+
+    // Two senders, one per pod, each posting 60 messages as fast as acks come.
+    let senders: Vec<_> = [(0usize, alice.clone()), (1, bob.clone())]
+        .into_iter()
+        .map(|(pod, user)| {
+            let (pods, room) = (pods.clone(), room.clone());
+            tokio::spawn(async move {
+                let mut ws = connect_to(&pods[pod], &user, &room).await;
+                let mut acked = Vec::new();
+                for i in 0..60 {
+                    let content = format!("pod{pod} {i}");
+                    send_until_acked(&mut ws, &room, &content).await;
+                    acked.push(content);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _redis = start_redis_on(redis_port, Some(redis_dir.path()));
+    let mut acked = BTreeSet::new();
+    for sender in senders {
+        acked.extend(sender.await.unwrap());
+    }
+    assert_eq!(acked.len(), 120);
+    received_once_in_order(&mut alice_rx, "alice", &acked).await;
+    received_once_in_order(&mut bob_rx, "bob", &acked).await;
+    let stored = stored_once(&pods[1].base, &bob, &room, acked.len()).await;
+    assert_eq!(stored, acked, "history differs from what was acked");
+}
