@@ -180,6 +180,8 @@ def chat_servers(p: Processes, count: int, redis_port: int | list[int] | None,
             # Every simulated client comes from 127.0.0.1.
             "CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR": "1000000",
             "CHAT_MAX_CONNECTIONS_PER_ADDRESS": "1000000",
+            # The fixture gives each user many connections.
+            "CHAT_MAX_CONNECTIONS_PER_USER": "100000",
             "CHAT_POD_NAME": f"bench-{i}",
             "RUST_LOG": "warn",
             "CHAT_WEB_DIR": str(p.dir / "no-web"),

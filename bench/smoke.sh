@@ -15,6 +15,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 CHAT_LISTEN_ADDR="127.0.0.1:$port" CHAT_DATA_DIR="$data" CHAT_WEB_DIR="$data/no-web" \
 CHAT_RATE_LIMIT_PER_SEC=100000 CHAT_RATE_LIMIT_BURST=100000 RUST_LOG=warn \
 CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR=1000000 CHAT_MAX_CONNECTIONS_PER_ADDRESS=1000000 \
+CHAT_MAX_CONNECTIONS_PER_USER=100000 \
   "$server" 2>"$data/server.log" &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
