@@ -291,7 +291,10 @@ async def main() -> int:
         deadline = started + duration
         await asyncio.gather(sampler(pods, redis_port, started, deadline, samples),
                              *(agent(i, bases, rooms, deadline, stats) for i in range(AGENTS)))
-        # Every acked message is in the history once the persist workers catch up.
+        # Every acked message is in the history once the persist workers catch
+        # up (with a fresh token: the first one lapsed long ago in a long run).
+        _, admin = call("POST", f"{owner}/auth/login", {"email": f"soak{AGENTS}@example.com", "password": PASSWORD},
+                        forwarded_for="10.99.0.1")
         stored = 0
         wait_until = time.monotonic() + 60
         while time.monotonic() < wait_until:
