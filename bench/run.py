@@ -167,24 +167,30 @@ def mongodb(p: Processes) -> str:
     raise RuntimeError("SecantusDB did not start")
 
 
+# Every simulated client comes from 127.0.0.1 and the fixture gives each user
+# many connections: the per-client limits would measure themselves.
+UNLIMITED = {
+    "CHAT_RATE_LIMIT_PER_SEC": "100000",
+    "CHAT_RATE_LIMIT_BURST": "100000",
+    "CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR": "1000000",
+    "CHAT_MAX_CONNECTIONS_PER_ADDRESS": "1000000",
+    "CHAT_MAX_CONNECTIONS_PER_USER": "100000",
+}
+
+
 def chat_servers(p: Processes, count: int, redis_port: int | list[int] | None,
-                 mongodb_uri: str | None) -> list[tuple[str, int]]:
+                 mongodb_uri: str | None, binary: Path = RELEASE / "chat-server",
+                 extra_env: dict[str, str] = UNLIMITED, name: str = "bench") -> list[tuple[str, int]]:
     servers = []
     for i in range(count):
         port = free_port()
         env = {
             "CHAT_LISTEN_ADDR": f"127.0.0.1:{port}",
             "CHAT_DATA_DIR": str(p.dir / f"data-{i}"),
-            "CHAT_RATE_LIMIT_PER_SEC": "100000",
-            "CHAT_RATE_LIMIT_BURST": "100000",
-            # Every simulated client comes from 127.0.0.1.
-            "CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR": "1000000",
-            "CHAT_MAX_CONNECTIONS_PER_ADDRESS": "1000000",
-            # The fixture gives each user many connections.
-            "CHAT_MAX_CONNECTIONS_PER_USER": "100000",
-            "CHAT_POD_NAME": f"bench-{i}",
+            "CHAT_POD_NAME": f"{name}-{i}",
             "RUST_LOG": "warn",
             "CHAT_WEB_DIR": str(p.dir / "no-web"),
+            **extra_env,
         }
         if isinstance(redis_port, list):
             env["CHAT_REDIS_URL"] = ",".join(f"redis://127.0.0.1:{port}" for port in redis_port)
@@ -192,7 +198,7 @@ def chat_servers(p: Processes, count: int, redis_port: int | list[int] | None,
             env["CHAT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
         if mongodb_uri:
             env.update({"CHAT_MONGODB_URI": mongodb_uri, "CHAT_MONGODB_DB": MONGODB_DB, "CHAT_JWT_SECRET": JWT_SECRET})
-        process = p.start([str(RELEASE / "chat-server")], env)
+        process = p.start([str(binary)], env)
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
         except RuntimeError:

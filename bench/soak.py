@@ -32,7 +32,7 @@ from pathlib import Path
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import JWT_SECRET, MONGODB_DB, ROOT, Processes, free_port, mongodb, redis, wait_http  # noqa: E402
+from run import ROOT, Processes, chat_servers, mongodb, redis  # noqa: E402
 
 SAMPLE_EVERY = 10.0
 AGENTS = 40
@@ -42,35 +42,12 @@ PASSWORD = "soak-password-1"
 SLACK = {"rss_kib": 4096, "fds": 16, "threads": 2, "redis_kib": 1024, "backlog": 200, "connections": 10}
 
 
-def servers(p: Processes, binary: Path, redis_port: int, mongodb_uri: str) -> list[tuple[str, int]]:
-    started = []
-    for i in range(2):
-        port = free_port()
-        env = {
-            "CHAT_LISTEN_ADDR": f"127.0.0.1:{port}",
-            "CHAT_DATA_DIR": str(p.dir / f"data-{i}"),
-            "CHAT_REDIS_URL": f"redis://127.0.0.1:{redis_port}",
-            "CHAT_MONGODB_URI": mongodb_uri,
-            "CHAT_MONGODB_DB": MONGODB_DB,
-            "CHAT_JWT_SECRET": JWT_SECRET,
-            "CHAT_POD_NAME": f"soak-{i}",
-            "CHAT_WEB_DIR": str(p.dir / "no-web"),
-            "RUST_LOG": "warn",
-            # The agents pose as clients behind an Ingress on 127.0.0.1, each
-            # with its own address, so per-address limits see them apart.
-            "CHAT_TRUSTED_PROXIES": "127.0.0.1",
-            # Dedupe keys live this long in Redis (a day by default): a short
-            # window lets Redis's memory reach its steady state in the warm-up,
-            # so what is measured after it is everything else.
-            "CHAT_DEDUPE_TTL_SECS": "60",
-        }
-        process = p.start([str(binary)], env)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/readyz")
-        except RuntimeError:
-            raise RuntimeError(f"chat-server did not start: {p.log_of(process)}")
-        started.append((f"http://127.0.0.1:{port}", process.pid))
-    return started
+# The agents pose as clients behind an Ingress on 127.0.0.1, each with its own
+# address, so per-address limits see them apart; every other limit is the
+# default. Dedupe keys live this long in Redis (a day by default): a short
+# window lets Redis's memory reach its steady state in the warm-up, so what is
+# measured after it is everything else.
+SOAK_ENV = {"CHAT_TRUSTED_PROXIES": "127.0.0.1", "CHAT_DEDUPE_TTL_SECS": "60"}
 
 
 def call(method: str, url: str, body: dict | None = None, token: str | None = None,
@@ -273,7 +250,7 @@ async def main() -> int:
     with Processes() as p:
         redis_port = redis(p)
         mongodb_uri = mongodb(p)
-        pods = servers(p, args.binary, redis_port, mongodb_uri)
+        pods = chat_servers(p, 2, redis_port, mongodb_uri, binary=args.binary, extra_env=SOAK_ENV, name="soak")
         bases = [base for base, _ in pods]
         owner = f"{bases[0]}/api"
         for i in range(AGENTS + 1):

@@ -113,32 +113,24 @@ impl MongoStore {
             )
             .await
             .map_err(map_error)?;
+        // Documents with an `expires_at` are removed by MongoDB once it passes.
+        let expiry = || {
+            IndexModel::builder()
+                .keys(doc! {"expires_at": 1})
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(Duration::ZERO)
+                        .name("expiry_ttl".to_owned())
+                        .build(),
+                )
+                .build()
+        };
         self.refresh_tokens()
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"expires_at": 1})
-                    .options(
-                        IndexOptions::builder()
-                            .expire_after(Duration::ZERO)
-                            .name("expiry_ttl".to_owned())
-                            .build(),
-                    )
-                    .build(),
-            )
+            .create_index(expiry())
             .await
             .map_err(map_error)?;
         self.dedupe()
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"expires_at": 1})
-                    .options(
-                        IndexOptions::builder()
-                            .expire_after(Duration::ZERO)
-                            .name("expiry_ttl".to_owned())
-                            .build(),
-                    )
-                    .build(),
-            )
+            .create_index(expiry())
             .await
             .map_err(map_error)?;
         // Revocation deletes by family (sign-out, reuse) or by user (sign-out

@@ -15,8 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::common::{
-    Backend, JWT_SECRET, TestServer, TestUser, WsClient, env_for, free_port, mongodb_uri,
-    send_until_acked, start_redis_on, unique_db_name, ws_query,
+    JWT_SECRET, TestServer, TestUser, WsClient, free_port, mongodb_uri, pod_env, send_until_acked,
+    start_redis_on, unique_db_name, ws_query,
 };
 
 /// What the proxy does to the traffic passing through it.
@@ -166,16 +166,20 @@ async fn received_once_in_order(ws: &mut WsClient, who: &str, acked: &BTreeSet<S
 }
 
 /// The room's stored history, once it holds `count` messages (the persist
-/// worker may be catching up); asserts each content is stored once.
+/// worker may be catching up); asserts each content is stored once (at one
+/// seq). Pages go back by `before_seq`, as a client scrolls: paging by offset
+/// would show a message twice whenever the worker writes a newer one between
+/// two pages.
 async fn stored_once(base: &str, user: &TestUser, room: &str, count: usize) -> BTreeSet<String> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let mut contents: Vec<String> = Vec::new();
-        for offset in (0..).step_by(100) {
+        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut before = String::new();
+        loop {
             let page: Value = client
                 .get(format!(
-                    "{base}/api/rooms/{room}/messages?limit=100&offset={offset}"
+                    "{base}/api/rooms/{room}/messages?limit=100{before}"
                 ))
                 .bearer_auth(&user.token)
                 .send()
@@ -185,20 +189,24 @@ async fn stored_once(base: &str, user: &TestUser, room: &str, count: usize) -> B
                 .await
                 .unwrap_or_default();
             let messages = page["messages"].as_array().cloned().unwrap_or_default();
-            contents.extend(
-                messages
-                    .iter()
-                    .filter(|m| m["type"] == "text")
-                    .map(|m| m["content"].as_str().unwrap_or_default().to_owned()),
-            );
-            if messages.len() < 100 {
-                break;
+            for message in messages.iter().filter(|m| m["type"] == "text") {
+                let content = message["content"].as_str().unwrap_or_default().to_owned();
+                let seq = message["seq"].as_u64().unwrap_or_default();
+                seqs.entry(content).or_default().push(seq);
+            }
+            match messages.iter().filter_map(|m| m["seq"].as_u64()).min() {
+                Some(oldest) if messages.len() == 100 => before = format!("&before_seq={oldest}"),
+                _ => break,
             }
         }
-        if contents.len() >= count || Instant::now() > deadline {
-            let unique: BTreeSet<String> = contents.iter().cloned().collect();
-            assert_eq!(unique.len(), contents.len(), "a message was stored twice");
-            return unique;
+        let stored: usize = seqs.values().map(Vec::len).sum();
+        if stored >= count || Instant::now() > deadline {
+            let twice: Vec<_> = seqs.iter().filter(|(_, seqs)| seqs.len() > 1).collect();
+            assert!(
+                twice.is_empty(),
+                "stored more than once (at these seqs): {twice:?}"
+            );
+            return seqs.into_keys().collect();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -236,19 +244,17 @@ async fn a_pod_cut_off_from_redis_and_mongodb_by_latency_a_blackhole_and_resets_
     let db = unique_db_name();
     let mut pods = Vec::new();
     for (i, redis_port) in [proxy.port, redis.port].into_iter().enumerate() {
-        let (mut env, temp) = env_for(Backend::Mongo);
-        env.insert("CHAT_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"));
+        let (mut env, temp) = pod_env(
+            &format!("pod-{i}"),
+            format!("redis://127.0.0.1:{redis_port}"),
+            &db,
+        );
         if let (0, Some(proxy)) = (i, &mongodb_proxy) {
             env.insert(
                 "CHAT_MONGODB_URI",
                 format!("mongodb://127.0.0.1:{}/?directConnection=true", proxy.port),
             );
         }
-        env.insert("CHAT_MONGODB_DB", db.clone());
-        env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
-        env.insert("CHAT_POD_NAME", format!("pod-{i}"));
-        env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
-        env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
         pods.push(TestServer::start_with_env(env, Some(temp)).await);
     }
     let (cut_off, healthy) = (&pods[0], &pods[1]);
@@ -376,13 +382,7 @@ async fn a_pod_killed_mid_burst_loses_nothing_its_clients_acked() {
     let mut doomed = ServerProcess::start("doomed", redis.port, &db);
     let survivor = ServerProcess::start("survivor", redis.port, &db);
     // Accounts and the room through an in-process server on the same store.
-    let (mut env, temp) = env_for(Backend::Mongo);
-    env.insert("CHAT_MONGODB_DB", db.clone());
-    env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
-    env.insert(
-        "CHAT_REDIS_URL",
-        format!("redis://127.0.0.1:{}", redis.port),
-    );
+    let (env, temp) = pod_env("setup", format!("redis://127.0.0.1:{}", redis.port), &db);
     let setup = TestServer::start_with_env(env, Some(temp)).await;
     let alice = setup.user("alice").await;
     let bob = setup.user("bob").await;
@@ -506,20 +506,15 @@ async fn mongodb_stopped_for_a_minute_under_load_loses_nothing() {
     let db = unique_db_name();
     let mut pods = Vec::new();
     for i in 0..2 {
-        let (mut env, temp) = env_for(Backend::Mongo);
+        let (mut env, temp) = pod_env(
+            &format!("pod-{i}"),
+            format!("redis://127.0.0.1:{}", redis.port),
+            &db,
+        );
         env.insert(
             "CHAT_MONGODB_URI",
             format!("mongodb://127.0.0.1:{mongodb_port}/?directConnection=true"),
         );
-        env.insert("CHAT_MONGODB_DB", db.clone());
-        env.insert(
-            "CHAT_REDIS_URL",
-            format!("redis://127.0.0.1:{}", redis.port),
-        );
-        env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
-        env.insert("CHAT_POD_NAME", format!("pod-{i}"));
-        env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
-        env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
         pods.push(TestServer::start_with_env(env, Some(temp)).await);
     }
     let alice = pods[0].user("alice").await;
@@ -600,13 +595,11 @@ async fn redis_killed_under_load_and_restarted_from_its_aof_loses_nothing() {
     let db = unique_db_name();
     let mut pods = Vec::new();
     for i in 0..2 {
-        let (mut env, temp) = env_for(Backend::Mongo);
-        env.insert("CHAT_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"));
-        env.insert("CHAT_MONGODB_DB", db.clone());
-        env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
-        env.insert("CHAT_POD_NAME", format!("pod-{i}"));
-        env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
-        env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
+        let (env, temp) = pod_env(
+            &format!("pod-{i}"),
+            format!("redis://127.0.0.1:{redis_port}"),
+            &db,
+        );
         pods.push(Arc::new(TestServer::start_with_env(env, Some(temp)).await));
     }
     let alice = pods[0].user("alice").await;

@@ -9,9 +9,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::common::{
-    Backend, JWT_SECRET, Process, TestServer, TestUser, WsClient, env_for, free_port,
-    history_when_complete, mongodb_uri, start_redis_on, start_secantus_on, unique_db_name,
-    ws_query,
+    Process, TestServer, TestUser, WsClient, free_port, history_when_complete, mongodb_uri,
+    pod_env, start_redis_on, start_secantus_on, unique_db_name, ws_query,
 };
 
 struct Cluster {
@@ -30,17 +29,12 @@ async fn cluster(pods: usize, mongodb: Option<String>) -> Cluster {
     let uri = mongodb.unwrap_or_else(mongodb_uri);
     let mut servers = Vec::new();
     for i in 0..pods {
-        let (mut env, temp) = env_for(Backend::Mongo);
-        env.insert(
-            "CHAT_REDIS_URL",
+        let (mut env, temp) = pod_env(
+            &format!("pod-{i}"),
             format!("redis://127.0.0.1:{}", redis.port),
+            &db,
         );
         env.insert("CHAT_MONGODB_URI", uri.clone());
-        env.insert("CHAT_MONGODB_DB", db.clone());
-        env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
-        env.insert("CHAT_POD_NAME", format!("pod-{i}"));
-        env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
-        env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
         servers.push(TestServer::start_with_env(env, Some(temp)).await);
     }
     Cluster {
@@ -698,14 +692,12 @@ async fn what_a_dead_pod_left_pending_is_persisted_by_another() {
         .unwrap();
 
     // A pod starting later claims it and writes it.
-    let (mut env, temp) = env_for(Backend::Mongo);
-    env.insert(
-        "CHAT_REDIS_URL",
+    let (mut env, temp) = pod_env(
+        "pod-late",
         format!("redis://127.0.0.1:{}", cluster.redis.port),
+        &cluster.db,
     );
     env.insert("CHAT_MONGODB_URI", cluster.mongodb.clone());
-    env.insert("CHAT_MONGODB_DB", cluster.db.clone());
-    env.insert("CHAT_POD_NAME", "pod-late".into());
     cluster
         .pods
         .push(TestServer::start_with_env(env, Some(temp)).await);

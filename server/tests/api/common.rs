@@ -371,6 +371,23 @@ pub fn env_for(backend: Backend) -> (HashMap<&'static str, String>, tempfile::Te
     (env, temp)
 }
 
+/// Environment for one pod of a cluster: MongoDB database `db` shared with
+/// the other pods, Redis at `redis_url`, and no message rate limit (the tests
+/// that use it send bursts on purpose).
+pub fn pod_env(
+    name: &str,
+    redis_url: String,
+    db: &str,
+) -> (HashMap<&'static str, String>, tempfile::TempDir) {
+    let (mut env, temp) = env_for(Backend::Mongo);
+    env.insert("CHAT_REDIS_URL", redis_url);
+    env.insert("CHAT_MONGODB_DB", db.to_owned());
+    env.insert("CHAT_POD_NAME", name.to_owned());
+    env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
+    env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
+    (env, temp)
+}
+
 impl TestServer {
     pub async fn start(backend: Backend) -> Self {
         let (env, temp) = env_for(backend);

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::{
-    Backend, JWT_SECRET, RedisCluster, TestServer, WsClient, env_for, history_when_complete,
-    mongodb_uri, send_until_acked, unique_db_name, ws_query,
+    RedisCluster, TestServer, WsClient, history_when_complete, pod_env, send_until_acked,
+    unique_db_name, ws_query,
 };
 
 /// Two pods on the cluster and one MongoDB database. The first is given every
@@ -25,14 +25,7 @@ async fn pods(cluster: &RedisCluster) -> Vec<TestServer> {
     .into_iter()
     .enumerate()
     {
-        let (mut env, temp) = env_for(Backend::Mongo);
-        env.insert("CHAT_REDIS_URL", url);
-        env.insert("CHAT_MONGODB_URI", mongodb_uri());
-        env.insert("CHAT_MONGODB_DB", db.clone());
-        env.insert("CHAT_JWT_SECRET", JWT_SECRET.into());
-        env.insert("CHAT_POD_NAME", format!("pod-{i}"));
-        env.insert("CHAT_RATE_LIMIT_PER_SEC", "100000".into());
-        env.insert("CHAT_RATE_LIMIT_BURST", "100000".into());
+        let (env, temp) = pod_env(&format!("pod-{i}"), url, &db);
         pods.push(TestServer::start_with_env(env, Some(temp)).await);
     }
     pods
