@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
 use tower::ServiceExt;
 
@@ -85,11 +84,14 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         }
     };
     let metrics = Arc::new(Metrics::new()?);
-    let hub = Arc::new(Hub::new(HubLimits {
-        connections_per_user: config.limits.connections_per_user,
-        connections_per_address: config.limits.connections_per_address,
-        queue_bytes: config.limits.queue_bytes,
-    }));
+    let hub = Arc::new(Hub::new(
+        HubLimits {
+            connections_per_user: config.limits.connections_per_user,
+            connections_per_address: config.limits.connections_per_address,
+            queue_bytes: config.limits.queue_bytes,
+        },
+        metrics.frames_sent.clone(),
+    ));
     let bus: Arc<dyn Bus> = match &config.redis_url {
         Some(url) => {
             let unavailable = |e: redis::RedisError| {
@@ -224,11 +226,12 @@ pub async fn serve(
         let _ = draining_tx.send(true);
     });
 
-    let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
-    http.http1()
-        .timer(TokioTimer::new())
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    let graceful = GracefulShutdown::new();
+    // Every HTTP connection's task holds a receiver; `closed()` below waits
+    // for the last one to finish (upgraded WebSockets are not HTTP any more).
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -250,17 +253,33 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(request)
         });
-        let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        // The plain TCP stream, so that a WebSocket gets it back after the
+        // upgrade (see `ws::handshake`).
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = async {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
         });
     }
     drop(listener);
+    drop(stopping);
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => Ok(()),
+        () = stop.closed() => Ok(()),
         () = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over: closing the remaining connections");
             Ok(())

@@ -1,29 +1,34 @@
 //! One WebSocket connection: a reader task that handles the client's frames,
-//! and a writer task that owns the socket's sending half and the delivery
-//! cursors. They share only the bounded queue and the connection's kick signal.
+//! and a flusher task that writes what the socket could not take at once and
+//! says goodbye. Frames reach the socket through the connection's outbox,
+//! from whichever task has them (see `outbox`).
 
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::cursor::Cursors;
-use super::hub::{Connection, Kick, Outbound, Replay};
+use super::hub::{Connection, Kick, Outbound};
+use super::outbox::{Opcode, Outbox, Sent, close_payload};
 use super::protocol::encode;
 use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
+use super::{MAX_MESSAGE_BYTES, hub::QUEUE_FRAMES};
 use crate::auth::Claims;
 use crate::chat::ChatError;
-use crate::metrics::Metrics;
 use crate::model::Id;
 use crate::state::AppState;
 
-/// Frames waiting to be written to one client before it counts as slow.
-pub const QUEUE_CAPACITY: usize = 512;
 /// The server pings this often; browsers answer pings without any client code.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// No frame (a pong counts) for this long and the connection is closed.
@@ -34,24 +39,31 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 const MAX_BAD_FRAMES: u32 = 20;
 /// Rate-limited messages in a row tolerated before the client is disconnected.
 const MAX_REFUSED_MESSAGES: u32 = 50;
+/// tungstenite's default 128 KiB read buffer is allocated and zero-filled for
+/// every connection, idle or not. Chat frames are small; a bigger one grows the
+/// buffer to its length as it arrives.
+const READ_BUFFER_BYTES: usize = 1024;
 
-/// The connection's life, from registration to cleanup.
+/// The connection's life, from registration to cleanup. `early` holds what
+/// the client sent right behind its handshake.
 ///
 /// This future is the connection's task and stays allocated while the client is
 /// idle, so the calls that await the store or the bus are boxed: their state
 /// exists only while they run, not for the whole life of every connection.
 pub async fn run(
-    mut socket: WebSocket,
+    socket: TcpStream,
+    early: Bytes,
     state: AppState,
     claims: Claims,
     room: Option<Id>,
     address: IpAddr,
 ) {
-    let (queue, outbound) = mpsc::channel(QUEUE_CAPACITY);
-    let registered = state
-        .chat
-        .hub
-        .register(claims.sub, claims.username.clone(), address, queue);
+    let socket = Arc::new(socket);
+    let registered =
+        state
+            .chat
+            .hub
+            .register(claims.sub, claims.username.clone(), address, socket.clone());
     let connection = match registered {
         Ok(connection) => connection,
         Err(reason) => {
@@ -61,41 +73,49 @@ pub async fn run(
                 .ws_disconnects
                 .with_label_values(&[reason.label()])
                 .inc();
-            let close = CloseFrame {
-                code: reason.close_code(),
-                reason: Utf8Bytes::from_static(reason.reason()),
-            };
-            let _ =
-                tokio::time::timeout(CLOSE_DRAIN, socket.send(WsMessage::Close(Some(close)))).await;
+            let outbox = Outbox::new(socket, MAX_MESSAGE_BYTES, QUEUE_FRAMES);
+            let _ = outbox.frame(
+                &mut outbox.lock(),
+                Opcode::Close,
+                close_payload(reason.close_code(), reason.reason()),
+            );
+            let _ = tokio::time::timeout(CLOSE_DRAIN, outbox.flush()).await;
             return;
         }
     };
-    let (sink, stream) = socket.split();
     tracing::debug!(connection = connection.id, user_id = %claims.sub, "websocket connected");
     state.metrics.ws_connections.inc();
-    let writer = tokio::spawn(write(
-        sink,
-        outbound,
-        connection.clone(),
-        state.metrics.clone(),
-    ));
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let client = ClientSide {
+        socket,
+        early,
+        connection: connection.clone(),
+    };
+    let mut stream = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
+    let flusher = tokio::spawn(flush(connection.clone()));
     Box::pin(state.chat.session_changed(&connection)).await;
     if let Some(room) = room
         && let Err(e) = Box::pin(state.chat.open(&connection, room, None)).await
     {
         send_error(&connection, &e.into());
     }
-    let reason = read(stream, &state, &connection, claims.exp).await;
+    let reason = read(&mut stream, &state, &connection, claims.exp).await;
     connection.kick(reason);
     Box::pin(state.chat.disconnected(&connection)).await;
-    // The writer may be stuck writing to a client that stopped reading; it gets
-    // time to say goodbye, then the socket is dropped regardless.
-    let mut writer = writer;
-    if tokio::time::timeout(CLOSE_DRAIN * 2, &mut writer)
+    // The flusher may be stuck writing to a client that stopped reading; it
+    // gets time to say goodbye, then the socket is dropped regardless.
+    let mut flusher = flusher;
+    if tokio::time::timeout(CLOSE_DRAIN * 2, &mut flusher)
         .await
         .is_err()
     {
-        writer.abort();
+        flusher.abort();
+    }
+    if !matches!(reason, Kick::Gone | Kick::Broken) {
+        linger(&mut stream).await;
     }
     state.metrics.ws_connections.dec();
     state
@@ -106,8 +126,80 @@ pub async fn run(
     tracing::debug!(connection = connection.id, ?reason, "websocket closed");
 }
 
+/// What tungstenite reads the client's frames from: the socket (after the
+/// bytes that came with the handshake). What it writes by itself (pongs, the
+/// answer to a client's close) goes through the outbox like every frame.
+struct ClientSide {
+    socket: Arc<TcpStream>,
+    early: Bytes,
+    connection: Arc<Connection>,
+}
+
+impl AsyncRead for ClientSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = buf.remaining().min(this.early.len());
+            buf.put_slice(&this.early[..n]);
+            this.early.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.socket.poll_read_ready(cx))?;
+            match this.socket.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.connection.outbox.raw(buf) == Sent::Overflow {
+            self.connection.kick(Kick::SlowConsumer);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// After the server's close frame, reads (and ignores) what the client still
+/// sends until its own close frame, briefly. Closing a socket with unread
+/// bytes makes the kernel answer with a reset, and a reset can destroy what
+/// the client has not read yet: the close frame and the reason in it.
+async fn linger(stream: &mut WebSocketStream<ClientSide>) {
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn read(
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut WebSocketStream<ClientSide>,
     state: &AppState,
     connection: &Arc<Connection>,
     exp: i64,
@@ -136,7 +228,7 @@ async fn read(
                 }
                 continue;
             }
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
             Some(Ok(WsMessage::Close(_))) | None => return Kick::Gone,
             // Oversized frames, invalid UTF-8 and protocol violations end here.
             Some(Err(e)) => {
@@ -313,127 +405,40 @@ fn deadline_of(exp: i64) -> Instant {
     Instant::now() + Duration::from_secs(u64::try_from(exp - now).unwrap_or(0))
 }
 
-async fn write(
-    mut sink: SplitSink<WebSocket, WsMessage>,
-    mut outbound: mpsc::Receiver<Outbound>,
-    connection: Arc<Connection>,
-    metrics: Arc<Metrics>,
-) {
-    let mut cursors: Cursors<Utf8Bytes> = Cursors::default();
+/// Writes what the socket could not take at once, pings, and on a kick
+/// says goodbye: what was owed (unless the client is too slow for it), then
+/// a close frame with the reason.
+async fn flush(connection: Arc<Connection>) {
+    let outbox = &connection.outbox;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
-    loop {
-        let frames: Vec<Utf8Bytes> = tokio::select! {
-            // A kick is seen before more queued frames, so a slow consumer is closed
-            // promptly; the kick branch still drains what it owes (see there).
+    let reason = loop {
+        tokio::select! {
             biased;
-            reason = connection.kicked() => {
-                // What was queued before the kick (acks, errors) is still owed to
-                // the client, unless its slowness is the reason: then close now.
-                if !matches!(reason, Kick::SlowConsumer | Kick::Gone | Kick::Broken) {
-                    let drain = async {
-                        while let Ok(item) = outbound.try_recv() {
-                            connection.dequeued(&item);
-                            if !feed(&mut sink, deliverable(&mut cursors, item), &metrics).await {
-                                return;
-                            }
-                        }
-                    };
-                    let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+            reason = connection.kicked() => break reason,
+            () = outbox.woken() => {
+                tokio::select! {
+                    biased;
+                    reason = connection.kicked() => break reason,
+                    flushed = outbox.flush() => if flushed.is_err() {
+                        connection.kick(Kick::Broken);
+                    },
                 }
-                // A client that does not read would block these forever.
-                let close = async {
-                    if !matches!(reason, Kick::Gone | Kick::Broken) {
-                        let close = CloseFrame { code: reason.close_code(), reason: Utf8Bytes::from_static(reason.reason()) };
-                        let _ = sink.send(WsMessage::Close(Some(close))).await;
-                    }
-                    let _ = sink.close().await;
-                };
-                let _ = tokio::time::timeout(CLOSE_DRAIN, close).await;
-                return;
             }
-            item = outbound.recv() => match item {
-                Some(item) => {
-                    connection.dequeued(&item);
-                    deliverable(&mut cursors, item)
-                }
-                None => return,
-            },
             _ = ping.tick() => {
-                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
-                    connection.kick(Kick::Broken);
+                if outbox.frame(&mut outbox.lock(), Opcode::Ping, Bytes::new()) == Sent::Overflow {
+                    connection.kick(Kick::SlowConsumer);
                 }
-                continue;
-            }
-        };
-        let mut written = feed(&mut sink, frames, &metrics).await;
-        // Write what else is already queued before flushing: one syscall for a
-        // burst, bounded so a kick is still noticed under constant traffic.
-        for _ in 0..QUEUE_CAPACITY {
-            let Ok(item) = outbound.try_recv() else { break };
-            connection.dequeued(&item);
-            if !written {
-                break;
-            }
-            written = feed(&mut sink, deliverable(&mut cursors, item), &metrics).await;
-        }
-        if !written || sink.flush().await.is_err() {
-            connection.kick(Kick::Broken);
-        }
-    }
-}
-
-/// Writes frames without flushing; false once the socket has failed.
-async fn feed(
-    sink: &mut SplitSink<WebSocket, WsMessage>,
-    frames: Vec<Utf8Bytes>,
-    metrics: &Metrics,
-) -> bool {
-    for frame in frames {
-        if sink.feed(WsMessage::Text(frame)).await.is_err() {
-            return false;
-        }
-        metrics.frames_sent.inc();
-    }
-    true
-}
-
-/// What an outbound item means for this connection's socket, given its cursors.
-fn deliverable(cursors: &mut Cursors<Utf8Bytes>, item: Outbound) -> Vec<Utf8Bytes> {
-    match item {
-        Outbound::Direct(frame) => vec![*frame],
-        Outbound::Message(message) => cursors
-            .live(message.room, message.seq, message.frame.clone())
-            .into_iter()
-            .collect(),
-        Outbound::Event(event) => {
-            if cursors.is_subscribed(event.room) {
-                vec![event.frame.clone()]
-            } else {
-                Vec::new()
             }
         }
-        Outbound::Left(event) => {
-            cursors.left(event.room);
-            vec![event.frame.clone()]
-        }
-        Outbound::Resuming { room } => {
-            cursors.resuming(room);
-            Vec::new()
-        }
-        Outbound::Reset { room } => {
-            cursors.left(room);
-            Vec::new()
-        }
-        Outbound::Replayed(replayed) => {
-            let Replay {
-                room,
-                frame,
-                replay,
-                upto,
-            } = *replayed;
-            let mut frames = vec![frame];
-            frames.extend(cursors.replayed(room, replay, upto));
-            frames
-        }
+    };
+    if matches!(reason, Kick::Gone | Kick::Broken) || outbox.is_broken() {
+        return;
     }
+    if reason == Kick::SlowConsumer {
+        outbox.discard_waiting();
+    }
+    let close = close_payload(reason.close_code(), reason.reason());
+    let _ = outbox.frame(&mut outbox.lock(), Opcode::Close, close);
+    // A client that does not read would hold this forever.
+    let _ = tokio::time::timeout(CLOSE_DRAIN, outbox.flush()).await;
 }

@@ -7,23 +7,27 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::outbox::{Opcode, Outbox, Outgoing, Sent};
 
 use crate::model::{Id, Timestamp};
 use crate::sync::lock;
 
 pub type ConnId = u64;
 
-/// What a connection's writer task receives.
+/// What is sent to a connection: a frame, or a step of a join or resume
+/// that the connection's cursors turn into frames (see `cursor`).
 ///
-/// Two words at most, payloads behind pointers: tokio's channel allocates its
-/// slots 32 at a time, so every connection, idle or not, pays 32 times this
-/// size. Room frames are built once and shared by every recipient (cloning a
+/// Room frames are built once and shared by every recipient (cloning a
 /// `Message`, `Event` or `Left` copies a pointer).
 #[derive(Debug, Clone)]
 pub enum Outbound {
@@ -181,10 +185,10 @@ pub struct Connection {
     pub connected_at: Timestamp,
     /// The client's address, for the per-address connection cap.
     pub address: IpAddr,
-    queue: mpsc::Sender<Outbound>,
-    /// Bytes queued and not yet taken by the writer (see [`HubLimits::queue_bytes`]).
-    queued_bytes: AtomicUsize,
+    /// The socket's sending side.
+    pub outbox: Outbox,
     max_queue_bytes: usize,
+    frames_sent: IntCounter,
     /// Set once, by whoever closes the connection first; both the reader and
     /// the writer task wait on it, so it must wake every waiter.
     kick: watch::Sender<Option<Kick>>,
@@ -198,36 +202,76 @@ impl Connection {
         }
     }
 
-    /// Queues an item without waiting. A full queue, in items or in bytes,
-    /// disconnects the connection: a client that stops reading holds at most
-    /// `max_queue_bytes` of the pod's memory.
+    /// Sends an item without waiting: written to the socket at once, or
+    /// left for the connection's flusher. A client that does not read, so
+    /// that more than `max_queue_bytes` wait, is disconnected (a slow
+    /// consumer): it holds at most that much of the pod's memory.
     pub fn send(&self, item: Outbound) -> bool {
-        let bytes = item.bytes();
-        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let refused = if queued > self.max_queue_bytes {
-            Some(true)
-        } else {
-            match self.queue.try_send(item) {
-                Ok(()) => None,
-                Err(mpsc::error::TrySendError::Full(_)) => Some(true),
-                Err(mpsc::error::TrySendError::Closed(_)) => Some(false),
+        let mut outgoing = self.outbox.lock();
+        let sent = match item {
+            Outbound::Direct(frame) => self.text(&mut outgoing, *frame),
+            Outbound::Message(message) => {
+                match outgoing
+                    .cursors
+                    .live(message.room, message.seq, message.frame.clone())
+                {
+                    Some(frame) => self.text(&mut outgoing, frame),
+                    None => Sent::Accepted,
+                }
+            }
+            Outbound::Event(event) => {
+                if outgoing.cursors.is_subscribed(event.room) {
+                    self.text(&mut outgoing, event.frame.clone())
+                } else {
+                    Sent::Accepted
+                }
+            }
+            Outbound::Left(event) => {
+                outgoing.cursors.left(event.room);
+                self.text(&mut outgoing, event.frame.clone())
+            }
+            Outbound::Resuming { room } => {
+                outgoing.cursors.resuming(room);
+                Sent::Accepted
+            }
+            Outbound::Reset { room } => {
+                outgoing.cursors.left(room);
+                Sent::Accepted
+            }
+            Outbound::Replayed(replayed) => {
+                let Replay {
+                    room,
+                    frame,
+                    replay,
+                    upto,
+                } = *replayed;
+                let frames = outgoing.cursors.replayed(room, replay, upto);
+                std::iter::once(frame)
+                    .chain(frames)
+                    .map(|frame| self.text(&mut outgoing, frame))
+                    .find(|sent| *sent != Sent::Accepted)
+                    .unwrap_or(Sent::Accepted)
             }
         };
-        match refused {
-            None => true,
-            Some(slow) => {
-                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                if slow {
-                    self.kick(Kick::SlowConsumer);
-                }
+        drop(outgoing);
+        match sent {
+            Sent::Accepted => true,
+            Sent::Overflow => {
+                self.kick(Kick::SlowConsumer);
                 false
             }
+            Sent::Closed => false,
         }
     }
 
-    /// The writer took `item` off the queue.
-    pub fn dequeued(&self, item: &Outbound) {
-        self.queued_bytes.fetch_sub(item.bytes(), Ordering::Relaxed);
+    fn text(&self, outgoing: &mut Outgoing, frame: Utf8Bytes) -> Sent {
+        let sent = self
+            .outbox
+            .frame(outgoing, Opcode::Text, Bytes::from(frame));
+        if sent == Sent::Accepted {
+            self.frames_sent.inc();
+        }
+        sent
     }
 
     /// The most a join or resume may replay at once: half the queue's bytes,
@@ -297,18 +341,25 @@ impl Default for HubLimits {
     }
 }
 
-#[derive(Default)]
+/// Frames waiting for one client (beyond what its socket holds) before it
+/// counts as slow, whatever their bytes.
+pub const QUEUE_FRAMES: usize = 512;
+
 pub struct Hub {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
     limits: HubLimits,
+    /// Frames handed to sockets (`chat_ws_frames_sent_total`).
+    frames_sent: IntCounter,
 }
 
 impl Hub {
-    pub fn new(limits: HubLimits) -> Self {
+    pub fn new(limits: HubLimits, frames_sent: IntCounter) -> Self {
         Self {
+            inner: Mutex::default(),
+            next_id: AtomicU64::new(0),
             limits,
-            ..Self::default()
+            frames_sent,
         }
     }
 
@@ -320,7 +371,7 @@ impl Hub {
         user: Id,
         username: String,
         address: IpAddr,
-        queue: mpsc::Sender<Outbound>,
+        stream: Arc<TcpStream>,
     ) -> Result<Arc<Connection>, Kick> {
         let mut inner = lock(&self.inner);
         let of_user = inner.per_user.get(&user).copied().unwrap_or(0);
@@ -336,9 +387,9 @@ impl Hub {
             username,
             connected_at: crate::model::now(),
             address,
-            queue,
-            queued_bytes: AtomicUsize::new(0),
+            outbox: Outbox::new(stream, self.limits.queue_bytes, QUEUE_FRAMES),
             max_queue_bytes: self.limits.queue_bytes,
+            frames_sent: self.frames_sent.clone(),
             kick: watch::Sender::new(None),
         });
         inner.connections.insert(connection.id, connection.clone());
@@ -499,6 +550,8 @@ fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
+
     use super::*;
 
     fn frame(text: &str) -> Outbound {
@@ -507,116 +560,177 @@ mod tests {
 
     const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    fn register(hub: &Hub, user: Id, tx: mpsc::Sender<Outbound>) -> Arc<Connection> {
-        hub.register(user, "u".into(), HERE, tx).unwrap()
+    fn hub(limits: HubLimits) -> Hub {
+        Hub::new(limits, IntCounter::new("frames", "frames").unwrap())
     }
 
-    #[test]
-    fn users_and_addresses_are_capped_and_a_closed_connection_frees_its_slot() {
-        let hub = Hub::new(HubLimits {
+    /// A connected pair on loopback: the server's end, and the client's.
+    async fn socket() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Arc::new(server), client)
+    }
+
+    async fn connect(hub: &Hub) -> (Arc<Connection>, TcpStream) {
+        let (server, client) = socket().await;
+        let connection = hub.register(Id::new(), "u".into(), HERE, server).unwrap();
+        (connection, client)
+    }
+
+    /// The text frames the client has received so far (the server's frames
+    /// are unmasked: a length, then the text).
+    async fn received(client: &mut TcpStream) -> Vec<String> {
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 65536];
+        while let Ok(Ok(n)) = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            client.read(&mut chunk),
+        )
+        .await
+        {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+        let mut texts = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            assert_eq!(bytes[at], 0x81, "a final text frame");
+            let (len, start) = match bytes[at + 1] {
+                126 => (
+                    u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
+                    at + 4,
+                ),
+                127 => (
+                    u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
+                    at + 10,
+                ),
+                len => (len as usize, at + 2),
+            };
+            texts.push(String::from_utf8(bytes[start..start + len].to_vec()).unwrap());
+            at = start + len;
+        }
+        texts
+    }
+
+    #[tokio::test]
+    async fn users_and_addresses_are_capped_and_a_closed_connection_frees_its_slot() {
+        let hub = hub(HubLimits {
             connections_per_user: 2,
             connections_per_address: 3,
             ..HubLimits::default()
         });
-        let (tx, _rx) = mpsc::channel(1);
+        let (stream, _client) = socket().await;
         let alice = Id::new();
-        let first = register(&hub, alice, tx.clone());
-        register(&hub, alice, tx.clone());
-        assert_eq!(
-            hub.register(alice, "a".into(), HERE, tx.clone())
-                .unwrap_err(),
-            Kick::TooManyConnections
-        );
-        register(&hub, Id::new(), tx.clone());
+        let register = |user, address| hub.register(user, "a".into(), address, stream.clone());
+        let first = register(alice, HERE).unwrap();
+        register(alice, HERE).unwrap();
+        assert_eq!(register(alice, HERE).unwrap_err(), Kick::TooManyConnections);
+        register(Id::new(), HERE).unwrap();
         let elsewhere: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(
-            hub.register(Id::new(), "b".into(), HERE, tx.clone())
-                .is_err()
-        );
-        assert!(
-            hub.register(Id::new(), "b".into(), elsewhere, tx.clone())
-                .is_ok()
-        );
+        assert!(register(Id::new(), HERE).is_err());
+        assert!(register(Id::new(), elsewhere).is_ok());
         hub.unregister(first.id);
-        assert!(
-            hub.register(alice, "a".into(), "192.0.2.2".parse().unwrap(), tx)
-                .is_ok()
+        assert!(register(alice, "192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn frames_reach_the_socket_in_order_without_a_writer_task() {
+        let hub = hub(HubLimits::default());
+        let (connection, mut client) = connect(&hub).await;
+        let long = "x".repeat(70_000);
+        for text in ["one", &"y".repeat(300), &long, "four"] {
+            assert!(connection.send(frame(text)));
+        }
+        assert_eq!(
+            received(&mut client).await,
+            vec!["one".to_owned(), "y".repeat(300), long, "four".to_owned()]
         );
     }
 
     #[tokio::test]
-    async fn a_queue_over_its_bytes_kicks_the_connection() {
-        let hub = Hub::new(HubLimits {
-            queue_bytes: 10,
+    async fn a_client_that_does_not_read_is_kicked_once_over_its_bytes_and_the_room_goes_on() {
+        let hub = hub(HubLimits {
+            queue_bytes: 256 * 1024,
             ..HubLimits::default()
         });
-        let (tx, mut rx) = mpsc::channel(64);
-        let connection = register(&hub, Id::new(), tx);
-        assert!(connection.send(frame("12345")));
-        assert!(connection.send(frame("12345")));
-        let taken = rx.try_recv().unwrap();
-        connection.dequeued(&taken);
-        assert!(connection.send(frame("12345")), "the writer made room");
-        assert!(!connection.send(frame("123456")));
-        assert_eq!(connection.kicked().await, Kick::SlowConsumer);
-    }
-
-    #[test]
-    fn outbound_items_stay_two_words() {
-        // Every connection's queue holds a first block of 32 of these, idle or
-        // not: at 80 bytes they were 2.5 KiB of each connection's memory.
-        assert!(std::mem::size_of::<Outbound>() <= 16);
+        let (slow, _slow_client) = connect(&hub).await;
+        let (fast, mut fast_client) = connect(&hub).await;
+        let room = Id::new();
+        hub.subscribe(room, &slow);
+        hub.subscribe(room, &fast);
+        let chunk = "z".repeat(16 * 1024);
+        let reader = tokio::spawn(async move {
+            let mut total = 0;
+            let mut buffer = vec![0u8; 1 << 16];
+            while let Ok(Ok(n)) = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                fast_client.read(&mut buffer),
+            )
+            .await
+            {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        // The kernel's socket buffers take some megabytes first.
+        let mut sent = 0;
+        while slow.send(frame(&chunk)) {
+            sent += 1;
+            assert!(sent < 10_000, "never counted as slow");
+            fast.send(frame(&chunk));
+            if sent % 16 == 0 {
+                // Let the fast reader keep up, as a reading client does.
+                fast.outbox.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+        fast.send(frame(&chunk));
+        assert_eq!(slow.kicked().await, Kick::SlowConsumer);
+        fast.outbox.flush().await.unwrap();
+        let frame_len = chunk.len() + 4;
+        assert_eq!(
+            reader.await.unwrap(),
+            (sent + 1) * frame_len,
+            "the fast member got everything"
+        );
     }
 
     #[tokio::test]
     async fn fans_out_to_subscribers_only() {
-        let hub = Hub::default();
-        let (tx_a, mut rx_a) = mpsc::channel(8);
-        let (tx_b, mut rx_b) = mpsc::channel(8);
-        let a = register(&hub, Id::new(), tx_a);
-        let b = register(&hub, Id::new(), tx_b);
+        let hub = hub(HubLimits::default());
+        let (a, mut a_client) = connect(&hub).await;
+        let (b, mut b_client) = connect(&hub).await;
         let room = Id::new();
         hub.subscribe(room, &a);
         assert_eq!(hub.broadcast(room, frame("hi")), 1);
-        assert!(matches!(rx_a.try_recv(), Ok(Outbound::Direct(_))));
-        assert!(rx_b.try_recv().is_err());
+        assert_eq!(received(&mut a_client).await, ["hi"]);
+        assert!(received(&mut b_client).await.is_empty());
         hub.subscribe(room, &b);
         hub.unsubscribe(room, a.id);
         assert_eq!(hub.broadcast(room, frame("again")), 1);
-        assert!(rx_a.try_recv().is_err());
-        assert!(rx_b.try_recv().is_ok());
+        assert!(received(&mut a_client).await.is_empty());
+        assert_eq!(received(&mut b_client).await, ["again"]);
         assert_eq!(hub.unregister(b.id), vec![room]);
         assert_eq!(hub.broadcast(room, frame("nobody")), 0);
     }
 
     #[tokio::test]
-    async fn a_full_queue_kicks_the_slow_consumer_without_blocking() {
-        let hub = Hub::default();
-        let (tx_slow, _rx_slow) = mpsc::channel(2);
-        let (tx_fast, mut rx_fast) = mpsc::channel(16);
-        let slow = register(&hub, Id::new(), tx_slow);
-        let fast = register(&hub, Id::new(), tx_fast);
-        let room = Id::new();
-        hub.subscribe(room, &slow);
-        hub.subscribe(room, &fast);
-        for i in 0..5 {
-            hub.broadcast(room, frame(&i.to_string()));
-        }
-        assert_eq!(slow.kicked().await, Kick::SlowConsumer);
-        let mut received = 0;
-        while rx_fast.try_recv().is_ok() {
-            received += 1;
-        }
-        assert_eq!(received, 5, "the fast member got everything");
-    }
-
-    #[test]
-    fn sessions_list_a_users_connections_and_rooms() {
-        let hub = Hub::default();
+    async fn sessions_list_a_users_connections_and_rooms() {
+        let hub = hub(HubLimits::default());
+        let (stream, _client) = socket().await;
         let user = Id::new();
-        let (tx, _rx) = mpsc::channel(1);
-        let connection = register(&hub, user, tx.clone());
-        register(&hub, Id::new(), tx);
+        let connection = hub
+            .register(user, "u".into(), HERE, stream.clone())
+            .unwrap();
+        hub.register(Id::new(), "v".into(), HERE, stream).unwrap();
         let room = Id::new();
         hub.subscribe(room, &connection);
         let sessions = hub.sessions("pod-1", |c| c.user == user);
@@ -629,9 +743,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_kick_wakes_the_reader_and_the_writer_with_the_first_reason() {
-        let hub = Hub::default();
-        let (tx, _rx) = mpsc::channel(1);
-        let connection = register(&hub, Id::new(), tx);
+        let hub = hub(HubLimits::default());
+        let (connection, _client) = connect(&hub).await;
         let waiters: Vec<_> = (0..2)
             .map(|_| {
                 let connection = connection.clone();

@@ -5,16 +5,17 @@
 
 pub mod connection;
 pub mod cursor;
+pub mod handshake;
 pub mod hub;
+pub mod outbox;
 pub mod protocol;
 
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use serde::Deserialize;
 
+use self::handshake::{Handshake, NotWebSocket};
 use crate::auth::{Claims, TokenError};
 use crate::http::client_address::ClientAddress;
 use crate::http::error::ApiError;
@@ -23,14 +24,6 @@ use crate::state::AppState;
 
 /// Incoming frames are chat-sized; a larger one closes the connection (1009).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// tungstenite's default 128 KiB read buffer is allocated and zero-filled for
-/// every connection, idle or not. Chat frames are small; a bigger one grows the
-/// buffer to its length as it arrives.
-const READ_BUFFER_BYTES: usize = 1024;
-/// Frames are written to the socket once this much is buffered (and at every
-/// flush). The buffer never shrinks, so a burst of queued frames would
-/// otherwise keep up to the default 128 KiB per connection for its lifetime.
-const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// The subprotocol a browser selects when it passes its token as `bearer.<jwt>`.
 const SUBPROTOCOL: &str = "chat";
 
@@ -45,12 +38,11 @@ pub async fn upgrade(
     client: ClientAddress,
     Query(params): Query<WsParams>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    handshake: Result<Handshake, NotWebSocket>,
 ) -> Result<Response, ApiError> {
     let (token, protocol) = find_token(&params, &headers)?;
     let claims = verify(&state, &token)?;
-    let upgrade =
-        upgrade.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
+    let handshake = handshake?;
     let room = match &params.room_id {
         Some(raw) => Some(
             state
@@ -61,16 +53,10 @@ pub async fn upgrade(
         ),
         None => None,
     };
-    let mut upgrade = upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES);
-    if let Some(protocol) = protocol {
-        upgrade = upgrade.protocols([protocol]);
-    }
     let address = client.bucket();
-    Ok(upgrade.on_upgrade(move |socket| connection::run(socket, state, claims, room, address)))
+    Ok(handshake.accept(protocol, move |socket, early| {
+        connection::run(socket, early, state, claims, room, address)
+    }))
 }
 
 pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
