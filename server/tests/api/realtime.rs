@@ -651,3 +651,54 @@ async fn typing_floods_are_limited_too() {
     );
     assert_eq!(relayed + limited, 40);
 }
+
+/// A client may send its first frame right behind the handshake, in the same
+/// packet; the server must read it from what came with the request.
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let address = server.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut bytes = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        alice.token
+    )
+    .into_bytes();
+    // A masked text frame, as clients must send them.
+    let payload = br#"{"type":"ping"}"#;
+    let mask = [7u8, 13, 42, 99];
+    bytes.extend([0x81, 0x80 | payload.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    socket.write_all(&bytes).await.unwrap();
+
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let pong = br#"{"type":"pong"}"#;
+    while !received.windows(pong.len()).any(|w| w == pong) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, socket.read(&mut chunk))
+            .await
+            .expect("a pong within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+}
+
+#[tokio::test]
+async fn a_request_that_is_not_a_websocket_handshake_is_told_so() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let (status, body) = server.get("/ws", &alice.token).await;
+    assert_eq!((status, code(&body)), (400, "websocket_required"), "{body}");
+    let (status, body) = server.get("/ws", "not-a-token").await;
+    assert_eq!(status, 401, "the token is checked first: {body}");
+}
