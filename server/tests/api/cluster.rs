@@ -330,6 +330,33 @@ async fn a_retry_is_acked_the_same_after_its_message_left_the_recent_buffer() {
         .get(&format!("/api/rooms/{room}/messages"), &bob.token)
         .await;
     assert_eq!(stored(&page), 1, "the retries stored nothing new");
+    // A retry takes no seq: the room's seqs have no gap.
+    // The log deleted above was made again, and expires if the room idles.
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("chat:room:{{{room}}}:log"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(ttl > 3600, "the room's log has no expiry: TTL {ttl}");
+    let newest = here["seq"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seqs = loop {
+        let (_, page) = cluster.pods[0]
+            .get(&format!("/api/rooms/{room}/messages"), &bob.token)
+            .await;
+        let mut seqs: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        if seqs.last() == Some(&newest) || Instant::now() > deadline {
+            break seqs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seqs, (1..=newest).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

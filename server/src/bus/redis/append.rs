@@ -57,21 +57,14 @@ pub mod status {
 /// its first access, before anything of that message is written. The
 /// room's log is a stream whose ids are the seqs: `XADD` with an explicit id
 /// and approximate trimming costs less than a sorted set of whole payloads,
-/// and `resume` reads it with `XRANGE`. The dedupe key holds only the seq.
-/// The log's expiry is renewed when it is created and every 64 messages.
+/// and `resume` reads it with `XRANGE`. The dedupe key holds only the seq,
+/// and is claimed and checked by one `SET NX GET` after the seq is taken.
+/// The log's expiry is set when it is created (`NOMKSTREAM` tells, at no
+/// extra command) and renewed every 64 messages.
 const APPEND: &str = r"
 local log_len, ttl, publish, dedupe_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function failed(reply) return type(reply) == 'table' and reply.err end
 local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, dedupe, persisted)
-  if dedupe then
-    local previous = redis.pcall('GET', dedupe_key)
-    if failed(previous) then return {4, previous.err} end
-    if previous then
-      local first = redis.call('XRANGE', log_key, previous, previous)
-      if first[1] then return {0, first[1][2][2]} end
-      return {3, previous}
-    end
-  end
   if floor ~= '-1' then
     local set = redis.pcall('SET', seq_key, floor, 'NX')
     if failed(set) then return {4, set.err} end
@@ -83,19 +76,34 @@ local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, 
     redis.call('DEL', seq_key)
     return {2, ''}
   end
+  if dedupe then
+    -- Claims the key for this seq, or finds the retried message's: one
+    -- command either way. A retry gives its seq back (nothing came between).
+    local previous = redis.call('SET', dedupe_key, seq, 'NX', 'GET', 'EX', dedupe_ttl)
+    if previous then
+      redis.call('DECR', seq_key)
+      local first = redis.call('XRANGE', log_key, previous, previous)
+      if first[1] then return {0, first[1][2][2]} end
+      return {3, previous}
+    end
+  end
   local payload = head .. seq .. tail
   persisted[#persisted + 1] = payload
   local id = seq .. '-0'
-  if failed(redis.pcall('XADD', log_key, 'MAXLEN', '~', log_len, id, 'm', payload)) then
+  local added = redis.pcall('XADD', log_key, 'NOMKSTREAM', 'MAXLEN', '~', log_len, id, 'm', payload)
+  if failed(added) then
     -- The log outlived its counter and holds higher seqs: start it anew.
     redis.call('DEL', log_key)
-    redis.call('XADD', log_key, id, 'm', payload)
+    added = false
   end
-  if seq % 64 == 0 or redis.call('XLEN', log_key) == 1 then
+  if not added then
+    -- A new log (NOMKSTREAM added nothing): it expires unless renewed.
+    redis.call('XADD', log_key, id, 'm', payload)
+    redis.call('EXPIRE', log_key, ttl)
+  elseif seq % 64 == 0 then
     redis.call('EXPIRE', log_key, ttl)
   end
   redis.call(publish, channel, payload)
-  if dedupe then redis.call('SET', dedupe_key, seq, 'EX', dedupe_ttl) end
   return {1, tostring(seq)}
 end
 local out, persisted = {}, {}
