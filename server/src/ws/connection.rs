@@ -146,6 +146,9 @@ impl AsyncRead for ClientSide {
             let n = buf.remaining().min(this.early.len());
             buf.put_slice(&this.early[..n]);
             this.early.advance(n);
+            if this.early.is_empty() {
+                this.early = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         loop {

@@ -118,7 +118,14 @@ impl Handshake {
             // `server::serve` hands hyper the plain TCP stream, so this holds;
             // anything else is a bug worth a loud log, not a crash.
             match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => connection(parts.io.into_inner(), parts.read_buf).await,
+                Ok(parts) => {
+                    // A copy: the bytes are a view of hyper's read buffer,
+                    // kilobytes that would otherwise stay allocated for the
+                    // connection's life.
+                    let early = Bytes::copy_from_slice(&parts.read_buf);
+                    drop(parts.read_buf);
+                    connection(parts.io.into_inner(), early).await
+                }
                 Err(_) => tracing::error!("an upgraded connection is not a TCP stream"),
             }
         });
