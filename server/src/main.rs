@@ -1,4 +1,7 @@
 //! `chat-server`: reads the environment, starts, serves until SIGTERM or Ctrl-C.
+//! `chat-server health`: exits 0 if the server configured by the same
+//! environment answers its readiness probe (for container health checks:
+//! the image has no shell, curl or wget).
 
 use std::process::ExitCode;
 
@@ -15,12 +18,45 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if std::env::args().nth(1).as_deref() == Some("health") {
+        return health(config.listen_addr.port());
+    }
     telemetry::init(&config);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "chat-server stopped");
             eprintln!("chat-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Asks `GET /readyz` of the server on this host's `port`.
+fn health(port: u16) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let ask = || -> std::io::Result<String> {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut answer = [0u8; 64];
+        let n = stream.read(&mut answer)?;
+        Ok(String::from_utf8_lossy(&answer[..n]).into_owned())
+    };
+    match ask() {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(answer) => {
+            eprintln!(
+                "chat-server: not ready: {}",
+                answer.lines().next().unwrap_or("")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("chat-server: not reachable on port {port}: {e}");
             ExitCode::FAILURE
         }
     }

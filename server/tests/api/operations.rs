@@ -348,3 +348,33 @@ async fn a_second_embedded_store_on_one_redis_is_refused_at_start_up() {
     let (status, _) = first.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, 200, "the first server goes on");
 }
+
+/// `chat-server health` is the container health check (the image has no
+/// shell or curl): 0 when the server on this host is ready, 1 otherwise.
+#[tokio::test]
+async fn the_health_subcommand_reports_readiness() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let health = |port: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .arg("health")
+            .env("CHAT_LISTEN_ADDR", format!("0.0.0.0:{port}"))
+            .env("CHAT_DATA_DIR", std::env::temp_dir())
+            .output()
+            .unwrap()
+    };
+    let ready = tokio::task::spawn_blocking({
+        let port = port.clone();
+        move || health(port)
+    })
+    .await
+    .unwrap();
+    assert!(ready.status.success(), "{ready:?}");
+    server.state.health.start_draining();
+    let draining = tokio::task::spawn_blocking(move || health(port))
+        .await
+        .unwrap();
+    assert_eq!(draining.status.code(), Some(1), "{draining:?}");
+    let nobody = health(crate::common::free_port().to_string());
+    assert_eq!(nobody.status.code(), Some(1), "{nobody:?}");
+}
