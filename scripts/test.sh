@@ -22,6 +22,8 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null || apt_install redis-server
+# `haproxy -c` checks the Compose deployment's load balancer configuration.
+command -v haproxy >/dev/null || apt_install haproxy
 
 # The venv is (re)filled whenever scripts/requirements-test.txt changes.
 wanted="$(sha256sum scripts/requirements-test.txt | cut -d' ' -f1)"
@@ -41,7 +43,7 @@ scripts/build-test-apiserver.sh
 say "formatting"
 cargo fmt --all -- --check
 
-say "packaging: Helm charts, Dockerfiles, kind, Tilt, alerts and dashboard"
+say "packaging: Helm charts, Dockerfiles, Compose, kind, Tilt, alerts and dashboard"
 .venv/bin/python scripts/check_packaging.py
 
 say "lints"
