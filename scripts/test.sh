@@ -43,9 +43,6 @@ scripts/build-test-apiserver.sh
 say "formatting"
 cargo fmt --all -- --check
 
-say "packaging: Helm charts, Dockerfiles, Compose, kind, Tilt, alerts and dashboard"
-.venv/bin/python scripts/check_packaging.py
-
 say "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
@@ -55,6 +52,11 @@ say "tests"
 # chat-bench) come out of it; a later `cargo build -p ...` would resolve other
 # features and compile the dependencies again.
 cargo build --workspace --all-targets --locked
+
+# After the build: checkov reads what the operator binary renders.
+say "packaging: Helm charts, Dockerfiles (hadolint), Compose, kind, Tilt, alerts, dashboard, checkov"
+.venv/bin/python scripts/check_packaging.py
+
 cargo test --workspace --locked
 
 say "web client: unit tests, build, end-to-end in headless Chromium"

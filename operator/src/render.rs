@@ -183,3 +183,41 @@ mod tests {
         assert_eq!(back, value);
     }
 }
+
+#[cfg(test)]
+mod pod_tests {
+    use super::*;
+
+    /// What checkov asks of every workload (scripts/check_packaging.py runs
+    /// it): no API token where nothing calls the API, requests on every
+    /// container, and a read-only root filesystem.
+    #[test]
+    fn every_pod_is_locked_down_and_every_container_sized() {
+        let cluster: ChatCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "chatcluster.dev/v1alpha1",
+            "kind": "ChatCluster",
+            "metadata": {"name": "demo", "namespace": "chat", "uid": "1f0c6a1e-0000-4000-8000-000000000001"},
+            "spec": {"mongodb": {"managed": {"members": 3}}},
+        }))
+        .unwrap();
+        let secrets = SecretValues::generated("k", "p", desired::MongoDbCredentials::default());
+        let children = children(&cluster, &secrets).unwrap();
+        let pods: Vec<&Value> = children
+            .iter()
+            .filter_map(|o| o.pointer("/spec/template/spec"))
+            .collect();
+        assert_eq!(pods.len(), 4, "server, Redis, MongoDB and its init Job");
+        for pod in pods {
+            assert_eq!(pod["automountServiceAccountToken"], false, "{pod}");
+            let containers = pod["containers"].as_array().unwrap().iter();
+            let init = pod["initContainers"].as_array().into_iter().flatten();
+            for container in containers.chain(init) {
+                let name = &container["name"];
+                assert!(container.pointer("/resources/requests/cpu").is_some(), "{name}");
+                assert!(container.pointer("/resources/requests/memory").is_some(), "{name}");
+                assert!(container.pointer("/resources/limits/memory").is_some(), "{name}");
+                assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true, "{name}");
+            }
+        }
+    }
+}

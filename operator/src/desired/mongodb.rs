@@ -116,6 +116,7 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
                 "image": mongodb.image,
                 "command": ["sh", "-c", "cp /keyfile-secret/keyfile /keyfile/keyfile && chmod 0400 /keyfile/keyfile"],
                 "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
                 "volumeMounts": [
                     {"name": "keyfile-secret", "mountPath": "/keyfile-secret", "readOnly": true},
                     {"name": "keyfile", "mountPath": "/keyfile"},
@@ -130,8 +131,15 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
     } else {
         (json!([]), json!([]), json!([]), json!([]))
     };
-    let mut mounts = vec![json!({"name": "data", "mountPath": "/data/db"})];
+    // A read-only root: mongod writes its data to the volume and its socket
+    // (and the image's entrypoint its temporary config) to /tmp.
+    let mut mounts = vec![
+        json!({"name": "data", "mountPath": "/data/db"}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
     mounts.extend(keyfile_mounts.as_array().cloned().unwrap_or_default());
+    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}})];
+    volumes.extend(keyfile_volumes.as_array().cloned().unwrap_or_default());
     let spec = json!({
         "replicas": mongodb.members,
         "serviceName": name,
@@ -141,6 +149,8 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
             "metadata": {"labels": meta.labels},
             "spec": {
                 "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+                // Nothing in it calls the Kubernetes API.
+                "automountServiceAccountToken": false,
                 "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
                     "weight": 100,
                     "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector_labels(&instance, Component::MongoDb)}},
@@ -155,10 +165,10 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
                     "resources": mongodb.resources,
                     "readinessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 5},
                     "livenessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 10},
-                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
                     "volumeMounts": mounts,
                 }],
-                "volumes": keyfile_volumes,
+                "volumes": volumes,
             },
         },
         "volumeClaimTemplates": [{
@@ -290,12 +300,14 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
             "spec": {
                 "restartPolicy": "OnFailure",
                 "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+                "automountServiceAccountToken": false,
                 "containers": [{
                     "name": "initiate",
                     "image": mongodb.image,
                     "command": command,
                     "env": env,
                     "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                    "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
                     // mongosh keeps its history and logs under $HOME.
                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 }],

@@ -161,6 +161,8 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
             "metadata": {"labels": meta.labels},
             "spec": {
                 "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+                // Nothing in it calls the Kubernetes API.
+                "automountServiceAccountToken": false,
                 "containers": [{
                     "name": "redis",
                     "image": redis.image,

@@ -235,6 +235,8 @@ pub fn deployment(cluster: &ChatCluster, secrets_digest: &str) -> Result<Deploym
                 },
             },
             "spec": {
+                // The chat server never calls the Kubernetes API.
+                "automountServiceAccountToken": false,
                 "terminationGracePeriodSeconds": grace + PRE_STOP_SECONDS + 5,
                 "securityContext": {
                     "runAsNonRoot": true,

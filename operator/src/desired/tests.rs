@@ -445,10 +445,13 @@ fn the_managed_mongodb_authenticates_with_generated_credentials() {
         "MONGO_INITDB_ROOT_USERNAME"
     );
     assert_eq!(pod["initContainers"][0]["name"], "keyfile");
-    assert_eq!(
-        pod["volumes"][0]["secret"]["secretName"],
-        "demo-mongodb-auth"
-    );
+    let secret_volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "keyfile-secret")
+        .unwrap();
+    assert_eq!(secret_volume["secret"]["secretName"], "demo-mongodb-auth");
 
     let job = serde_json::to_value(mongodb_init_job(&cluster).unwrap().unwrap()).unwrap();
     let container = &job["spec"]["template"]["spec"]["containers"][0];
