@@ -213,10 +213,22 @@ mod pod_tests {
             let init = pod["initContainers"].as_array().into_iter().flatten();
             for container in containers.chain(init) {
                 let name = &container["name"];
-                assert!(container.pointer("/resources/requests/cpu").is_some(), "{name}");
-                assert!(container.pointer("/resources/requests/memory").is_some(), "{name}");
-                assert!(container.pointer("/resources/limits/memory").is_some(), "{name}");
-                assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true, "{name}");
+                assert!(
+                    container.pointer("/resources/requests/cpu").is_some(),
+                    "{name}"
+                );
+                assert!(
+                    container.pointer("/resources/requests/memory").is_some(),
+                    "{name}"
+                );
+                assert!(
+                    container.pointer("/resources/limits/memory").is_some(),
+                    "{name}"
+                );
+                assert_eq!(
+                    container["securityContext"]["readOnlyRootFilesystem"], true,
+                    "{name}"
+                );
             }
         }
     }
