@@ -544,6 +544,58 @@ class Checkov(unittest.TestCase):
         self.assertEqual(stale, [], "these checks pass now: remove their skips")
 
 
+class Workflows(unittest.TestCase):
+    """The GitHub Actions workflows a user's repository runs (actionlint,
+    with shellcheck on their scripts, runs in the test command): CI is the
+    README's test command, and a release publishes what the charts and
+    manifests name."""
+
+    @classmethod
+    def setUpClass(cls):
+        workflows = ROOT / ".github" / "workflows"
+        cls.ci = yaml.safe_load((workflows / "ci.yml").read_text())
+        cls.release = yaml.safe_load((workflows / "release.yml").read_text())
+        cls.release_text = (workflows / "release.yml").read_text()
+
+    def test_ci_runs_the_readme_test_command(self):
+        readme = (ROOT / "README.md").read_text()
+        self.assertIn("```sh\nscripts/test.sh\n```", readme)
+        steps = self.ci["jobs"]["test"]["steps"]
+        self.assertEqual([s["run"] for s in steps if "run" in s], ["scripts/test.sh"])
+        self.assertLessEqual(self.ci["jobs"]["test"]["timeout-minutes"], 90)
+
+    def test_a_tag_releases_both_images_for_two_platforms_with_sbom_and_provenance(self):
+        self.assertEqual(self.release[True]["push"]["tags"], ["v*.*.*"])  # YAML 1.1 reads `on` as true
+        images = self.release["jobs"]["images"]
+        built = {leg["image"]: leg["dockerfile"] for leg in images["strategy"]["matrix"]["include"]}
+        self.assertEqual(built, {"chat-server": "server/Dockerfile", "chat-operator": "operator/Dockerfile"})
+        build = next(s for s in images["steps"] if s.get("id") == "build")["with"]
+        self.assertEqual(build["platforms"], "linux/amd64,linux/arm64")
+        self.assertTrue(build["push"] and build["sbom"])
+        self.assertEqual(build["provenance"], "mode=max")
+        self.assertEqual(images["permissions"]["packages"], "write")
+
+    def test_the_release_publishes_the_names_the_charts_and_manifests_use(self):
+        operator_values = yaml.safe_load((OPERATOR_CHART / "values.yaml").read_text())
+        self.assertEqual(operator_values["image"]["repository"], "ghcr.io/chatcluster/chat-operator")
+        self.assertIn("image: ghcr.io/chatcluster/chat-operator:", (ROOT / "manifests/operator.yaml").read_text())
+        crd = CRD.read_text()
+        self.assertIn("ghcr.io/chatcluster/chat-server", crd)
+        self.assertIn("images: ${{ env.REGISTRY }}/${{ env.NAMESPACE }}/${{ matrix.image }}", self.release_text)
+        self.assertEqual(self.release["env"]["REGISTRY"], "ghcr.io")
+        for chart in ("charts/chatcluster-operator", "charts/chatcluster"):
+            self.assertIn(chart, self.release_text)
+        self.assertIn('helm push "$package" "oci://$REGISTRY/$NAMESPACE/charts"', self.release_text)
+        release = next(s for s in self.release["jobs"]["manifests"]["steps"] if s.get("name") == "Create the release")
+        self.assertIn("dist/crd.yaml dist/operator.yaml", release["run"])
+        pin = next(s for s in self.release["jobs"]["manifests"]["steps"] if s.get("name", "").startswith("Pin"))
+        self.assertIn("@$OPERATOR_DIGEST", pin["run"])
+        tiltfile = (ROOT / "Tiltfile").read_text()
+        for image in ("ghcr.io/chatcluster/chat-server", "ghcr.io/chatcluster/chat-operator"):
+            self.assertIn(image, tiltfile)
+            self.assertIn(image, (ROOT / "docs/kubernetes.md").read_text())
+
+
 def chart_chatclusters() -> dict[str, dict]:
     """The ChatClusters the cluster chart renders: with its defaults, with
     every option on, and with the kind values."""

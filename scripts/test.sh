@@ -53,6 +53,18 @@ say "tests"
 # features and compile the dependencies again.
 cargo build --workspace --all-targets --locked
 
+# The release and CI workflows: actionlint (built with Go from the module
+# proxy, pinned; its PyPI wrapper downloads from elsewhere) and, through it,
+# shellcheck on their scripts.
+say "workflows: actionlint"
+command -v shellcheck >/dev/null || apt_install shellcheck
+actionlint_version=v1.7.12
+if [ "$(cat .cache/bin/actionlint.version 2>/dev/null)" != "$actionlint_version" ]; then
+  GOBIN="$PWD/.cache/bin" go install "github.com/rhysd/actionlint/cmd/actionlint@$actionlint_version"
+  echo "$actionlint_version" > .cache/bin/actionlint.version
+fi
+.cache/bin/actionlint -shellcheck "$(command -v shellcheck)" .github/workflows/*.yml
+
 # After the build: checkov reads what the operator binary renders.
 say "packaging: Helm charts, Dockerfiles (hadolint), Compose, kind, Tilt, alerts, dashboard, checkov"
 .venv/bin/python scripts/check_packaging.py
