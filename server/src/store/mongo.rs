@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mongodb::bson::{self, Document, doc, oid::ObjectId};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
 use mongodb::{Client, Collection, Cursor, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,15 @@ impl MongoStore {
         options
             .connect_timeout
             .get_or_insert(Duration::from_secs(5));
+        // A write counts once a majority of the replica set has it in its
+        // journal, so a primary lost right after cannot take it along (the
+        // URI's `w` and `journal` still win).
+        options.write_concern.get_or_insert_with(|| {
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .journal(true)
+                .build()
+        });
         let client = Client::with_options(options).map_err(map_error)?;
         let store = Self {
             db: client.database(db_name),
