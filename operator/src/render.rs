@@ -182,11 +182,6 @@ mod tests {
         let back: Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(back, value);
     }
-}
-
-#[cfg(test)]
-mod pod_tests {
-    use super::*;
 
     /// What checkov asks of every workload (scripts/check_packaging.py runs
     /// it): no API token where nothing calls the API, requests on every

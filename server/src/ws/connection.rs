@@ -19,11 +19,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::hub::{Connection, Kick, Outbound};
+use super::MAX_MESSAGE_BYTES;
+use super::hub::{Connection, Kick, Outbound, QUEUE_FRAMES};
 use super::outbox::{Opcode, Outbox, Sent, close_payload};
-use super::protocol::encode;
-use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
-use super::{MAX_MESSAGE_BYTES, hub::QUEUE_FRAMES};
+use super::protocol::{self, ClientFrame, FrameError, ServerFrame, encode};
 use crate::auth::Claims;
 use crate::chat::ChatError;
 use crate::model::Id;

@@ -1,8 +1,9 @@
 //! Per-connection, per-room delivery cursors: the piece that makes resume
 //! exact (no gap, no duplicate) while live messages keep arriving.
 //!
-//! A connection's writer task owns one [`Cursors`]. Live messages and replayed
-//! history meet here, in one task, so their interleaving is decided in one place:
+//! A connection's outbox holds one [`Cursors`] under its lock. Live messages
+//! and replayed history meet here, under that lock, so their interleaving is
+//! decided in one place:
 //! - `Live { last }`: a message with `seq <= last` was already sent and is dropped;
 //! - `Resuming`: live messages are held until the replay arrives, then those
 //!   newer than the replay follow it.

@@ -48,18 +48,6 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    /// The bytes this item will write: what it counts against the queue's
-    /// byte budget (a replay counts all of its frames).
-    pub fn bytes(&self) -> usize {
-        match self {
-            Outbound::Direct(frame) => frame.len(),
-            Outbound::Message(message) => message.frame.len(),
-            Outbound::Event(event) | Outbound::Left(event) => event.frame.len(),
-            Outbound::Resuming { .. } | Outbound::Reset { .. } => 0,
-            Outbound::Replayed(replay) => replay.bytes(),
-        }
-    }
-
     pub fn direct(frame: Utf8Bytes) -> Self {
         Outbound::Direct(Box::new(frame))
     }
@@ -98,12 +86,6 @@ pub struct Replay {
     pub frame: Utf8Bytes,
     pub replay: Vec<(u64, Utf8Bytes)>,
     pub upto: u64,
-}
-
-impl Replay {
-    pub fn bytes(&self) -> usize {
-        self.frame.len() + self.replay.iter().map(|(_, f)| f.len()).sum::<usize>()
-    }
 }
 
 /// Why the server closes a connection: a WebSocket close code and reason.
@@ -187,10 +169,9 @@ pub struct Connection {
     pub address: IpAddr,
     /// The socket's sending side.
     pub outbox: Outbox,
-    max_queue_bytes: usize,
     frames_sent: IntCounter,
     /// Set once, by whoever closes the connection first; both the reader and
-    /// the writer task wait on it, so it must wake every waiter.
+    /// the flusher task wait on it, so it must wake every waiter.
     kick: watch::Sender<Option<Kick>>,
 }
 
@@ -204,7 +185,7 @@ impl Connection {
 
     /// Sends an item without waiting: written to the socket at once, or
     /// left for the connection's flusher. A client that does not read, so
-    /// that more than `max_queue_bytes` wait, is disconnected (a slow
+    /// that more than the queue's bytes wait ([`HubLimits::queue_bytes`]), is disconnected (a slow
     /// consumer): it holds at most that much of the pod's memory.
     pub fn send(&self, item: Outbound) -> bool {
         let mut outgoing = self.outbox.lock();
@@ -277,7 +258,7 @@ impl Connection {
     /// The most a join or resume may replay at once: half the queue's bytes,
     /// so a replay never makes its own connection a slow consumer.
     pub fn max_replay_bytes(&self) -> usize {
-        self.max_queue_bytes / 2
+        self.outbox.max_waiting_bytes() / 2
     }
 
     /// Asks the connection to close with `reason`; the first reason wins.
@@ -388,7 +369,6 @@ impl Hub {
             connected_at: crate::model::now(),
             address,
             outbox: Outbox::new(stream, self.limits.queue_bytes, QUEUE_FRAMES),
-            max_queue_bytes: self.limits.queue_bytes,
             frames_sent: self.frames_sent.clone(),
             kick: watch::Sender::new(None),
         });
@@ -580,22 +560,23 @@ mod tests {
         (connection, client)
     }
 
-    /// The text frames the client has received so far (the server's frames
-    /// are unmasked: a length, then the text).
-    async fn received(client: &mut TcpStream) -> Vec<String> {
+    /// What the client reads until nothing comes for `quiet` (or the end).
+    async fn read_until_quiet(client: &mut TcpStream, quiet: std::time::Duration) -> Vec<u8> {
         let mut bytes = Vec::new();
-        let mut chunk = [0u8; 65536];
-        while let Ok(Ok(n)) = tokio::time::timeout(
-            std::time::Duration::from_millis(100),
-            client.read(&mut chunk),
-        )
-        .await
-        {
+        let mut chunk = vec![0u8; 1 << 16];
+        while let Ok(Ok(n)) = tokio::time::timeout(quiet, client.read(&mut chunk)).await {
             if n == 0 {
                 break;
             }
             bytes.extend_from_slice(&chunk[..n]);
         }
+        bytes
+    }
+
+    /// The text frames the client has received so far (the server's frames
+    /// are unmasked: a length, then the text).
+    async fn received(client: &mut TcpStream) -> Vec<String> {
+        let bytes = read_until_quiet(client, std::time::Duration::from_millis(100)).await;
         let mut texts = Vec::new();
         let mut at = 0;
         while at < bytes.len() {
@@ -665,20 +646,9 @@ mod tests {
         hub.subscribe(room, &fast);
         let chunk = "z".repeat(16 * 1024);
         let reader = tokio::spawn(async move {
-            let mut total = 0;
-            let mut buffer = vec![0u8; 1 << 16];
-            while let Ok(Ok(n)) = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                fast_client.read(&mut buffer),
-            )
-            .await
-            {
-                if n == 0 {
-                    break;
-                }
-                total += n;
-            }
-            total
+            read_until_quiet(&mut fast_client, std::time::Duration::from_secs(2))
+                .await
+                .len()
         });
         // The kernel's socket buffers take some megabytes first.
         let mut sent = 0;

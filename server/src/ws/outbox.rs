@@ -274,9 +274,9 @@ impl Outbox {
         self.wake.notified().await;
     }
 
-    /// Whether everything handed over has gone to the socket.
-    pub fn is_drained(&self) -> bool {
-        self.lock().waiting.is_empty()
+    /// Waiting bytes allowed before the client counts as slow.
+    pub fn max_waiting_bytes(&self) -> usize {
+        self.max_waiting_bytes
     }
 
     pub fn is_broken(&self) -> bool {
