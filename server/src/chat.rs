@@ -409,10 +409,10 @@ impl Chat {
                 upto,
             ));
         };
-        if upto.saturating_sub(after) > MAX_RESUME {
+        let missed = self.bus.missed(room, after, upto).await?;
+        if missed.len() as u64 > MAX_RESUME {
             return Err(ChatError::TooFarBehind);
         }
-        let missed = self.bus.missed(room, after, upto).await?;
         let replay: Vec<_> = missed.iter().map(|m| (m.seq, encode(m))).collect();
         // Bigger than the connection may queue: the client pages history instead.
         if replay.iter().map(|(_, frame)| frame.len()).sum::<usize>() > max_bytes {

@@ -43,7 +43,8 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     pub mongodb_uri: Option<Secret>,
     pub mongodb_db: String,
-    pub redis_url: Option<Secret>,
+    /// `None`: the in-process bus (one instance only).
+    pub redis: Option<RedisConfig>,
     pub data_dir: PathBuf,
     /// `None` in embedded mode when unset: a key is generated and kept in `data_dir`.
     pub jwt_secret: Option<Secret>,
@@ -59,6 +60,33 @@ pub struct Config {
     pub log_filter: String,
     pub log_format: LogFormat,
     pub limits: Limits,
+}
+
+/// Where Redis is, and what an ack waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub endpoint: RedisEndpoint,
+    /// Replicas a message must have reached before it is acked (`WAIT`);
+    /// 0 acks once the primary has it.
+    pub min_replicas: u32,
+    /// How long an ack waits for those replicas before the client is told
+    /// `unavailable` (and retries; dedupe makes that safe).
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisEndpoint {
+    /// `CHAT_REDIS_URL`: one server, or a comma-separated list of a Redis
+    /// Cluster's seed nodes.
+    Urls(Secret),
+    /// `CHAT_REDIS_SENTINELS`: whichever server the Sentinels name as the
+    /// primary of `master`, found again after each failover.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+        /// `CHAT_REDIS_PASSWORD`, for the Sentinels and the servers alike.
+        password: Option<Secret>,
+    },
 }
 
 /// How much of a pod one client may take (docs/reliability.md has the why of
@@ -175,22 +203,7 @@ impl Config {
             ));
         }
 
-        let redis_url = get("CHAT_REDIS_URL").map(Secret::new);
-        if let Some(urls) = &redis_url {
-            // One URL, or a comma-separated list of a Redis Cluster's seed nodes.
-            let mut seeds = urls.expose().split(',').map(str::trim).peekable();
-            if seeds.peek().is_none_or(|url| url.is_empty()) {
-                return Err(invalid("CHAT_REDIS_URL", "is empty"));
-            }
-            for url in seeds {
-                redis::Client::open(url).map_err(|e| {
-                    invalid(
-                        "CHAT_REDIS_URL",
-                        format!("not a Redis URL ({})", e.category()),
-                    )
-                })?;
-            }
-        }
+        let redis = parse_redis(&mut get)?;
 
         let data_dir = PathBuf::from(get("CHAT_DATA_DIR").unwrap_or_else(|| "./data".into()));
 
@@ -270,7 +283,7 @@ impl Config {
             listen_addr,
             mongodb_uri,
             mongodb_db,
-            redis_url,
+            redis,
             data_dir,
             jwt_secret,
             jwt_ttl,
@@ -286,6 +299,86 @@ impl Config {
             limits,
         })
     }
+}
+
+fn parse_redis(
+    get: &mut impl FnMut(&'static str) -> Option<String>,
+) -> Result<Option<RedisConfig>, ConfigError> {
+    let urls = get("CHAT_REDIS_URL").map(Secret::new);
+    let sentinels = get("CHAT_REDIS_SENTINELS");
+    // Behind Sentinel there are replicas to wait for, and a failover that
+    // would lose what only the primary had: acks wait for one by default.
+    // Checked even without Redis: a typo should not wait for the day it is used.
+    let default_replicas = u64::from(sentinels.is_some());
+    let min_replicas = parse_number(get, "CHAT_REDIS_MIN_REPLICAS", default_replicas, 0..=16)?;
+    let wait_timeout = Duration::from_millis(parse_number(
+        get,
+        "CHAT_REDIS_WAIT_TIMEOUT_MS",
+        1_000,
+        10..=10_000,
+    )?);
+    let endpoint = match (urls, sentinels) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "CHAT_REDIS_SENTINELS",
+                "set CHAT_REDIS_URL or CHAT_REDIS_SENTINELS, not both",
+            ));
+        }
+        (Some(urls), None) => {
+            // One URL, or a comma-separated list of a Redis Cluster's seed nodes.
+            let mut seeds = urls.expose().split(',').map(str::trim).peekable();
+            if seeds.peek().is_none_or(|url| url.is_empty()) {
+                return Err(invalid("CHAT_REDIS_URL", "is empty"));
+            }
+            for url in seeds {
+                redis::Client::open(url).map_err(|e| {
+                    invalid(
+                        "CHAT_REDIS_URL",
+                        format!("not a Redis URL ({})", e.category()),
+                    )
+                })?;
+            }
+            RedisEndpoint::Urls(urls)
+        }
+        (None, Some(list)) => {
+            let sentinels = list
+                .split(',')
+                .map(str::trim)
+                .filter(|address| !address.is_empty())
+                .map(|address| {
+                    let (host, port) = address.rsplit_once(':').unwrap_or((address, "26379"));
+                    match port.parse::<u16>() {
+                        Ok(port) if !host.is_empty() && port > 0 => Ok((host.to_owned(), port)),
+                        _ => Err(invalid(
+                            "CHAT_REDIS_SENTINELS",
+                            format!("{address:?} is not host:port"),
+                        )),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if sentinels.is_empty() {
+                return Err(invalid("CHAT_REDIS_SENTINELS", "is empty"));
+            }
+            let master = get("CHAT_REDIS_MASTER_NAME").unwrap_or_else(|| "chat".into());
+            if master.is_empty() || master.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "CHAT_REDIS_MASTER_NAME",
+                    "must be a Sentinel master name (no spaces)",
+                ));
+            }
+            RedisEndpoint::Sentinel {
+                sentinels,
+                master,
+                password: get("CHAT_REDIS_PASSWORD").map(Secret::new),
+            }
+        }
+    };
+    Ok(Some(RedisConfig {
+        endpoint,
+        min_replicas: u32::try_from(min_replicas).unwrap_or(u32::MAX),
+        wait_timeout,
+    }))
 }
 
 fn parse_limits(
@@ -440,9 +533,7 @@ mod tests {
         let config = config(&[]).unwrap();
         assert_eq!(config.listen_addr, "0.0.0.0:8080".parse().unwrap());
         assert!(
-            config.mongodb_uri.is_none()
-                && config.redis_url.is_none()
-                && config.jwt_secret.is_none()
+            config.mongodb_uri.is_none() && config.redis.is_none() && config.jwt_secret.is_none()
         );
         assert_eq!(config.mongodb_db, "chat");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
@@ -481,6 +572,10 @@ mod tests {
             ("CHAT_REDIS_URL", "http://not-redis"),
             ("CHAT_REDIS_URL", "redis://a:7000,http://b:7000"),
             ("CHAT_REDIS_URL", " , "),
+            ("CHAT_REDIS_SENTINELS", "sentinel-0:port"),
+            ("CHAT_REDIS_SENTINELS", " ,"),
+            ("CHAT_REDIS_MIN_REPLICAS", "17"),
+            ("CHAT_REDIS_WAIT_TIMEOUT_MS", "0"),
             ("CHAT_JWT_SECRET", "short"),
             ("CHAT_JWT_TTL_SECS", "ten"),
             ("CHAT_JWT_TTL_SECS", "0"),
@@ -514,11 +609,46 @@ mod tests {
     #[test]
     fn a_redis_cluster_is_given_by_its_seed_nodes() {
         let seeds = "redis://10.0.0.1:7000, redis://10.0.0.2:7000,redis://10.0.0.3:7000";
-        let config = config(&[("CHAT_REDIS_URL", seeds)]).unwrap();
+        let redis = config(&[("CHAT_REDIS_URL", seeds)]).unwrap().redis.unwrap();
+        assert_eq!(redis.endpoint, RedisEndpoint::Urls(Secret::new(seeds)));
+        assert_eq!(redis.min_replicas, 0, "a plain URL acks on the primary");
+    }
+
+    #[test]
+    fn sentinels_name_a_master_and_acks_wait_for_a_replica() {
+        let redis = config(&[
+            ("CHAT_REDIS_SENTINELS", "s-0:26379, s-1:26380,s-2"),
+            ("CHAT_REDIS_PASSWORD", "pw"),
+        ])
+        .unwrap()
+        .redis
+        .unwrap();
         assert_eq!(
-            config.redis_url.map(|url| url.expose().to_owned()),
-            Some(seeds.to_owned())
+            redis.endpoint,
+            RedisEndpoint::Sentinel {
+                sentinels: vec![
+                    ("s-0".into(), 26379),
+                    ("s-1".into(), 26380),
+                    ("s-2".into(), 26379)
+                ],
+                master: "chat".into(),
+                password: Some(Secret::new("pw")),
+            }
         );
+        assert_eq!(
+            (redis.min_replicas, redis.wait_timeout),
+            (1, Duration::from_secs(1))
+        );
+        let both = config(&[
+            ("CHAT_REDIS_SENTINELS", "s-0"),
+            ("CHAT_REDIS_URL", "redis://cache"),
+        ]);
+        assert_eq!(both.unwrap_err().var, "CHAT_REDIS_SENTINELS");
+        let zero = config(&[
+            ("CHAT_REDIS_SENTINELS", "s-0"),
+            ("CHAT_REDIS_MIN_REPLICAS", "0"),
+        ]);
+        assert_eq!(zero.unwrap().redis.unwrap().min_replicas, 0);
     }
 
     #[test]
@@ -558,6 +688,11 @@ mod tests {
     #[test]
     fn secrets_are_redacted_in_debug_output() {
         let secret = "s".repeat(40);
+        let sentinel = config(&[
+            ("CHAT_REDIS_SENTINELS", "s-0"),
+            ("CHAT_REDIS_PASSWORD", "hunter3"),
+        ])
+        .unwrap();
         let config = config(&[
             ("CHAT_MONGODB_URI", "mongodb://user:hunter2@db"),
             ("CHAT_JWT_SECRET", &secret),
@@ -567,6 +702,11 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(
             !debug.contains("hunter2") && !debug.contains(&secret) && !debug.contains(":pw@"),
+            "{debug}"
+        );
+        let debug = format!("{sentinel:?}");
+        assert!(
+            debug.contains("s-0") && !debug.contains("hunter3"),
             "{debug}"
         );
     }

@@ -69,7 +69,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         addr = %listener.local_addr()?,
         pod = %config.pod_name,
         store = state.store.name(),
-        redis = config.redis_url.is_some(),
+        redis = config.redis.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "chat-server listening"
     );

@@ -17,12 +17,12 @@ use crate::auth::jwt::load_or_create_secret;
 use crate::auth::limits::LoginLimits;
 use crate::auth::password::HashPool;
 use crate::bus::local::LocalBus;
-use crate::bus::redis::RedisBus;
 use crate::bus::redis::connection::Target;
 use crate::bus::redis::owner;
+use crate::bus::redis::{Durability, RedisBus};
 use crate::bus::{Bus, BusError};
 use crate::chat::Chat;
-use crate::config::Config;
+use crate::config::{Config, RedisEndpoint, Secret};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -92,12 +92,22 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         },
         metrics.frames_sent.clone(),
     ));
-    let bus: Arc<dyn Bus> = match &config.redis_url {
-        Some(url) => {
+    let bus: Arc<dyn Bus> = match &config.redis {
+        Some(redis) => {
             let unavailable = |e: redis::RedisError| {
                 StartError::Bus(BusError::Unavailable(format!("redis: {}", e.category())))
             };
-            let target = Target::discover(url.expose()).await.map_err(unavailable)?;
+            let target = match &redis.endpoint {
+                RedisEndpoint::Urls(urls) => Target::discover(urls.expose()).await,
+                RedisEndpoint::Sentinel {
+                    sentinels,
+                    master,
+                    password,
+                } => {
+                    Target::sentinel(sentinels, master, password.as_ref().map(Secret::expose)).await
+                }
+            }
+            .map_err(unavailable)?;
             if let Some(id) = embedded_id {
                 // Before anything of the bus starts: its persist workers would
                 // write another store's messages into this one.
@@ -114,6 +124,10 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
                 &config.pod_name,
                 metrics.clone(),
                 config.dedupe_ttl,
+                Durability {
+                    replicas: redis.min_replicas,
+                    timeout: redis.wait_timeout,
+                },
             )
             .await
             .map_err(StartError::Bus)?

@@ -107,7 +107,7 @@ impl Bus for LocalBus {
                 room,
                 HistoryQuery::After {
                     seq: after,
-                    limit: upto - after,
+                    limit: (upto - after).min(crate::chat::MAX_RESUME + 1),
                 },
             )
             .await?;

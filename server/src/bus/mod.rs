@@ -44,7 +44,10 @@ pub trait Bus: Send + Sync + 'static {
     /// The newest seq of the room.
     async fn newest_seq(&self, room: Id) -> Result<u64, BusError>;
 
-    /// The messages with `after < seq <= upto`, in order, for a resume.
+    /// The messages with `after < seq <= upto`, in order, for a resume: at
+    /// most the oldest `MAX_RESUME + 1`, so a caller tells "too many to
+    /// replay" by the count. Seqs may have gaps (a Redis failover skips
+    /// ahead), so `upto - after` does not count them.
     async fn missed(&self, room: Id, after: u64, upto: u64) -> Result<Vec<Message>, BusError>;
 
     /// This process starts receiving `room`; returns once it will not miss any.

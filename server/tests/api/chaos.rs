@@ -9,14 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::common::{
-    JWT_SECRET, TestServer, TestUser, WsClient, free_port, mongodb_uri, pod_env, send_until_acked,
-    start_redis_on, unique_db_name, ws_query,
+    JWT_SECRET, TestServer, TestUser, WsClient, connect_to, free_port, mongodb_uri, open, pod_env,
+    send_until_acked, start_redis_on, stored_once, unique_db_name, ws_query,
 };
 
 /// What the proxy does to the traffic passing through it.
@@ -163,66 +163,6 @@ async fn received_once_in_order(ws: &mut WsClient, who: &str, acked: &BTreeSet<S
     }
     let contents: BTreeSet<String> = seen.into_values().collect();
     assert_eq!(&contents, acked, "{who} got messages nobody had acked");
-}
-
-/// The room's stored history, once it holds `count` messages (the persist
-/// worker may be catching up); asserts each content is stored once (at one
-/// seq). Pages go back by `before_seq`, as a client scrolls: paging by offset
-/// would show a message twice whenever the worker writes a newer one between
-/// two pages.
-async fn stored_once(base: &str, user: &TestUser, room: &str, count: usize) -> BTreeSet<String> {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        let mut before = String::new();
-        loop {
-            let page: Value = client
-                .get(format!(
-                    "{base}/api/rooms/{room}/messages?limit=100{before}"
-                ))
-                .bearer_auth(&user.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or_default();
-            let messages = page["messages"].as_array().cloned().unwrap_or_default();
-            for message in messages.iter().filter(|m| m["type"] == "text") {
-                let content = message["content"].as_str().unwrap_or_default().to_owned();
-                let seq = message["seq"].as_u64().unwrap_or_default();
-                seqs.entry(content).or_default().push(seq);
-            }
-            match messages.iter().filter_map(|m| m["seq"].as_u64()).min() {
-                Some(oldest) if messages.len() == 100 => before = format!("&before_seq={oldest}"),
-                _ => break,
-            }
-        }
-        let stored: usize = seqs.values().map(Vec::len).sum();
-        if stored >= count || Instant::now() > deadline {
-            let twice: Vec<_> = seqs.iter().filter(|(_, seqs)| seqs.len() > 1).collect();
-            assert!(
-                twice.is_empty(),
-                "stored more than once (at these seqs): {twice:?}"
-            );
-            return seqs.into_keys().collect();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn connect_to(server: &TestServer, user: &TestUser, room: &str) -> WsClient {
-    let mut ws = WsClient::connect(server, &ws_query(user, None))
-        .await
-        .unwrap();
-    open(&mut ws, room).await;
-    ws
-}
-
-async fn open(ws: &mut WsClient, room: &str) {
-    ws.send(json!({"type": "join", "room_id": room})).await;
-    ws.next_of("joined").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! .venv, one per test binary, each test in its own database) or, when
 //! CHAT_TEST_MONGODB_URI is set, that server instead.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -69,6 +69,16 @@ pub struct Process {
 }
 
 impl Process {
+    /// Sends `signal` (`STOP`, `CONT`...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
     /// Stops the process. A wrapped server (see [`start_secantus`]) is stopped by
     /// closing its stdin, so the wrapper stops the real server before it exits.
     pub fn kill(&mut self) {
@@ -190,6 +200,39 @@ pub fn start_redis_with(port: u16, dir: Option<&std::path::Path>, extra: &[&str]
     assert!(
         wait_for_port(port, Duration::from_secs(10)),
         "redis-server did not listen on {port}"
+    );
+    process
+}
+
+/// A Redis Sentinel on a free port watching the primary at `primary_port`
+/// as master `chat` (quorum 2), quick to act: the primary is down after one
+/// second without an answer. Its config file lives in `dir`, which Sentinel
+/// rewrites as it learns the topology.
+pub fn start_sentinel(primary_port: u16, dir: &std::path::Path) -> Process {
+    let port = free_port();
+    let config = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(
+        &config,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+             sentinel monitor chat 127.0.0.1 {primary_port} 2\n\
+             sentinel down-after-milliseconds chat 1000\n\
+             sentinel failover-timeout chat 5000\n\
+             sentinel parallel-syncs chat 1\n",
+            dir = dir.display()
+        ),
+    )
+    .expect("write sentinel.conf");
+    let child = Command::new("redis-server")
+        .arg(&config)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server --sentinel (installed by scripts/test.sh)");
+    let process = Process { child, port };
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "sentinel did not listen on {port}"
     );
     process
 }
@@ -731,4 +774,69 @@ pub fn ws_query(user: &TestUser, room: Option<&str>) -> String {
         Some(room) => format!("token={}&room_id={room}", user.token),
         None => format!("token={}", user.token),
     }
+}
+
+/// The room's stored history, once it holds `count` messages (the persist
+/// worker may be catching up); asserts each content is stored once (at one
+/// seq). Pages go back by `before_seq`, as a client scrolls: paging by offset
+/// would show a message twice whenever the worker writes a newer one between
+/// two pages.
+pub async fn stored_once(
+    base: &str,
+    user: &TestUser,
+    room: &str,
+    count: usize,
+) -> BTreeSet<String> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut before = String::new();
+        loop {
+            let page: Value = client
+                .get(format!(
+                    "{base}/api/rooms/{room}/messages?limit=100{before}"
+                ))
+                .bearer_auth(&user.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            let messages = page["messages"].as_array().cloned().unwrap_or_default();
+            for message in messages.iter().filter(|m| m["type"] == "text") {
+                let content = message["content"].as_str().unwrap_or_default().to_owned();
+                let seq = message["seq"].as_u64().unwrap_or_default();
+                seqs.entry(content).or_default().push(seq);
+            }
+            match messages.iter().filter_map(|m| m["seq"].as_u64()).min() {
+                Some(oldest) if messages.len() == 100 => before = format!("&before_seq={oldest}"),
+                _ => break,
+            }
+        }
+        let stored: usize = seqs.values().map(Vec::len).sum();
+        if stored >= count || Instant::now() > deadline {
+            let twice: Vec<_> = seqs.iter().filter(|(_, seqs)| seqs.len() > 1).collect();
+            assert!(
+                twice.is_empty(),
+                "stored more than once (at these seqs): {twice:?}"
+            );
+            return seqs.into_keys().collect();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn connect_to(server: &TestServer, user: &TestUser, room: &str) -> WsClient {
+    let mut ws = WsClient::connect(server, &ws_query(user, None))
+        .await
+        .unwrap();
+    open(&mut ws, room).await;
+    ws
+}
+
+pub async fn open(ws: &mut WsClient, room: &str) {
+    ws.send(json!({"type": "join", "room_id": room})).await;
+    ws.next_of("joined").await;
 }

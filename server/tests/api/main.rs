@@ -11,4 +11,5 @@ mod history;
 mod operations;
 mod realtime;
 mod redis_cluster;
+mod redis_failover;
 mod rooms;

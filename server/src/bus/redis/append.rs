@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Script;
+use redis::{Pipeline, Script};
 use tokio::sync::{mpsc, oneshot};
 
 use super::BusError;
 use super::connection::{Commands, Layout};
-use super::keys::{channel, dedupe_key, log_key, seq_key};
+use super::keys::{channel, dedupe_key, fence_key, log_key, seq_key};
 use super::persist::backlog_key;
 use crate::model::Id;
 
@@ -26,6 +26,22 @@ pub const APPEND_BATCH: usize = 64;
 /// quiet spell goes out at once. A few milliseconds of latency under load
 /// buy Redis several times fewer calls, syscalls and AOF writes.
 const APPEND_LINGER: Duration = Duration::from_millis(2);
+
+/// How far a room's seq skips ahead the first time it is appended to on a
+/// new primary (see [`Durability`]). What the lost primary may have
+/// published beyond its replicas is at most one batch per pod (a pod writes
+/// nothing more until its last batch is on the replicas), so this covers
+/// more than a thousand pods.
+pub const FAILOVER_SEQ_GAP: u64 = 100_000;
+
+/// What an ack waits for beyond the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    /// Replicas a batch must have reached (`WAIT`) before its messages are
+    /// acked; 0 acks once the primary has them.
+    pub replicas: u32,
+    pub timeout: Duration,
+}
 
 /// What the script answers for one message.
 pub mod status {
@@ -43,8 +59,9 @@ pub mod status {
 }
 
 /// Appends a batch of messages, in order, on one Redis or one shard.
-/// KEYS: the persist stream and its backlog count. ARGV: log length, log ttl, the publish
-/// command (`PUBLISH`, or `SPUBLISH` in a cluster), dedupe ttl, then per message: its
+/// KEYS: the persist stream, its backlog count and its fence. ARGV: log length, log ttl, the
+/// publish command (`PUBLISH`, or `SPUBLISH` in a cluster), dedupe ttl, whether to fence,
+/// the fence's gap, then per message: its
 /// room's seq, log and dedupe keys, floor, head, tail, channel, whether to
 /// dedupe. Returns per message {status, value} (see [`status`]).
 ///
@@ -61,9 +78,29 @@ pub mod status {
 /// and is claimed and checked by one `SET NX GET` after the seq is taken.
 /// The log's expiry is set when it is created (`NOMKSTREAM` tells, at no
 /// extra command) and renewed every 64 messages.
+///
+/// With durable acks (ARGV 5 is 1) the script also fences seqs against a
+/// failover. Replication is asynchronous, so a primary that dies may have
+/// published messages its replicas never got; their seqs were seen live but
+/// the promoted replica's counters are behind them. A promoted replica has a
+/// new replication id: the first call on it starts a new epoch (KEYS[3]
+/// remembers the id and the epoch), and each room skips its counter ahead
+/// by ARGV 6 the first time it is appended to in that epoch, so no seq is
+/// ever given to two messages.
 const APPEND: &str = r"
 local log_len, ttl, publish, dedupe_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function failed(reply) return type(reply) == 'table' and reply.err end
+local epoch = false
+if ARGV[5] == '1' then
+  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  local fence = redis.call('HMGET', KEYS[3], 'replid', 'epoch')
+  if fence[1] == replid then
+    epoch = fence[2]
+  else
+    epoch = tostring(redis.call('HINCRBY', KEYS[3], 'epoch', 1))
+    redis.call('HSET', KEYS[3], 'replid', replid)
+  end
+end
 local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, dedupe, persisted)
   if floor ~= '-1' then
     local set = redis.pcall('SET', seq_key, floor, 'NX')
@@ -75,6 +112,14 @@ local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, 
     -- A new room, or Redis lost the counter: only the store can tell.
     redis.call('DEL', seq_key)
     return {2, ''}
+  end
+  if epoch and redis.call('HGET', KEYS[3], seq_key) ~= epoch then
+    -- First message of this room on this primary: skip what a lost one may
+    -- have published (not for a new room, nor in the very first epoch).
+    redis.call('HSET', KEYS[3], seq_key, epoch)
+    if epoch ~= '1' and floor ~= '0' then
+      seq = redis.call('INCRBY', seq_key, ARGV[6])
+    end
   end
   if dedupe then
     -- Claims the key for this seq, or finds the retried message's: one
@@ -107,7 +152,7 @@ local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, 
   return {1, tostring(seq)}
 end
 local out, persisted = {}, {}
-for i = 5, #ARGV, 8 do
+for i = 7, #ARGV, 8 do
   out[#out + 1] = append(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
     ARGV[i + 5], ARGV[i + 6], ARGV[i + 7] == '1', persisted)
 end
@@ -132,15 +177,23 @@ pub struct PendingAppend {
 /// Sends what clients posted since the previous call (at most
 /// `APPEND_LINGER` ago) as one script call per shard, so under load Redis
 /// pays its per-call cost once for many messages.
+///
+/// With durable acks, each call is followed on the same connection by
+/// `WAIT` for the replicas, and a batch that did not reach them in time is
+/// answered `unavailable` (its clients retry; dedupe finds what was
+/// written). Until a later `WAIT` says the replicas caught up, nothing more
+/// is written: what a failover can lose stays within one batch per pod.
 pub async fn commit(
-    connection: Commands,
+    mut connection: Commands,
     layout: Arc<Layout>,
     mut queue: mpsc::Receiver<PendingAppend>,
     dedupe_ttl: Duration,
+    durability: Durability,
 ) {
     let script = Script::new(APPEND);
     let mut batch = Vec::with_capacity(APPEND_BATCH);
     let mut last_call: Option<tokio::time::Instant> = None;
+    let mut behind = false;
     while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
         if let Some(due) = last_call.map(|at| at + APPEND_LINGER)
             && batch.len() < APPEND_BATCH
@@ -155,6 +208,15 @@ pub async fn commit(
             }
         }
         last_call = Some(tokio::time::Instant::now());
+        if behind {
+            match replicated(&mut connection, durability).await {
+                Ok(()) => behind = false,
+                Err(error) => {
+                    answer(std::mem::take(&mut batch), Err(error));
+                    continue;
+                }
+            }
+        }
         // One call per shard, in parallel; a room's messages keep their order.
         let mut shards: Vec<(String, Vec<PendingAppend>)> = Vec::new();
         for pending in batch.drain(..) {
@@ -169,15 +231,34 @@ pub async fn commit(
             let script = &script;
             let layout = &layout;
             async move {
-                let outcome = call(script, &mut connection, &stream, &messages, dedupe_ttl).await;
+                let outcome = call(
+                    script,
+                    &mut connection,
+                    &stream,
+                    &messages,
+                    dedupe_ttl,
+                    durability,
+                )
+                .await;
                 if outcome.iter().flatten().any(|(s, _)| *s == status::MOVED) {
                     layout.refresh(&mut connection).await;
                 }
-                answer(messages, outcome);
+                (messages, outcome)
             }
         });
-        futures_util::future::join_all(calls).await;
+        for (messages, outcome) in futures_util::future::join_all(calls).await {
+            behind |= outcome.as_ref().is_err_and(|e| e.behind);
+            answer(messages, outcome.map_err(|e| e.message));
+        }
     }
+}
+
+/// Why a call's messages are not acked.
+struct CallError {
+    message: String,
+    /// The script may have run but its writes are not known to be on the
+    /// replicas.
+    behind: bool,
 }
 
 async fn call(
@@ -186,15 +267,19 @@ async fn call(
     stream: &str,
     messages: &[PendingAppend],
     dedupe_ttl: Duration,
-) -> Result<Vec<(i64, String)>, String> {
+    durability: Durability,
+) -> Result<Vec<(i64, String)>, CallError> {
     let mut invocation = script.prepare_invoke();
     invocation
         .key(stream)
         .key(backlog_key(stream))
+        .key(fence_key(stream))
         .arg(RECENT_LEN)
         .arg(LOG_TTL_SECS)
         .arg(connection.publish_command())
-        .arg(dedupe_ttl.as_secs().max(1));
+        .arg(dedupe_ttl.as_secs().max(1))
+        .arg(if durability.replicas > 0 { "1" } else { "0" })
+        .arg(FAILOVER_SEQ_GAP);
     for pending in messages {
         let room = pending.room;
         invocation
@@ -207,18 +292,82 @@ async fn call(
             .arg(channel(room))
             .arg(if pending.dedupe.is_some() { "1" } else { "0" });
     }
-    let outcomes: Vec<(i64, String)> = invocation
-        .invoke_async(connection)
-        .await
-        .map_err(|e| e.to_string())?;
+    let failed = |e: redis::RedisError, behind| CallError {
+        message: e.to_string(),
+        behind,
+    };
+    let outcomes: Vec<(i64, String)> = if durability.replicas == 0 {
+        invocation
+            .invoke_async(connection)
+            .await
+            .map_err(|e| failed(e, false))?
+    } else {
+        // One pipeline, so the WAIT goes down the connection the script's
+        // writes went down (WAIT counts that connection's writes only); a
+        // reconnection in between would make it answer for nothing.
+        let mut pipeline = redis::pipe();
+        pipeline.invoke_script(&invocation);
+        wait_command(&mut pipeline, durability);
+        let sent = pipeline.query_async(connection).await;
+        let sent = match sent {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                invocation
+                    .load_async(connection)
+                    .await
+                    .map_err(|e| failed(e, false))?;
+                pipeline.query_async(connection).await
+            }
+            sent => sent,
+        };
+        let (outcomes, replicas): (Vec<(i64, String)>, u32) = sent.map_err(|e| failed(e, true))?;
+        if replicas < durability.replicas {
+            return Err(CallError {
+                message: short_of_replicas(replicas, durability),
+                behind: true,
+            });
+        }
+        outcomes
+    };
     if outcomes.len() != messages.len() {
-        return Err(format!(
-            "the append script answered {} of {} messages",
-            outcomes.len(),
-            messages.len()
-        ));
+        return Err(CallError {
+            message: format!(
+                "the append script answered {} of {} messages",
+                outcomes.len(),
+                messages.len()
+            ),
+            behind: false,
+        });
     }
     Ok(outcomes)
+}
+
+fn wait_command(pipeline: &mut Pipeline, durability: Durability) {
+    pipeline
+        .cmd("WAIT")
+        .arg(durability.replicas)
+        .arg(u64::try_from(durability.timeout.as_millis()).unwrap_or(u64::MAX));
+}
+
+fn short_of_replicas(replicas: u32, durability: Durability) -> String {
+    format!(
+        "on {replicas} of {} redis replicas after {} ms",
+        durability.replicas,
+        durability.timeout.as_millis()
+    )
+}
+
+/// Waits until the replicas have everything this connection wrote.
+async fn replicated(connection: &mut Commands, durability: Durability) -> Result<(), String> {
+    let mut pipeline = redis::pipe();
+    wait_command(&mut pipeline, durability);
+    let (replicas,): (u32,) = pipeline
+        .query_async(connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    if replicas < durability.replicas {
+        return Err(short_of_replicas(replicas, durability));
+    }
+    Ok(())
 }
 
 fn answer(messages: Vec<PendingAppend>, outcome: Result<Vec<(i64, String)>, String>) {

@@ -1,6 +1,7 @@
-//! How the bus reaches Redis: one server, or a Redis Cluster, where the slot
-//! map decides which shard holds a room and which persist stream that
-//! shard's appends go to.
+//! How the bus reaches Redis: one server, the primary Sentinel names (found
+//! again after each failover), or a Redis Cluster, where the slot map decides
+//! which shard holds a room and which persist stream that shard's appends go
+//! to.
 //!
 //! Every key of a room carries the room id as its hash tag, so a room lives
 //! on one shard with its sharded pub/sub channel. A batch of appends may span
@@ -9,13 +10,20 @@
 //! slots) and reaches the rooms' keys, all local to that shard, by name.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult,
+    Value,
+};
 
 use crate::model::Id;
 use crate::sync::lock;
@@ -29,10 +37,11 @@ pub const PERSIST_STREAMS: &str = "chat:persist:streams";
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where Redis is, from `CHAT_REDIS_URL`.
+/// Where Redis is, from `CHAT_REDIS_URL` or `CHAT_REDIS_SENTINELS`.
 #[derive(Clone)]
 pub enum Target {
     Single(redis::Client),
+    Sentinel(Arc<Sentinels>),
     Cluster {
         client: Box<ClusterClient>,
         seeds: Vec<String>,
@@ -73,26 +82,91 @@ impl Target {
         })
     }
 
+    /// The primary of `master` as the Sentinels at `sentinels` report it;
+    /// fails unless one of them names a primary that answers as one now, so
+    /// a wrong name or password stops start-up.
+    pub async fn sentinel(
+        sentinels: &[(String, u16)],
+        master: &str,
+        password: Option<&str>,
+    ) -> RedisResult<Self> {
+        let addresses = sentinels
+            .iter()
+            .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+        let mut builder =
+            SentinelClientBuilder::new(addresses, master, SentinelServerType::Master)?;
+        if let Some(password) = password {
+            builder = builder
+                .set_client_to_sentinel_password(password)
+                .set_client_to_redis_password(password);
+        }
+        let sentinels = Sentinels {
+            client: tokio::sync::Mutex::new(builder.build()?),
+        };
+        sentinels.primary().await?;
+        Ok(Self::Sentinel(Arc::new(sentinels)))
+    }
+
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster { .. })
     }
 
     /// A new multiplexed connection, reconnecting by itself.
     pub async fn connect(&self) -> RedisResult<Commands> {
+        self.connect_waiting(Duration::ZERO).await
+    }
+
+    /// [`Target::connect`] for commands that may block for up to `blocking`
+    /// on the server (`WAIT`), which the response timeout must allow.
+    pub async fn connect_waiting(&self, blocking: Duration) -> RedisResult<Commands> {
+        let response_timeout = TIMEOUT + blocking;
         match self {
             Self::Single(client) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(TIMEOUT))
-                    .set_response_timeout(Some(TIMEOUT))
+                    .set_response_timeout(Some(response_timeout))
                     .set_number_of_retries(2)
                     .set_max_delay(TIMEOUT);
                 Ok(Commands::Single(
                     ConnectionManager::new_with_config(client.clone(), config).await?,
                 ))
             }
-            Self::Cluster { client, .. } => {
+            Self::Sentinel(sentinels) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(TIMEOUT))
+                    .set_response_timeout(Some(response_timeout));
+                let connection = Failover {
+                    sentinels: sentinels.clone(),
+                    config,
+                    current: Arc::default(),
+                    generations: Arc::default(),
+                };
+                connection.connection().await?;
+                Ok(Commands::Failover(connection))
+            }
+            Self::Cluster { client, .. } if blocking.is_zero() => {
                 Ok(Commands::Cluster(client.get_async_connection().await?))
             }
+            Self::Cluster { seeds, .. } => Ok(Commands::Cluster(
+                cluster_builder(seeds)
+                    .response_timeout(response_timeout)
+                    .build()?
+                    .get_async_connection()
+                    .await?,
+            )),
+        }
+    }
+
+    /// A client of the one server, or of the server Sentinel names as the
+    /// primary now (for pub/sub, whose connection is reopened after a loss).
+    pub async fn client(&self) -> RedisResult<redis::Client> {
+        match self {
+            Self::Single(client) => Ok(client.clone()),
+            Self::Sentinel(sentinels) => sentinels.primary().await,
+            Self::Cluster { .. } => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "a cluster has no single server",
+            ))),
         }
     }
 
@@ -117,6 +191,75 @@ impl Target {
     }
 }
 
+/// The Sentinels of one master name.
+pub struct Sentinels {
+    /// Asks the Sentinels in turn and checks the server they name says
+    /// `ROLE master`; one lookup at a time.
+    client: tokio::sync::Mutex<SentinelClient>,
+}
+
+impl Sentinels {
+    async fn primary(&self) -> RedisResult<redis::Client> {
+        self.client.lock().await.async_get_client().await
+    }
+}
+
+/// A multiplexed connection to the primary Sentinel names, given up as soon
+/// as the server it reached stops being the primary (the connection fails,
+/// or it answers `READONLY` as a demoted replica) and opened again to the
+/// primary Sentinel names then. A failed command is not retried: its caller
+/// decides (an append is answered `unavailable` and retried by its client).
+#[derive(Clone)]
+pub struct Failover {
+    sentinels: Arc<Sentinels>,
+    config: AsyncConnectionConfig,
+    /// The live connection and its generation, so a failure on an old one
+    /// does not throw away its replacement.
+    current: Arc<tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>>,
+    generations: Arc<AtomicU64>,
+}
+
+impl Failover {
+    async fn connection(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+        let mut current = self.current.lock().await;
+        if let Some(live) = &*current {
+            return Ok(live.clone());
+        }
+        let connection = self
+            .sentinels
+            .primary()
+            .await?
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        *current = Some((generation, connection.clone()));
+        Ok((generation, connection))
+    }
+
+    async fn after<T>(&self, generation: u64, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result
+            && not_the_primary(e)
+        {
+            let mut current = self.current.lock().await;
+            if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+                tracing::warn!(error = %e, "redis primary lost; asking Sentinel again");
+                *current = None;
+            }
+        }
+        result
+    }
+}
+
+/// Whether an error means the server is gone or is no longer the primary.
+fn not_the_primary(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "UNBLOCKED"))
+}
+
 fn cluster_builder(seeds: &[String]) -> ClusterClientBuilder {
     ClusterClientBuilder::new(seeds.to_vec())
         .connection_timeout(TIMEOUT)
@@ -129,6 +272,7 @@ fn cluster_builder(seeds: &[String]) -> ClusterClientBuilder {
 #[derive(Clone)]
 pub enum Commands {
     Single(ConnectionManager),
+    Failover(Failover),
     Cluster(ClusterConnection),
 }
 
@@ -137,7 +281,7 @@ impl Commands {
     /// message travels only through its room's shard.
     pub fn publish_command(&self) -> &'static str {
         match self {
-            Self::Single(_) => "PUBLISH",
+            Self::Single(_) | Self::Failover(_) => "PUBLISH",
             Self::Cluster(_) => "SPUBLISH",
         }
     }
@@ -147,6 +291,11 @@ impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Failover(failover) => Box::pin(async move {
+                let (generation, mut connection) = failover.connection().await?;
+                let result = connection.req_packed_command(cmd).await;
+                failover.after(generation, result).await
+            }),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
         }
     }
@@ -159,6 +308,13 @@ impl ConnectionLike for Commands {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Failover(failover) => Box::pin(async move {
+                let (generation, mut connection) = failover.connection().await?;
+                let result = connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
+                failover.after(generation, result).await
+            }),
             Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -166,6 +322,7 @@ impl ConnectionLike for Commands {
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(connection) => connection.get_db(),
+            Self::Failover(_) => 0,
             Self::Cluster(connection) => connection.get_db(),
         }
     }
@@ -287,7 +444,7 @@ pub struct Layout {
 impl Layout {
     pub async fn of(commands: &mut Commands) -> RedisResult<Self> {
         let cluster = match commands {
-            Commands::Single(_) => None,
+            Commands::Single(_) | Commands::Failover(_) => None,
             Commands::Cluster(_) => Some(Mutex::new(slot_map(commands).await?)),
         };
         Ok(Self { cluster })

@@ -30,6 +30,13 @@ pub fn dedupe_key(room: Id, key: &str) -> String {
     format!("chat:room:{{{room}}}:dedupe:{key}")
 }
 
+/// Beside a persist stream (sharing its hash tag, so its shard): the
+/// replication id of the primary appends last ran on, the epoch it started,
+/// and the epoch each room's seq was last fenced in (see the append script).
+pub fn fence_key(stream: &str) -> String {
+    format!("{stream}:fence")
+}
+
 /// The room a channel name belongs to.
 pub fn room_of_channel(channel: &str) -> Option<Id> {
     channel

@@ -36,6 +36,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use self::append::{APPEND_BATCH, PendingAppend, commit, status};
+pub use self::append::{Durability, FAILOVER_SEQ_GAP};
 use self::connection::{Commands, Layout, PERSIST_STREAMS, Target};
 use self::keys::{channel, legacy_seq_key, log_key, room_of_channel, seq_key, sessions_key};
 use super::{Bus, BusError, split_at_seq};
@@ -160,11 +161,28 @@ impl RedisBus {
         pod: &str,
         metrics: Arc<Metrics>,
         dedupe_ttl: Duration,
+        durability: Durability,
     ) -> Result<Arc<Self>, BusError> {
+        if durability.replicas > 0 && target.is_cluster() {
+            return Err(BusError::Unavailable(
+                "waiting for replicas (CHAT_REDIS_MIN_REPLICAS) is not supported on a Redis Cluster; set it to 0".into(),
+            ));
+        }
         let mut commands = target.connect().await.map_err(unavailable)?;
         let layout = Arc::new(Layout::of(&mut commands).await.map_err(unavailable)?);
         let (appends, queue) = mpsc::channel(4 * APPEND_BATCH);
-        tokio::spawn(commit(commands.clone(), layout.clone(), queue, dedupe_ttl));
+        // Its own connection: WAIT blocks every command behind it.
+        let committer = target
+            .connect_waiting(durability.timeout)
+            .await
+            .map_err(unavailable)?;
+        tokio::spawn(commit(
+            committer,
+            layout.clone(),
+            queue,
+            dedupe_ttl,
+            durability,
+        ));
         let bus = Arc::new(Self {
             target: target.clone(),
             commands,
@@ -182,8 +200,8 @@ impl RedisBus {
         });
         bus.drain_streams().await?;
         match target {
-            Target::Single(client) => {
-                tokio::spawn(listen(Arc::downgrade(&bus), client));
+            Target::Single(_) | Target::Sentinel(_) => {
+                tokio::spawn(listen(Arc::downgrade(&bus)));
             }
             Target::Cluster { .. } => {
                 tokio::spawn(listen_sharded(Arc::downgrade(&bus)));
@@ -287,17 +305,13 @@ impl RedisBus {
         let Some(after) = lock(&self.delivered).get(&room).copied() else {
             return;
         };
-        let repaired = async {
-            let newest = self.newest_seq(room).await?;
-            if newest.saturating_sub(after) > crate::chat::MAX_RESUME {
-                return Err(BusError::Internal(format!(
-                    "{} messages missed; clients will resume",
-                    newest - after
-                )));
-            }
-            self.missed(room, after, newest).await
+        // After a failover the first command meets the old primary's dead
+        // connection, which it replaces: once more on the new one.
+        let repaired = match self.missed_since(room, after).await {
+            Err(BusError::Unavailable(_)) => self.missed_since(room, after).await,
+            repaired => repaired,
         };
-        match repaired.await {
+        match repaired {
             Ok(missed) => {
                 for message in missed {
                     self.deliver_message(room, message.seq, encode(&message));
@@ -307,6 +321,19 @@ impl RedisBus {
                 tracing::warn!(error = %e, %room, "cannot repair a room after reconnecting")
             }
         }
+    }
+
+    /// What was published to `room` after seq `after`, for a repair.
+    async fn missed_since(&self, room: Id, after: u64) -> Result<Vec<Message>, BusError> {
+        let newest = self.newest_seq(room).await?;
+        let missed = self.missed(room, after, newest).await?;
+        if missed.len() as u64 > crate::chat::MAX_RESUME {
+            return Err(BusError::Internal(format!(
+                "more than {} messages missed; clients will resume",
+                crate::chat::MAX_RESUME
+            )));
+        }
+        Ok(missed)
     }
 
     /// Counts a Redis failure the caller reports to its client.
@@ -446,9 +473,10 @@ impl Bus for RedisBus {
         if upto <= after {
             return Ok(Vec::new());
         }
+        let most = crate::chat::MAX_RESUME + 1;
         let mut commands = self.commands.clone();
         let recent: StreamRangeReply = commands
-            .xrange(log_key(room), after + 1, upto)
+            .xrange_count(log_key(room), after + 1, upto, most)
             .await
             .map_err(unavailable)?;
         let mut found = BTreeMap::new();
@@ -462,7 +490,7 @@ impl Bus for RedisBus {
         // The buffer holds the newest messages; older ones come from the store.
         let covered_from = found.keys().next().copied().unwrap_or(upto + 1);
         if covered_from > after + 1 {
-            let limit = covered_from - after - 1;
+            let limit = (covered_from - after - 1).min(most);
             let page = self
                 .store
                 .messages(room, HistoryQuery::After { seq: after, limit })
@@ -471,7 +499,10 @@ impl Bus for RedisBus {
                 found.insert(message.seq, message);
             }
         }
-        Ok(found.into_values().collect())
+        Ok(found
+            .into_values()
+            .take(usize::try_from(most).unwrap_or(usize::MAX))
+            .collect())
     }
 
     async fn subscribe(&self, room: Id) -> Result<(), BusError> {
@@ -589,14 +620,20 @@ async fn heartbeat(bus: Weak<RedisBus>, pod: String) {
 }
 
 /// Keeps a pub/sub connection up, subscribed to the wanted rooms, and hands
-/// what arrives to the hub. Reconnects with backoff when Redis goes away.
-async fn listen(bus: Weak<RedisBus>, client: redis::Client) {
+/// what arrives to the hub. Reconnects with backoff when Redis goes away
+/// (behind Sentinel, to whichever server is the primary then).
+async fn listen(bus: Weak<RedisBus>) {
     let mut backoff = Duration::from_millis(100);
     let mut lost = false;
     loop {
         let stream = {
             let Some(this) = bus.upgrade() else { return };
-            match client.get_async_pubsub().await {
+            // Behind Sentinel, the primary of now: after a failover, the new one.
+            let pubsub = match this.target.client().await {
+                Ok(client) => client.get_async_pubsub().await,
+                Err(e) => Err(e),
+            };
+            match pubsub {
                 Ok(pubsub) => {
                     let (mut sink, stream) = pubsub.split();
                     let rooms: Vec<String> =
