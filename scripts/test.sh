@@ -55,9 +55,11 @@ cargo build --workspace --all-targets --locked
 
 # The release and CI workflows: actionlint (built with Go from the module
 # proxy, pinned; its PyPI wrapper downloads from elsewhere) and, through it,
-# shellcheck on their scripts.
-say "workflows: actionlint"
+# ShellCheck on the workflows' scripts; ShellCheck on every other shell
+# script too (the Redis pods' start scripts the operator renders among them).
+say "shell scripts and workflows: shellcheck, actionlint"
 command -v shellcheck >/dev/null || apt_install shellcheck
+shellcheck scripts/*.sh bench/*.sh operator/src/desired/*.sh
 actionlint_version=v1.7.12
 if [ "$(cat .cache/bin/actionlint.version 2>/dev/null)" != "$actionlint_version" ]; then
   GOBIN="$PWD/.cache/bin" go install "github.com/rhysd/actionlint/cmd/actionlint@$actionlint_version"

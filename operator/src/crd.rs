@@ -327,6 +327,15 @@ pub struct ManagedRedis {
     #[serde(default = "default_redis_image")]
     #[schemars(length(min = 1, max = IMAGE_MAX))]
     pub image: String,
+    /// Redis servers. 1: a single pod, and no message can be sent while it
+    /// restarts. More: a primary and replicas watched by three Sentinels
+    /// that promote a replica when the primary fails; the chat pods find the
+    /// primary through them and ack a message only once a replica has it,
+    /// so a failover loses nothing acked. 3 is the usual choice (with 2, acks
+    /// pause after a failover until the old primary is back as a replica).
+    #[serde(default = "default_redis_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
     #[serde(default = "default_redis_resources")]
     pub resources: ResourceRequirements,
     #[serde(default)]
@@ -337,14 +346,26 @@ impl Default for ManagedRedis {
     fn default() -> Self {
         Self {
             image: default_redis_image(),
+            replicas: default_redis_replicas(),
             resources: default_redis_resources(),
             persistence: Persistence::default(),
         }
     }
 }
 
+impl ManagedRedis {
+    /// A primary with replicas and Sentinels rather than one server.
+    pub fn highly_available(&self) -> bool {
+        self.replicas > 1
+    }
+}
+
 fn default_redis_image() -> String {
     "redis:7.4-alpine".into()
+}
+
+fn default_redis_replicas() -> i32 {
+    1
 }
 
 /// Redis persistence: AOF on a volume. On by default: acked messages wait in a

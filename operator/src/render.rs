@@ -84,6 +84,15 @@ pub fn children(cluster: &ChatCluster, secrets: &SecretValues) -> Result<Vec<Val
         desired::redis_statefulset(cluster)?
             .map(value)
             .transpose()?,
+        desired::redis_sentinel_network_policy(cluster)?
+            .map(value)
+            .transpose()?,
+        desired::redis_sentinel_service(cluster)?
+            .map(value)
+            .transpose()?,
+        desired::redis_sentinel_deployment(cluster)?
+            .map(value)
+            .transpose()?,
         desired::mongodb_network_policy(cluster)?
             .map(value)
             .transpose()?,
@@ -94,6 +103,9 @@ pub fn children(cluster: &ChatCluster, secrets: &SecretValues) -> Result<Vec<Val
         desired::mongodb_init_job(cluster)?.map(value).transpose()?,
     ];
     objects.extend(backing.into_iter().flatten());
+    for budget in desired::redis_disruption_budgets(cluster)? {
+        objects.push(value(budget)?);
+    }
     objects.push(value(desired::deployment(cluster, &secrets_digest)?)?);
     objects.push(value(desired::service(cluster)?)?);
     objects.push(value(desired::disruption_budget(cluster)?)?);

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use serde::de::DeserializeOwned;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::crd::ChatCluster;
@@ -21,8 +22,9 @@ pub use mongodb::{
     mongodb_network_policy, mongodb_service, mongodb_statefulset,
 };
 pub use redis::{
-    generate_password, redis_auth_secret, redis_auth_secret_name, redis_network_policy,
-    redis_service, redis_statefulset,
+    REDIS_MASTER_NAME, SENTINEL_PORT, generate_password, redis_auth_secret, redis_auth_secret_name,
+    redis_disruption_budgets, redis_network_policy, redis_sentinel_deployment, redis_sentinel_name,
+    redis_sentinel_network_policy, redis_sentinel_service, redis_service, redis_statefulset,
 };
 pub use server::{
     config_map, connection_secret, deployment, disruption_budget, generate_jwt_key,
@@ -53,6 +55,7 @@ pub enum BuildError {
 pub enum Component {
     Server,
     Redis,
+    RedisSentinel,
     MongoDb,
 }
 
@@ -61,6 +64,7 @@ impl Component {
         match self {
             Component::Server => "server",
             Component::Redis => "redis",
+            Component::RedisSentinel => "redis-sentinel",
             Component::MongoDb => "mongodb",
         }
     }
@@ -108,6 +112,18 @@ pub fn labels(instance: &str, component: Component) -> BTreeMap<String, String> 
         MANAGER.to_owned(),
     );
     labels
+}
+
+/// Spread `component`'s pods over nodes where the scheduler can, so one
+/// node lost takes at most one of them.
+pub(crate) fn spread(instance: &str, component: Component) -> serde_json::Value {
+    json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": selector_labels(instance, component)},
+        },
+    }]}})
 }
 
 /// `key=value,...` for a label selector string (the scale subresource's).

@@ -3,21 +3,58 @@
 //! generated password it requires, and the NetworkPolicy that lets only the
 //! chat pods reach it (anything else in the cluster could otherwise read every
 //! message, or forge one through the persist stream).
+//!
+//! Highly available (`replicas` above 1): the same StatefulSet runs a primary
+//! and replicas, and three Sentinels (a Deployment and its Service) watch
+//! them and promote a replica when the primary fails. Pods find each other
+//! by address through the Sentinels (start scripts beside this file), since
+//! the StatefulSet's governing Service predates this mode and cannot change.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rand::RngCore;
 use serde_json::json;
 
-use super::{BuildError, Component, child_meta, identity, selector_labels, typed};
-use crate::crd::ChatCluster;
+use super::{BuildError, Component, child_meta, identity, selector_labels, spread, typed};
+use crate::crd::{ChatCluster, ManagedRedis};
+
+/// The name the Sentinels know the primary by (`CHAT_REDIS_MASTER_NAME`).
+pub const REDIS_MASTER_NAME: &str = "chat";
+pub const SENTINEL_PORT: i32 = 26379;
+/// Three Sentinels, two of which must agree that the primary is down: one
+/// may fail, or sit beside the primary on a lost node, and a failover still
+/// happens; a partitioned minority cannot start one.
+const SENTINELS: i32 = 3;
+/// How long the primary may not answer before the Sentinels fail it over.
+const DOWN_AFTER_MS: u32 = 5_000;
+const REDIS_START: &str = concat!(
+    include_str!("redis-common.sh"),
+    include_str!("redis-server.sh")
+);
+const SENTINEL_START: &str = concat!(
+    include_str!("redis-common.sh"),
+    include_str!("redis-sentinel.sh")
+);
 
 pub fn redis_name(instance: &str) -> String {
     format!("{instance}-redis")
+}
+
+pub fn redis_sentinel_name(instance: &str) -> String {
+    format!("{instance}-redis-sentinel")
+}
+
+/// The managed Redis, if it runs with Sentinels.
+fn highly_available(cluster: &ChatCluster) -> Option<ManagedRedis> {
+    cluster
+        .spec
+        .managed_redis()
+        .filter(ManagedRedis::highly_available)
 }
 
 pub fn redis_auth_secret_name(instance: &str) -> String {
@@ -84,18 +121,60 @@ pub fn redis_network_policy(cluster: &ChatCluster) -> Result<Option<NetworkPolic
         return Ok(None);
     }
     let (instance, _) = identity(cluster)?;
-    let spec = json!({
-        "podSelector": {"matchLabels": selector_labels(&instance, Component::Redis)},
-        "policyTypes": ["Ingress"],
-        "ingress": [{
-            "from": [{"podSelector": {"matchLabels": selector_labels(&instance, Component::Server)}}],
-            "ports": [{"protocol": "TCP", "port": 6379}],
-        }],
-    });
+    // With Sentinels, the replicas reach the primary and the Sentinels
+    // reach every server too.
+    let mut peers = vec![Component::Server];
+    if highly_available(cluster).is_some() {
+        peers.extend([Component::Redis, Component::RedisSentinel]);
+    }
+    let spec = ingress_from(&instance, Component::Redis, &peers, 6379);
     Ok(Some(NetworkPolicy {
         metadata: child_meta(cluster, redis_name(&instance), Component::Redis)?,
         spec: Some(typed("Redis NetworkPolicy spec", spec)?),
     }))
+}
+
+/// Only the chat pods (asking for the primary), the Redis pods (at start)
+/// and the other Sentinels may reach a Sentinel.
+pub fn redis_sentinel_network_policy(
+    cluster: &ChatCluster,
+) -> Result<Option<NetworkPolicy>, BuildError> {
+    if highly_available(cluster).is_none() {
+        return Ok(None);
+    }
+    let (instance, _) = identity(cluster)?;
+    let peers = [
+        Component::Server,
+        Component::Redis,
+        Component::RedisSentinel,
+    ];
+    let spec = ingress_from(&instance, Component::RedisSentinel, &peers, SENTINEL_PORT);
+    Ok(Some(NetworkPolicy {
+        metadata: child_meta(
+            cluster,
+            redis_sentinel_name(&instance),
+            Component::RedisSentinel,
+        )?,
+        spec: Some(typed("Sentinel NetworkPolicy spec", spec)?),
+    }))
+}
+
+/// A NetworkPolicy spec: `component`'s pods take TCP on `port` from `peers`' pods only.
+fn ingress_from(
+    instance: &str,
+    component: Component,
+    peers: &[Component],
+    port: i32,
+) -> serde_json::Value {
+    let from: Vec<_> = peers
+        .iter()
+        .map(|peer| json!({"podSelector": {"matchLabels": selector_labels(instance, *peer)}}))
+        .collect();
+    json!({
+        "podSelector": {"matchLabels": selector_labels(instance, component)},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": from, "ports": [{"protocol": "TCP", "port": port}]}],
+    })
 }
 
 pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, BuildError> {
@@ -142,6 +221,20 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
     }
     let password =
         json!({"secretKeyRef": {"name": redis_auth_secret_name(&instance), "key": "password"}});
+    // REDISCLI_AUTH: the probe's redis-cli authenticates without the password in its arguments.
+    let mut env = vec![
+        json!({"name": "REDIS_PASSWORD", "valueFrom": password}),
+        json!({"name": "REDISCLI_AUTH", "valueFrom": password}),
+    ];
+    let mut command = None;
+    let mut affinity = None;
+    if redis.highly_available() {
+        // Replicas authenticate to the primary with the same password.
+        args.extend(["--masterauth".to_owned(), "$(REDIS_PASSWORD)".to_owned()]);
+        env.extend(sentinel_env(&instance));
+        command = Some(json!(["sh", "-c", REDIS_START, "redis-server"]));
+        affinity = Some(spread(&instance, Component::Redis));
+    }
     let claims = persistence.enabled.then(|| {
         vec![json!({
             "metadata": {"name": "data"},
@@ -154,7 +247,7 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
     });
     let volumes = (!persistence.enabled).then(|| vec![json!({"name": "data", "emptyDir": {}})]);
     let spec = json!({
-        "replicas": 1,
+        "replicas": redis.replicas,
         "serviceName": name,
         "selector": {"matchLabels": selector_labels(&instance, Component::Redis)},
         "template": {
@@ -163,15 +256,13 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
                 "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
                 // Nothing in it calls the Kubernetes API.
                 "automountServiceAccountToken": false,
+                "affinity": affinity,
                 "containers": [{
                     "name": "redis",
                     "image": redis.image,
+                    "command": command,
                     "args": args,
-                    // REDISCLI_AUTH: the probe's redis-cli authenticates without the password in its arguments.
-                    "env": [
-                        {"name": "REDIS_PASSWORD", "valueFrom": password},
-                        {"name": "REDISCLI_AUTH", "valueFrom": password},
-                    ],
+                    "env": env,
                     "ports": [{"name": "redis", "containerPort": 6379}],
                     "resources": redis.resources,
                     "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
@@ -189,6 +280,111 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
         spec: Some(typed("Redis StatefulSet spec", spec)?),
         status: None,
     }))
+}
+
+/// What the start scripts read: where the Sentinels and the Redis pods are,
+/// the master name, this pod's name and address.
+fn sentinel_env(instance: &str) -> Vec<serde_json::Value> {
+    vec![
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "SENTINEL_HOST", "value": redis_sentinel_name(instance)}),
+        json!({"name": "REDIS_HOST", "value": redis_name(instance)}),
+        json!({"name": "MASTER_NAME", "value": REDIS_MASTER_NAME}),
+    ]
+}
+
+/// The Sentinels: three pods that watch the Redis servers and fail the
+/// primary over. They keep nothing worth a volume: a restarted Sentinel
+/// learns the primary, its replicas and the other Sentinels again.
+pub fn redis_sentinel_deployment(cluster: &ChatCluster) -> Result<Option<Deployment>, BuildError> {
+    let Some(redis) = highly_available(cluster) else {
+        return Ok(None);
+    };
+    let (instance, _) = identity(cluster)?;
+    let name = redis_sentinel_name(&instance);
+    let meta = child_meta(cluster, name, Component::RedisSentinel)?;
+    let password =
+        json!({"secretKeyRef": {"name": redis_auth_secret_name(&instance), "key": "password"}});
+    let mut env = vec![json!({"name": "REDISCLI_AUTH", "valueFrom": password})];
+    env.extend(sentinel_env(&instance));
+    env.push(json!({"name": "DOWN_AFTER_MS", "value": DOWN_AFTER_MS.to_string()}));
+    let probe = json!({"exec": {"command": ["redis-cli", "-p", SENTINEL_PORT.to_string(), "ping"]}, "periodSeconds": 5});
+    let spec = json!({
+        "replicas": SENTINELS,
+        "selector": {"matchLabels": selector_labels(&instance, Component::RedisSentinel)},
+        "template": {
+            "metadata": {"labels": meta.labels},
+            "spec": {
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
+                "automountServiceAccountToken": false,
+                "affinity": spread(&instance, Component::RedisSentinel),
+                "containers": [{
+                    "name": "sentinel",
+                    "image": redis.image,
+                    "command": ["sh", "-c", SENTINEL_START],
+                    "env": env,
+                    "ports": [{"name": "sentinel", "containerPort": SENTINEL_PORT}],
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+                    "readinessProbe": probe,
+                    "livenessProbe": {"tcpSocket": {"port": "sentinel"}, "periodSeconds": 10},
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            },
+        },
+    });
+    Ok(Some(Deployment {
+        metadata: meta,
+        spec: Some(typed("Sentinel Deployment spec", spec)?),
+        status: None,
+    }))
+}
+
+pub fn redis_sentinel_service(cluster: &ChatCluster) -> Result<Option<Service>, BuildError> {
+    if highly_available(cluster).is_none() {
+        return Ok(None);
+    }
+    let (instance, _) = identity(cluster)?;
+    let spec = json!({
+        "selector": selector_labels(&instance, Component::RedisSentinel),
+        "ports": [{"name": "sentinel", "port": SENTINEL_PORT, "targetPort": "sentinel"}],
+    });
+    Ok(Some(Service {
+        metadata: child_meta(
+            cluster,
+            redis_sentinel_name(&instance),
+            Component::RedisSentinel,
+        )?,
+        spec: Some(typed("Sentinel Service spec", spec)?),
+        status: None,
+    }))
+}
+
+/// With Sentinels: a voluntary disruption (a node drained) takes one Redis
+/// server and one Sentinel at a time, so a primary and a quorum remain.
+pub fn redis_disruption_budgets(
+    cluster: &ChatCluster,
+) -> Result<Vec<PodDisruptionBudget>, BuildError> {
+    if highly_available(cluster).is_none() {
+        return Ok(Vec::new());
+    }
+    let (instance, _) = identity(cluster)?;
+    [
+        (redis_name(&instance), Component::Redis),
+        (redis_sentinel_name(&instance), Component::RedisSentinel),
+    ]
+    .into_iter()
+    .map(|(name, component)| {
+        let spec = json!({"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(&instance, component)}});
+        Ok(PodDisruptionBudget {
+            metadata: child_meta(cluster, name, component)?,
+            spec: Some(typed("Redis PodDisruptionBudget spec", spec)?),
+            status: None,
+        })
+    })
+    .collect()
 }
 
 pub fn redis_service(cluster: &ChatCluster) -> Result<Option<Service>, BuildError> {

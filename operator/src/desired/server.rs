@@ -13,8 +13,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rand::RngCore;
 use serde_json::json;
 
+use super::redis::{REDIS_MASTER_NAME, SENTINEL_PORT, redis_auth_secret_name, redis_sentinel_name};
 use super::{
-    BuildError, Component, HTTP_PORT, child_meta, digest, identity, selector_labels, typed,
+    BuildError, Component, HTTP_PORT, child_meta, digest, identity, selector_labels, spread, typed,
 };
 use crate::crd::{ChatCluster, SecretKeyRef};
 
@@ -121,7 +122,12 @@ pub fn connection_secret(
 ) -> Result<Option<Secret>, BuildError> {
     let (instance, namespace) = identity(cluster)?;
     let mut data = BTreeMap::new();
-    if cluster.spec.managed_redis().is_some() {
+    // With Sentinels the pods find the primary through them, not by URL.
+    if cluster
+        .spec
+        .managed_redis()
+        .is_some_and(|redis| !redis.highly_available())
+    {
         data.insert(
             "redis-url".to_owned(),
             format!("redis://:{redis_password}@{instance}-redis.{namespace}.svc:6379"),
@@ -191,7 +197,7 @@ fn secret_env(name: &str, from: &SecretKeyRef) -> serde_json::Value {
 /// pods read (the caller knows them; a pure function cannot), so rotating a
 /// key rolls the pods like a configuration change does.
 pub fn deployment(cluster: &ChatCluster, secrets_digest: &str) -> Result<Deployment, BuildError> {
-    let (instance, _) = identity(cluster)?;
+    let (instance, namespace) = identity(cluster)?;
     let spec = &cluster.spec;
     let config = config_map(cluster)?;
     let config_text = serde_json::to_string(&config.data).map_err(|source| BuildError::Shape {
@@ -220,6 +226,29 @@ pub fn deployment(cluster: &ChatCluster, secrets_digest: &str) -> Result<Deploym
     };
     let image = format!("{}:{}", spec.image.repository, spec.image.tag);
     let grace = spec.shutdown_grace_seconds;
+    let mut env = vec![
+        json!({"name": "CHAT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        secret_env("CHAT_JWT_SECRET", &jwt_secret_ref(cluster)?),
+        secret_env("CHAT_MONGODB_URI", &mongodb_uri_ref(cluster, &instance)),
+    ];
+    match spec.managed_redis() {
+        // Acks wait for a replica (the server's default behind Sentinels).
+        Some(redis) if redis.highly_available() => env.extend([
+            json!({"name": "CHAT_REDIS_SENTINELS", "value": format!("{}.{namespace}.svc:{SENTINEL_PORT}", redis_sentinel_name(&instance))}),
+            json!({"name": "CHAT_REDIS_MASTER_NAME", "value": REDIS_MASTER_NAME}),
+            secret_env(
+                "CHAT_REDIS_PASSWORD",
+                &SecretKeyRef {
+                    name: redis_auth_secret_name(&instance),
+                    key: "password".to_owned(),
+                },
+            ),
+        ]),
+        _ => env.push(secret_env(
+            "CHAT_REDIS_URL",
+            &redis_url_ref(cluster, &instance),
+        )),
+    }
     let pod_spec = json!({
         "replicas": replicas,
         "selector": {"matchLabels": selector},
@@ -245,22 +274,14 @@ pub fn deployment(cluster: &ChatCluster, secrets_digest: &str) -> Result<Deploym
                     "fsGroup": RUN_AS,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
-                "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-                    "weight": 100,
-                    "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector}},
-                }]}},
+                "affinity": spread(&instance, Component::Server),
                 "containers": [{
                     "name": "chat-server",
                     "image": image,
                     "imagePullPolicy": spec.image.pull_policy.as_str(),
                     "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
                     "envFrom": [{"configMapRef": {"name": config_map_name(&instance)}}],
-                    "env": [
-                        {"name": "CHAT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                        secret_env("CHAT_JWT_SECRET", &jwt_secret_ref(cluster)?),
-                        secret_env("CHAT_MONGODB_URI", &mongodb_uri_ref(cluster, &instance)),
-                        secret_env("CHAT_REDIS_URL", &redis_url_ref(cluster, &instance)),
-                    ],
+                    "env": env,
                     "resources": spec.resources,
                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
                     "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2},

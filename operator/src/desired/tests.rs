@@ -388,21 +388,8 @@ fn the_managed_redis_requires_its_password_and_only_chat_pods_reach_the_backends
         "demo"
     );
 
-    let mongodb_policy =
-        serde_json::to_value(mongodb_network_policy(&cluster).unwrap().unwrap()).unwrap();
-    let admitted: BTreeSet<String> = mongodb_policy["spec"]["ingress"][0]["from"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|peer| {
-            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
     assert_eq!(
-        admitted,
+        admitted(&mongodb_network_policy(&cluster).unwrap().unwrap()),
         ["mongodb", "mongodb-init", "server"]
             .map(String::from)
             .into()
@@ -488,4 +475,119 @@ fn the_managed_mongodb_authenticates_with_generated_credentials() {
         .0
         .clone();
     assert!(!String::from_utf8(uri).unwrap().contains('@'));
+}
+
+/// The components a NetworkPolicy admits.
+fn admitted(policy: &k8s_openapi::api::networking::v1::NetworkPolicy) -> BTreeSet<String> {
+    serde_json::to_value(policy).unwrap()["spec"]["ingress"][0]["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|peer| {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_highly_available_redis_has_replicas_and_sentinels_and_the_pods_find_it_through_them() {
+    let cluster = cluster(json!({"redis": {"managed": {"replicas": 3}}}));
+    let redis = serde_json::to_value(redis_statefulset(&cluster).unwrap().unwrap()).unwrap();
+    assert_eq!(redis["spec"]["replicas"], 3);
+    let container = &redis["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][0], "sh");
+    assert!(
+        container["command"][2]
+            .as_str()
+            .unwrap()
+            .contains("--replicaof"),
+        "the start script decides whom to follow"
+    );
+    let args = container["args"].as_array().unwrap();
+    let masterauth = args.iter().position(|a| a == "--masterauth").unwrap();
+    assert_eq!(args[masterauth + 1], "$(REDIS_PASSWORD)");
+    let env: BTreeSet<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "POD_NAME",
+        "POD_IP",
+        "SENTINEL_HOST",
+        "REDIS_HOST",
+        "MASTER_NAME",
+    ] {
+        assert!(env.contains(name), "the start script needs {name}");
+    }
+
+    let sentinels =
+        serde_json::to_value(redis_sentinel_deployment(&cluster).unwrap().unwrap()).unwrap();
+    assert_eq!(sentinels["spec"]["replicas"], 3);
+    let sentinel = &sentinels["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        sentinel["command"][2]
+            .as_str()
+            .unwrap()
+            .contains("sentinel monitor $MASTER_NAME $primary 6379 2")
+    );
+    let service = serde_json::to_value(redis_sentinel_service(&cluster).unwrap().unwrap()).unwrap();
+    assert_eq!(service["metadata"]["name"], "demo-redis-sentinel");
+    assert_eq!(service["spec"]["ports"][0]["port"], 26379);
+
+    // The chat pods ask the Sentinels for the primary; no URL names one.
+    let server = container_env(&cluster);
+    assert_eq!(
+        server["CHAT_REDIS_SENTINELS"]["value"],
+        "demo-redis-sentinel.chat.svc:26379"
+    );
+    assert_eq!(server["CHAT_REDIS_MASTER_NAME"]["value"], "chat");
+    assert_eq!(
+        server["CHAT_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "demo-redis-auth", "key": "password"})
+    );
+    assert!(!server.contains_key("CHAT_REDIS_URL"));
+    let connections = connection_secret(&cluster, "pw", &MongoDbCredentials::default())
+        .unwrap()
+        .unwrap();
+    assert!(!connections.data.unwrap().contains_key("redis-url"));
+
+    let everyone: BTreeSet<String> = ["redis", "redis-sentinel", "server"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        admitted(&redis_network_policy(&cluster).unwrap().unwrap()),
+        everyone
+    );
+    let sentinel_policy = redis_sentinel_network_policy(&cluster).unwrap().unwrap();
+    assert_eq!(admitted(&sentinel_policy), everyone);
+    assert_eq!(
+        serde_json::to_value(&sentinel_policy).unwrap()["spec"]["ingress"][0]["ports"][0]["port"],
+        26379
+    );
+    assert_eq!(redis_disruption_budgets(&cluster).unwrap().len(), 2);
+
+    // One server: none of it.
+    let single = crate::desired::tests::cluster(json!({}));
+    assert!(redis_sentinel_deployment(&single).unwrap().is_none());
+    assert!(redis_sentinel_service(&single).unwrap().is_none());
+    assert!(redis_sentinel_network_policy(&single).unwrap().is_none());
+    assert!(redis_disruption_budgets(&single).unwrap().is_empty());
+    let redis = serde_json::to_value(redis_statefulset(&single).unwrap().unwrap()).unwrap();
+    assert!(redis["spec"]["template"]["spec"]["containers"][0]["command"].is_null());
+    assert!(container_env(&single).contains_key("CHAT_REDIS_URL"));
+}
+
+/// The chat server container's inline environment, by name.
+fn container_env(cluster: &ChatCluster) -> std::collections::BTreeMap<String, Value> {
+    container(&deployment(cluster, "").unwrap())["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
+        .collect()
 }
