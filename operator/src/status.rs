@@ -111,6 +111,33 @@ pub fn status(cluster: &ChatCluster, observed: Option<Observed>, now: &str) -> C
     }
 }
 
+/// The condition reporting a volume size the spec asks for and the
+/// operator cannot apply; present only while that is so.
+pub const VOLUMES_RESIZABLE: &str = "VolumesResizable";
+
+/// `status` with the [`VOLUMES_RESIZABLE`] condition, False, when a resize
+/// was refused (`why`).
+pub fn with_resize_refused(
+    mut status: ChatClusterStatus,
+    cluster: &ChatCluster,
+    why: Option<&str>,
+    now: &str,
+) -> ChatClusterStatus {
+    if let Some(why) = why {
+        let previous = cluster.status.clone().unwrap_or_default();
+        status.conditions.push(condition(
+            &previous,
+            VOLUMES_RESIZABLE,
+            false,
+            "ResizeRefused",
+            why,
+            now,
+            cluster.metadata.generation,
+        ));
+    }
+    status
+}
+
 fn condition(
     previous: &ChatClusterStatus,
     kind: &str,

@@ -254,8 +254,9 @@ fn the_operator_is_granted_exactly_what_the_controller_does() {
             // Its API may not exist, so it is not watched.
             want.retain(|v| *v != "watch");
         }
-        if kind == "Secret" {
-            // The Secrets a ChatCluster names are read by name.
+        if kind == "Secret" || kind == "StatefulSet" {
+            // The Secrets a ChatCluster names are read by name, and so is a
+            // StatefulSet re-created to grow its volumes, until it is gone.
             want.push("get");
         }
         assert_eq!(granted(role, group, plural), sorted(&want), "{kind}");
@@ -271,6 +272,15 @@ fn the_operator_is_granted_exactly_what_the_controller_does() {
     assert_eq!(
         granted(role, "events.k8s.io", "events"),
         sorted(&["create", "patch"])
+    );
+    // Growing volumes: the claims resized, their classes read.
+    assert_eq!(
+        granted(role, "", "persistentvolumeclaims"),
+        sorted(&["list", "patch"])
+    );
+    assert_eq!(
+        granted(role, "storage.k8s.io", "storageclasses"),
+        sorted(&["get"])
     );
     let lease_role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
     assert_eq!(

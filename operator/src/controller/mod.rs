@@ -5,6 +5,7 @@
 //! server-side apply under one field manager.
 
 pub mod objects;
+pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,9 @@ pub enum Error {
     SecretMissing { name: String },
     #[error("Secret {name} has no key {key}")]
     SecretKeyMissing { name: String, key: String },
+    /// The API server accepted a change that has not taken effect in time.
+    #[error("{0}")]
+    Stuck(String),
 }
 
 impl Error {
@@ -61,7 +65,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Build(_) => "build",
-            Error::Api { .. } => "api",
+            Error::Api { .. } | Error::Stuck(_) => "api",
             Error::SecretMissing { .. } | Error::SecretKeyMissing { .. } => "secret",
         }
     }
@@ -211,10 +215,32 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
         name: name.clone(),
     };
     let observed = live.objects.get(&deployment).map(observed_pods);
+    let mut resize_refused = None;
 
     if !cluster.spec.paused {
         let secrets = secret_values(&ctx.client, cluster, &namespace, &name).await?;
-        let desired = render::children(cluster, &secrets)?;
+        let mut desired = render::children(cluster, &secrets)?;
+        for outcome in volumes::resize(&ctx.client, &namespace, &mut desired, &live).await? {
+            match outcome {
+                volumes::Outcome::Grown(what) => {
+                    info!(chatcluster = %cluster_key(cluster), %what, "volumes grown");
+                    ctx.event(cluster, EventType::Normal, "VolumesGrown", what)
+                        .await;
+                }
+                volumes::Outcome::Refused(why) => {
+                    if ctx.first_warning(cluster, &why) {
+                        ctx.event(
+                            cluster,
+                            EventType::Warning,
+                            "VolumeResizeRefused",
+                            why.clone(),
+                        )
+                        .await;
+                    }
+                    resize_refused = Some(why);
+                }
+            }
+        }
         // Generated secrets outlive a switch to the user's own (or to an
         // external Redis): switching back finds them unchanged.
         let keep = [
@@ -262,7 +288,15 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
         }
     }
 
-    write_status(cluster, ctx, &namespace, &name, observed).await?;
+    write_status(
+        cluster,
+        ctx,
+        &namespace,
+        &name,
+        observed,
+        resize_refused.as_deref(),
+    )
+    .await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -493,9 +527,15 @@ async fn write_status(
     namespace: &str,
     name: &str,
     observed: Option<Observed>,
+    resize_refused: Option<&str>,
 ) -> Result<(), Error> {
     let now = now_rfc3339();
-    let next = status::status(cluster, observed, &now);
+    let next = status::with_resize_refused(
+        status::status(cluster, observed, &now),
+        cluster,
+        resize_refused,
+        &now,
+    );
     if cluster.status.as_ref() == Some(&next) {
         return Ok(());
     }

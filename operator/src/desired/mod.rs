@@ -126,6 +126,27 @@ pub(crate) fn spread(instance: &str, component: Component) -> serde_json::Value 
     }]}})
 }
 
+/// `256Mi`, `1Gi`, `500M`, `1048576` in bytes; `None` for what this does not read.
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let split = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale: u64 = match suffix {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
 /// `key=value,...` for a label selector string (the scale subresource's).
 pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
     labels

@@ -20,7 +20,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rand::RngCore;
 use serde_json::json;
 
-use super::{BuildError, Component, child_meta, identity, selector_labels, spread, typed};
+use super::{
+    BuildError, Component, child_meta, identity, quantity_bytes, selector_labels, spread, typed,
+};
 use crate::crd::{ChatCluster, ManagedRedis};
 
 /// The name the Sentinels know the primary by (`CHAT_REDIS_MASTER_NAME`).
@@ -93,27 +95,6 @@ pub fn redis_auth_secret(
 /// writes once none are left, rather than being killed for memory with
 /// acked messages in its persist stream.
 const MAXMEMORY_SHARE_PERCENT: u64 = 75;
-
-/// `256Mi`, `1Gi`, `500M`, `1048576` in bytes; `None` for what this does not read.
-fn quantity_bytes(quantity: &str) -> Option<u64> {
-    let split = quantity
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(quantity.len());
-    let (number, suffix) = quantity.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let scale: u64 = match suffix {
-        "" => 1,
-        "k" | "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    number.checked_mul(scale)
-}
 
 /// Only the chat pods may connect to Redis.
 pub fn redis_network_policy(cluster: &ChatCluster) -> Result<Option<NetworkPolicy>, BuildError> {

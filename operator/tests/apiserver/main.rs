@@ -875,6 +875,8 @@ async fn the_operator_reconciles_through_real_admission_with_its_own_rbac() {
     })
     .await;
 
+    grow_volumes(&admin, &api, namespace).await;
+
     assert!(
         operator.running(),
         "the operator exited:\n{}",
@@ -952,4 +954,172 @@ async fn the_operator_waits_for_the_crd_and_says_so() {
     })
     .await;
     assert!(operator.running());
+}
+
+/// The full example's claims as its StatefulSets would have made them, bound
+/// (no controller-manager runs here): MongoDB's on a class that can expand,
+/// Redis's on one that cannot. Then bigger sizes in the spec: MongoDB's
+/// claims grow and its StatefulSet is re-created with the new template
+/// (this test removes the `orphan` finalizer, as the garbage collector
+/// would); Redis keeps its size, with a condition and an event saying why.
+async fn grow_volumes(admin: &Client, chatclusters: &Api<DynamicObject>, namespace: &str) {
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(admin.clone());
+    for (name, expandable) in [("expandable", true), ("fixed", false)] {
+        let class = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "provisioner": "example.com/none",
+            "allowVolumeExpansion": expandable,
+        }))
+        .unwrap();
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+    }
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(admin.clone(), namespace);
+    let made = [
+        ("chat-mongodb", 3, "20Gi", "expandable"),
+        ("chat-redis", 3, "2Gi", "fixed"),
+    ];
+    for (statefulset, replicas, size, class) in made {
+        for ordinal in 0..replicas {
+            let name = format!("data-{statefulset}-{ordinal}");
+            let claim = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": class,
+                    "volumeName": format!("pv-{name}"),
+                    "resources": {"requests": {"storage": size}},
+                },
+            }))
+            .unwrap();
+            claims.create(&PostParams::default(), &claim).await.unwrap();
+            claims
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"status": {"phase": "Bound", "capacity": {"storage": size}}}),
+                    ),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    // The garbage collector's part: a StatefulSet deleted with orphan
+    // propagation goes once its `orphan` finalizer is removed.
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(admin.clone(), namespace);
+    let collector = {
+        let statefulsets = statefulsets.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(list) = statefulsets.list(&Default::default()).await {
+                    for set in list.items {
+                        if set.metadata.deletion_timestamp.is_some() {
+                            let _ = statefulsets
+                                .patch(
+                                    &set.name_any(),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let before = statefulsets.get("chat-mongodb").await.unwrap().uid();
+
+    chatclusters
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "mongodb": {"managed": {"storageSize": "30Gi"}},
+                "redis": {"managed": {"persistence": {"size": "3Gi"}}},
+            }})),
+        )
+        .await
+        .unwrap();
+    let template_size = |set: &k8s_openapi::api::apps::v1::StatefulSet| {
+        serde_json::to_value(set).unwrap()["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]
+            ["requests"]["storage"]
+            .clone()
+    };
+    wait_for("MongoDB's volumes to grow", Duration::from_secs(60), || {
+        let (claims, statefulsets) = (claims.clone(), statefulsets.clone());
+        async move {
+            for ordinal in 0..3 {
+                let claim = claims
+                    .get(&format!("data-chat-mongodb-{ordinal}"))
+                    .await
+                    .ok()?;
+                let requested = serde_json::to_value(&claim).ok()?["spec"]["resources"]["requests"]
+                    ["storage"]
+                    .clone();
+                (requested == "30Gi").then_some(())?;
+            }
+            let set = statefulsets.get("chat-mongodb").await.ok()?;
+            (template_size(&set) == "30Gi").then_some(())
+        }
+    })
+    .await;
+    assert_ne!(
+        statefulsets.get("chat-mongodb").await.unwrap().uid(),
+        before,
+        "the StatefulSet was not re-created with the new template"
+    );
+
+    let condition = wait_for(
+        "the refused resize reported",
+        Duration::from_secs(60),
+        || {
+            let chatclusters = chatclusters.clone();
+            async move {
+                let status = chatclusters.get("chat").await.ok()?.data["status"].clone();
+                status["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "VolumesResizable")
+                    .cloned()
+            }
+        },
+    )
+    .await;
+    assert_eq!(condition["status"], "False", "{condition}");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains("chat-redis") && message.contains("storage class fixed"),
+        "{message}"
+    );
+    let redis = statefulsets.get("chat-redis").await.unwrap();
+    assert_eq!(
+        template_size(&redis),
+        "2Gi",
+        "a refused resize changed the template"
+    );
+    for ordinal in 0..3 {
+        let claim = claims
+            .get(&format!("data-chat-redis-{ordinal}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&claim).unwrap()["spec"]["resources"]["requests"]["storage"],
+            "2Gi"
+        );
+    }
+    let reasons = event_reasons(admin, namespace, "chat").await;
+    for reason in ["VolumesGrown", "VolumeResizeRefused"] {
+        assert!(
+            reasons.contains(&reason.to_owned()),
+            "{reason} not in {reasons:?}"
+        );
+    }
+    collector.abort();
 }
