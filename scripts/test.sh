@@ -60,6 +60,10 @@ cargo build --workspace --all-targets --locked
 say "shell scripts and workflows: shellcheck, actionlint"
 command -v shellcheck >/dev/null || apt_install shellcheck
 shellcheck scripts/*.sh bench/*.sh operator/src/desired/*.sh
+# The replica-set script the MongoDB init Job runs in mongosh (JavaScript):
+# no MongoDB here runs replica sets, so at least it must parse.
+command -v node >/dev/null || apt_install nodejs npm
+node --check operator/src/desired/mongodb-members.js
 actionlint_version=v1.7.12
 if [ "$(cat .cache/bin/actionlint.version 2>/dev/null)" != "$actionlint_version" ]; then
   GOBIN="$PWD/.cache/bin" go install "github.com/rhysd/actionlint/cmd/actionlint@$actionlint_version"

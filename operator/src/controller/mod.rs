@@ -4,6 +4,7 @@
 //! [`crate::status::status`]), and writes only the difference with
 //! server-side apply under one field manager.
 
+pub mod members;
 pub mod objects;
 pub mod volumes;
 
@@ -220,6 +221,9 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
     if !cluster.spec.paused {
         let secrets = secret_values(&ctx.client, cluster, &namespace, &name).await?;
         let mut desired = render::children(cluster, &secrets)?;
+        if let Some(held) = members::hold_until_removed(&mut desired, &live) {
+            info!(chatcluster = %cluster_key(cluster), %held, "replica set shrinking");
+        }
         for outcome in volumes::resize(&ctx.client, &namespace, &mut desired, &live).await? {
             match outcome {
                 volumes::Outcome::Grown(what) => {

@@ -1,7 +1,9 @@
 //! The managed MongoDB: a StatefulSet of `members` replica-set members with a
-//! volume each, a headless Service for their stable names, and a Job that
-//! initiates the replica set (idempotent: it does nothing once initiated), and
-//! the NetworkPolicy that admits only the chat pods, the members and that Job.
+//! volume each, a headless Service for their stable names, a Job that
+//! initiates the replica set and then adds and removes members one at a time
+//! as `members` changes (idempotent: it does nothing when the set is as the
+//! spec says), and the NetworkPolicy that admits only the chat pods, the
+//! members and that Job.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +20,8 @@ use super::{BuildError, Component, child_meta, digest, identity, selector_labels
 use crate::crd::ChatCluster;
 
 pub const REPLICA_SET: &str = "rs0";
+/// Run by the init Job: the replica set's members brought to the spec.
+const MEMBERS_SCRIPT: &str = include_str!("mongodb-members.js");
 
 pub fn mongodb_name(instance: &str) -> String {
     format!("{instance}-mongodb")
@@ -206,11 +210,6 @@ pub fn mongodb_service(cluster: &ChatCluster) -> Result<Option<Service>, BuildEr
     }))
 }
 
-/// Initiates the replica set once its members answer; retried by the Job
-/// until they do, and a no-op when it is already initiated. A Job's template
-/// cannot be changed, so its name carries a digest of the spec: a new member
-/// count or image makes a new Job, and the controller prunes the old one. The
-/// finished Job is kept (no TTL), or the controller would re-create it.
 /// The init Job's pod: its own component, which the members' NetworkPolicy admits.
 fn init_job_labels(instance: &str) -> serde_json::Value {
     json!({
@@ -245,6 +244,13 @@ pub fn mongodb_network_policy(cluster: &ChatCluster) -> Result<Option<NetworkPol
     }))
 }
 
+/// Initiates the replica set once its members answer, then brings its
+/// members to the spec (`mongodb-members.js`); retried by the Job until it
+/// succeeds, and a no-op when the set is as the spec says. A Job's template
+/// cannot be changed, so its name carries a digest of the spec: a new member
+/// count or image makes a new Job, and the controller prunes the old one. The
+/// finished Job is kept (no TTL), or the controller would re-create it; the
+/// controller shrinks the StatefulSet only once the Job has succeeded.
 pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError> {
     let Some(mongodb) = cluster.spec.managed_mongodb() else {
         return Ok(None);
@@ -259,39 +265,46 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
         members.join(", ")
     );
     let first = format!("{name}-0.{name}.{namespace}.svc:27017");
-    let (command, env) = if mongodb.auth {
-        // Then, through the replica set (its primary), the pods' user: made,
-        // or given the current password and database again.
-        let hosts: Vec<String> = (0..mongodb.members)
-            .map(|i| format!("{name}-{i}.{name}.{namespace}.svc:27017"))
-            .collect();
+    let hosts: Vec<String> = (0..mongodb.members)
+        .map(|i| format!("{name}-{i}.{name}.{namespace}.svc:27017"))
+        .collect();
+    let login = if mongodb.auth {
+        format!(" -u {ROOT_USER} -p \"$ROOT_PASSWORD\" --authenticationDatabase admin")
+    } else {
+        String::new()
+    };
+    // Initiated through the first member (there is no replica set to find
+    // yet); then, through the replica set (its primary), the members brought
+    // to the spec and, with auth, the pods' user made, or given the current
+    // password and database again.
+    let through_the_set = format!(
+        "mongosh --quiet 'mongodb://{}/?replicaSet={REPLICA_SET}'{login}",
+        hosts.join(",")
+    );
+    let mut script = format!(
+        "set -e\nmongosh --quiet --host {first}{login} --eval \"{initiate}\"\n\
+         {through_the_set} --eval \"$MEMBERS_SCRIPT\"\n"
+    );
+    let mut env = vec![
+        json!({"name": "HOME", "value": "/tmp"}),
+        json!({"name": "MEMBERS", "value": hosts.join(",")}),
+        json!({"name": "MEMBERS_SCRIPT", "value": MEMBERS_SCRIPT}),
+    ];
+    if mongodb.auth {
         let app_user = format!(
             "const admin = db.getSiblingDB('admin'); \
              const roles = [{{role: 'readWrite', db: process.env.DATABASE}}]; \
              if (admin.getUser('{APP_USER}')) {{ admin.updateUser('{APP_USER}', {{pwd: process.env.APP_PASSWORD, roles}}) }} \
              else {{ admin.createUser({{user: '{APP_USER}', pwd: process.env.APP_PASSWORD, roles}}) }}"
         );
-        let login = format!("-u {ROOT_USER} -p \"$ROOT_PASSWORD\" --authenticationDatabase admin");
-        let script = format!(
-            "set -e\nmongosh --quiet --host {first} {login} --eval \"{initiate}\"\n\
-             mongosh --quiet 'mongodb://{}/?replicaSet={REPLICA_SET}' {login} --eval \"{app_user}\"\n",
-            hosts.join(",")
-        );
-        (
-            json!(["sh", "-c", script]),
-            json!([
-                {"name": "HOME", "value": "/tmp"},
-                {"name": "ROOT_PASSWORD", "valueFrom": secret_key(&instance, "root-password")},
-                {"name": "APP_PASSWORD", "valueFrom": secret_key(&instance, "app-password")},
-                {"name": "DATABASE", "value": cluster.spec.mongodb.database},
-            ]),
-        )
-    } else {
-        (
-            json!(["mongosh", "--quiet", "--host", first, "--eval", initiate]),
-            json!([{"name": "HOME", "value": "/tmp"}]),
-        )
-    };
+        script.push_str(&format!("{through_the_set} --eval \"{app_user}\"\n"));
+        env.extend([
+            json!({"name": "ROOT_PASSWORD", "valueFrom": secret_key(&instance, "root-password")}),
+            json!({"name": "APP_PASSWORD", "valueFrom": secret_key(&instance, "app-password")}),
+            json!({"name": "DATABASE", "value": cluster.spec.mongodb.database}),
+        ]);
+    }
+    let command = json!(["sh", "-c", script]);
     let spec = json!({
         "backoffLimit": 20,
         "template": {

@@ -591,3 +591,41 @@ fn container_env(cluster: &ChatCluster) -> std::collections::BTreeMap<String, Va
         .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
         .collect()
 }
+
+#[test]
+fn the_init_job_brings_the_members_to_the_spec_through_the_replica_set() {
+    let cluster = cluster(json!({"mongodb": {"managed": {"members": 3}}}));
+    let job = serde_json::to_value(mongodb_init_job(&cluster).unwrap().unwrap()).unwrap();
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    let env: std::collections::BTreeMap<&str, &Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), &e["value"]))
+        .collect();
+    assert_eq!(
+        env["MEMBERS"],
+        "demo-mongodb-0.demo-mongodb.chat.svc:27017,demo-mongodb-1.demo-mongodb.chat.svc:27017,demo-mongodb-2.demo-mongodb.chat.svc:27017"
+    );
+    assert!(
+        env["MEMBERS_SCRIPT"]
+            .as_str()
+            .unwrap()
+            .contains("rs.remove")
+    );
+    let script = container["command"][2].as_str().unwrap();
+    assert!(
+        script.contains("/?replicaSet=rs0'") && script.contains("--eval \"$MEMBERS_SCRIPT\""),
+        "{script}"
+    );
+    // Another member count is another Job (its template cannot change).
+    let two = mongodb_init_job(&crate::desired::tests::cluster(
+        json!({"mongodb": {"managed": {"members": 1}}}),
+    ))
+    .unwrap()
+    .unwrap();
+    assert_ne!(
+        two.metadata.name,
+        job["metadata"]["name"].as_str().map(str::to_owned)
+    );
+}

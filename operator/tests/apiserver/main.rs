@@ -876,6 +876,7 @@ async fn the_operator_reconciles_through_real_admission_with_its_own_rbac() {
     .await;
 
     grow_volumes(&admin, &api, namespace).await;
+    shrink_the_replica_set(&admin, &api, namespace).await;
 
     assert!(
         operator.running(),
@@ -1122,4 +1123,74 @@ async fn grow_volumes(admin: &Client, chatclusters: &Api<DynamicObject>, namespa
         );
     }
     collector.abort();
+}
+
+/// Fewer MongoDB members: a new init Job (which removes them from the
+/// replica set) is made, and the StatefulSet keeps its three pods until that
+/// Job has succeeded (no controller-manager runs here: this test marks it
+/// so, as the Job controller would); then it scales down.
+async fn shrink_the_replica_set(
+    admin: &Client,
+    chatclusters: &Api<DynamicObject>,
+    namespace: &str,
+) {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(admin.clone(), namespace);
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(admin.clone(), namespace);
+    let job_names = || async {
+        let mut names: Vec<String> = jobs
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        names.sort();
+        names
+    };
+    let before = job_names().await;
+    chatclusters
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mongodb": {"managed": {"members": 1}}}})),
+        )
+        .await
+        .unwrap();
+    let job = wait_for("the new init Job", Duration::from_secs(30), || async {
+        job_names()
+            .await
+            .into_iter()
+            .find(|name| name.starts_with("chat-mongodb-init-") && !before.contains(name))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replicas = |set: k8s_openapi::api::apps::v1::StatefulSet| set.spec.and_then(|s| s.replicas);
+    assert_eq!(
+        replicas(statefulsets.get("chat-mongodb").await.unwrap()),
+        Some(3),
+        "the StatefulSet shrank before the replica set did"
+    );
+
+    let now = "2026-11-30T00:00:00Z";
+    let done = json!({"status": {
+        "startTime": now,
+        "completionTime": now,
+        "succeeded": 1,
+        "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+            {"type": "Complete", "status": "True", "lastTransitionTime": now},
+        ],
+    }});
+    jobs.patch_status(&job, &PatchParams::default(), &Patch::Merge(done))
+        .await
+        .unwrap_or_else(|e| panic!("marking Job/{job} done: {e}"));
+    wait_for("the StatefulSet to shrink", Duration::from_secs(30), || {
+        let statefulsets = statefulsets.clone();
+        async move {
+            (replicas(statefulsets.get("chat-mongodb").await.ok()?) == Some(1)).then_some(())
+        }
+    })
+    .await;
 }
