@@ -199,8 +199,18 @@ pub struct Sentinels {
 }
 
 impl Sentinels {
+    /// Bounded: a Sentinel that does not answer (a lost node) must not hold
+    /// every command waiting for a connection.
     async fn primary(&self) -> RedisResult<redis::Client> {
-        self.client.lock().await.async_get_client().await
+        let lookup = async { self.client.lock().await.async_get_client().await };
+        tokio::time::timeout(2 * TIMEOUT, lookup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no Sentinel named the primary in time",
+                )))
+            })
     }
 }
 
