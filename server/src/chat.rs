@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-use crate::bus::{Bus, BusError};
+use crate::bus::{Audience, Bus, BusError};
 use crate::model::{Id, Message, MessageKind, Room};
 use crate::store::{Store, StoreError};
 use crate::sync::lock;
@@ -331,6 +331,11 @@ impl Chat {
         }
         self.post_system(room, who, content).await?;
         Ok(())
+    }
+
+    /// Tells `audience`, on every pod, that their room list changed.
+    pub async fn notify(&self, audience: Audience, frame: &ServerFrame) {
+        self.bus.notify(audience, encode(frame)).await;
     }
 
     /// The room is gone: nobody receives it any more.

@@ -169,6 +169,10 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
       room[frame.user_id] = Math.max(room[frame.user_id] ?? 0, frame.seq);
       return { ...state, reads: { ...state.reads, [frame.room_id]: room } };
     }
+    case "room_added":
+      return { ...state, rooms: { ...state.rooms, [frame.room.id]: frame.room } };
+    case "room_removed":
+      return onFrameRoomGone(state, frame.room_id);
     case "left": {
       // Removed from the room (or it was deleted): it goes from my list unless it is public.
       const room = state.rooms[frame.room_id];

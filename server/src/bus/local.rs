@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use super::{Bus, BusError};
+use super::{Audience, Bus, BusError};
 use crate::metrics::Metrics;
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::{Inserted, Store};
@@ -126,6 +126,10 @@ impl Bus for LocalBus {
 
     async fn publish_event(&self, room: Id, frame: Utf8Bytes) {
         self.hub.broadcast(room, Outbound::event(room, frame));
+    }
+
+    async fn notify(&self, audience: Audience, frame: Utf8Bytes) {
+        self.hub.notify(&audience, &frame);
     }
 
     async fn evict(&self, room: Id, user: Option<Id>) {

@@ -25,6 +25,25 @@ pub enum BusError {
     Internal(String),
 }
 
+/// Whose connections a frame about the room list is for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// Every connected user: a public room appeared or went.
+    Everyone,
+    /// These users only: a private room's members, a direct room's two people.
+    Users(Vec<Id>),
+}
+
+impl Audience {
+    pub fn includes(&self, user: Id) -> bool {
+        match self {
+            Audience::Everyone => true,
+            Audience::Users(users) => users.contains(&user),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     fn name(&self) -> &'static str;
@@ -59,6 +78,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Relays a seq-less frame (typing, read, presence) to the room's
     /// subscribers everywhere. Best effort: such frames are not stored.
     async fn publish_event(&self, room: Id, frame: Utf8Bytes);
+
+    /// Delivers a frame about the room list (a room added to or removed
+    /// from it) to `audience`'s connections on every pod. Best effort, as
+    /// typing is: a client that missed one still finds the room in
+    /// `GET /api/rooms`.
+    async fn notify(&self, audience: Audience, frame: Utf8Bytes);
 
     /// Stops delivery of `room` to `user` (or to everyone) on every pod.
     async fn evict(&self, room: Id, user: Option<Id>);

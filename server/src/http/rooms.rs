@@ -13,10 +13,12 @@ use super::error::ApiError;
 use super::extract::{Json, Path, Query, parse_id};
 use super::views::{PageView, RoomView};
 use crate::auth::AuthUser;
+use crate::bus::Audience;
 use crate::chat::{Author, Membership};
 use crate::model::{Id, Page, Room, RoomKind};
 use crate::state::AppState;
 use crate::validate;
+use crate::ws::protocol::ServerFrame;
 
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 100;
@@ -70,6 +72,19 @@ fn gone() -> ApiError {
     ApiError::not_found("room")
 }
 
+/// `room` is now in `audience`'s room lists (their other tabs and devices included).
+async fn list_added(state: &AppState, audience: Audience, room: &RoomView) {
+    let frame = ServerFrame::RoomAdded { room: room.clone() };
+    state.chat.notify(audience, &frame).await;
+}
+
+/// `room` is no longer in `audience`'s room lists. A public room stays in
+/// everyone's list while it exists, so only its deletion removes it.
+async fn list_removed(state: &AppState, audience: Audience, room: Id) {
+    let frame = ServerFrame::RoomRemoved { room_id: room };
+    state.chat.notify(audience, &frame).await;
+}
+
 pub async fn create(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -81,7 +96,14 @@ pub async fn create(
     let room = Room::new_group(name, description, request.is_private, caller.id);
     state.store.create_room(&room).await?;
     tracing::info!(room_id = %room.id, user_id = %caller.id, private = room.is_private, "room created");
-    Ok((StatusCode::CREATED, axum::Json(RoomView::from(room))))
+    let audience = if room.is_private {
+        Audience::Users(vec![caller.id])
+    } else {
+        Audience::Everyone
+    };
+    let view = RoomView::from(room);
+    list_added(&state, audience, &view).await;
+    Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
 pub async fn list(
@@ -155,6 +177,9 @@ pub async fn leave(
             .membership_changed(room.id, &caller.author(), Membership::Left)
             .await?;
         tracing::info!(room_id = %room.id, user_id = %caller.id, "member left");
+        if room.is_private {
+            list_removed(&state, Audience::Users(vec![caller.id]), room.id).await;
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -203,7 +228,9 @@ pub async fn add_member(
     };
     state.chat.membership_changed(room.id, &added, by).await?;
     tracing::info!(room_id = %room.id, user_id = %user, by = %caller.id, "member added");
-    Ok(axum::Json(room.into()))
+    let view = RoomView::from(room);
+    list_added(&state, Audience::Users(vec![user]), &view).await;
+    Ok(axum::Json(view))
 }
 
 pub async fn remove_member(
@@ -236,6 +263,9 @@ pub async fn remove_member(
     };
     state.chat.membership_changed(room.id, &removed, by).await?;
     tracing::info!(room_id = %room.id, user_id = %user, by = %caller.id, "member removed");
+    if room.is_private {
+        list_removed(&state, Audience::Users(vec![user]), room.id).await;
+    }
     Ok(axum::Json(room.into()))
 }
 
@@ -310,6 +340,12 @@ pub async fn delete(
     }
     state.chat.room_deleted(room.id).await;
     tracing::info!(room_id = %room.id, user_id = %caller.id, "room deleted");
+    let audience = if room.is_private {
+        Audience::Users(room.members.clone())
+    } else {
+        Audience::Everyone
+    };
+    list_removed(&state, audience, room.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -341,10 +377,10 @@ pub async fn direct(
     };
     let candidate = Room::new_direct(caller.id, other.id, name);
     let room = state.store.direct_room(&candidate).await?;
-    let status = if room.id == candidate.id {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, axum::Json(RoomView::from(room))))
+    let view = RoomView::from(room);
+    if view.id != candidate.id {
+        return Ok((StatusCode::OK, axum::Json(view)));
+    }
+    list_added(&state, Audience::Users(vec![caller.id, other.id]), &view).await;
+    Ok((StatusCode::CREATED, axum::Json(view)))
 }

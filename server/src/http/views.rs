@@ -42,7 +42,7 @@ impl UserView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoomView {
     pub id: Id,
     pub name: String,

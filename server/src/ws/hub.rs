@@ -496,6 +496,19 @@ impl Hub {
     }
 
     /// Stops delivery of `room` to `user`'s connections (or all), telling them.
+    /// Hands `frame` to every local connection of `audience`.
+    pub fn notify(&self, audience: &crate::bus::Audience, frame: &Utf8Bytes) {
+        let connections: Vec<Arc<Connection>> = lock(&self.inner)
+            .connections
+            .values()
+            .filter(|c| audience.includes(c.user))
+            .cloned()
+            .collect();
+        for connection in connections {
+            connection.send(Outbound::direct(frame.clone()));
+        }
+    }
+
     pub fn evict(&self, room: Id, user: Option<Id>) {
         let left = Outbound::left(
             room,

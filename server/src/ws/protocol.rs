@@ -179,6 +179,16 @@ pub enum ServerFrame {
         from_seq: u64,
         last_seq: u64,
     },
+    /// A room entered the user's room list: created where they can see
+    /// it, a direct room opened with them, or they were added to it.
+    RoomAdded {
+        room: crate::http::views::RoomView,
+    },
+    /// A room left the user's room list: they were removed from (or left)
+    /// a private room, or it was deleted.
+    RoomRemoved {
+        room_id: Id,
+    },
     /// The connection's token was replaced; it is now valid until `exp`.
     Authenticated {
         exp: i64,

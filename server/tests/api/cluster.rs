@@ -897,3 +897,29 @@ async fn a_removed_member_whose_eviction_is_lost_can_neither_post_nor_read() {
     reader.no_message_within(Duration::from_secs(1)).await;
     poster.no_message_within(Duration::from_millis(200)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_lists_follow_across_pods() {
+    let cluster = cluster(2, None).await;
+    let alice = cluster.pods[0].user("alice").await;
+    let bob = cluster.pods[0].user("bob").await;
+    let mut bob_ws = WsClient::connect(&cluster.pods[1], &ws_query(&bob, None))
+        .await
+        .unwrap();
+    // Alice on pod 0 opens a direct room with Bob, connected to pod 1.
+    let (status, dm) = cluster.pods[0]
+        .post(
+            &format!("/api/dm/{}", bob.id),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let frame = bob_ws.next_of("room_added").await;
+    assert_eq!(frame["room"]["id"], dm["id"]);
+    assert_eq!(frame["room"]["is_direct"], true);
+    // And a public room reaches him as well.
+    let lobby = cluster.pods[0].room(&alice, "lobby", false).await;
+    let frame = bob_ws.next_of("room_added").await;
+    assert_eq!(frame["room"]["id"], lobby.as_str());
+}

@@ -12,4 +12,5 @@ mod operations;
 mod realtime;
 mod redis_cluster;
 mod redis_failover;
+mod room_list;
 mod rooms;

@@ -156,6 +156,18 @@ async fn rooms_live_on_their_shard_and_messages_cross_pods_once_in_order() {
             "room {room} persisted"
         );
     }
+
+    // Room-list notices cross pods through the cluster's sharded channel.
+    let (status, dm) = a
+        .post(
+            &format!("/api/dm/{}", bob.id),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let frame = bob_ws.next_of("room_added").await;
+    assert_eq!(frame["room"]["id"], dm["id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

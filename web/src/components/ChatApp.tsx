@@ -17,15 +17,28 @@ const isMember = (room: Room, me: string) => room.members.includes(me);
 /** The signed-in screen: owns the live connection and the chat state. */
 export function ChatApp({ api, me }: { api: Api; me: User }) {
   const [state, dispatch] = useReducer(reducer, initialState(me.id, me.username));
+  const wasOnline = useRef(false);
+  const reloadRooms = useRef<() => void>(() => undefined);
   const [connection] = useState(
     () =>
       new ChatConnection({
         url: socketUrl(),
         getToken: () => api.token(),
         onEvent: (event) => {
-          if (event.type === "status") dispatch({ type: "status", status: event.status, retryInMs: event.retryInMs });
+          if (event.type === "status") {
+            dispatch({ type: "status", status: event.status, retryInMs: event.retryInMs });
+            // Room-list frames sent while the socket was down are lost: read the list again.
+            if (event.status === "online") {
+              if (wasOnline.current) reloadRooms.current();
+              wasOnline.current = true;
+            }
+          }
           else if (event.type === "frame") {
             dispatch({ type: "frame", frame: event.frame, now: Date.now() });
+            // A room that became mine (a direct message, an invitation) goes live at once.
+            if (event.frame.type === "room_added" && isMember(event.frame.room, me.id)) {
+              connection.open(event.frame.room.id);
+            }
             // Joins, leaves and removals change the room's member list.
             if (event.frame.type === "system") {
               api.room(event.frame.room_id).then(
@@ -59,11 +72,12 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
   );
 
   // Rooms, then the live connection with every room I belong to open, so
-  // unread counts and presence are live everywhere.
+  // unread counts and presence are live everywhere; `room_added` and
+  // `room_removed` frames keep the list current, and it is read again after
+  // a reconnection.
   useEffect(() => {
     let cancelled = false;
-    connection.start();
-    void (async () => {
+    const loadRooms = async () => {
       try {
         const rooms: Room[] = [];
         for (let offset = 0; ; offset += 100) {
@@ -77,9 +91,13 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
       } catch (error) {
         report(error);
       }
-    })();
+    };
+    reloadRooms.current = () => void loadRooms();
+    connection.start();
+    void loadRooms();
     return () => {
       cancelled = true;
+      reloadRooms.current = () => undefined;
       connection.stop();
     };
   }, [api, connection, me.id, report]);
@@ -113,14 +131,19 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
   // presence frames keep them current afterwards.
   const lookedUp = useRef(new Set<string>([me.id]));
   useEffect(() => {
-    if (!active) return;
-    const unknown = active.members.filter((id) => !lookedUp.current.has(id));
+    // The open room's members, and the other person of every direct room
+    // (the room list names it after them and shows their presence).
+    const wanted = new Set<string>(active ? active.members : []);
+    for (const room of Object.values(state.rooms)) {
+      if (room.is_direct) for (const id of room.members) wanted.add(id);
+    }
+    const unknown = [...wanted].filter((id) => !lookedUp.current.has(id));
     if (unknown.length === 0) return;
     for (const id of unknown) lookedUp.current.add(id);
     void Promise.all(unknown.map((id) => api.userById(id).catch(() => null))).then((users) =>
       dispatch({ type: "users", users: users.filter((u) => u !== null) }),
     );
-  }, [active, api]);
+  }, [active, api, state.rooms]);
 
   const actions = useMemo(
     () => ({

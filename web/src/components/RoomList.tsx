@@ -9,6 +9,20 @@ function roomTitle(room: Room, state: ChatState): string {
   return other ? (state.names[other] ?? "Direct message") : "Direct message";
 }
 
+/** Whether the other person of a direct room is online, once known. */
+function PeerPresence({ room, state }: { room: Room; state: ChatState }) {
+  const other = room.members.find((m) => m !== state.me);
+  const online = other === undefined ? undefined : state.online[other];
+  if (online === undefined) return null;
+  return (
+    <span
+      className={online ? "peer-presence online" : "peer-presence offline"}
+      role="img"
+      aria-label={online ? "online" : "offline"}
+    />
+  );
+}
+
 /** My rooms with unread counts, public rooms to join, and forms to start more. */
 export function RoomList({ state, actions }: { state: ChatState; actions: ChatActions }) {
   const rooms = Object.values(state.rooms).sort((a, b) => a.created_at.localeCompare(b.created_at));
@@ -31,6 +45,7 @@ export function RoomList({ state, actions }: { state: ChatState; actions: ChatAc
                 <span className="room-name">
                   {room.is_direct ? "@ " : room.is_private ? "🔒 " : "# "}
                   {roomTitle(room, state)}
+                  {room.is_direct && <PeerPresence room={room} state={state} />}
                 </span>
                 {unread > 0 && (
                   <span className="unread" aria-label={`${unread} unread`}>

@@ -45,6 +45,8 @@ export type ServerFrame =
   | { type: "presence"; room_id: string; user_id: string; username: string; status: "online" | "offline" }
   | { type: "typing"; room_id: string; user_id: string; username: string }
   | { type: "read"; room_id: string; user_id: string; seq: number }
+  | { type: "room_added"; room: Room }
+  | { type: "room_removed"; room_id: string }
   | { type: "authenticated"; exp: number }
   | { type: "pong" }
   | { type: "error"; code: string; message: string; retry_after?: number; room_id?: string };

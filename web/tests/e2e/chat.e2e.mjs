@@ -149,9 +149,7 @@ async function main() {
     await alice.getByRole("button", { name: "Create room" }).click();
     await alice.getByRole("heading", { name: "Launch" }).waitFor({ timeout: TIMEOUT });
 
-    // Bob finds it among the public rooms (after a reload: new rooms are not pushed) and joins.
-    await bob.reload();
-    await connected(bob);
+    // Bob finds it among the public rooms at once (new rooms are pushed, no reload) and joins.
     await bob.getByRole("button", { name: "Join Launch" }).click();
     await bob.getByRole("heading", { name: "Launch" }).waitFor({ timeout: TIMEOUT });
     await alice.getByText("bob joined the room").waitFor({ timeout: TIMEOUT });
@@ -192,6 +190,23 @@ async function main() {
     await connected(bob);
     await bob.getByRole("button", { name: /Launch/ }).click();
     await expectShown(bob, "bob after a reload", all);
+
+    // A direct message: it appears in Bob's list (on his phone: back at the
+    // list) at once, named for Alice, with her presence, and her message
+    // reaches him live.
+    await bob.getByRole("button", { name: "Back to rooms" }).click();
+    await alice.getByLabel("Username").fill("bob");
+    await alice.getByRole("button", { name: "Message", exact: true }).click();
+    const rooms = bob.getByRole("navigation", { name: "Rooms" });
+    const direct = rooms.getByRole("button", { name: /^@ alice/ });
+    await direct.waitFor({ timeout: TIMEOUT });
+    await direct.getByRole("img", { name: "online" }).waitFor({ timeout: TIMEOUT });
+    await alice.getByRole("heading", { name: "bob" }).waitFor({ timeout: TIMEOUT });
+    await send(alice, "just between us");
+    await direct.click();
+    await bob.getByRole("heading", { name: "alice" }).waitFor({ timeout: TIMEOUT });
+    await expectShown(bob, "bob in the direct room", ["just between us"]);
+    console.log("a direct message appeared live for bob, named for alice");
 
     if (violations.length) throw new Error(`CSP violations:\n${violations.join("\n")}`);
     console.log("no Content-Security-Policy violation");

@@ -86,4 +86,18 @@ describe("chat state", () => {
     expect(state.rooms.secret).toBeUndefined();
     expect(state.active).toBeNull();
   });
+
+  it("adds and removes rooms as the server announces them, without a reload", () => {
+    const dm = { ...room("dm"), is_private: true, is_direct: true, members: ["bob", "me"] };
+    let state = reducer(start(), { type: "frame", frame: { type: "room_added", room: dm }, now: 0 });
+    expect(state.rooms.dm).toEqual(dm);
+    // Announced again (another tab, a reconnect): still one room, the newest view.
+    state = reducer(state, { type: "frame", frame: { type: "room_added", room: { ...dm, name: "renamed" } }, now: 0 });
+    expect(Object.keys(state.rooms).sort()).toEqual(["a", "b", "dm"]);
+    expect(state.rooms.dm.name).toBe("renamed");
+    state = reducer(state, { type: "select", roomId: "dm" });
+    state = reducer(state, { type: "frame", frame: { type: "room_removed", room_id: "dm" }, now: 0 });
+    expect(state.rooms.dm).toBeUndefined();
+    expect(state.active).toBeNull();
+  });
 });

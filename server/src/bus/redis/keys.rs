@@ -3,6 +3,11 @@
 
 use crate::model::Id;
 
+/// The channel of frames about users' room lists (see `Bus::notify`), which
+/// every pod subscribes to; each hands a frame to the connections of its
+/// audience. Such frames are rare (a room created, a member added).
+pub const NOTICES: &str = "chat:notices";
+
 /// The room's pub/sub channel (sharded in a cluster).
 pub fn channel(room: Id) -> String {
     format!("chat:room:{{{room}}}")

@@ -38,8 +38,10 @@ use tokio::sync::{mpsc, oneshot};
 use self::append::{APPEND_BATCH, PendingAppend, commit, status};
 pub use self::append::{Durability, FAILOVER_SEQ_GAP};
 use self::connection::{Commands, Layout, PERSIST_STREAMS, Target};
-use self::keys::{channel, legacy_seq_key, log_key, room_of_channel, seq_key, sessions_key};
-use super::{Bus, BusError, split_at_seq};
+use self::keys::{
+    NOTICES, channel, legacy_seq_key, log_key, room_of_channel, seq_key, sessions_key,
+};
+use super::{Audience, Bus, BusError, split_at_seq};
 use crate::metrics::Metrics;
 use crate::model::{HistoryQuery, Id, Message};
 use crate::store::Store;
@@ -136,6 +138,13 @@ pub struct RedisBus {
     /// backlog gauge.
     backlogs: Mutex<HashMap<String, i64>>,
     metrics: Arc<Metrics>,
+}
+
+/// A frame on the notices channel and whose connections it is for.
+#[derive(serde::Serialize, Deserialize)]
+struct Notice {
+    audience: Audience,
+    frame: String,
 }
 
 /// Frames on a room channel: messages carry a seq; `_evict` is a control frame.
@@ -279,6 +288,16 @@ impl RedisBus {
                 self.hub
                     .broadcast(room, Outbound::event(room, Utf8Bytes::from(payload)));
             }
+        }
+    }
+
+    /// A frame from the notices channel, for the local connections of its audience.
+    fn deliver_notice(&self, payload: &str) {
+        match serde_json::from_str::<Notice>(payload) {
+            Ok(notice) => self
+                .hub
+                .notify(&notice.audience, &Utf8Bytes::from(notice.frame)),
+            Err(e) => tracing::warn!(error = %e, "unreadable frame on the notices channel"),
         }
     }
 
@@ -543,6 +562,28 @@ impl Bus for RedisBus {
         }
     }
 
+    async fn notify(&self, audience: Audience, frame: Utf8Bytes) {
+        let notice = Notice {
+            audience,
+            frame: frame.as_str().to_owned(),
+        };
+        // An audience and a string: serializing cannot fail.
+        let payload = serde_json::to_string(&notice).unwrap_or_default();
+        let mut commands = self.commands.clone();
+        let published: redis::RedisResult<()> = redis::cmd(commands.publish_command())
+            .arg(NOTICES)
+            .arg(&payload)
+            .query_async(&mut commands)
+            .await;
+        if let Err(e) = published {
+            // Other pods miss it (their clients find the room on their next
+            // list); local connections still get it.
+            self.metrics.bus_errors.inc();
+            tracing::warn!(error = %e, "redis publish of a room-list notice failed; delivering locally only");
+            self.hub.notify(&notice.audience, &frame);
+        }
+    }
+
     async fn evict(&self, room: Id, user: Option<Id>) {
         let frame =
             serde_json::json!({"type": "_evict", "room_id": room, "user_id": user}).to_string();
@@ -636,18 +677,16 @@ async fn listen(bus: Weak<RedisBus>) {
             match pubsub {
                 Ok(pubsub) => {
                     let (mut sink, stream) = pubsub.split();
-                    let rooms: Vec<String> =
+                    let mut channels: Vec<String> =
                         lock(&this.wanted).iter().copied().map(channel).collect();
-                    let subscribed = if rooms.is_empty() {
-                        Ok(())
-                    } else {
-                        sink.subscribe(&rooms).await
-                    };
+                    let rooms = channels.len();
+                    channels.push(NOTICES.to_owned());
+                    let subscribed = sink.subscribe(&channels).await;
                     match subscribed {
                         Ok(()) => {
                             *lock(&this.sink) = Some(Subscriber::Single(sink));
                             if lost {
-                                tracing::info!(rooms = rooms.len(), "redis pub/sub reconnected");
+                                tracing::info!(rooms, "redis pub/sub reconnected");
                                 this.repair().await;
                             }
                             backoff = Duration::from_millis(100);
@@ -673,6 +712,9 @@ async fn listen(bus: Weak<RedisBus>) {
             while let Some(message) = stream.next().await {
                 let Some(this) = bus.upgrade() else { return };
                 match message.get_payload::<String>() {
+                    Ok(payload) if message.get_channel_name() == NOTICES => {
+                        this.deliver_notice(&payload)
+                    }
                     Ok(payload) => this.deliver(payload),
                     Err(e) => tracing::warn!(error = %e, "unreadable pub/sub payload"),
                 }
@@ -701,6 +743,10 @@ async fn listen_sharded(bus: Weak<RedisBus>) {
         let Some(this) = bus.upgrade() else { return };
         match this.target.subscriber(pushes.clone()).await {
             Ok(connection) => {
+                let mut connection = connection;
+                if let Err(e) = connection.ssubscribe(NOTICES).await {
+                    tracing::warn!(error = %e, "redis ssubscribe to the notices channel failed");
+                }
                 let mut subscriber = Subscriber::Cluster(connection);
                 let rooms: Vec<Id> = lock(&this.wanted).iter().copied().collect();
                 for room in rooms {
@@ -724,10 +770,18 @@ async fn listen_sharded(bus: Weak<RedisBus>) {
     while let Some(push) = received.recv().await {
         let Some(this) = bus.upgrade() else { return };
         match push.kind {
-            redis::PushKind::SMessage => match push.data.get(1).map(redis::from_redis_value_ref) {
-                Some(Ok(payload)) => this.deliver(payload),
-                _ => tracing::warn!("unreadable sharded pub/sub message"),
-            },
+            redis::PushKind::SMessage => {
+                let text = |i: usize| {
+                    push.data
+                        .get(i)
+                        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                };
+                match (text(0), text(1)) {
+                    (Some(name), Some(payload)) if name == NOTICES => this.deliver_notice(&payload),
+                    (_, Some(payload)) => this.deliver(payload),
+                    _ => tracing::warn!("unreadable sharded pub/sub message"),
+                }
+            }
             redis::PushKind::Disconnection => {
                 disconnected = Some(tokio::time::Instant::now());
                 this.metrics.bus_errors.inc();
