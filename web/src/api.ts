@@ -150,6 +150,8 @@ export class Api {
   createRoom = (name: string, description: string, isPrivate: boolean) =>
     this.call<Room>("POST", "/api/rooms", { name, description, is_private: isPrivate });
   joinRoom = (id: string) => this.call<Room>("POST", `/api/rooms/${id}/join`);
+  renameRoom = (id: string, name: string, description: string) =>
+    this.call<Room>("PATCH", `/api/rooms/${id}`, { name, description });
   leaveRoom = (id: string) => this.call<void>("POST", `/api/rooms/${id}/leave`);
   addMember = (roomId: string, userId: string) =>
     this.call<Room>("POST", `/api/rooms/${roomId}/members/${userId}`);

@@ -170,6 +170,7 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
       return { ...state, reads: { ...state.reads, [frame.room_id]: room } };
     }
     case "room_added":
+    case "room_updated":
       return { ...state, rooms: { ...state.rooms, [frame.room.id]: frame.room } };
     case "room_removed":
       return onFrameRoomGone(state, frame.room_id);

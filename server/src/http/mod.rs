@@ -58,7 +58,10 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
         .route("/api/users", get(users::find))
         .route("/api/users/{id}", get(users::get))
         .route("/api/rooms", post(rooms::create).get(rooms::list))
-        .route("/api/rooms/{id}", get(rooms::get).delete(rooms::delete))
+        .route(
+            "/api/rooms/{id}",
+            get(rooms::get).patch(rooms::update).delete(rooms::delete),
+        )
         .route("/api/rooms/{id}/join", post(rooms::join))
         .route("/api/rooms/{id}/leave", post(rooms::leave))
         .route(

@@ -106,6 +106,59 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRoomRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Renames a room or changes its description: its owner's or an admin's
+/// right; everyone who has it in their list sees the change live.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    Json(request): Json<UpdateRoomRequest>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    state.chat.take_change(caller.id)?;
+    let room = visible_room(&state, &id, caller.id).await?;
+    if room.kind == RoomKind::Direct {
+        return Err(ApiError::conflict(
+            "direct_room",
+            "a direct room is named for its two people and cannot be renamed",
+        ));
+    }
+    if !room.can_manage_members(caller.id) {
+        return Err(ApiError::forbidden(
+            "only the room's owner or an admin can rename it",
+        ));
+    }
+    let name = match &request.name {
+        Some(name) => validate::text("name", name, 1, 100)?,
+        None => room.name.clone(),
+    };
+    let description = match &request.description {
+        Some(description) => validate::text("description", description, 0, 1000)?,
+        None => room.description.clone(),
+    };
+    let room = state
+        .store
+        .rename_room(room.id, name, description)
+        .await?
+        .ok_or_else(gone)?;
+    tracing::info!(room_id = %room.id, user_id = %caller.id, "room renamed");
+    let audience = if room.is_private {
+        Audience::Users(room.members.clone())
+    } else {
+        Audience::Everyone
+    };
+    let view = RoomView::from(room);
+    let frame = ServerFrame::RoomUpdated { room: view.clone() };
+    state.chat.notify(audience, &frame).await;
+    Ok(axum::Json(view))
+}
+
 pub async fn list(
     State(state): State<AppState>,
     caller: AuthUser,

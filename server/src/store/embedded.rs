@@ -599,6 +599,19 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn rename_room(
+        &self,
+        room: Id,
+        name: String,
+        description: String,
+    ) -> StoreResult<Option<Room>> {
+        self.modify_room(room, move |room| {
+            room.name = name;
+            room.description = description;
+        })
+        .await
+    }
+
     async fn delete_room(&self, room: Id) -> StoreResult<bool> {
         self.run(move |db| {
             let tx = db.begin_write()?;

@@ -76,6 +76,13 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>>;
     /// Grants or revokes the admin role of a member; `None` if the room does not exist.
     async fn set_admin(&self, room: Id, user: Id, admin: bool) -> StoreResult<Option<Room>>;
+    /// A new name and description; `None` when the room does not exist.
+    async fn rename_room(
+        &self,
+        room: Id,
+        name: String,
+        description: String,
+    ) -> StoreResult<Option<Room>>;
     /// Deletes the room and its history; false if it did not exist.
     async fn delete_room(&self, room: Id) -> StoreResult<bool>;
     /// Returns the direct room with `candidate.direct_key`, inserting `candidate`

@@ -617,6 +617,16 @@ impl Store for MongoStore {
         self.update_room(room, update).await
     }
 
+    async fn rename_room(
+        &self,
+        room: Id,
+        name: String,
+        description: String,
+    ) -> StoreResult<Option<Room>> {
+        let update = doc! {"$set": {"name": name, "description": description}};
+        self.update_room(room, update).await
+    }
+
     async fn delete_room(&self, room: Id) -> StoreResult<bool> {
         let deleted = self
             .rooms()

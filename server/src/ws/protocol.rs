@@ -184,6 +184,10 @@ pub enum ServerFrame {
     RoomAdded {
         room: crate::http::views::RoomView,
     },
+    /// A room in the user's room list was renamed or described anew.
+    RoomUpdated {
+        room: crate::http::views::RoomView,
+    },
     /// A room left the user's room list: they were removed from (or left)
     /// a private room, or it was deleted.
     RoomRemoved {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::Value;
 
 use crate::common::{Backend, TestServer, TestUser, WsClient, ws_query};
@@ -58,6 +59,53 @@ async fn rooms_appear_and_go_live_for_exactly_who_sees_them(backend: Backend) {
     assert_eq!(frame["room"]["id"], private.as_str());
     assert_eq!(frame["room"]["is_private"], true);
 
+    // Renamed by its owner: everyone who lists it sees the new name; a
+    // member who does not manage it may not, nor may an outsider of a
+    // private room (which stays invisible to them).
+    let rename = |name: &str| serde_json::json!({"name": name, "description": "all hands"});
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/rooms/{public}"),
+            Some(&alice.token),
+            Some(rename("town square")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "town square");
+    for ws in [&mut bob_ws, &mut carol_ws, &mut alice_ws] {
+        let frame = next_room_frame(ws, "room_updated").await;
+        assert_eq!(frame["room"]["name"], "town square");
+        assert_eq!(frame["room"]["description"], "all hands");
+    }
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/rooms/{public}"),
+            Some(&bob.token),
+            Some(rename("mine now")),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/rooms/{private}"),
+            Some(&carol.token),
+            Some(rename("x")),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/rooms/{public}"),
+            Some(&alice.token),
+            Some(serde_json::json!({"name": "   "})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
     // A direct room: both people, once.
     let (status, dm) = server
         .post(
@@ -80,6 +128,15 @@ async fn rooms_appear_and_go_live_for_exactly_who_sees_them(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200, "the direct room already exists");
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/rooms/{}", dm["id"].as_str().unwrap()),
+            Some(&alice.token),
+            Some(rename("us")),
+        )
+        .await;
+    assert_eq!(status, 409, "a direct room keeps its name");
 
     // Bob removed from the private room: it leaves his list.
     let (status, _) = server
@@ -123,7 +180,7 @@ async fn rooms_appear_and_go_live_for_exactly_who_sees_them(backend: Backend) {
     }
     let leaked: Vec<&Value> = seen
         .iter()
-        .filter(|f| f["type"] == "room_added" || f["type"] == "room_removed")
+        .filter(|f| f["type"].as_str().is_some_and(|t| t.starts_with("room_")))
         .collect();
     assert!(
         leaked.is_empty(),

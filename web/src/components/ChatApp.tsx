@@ -207,6 +207,14 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
           return error instanceof ApiError ? error.message : "The server cannot be reached.";
         }
       },
+      rename: async (room: Room, name: string, description: string) => {
+        try {
+          dispatch({ type: "room", room: await api.renameRoom(room.id, name, description) });
+          return null;
+        } catch (error) {
+          return error instanceof ApiError ? error.message : "The server cannot be reached.";
+        }
+      },
       remove: async (room: Room, userId: string) => {
         try {
           dispatch({ type: "room", room: await api.removeMember(room.id, userId) });
@@ -267,6 +275,7 @@ export type ChatActions = {
   leave: (room: Room) => Promise<void>;
   direct: (username: string) => Promise<string | null>;
   invite: (room: Room, username: string) => Promise<string | null>;
+  rename: (room: Room, name: string, description: string) => Promise<string | null>;
   remove: (room: Room, userId: string) => Promise<void>;
   send: (roomId: string, content: string) => void;
   typing: (roomId: string) => void;

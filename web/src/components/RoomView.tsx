@@ -67,6 +67,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   const loadingOlder = useRef(false);
   const [draft, setDraft] = useState("");
   const [showMembers, setShowMembers] = useState(false);
+  const [renaming, setRenaming] = useState(false);
   const lastTyping = useRef(0);
   const [now, setNow] = useState(Date.now());
   const member = room.members.includes(state.me);
@@ -156,6 +157,11 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
           {room.description && <p className="description">{room.description}</p>}
         </div>
         <div className="room-actions">
+          {manager && !room.is_direct && (
+            <button type="button" onClick={() => setRenaming(!renaming)} aria-expanded={renaming}>
+              Rename
+            </button>
+          )}
           <button type="button" onClick={() => setShowMembers(!showMembers)} aria-expanded={showMembers}>
             Members ({room.members.length})
           </button>
@@ -166,6 +172,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
           )}
         </div>
       </header>
+      {renaming && <RenameForm room={room} actions={actions} onDone={() => setRenaming(false)} />}
       {showMembers && <Members room={room} state={state} actions={actions} manager={manager} />}
       <ol className="messages" ref={list} onScroll={onScroll} aria-label={`Messages in ${title}`} aria-live="polite">
         {timeline.hasOlder && timeline.messages.length > 0 && (
@@ -219,6 +226,40 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
         </div>
       )}
     </section>
+  );
+}
+
+/** The room's name and description, for its owner and admins to change. */
+function RenameForm({ room, actions, onDone }: { room: Room; actions: ChatActions; onDone: () => void }) {
+  const [name, setName] = useState(room.name);
+  const [description, setDescription] = useState(room.description);
+  const [error, setError] = useState<string | null>(null);
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    const failure = await actions.rename(room, name, description);
+    setError(failure);
+    if (!failure) onDone();
+  }
+  return (
+    <form className="rename" onSubmit={submit} aria-label="Rename the room">
+      <label>
+        Room name
+        <input value={name} onChange={(e) => setName(e.target.value)} maxLength={100} required autoFocus />
+      </label>
+      <label>
+        Room description
+        <input value={description} onChange={(e) => setDescription(e.target.value)} maxLength={1000} />
+      </label>
+      {error && (
+        <p className="field-error" role="alert">
+          {error}
+        </p>
+      )}
+      <button type="submit">Save</button>
+      <button type="button" onClick={onDone}>
+        Cancel
+      </button>
+    </form>
   );
 }
 

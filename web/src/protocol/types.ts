@@ -46,6 +46,7 @@ export type ServerFrame =
   | { type: "typing"; room_id: string; user_id: string; username: string }
   | { type: "read"; room_id: string; user_id: string; seq: number }
   | { type: "room_added"; room: Room }
+  | { type: "room_updated"; room: Room }
   | { type: "room_removed"; room_id: string }
   | { type: "authenticated"; exp: number }
   | { type: "pong" }

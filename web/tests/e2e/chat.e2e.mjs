@@ -208,6 +208,16 @@ async function main() {
     await expectShown(bob, "bob in the direct room", ["just between us"]);
     console.log("a direct message appeared live for bob, named for alice");
 
+    // Alice renames the room; Bob's list follows without a reload.
+    await alice.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /Launch/ }).click();
+    await alice.getByRole("button", { name: "Rename" }).click();
+    await alice.getByLabel("Room name").fill("Launch day");
+    await alice.getByRole("button", { name: "Save" }).click();
+    await alice.getByRole("heading", { name: "Launch day" }).waitFor({ timeout: TIMEOUT });
+    await bob.getByRole("button", { name: "Back to rooms" }).click();
+    await rooms.getByRole("button", { name: /Launch day/ }).waitFor({ timeout: TIMEOUT });
+    console.log("a renamed room was renamed live in bob's list");
+
     if (violations.length) throw new Error(`CSP violations:\n${violations.join("\n")}`);
     console.log("no Content-Security-Policy violation");
 
