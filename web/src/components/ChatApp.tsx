@@ -1,8 +1,9 @@
-import { useCallback, useEffect, useMemo, useReducer, useRef, useState } from "react";
+import { useCallback, useEffect, useLayoutEffect, useMemo, useReducer, useRef, useState } from "react";
 import { ApiError, type Api } from "../api";
 import { ChatConnection } from "../protocol/client";
 import type { Room, User } from "../protocol/types";
-import { PAGE, initialState, reducer } from "../state";
+import { desktopNotice, pageTitle } from "../notify";
+import { PAGE, initialState, reducer, type ChatState } from "../state";
 import { RoomList } from "./RoomList";
 import { RoomView } from "./RoomView";
 import { StatusBar } from "./StatusBar";
@@ -18,6 +19,11 @@ const isMember = (room: Room, me: string) => room.members.includes(me);
 export function ChatApp({ api, me }: { api: Api; me: User }) {
   const [state, dispatch] = useReducer(reducer, initialState(me.id, me.username));
   const wasOnline = useRef(false);
+  // The state as of the last render, for the socket's handler (made once).
+  const current = useRef<ChatState>(state);
+  useLayoutEffect(() => {
+    current.current = state;
+  });
   const reloadRooms = useRef<() => void>(() => undefined);
   const [connection] = useState(
     () =>
@@ -34,6 +40,14 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
             }
           }
           else if (event.type === "frame") {
+            const notice = desktopNotice(current.current, event.frame, document.hidden);
+            if (notice && "Notification" in window && Notification.permission === "granted") {
+              const shown = new Notification(notice.title, { body: notice.body, tag: notice.tag });
+              shown.onclick = () => {
+                window.focus();
+                dispatch({ type: "select", roomId: notice.roomId });
+              };
+            }
             dispatch({ type: "frame", frame: event.frame, now: Date.now() });
             // A room that became mine (a direct message, an invitation) goes live at once.
             if (event.frame.type === "room_added" && isMember(event.frame.room, me.id)) {
@@ -119,6 +133,10 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
   }, [api, connection]);
 
   const active = state.active ? state.rooms[state.active] : undefined;
+
+  useEffect(() => {
+    document.title = pageTitle(state);
+  }, [state]);
 
   // Opening a room shows its latest page once; the socket keeps it current.
   useEffect(() => {

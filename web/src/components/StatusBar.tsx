@@ -1,3 +1,4 @@
+import { useState } from "react";
 import type { Status } from "../protocol/client";
 import type { User } from "../protocol/types";
 
@@ -29,6 +30,7 @@ export function StatusBar({
         {LABELS[status]}
         {retry}
       </span>
+      <NotificationsButton />
       <span className="me">
         Signed in as <strong>{me.username}</strong>
       </span>
@@ -36,5 +38,24 @@ export function StatusBar({
         Sign out
       </button>
     </header>
+  );
+}
+
+/**
+ * Offers desktop notifications (for direct messages while the tab is
+ * hidden). The browser is asked only on this click, never on load.
+ */
+function NotificationsButton() {
+  const supported = typeof window !== "undefined" && "Notification" in window;
+  const [permission, setPermission] = useState(supported ? Notification.permission : "denied");
+  if (!supported || permission !== "default") return null;
+  return (
+    <button
+      type="button"
+      className="notifications"
+      onClick={() => void Notification.requestPermission().then(setPermission)}
+    >
+      Enable notifications
+    </button>
   );
 }

@@ -218,6 +218,13 @@ async function main() {
     await rooms.getByRole("button", { name: /Launch day/ }).waitFor({ timeout: TIMEOUT });
     console.log("a renamed room was renamed live in bob's list");
 
+    // Bob writes in the direct room while Alice looks at another: her tab's
+    // title counts it.
+    await direct.click();
+    await send(bob, "are you there?");
+    await alice.waitForFunction(() => document.title === "(1) chatcluster", null, { timeout: TIMEOUT });
+    console.log("the unread count shows in the tab's title");
+
     if (violations.length) throw new Error(`CSP violations:\n${violations.join("\n")}`);
     console.log("no Content-Security-Policy violation");
 

@@ -1,0 +1,58 @@
+import { describe, expect, it } from "vitest";
+import { desktopNotice, pageTitle } from "../../src/notify";
+import { initialState, reducer } from "../../src/state";
+import type { ChatMessage, Room } from "../../src/protocol/types";
+
+const room = (id: string, direct: boolean): Room => ({
+  id,
+  name: id,
+  description: "",
+  is_private: direct,
+  is_direct: direct,
+  creator_id: "me",
+  members: ["me", "bob"],
+  admins: [],
+  created_at: "2026-11-23T10:00:00.000Z",
+});
+
+const text = (roomId: string, seq: number, user = "bob"): ChatMessage => ({
+  type: "text",
+  id: `${roomId}-${seq}`,
+  room_id: roomId,
+  user_id: user,
+  username: user,
+  content: "psst",
+  timestamp: "2026-11-23T10:00:00.000Z",
+  seq,
+});
+
+const start = () =>
+  reducer(reducer(initialState("me", "me"), { type: "rooms", rooms: [room("dm", true), room("lobby", false)] }), {
+    type: "select",
+    roomId: "lobby",
+  });
+
+describe("browser notices", () => {
+  it("puts the unread count in the tab's title", () => {
+    let state = start();
+    expect(pageTitle(state)).toBe("chatcluster");
+    state = reducer(state, { type: "frame", frame: text("dm", 1), now: 0 });
+    state = reducer(state, { type: "frame", frame: text("dm", 2), now: 0 });
+    expect(pageTitle(state)).toBe("(2) chatcluster");
+    state = reducer(state, { type: "select", roomId: "dm" });
+    expect(pageTitle(state)).toBe("chatcluster");
+  });
+
+  it("notifies of a direct message I am not looking at, once, and never of my own or a group's", () => {
+    const state = start();
+    expect(desktopNotice(state, text("dm", 1), false)).toEqual({ title: "bob", body: "psst", tag: "dm", roomId: "dm" });
+    expect(desktopNotice(state, text("lobby", 1), true)).toBeNull();
+    expect(desktopNotice(state, text("dm", 1, "me"), true)).toBeNull();
+    const looking = reducer(state, { type: "select", roomId: "dm" });
+    expect(desktopNotice(looking, text("dm", 1), false)).toBeNull();
+    expect(desktopNotice(looking, text("dm", 1), true)).not.toBeNull();
+    // A message already shown (a replay after a reconnect) is not news.
+    const shown = reducer(state, { type: "frame", frame: text("dm", 1), now: 0 });
+    expect(desktopNotice(shown, text("dm", 1), true)).toBeNull();
+  });
+});
