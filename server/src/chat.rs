@@ -55,6 +55,10 @@ pub enum ChatError {
     RateLimited(Duration),
     #[error("missed more than {MAX_RESUME} messages; load them with the history API, then resume")]
     TooFarBehind,
+    #[error("no such message in this room")]
+    NoSuchMessage,
+    #[error("{0}")]
+    NotAllowed(&'static str),
     #[error("messaging is unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -69,6 +73,14 @@ impl From<BusError> for ChatError {
             BusError::Internal(detail) => ChatError::Store(StoreError::Internal(detail)),
         }
     }
+}
+
+/// What a change does to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Its new text.
+    Edit(String),
+    Delete,
 }
 
 /// Who posts: the author fields copied into each message.
@@ -189,15 +201,77 @@ impl Chat {
         content: String,
         client_id: Option<String>,
     ) -> Result<Message, ChatError> {
+        self.admit(connection, room).await?;
+        let draft = draft(room, &connection.author(), MessageKind::Text, content);
+        self.append_from(connection, draft, client_id).await
+    }
+
+    /// What every write to a room checks first: the room open on this
+    /// connection, the sender's message rate, and their membership.
+    async fn admit(&self, connection: &Connection, room: Id) -> Result<(), ChatError> {
         if !self.hub.is_subscribed(room, connection.id) {
             return Err(ChatError::NotSubscribed);
         }
         Self::take(&self.limiter, connection.user)?;
-        self.confirm_member(room, connection.user).await?;
-        // A client_id names one message of one sender in one room.
+        self.confirm_member(room, connection.user).await
+    }
+
+    /// Appends a message or a change from `connection` to its room's stream.
+    async fn append_from(
+        &self,
+        connection: &Connection,
+        draft: Message,
+        client_id: Option<String>,
+    ) -> Result<Message, ChatError> {
+        // A client_id names one message (or change) of one sender in one room.
         let dedupe = client_id.map(|c| format!("{}:{c}", connection.user));
-        let draft = draft(room, &connection.author(), MessageKind::Text, content);
         Ok(self.bus.append(draft, dedupe).await?)
+    }
+
+    /// Changes the message at `target` in `room` from `connection`: a new
+    /// text (its author only), or a deletion (its author, or the room's
+    /// owner or an admin). The change is itself appended to the room's
+    /// stream with a seq of its own, so live delivery, acks, dedupe by
+    /// `client_id` and resume carry it exactly as they carry messages.
+    pub async fn change(
+        &self,
+        connection: &Connection,
+        room: Id,
+        target: u64,
+        change: Change,
+        client_id: Option<String>,
+    ) -> Result<Message, ChatError> {
+        self.admit(connection, room).await?;
+        let original = self
+            .bus
+            .missed(room, target.saturating_sub(1), target)
+            .await?
+            .into_iter()
+            .find(|m| m.seq == target && m.kind == MessageKind::Text)
+            .ok_or(ChatError::NoSuchMessage)?;
+        let own = original.user_id == connection.user;
+        let (kind, content) = match change {
+            Change::Edit(_) if !own => {
+                return Err(ChatError::NotAllowed("only its author can edit a message"));
+            }
+            Change::Edit(content) => (MessageKind::Edit, content),
+            Change::Delete => {
+                if !own {
+                    let room = self.store.room(room).await?.ok_or(ChatError::NoSuchRoom)?;
+                    if !room.can_manage_members(connection.user) {
+                        return Err(ChatError::NotAllowed(
+                            "only its author, the room's owner or an admin can delete a message",
+                        ));
+                    }
+                }
+                (MessageKind::Delete, String::new())
+            }
+        };
+        let draft = Message {
+            target_seq: Some(target),
+            ..draft(room, &connection.author(), kind, content)
+        };
+        self.append_from(connection, draft, client_id).await
     }
 
     /// Whether `user` is still a member of `room`, from the store at most
@@ -519,6 +593,9 @@ fn draft(room: Id, author: &Author, kind: MessageKind, content: String) -> Messa
         username: author.username.clone(),
         content,
         timestamp: crate::model::now(),
+        target_seq: None,
+        edited_at: None,
+        deleted: false,
         seq: 0,
     }
 }

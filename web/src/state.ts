@@ -7,6 +7,7 @@ import {
   addMessages,
   addOlder,
   addPending,
+  applyChange,
   emptyTimeline,
   markFailed,
   openedAt,
@@ -148,6 +149,9 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
       }
       return next;
     }
+    case "edit":
+    case "delete":
+      return withTimeline(state, frame.room_id, applyChange(timelineOf(state, frame.room_id), frame));
     case "joined":
       return withTimeline(state, frame.room_id, openedAt(timelineOf(state, frame.room_id), frame.last_seq));
     case "ack":

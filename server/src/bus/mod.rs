@@ -120,13 +120,16 @@ mod tests {
     #[test]
     fn a_message_can_be_spliced_with_its_seq() {
         let draft = Message {
-            kind: MessageKind::Text,
+            kind: MessageKind::Edit,
             id: Id::new(),
             room_id: Id::new(),
             user_id: Id::new(),
             username: "a\"lice".into(),
             content: "\"seq\":0}".into(),
             timestamp: crate::model::now(),
+            target_seq: Some(3),
+            edited_at: None,
+            deleted: false,
             seq: 0,
         };
         let (head, tail) = split_at_seq(&draft).unwrap();

@@ -60,7 +60,11 @@ pub async fn history(
 ) -> Result<axum::Json<HistoryView>, ApiError> {
     let query = history_query(&params)?;
     let room = visible_room(&state, &id, caller.id).await?;
-    let page = state.store.messages(room.id, query).await?;
+    let mut page = state.store.messages(room.id, query).await?;
+    // As they are now: edited text, deletions as tombstones.
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    let changes = state.store.changes_of(room.id, &seqs).await?;
+    crate::model::apply_changes(&mut page.messages, &changes);
     let (offset, limit) = match query {
         HistoryQuery::Latest { offset, limit } => (offset, limit),
         HistoryQuery::BeforeSeq { limit, .. } | HistoryQuery::After { limit, .. } => (0, limit),

@@ -9,6 +9,19 @@ pub enum MessageKind {
     Text,
     /// Written by the server: joins, leaves and room events.
     System,
+    /// A change to the text of the message at `target_seq` (its author's).
+    Edit,
+    /// The message at `target_seq` deleted (by its author, or the room's
+    /// owner or an admin): it stays in history as a tombstone.
+    Delete,
+}
+
+impl MessageKind {
+    /// An edit or a deletion: in the stream with a seq of its own, so live
+    /// delivery and resume carry it, but shown by changing its target.
+    pub fn is_change(self) -> bool {
+        matches!(self, MessageKind::Edit | MessageKind::Delete)
+    }
 }
 
 /// A chat message exactly as clients receive it, live or from history:
@@ -24,8 +37,50 @@ pub struct Message {
     pub content: String,
     #[serde(with = "time::serde::rfc3339")]
     pub timestamp: Timestamp,
-    /// Position in the room, starting at 1 and increasing by one per message.
+    /// For an edit or a deletion: the seq of the message it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_seq: Option<u64>,
+    /// In history: when the text was last edited.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub edited_at: Option<Timestamp>,
+    /// In history: deleted; the content is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// Position in the room, starting at 1 and increasing by one per message
+    /// or change. Last, so Redis can splice it in (see `split_at_seq`).
     pub seq: u64,
+}
+
+/// History shows messages as they are now: applies `changes` (edits and
+/// deletions, in any order) to `messages`, in seq order. A deletion is
+/// final: an edit after it changes nothing.
+pub fn apply_changes(messages: &mut [Message], changes: &[Message]) {
+    let mut changes: Vec<&Message> = changes.iter().filter(|c| c.kind.is_change()).collect();
+    changes.sort_by_key(|c| c.seq);
+    for change in changes {
+        let Some(target) = messages
+            .iter_mut()
+            .find(|m| Some(m.seq) == change.target_seq && m.kind == MessageKind::Text)
+        else {
+            continue;
+        };
+        match change.kind {
+            MessageKind::Edit if !target.deleted => {
+                target.content.clone_from(&change.content);
+                target.edited_at = Some(change.timestamp);
+            }
+            MessageKind::Delete => {
+                target.deleted = true;
+                target.content.clear();
+                target.edited_at = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Which slice of a room's history to read. Both forms return messages oldest
@@ -61,6 +116,9 @@ mod tests {
             username: "alice".into(),
             content: "hi".into(),
             timestamp: time::macros::datetime!(2026-01-02 03:04:05.678 UTC),
+            target_seq: None,
+            edited_at: None,
+            deleted: false,
             seq: 7,
         };
         let json = serde_json::to_value(&message).unwrap();
@@ -68,7 +126,54 @@ mod tests {
         assert_eq!(json["timestamp"], "2026-01-02T03:04:05.678Z");
         assert_eq!(json["seq"], 7);
         assert_eq!(json["id"], message.id.to_string());
+        // Fields of changes and of history's view are absent from a plain message.
+        for absent in ["target_seq", "edited_at", "deleted"] {
+            assert!(json.get(absent).is_none(), "{absent} in {json}");
+        }
         let back: Message = serde_json::from_value(json).unwrap();
         assert_eq!(back, message);
+    }
+
+    fn message(kind: MessageKind, seq: u64, content: &str, target: Option<u64>) -> Message {
+        Message {
+            kind,
+            id: Id::new(),
+            room_id: Id::new(),
+            user_id: Id::new(),
+            username: "alice".into(),
+            content: content.into(),
+            timestamp: time::macros::datetime!(2026-01-02 03:04:05 UTC)
+                + time::Duration::seconds(i64::try_from(seq).unwrap()),
+            target_seq: target,
+            edited_at: None,
+            deleted: false,
+            seq,
+        }
+    }
+
+    #[test]
+    fn history_shows_the_last_edit_and_deletions_for_good() {
+        let mut messages = vec![
+            message(MessageKind::Text, 1, "helo", None),
+            message(MessageKind::Text, 2, "oops", None),
+            message(MessageKind::System, 3, "bob joined", None),
+        ];
+        let changes = vec![
+            // Out of order, as a page of changes may come.
+            message(MessageKind::Edit, 6, "hello!", Some(1)),
+            message(MessageKind::Edit, 4, "hello", Some(1)),
+            message(MessageKind::Delete, 5, "", Some(2)),
+            message(MessageKind::Edit, 7, "undeleted?", Some(2)),
+            // A system message cannot be changed.
+            message(MessageKind::Delete, 8, "", Some(3)),
+        ];
+        apply_changes(&mut messages, &changes);
+        assert_eq!(messages[0].content, "hello!");
+        assert_eq!(messages[0].edited_at, Some(changes[0].timestamp));
+        assert!(messages[1].deleted && messages[1].content.is_empty());
+        assert_eq!(messages[1].edited_at, None);
+        assert!(!messages[2].deleted);
+        let json = serde_json::to_value(&messages[0]).unwrap();
+        assert!(json["edited_at"].is_string(), "{json}");
     }
 }

@@ -9,7 +9,7 @@ mod room;
 mod user;
 
 pub use id::{Id, InvalidId};
-pub use message::{HistoryPage, HistoryQuery, Message, MessageKind};
+pub use message::{HistoryPage, HistoryQuery, Message, MessageKind, apply_changes};
 pub use room::{Room, RoomKind, RoomPage};
 pub use user::{ProfileUpdate, RefreshToken, Revoke, User};
 

@@ -37,7 +37,11 @@ const DIRECT_ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("direct_
 /// Keyed by room id followed by the big-endian seq, so one room's messages are a
 /// contiguous range in seq order.
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+/// Messages per room, not counting edits and deletions (history's total).
 const MESSAGE_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("message_counts");
+/// Edits and deletions by the message they change: room id, the target's
+/// seq, then the change's seq (all big-endian); the change is in MESSAGES.
+const CHANGES: TableDefinition<&[u8], ()> = TableDefinition::new("changes");
 /// Room id followed by the dedupe key → the seq it was stored under and when
 /// the key expires (see [`DedupeEntry`]).
 const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
@@ -137,6 +141,7 @@ impl EmbeddedStore {
         tx.open_table(DIRECT_ROOMS)?;
         tx.open_table(MESSAGES)?;
         tx.open_table(MESSAGE_COUNTS)?;
+        tx.open_table(CHANGES)?;
         tx.open_table(DEDUPE)?;
         let id = {
             let mut meta = tx.open_table(META)?;
@@ -317,6 +322,7 @@ fn write_messages(
     {
         let mut table = tx.open_table(MESSAGES)?;
         let mut counts = tx.open_table(MESSAGE_COUNTS)?;
+        let mut changes = tx.open_table(CHANGES)?;
         let mut dedupes = tx.open_table(DEDUPE)?;
         let now = crate::model::now();
         if sweep {
@@ -352,9 +358,17 @@ fn write_messages(
                 }
             };
             table.insert(key.as_slice(), record.as_slice())?;
-            let room = message.room_id.bytes();
-            let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
-            counts.insert(room.as_slice(), count + 1)?;
+            match message.target_seq.filter(|_| message.kind.is_change()) {
+                Some(target) => {
+                    let key = change_key(message.room_id, target, message.seq);
+                    changes.insert(key.as_slice(), ())?;
+                }
+                None => {
+                    let room = message.room_id.bytes();
+                    let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
+                    counts.insert(room.as_slice(), count + 1)?;
+                }
+            }
             if let Some((dedupe, expires_at)) = dedupe {
                 let entry = DedupeEntry {
                     seq: message.seq,
@@ -373,6 +387,13 @@ fn message_key(room: Id, seq: u64) -> [u8; 20] {
     let mut key = [0u8; 20];
     key[..12].copy_from_slice(&room.bytes());
     key[12..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn change_key(room: Id, target: u64, seq: u64) -> [u8; 28] {
+    let mut key = [0u8; 28];
+    key[..20].copy_from_slice(&message_key(room, target));
+    key[20..].copy_from_slice(&seq.to_be_bytes());
     key
 }
 
@@ -630,6 +651,10 @@ impl Store for EmbeddedStore {
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
                         tx.open_table(MESSAGE_COUNTS)?
                             .remove(room.bytes().as_slice())?;
+                        let (start, end) =
+                            (change_key(room, 0, 0), change_key(room, u64::MAX, u64::MAX));
+                        tx.open_table(CHANGES)?
+                            .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
                         true
                     }
                     None => false,
@@ -729,15 +754,53 @@ impl Store for EmbeddedStore {
                 Box::new(range)
             };
             let take = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-            let mut messages = Vec::new();
-            for entry in entries.skip(take(skip)).take(take(limit)) {
+            // Pages show messages; a resume (`After`) replays changes as well.
+            let pages = !matches!(query, HistoryQuery::After { .. });
+            let parsed = entries.map(|entry| -> StoreResult<Message> {
                 let (_, value) = entry?;
-                messages.push(serde_json::from_slice::<Message>(value.value())?);
+                Ok(serde_json::from_slice::<Message>(value.value())?)
+            });
+            let mut messages = Vec::new();
+            for message in parsed
+                .filter(|m| !(pages && m.as_ref().is_ok_and(|m| m.kind.is_change())))
+                .skip(take(skip))
+                .take(take(limit))
+            {
+                messages.push(message?);
             }
             if newest_first {
                 messages.reverse();
             }
             Ok(HistoryPage { messages, total })
+        })
+        .await
+    }
+
+    async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>> {
+        let seqs = seqs.to_vec();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let index = tx.open_table(CHANGES)?;
+            let table = tx.open_table(MESSAGES)?;
+            let mut found = Vec::new();
+            for target in seqs {
+                let (from, to) = (
+                    change_key(room, target, 0),
+                    change_key(room, target, u64::MAX),
+                );
+                for entry in index.range(from.as_slice()..=to.as_slice())? {
+                    let (key, _) = entry?;
+                    let seq: [u8; 8] = key.value()[20..].try_into().map_err(|_| {
+                        StoreError::Internal("embedded store: corrupt change key".into())
+                    })?;
+                    let key = message_key(room, u64::from_be_bytes(seq));
+                    if let Some(change) = get_json::<_, Message>(&table, key.as_slice())? {
+                        found.push(change);
+                    }
+                }
+            }
+            found.sort_by_key(|c| c.seq);
+            Ok(found)
         })
         .await
     }

@@ -101,7 +101,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a batch, skipping messages whose `(room_id, seq)` is already
     /// stored: the persist worker may deliver a batch more than once.
     async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()>;
+    /// A page of history: with `Latest` and `BeforeSeq`, messages only (the
+    /// total counts them); with `After` (a resume), edits and deletions too,
+    /// in seq order.
     async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage>;
+    /// The edits and deletions of the messages at `seqs`, in seq order.
+    async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>>;
     /// The highest seq stored for `room`, 0 if it has no messages.
     async fn newest_seq(&self, room: Id) -> StoreResult<u64>;
 }

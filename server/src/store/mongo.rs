@@ -122,6 +122,22 @@ impl MongoStore {
             )
             .await
             .map_err(map_error)?;
+        // Edits and deletions by the message they change, for history pages
+        // to show messages as they are now; sparse: only changes have one.
+        self.messages()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"room_id": 1, "target_seq": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .sparse(true)
+                            .name("room_target_seq".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(map_error)?;
         // Documents with an `expires_at` are removed by MongoDB once it passes.
         let expiry = || {
             IndexModel::builder()
@@ -342,7 +358,23 @@ struct MessageDoc {
     username: String,
     content: String,
     created_at: bson::DateTime,
+    /// Edits and deletions: the seq of the message they change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_seq: Option<i64>,
 }
+
+/// The stored `type` of each kind.
+fn kind_name(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Text => "text",
+        MessageKind::System => "system",
+        MessageKind::Edit => "edit",
+        MessageKind::Delete => "delete",
+    }
+}
+
+/// What history pages show: messages, not the changes made to them.
+const SHOWN_KINDS: [&str; 2] = ["text", "system"];
 
 impl TryFrom<&Message> for MessageDoc {
     type Error = StoreError;
@@ -352,15 +384,12 @@ impl TryFrom<&Message> for MessageDoc {
             id: message.id.object_id(),
             room_id: message.room_id.object_id(),
             seq: seq_to_i64(message.seq)?,
-            kind: match message.kind {
-                MessageKind::Text => "text",
-                MessageKind::System => "system",
-            }
-            .to_owned(),
+            kind: kind_name(message.kind).to_owned(),
             user_id: message.user_id.object_id(),
             username: message.username.clone(),
             content: message.content.clone(),
             created_at: to_bson_date(message.timestamp),
+            target_seq: message.target_seq.map(seq_to_i64).transpose()?,
         })
     }
 }
@@ -373,6 +402,8 @@ impl TryFrom<MessageDoc> for Message {
             kind: match doc.kind.as_str() {
                 "text" => MessageKind::Text,
                 "system" => MessageKind::System,
+                "edit" => MessageKind::Edit,
+                "delete" => MessageKind::Delete,
                 _ => return Err(corrupt("message type")),
             },
             id: doc.id.into(),
@@ -381,6 +412,12 @@ impl TryFrom<MessageDoc> for Message {
             username: doc.username,
             content: doc.content,
             timestamp: from_bson_date(doc.created_at),
+            target_seq: doc
+                .target_seq
+                .map(|seq| u64::try_from(seq).map_err(|_| corrupt("target seq")))
+                .transpose()?,
+            edited_at: None,
+            deleted: false,
             seq: u64::try_from(doc.seq).map_err(|_| corrupt("seq"))?,
         })
     }
@@ -756,19 +793,42 @@ impl Store for MongoStore {
         }
     }
 
-    async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage> {
-        let room_id = room.object_id();
-        let total = self
+    async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs = seqs
+            .iter()
+            .map(|seq| seq_to_i64(*seq))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let cursor = self
             .messages()
-            .count_documents(doc! {"room_id": room_id})
+            .find(doc! {"room_id": room.object_id(), "target_seq": {"$in": seqs}})
+            .sort(doc! {"seq": 1})
             .await
             .map_err(map_error)?;
+        collect(cursor)
+            .await
+            .map_err(map_error)?
+            .into_iter()
+            .map(Message::try_from)
+            .collect()
+    }
+
+    async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage> {
+        let room_id = room.object_id();
+        let shown = doc! {"room_id": room_id, "type": {"$in": SHOWN_KINDS.to_vec()}};
+        let total = self
+            .messages()
+            .count_documents(shown.clone())
+            .await
+            .map_err(map_error)?;
+        // Pages show messages; a resume (`After`) replays changes as well.
         let (filter, skip, limit, order) = match query {
-            HistoryQuery::Latest { offset, limit } => {
-                (doc! {"room_id": room_id}, offset, limit, -1)
-            }
+            HistoryQuery::Latest { offset, limit } => (shown, offset, limit, -1),
             HistoryQuery::BeforeSeq { seq, limit } => {
-                let filter = doc! {"room_id": room_id, "seq": {"$lt": seq_to_i64(seq)?}};
+                let mut filter = shown;
+                filter.insert("seq", doc! {"$lt": seq_to_i64(seq)?});
                 (filter, 0, limit, -1)
             }
             HistoryQuery::After { seq, limit } => {

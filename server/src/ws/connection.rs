@@ -24,7 +24,7 @@ use super::hub::{Connection, Kick, Outbound, QUEUE_FRAMES};
 use super::outbox::{Opcode, Outbox, Sent, close_payload};
 use super::protocol::{self, ClientFrame, FrameError, ServerFrame, encode};
 use crate::auth::Claims;
-use crate::chat::ChatError;
+use crate::chat::{Change, ChatError};
 use crate::model::Id;
 use crate::state::AppState;
 
@@ -296,6 +296,8 @@ impl From<ChatError> for FrameError {
             ChatError::NoSuchRoom => "not_found",
             ChatError::RateLimited(_) => "rate_limited",
             ChatError::TooFarBehind => "resume_too_far",
+            ChatError::NoSuchMessage => "not_found",
+            ChatError::NotAllowed(_) => "forbidden",
             ChatError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "bus unavailable for a websocket frame");
                 return FrameError::new("unavailable", "messaging is unavailable; retry shortly");
@@ -325,7 +327,11 @@ async fn handle(
     let chat = &state.chat;
     if !matches!(
         frame,
-        ClientFrame::Message { .. } | ClientFrame::Typing { .. } | ClientFrame::Read { .. }
+        ClientFrame::Message { .. }
+            | ClientFrame::Edit { .. }
+            | ClientFrame::Delete { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::Read { .. }
     ) {
         chat.take_control(connection.user)?;
     }
@@ -342,12 +348,37 @@ async fn handle(
                 .post(connection, room_id, content, client_id.clone())
                 .await?;
             state.metrics.messages_received.inc();
-            connection.send(Outbound::direct(encode(&ServerFrame::Ack {
-                client_id,
-                room_id,
-                id: message.id,
-                seq: message.seq,
-            })));
+            acknowledge(connection, client_id, &message);
+        }
+        ClientFrame::Edit {
+            room_id,
+            seq,
+            content,
+            client_id,
+        } => {
+            let content = protocol::clean_content(&content)?;
+            protocol::check_client_id(client_id.as_deref())?;
+            let change = chat
+                .change(
+                    connection,
+                    room_id,
+                    seq,
+                    Change::Edit(content),
+                    client_id.clone(),
+                )
+                .await?;
+            acknowledge(connection, client_id, &change);
+        }
+        ClientFrame::Delete {
+            room_id,
+            seq,
+            client_id,
+        } => {
+            protocol::check_client_id(client_id.as_deref())?;
+            let change = chat
+                .change(connection, room_id, seq, Change::Delete, client_id.clone())
+                .await?;
+            acknowledge(connection, client_id, &change);
         }
         ClientFrame::Join { room_id } => {
             chat.ensure_member(room_id, &connection.author()).await?;
@@ -395,6 +426,20 @@ async fn handle(
         }
     }
     Ok(())
+}
+
+/// The `ack` of a message or change the bus has made durable.
+fn acknowledge(
+    connection: &Connection,
+    client_id: Option<String>,
+    message: &crate::model::Message,
+) {
+    connection.send(Outbound::direct(encode(&ServerFrame::Ack {
+        client_id,
+        room_id: message.room_id,
+        id: message.id,
+        seq: message.seq,
+    })));
 }
 
 fn send_error(connection: &Connection, error: &FrameError) {

@@ -22,6 +22,19 @@ pub enum ClientFrame {
         content: String,
         client_id: Option<String>,
     },
+    /// Replace the text of your message at `seq`.
+    Edit {
+        room_id: Id,
+        seq: u64,
+        content: String,
+        client_id: Option<String>,
+    },
+    /// Delete the message at `seq`: yours, or any if you own or administer the room.
+    Delete {
+        room_id: Id,
+        seq: u64,
+        client_id: Option<String>,
+    },
     Join {
         room_id: Id,
     },
@@ -65,8 +78,8 @@ impl FrameError {
     }
 }
 
-const KNOWN_TYPES: [&str; 8] = [
-    "message", "join", "leave", "typing", "read", "resume", "auth", "ping",
+const KNOWN_TYPES: [&str; 10] = [
+    "message", "edit", "delete", "join", "leave", "typing", "read", "resume", "auth", "ping",
 ];
 
 /// Parses one text frame. Tells a malformed frame (not JSON, no `type`), an

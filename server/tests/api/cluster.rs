@@ -923,3 +923,41 @@ async fn room_lists_follow_across_pods() {
     let frame = bob_ws.next_of("room_added").await;
     assert_eq!(frame["room"]["id"], lobby.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_cross_pods_in_seq_order_and_reach_history() {
+    let cluster = cluster(2, None).await;
+    let mut pair = alice_and_bob(&cluster, "edits").await;
+    let original = send_acked(&mut pair.alice_ws, &pair.room, "helo").await["seq"]
+        .as_u64()
+        .unwrap();
+    pair.alice_ws
+        .send(json!({"type": "edit", "room_id": pair.room, "seq": original, "content": "hello"}))
+        .await;
+    let edit_seq = pair.alice_ws.next_of("ack").await["seq"].as_u64().unwrap();
+    let text = pair.bob_ws.next_of("text").await;
+    assert_eq!(text["seq"], original);
+    let edit = pair.bob_ws.next_of("edit").await;
+    assert_eq!(
+        (edit["seq"].as_u64(), edit["target_seq"].as_u64()),
+        (Some(edit_seq), Some(original))
+    );
+    // History on the other pod, once the persist worker has both.
+    let path = format!("/api/rooms/{}/messages", pair.room);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, page) = cluster.pods[1].get(&path, &pair.bob.token).await;
+        let shown = page["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["seq"] == original).cloned());
+        if shown.as_ref().is_some_and(|m| m["content"] == "hello") {
+            assert!(shown.unwrap()["edited_at"].is_string());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "history never showed the edit: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -58,6 +58,9 @@ fn message(room: &str, user: &str, seq: u64) -> Message {
         username: "alice".into(),
         content: format!("message {seq}"),
         timestamp: chat_server::model::now(),
+        target_seq: None,
+        edited_at: None,
+        deleted: false,
         seq,
     }
 }

@@ -5,6 +5,7 @@ mod common;
 
 mod abuse;
 mod accounts;
+mod changes;
 mod chaos;
 mod cluster;
 mod history;

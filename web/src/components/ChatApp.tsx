@@ -247,6 +247,8 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
           pending: { clientId, roomId, content, sentAt: new Date().toISOString() },
         });
       },
+      editMessage: (roomId: string, seq: number, content: string) => void connection.edit(roomId, seq, content),
+      deleteMessage: (roomId: string, seq: number) => void connection.remove(roomId, seq),
       typing: (roomId: string) => connection.typing(roomId),
       read: (roomId: string, seq: number) => connection.read(roomId, seq),
       older: async (roomId: string, beforeSeq: number) => {
@@ -296,6 +298,8 @@ export type ChatActions = {
   rename: (room: Room, name: string, description: string) => Promise<string | null>;
   remove: (room: Room, userId: string) => Promise<void>;
   send: (roomId: string, content: string) => void;
+  editMessage: (roomId: string, seq: number, content: string) => void;
+  deleteMessage: (roomId: string, seq: number) => void;
   typing: (roomId: string) => void;
   read: (roomId: string, seq: number) => void;
   older: (roomId: string, beforeSeq: number) => Promise<void>;

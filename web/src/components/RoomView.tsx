@@ -34,7 +34,20 @@ function Content({ text }: { text: string }) {
   );
 }
 
-function Message({ message, state }: { message: ChatMessage; state: ChatState }) {
+function Message({
+  message,
+  state,
+  actions,
+  manager,
+}: {
+  message: ChatMessage;
+  state: ChatState;
+  actions: ChatActions;
+  manager: boolean;
+}) {
+  const [editing, setEditing] = useState(false);
+  const [text, setText] = useState(message.content);
+  const [confirming, setConfirming] = useState(false);
   if (message.type === "system") {
     return (
       <li className="message system" data-seq={message.seq}>
@@ -43,17 +56,81 @@ function Message({ message, state }: { message: ChatMessage; state: ChatState })
     );
   }
   const mine = message.user_id === state.me;
+  const save = () => {
+    const content = text.trim();
+    if (content && content !== message.content) actions.editMessage(message.room_id, message.seq, content);
+    setEditing(false);
+  };
+  const onKey = (event: KeyboardEvent<HTMLTextAreaElement>) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      save();
+    } else if (event.key === "Escape") {
+      setEditing(false);
+    }
+  };
   return (
-    <li className={`message ${mine ? "mine" : ""}`} data-seq={message.seq} data-id={message.id}>
+    <li className={`message ${mine ? "mine" : ""} ${message.deleted ? "deleted" : ""}`} data-seq={message.seq} data-id={message.id}>
       <Avatar name={message.username} online={state.online[message.user_id]} />
       <div className="bubble">
         <div className="meta">
           <strong className="author">{message.username}</strong>{" "}
           <time dateTime={message.timestamp}>{time(message.timestamp)}</time>
+          {message.edited_at && !message.deleted && <span className="edited"> (edited)</span>}
         </div>
-        <p className="content">
-          <Content text={message.content} />
-        </p>
+        {message.deleted ? (
+          <p className="content tombstone">This message was deleted.</p>
+        ) : editing ? (
+          <div className="edit-form">
+            <textarea
+              aria-label="Edit your message"
+              value={text}
+              onChange={(e) => setText(e.target.value)}
+              onKeyDown={onKey}
+              maxLength={MAX_LENGTH}
+              autoFocus
+            />
+            <button type="button" onClick={save}>
+              Save
+            </button>
+            <button type="button" onClick={() => setEditing(false)}>
+              Cancel
+            </button>
+          </div>
+        ) : (
+          <p className="content">
+            <Content text={message.content} />
+          </p>
+        )}
+        {!message.deleted && !editing && (mine || manager) && (
+          <div className="message-actions">
+            {mine && (
+              <button
+                type="button"
+                onClick={() => {
+                  setText(message.content);
+                  setEditing(true);
+                }}
+              >
+                Edit
+              </button>
+            )}
+            {confirming ? (
+              <>
+                <button type="button" onClick={() => actions.deleteMessage(message.room_id, message.seq)}>
+                  Yes, delete
+                </button>
+                <button type="button" onClick={() => setConfirming(false)}>
+                  Keep
+                </button>
+              </>
+            ) : (
+              <button type="button" onClick={() => setConfirming(true)}>
+                Delete
+              </button>
+            )}
+          </div>
+        )}
       </div>
     </li>
   );
@@ -179,7 +256,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
           <li className="older-hint">Scroll up for older messages</li>
         )}
         {timeline.messages.map((message) => (
-          <Message key={message.id} message={message} state={state} />
+          <Message key={message.id} message={message} state={state} actions={actions} manager={manager} />
         ))}
         {timeline.pending.map((pending) => (
           <li key={pending.clientId} className={`message mine pending ${pending.failed ? "failed" : ""}`}>

@@ -3,7 +3,7 @@
 // the screen gets every message once, in order (docs/protocol.md).
 
 import { reconnectDelay } from "./backoff";
-import { parseFrame, type ChatMessage, type ClientFrame, type ServerFrame } from "./types";
+import { parseFrame, type ChatChange, type ChatMessage, type ClientFrame, type ServerFrame } from "./types";
 
 export type Status = "connecting" | "online" | "reconnecting" | "offline";
 
@@ -62,7 +62,8 @@ export class ChatConnection {
   /** Rooms waiting for a replay after a gap: live messages wait for it. */
   private resuming = new Set<string>();
   /** Sent messages not yet acknowledged, by client_id: resent after a reconnect. */
-  private outbox = new Map<string, Extract<ClientFrame, { type: "message" }>>();
+  /** Messages, edits and deletions not acknowledged yet: resent after a reconnection (their client_id makes that safe). */
+  private outbox = new Map<string, Extract<ClientFrame, { type: "message" | "edit" | "delete" }>>();
   private status: Status = "offline";
   private readonly factory: SocketFactory;
   private readonly random: () => number;
@@ -103,6 +104,22 @@ export class ChatConnection {
   /** Posts a message; returns its client_id (the ack carries it back). */
   post(roomId: string, content: string): string {
     const frame = { type: "message" as const, room_id: roomId, content, client_id: newClientId(this.random) };
+    this.outbox.set(frame.client_id, frame);
+    this.write(frame);
+    return frame.client_id;
+  }
+
+  /** Replaces the text of my message at `seq`; acknowledged like a message. */
+  edit(roomId: string, seq: number, content: string): string {
+    const frame = { type: "edit" as const, room_id: roomId, seq, content, client_id: newClientId(this.random) };
+    this.outbox.set(frame.client_id, frame);
+    this.write(frame);
+    return frame.client_id;
+  }
+
+  /** Deletes the message at `seq`: mine, or any in a room I manage. */
+  remove(roomId: string, seq: number): string {
+    const frame = { type: "delete" as const, room_id: roomId, seq, client_id: newClientId(this.random) };
     this.outbox.set(frame.client_id, frame);
     this.write(frame);
     return frame.client_id;
@@ -195,6 +212,8 @@ export class ChatConnection {
     switch (frame.type) {
       case "text":
       case "system":
+      case "edit":
+      case "delete":
         if (!this.acceptMessage(frame)) return;
         break;
       case "joined":
@@ -221,7 +240,7 @@ export class ChatConnection {
   }
 
   /** Drops duplicates; on a gap, asks for a replay instead of showing a hole. */
-  private acceptMessage(message: ChatMessage): boolean {
+  private acceptMessage(message: ChatMessage | ChatChange): boolean {
     const last = this.rooms.get(message.room_id);
     if (last === undefined) return false;
     if (last === null) {

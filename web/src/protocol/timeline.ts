@@ -2,7 +2,7 @@
 // with the user's own messages shown at once and confirmed by their ack.
 // Pure functions of plain data, so the rules are tested without a socket.
 
-import type { ChatMessage } from "./types";
+import type { ChatChange, ChatMessage } from "./types";
 
 /** A message of ours the server has not acknowledged yet. */
 export interface Pending {
@@ -83,4 +83,21 @@ export function addOlder(timeline: Timeline, page: ChatMessage[], pageSize: numb
   const next = addMessages(timeline, page);
   const oldest = next.messages[0]?.seq ?? 1;
   return { ...next, hasOlder: page.length >= pageSize && oldest > 1 };
+}
+
+/**
+ * An edit or a deletion, applied to the message it changes if it is shown
+ * (an older one gets it from history, which lists messages as they are now).
+ * A deletion is final.
+ */
+export function applyChange(timeline: Timeline, change: ChatChange): Timeline {
+  let changed = false;
+  const messages = timeline.messages.map((m) => {
+    if (m.seq !== change.target_seq || m.type !== "text" || m.deleted) return m;
+    changed = true;
+    return change.type === "delete"
+      ? { ...m, content: "", deleted: true, edited_at: undefined }
+      : { ...m, content: change.content, edited_at: change.timestamp };
+  });
+  return changed ? { ...timeline, messages } : timeline;
 }

@@ -11,7 +11,17 @@ export interface ChatMessage {
   username: string;
   content: string;
   timestamp: string;
+  /** History's view: when the text was last edited. */
+  edited_at?: string;
+  /** History's view: deleted, the content gone. */
+  deleted?: boolean;
   seq: number;
+}
+
+/** An edit or a deletion of the message at `target_seq`, with a seq of its own. */
+export interface ChatChange extends Omit<ChatMessage, "type" | "edited_at" | "deleted"> {
+  type: "edit" | "delete";
+  target_seq: number;
 }
 
 export interface User {
@@ -38,6 +48,7 @@ export interface Room {
 
 export type ServerFrame =
   | ChatMessage
+  | ChatChange
   | { type: "ack"; client_id: string | null; room_id: string; id: string; seq: number }
   | { type: "joined"; room_id: string; last_seq: number }
   | { type: "resumed"; room_id: string; from_seq: number; last_seq: number }
@@ -54,6 +65,8 @@ export type ServerFrame =
 
 export type ClientFrame =
   | { type: "message"; room_id: string; content: string; client_id: string }
+  | { type: "edit"; room_id: string; seq: number; content: string; client_id: string }
+  | { type: "delete"; room_id: string; seq: number; client_id: string }
   | { type: "join"; room_id: string }
   | { type: "resume"; room_id: string; last_seq: number }
   | { type: "leave"; room_id: string }

@@ -185,11 +185,37 @@ async function main() {
     if ((await alice.locator(".message.pending").count()) !== 0) throw new Error("a message stayed pending");
     console.log("nothing missing, nothing twice, after the restart");
 
+    // Alice edits her message and Bob deletes his: both see both, live.
+    const edited = "sent while the server was down, then edited";
+    await alice
+      .locator(".message.mine", { hasText: "sent while the server was down" })
+      .getByRole("button", { name: "Edit" })
+      .click();
+    const editor = alice.getByRole("textbox", { name: "Edit your message" });
+    await editor.fill(edited);
+    await editor.press("Enter");
+    const bobs = bob.locator(".message.mine", { hasText: "back again" });
+    await bobs.getByRole("button", { name: "Delete" }).click();
+    await bobs.getByRole("button", { name: "Yes, delete" }).click();
+    const changed = [...firstTwo, edited, "This message was deleted."];
+    await expectShown(alice, "alice after an edit and a deletion", changed);
+    await expectShown(bob, "bob after an edit and a deletion", changed);
+    await bob.locator(".message", { hasText: edited }).getByText("(edited)").waitFor({ timeout: TIMEOUT });
+    console.log("an edit and a deletion reached both, live");
+
+    // The server restarts again; the changes are still there after it.
+    await server.stop();
+    await server.start();
+    await connected(alice);
+    await connected(bob);
+    await expectShown(alice, "alice after the second restart", changed);
+
     // History: a reload shows the conversation from the API, in order.
     await bob.reload();
     await connected(bob);
     await bob.getByRole("button", { name: /Launch/ }).click();
-    await expectShown(bob, "bob after a reload", all);
+    await expectShown(bob, "bob after a reload", changed);
+    await bob.locator(".message", { hasText: edited }).getByText("(edited)").waitFor({ timeout: TIMEOUT });
 
     // A direct message: it appears in Bob's list (on his phone: back at the
     // list) at once, named for Alice, with her presence, and her message

@@ -130,6 +130,21 @@ describe("ChatConnection", () => {
     expect(shown()).toEqual([11, 12, 13, 14]);
   });
 
+  it("counts edits and deletions in the room's seqs, so they neither look like gaps nor repeat", async () => {
+    connection.open("r1");
+    connection.start();
+    await connected();
+    latest().receive({ type: "joined", room_id: "r1", last_seq: 10 });
+    latest().receive(message(11));
+    const edit = { ...message(12), type: "edit" as const, target_seq: 11 };
+    latest().receive(edit);
+    latest().receive(edit);
+    latest().receive(message(13));
+    const stream = events.flatMap((e) => (e.type === "frame" && "seq" in e.frame && e.frame.type !== "ack" ? [e.frame.seq] : []));
+    expect(stream).toEqual([11, 12, 13]);
+    expect(latest().sent.some((f) => f.type === "resume")).toBe(false);
+  });
+
   it("resends unacknowledged messages after a reconnect with the same client_id", async () => {
     connection.open("r1");
     connection.start();

@@ -4,11 +4,12 @@ import {
   addMessages,
   addOlder,
   addPending,
+  applyChange,
   emptyTimeline,
   openedAt,
   revealsGap,
 } from "../../src/protocol/timeline";
-import type { ChatMessage } from "../../src/protocol/types";
+import type { ChatChange, ChatMessage } from "../../src/protocol/types";
 
 const message = (seq: number, id = `m${seq}`): ChatMessage => ({
   type: "text",
@@ -69,5 +70,28 @@ describe("timeline", () => {
     timeline = addOlder(timeline, page.slice(0, 25), 25);
     expect(timeline.messages.map((m) => m.seq)).toEqual([...Array.from({ length: 50 }, (_, i) => i + 1), 51, 52]);
     expect(timeline.hasOlder).toBe(false);
+  });
+
+  it("applies edits and deletions to the message they change, a deletion for good", () => {
+    const change = (type: "edit" | "delete", seq: number, target: number, content = ""): ChatChange => ({
+      type,
+      id: `c${seq}`,
+      room_id: "r1",
+      user_id: "u1",
+      username: "alice",
+      content,
+      timestamp: "2026-11-23T10:05:00.000Z",
+      target_seq: target,
+      seq,
+    });
+    let timeline = addMessages(emptyTimeline(), [message(1), message(2)]);
+    timeline = applyChange(timeline, change("edit", 3, 1, "fixed"));
+    expect(timeline.messages[0]).toMatchObject({ content: "fixed", edited_at: "2026-11-23T10:05:00.000Z" });
+    timeline = applyChange(timeline, change("delete", 4, 2));
+    expect(timeline.messages[1]).toMatchObject({ content: "", deleted: true });
+    const after = applyChange(timeline, change("edit", 5, 2, "back?"));
+    expect(after).toBe(timeline);
+    // A change to a message not shown changes nothing (history brings it as it is now).
+    expect(applyChange(timeline, change("edit", 6, 99, "x"))).toBe(timeline);
   });
 });

@@ -277,7 +277,7 @@ impl RedisBus {
         };
         let room = envelope.room_id;
         match (envelope.kind.as_str(), envelope.seq) {
-            ("text" | "system", Some(seq)) => {
+            ("text" | "system" | "edit" | "delete", Some(seq)) => {
                 self.deliver_message(room, seq, Utf8Bytes::from(payload));
                 if let Some(accepted) = envelope.timestamp {
                     self.metrics.observe_delivery(accepted);
