@@ -81,6 +81,9 @@ pub enum Change {
     /// Its new text.
     Edit(String),
     Delete,
+    /// The sender's reaction, an emoji, added or taken back.
+    React(String),
+    Unreact(String),
 }
 
 /// Who posts: the author fields copied into each message.
@@ -266,6 +269,9 @@ impl Chat {
                 }
                 (MessageKind::Delete, String::new())
             }
+            // Any member may react to a message that is there.
+            Change::React(emoji) => (MessageKind::React, emoji),
+            Change::Unreact(emoji) => (MessageKind::Unreact, emoji),
         };
         let draft = Message {
             target_seq: Some(target),
@@ -596,6 +602,7 @@ fn draft(room: Id, author: &Author, kind: MessageKind, content: String) -> Messa
         target_seq: None,
         edited_at: None,
         deleted: false,
+        reactions: Default::default(),
         seq: 0,
     }
 }

@@ -151,6 +151,8 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
     }
     case "edit":
     case "delete":
+    case "react":
+    case "unreact":
       return withTimeline(state, frame.room_id, applyChange(timelineOf(state, frame.room_id), frame));
     case "joined":
       return withTimeline(state, frame.room_id, openedAt(timelineOf(state, frame.room_id), frame.last_seq));

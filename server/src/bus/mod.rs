@@ -130,6 +130,7 @@ mod tests {
             target_seq: Some(3),
             edited_at: None,
             deleted: false,
+            reactions: Default::default(),
             seq: 0,
         };
         let (head, tail) = split_at_seq(&draft).unwrap();

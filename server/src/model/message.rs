@@ -14,13 +14,43 @@ pub enum MessageKind {
     /// The message at `target_seq` deleted (by its author, or the room's
     /// owner or an admin): it stays in history as a tombstone.
     Delete,
+    /// The sender's reaction `content` (an emoji) added to the message at `target_seq`.
+    React,
+    /// The sender's reaction `content` taken back from the message at `target_seq`.
+    Unreact,
 }
 
 impl MessageKind {
-    /// An edit or a deletion: in the stream with a seq of its own, so live
-    /// delivery and resume carry it, but shown by changing its target.
+    const ALL: [MessageKind; 6] = [
+        MessageKind::Text,
+        MessageKind::System,
+        MessageKind::Edit,
+        MessageKind::Delete,
+        MessageKind::React,
+        MessageKind::Unreact,
+    ];
+
+    /// The `type` on the wire and in the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageKind::Text => "text",
+            MessageKind::System => "system",
+            MessageKind::Edit => "edit",
+            MessageKind::Delete => "delete",
+            MessageKind::React => "react",
+            MessageKind::Unreact => "unreact",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// A change to another message (an edit, a deletion, a reaction): in
+    /// the stream with a seq of its own, so live delivery and resume carry
+    /// it, but shown by changing its target.
     pub fn is_change(self) -> bool {
-        matches!(self, MessageKind::Edit | MessageKind::Delete)
+        !matches!(self, MessageKind::Text | MessageKind::System)
     }
 }
 
@@ -50,6 +80,9 @@ pub struct Message {
     /// In history: deleted; the content is gone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// In history: who reacted with what, by emoji.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reactions: std::collections::BTreeMap<String, Vec<Id>>,
     /// Position in the room, starting at 1 and increasing by one per message
     /// or change. Last, so Redis can splice it in (see `split_at_seq`).
     pub seq: u64,
@@ -77,6 +110,21 @@ pub fn apply_changes(messages: &mut [Message], changes: &[Message]) {
                 target.deleted = true;
                 target.content.clear();
                 target.edited_at = None;
+                target.reactions.clear();
+            }
+            MessageKind::React if !target.deleted => {
+                let users = target.reactions.entry(change.content.clone()).or_default();
+                if !users.contains(&change.user_id) {
+                    users.push(change.user_id);
+                }
+            }
+            MessageKind::Unreact => {
+                if let Some(users) = target.reactions.get_mut(&change.content) {
+                    users.retain(|u| *u != change.user_id);
+                    if users.is_empty() {
+                        target.reactions.remove(&change.content);
+                    }
+                }
             }
             _ => {}
         }
@@ -119,6 +167,7 @@ mod tests {
             target_seq: None,
             edited_at: None,
             deleted: false,
+            reactions: Default::default(),
             seq: 7,
         };
         let json = serde_json::to_value(&message).unwrap();
@@ -127,7 +176,7 @@ mod tests {
         assert_eq!(json["seq"], 7);
         assert_eq!(json["id"], message.id.to_string());
         // Fields of changes and of history's view are absent from a plain message.
-        for absent in ["target_seq", "edited_at", "deleted"] {
+        for absent in ["target_seq", "edited_at", "deleted", "reactions"] {
             assert!(json.get(absent).is_none(), "{absent} in {json}");
         }
         let back: Message = serde_json::from_value(json).unwrap();
@@ -147,6 +196,7 @@ mod tests {
             target_seq: target,
             edited_at: None,
             deleted: false,
+            reactions: Default::default(),
             seq,
         }
     }
@@ -175,5 +225,36 @@ mod tests {
         assert!(!messages[2].deleted);
         let json = serde_json::to_value(&messages[0]).unwrap();
         assert!(json["edited_at"].is_string(), "{json}");
+    }
+
+    #[test]
+    fn reactions_are_sets_per_emoji_and_go_with_a_deletion() {
+        let mut messages = vec![
+            message(MessageKind::Text, 1, "hi", None),
+            message(MessageKind::Text, 2, "bye", None),
+        ];
+        let mut bob = message(MessageKind::React, 3, "👍", Some(1));
+        bob.user_id = Id::new();
+        let mut bob_again = bob.clone();
+        bob_again.seq = 4;
+        let carol = message(MessageKind::React, 5, "👍", Some(1));
+        let mut bob_back = bob.clone();
+        bob_back.kind = MessageKind::Unreact;
+        bob_back.seq = 6;
+        let party = message(MessageKind::React, 7, "🎉", Some(2));
+        let gone = message(MessageKind::Delete, 8, "", Some(2));
+        apply_changes(
+            &mut messages,
+            &[bob, bob_again, carol.clone(), bob_back, party, gone],
+        );
+        assert_eq!(messages[0].reactions.get("👍"), Some(&vec![carol.user_id]));
+        assert!(
+            messages[1].reactions.is_empty(),
+            "a deleted message keeps no reactions"
+        );
+        for kind in MessageKind::ALL {
+            assert_eq!(MessageKind::from_name(kind.name()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
     }
 }

@@ -363,16 +363,6 @@ struct MessageDoc {
     target_seq: Option<i64>,
 }
 
-/// The stored `type` of each kind.
-fn kind_name(kind: MessageKind) -> &'static str {
-    match kind {
-        MessageKind::Text => "text",
-        MessageKind::System => "system",
-        MessageKind::Edit => "edit",
-        MessageKind::Delete => "delete",
-    }
-}
-
 /// What history pages show: messages, not the changes made to them.
 const SHOWN_KINDS: [&str; 2] = ["text", "system"];
 
@@ -384,7 +374,7 @@ impl TryFrom<&Message> for MessageDoc {
             id: message.id.object_id(),
             room_id: message.room_id.object_id(),
             seq: seq_to_i64(message.seq)?,
-            kind: kind_name(message.kind).to_owned(),
+            kind: message.kind.name().to_owned(),
             user_id: message.user_id.object_id(),
             username: message.username.clone(),
             content: message.content.clone(),
@@ -399,13 +389,7 @@ impl TryFrom<MessageDoc> for Message {
 
     fn try_from(doc: MessageDoc) -> StoreResult<Self> {
         Ok(Self {
-            kind: match doc.kind.as_str() {
-                "text" => MessageKind::Text,
-                "system" => MessageKind::System,
-                "edit" => MessageKind::Edit,
-                "delete" => MessageKind::Delete,
-                _ => return Err(corrupt("message type")),
-            },
+            kind: MessageKind::from_name(&doc.kind).ok_or_else(|| corrupt("message type"))?,
             id: doc.id.into(),
             room_id: doc.room_id.into(),
             user_id: doc.user_id.into(),
@@ -418,6 +402,7 @@ impl TryFrom<MessageDoc> for Message {
                 .transpose()?,
             edited_at: None,
             deleted: false,
+            reactions: Default::default(),
             seq: u64::try_from(doc.seq).map_err(|_| corrupt("seq"))?,
         })
     }

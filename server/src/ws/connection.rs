@@ -330,6 +330,8 @@ async fn handle(
         ClientFrame::Message { .. }
             | ClientFrame::Edit { .. }
             | ClientFrame::Delete { .. }
+            | ClientFrame::React { .. }
+            | ClientFrame::Unreact { .. }
             | ClientFrame::Typing { .. }
             | ClientFrame::Read { .. }
     ) {
@@ -377,6 +379,44 @@ async fn handle(
             protocol::check_client_id(client_id.as_deref())?;
             let change = chat
                 .change(connection, room_id, seq, Change::Delete, client_id.clone())
+                .await?;
+            acknowledge(connection, client_id, &change);
+        }
+        ClientFrame::React {
+            room_id,
+            seq,
+            emoji,
+            client_id,
+        } => {
+            protocol::check_emoji(&emoji)?;
+            protocol::check_client_id(client_id.as_deref())?;
+            let change = chat
+                .change(
+                    connection,
+                    room_id,
+                    seq,
+                    Change::React(emoji),
+                    client_id.clone(),
+                )
+                .await?;
+            acknowledge(connection, client_id, &change);
+        }
+        ClientFrame::Unreact {
+            room_id,
+            seq,
+            emoji,
+            client_id,
+        } => {
+            protocol::check_emoji(&emoji)?;
+            protocol::check_client_id(client_id.as_deref())?;
+            let change = chat
+                .change(
+                    connection,
+                    room_id,
+                    seq,
+                    Change::Unreact(emoji),
+                    client_id.clone(),
+                )
                 .await?;
             acknowledge(connection, client_id, &change);
         }

@@ -35,6 +35,20 @@ pub enum ClientFrame {
         seq: u64,
         client_id: Option<String>,
     },
+    /// Add your reaction `emoji` to the message at `seq`.
+    React {
+        room_id: Id,
+        seq: u64,
+        emoji: String,
+        client_id: Option<String>,
+    },
+    /// Take your reaction `emoji` back from the message at `seq`.
+    Unreact {
+        room_id: Id,
+        seq: u64,
+        emoji: String,
+        client_id: Option<String>,
+    },
     Join {
         room_id: Id,
     },
@@ -78,8 +92,9 @@ impl FrameError {
     }
 }
 
-const KNOWN_TYPES: [&str; 10] = [
-    "message", "edit", "delete", "join", "leave", "typing", "read", "resume", "auth", "ping",
+const KNOWN_TYPES: [&str; 12] = [
+    "message", "edit", "delete", "react", "unreact", "join", "leave", "typing", "read", "resume",
+    "auth", "ping",
 ];
 
 /// Parses one text frame. Tells a malformed frame (not JSON, no `type`), an
@@ -122,6 +137,20 @@ pub fn clean_content(raw: &str) -> Result<String, FrameError> {
         ));
     }
     Ok(cleaned.to_owned())
+}
+
+/// A reaction: one emoji (a short run of pictographs, joiners and
+/// modifiers), never letters, digits, spaces or control characters.
+pub fn check_emoji(emoji: &str) -> Result<(), FrameError> {
+    let chars = emoji.chars().count();
+    let pictographic = emoji
+        .chars()
+        .all(|c| !c.is_ascii() && !c.is_alphanumeric() && !c.is_whitespace() && !c.is_control());
+    if (1..=8).contains(&chars) && pictographic {
+        Ok(())
+    } else {
+        Err(FrameError::new("invalid_frame", "emoji must be one emoji"))
+    }
 }
 
 pub fn check_client_id(client_id: Option<&str>) -> Result<(), FrameError> {
@@ -386,5 +415,24 @@ mod tests {
             serde_json::to_value(ServerFrame::Pong).unwrap(),
             json!({"type": "pong"})
         );
+    }
+
+    #[test]
+    fn a_reaction_is_one_emoji() {
+        for good in ["👍", "❤️", "👍🏽", "🧑‍💻", "🎉"] {
+            assert!(check_emoji(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a",
+            "ok",
+            "👍 ",
+            "é",
+            "中",
+            "\u{7}",
+            "👍👍👍👍👍👍👍👍👍",
+        ] {
+            assert!(check_emoji(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -113,6 +113,33 @@ async fn edits_and_deletions_go_live_replay_on_resume_and_show_in_history(backen
         assert_eq!(answer["code"], expected, "{frame} -> {answer}");
     }
 
+    // Reactions: a set per emoji, live for everyone; a bad emoji is refused.
+    let react = |kind: &str, emoji: &str| json!({"type": kind, "room_id": room, "seq": original, "emoji": emoji});
+    assert_eq!(
+        acked(&mut bob_ws, react("react", "👍")).await["type"],
+        "ack"
+    );
+    assert_eq!(
+        acked(&mut alice_ws, react("react", "👍")).await["type"],
+        "ack"
+    );
+    assert_eq!(
+        acked(&mut alice_ws, react("react", "🎉")).await["type"],
+        "ack"
+    );
+    assert_eq!(
+        acked(&mut alice_ws, react("unreact", "🎉")).await["type"],
+        "ack"
+    );
+    let frame = carol_ws.next_of("react").await;
+    assert_eq!(
+        (frame["content"].as_str(), frame["target_seq"].as_u64()),
+        (Some("👍"), Some(original))
+    );
+    assert_eq!(frame["user_id"], bob.id.as_str());
+    let refused = acked(&mut bob_ws, react("react", "lol")).await;
+    assert_eq!(refused["code"], "invalid_frame", "{refused}");
+
     // Bob deletes his own message; Alice, the owner, deletes another of his.
     let oops = acked(&mut bob_ws, post("oops")).await["seq"]
         .as_u64()
@@ -180,6 +207,17 @@ async fn edits_and_deletions_go_live_replay_on_resume_and_show_in_history(backen
     assert_eq!(page["total"], 5, "{page}");
     let by_seq = |seq: u64| messages.iter().find(|m| m["seq"] == seq).unwrap();
     assert_eq!(by_seq(original)["content"], "hello!");
+    let thumbs: Vec<&str> = by_seq(original)["reactions"]["👍"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(thumbs, [bob.id.as_str(), alice.id.as_str()]);
+    assert!(
+        by_seq(original)["reactions"].get("🎉").is_none(),
+        "taken back"
+    );
     assert!(by_seq(original)["edited_at"].is_string());
     for seq in [oops, rude] {
         assert_eq!(by_seq(seq)["deleted"], true);

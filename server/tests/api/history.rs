@@ -61,6 +61,7 @@ fn message(room: &str, user: &str, seq: u64) -> Message {
         target_seq: None,
         edited_at: None,
         deleted: false,
+        reactions: Default::default(),
         seq,
     }
 }

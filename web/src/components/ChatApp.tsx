@@ -249,6 +249,7 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
       },
       editMessage: (roomId: string, seq: number, content: string) => void connection.edit(roomId, seq, content),
       deleteMessage: (roomId: string, seq: number) => void connection.remove(roomId, seq),
+      react: (roomId: string, seq: number, emoji: string, on: boolean) => void connection.react(roomId, seq, emoji, on),
       typing: (roomId: string) => connection.typing(roomId),
       read: (roomId: string, seq: number) => connection.read(roomId, seq),
       older: async (roomId: string, beforeSeq: number) => {
@@ -300,6 +301,7 @@ export type ChatActions = {
   send: (roomId: string, content: string) => void;
   editMessage: (roomId: string, seq: number, content: string) => void;
   deleteMessage: (roomId: string, seq: number) => void;
+  react: (roomId: string, seq: number, emoji: string, on: boolean) => void;
   typing: (roomId: string) => void;
   read: (roomId: string, seq: number) => void;
   older: (roomId: string, beforeSeq: number) => Promise<void>;

@@ -48,6 +48,7 @@ function Message({
   const [editing, setEditing] = useState(false);
   const [text, setText] = useState(message.content);
   const [confirming, setConfirming] = useState(false);
+  const [picking, setPicking] = useState(false);
   if (message.type === "system") {
     return (
       <li className="message system" data-seq={message.seq}>
@@ -102,8 +103,14 @@ function Message({
             <Content text={message.content} />
           </p>
         )}
-        {!message.deleted && !editing && (mine || manager) && (
+        {!message.deleted && (
+          <Reactions message={message} state={state} actions={actions} picking={picking} onPicked={() => setPicking(false)} />
+        )}
+        {!message.deleted && !editing && (
           <div className="message-actions">
+            <button type="button" onClick={() => setPicking(!picking)} aria-expanded={picking}>
+              React
+            </button>
             {mine && (
               <button
                 type="button"
@@ -115,24 +122,83 @@ function Message({
                 Edit
               </button>
             )}
-            {confirming ? (
-              <>
-                <button type="button" onClick={() => actions.deleteMessage(message.room_id, message.seq)}>
-                  Yes, delete
+            {(mine || manager) &&
+              (confirming ? (
+                <>
+                  <button type="button" onClick={() => actions.deleteMessage(message.room_id, message.seq)}>
+                    Yes, delete
+                  </button>
+                  <button type="button" onClick={() => setConfirming(false)}>
+                    Keep
+                  </button>
+                </>
+              ) : (
+                <button type="button" onClick={() => setConfirming(true)}>
+                  Delete
                 </button>
-                <button type="button" onClick={() => setConfirming(false)}>
-                  Keep
-                </button>
-              </>
-            ) : (
-              <button type="button" onClick={() => setConfirming(true)}>
-                Delete
-              </button>
-            )}
+              ))}
           </div>
         )}
       </div>
     </li>
+  );
+}
+
+/** The emoji offered when reacting. */
+const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+
+/** A message's reactions with their counts (mine pressed), and the picker. */
+function Reactions({
+  message,
+  state,
+  actions,
+  picking,
+  onPicked,
+}: {
+  message: ChatMessage;
+  state: ChatState;
+  actions: ChatActions;
+  picking: boolean;
+  onPicked: () => void;
+}) {
+  const reactions = Object.entries(message.reactions ?? {});
+  const toggle = (emoji: string) => {
+    const mine = (message.reactions?.[emoji] ?? []).includes(state.me);
+    actions.react(message.room_id, message.seq, emoji, !mine);
+  };
+  if (reactions.length === 0 && !picking) return null;
+  return (
+    <div className="reactions">
+      {reactions.map(([emoji, users]) => (
+        <button
+          type="button"
+          key={emoji}
+          className="reaction"
+          aria-pressed={users.includes(state.me)}
+          aria-label={`${emoji} ${users.length}: ${users.map((u) => state.names[u] ?? "someone").join(", ")}`}
+          onClick={() => toggle(emoji)}
+        >
+          {emoji} {users.length}
+        </button>
+      ))}
+      {picking && (
+        <span className="picker" role="group" aria-label="Pick a reaction">
+          {REACTIONS.map((emoji) => (
+            <button
+              type="button"
+              key={emoji}
+              aria-label={`React with ${emoji}`}
+              onClick={() => {
+                toggle(emoji);
+                onPicked();
+              }}
+            >
+              {emoji}
+            </button>
+          ))}
+        </span>
+      )}
+    </div>
   );
 }
 

@@ -63,7 +63,7 @@ export class ChatConnection {
   private resuming = new Set<string>();
   /** Sent messages not yet acknowledged, by client_id: resent after a reconnect. */
   /** Messages, edits and deletions not acknowledged yet: resent after a reconnection (their client_id makes that safe). */
-  private outbox = new Map<string, Extract<ClientFrame, { type: "message" | "edit" | "delete" }>>();
+  private outbox = new Map<string, Extract<ClientFrame, { type: "message" | "edit" | "delete" | "react" | "unreact" }>>();
   private status: Status = "offline";
   private readonly factory: SocketFactory;
   private readonly random: () => number;
@@ -120,6 +120,15 @@ export class ChatConnection {
   /** Deletes the message at `seq`: mine, or any in a room I manage. */
   remove(roomId: string, seq: number): string {
     const frame = { type: "delete" as const, room_id: roomId, seq, client_id: newClientId(this.random) };
+    this.outbox.set(frame.client_id, frame);
+    this.write(frame);
+    return frame.client_id;
+  }
+
+  /** Adds (or, with `on` false, takes back) my reaction to the message at `seq`. */
+  react(roomId: string, seq: number, emoji: string, on: boolean): string {
+    const type = on ? ("react" as const) : ("unreact" as const);
+    const frame = { type, room_id: roomId, seq, emoji, client_id: newClientId(this.random) };
     this.outbox.set(frame.client_id, frame);
     this.write(frame);
     return frame.client_id;
@@ -214,6 +223,8 @@ export class ChatConnection {
       case "system":
       case "edit":
       case "delete":
+      case "react":
+      case "unreact":
         if (!this.acceptMessage(frame)) return;
         break;
       case "joined":

@@ -95,9 +95,29 @@ export function applyChange(timeline: Timeline, change: ChatChange): Timeline {
   const messages = timeline.messages.map((m) => {
     if (m.seq !== change.target_seq || m.type !== "text" || m.deleted) return m;
     changed = true;
-    return change.type === "delete"
-      ? { ...m, content: "", deleted: true, edited_at: undefined }
-      : { ...m, content: change.content, edited_at: change.timestamp };
+    switch (change.type) {
+      case "delete":
+        return { ...m, content: "", deleted: true, edited_at: undefined, reactions: undefined };
+      case "edit":
+        return { ...m, content: change.content, edited_at: change.timestamp };
+      case "react":
+      case "unreact":
+        return { ...m, reactions: react(m.reactions ?? {}, change) };
+    }
   });
   return changed ? { ...timeline, messages } : timeline;
+}
+
+/** Reactions as sets of users per emoji: adding twice or taking back what is not there changes nothing. */
+function react(reactions: Record<string, string[]>, change: ChatChange): Record<string, string[]> {
+  const users = reactions[change.content] ?? [];
+  const next = { ...reactions };
+  if (change.type === "react") {
+    if (!users.includes(change.user_id)) next[change.content] = [...users, change.user_id];
+  } else {
+    const rest = users.filter((u) => u !== change.user_id);
+    if (rest.length > 0) next[change.content] = rest;
+    else delete next[change.content];
+  }
+  return next;
 }

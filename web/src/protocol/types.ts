@@ -15,12 +15,15 @@ export interface ChatMessage {
   edited_at?: string;
   /** History's view: deleted, the content gone. */
   deleted?: boolean;
+  /** History's view: who reacted with what, by emoji. */
+  reactions?: Record<string, string[]>;
   seq: number;
 }
 
 /** An edit or a deletion of the message at `target_seq`, with a seq of its own. */
-export interface ChatChange extends Omit<ChatMessage, "type" | "edited_at" | "deleted"> {
-  type: "edit" | "delete";
+/** An edit, a deletion or a reaction (`content`: the emoji) to the message at `target_seq`, with a seq of its own. */
+export interface ChatChange extends Omit<ChatMessage, "type" | "edited_at" | "deleted" | "reactions"> {
+  type: "edit" | "delete" | "react" | "unreact";
   target_seq: number;
 }
 
@@ -67,6 +70,7 @@ export type ClientFrame =
   | { type: "message"; room_id: string; content: string; client_id: string }
   | { type: "edit"; room_id: string; seq: number; content: string; client_id: string }
   | { type: "delete"; room_id: string; seq: number; client_id: string }
+  | { type: "react" | "unreact"; room_id: string; seq: number; emoji: string; client_id: string }
   | { type: "join"; room_id: string }
   | { type: "resume"; room_id: string; last_seq: number }
   | { type: "leave"; room_id: string }

@@ -203,6 +203,16 @@ async function main() {
     await bob.locator(".message", { hasText: edited }).getByText("(edited)").waitFor({ timeout: TIMEOUT });
     console.log("an edit and a deletion reached both, live");
 
+    // Bob reacts to Alice's first message; she sees it counted.
+    const hello = bob.locator(".message", { hasText: "Hello Bob" });
+    await hello.getByRole("button", { name: "React", exact: true }).click();
+    await hello.getByRole("button", { name: "React with 👍" }).click();
+    await alice
+      .locator(".message", { hasText: "Hello Bob" })
+      .getByRole("button", { name: /^👍 1: bob/ })
+      .waitFor({ timeout: TIMEOUT });
+    console.log("a reaction reached alice, live");
+
     // The server restarts again; the changes are still there after it.
     await server.stop();
     await server.start();

@@ -94,4 +94,26 @@ describe("timeline", () => {
     // A change to a message not shown changes nothing (history brings it as it is now).
     expect(applyChange(timeline, change("edit", 6, 99, "x"))).toBe(timeline);
   });
+
+  it("keeps reactions as a set of users per emoji", () => {
+    const reaction = (type: "react" | "unreact", seq: number, user: string, emoji = "👍"): ChatChange => ({
+      type,
+      id: `r${seq}`,
+      room_id: "r1",
+      user_id: user,
+      username: user,
+      content: emoji,
+      timestamp: "2026-11-23T10:05:00.000Z",
+      target_seq: 1,
+      seq,
+    });
+    let timeline = addMessages(emptyTimeline(), [message(1)]);
+    for (const change of [reaction("react", 2, "bob"), reaction("react", 3, "bob"), reaction("react", 4, "carol"), reaction("react", 5, "bob", "🎉")]) {
+      timeline = applyChange(timeline, change);
+    }
+    expect(timeline.messages[0].reactions).toEqual({ "👍": ["bob", "carol"], "🎉": ["bob"] });
+    timeline = applyChange(timeline, reaction("unreact", 6, "bob", "🎉"));
+    timeline = applyChange(timeline, reaction("unreact", 7, "bob"));
+    expect(timeline.messages[0].reactions).toEqual({ "👍": ["carol"] });
+  });
 });

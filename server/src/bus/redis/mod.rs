@@ -43,7 +43,7 @@ use self::keys::{
 };
 use super::{Audience, Bus, BusError, split_at_seq};
 use crate::metrics::Metrics;
-use crate::model::{HistoryQuery, Id, Message};
+use crate::model::{HistoryQuery, Id, Message, MessageKind};
 use crate::store::Store;
 use crate::sync::lock;
 use crate::ws::hub::{Hub, Outbound, Session};
@@ -276,8 +276,9 @@ impl RedisBus {
             }
         };
         let room = envelope.room_id;
+        let in_stream = MessageKind::from_name(&envelope.kind).is_some();
         match (envelope.kind.as_str(), envelope.seq) {
-            ("text" | "system" | "edit" | "delete", Some(seq)) => {
+            (_, Some(seq)) if in_stream => {
                 self.deliver_message(room, seq, Utf8Bytes::from(payload));
                 if let Some(accepted) = envelope.timestamp {
                     self.metrics.observe_delivery(accepted);
