@@ -205,8 +205,47 @@ impl Chat {
         client_id: Option<String>,
     ) -> Result<Message, ChatError> {
         self.admit(connection, room).await?;
-        let draft = draft(room, &connection.author(), MessageKind::Text, content);
+        let (mentions, mentions_room) = self.mentions(room, connection.user, &content).await;
+        let draft = Message {
+            mentions,
+            mentions_room,
+            ..draft(room, &connection.author(), MessageKind::Text, content)
+        };
         self.append_from(connection, draft, client_id).await
+    }
+
+    /// The members `content` mentions (`@username`, not the sender), and
+    /// whether it calls the whole room (`@room`: its owner's and admins'
+    /// right; anyone else's is plain text). Best effort: while the database
+    /// cannot say, the message goes out without mentions rather than not
+    /// at all.
+    async fn mentions(&self, room: Id, sender: Id, content: &str) -> (Vec<Id>, bool) {
+        let mentioned = crate::mention::mentioned(content);
+        if mentioned.names.is_empty() && !mentioned.room {
+            return (Vec::new(), false);
+        }
+        let room = match self.store.room(room).await {
+            Ok(Some(room)) => room,
+            Ok(None) => return (Vec::new(), false),
+            Err(e) => {
+                tracing::warn!(error = %e, room_id = %room, "cannot resolve mentions");
+                return (Vec::new(), false);
+            }
+        };
+        let mut members = Vec::new();
+        for name in &mentioned.names {
+            match self.store.user_by_username(name).await {
+                Ok(Some(user)) if user.id != sender && room.is_member(user.id) => {
+                    members.push(user.id)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, room_id = %room.id, "cannot resolve a mention");
+                    break;
+                }
+            }
+        }
+        (members, mentioned.room && room.can_manage_members(sender))
     }
 
     /// What every write to a room checks first: the room open on this
@@ -600,6 +639,8 @@ fn draft(room: Id, author: &Author, kind: MessageKind, content: String) -> Messa
         content,
         timestamp: crate::model::now(),
         target_seq: None,
+        mentions: Vec::new(),
+        mentions_room: false,
         edited_at: None,
         deleted: false,
         reactions: Default::default(),

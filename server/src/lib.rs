@@ -11,6 +11,7 @@ pub mod chat;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod mention;
 pub mod metrics;
 pub mod model;
 pub mod server;

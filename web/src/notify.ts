@@ -1,6 +1,7 @@
 // What the browser shows beyond the page: the unread count in the tab's
-// title, and desktop notifications for direct messages while the tab is
-// hidden. Pure functions of the chat state, so they are unit tested.
+// title, and desktop notifications for direct messages and mentions while
+// the tab is hidden. Pure functions of the chat state, so they are unit tested.
+import { mentionsMe } from "./mentions";
 import type { ChatState } from "./state";
 import type { ServerFrame } from "./protocol/types";
 
@@ -28,10 +29,12 @@ export interface DesktopNotice {
 export function desktopNotice(state: ChatState, frame: ServerFrame, hidden: boolean): DesktopNotice | null {
   if (frame.type !== "text" || frame.user_id === state.me) return null;
   const room = state.rooms[frame.room_id];
-  if (!room?.is_direct) return null;
+  const mentioned = mentionsMe(frame, state.me);
+  if (!room || (!room.is_direct && !mentioned)) return null;
   if (!hidden && state.active === frame.room_id) return null;
   const known = state.timelines[frame.room_id]?.messages.some((m) => m.id === frame.id || m.seq === frame.seq);
   if (known) return null;
   const body = frame.content.length > 140 ? `${frame.content.slice(0, 139)}…` : frame.content;
-  return { title: frame.username, body, tag: frame.room_id, roomId: frame.room_id };
+  const title = room.is_direct ? frame.username : `${frame.username} mentioned you in ${room.name}`;
+  return { title, body, tag: frame.room_id, roomId: frame.room_id };
 }

@@ -14,6 +14,7 @@ import {
   type Pending,
   type Timeline,
 } from "./protocol/timeline";
+import { mentionsMe } from "./mentions";
 import type { ChatMessage, Room, ServerFrame, User } from "./protocol/types";
 
 export const PAGE = 50;
@@ -24,6 +25,8 @@ export interface ChatState {
   rooms: Record<string, Room>;
   timelines: Record<string, Timeline>;
   unread: Record<string, number>;
+  /** Unread messages that mention me, per room. */
+  mentions: Record<string, number>;
   active: string | null;
   /** room → user → until (ms) */
   typing: Record<string, Record<string, { username: string; until: number }>>;
@@ -57,6 +60,7 @@ export const initialState = (me: string, myName: string): ChatState => ({
   rooms: {},
   timelines: {},
   unread: {},
+  mentions: {},
   active: null,
   typing: {},
   online: { [me]: true },
@@ -88,6 +92,7 @@ export function reducer(state: ChatState, action: Action): ChatState {
         ...state,
         active: action.roomId,
         unread: action.roomId ? { ...state.unread, [action.roomId]: 0 } : state.unread,
+        mentions: action.roomId ? { ...state.mentions, [action.roomId]: 0 } : state.mentions,
       };
     case "latest": {
       const timeline = addMessages(timelineOf(state, action.roomId), action.messages);
@@ -146,6 +151,9 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
       }
       if (frame.room_id !== state.active && frame.user_id !== state.me) {
         next = { ...next, unread: { ...next.unread, [frame.room_id]: (next.unread[frame.room_id] ?? 0) + 1 } };
+        if (mentionsMe(frame, state.me)) {
+          next = { ...next, mentions: { ...next.mentions, [frame.room_id]: (next.mentions[frame.room_id] ?? 0) + 1 } };
+        }
       }
       return next;
     }

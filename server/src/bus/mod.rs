@@ -128,6 +128,8 @@ mod tests {
             content: "\"seq\":0}".into(),
             timestamp: crate::model::now(),
             target_seq: Some(3),
+            mentions: vec![Id::new()],
+            mentions_room: true,
             edited_at: None,
             deleted: false,
             reactions: Default::default(),

@@ -70,6 +70,12 @@ pub struct Message {
     /// For an edit or a deletion: the seq of the message it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_seq: Option<u64>,
+    /// Members the text mentions (`@username`), resolved when it was posted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Id>,
+    /// The text calls the whole room (`@room`, by its owner or an admin).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mentions_room: bool,
     /// In history: when the text was last edited.
     #[serde(
         default,
@@ -165,6 +171,8 @@ mod tests {
             content: "hi".into(),
             timestamp: time::macros::datetime!(2026-01-02 03:04:05.678 UTC),
             target_seq: None,
+            mentions: Vec::new(),
+            mentions_room: false,
             edited_at: None,
             deleted: false,
             reactions: Default::default(),
@@ -176,7 +184,14 @@ mod tests {
         assert_eq!(json["seq"], 7);
         assert_eq!(json["id"], message.id.to_string());
         // Fields of changes and of history's view are absent from a plain message.
-        for absent in ["target_seq", "edited_at", "deleted", "reactions"] {
+        for absent in [
+            "target_seq",
+            "mentions",
+            "mentions_room",
+            "edited_at",
+            "deleted",
+            "reactions",
+        ] {
             assert!(json.get(absent).is_none(), "{absent} in {json}");
         }
         let back: Message = serde_json::from_value(json).unwrap();
@@ -194,6 +209,8 @@ mod tests {
             timestamp: time::macros::datetime!(2026-01-02 03:04:05 UTC)
                 + time::Duration::seconds(i64::try_from(seq).unwrap()),
             target_seq: target,
+            mentions: Vec::new(),
+            mentions_room: false,
             edited_at: None,
             deleted: false,
             reactions: Default::default(),

@@ -361,6 +361,10 @@ struct MessageDoc {
     /// Edits and deletions: the seq of the message they change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     target_seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mentions: Vec<ObjectId>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    mentions_room: bool,
 }
 
 /// What history pages show: messages, not the changes made to them.
@@ -380,6 +384,8 @@ impl TryFrom<&Message> for MessageDoc {
             content: message.content.clone(),
             created_at: to_bson_date(message.timestamp),
             target_seq: message.target_seq.map(seq_to_i64).transpose()?,
+            mentions: message.mentions.iter().map(|id| id.object_id()).collect(),
+            mentions_room: message.mentions_room,
         })
     }
 }
@@ -400,6 +406,8 @@ impl TryFrom<MessageDoc> for Message {
                 .target_seq
                 .map(|seq| u64::try_from(seq).map_err(|_| corrupt("target seq")))
                 .transpose()?,
+            mentions: doc.mentions.into_iter().map(Id::from).collect(),
+            mentions_room: doc.mentions_room,
             edited_at: None,
             deleted: false,
             reactions: Default::default(),

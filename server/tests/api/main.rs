@@ -9,6 +9,7 @@ mod changes;
 mod chaos;
 mod cluster;
 mod history;
+mod mentions;
 mod operations;
 mod realtime;
 mod redis_cluster;

@@ -34,6 +34,7 @@ export function RoomList({ state, actions }: { state: ChatState; actions: ChatAc
       <ul>
         {mine.map((room) => {
           const unread = state.unread[room.id] ?? 0;
+          const mentions = state.mentions[room.id] ?? 0;
           return (
             <li key={room.id}>
               <button
@@ -47,6 +48,11 @@ export function RoomList({ state, actions }: { state: ChatState; actions: ChatAc
                   {roomTitle(room, state)}
                   {room.is_direct && <PeerPresence room={room} state={state} />}
                 </span>
+                {mentions > 0 && (
+                  <span className="mention-badge" aria-label={`${mentions} ${mentions === 1 ? "mention" : "mentions"}`}>
+                    @{mentions}
+                  </span>
+                )}
                 {unread > 0 && (
                   <span className="unread" aria-label={`${unread} unread`}>
                     {unread}

@@ -4,6 +4,7 @@ import type { ChatMessage, Room } from "../protocol/types";
 import { emptyTimeline } from "../protocol/timeline";
 import { Avatar } from "./Avatar";
 import type { ChatActions } from "./ChatApp";
+import { complete, mentionAt, suggestions } from "../mentions";
 
 const MAX_LENGTH = 4000;
 const TYPING_EVERY_MS = 2500;
@@ -17,7 +18,7 @@ function time(timestamp: string): string {
  * Message text as text: React escapes it, so markup shows as typed. Only
  * http(s) URLs become links, opening in a new tab without access to this one.
  */
-function Content({ text }: { text: string }) {
+function Content({ text, myName }: { text: string; myName: string }) {
   const parts = text.split(/(https?:\/\/[^\s<>"']+)/g);
   return (
     <>
@@ -27,9 +28,28 @@ function Content({ text }: { text: string }) {
             {part}
           </a>
         ) : (
-          part
+          <Mentions key={i} text={part} myName={myName} />
         ),
       )}
+    </>
+  );
+}
+
+/** Text with its @mentions marked, those of me (or of the whole room) more. */
+function Mentions({ text, myName }: { text: string; myName: string }) {
+  const parts = text.split(/((?:^|(?<=[^A-Za-z0-9_.-]))@[A-Za-z0-9_.-]*[A-Za-z0-9_])/g);
+  return (
+    <>
+      {parts.map((part, i) => {
+        if (!part.startsWith("@") || part.length < 2) return part;
+        const name = part.slice(1).toLowerCase();
+        const me = name === myName.toLowerCase() || name === "room" || name === "here" || name === "channel";
+        return (
+          <span key={i} className={me ? "mention me" : "mention"}>
+            {part}
+          </span>
+        );
+      })}
     </>
   );
 }
@@ -100,7 +120,7 @@ function Message({
           </div>
         ) : (
           <p className="content">
-            <Content text={message.content} />
+            <Content text={message.content} myName={state.names[state.me] ?? ""} />
           </p>
         )}
         {!message.deleted && (
@@ -211,6 +231,10 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   const [draft, setDraft] = useState("");
   const [showMembers, setShowMembers] = useState(false);
   const [renaming, setRenaming] = useState(false);
+  const [caret, setCaret] = useState(0);
+  const [choice, setChoice] = useState(0);
+  const [dismissed, setDismissed] = useState(false);
+  const composer = useRef<HTMLTextAreaElement>(null);
   const lastTyping = useRef(0);
   const [now, setNow] = useState(Date.now());
   const member = room.members.includes(state.me);
@@ -264,14 +288,54 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
     setDraft("");
   }
 
+  const owner = room.creator_id === state.me;
+  const manager = owner || room.admins.includes(state.me);
+  // @mention suggestions for the name being typed at the caret.
+  const mention = mentionAt(draft, caret);
+  const memberNames = room.members
+    .filter((id) => id !== state.me)
+    .map((id) => state.names[id])
+    .filter((name): name is string => name !== undefined);
+  const options = mention && !dismissed ? suggestions(mention.query, memberNames, manager) : [];
+  const chosen = Math.min(choice, Math.max(options.length - 1, 0));
+
+  function completeMention(name: string) {
+    if (!mention) return;
+    const next = complete(draft, mention.start, caret, name);
+    setDraft(next.text);
+    setCaret(next.caret);
+    requestAnimationFrame(() => composer.current?.setSelectionRange(next.caret, next.caret));
+  }
+
   function onKeyDown(event: KeyboardEvent<HTMLTextAreaElement>) {
+    if (options.length > 0) {
+      if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+        event.preventDefault();
+        const step = event.key === "ArrowDown" ? 1 : options.length - 1;
+        setChoice((chosen + step) % options.length);
+        return;
+      }
+      if (event.key === "Enter" || event.key === "Tab") {
+        event.preventDefault();
+        completeMention(options[chosen]);
+        return;
+      }
+      if (event.key === "Escape") {
+        event.preventDefault();
+        setDismissed(true);
+        return;
+      }
+    }
     if (event.key === "Enter" && !event.shiftKey) {
       event.preventDefault();
       send();
     }
   }
 
-  function onDraft(value: string) {
+  function onDraft(value: string, at: number) {
+    setCaret(at);
+    setDismissed(false);
+    setChoice(0);
     setDraft(value);
     if (value && Date.now() - lastTyping.current > TYPING_EVERY_MS) {
       lastTyping.current = Date.now();
@@ -280,8 +344,6 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   }
 
   const typing = typingIn(state, room.id, now);
-  const owner = room.creator_id === state.me;
-  const manager = owner || room.admins.includes(state.me);
   const readers = Object.entries(state.reads[room.id] ?? {})
     .filter(([user, seq]) => user !== state.me && newest !== undefined && seq >= newest)
     .map(([user]) => state.names[user] ?? "someone");
@@ -350,13 +412,36 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
           </label>
           <textarea
             id="composer-input"
+            ref={composer}
             value={draft}
-            onChange={(e) => onDraft(e.target.value)}
+            onChange={(e) => onDraft(e.target.value, e.target.selectionStart)}
+            onSelect={(e) => setCaret(e.currentTarget.selectionStart)}
             onKeyDown={onKeyDown}
             placeholder={`Message ${title}`}
             rows={1}
             maxLength={MAX_LENGTH}
+            aria-autocomplete="list"
+            aria-controls={options.length > 0 ? "mention-options" : undefined}
+            aria-activedescendant={options.length > 0 ? `mention-${chosen}` : undefined}
           />
+          {options.length > 0 && (
+            <ul id="mention-options" className="mention-options" role="listbox" aria-label="People to mention">
+              {options.map((name, i) => (
+                <li
+                  key={name}
+                  id={`mention-${i}`}
+                  role="option"
+                  aria-selected={i === chosen}
+                  onMouseDown={(e) => {
+                    e.preventDefault();
+                    completeMention(name);
+                  }}
+                >
+                  @{name}
+                </li>
+              ))}
+            </ul>
+          )}
           <button type="submit" disabled={!draft.trim()}>
             Send
           </button>

@@ -11,6 +11,9 @@ export interface ChatMessage {
   username: string;
   content: string;
   timestamp: string;
+  /** Members the text mentions, and whether it calls the whole room (`@room`). */
+  mentions?: string[];
+  mentions_room?: boolean;
   /** History's view: when the text was last edited. */
   edited_at?: string;
   /** History's view: deleted, the content gone. */
@@ -22,7 +25,8 @@ export interface ChatMessage {
 
 /** An edit or a deletion of the message at `target_seq`, with a seq of its own. */
 /** An edit, a deletion or a reaction (`content`: the emoji) to the message at `target_seq`, with a seq of its own. */
-export interface ChatChange extends Omit<ChatMessage, "type" | "edited_at" | "deleted" | "reactions"> {
+export interface ChatChange
+  extends Omit<ChatMessage, "type" | "edited_at" | "deleted" | "reactions" | "mentions" | "mentions_room"> {
   type: "edit" | "delete" | "react" | "unreact";
   target_seq: number;
 }

@@ -261,6 +261,21 @@ async function main() {
     await alice.waitForFunction(() => document.title === "(1) chatcluster", null, { timeout: TIMEOUT });
     console.log("the unread count shows in the tab's title");
 
+    // Alice mentions Bob in the room, completing his name from the
+    // suggestions; Bob, reading the direct messages, sees a mention badge on
+    // the room in his list.
+    const box = alice.getByRole("textbox", { name: /^Message / });
+    await box.fill("");
+    await box.pressSequentially("@b");
+    await alice.getByRole("option", { name: "@bob" }).waitFor({ timeout: TIMEOUT });
+    await box.press("Enter");
+    await box.pressSequentially("can you look?");
+    if ((await box.inputValue()) !== "@bob can you look?") throw new Error(`completed to ${await box.inputValue()}`);
+    await box.press("Enter");
+    await bob.getByRole("button", { name: "Back to rooms" }).click();
+    await rooms.getByRole("button", { name: /Launch day/ }).getByLabel("1 mention").waitFor({ timeout: TIMEOUT });
+    console.log("a mention raised a badge in bob's list");
+
     if (violations.length) throw new Error(`CSP violations:\n${violations.join("\n")}`);
     console.log("no Content-Security-Policy violation");
 
