@@ -202,16 +202,37 @@ impl Chat {
         connection: &Connection,
         room: Id,
         content: String,
+        reply_to: Option<u64>,
         client_id: Option<String>,
     ) -> Result<Message, ChatError> {
         self.admit(connection, room).await?;
+        if let Some(parent) = reply_to {
+            // Threads are one level deep, as in most chats: a reply answers a
+            // message of the room's main line.
+            self.text_message(room, parent)
+                .await?
+                .filter(|m| m.reply_to.is_none())
+                .ok_or(ChatError::NoSuchMessage)?;
+        }
         let (mentions, mentions_room) = self.mentions(room, connection.user, &content).await;
         let draft = Message {
+            reply_to,
             mentions,
             mentions_room,
             ..draft(room, &connection.author(), MessageKind::Text, content)
         };
         self.append_from(connection, draft, client_id).await
+    }
+
+    /// The text message at `seq` in `room`, from the room's recent log or
+    /// the store, if there is one.
+    async fn text_message(&self, room: Id, seq: u64) -> Result<Option<Message>, ChatError> {
+        Ok(self
+            .bus
+            .missed(room, seq.saturating_sub(1), seq)
+            .await?
+            .into_iter()
+            .find(|m| m.seq == seq && m.kind == MessageKind::Text))
     }
 
     /// The members `content` mentions (`@username`, not the sender), and
@@ -285,11 +306,8 @@ impl Chat {
     ) -> Result<Message, ChatError> {
         self.admit(connection, room).await?;
         let original = self
-            .bus
-            .missed(room, target.saturating_sub(1), target)
+            .text_message(room, target)
             .await?
-            .into_iter()
-            .find(|m| m.seq == target && m.kind == MessageKind::Text)
             .ok_or(ChatError::NoSuchMessage)?;
         let own = original.user_id == connection.user;
         let (kind, content) = match change {
@@ -639,6 +657,8 @@ fn draft(room: Id, author: &Author, kind: MessageKind, content: String) -> Messa
         content,
         timestamp: crate::model::now(),
         target_seq: None,
+        reply_to: None,
+        reply_count: 0,
         mentions: Vec::new(),
         mentions_room: false,
         edited_at: None,

@@ -160,6 +160,8 @@ export class Api {
   direct = (userId: string) => this.call<Room>("POST", `/api/dm/${userId}`);
   latest = (roomId: string, limit: number) =>
     this.call<{ messages: ChatMessage[]; total: number }>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&offset=0`);
+  thread = (roomId: string, parent: number) =>
+    this.call<{ messages: ChatMessage[]; total: number }>("GET", `/api/rooms/${roomId}/messages?thread=${parent}&limit=100`);
   before = (roomId: string, seq: number, limit: number) =>
     this.call<{ messages: ChatMessage[] }>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&before_seq=${seq}`);
 

@@ -24,6 +24,8 @@ export interface ChatState {
   me: string;
   rooms: Record<string, Room>;
   timelines: Record<string, Timeline>;
+  /** Each open thread's replies, oldest first, by `threadKey`. */
+  threads: Record<string, ChatMessage[]>;
   unread: Record<string, number>;
   /** Unread messages that mention me, per room. */
   mentions: Record<string, number>;
@@ -49,6 +51,7 @@ export type Action =
   | { type: "frame"; frame: ServerFrame; now: number }
   | { type: "latest"; roomId: string; messages: ChatMessage[] }
   | { type: "older"; roomId: string; messages: ChatMessage[] }
+  | { type: "thread"; roomId: string; parent: number; messages: ChatMessage[] }
   | { type: "pending"; pending: Pending }
   | { type: "status"; status: Status; retryInMs?: number }
   /** Users looked up: their names, and whether they are online now. */
@@ -59,6 +62,7 @@ export const initialState = (me: string, myName: string): ChatState => ({
   me,
   rooms: {},
   timelines: {},
+  threads: {},
   unread: {},
   mentions: {},
   active: null,
@@ -108,6 +112,11 @@ export function reducer(state: ChatState, action: Action): ChatState {
         withTimeline(state, action.roomId, addOlder(timelineOf(state, action.roomId), action.messages, PAGE)),
         action.messages,
       );
+    case "thread": {
+      const key = threadKey(action.roomId, action.parent);
+      const replies = mergeReplies(state.threads[key] ?? [], action.messages);
+      return learnNames({ ...state, threads: { ...state.threads, [key]: replies } }, action.messages);
+    }
     case "pending":
       return withTimeline(state, action.pending.roomId, addPending(timelineOf(state, action.pending.roomId), action.pending));
     case "status":
@@ -128,6 +137,28 @@ export function reducer(state: ChatState, action: Action): ChatState {
   }
 }
 
+/** Where a thread's replies are kept. */
+export const threadKey = (roomId: string, parent: number) => `${roomId}:${parent}`;
+
+function mergeReplies(known: ChatMessage[], incoming: ChatMessage[]): ChatMessage[] {
+  const bySeq = new Map(known.map((m) => [m.seq, m]));
+  for (const m of incoming) if (!bySeq.has(m.seq)) bySeq.set(m.seq, m);
+  return [...bySeq.values()].sort((a, b) => a.seq - b.seq);
+}
+
+/** A reply arrived live: into its thread, and counted on its parent. */
+function onReply(state: ChatState, reply: ChatMessage, parent: number): ChatState {
+  const key = threadKey(reply.room_id, parent);
+  const known = state.threads[key] ?? [];
+  if (known.some((m) => m.seq === reply.seq)) return state;
+  const timeline = timelineOf(state, reply.room_id);
+  const messages = timeline.messages.map((m) =>
+    m.seq === parent ? { ...m, reply_count: (m.reply_count ?? 0) + 1 } : m,
+  );
+  const next = withTimeline(state, reply.room_id, { ...timeline, messages });
+  return learnNames({ ...next, threads: { ...next.threads, [key]: mergeReplies(known, [reply]) } }, [reply]);
+}
+
 function learnNames(state: ChatState, messages: ChatMessage[]): ChatState {
   const names = { ...state.names };
   for (const m of messages) if (m.type === "text") names[m.user_id] = m.username;
@@ -138,10 +169,16 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
   switch (frame.type) {
     case "text":
     case "system": {
-      const before = timelineOf(state, frame.room_id);
-      const after = addMessages(before, [frame]);
-      if (after === before) return state;
-      let next = learnNames(withTimeline(state, frame.room_id, after), [frame]);
+      let next: ChatState;
+      if (frame.reply_to === undefined) {
+        const before = timelineOf(state, frame.room_id);
+        const after = addMessages(before, [frame]);
+        if (after === before) return state;
+        next = learnNames(withTimeline(state, frame.room_id, after), [frame]);
+      } else {
+        next = onReply(state, frame, frame.reply_to);
+        if (next === state) return state;
+      }
       // A message from someone ends their typing.
       const typing = next.typing[frame.room_id];
       if (typing?.[frame.user_id]) {
@@ -160,8 +197,16 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
     case "edit":
     case "delete":
     case "react":
-    case "unreact":
-      return withTimeline(state, frame.room_id, applyChange(timelineOf(state, frame.room_id), frame));
+    case "unreact": {
+      // The changed message is in the room's line or in one of its threads.
+      const threads = { ...state.threads };
+      for (const [key, replies] of Object.entries(state.threads)) {
+        if (!key.startsWith(`${frame.room_id}:`)) continue;
+        const changed = applyChange({ ...emptyTimeline(), messages: replies }, frame).messages;
+        if (changed !== replies) threads[key] = changed;
+      }
+      return withTimeline({ ...state, threads }, frame.room_id, applyChange(timelineOf(state, frame.room_id), frame));
+    }
     case "joined":
       return withTimeline(state, frame.room_id, openedAt(timelineOf(state, frame.room_id), frame.last_seq));
     case "ack":

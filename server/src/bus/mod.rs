@@ -128,6 +128,8 @@ mod tests {
             content: "\"seq\":0}".into(),
             timestamp: crate::model::now(),
             target_seq: Some(3),
+            reply_to: Some(2),
+            reply_count: 0,
             mentions: vec![Id::new()],
             mentions_room: true,
             edited_at: None,

@@ -1,4 +1,5 @@
-//! `GET /api/rooms/{id}/messages`: a room's history, oldest first within a page.
+//! `GET /api/rooms/{id}/messages`: a room's history, or one thread's
+//! replies (`?thread=SEQ`), oldest first within a page.
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,8 @@ pub struct HistoryParams {
     pub limit: Option<u64>,
     pub offset: Option<u64>,
     pub before_seq: Option<u64>,
+    /// The seq of a message: its thread's replies instead of the room's messages.
+    pub thread: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,11 +63,40 @@ pub async fn history(
 ) -> Result<axum::Json<HistoryView>, ApiError> {
     let query = history_query(&params)?;
     let room = visible_room(&state, &id, caller.id).await?;
-    let mut page = state.store.messages(room.id, query).await?;
-    // As they are now: edited text, deletions as tombstones.
+    let mut page = match params.thread {
+        Some(parent) => {
+            if params.offset.is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "a thread pages with before_seq, not offset",
+                ));
+            }
+            let limit = page_limit(params.limit)?;
+            let before = params.before_seq.map(clamp);
+            let messages = state
+                .store
+                .replies(room.id, clamp(parent), before, limit)
+                .await?;
+            let total = state
+                .store
+                .reply_counts(room.id, &[clamp(parent)])
+                .await?
+                .get(&clamp(parent))
+                .copied()
+                .unwrap_or(0);
+            crate::model::HistoryPage { messages, total }
+        }
+        None => state.store.messages(room.id, query).await?,
+    };
+    // As they are now: edited text, deletions as tombstones, reactions,
+    // and how many replies each thread has.
     let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
     let changes = state.store.changes_of(room.id, &seqs).await?;
     crate::model::apply_changes(&mut page.messages, &changes);
+    let replies = state.store.reply_counts(room.id, &seqs).await?;
+    for message in &mut page.messages {
+        message.reply_count = replies.get(&message.seq).copied().unwrap_or(0);
+    }
     let (offset, limit) = match query {
         HistoryQuery::Latest { offset, limit } => (offset, limit),
         HistoryQuery::BeforeSeq { limit, .. } | HistoryQuery::After { limit, .. } => (0, limit),
@@ -86,6 +118,7 @@ mod tests {
             limit,
             offset,
             before_seq,
+            thread: None,
         }
     }
 

@@ -70,6 +70,12 @@ pub struct Message {
     /// For an edit or a deletion: the seq of the message it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_seq: Option<u64>,
+    /// A reply in the thread of the message at this seq.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// In history: how many replies its thread has.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reply_count: u64,
     /// Members the text mentions (`@username`), resolved when it was posted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<Id>,
@@ -92,6 +98,10 @@ pub struct Message {
     /// Position in the room, starting at 1 and increasing by one per message
     /// or change. Last, so Redis can splice it in (see `split_at_seq`).
     pub seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// History shows messages as they are now: applies `changes` (edits and
@@ -171,6 +181,8 @@ mod tests {
             content: "hi".into(),
             timestamp: time::macros::datetime!(2026-01-02 03:04:05.678 UTC),
             target_seq: None,
+            reply_to: None,
+            reply_count: 0,
             mentions: Vec::new(),
             mentions_room: false,
             edited_at: None,
@@ -209,6 +221,8 @@ mod tests {
             timestamp: time::macros::datetime!(2026-01-02 03:04:05 UTC)
                 + time::Duration::seconds(i64::try_from(seq).unwrap()),
             target_seq: target,
+            reply_to: None,
+            reply_count: 0,
             mentions: Vec::new(),
             mentions_room: false,
             edited_at: None,

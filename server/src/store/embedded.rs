@@ -42,6 +42,9 @@ const MESSAGE_COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("messag
 /// Edits and deletions by the message they change: room id, the target's
 /// seq, then the change's seq (all big-endian); the change is in MESSAGES.
 const CHANGES: TableDefinition<&[u8], ()> = TableDefinition::new("changes");
+/// Thread replies by the message they answer: room id, the parent's seq,
+/// then the reply's seq; the reply is in MESSAGES.
+const REPLIES: TableDefinition<&[u8], ()> = TableDefinition::new("replies");
 /// Room id followed by the dedupe key → the seq it was stored under and when
 /// the key expires (see [`DedupeEntry`]).
 const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
@@ -142,6 +145,7 @@ impl EmbeddedStore {
         tx.open_table(MESSAGES)?;
         tx.open_table(MESSAGE_COUNTS)?;
         tx.open_table(CHANGES)?;
+        tx.open_table(REPLIES)?;
         tx.open_table(DEDUPE)?;
         let id = {
             let mut meta = tx.open_table(META)?;
@@ -323,6 +327,7 @@ fn write_messages(
         let mut table = tx.open_table(MESSAGES)?;
         let mut counts = tx.open_table(MESSAGE_COUNTS)?;
         let mut changes = tx.open_table(CHANGES)?;
+        let mut replies = tx.open_table(REPLIES)?;
         let mut dedupes = tx.open_table(DEDUPE)?;
         let now = crate::model::now();
         if sweep {
@@ -358,12 +363,19 @@ fn write_messages(
                 }
             };
             table.insert(key.as_slice(), record.as_slice())?;
-            match message.target_seq.filter(|_| message.kind.is_change()) {
-                Some(target) => {
-                    let key = change_key(message.room_id, target, message.seq);
+            match (
+                message.target_seq.filter(|_| message.kind.is_change()),
+                message.reply_to,
+            ) {
+                (Some(target), _) => {
+                    let key = child_key(message.room_id, target, message.seq);
                     changes.insert(key.as_slice(), ())?;
                 }
-                None => {
+                (None, Some(parent)) => {
+                    let key = child_key(message.room_id, parent, message.seq);
+                    replies.insert(key.as_slice(), ())?;
+                }
+                (None, None) => {
                     let room = message.room_id.bytes();
                     let count = counts.get(room.as_slice())?.map_or(0, |c| c.value());
                     counts.insert(room.as_slice(), count + 1)?;
@@ -390,7 +402,18 @@ fn message_key(room: Id, seq: u64) -> [u8; 20] {
     key
 }
 
-fn change_key(room: Id, target: u64, seq: u64) -> [u8; 28] {
+/// The child's seq in a [`child_key`].
+fn child_seq(key: &[u8]) -> StoreResult<u64> {
+    let seq: [u8; 8] = key
+        .get(20..)
+        .and_then(|seq| seq.try_into().ok())
+        .ok_or_else(|| StoreError::Internal("embedded store: corrupt index key".into()))?;
+    Ok(u64::from_be_bytes(seq))
+}
+
+/// A message's child (a change of it, a reply to it) in an index: the room,
+/// the parent's seq, the child's seq.
+fn child_key(room: Id, target: u64, seq: u64) -> [u8; 28] {
     let mut key = [0u8; 28];
     key[..20].copy_from_slice(&message_key(room, target));
     key[20..].copy_from_slice(&seq.to_be_bytes());
@@ -652,8 +675,10 @@ impl Store for EmbeddedStore {
                         tx.open_table(MESSAGE_COUNTS)?
                             .remove(room.bytes().as_slice())?;
                         let (start, end) =
-                            (change_key(room, 0, 0), change_key(room, u64::MAX, u64::MAX));
+                            (child_key(room, 0, 0), child_key(room, u64::MAX, u64::MAX));
                         tx.open_table(CHANGES)?
+                            .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
+                        tx.open_table(REPLIES)?
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
                         true
                     }
@@ -762,7 +787,11 @@ impl Store for EmbeddedStore {
             });
             let mut messages = Vec::new();
             for message in parsed
-                .filter(|m| !(pages && m.as_ref().is_ok_and(|m| m.kind.is_change())))
+                .filter(|m| {
+                    !(pages
+                        && m.as_ref()
+                            .is_ok_and(|m| m.kind.is_change() || m.reply_to.is_some()))
+                })
                 .skip(take(skip))
                 .take(take(limit))
             {
@@ -776,6 +805,63 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn replies(
+        &self,
+        room: Id,
+        parent: u64,
+        before: Option<u64>,
+        limit: u64,
+    ) -> StoreResult<Vec<Message>> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let index = tx.open_table(REPLIES)?;
+            let table = tx.open_table(MESSAGES)?;
+            let from = child_key(room, parent, 0);
+            let to = child_key(room, parent, before.unwrap_or(u64::MAX));
+            let take = usize::try_from(limit).unwrap_or(usize::MAX);
+            let mut replies = Vec::new();
+            for entry in index
+                .range(from.as_slice()..to.as_slice())?
+                .rev()
+                .take(take)
+            {
+                let (key, _) = entry?;
+                let key = message_key(room, child_seq(key.value())?);
+                if let Some(reply) = get_json::<_, Message>(&table, key.as_slice())? {
+                    replies.push(reply);
+                }
+            }
+            replies.reverse();
+            Ok(replies)
+        })
+        .await
+    }
+
+    async fn reply_counts(
+        &self,
+        room: Id,
+        parents: &[u64],
+    ) -> StoreResult<std::collections::HashMap<u64, u64>> {
+        let parents = parents.to_vec();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let index = tx.open_table(REPLIES)?;
+            let mut counts = std::collections::HashMap::new();
+            for parent in parents {
+                let (from, to) = (
+                    child_key(room, parent, 0),
+                    child_key(room, parent, u64::MAX),
+                );
+                let count = index.range(from.as_slice()..=to.as_slice())?.count() as u64;
+                if count > 0 {
+                    counts.insert(parent, count);
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
     async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>> {
         let seqs = seqs.to_vec();
         self.run(move |db| {
@@ -785,15 +871,12 @@ impl Store for EmbeddedStore {
             let mut found = Vec::new();
             for target in seqs {
                 let (from, to) = (
-                    change_key(room, target, 0),
-                    change_key(room, target, u64::MAX),
+                    child_key(room, target, 0),
+                    child_key(room, target, u64::MAX),
                 );
                 for entry in index.range(from.as_slice()..=to.as_slice())? {
                     let (key, _) = entry?;
-                    let seq: [u8; 8] = key.value()[20..].try_into().map_err(|_| {
-                        StoreError::Internal("embedded store: corrupt change key".into())
-                    })?;
-                    let key = message_key(room, u64::from_be_bytes(seq));
+                    let key = message_key(room, child_seq(key.value())?);
                     if let Some(change) = get_json::<_, Message>(&table, key.as_slice())? {
                         found.push(change);
                     }

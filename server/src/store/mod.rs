@@ -101,10 +101,25 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a batch, skipping messages whose `(room_id, seq)` is already
     /// stored: the persist worker may deliver a batch more than once.
     async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()>;
-    /// A page of history: with `Latest` and `BeforeSeq`, messages only (the
-    /// total counts them); with `After` (a resume), edits and deletions too,
-    /// in seq order.
+    /// A page of history: with `Latest` and `BeforeSeq`, messages only, not
+    /// thread replies (the total counts them); with `After` (a resume),
+    /// everything in the stream, in seq order.
     async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage>;
+    /// The replies in the thread of the message at `parent`: the newest
+    /// `limit` (with `before`, the newest below that seq), oldest first.
+    async fn replies(
+        &self,
+        room: Id,
+        parent: u64,
+        before: Option<u64>,
+        limit: u64,
+    ) -> StoreResult<Vec<Message>>;
+    /// How many replies each of the messages at `parents` has (absent: none).
+    async fn reply_counts(
+        &self,
+        room: Id,
+        parents: &[u64],
+    ) -> StoreResult<std::collections::HashMap<u64, u64>>;
     /// The edits and deletions of the messages at `seqs`, in seq order.
     async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>>;
     /// The highest seq stored for `room`, 0 if it has no messages.

@@ -122,6 +122,21 @@ impl MongoStore {
             )
             .await
             .map_err(map_error)?;
+        // Thread replies by the message they answer; sparse: only replies have one.
+        self.messages()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"room_id": 1, "reply_to": 1, "seq": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .sparse(true)
+                            .name("room_reply_to_seq".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(map_error)?;
         // Edits and deletions by the message they change, for history pages
         // to show messages as they are now; sparse: only changes have one.
         self.messages()
@@ -361,6 +376,9 @@ struct MessageDoc {
     /// Edits and deletions: the seq of the message they change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     target_seq: Option<i64>,
+    /// Thread replies: the seq of the message they answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     mentions: Vec<ObjectId>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -384,6 +402,7 @@ impl TryFrom<&Message> for MessageDoc {
             content: message.content.clone(),
             created_at: to_bson_date(message.timestamp),
             target_seq: message.target_seq.map(seq_to_i64).transpose()?,
+            reply_to: message.reply_to.map(seq_to_i64).transpose()?,
             mentions: message.mentions.iter().map(|id| id.object_id()).collect(),
             mentions_room: message.mentions_room,
         })
@@ -406,6 +425,11 @@ impl TryFrom<MessageDoc> for Message {
                 .target_seq
                 .map(|seq| u64::try_from(seq).map_err(|_| corrupt("target seq")))
                 .transpose()?,
+            reply_to: doc
+                .reply_to
+                .map(|seq| u64::try_from(seq).map_err(|_| corrupt("reply_to")))
+                .transpose()?,
+            reply_count: 0,
             mentions: doc.mentions.into_iter().map(Id::from).collect(),
             mentions_room: doc.mentions_room,
             edited_at: None,
@@ -786,6 +810,60 @@ impl Store for MongoStore {
         }
     }
 
+    async fn replies(
+        &self,
+        room: Id,
+        parent: u64,
+        before: Option<u64>,
+        limit: u64,
+    ) -> StoreResult<Vec<Message>> {
+        let mut filter = doc! {"room_id": room.object_id(), "reply_to": seq_to_i64(parent)?};
+        if let Some(before) = before {
+            filter.insert("seq", doc! {"$lt": seq_to_i64(before)?});
+        }
+        let cursor = self
+            .messages()
+            .find(filter)
+            .sort(doc! {"seq": -1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(map_error)?;
+        let mut replies = collect(cursor)
+            .await
+            .map_err(map_error)?
+            .into_iter()
+            .map(Message::try_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        replies.reverse();
+        Ok(replies)
+    }
+
+    async fn reply_counts(
+        &self,
+        room: Id,
+        parents: &[u64],
+    ) -> StoreResult<std::collections::HashMap<u64, u64>> {
+        let mut counts = std::collections::HashMap::new();
+        if parents.is_empty() {
+            return Ok(counts);
+        }
+        let parents = parents
+            .iter()
+            .map(|seq| seq_to_i64(*seq))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let cursor = self
+            .messages()
+            .find(doc! {"room_id": room.object_id(), "reply_to": {"$in": parents}})
+            .await
+            .map_err(map_error)?;
+        for reply in collect(cursor).await.map_err(map_error)? {
+            if let Some(parent) = reply.reply_to.and_then(|p| u64::try_from(p).ok()) {
+                *counts.entry(parent).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
@@ -810,7 +888,11 @@ impl Store for MongoStore {
 
     async fn messages(&self, room: Id, query: HistoryQuery) -> StoreResult<HistoryPage> {
         let room_id = room.object_id();
-        let shown = doc! {"room_id": room_id, "type": {"$in": SHOWN_KINDS.to_vec()}};
+        let shown = doc! {
+            "room_id": room_id,
+            "type": {"$in": SHOWN_KINDS.to_vec()},
+            "reply_to": {"$exists": false},
+        };
         let total = self
             .messages()
             .count_documents(shown.clone())

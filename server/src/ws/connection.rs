@@ -342,12 +342,13 @@ async fn handle(
             room_id,
             content,
             client_id,
+            reply_to,
         } => {
             let content = protocol::clean_content(&content)?;
             protocol::check_client_id(client_id.as_deref())?;
 
             let message = chat
-                .post(connection, room_id, content, client_id.clone())
+                .post(connection, room_id, content, reply_to, client_id.clone())
                 .await?;
             state.metrics.messages_received.inc();
             acknowledge(connection, client_id, &message);

@@ -21,6 +21,8 @@ pub enum ClientFrame {
         room_id: Id,
         content: String,
         client_id: Option<String>,
+        /// A reply in the thread of the message at this seq.
+        reply_to: Option<u64>,
     },
     /// Replace the text of your message at `seq`.
     Edit {
@@ -281,7 +283,8 @@ mod tests {
             ClientFrame::Message {
                 room_id: room,
                 content: "hello".into(),
-                client_id: None
+                client_id: None,
+                reply_to: None,
             }
         );
     }
@@ -327,6 +330,16 @@ mod tests {
                     room_id: room,
                     content: "x".into(),
                     client_id: Some("c1".into()),
+                    reply_to: None,
+                },
+            ),
+            (
+                json!({"type": "message", "room_id": room, "content": "x", "reply_to": 7}),
+                ClientFrame::Message {
+                    room_id: room,
+                    content: "x".into(),
+                    client_id: None,
+                    reply_to: Some(7),
                 },
             ),
         ];

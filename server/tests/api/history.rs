@@ -59,6 +59,8 @@ fn message(room: &str, user: &str, seq: u64) -> Message {
         content: format!("message {seq}"),
         timestamp: chat_server::model::now(),
         target_seq: None,
+        reply_to: None,
+        reply_count: 0,
         mentions: Vec::new(),
         mentions_room: false,
         edited_at: None,

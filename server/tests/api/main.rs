@@ -16,3 +16,4 @@ mod redis_cluster;
 mod redis_failover;
 mod room_list;
 mod rooms;
+mod threads;

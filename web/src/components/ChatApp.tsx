@@ -250,6 +250,15 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
       editMessage: (roomId: string, seq: number, content: string) => void connection.edit(roomId, seq, content),
       deleteMessage: (roomId: string, seq: number) => void connection.remove(roomId, seq),
       react: (roomId: string, seq: number, emoji: string, on: boolean) => void connection.react(roomId, seq, emoji, on),
+      openThread: async (roomId: string, parent: number) => {
+        try {
+          const page = await api.thread(roomId, parent);
+          dispatch({ type: "thread", roomId, parent, messages: page.messages });
+        } catch (error) {
+          report(error);
+        }
+      },
+      reply: (roomId: string, parent: number, content: string) => void connection.post(roomId, content, parent),
       typing: (roomId: string) => connection.typing(roomId),
       read: (roomId: string, seq: number) => connection.read(roomId, seq),
       older: async (roomId: string, beforeSeq: number) => {
@@ -302,6 +311,8 @@ export type ChatActions = {
   editMessage: (roomId: string, seq: number, content: string) => void;
   deleteMessage: (roomId: string, seq: number) => void;
   react: (roomId: string, seq: number, emoji: string, on: boolean) => void;
+  openThread: (roomId: string, parent: number) => Promise<void>;
+  reply: (roomId: string, parent: number, content: string) => void;
   typing: (roomId: string) => void;
   read: (roomId: string, seq: number) => void;
   older: (roomId: string, beforeSeq: number) => Promise<void>;

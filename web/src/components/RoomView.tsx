@@ -1,5 +1,5 @@
 import { useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
-import { typingIn, type ChatState } from "../state";
+import { threadKey, typingIn, type ChatState } from "../state";
 import type { ChatMessage, Room } from "../protocol/types";
 import { emptyTimeline } from "../protocol/timeline";
 import { Avatar } from "./Avatar";
@@ -69,6 +69,7 @@ function Message({
   const [text, setText] = useState(message.content);
   const [confirming, setConfirming] = useState(false);
   const [picking, setPicking] = useState(false);
+  const [threadOpen, setThreadOpen] = useState(false);
   if (message.type === "system") {
     return (
       <li className="message system" data-seq={message.seq}>
@@ -131,6 +132,11 @@ function Message({
             <button type="button" onClick={() => setPicking(!picking)} aria-expanded={picking}>
               React
             </button>
+            {message.reply_to === undefined && (
+              <button type="button" onClick={() => setThreadOpen(!threadOpen)} aria-expanded={threadOpen}>
+                {message.reply_count ? `${message.reply_count} ${message.reply_count === 1 ? "reply" : "replies"}` : "Reply"}
+              </button>
+            )}
             {mine && (
               <button
                 type="button"
@@ -159,8 +165,64 @@ function Message({
               ))}
           </div>
         )}
+        {threadOpen && <Thread parent={message} state={state} actions={actions} />}
       </div>
     </li>
+  );
+}
+
+/** A message's thread: its replies and a box to reply, under the message. */
+function Thread({ parent, state, actions }: { parent: ChatMessage; state: ChatState; actions: ChatActions }) {
+  const [text, setText] = useState("");
+  useEffect(() => {
+    void actions.openThread(parent.room_id, parent.seq);
+  }, [actions, parent.room_id, parent.seq]);
+  const replies = state.threads[threadKey(parent.room_id, parent.seq)] ?? [];
+  const send = (event?: FormEvent) => {
+    event?.preventDefault();
+    const content = text.trim();
+    if (!content || content.length > MAX_LENGTH) return;
+    actions.reply(parent.room_id, parent.seq, content);
+    setText("");
+  };
+  return (
+    <section className="thread" aria-label={`Thread of ${parent.username}'s message`}>
+      <ol className="replies">
+        {replies.map((reply) => (
+          <li key={reply.id} className="reply" data-seq={reply.seq}>
+            <strong className="author">{reply.username}</strong>{" "}
+            <time dateTime={reply.timestamp}>{time(reply.timestamp)}</time>{" "}
+            {reply.deleted ? (
+              <span className="tombstone">This message was deleted.</span>
+            ) : (
+              <span className="content">
+                <Content text={reply.content} myName={state.names[state.me] ?? ""} />
+              </span>
+            )}
+          </li>
+        ))}
+      </ol>
+      <form className="reply-form" onSubmit={send}>
+        <label>
+          Reply in thread
+          <textarea
+            value={text}
+            rows={1}
+            maxLength={MAX_LENGTH}
+            onChange={(e) => setText(e.target.value)}
+            onKeyDown={(e) => {
+              if (e.key === "Enter" && !e.shiftKey) {
+                e.preventDefault();
+                send();
+              }
+            }}
+          />
+        </label>
+        <button type="submit" disabled={!text.trim()}>
+          Send reply
+        </button>
+      </form>
+    </section>
   );
 }
 

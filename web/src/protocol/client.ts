@@ -102,8 +102,14 @@ export class ChatConnection {
   }
 
   /** Posts a message; returns its client_id (the ack carries it back). */
-  post(roomId: string, content: string): string {
-    const frame = { type: "message" as const, room_id: roomId, content, client_id: newClientId(this.random) };
+  post(roomId: string, content: string, replyTo?: number): string {
+    const frame = {
+      type: "message" as const,
+      room_id: roomId,
+      content,
+      client_id: newClientId(this.random),
+      ...(replyTo === undefined ? {} : { reply_to: replyTo }),
+    };
     this.outbox.set(frame.client_id, frame);
     this.write(frame);
     return frame.client_id;

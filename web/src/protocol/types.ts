@@ -11,6 +11,10 @@ export interface ChatMessage {
   username: string;
   content: string;
   timestamp: string;
+  /** A reply in the thread of the message at this seq. */
+  reply_to?: number;
+  /** History's view: how many replies its thread has. */
+  reply_count?: number;
   /** Members the text mentions, and whether it calls the whole room (`@room`). */
   mentions?: string[];
   mentions_room?: boolean;
@@ -26,7 +30,10 @@ export interface ChatMessage {
 /** An edit or a deletion of the message at `target_seq`, with a seq of its own. */
 /** An edit, a deletion or a reaction (`content`: the emoji) to the message at `target_seq`, with a seq of its own. */
 export interface ChatChange
-  extends Omit<ChatMessage, "type" | "edited_at" | "deleted" | "reactions" | "mentions" | "mentions_room"> {
+  extends Omit<
+    ChatMessage,
+    "type" | "edited_at" | "deleted" | "reactions" | "mentions" | "mentions_room" | "reply_to" | "reply_count"
+  > {
   type: "edit" | "delete" | "react" | "unreact";
   target_seq: number;
 }
@@ -71,7 +78,7 @@ export type ServerFrame =
   | { type: "error"; code: string; message: string; retry_after?: number; room_id?: string };
 
 export type ClientFrame =
-  | { type: "message"; room_id: string; content: string; client_id: string }
+  | { type: "message"; room_id: string; content: string; client_id: string; reply_to?: number }
   | { type: "edit"; room_id: string; seq: number; content: string; client_id: string }
   | { type: "delete"; room_id: string; seq: number; client_id: string }
   | { type: "react" | "unreact"; room_id: string; seq: number; emoji: string; client_id: string }

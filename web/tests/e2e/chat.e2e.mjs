@@ -93,7 +93,8 @@ const connected = (page) =>
   page.locator('.connection[data-status="online"]').waitFor({ timeout: TIMEOUT });
 
 /** Messages shown in the open room, as text, in order (pending ones excluded). */
-const shown = (page) => page.locator(".messages li.message:not(.pending):not(.system) .content").allTextContents();
+const shown = (page) =>
+  page.locator(".messages > li.message:not(.pending):not(.system) > .bubble > .content").allTextContents();
 
 async function send(page, text) {
   const box = page.getByRole("textbox", { name: /^Message / });
@@ -212,6 +213,18 @@ async function main() {
       .getByRole("button", { name: /^👍 1: bob/ })
       .waitFor({ timeout: TIMEOUT });
     console.log("a reaction reached alice, live");
+
+    // Bob answers in the message's thread; Alice sees the count and opens it.
+    await hello.getByRole("button", { name: "Reply", exact: true }).click();
+    const replyBox = hello.getByRole("textbox", { name: "Reply in thread" });
+    await replyBox.fill("answering in a thread");
+    await replyBox.press("Enter");
+    const hers = alice.locator(".message", { hasText: "Hello Bob" });
+    await hers.getByRole("button", { name: "1 reply" }).click();
+    await hers.locator(".reply", { hasText: "answering in a thread" }).waitFor({ timeout: TIMEOUT });
+    // The reply is in the thread, not in the room's line.
+    await expectShown(alice, "alice with a thread open", changed);
+    console.log("a thread reply reached alice, counted on her message");
 
     // The server restarts again; the changes are still there after it.
     await server.stop();

@@ -100,4 +100,17 @@ describe("chat state", () => {
     expect(state.rooms.dm).toBeUndefined();
     expect(state.active).toBeNull();
   });
+
+  it("puts a reply in its thread, not the room's line, and counts it on its parent once", () => {
+    let state = reducer(start(), { type: "frame", frame: text("a", 1), now: 0 });
+    const reply = { ...text("a", 2), reply_to: 1 };
+    state = reducer(state, { type: "frame", frame: reply, now: 0 });
+    state = reducer(state, { type: "frame", frame: reply, now: 0 });
+    expect(state.timelines.a.messages.map((m) => m.seq)).toEqual([1]);
+    expect(state.timelines.a.messages[0].reply_count).toBe(1);
+    expect(state.threads["a:1"].map((m) => m.seq)).toEqual([2]);
+    // Loading the thread later merges without doubling.
+    state = reducer(state, { type: "thread", roomId: "a", parent: 1, messages: [reply, { ...text("a", 3), reply_to: 1 }] });
+    expect(state.threads["a:1"].map((m) => m.seq)).toEqual([2, 3]);
+  });
 });
