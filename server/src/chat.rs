@@ -585,13 +585,30 @@ impl Chat {
         self.left(room, connection).await;
     }
 
-    /// A connection closed: forget it, tell its rooms if its user is gone.
+    /// A connection closed: forget it, tell its rooms if its user is gone,
+    /// and, if it was their last anywhere, record when they were last seen.
     pub async fn disconnected(&self, connection: &Connection) {
         self.bus
             .session_closed(connection.user, &self.session_id(connection))
             .await;
         for room in self.hub.unregister(connection.id) {
             self.left(room, connection).await;
+        }
+        let gone = match self.bus.sessions_of(connection.user).await {
+            Ok(sessions) => sessions.is_empty(),
+            // Unknown elsewhere: this pod's word for it.
+            Err(_) => self
+                .hub
+                .sessions(&self.pod, |c| c.user == connection.user)
+                .is_empty(),
+        };
+        if gone
+            && let Err(e) = self
+                .store
+                .set_last_seen(connection.user, crate::model::now())
+                .await
+        {
+            tracing::warn!(error = %e, user_id = %connection.user, "cannot record when a user was last seen");
         }
     }
 

@@ -38,6 +38,8 @@ export interface ChatState {
   reads: Record<string, Record<string, number>>;
   /** user id → username, learned from messages and lookups */
   names: Record<string, string>;
+  /** When each user was last online, as far as this client knows. */
+  lastSeen: Record<string, string>;
   status: Status;
   retryInMs?: number;
   notice: string | null;
@@ -55,7 +57,7 @@ export type Action =
   | { type: "pending"; pending: Pending }
   | { type: "status"; status: Status; retryInMs?: number }
   /** Users looked up: their names, and whether they are online now. */
-  | { type: "users"; users: Pick<User, "id" | "username" | "online">[] }
+  | { type: "users"; users: Pick<User, "id" | "username" | "online" | "last_seen_at">[] }
   | { type: "notice"; notice: string | null };
 
 export const initialState = (me: string, myName: string): ChatState => ({
@@ -70,6 +72,7 @@ export const initialState = (me: string, myName: string): ChatState => ({
   online: { [me]: true },
   reads: {},
   names: { [me]: myName },
+  lastSeen: {},
   status: "connecting",
   notice: null,
 });
@@ -124,11 +127,13 @@ export function reducer(state: ChatState, action: Action): ChatState {
     case "users": {
       const names = { ...state.names };
       const online = { ...state.online };
+      const lastSeen = { ...state.lastSeen };
       for (const user of action.users) {
         names[user.id] = user.username;
         if (user.online !== undefined) online[user.id] = user.online;
+        if (user.last_seen_at) lastSeen[user.id] = user.last_seen_at;
       }
-      return { ...state, names, online };
+      return { ...state, names, online, lastSeen };
     }
     case "notice":
       return { ...state, notice: action.notice };
@@ -222,6 +227,10 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
         ...state,
         online: { ...state.online, [frame.user_id]: frame.status === "online" },
         names: { ...state.names, [frame.user_id]: frame.username },
+        lastSeen:
+          frame.status === "offline"
+            ? { ...state.lastSeen, [frame.user_id]: new Date(now).toISOString() }
+            : state.lastSeen,
       };
     case "read": {
       const room = { ...(state.reads[frame.room_id] ?? {}) };

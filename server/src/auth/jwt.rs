@@ -150,6 +150,7 @@ mod tests {
             display_name: None,
             avatar_url: None,
             created_at: crate::model::now(),
+            last_seen_at: None,
         }
     }
 

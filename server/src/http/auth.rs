@@ -71,6 +71,7 @@ pub async fn register(
         display_name: None,
         avatar_url: None,
         created_at: crate::model::now(),
+        last_seen_at: None,
     };
     state.store.create_user(&user).await?;
     tracing::info!(user_id = %user.id, username = %user.username, "user registered");

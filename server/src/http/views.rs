@@ -19,6 +19,12 @@ pub struct UserView {
     /// Whether the user has a live connection; in single-user lookups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub online: Option<bool>,
+    /// When their last live connection closed (absent: never seen online).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub last_seen_at: Option<Timestamp>,
 }
 
 impl UserView {
@@ -38,6 +44,7 @@ impl UserView {
             avatar_url: user.avatar_url,
             created_at: user.created_at,
             online: None,
+            last_seen_at: user.last_seen_at,
         }
     }
 }
@@ -96,6 +103,7 @@ mod tests {
             display_name: Some("Alice".into()),
             avatar_url: None,
             created_at: crate::model::now(),
+            last_seen_at: None,
         };
         let own = serde_json::to_value(UserView::own(user.clone())).unwrap();
         let public = serde_json::to_value(UserView::public(user)).unwrap();

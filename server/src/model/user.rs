@@ -14,6 +14,13 @@ pub struct User {
     pub avatar_url: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: Timestamp,
+    /// When the user's last live connection, on any server, closed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub last_seen_at: Option<Timestamp>,
 }
 
 impl User {

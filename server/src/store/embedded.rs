@@ -643,6 +643,22 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn set_last_seen(&self, user: Id, at: crate::model::Timestamp) -> StoreResult<()> {
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut users = tx.open_table(USERS)?;
+                if let Some(mut record) = get_json::<_, User>(&users, user.bytes().as_slice())? {
+                    record.last_seen_at = Some(at);
+                    users.insert(user.bytes().as_slice(), to_json(&record)?.as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn rename_room(
         &self,
         room: Id,

@@ -76,6 +76,8 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>>;
     /// Grants or revokes the admin role of a member; `None` if the room does not exist.
     async fn set_admin(&self, room: Id, user: Id, admin: bool) -> StoreResult<Option<Room>>;
+    /// Records when `user` was last online (their last connection closed).
+    async fn set_last_seen(&self, user: Id, at: crate::model::Timestamp) -> StoreResult<()>;
     /// A new name and description; `None` when the room does not exist.
     async fn rename_room(
         &self,

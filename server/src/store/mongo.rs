@@ -269,6 +269,8 @@ struct UserDoc {
     display_name: Option<String>,
     avatar_url: Option<String>,
     created_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_seen_at: Option<bson::DateTime>,
 }
 
 impl From<&User> for UserDoc {
@@ -282,6 +284,7 @@ impl From<&User> for UserDoc {
             display_name: user.display_name.clone(),
             avatar_url: user.avatar_url.clone(),
             created_at: to_bson_date(user.created_at),
+            last_seen_at: user.last_seen_at.map(to_bson_date),
         }
     }
 }
@@ -296,6 +299,7 @@ impl From<UserDoc> for User {
             display_name: doc.display_name,
             avatar_url: doc.avatar_url,
             created_at: from_bson_date(doc.created_at),
+            last_seen_at: doc.last_seen_at.map(from_bson_date),
         }
     }
 }
@@ -669,6 +673,17 @@ impl Store for MongoStore {
             doc! {"$pull": {"admins": user.object_id()}}
         };
         self.update_room(room, update).await
+    }
+
+    async fn set_last_seen(&self, user: Id, at: Timestamp) -> StoreResult<()> {
+        self.users()
+            .update_one(
+                doc! {"_id": user.object_id()},
+                doc! {"$set": {"last_seen_at": to_bson_date(at)}},
+            )
+            .await
+            .map_err(map_error)?;
+        Ok(())
     }
 
     async fn rename_room(

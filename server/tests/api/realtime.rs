@@ -12,6 +12,7 @@ use crate::common::{Backend, JWT_SECRET, TestServer, WsClient, code, env_for, ws
 use crate::on_both_stores;
 
 on_both_stores!(
+    last_seen_is_recorded_when_the_last_connection_closes,
     seed_client_chats_live,
     retries_with_a_client_id_store_once,
     resume_replays_exactly_what_was_missed,
@@ -701,4 +702,40 @@ async fn a_request_that_is_not_a_websocket_handshake_is_told_so() {
     assert_eq!((status, code(&body)), (400, "websocket_required"), "{body}");
     let (status, body) = server.get("/ws", "not-a-token").await;
     assert_eq!(status, 401, "the token is checked first: {body}");
+}
+
+async fn last_seen_is_recorded_when_the_last_connection_closes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let path = format!("/api/users/{}", bob.id);
+    let (_, never) = server.get(&path, &alice.token).await;
+    assert!(never.get("last_seen_at").is_none(), "{never}");
+
+    let first = WsClient::connect(&server, &ws_query(&bob, None))
+        .await
+        .unwrap();
+    let second = WsClient::connect(&server, &ws_query(&bob, None))
+        .await
+        .unwrap();
+    let (_, online) = server.get(&path, &alice.token).await;
+    assert_eq!(online["online"], true, "{online}");
+    // One of two tabs closed: still online, not yet "last seen".
+    first.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, still) = server.get(&path, &alice.token).await;
+    assert!(still.get("last_seen_at").is_none(), "{still}");
+    second.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, user) = server.get(&path, &alice.token).await;
+        if user["online"] == false && user["last_seen_at"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded: {user}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -226,6 +226,26 @@ function Thread({ parent, state, actions }: { parent: ChatMessage; state: ChatSt
   );
 }
 
+/** "online", or when the other person of a direct room was last seen. */
+function PeerStatus({ room, state, now }: { room: Room; state: ChatState; now: number }) {
+  const other = room.members.find((m) => m !== state.me);
+  if (!other) return null;
+  if (state.online[other]) return <p className="description">online</p>;
+  const seen = state.lastSeen[other];
+  if (!seen) return null;
+  return <p className="description">last seen {ago(Date.parse(seen), now)}</p>;
+}
+
+/** A past moment in words: "just now", "5 min ago", "3 h ago", or a date. */
+export function ago(then: number, now: number): string {
+  const minutes = Math.floor((now - then) / 60_000);
+  if (Number.isNaN(minutes)) return "a while ago";
+  if (minutes < 1) return "just now";
+  if (minutes < 60) return `${minutes} min ago`;
+  if (minutes < 24 * 60) return `${Math.floor(minutes / 60)} h ago`;
+  return `on ${new Date(then).toLocaleDateString()}`;
+}
+
 /** The emoji offered when reacting. */
 const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 
@@ -421,6 +441,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
         </button>
         <div>
           <h2 id="room-title">{title}</h2>
+          {room.is_direct && <PeerStatus room={room} state={state} now={now} />}
           {room.description && <p className="description">{room.description}</p>}
         </div>
         <div className="room-actions">

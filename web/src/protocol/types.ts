@@ -46,6 +46,8 @@ export interface User {
   avatar_url: string | null;
   created_at: string;
   online?: boolean;
+  /** When their last live connection closed. */
+  last_seen_at?: string;
 }
 
 export interface Room {

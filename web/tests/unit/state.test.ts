@@ -113,4 +113,13 @@ describe("chat state", () => {
     state = reducer(state, { type: "thread", roomId: "a", parent: 1, messages: [reply, { ...text("a", 3), reply_to: 1 }] });
     expect(state.threads["a:1"].map((m) => m.seq)).toEqual([2, 3]);
   });
+
+  it("knows when people were last seen, from the server and from going offline", () => {
+    let state = reducer(start(), { type: "users", users: [{ id: "carol", username: "carol", online: false, last_seen_at: "2026-11-23T09:00:00.000Z" }] });
+    expect(state.lastSeen.carol).toBe("2026-11-23T09:00:00.000Z");
+    const now = Date.parse("2026-11-23T10:00:00.000Z");
+    state = reducer(state, { type: "frame", frame: { type: "presence", room_id: "a", user_id: "bob", username: "bob", status: "offline" }, now });
+    expect(state.lastSeen.bob).toBe("2026-11-23T10:00:00.000Z");
+    expect(state.online.bob).toBe(false);
+  });
 });
