@@ -14,6 +14,7 @@ pub mod http;
 pub mod mention;
 pub mod metrics;
 pub mod model;
+pub mod search;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -2,7 +2,7 @@
 // the access token refreshed a minute before it expires, and once more on a
 // 401, so a user stays signed in for as long as the refresh token lives.
 
-import type { ChatMessage, Room, User } from "./protocol/types";
+import type { ChatMessage, Room, SearchHit, User } from "./protocol/types";
 
 /** An error the API answered with: `{"error":{"code","message","field"?}}`. */
 export class ApiError extends Error {
@@ -160,6 +160,8 @@ export class Api {
   direct = (userId: string) => this.call<Room>("POST", `/api/dm/${userId}`);
   latest = (roomId: string, limit: number) =>
     this.call<{ messages: ChatMessage[]; total: number }>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&offset=0`);
+  search = (q: string) =>
+    this.call<{ terms: string[]; results: SearchHit[] }>("GET", `/api/search?q=${encodeURIComponent(q)}&limit=20`);
   thread = (roomId: string, parent: number) =>
     this.call<{ messages: ChatMessage[]; total: number }>("GET", `/api/rooms/${roomId}/messages?thread=${parent}&limit=100`);
   before = (roomId: string, seq: number, limit: number) =>

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod messages;
 pub mod ops;
 pub mod rooms;
+pub mod search;
 pub mod users;
 pub mod views;
 pub mod web;
@@ -74,6 +75,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
         )
         .route("/api/rooms/{id}/messages", get(messages::history))
         .route("/api/dm/{user_id}", post(rooms::direct))
+        .route("/api/search", get(search::search))
         .route("/api/sessions", get(users::sessions));
 
     Router::new()

@@ -878,6 +878,41 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    /// A scan of each room's messages, newest first: no index beside the
+    /// store (docs/api.md has what it costs).
+    async fn search(&self, rooms: &[Id], query: &super::SearchQuery) -> StoreResult<Vec<Message>> {
+        let rooms = rooms.to_vec();
+        let query = query.clone();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(MESSAGES)?;
+            let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+            let mut found = Vec::new();
+            for room in rooms {
+                let (from, to) = (message_key(room, 0), message_key(room, u64::MAX));
+                for entry in table.range(from.as_slice()..to.as_slice())?.rev() {
+                    let (_, value) = entry?;
+                    let message: Message = serde_json::from_slice(value.value())?;
+                    let candidate = matches!(
+                        message.kind,
+                        crate::model::MessageKind::Text | crate::model::MessageKind::Edit
+                    ) && query.from.is_none_or(|from| message.user_id == from)
+                        && query.before.is_none_or(|before| message.timestamp < before);
+                    if candidate {
+                        let text = message.content.to_lowercase();
+                        if query.terms.iter().all(|t| text.contains(t.as_str())) {
+                            found.push(message);
+                        }
+                    }
+                }
+            }
+            found.sort_by_key(|m| std::cmp::Reverse(m.timestamp));
+            found.truncate(limit);
+            Ok(found)
+        })
+        .await
+    }
+
     async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>> {
         let seqs = seqs.to_vec();
         self.run(move |db| {

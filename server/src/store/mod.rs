@@ -41,6 +41,15 @@ pub enum Inserted {
 /// How long a dedupe key (a sender's `client_id` in a room) is remembered.
 pub const DEDUPE_TTL: time::Duration = time::Duration::hours(24);
 
+/// What a search asks the store for (see [`Store::search`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchQuery {
+    pub terms: Vec<String>,
+    pub from: Option<Id>,
+    pub before: Option<crate::model::Timestamp>,
+    pub limit: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which implementation this is, for logs and `/readyz`.
@@ -122,6 +131,11 @@ pub trait Store: Send + Sync + 'static {
         room: Id,
         parents: &[u64],
     ) -> StoreResult<std::collections::HashMap<u64, u64>>;
+    /// Candidates for a search in `rooms`: text messages and edits whose
+    /// text has every one of `terms`, optionally by `from` and before
+    /// `before`, at most `limit`, best (or newest) first. The caller ranks
+    /// them on the messages' current text.
+    async fn search(&self, rooms: &[Id], query: &SearchQuery) -> StoreResult<Vec<Message>>;
     /// The edits and deletions of the messages at `seqs`, in seq order.
     async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>>;
     /// The highest seq stored for `room`, 0 if it has no messages.

@@ -28,6 +28,10 @@ const EMAIL_INDEX: &str = "email_unique";
 pub struct MongoStore {
     db: Database,
     dedupe_ttl: time::Duration,
+    /// Whether the server keeps a text index of messages (MongoDB does;
+    /// some wire-compatible servers do not): search uses it, or scans with
+    /// one case-insensitive pattern per term.
+    text_index: bool,
 }
 
 impl MongoStore {
@@ -61,9 +65,13 @@ impl MongoStore {
         let store = Self {
             db: client.database(db_name),
             dedupe_ttl: crate::store::DEDUPE_TTL,
+            text_index: false,
         };
-        store.create_indexes().await?;
-        Ok(store)
+        let text_index = store.create_indexes().await?;
+        Ok(Self {
+            text_index,
+            ..store
+        })
     }
 
     /// How long a dedupe key is remembered (default [`crate::store::DEDUPE_TTL`]).
@@ -74,7 +82,8 @@ impl MongoStore {
         }
     }
 
-    async fn create_indexes(&self) -> StoreResult<()> {
+    /// Creates the indexes; says whether the server took the text index.
+    async fn create_indexes(&self) -> StoreResult<bool> {
         let unique = |name: &str| {
             IndexOptions::builder()
                 .unique(true)
@@ -122,6 +131,31 @@ impl MongoStore {
             )
             .await
             .map_err(map_error)?;
+        // Search: MongoDB's text index of message text (not Atlas Search).
+        let text = self
+            .messages()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"content": "text"})
+                    .options(
+                        IndexOptions::builder()
+                            .name("content_text".to_owned())
+                            .default_language("none".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await;
+        let text_index = match text {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(
+                    error = %e,
+                    "no text index on this server; search scans with patterns instead"
+                );
+                false
+            }
+        };
         // Thread replies by the message they answer; sparse: only replies have one.
         self.messages()
             .create_index(
@@ -181,7 +215,7 @@ impl MongoStore {
                 .await
                 .map_err(map_error)?;
         }
-        Ok(())
+        Ok(text_index)
     }
 
     fn users(&self) -> Collection<UserDoc> {
@@ -248,6 +282,18 @@ fn to_bson_date(ts: Timestamp) -> bson::DateTime {
 fn from_bson_date(date: bson::DateTime) -> Timestamp {
     let nanos = i128::from(date.timestamp_millis()) * 1_000_000;
     Timestamp::from_unix_timestamp_nanos(nanos).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// `text` as a regular expression matching itself.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}/-".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn seq_to_i64(seq: u64) -> StoreResult<i64> {
@@ -877,6 +923,51 @@ impl Store for MongoStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn search(&self, rooms: &[Id], query: &super::SearchQuery) -> StoreResult<Vec<Message>> {
+        if rooms.is_empty() || query.terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rooms: Vec<ObjectId> = rooms.iter().map(|r| r.object_id()).collect();
+        let mut filter = doc! {"room_id": {"$in": rooms}, "type": {"$in": ["text", "edit"]}};
+        if let Some(from) = query.from {
+            filter.insert("user_id", from.object_id());
+        }
+        if let Some(before) = query.before {
+            filter.insert("created_at", doc! {"$lt": to_bson_date(before)});
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let found = if self.text_index {
+            // Quoted terms: every one must be there.
+            let phrase: Vec<String> = query.terms.iter().map(|t| format!("\"{t}\"")).collect();
+            filter.insert("$text", doc! {"$search": phrase.join(" ")});
+            self.messages()
+                .find(filter)
+                .projection(doc! {"score": {"$meta": "textScore"}})
+                .sort(doc! {"score": {"$meta": "textScore"}})
+                .limit(limit)
+                .await
+        } else {
+            let each: Vec<Document> = query
+                .terms
+                .iter()
+                .map(|t| doc! {"content": {"$regex": regex_escape(t), "$options": "i"}})
+                .collect();
+            filter.insert("$and", each);
+            self.messages()
+                .find(filter)
+                .sort(doc! {"created_at": -1})
+                .limit(limit)
+                .await
+        }
+        .map_err(map_error)?;
+        collect(found)
+            .await
+            .map_err(map_error)?
+            .into_iter()
+            .map(Message::try_from)
+            .collect()
     }
 
     async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>> {

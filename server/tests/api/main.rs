@@ -16,4 +16,5 @@ mod redis_cluster;
 mod redis_failover;
 mod room_list;
 mod rooms;
+mod search;
 mod threads;

@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useLayoutEffect, useMemo, useReducer, useRef, useState } from "react";
 import { ApiError, type Api } from "../api";
 import { ChatConnection } from "../protocol/client";
-import type { Room, User } from "../protocol/types";
+import type { Room, SearchHit, User } from "../protocol/types";
 import { desktopNotice, pageTitle } from "../notify";
 import { PAGE, initialState, reducer, type ChatState } from "../state";
 import { RoomList } from "./RoomList";
@@ -250,6 +250,14 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
       editMessage: (roomId: string, seq: number, content: string) => void connection.edit(roomId, seq, content),
       deleteMessage: (roomId: string, seq: number) => void connection.remove(roomId, seq),
       react: (roomId: string, seq: number, emoji: string, on: boolean) => void connection.react(roomId, seq, emoji, on),
+      search: async (q: string) => {
+        try {
+          return (await api.search(q)).results;
+        } catch (error) {
+          report(error);
+          return [];
+        }
+      },
       openThread: async (roomId: string, parent: number) => {
         try {
           const page = await api.thread(roomId, parent);
@@ -311,6 +319,7 @@ export type ChatActions = {
   editMessage: (roomId: string, seq: number, content: string) => void;
   deleteMessage: (roomId: string, seq: number) => void;
   react: (roomId: string, seq: number, emoji: string, on: boolean) => void;
+  search: (q: string) => Promise<SearchHit[]>;
   openThread: (roomId: string, parent: number) => Promise<void>;
   reply: (roomId: string, parent: number, content: string) => void;
   typing: (roomId: string) => void;

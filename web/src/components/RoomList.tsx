@@ -1,12 +1,78 @@
-import { useState, type FormEvent } from "react";
+import { useState, type FormEvent, type ReactNode } from "react";
 import type { ChatState } from "../state";
-import type { Room } from "../protocol/types";
+import type { Room, SearchHit } from "../protocol/types";
 import type { ChatActions } from "./ChatApp";
 
 function roomTitle(room: Room, state: ChatState): string {
   if (!room.is_direct) return room.name;
   const other = room.members.find((m) => m !== state.me);
   return other ? (state.names[other] ?? "Direct message") : "Direct message";
+}
+
+/** Text with the `[start, end)` char ranges marked. */
+function Marked({ text, ranges }: { text: string; ranges: [number, number][] }) {
+  const chars = [...text];
+  const parts: ReactNode[] = [];
+  let at = 0;
+  for (const [start, end] of ranges) {
+    if (start < at) continue;
+    parts.push(chars.slice(at, start).join(""));
+    parts.push(<mark key={start}>{chars.slice(start, end).join("")}</mark>);
+    at = end;
+  }
+  parts.push(chars.slice(at).join(""));
+  return <>{parts}</>;
+}
+
+/** Search across my readable rooms; a hit opens its room. */
+function Search({ actions }: { actions: ChatActions }) {
+  const [query, setQuery] = useState("");
+  const [hits, setHits] = useState<SearchHit[] | null>(null);
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    if (query.trim().length < 2) return;
+    setHits(await actions.search(query.trim()));
+  }
+  return (
+    <section className="search" aria-label="Message search">
+      <form role="search" onSubmit={submit}>
+        <label>
+          Search messages
+          <input
+            type="search"
+            value={query}
+            onChange={(e) => setQuery(e.target.value)}
+            onKeyDown={(e) => {
+              if (e.key === "Escape") setHits(null);
+            }}
+          />
+        </label>
+        <button type="submit">Search</button>
+      </form>
+      {hits && (
+        <div className="search-results">
+          <p role="status">{hits.length === 0 ? "Nothing found." : `${hits.length} found`}</p>
+          <ul>
+            {hits.map((hit) => (
+              <li key={hit.message.id}>
+                <button type="button" className="hit" onClick={() => actions.select(hit.message.room_id)}>
+                  <span className="hit-where">
+                    {hit.room_name ? `# ${hit.room_name}` : "Direct message"} · {hit.message.username}
+                  </span>
+                  <span className="hit-text">
+                    <Marked text={hit.snippet.text} ranges={hit.snippet.highlights} />
+                  </span>
+                </button>
+              </li>
+            ))}
+          </ul>
+          <button type="button" onClick={() => setHits(null)}>
+            Close results
+          </button>
+        </div>
+      )}
+    </section>
+  );
 }
 
 /** Whether the other person of a direct room is online, once known. */
@@ -30,6 +96,7 @@ export function RoomList({ state, actions }: { state: ChatState; actions: ChatAc
   const others = rooms.filter((r) => !r.members.includes(state.me));
   return (
     <nav className="room-list" aria-label="Rooms">
+      <Search actions={actions} />
       <h2>My rooms</h2>
       <ul>
         {mine.map((room) => {

@@ -317,6 +317,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   const [choice, setChoice] = useState(0);
   const [dismissed, setDismissed] = useState(false);
   const composer = useRef<HTMLTextAreaElement>(null);
+  const pendingCaret = useRef<number | null>(null);
   const lastTyping = useRef(0);
   const [now, setNow] = useState(Date.now());
   const member = room.members.includes(state.me);
@@ -384,10 +385,19 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   function completeMention(name: string) {
     if (!mention) return;
     const next = complete(draft, mention.start, caret, name);
+    pendingCaret.current = next.caret;
     setDraft(next.text);
     setCaret(next.caret);
-    requestAnimationFrame(() => composer.current?.setSelectionRange(next.caret, next.caret));
   }
+
+  // After a completion re-renders the text, put the caret after the name
+  // before anything else is typed.
+  useLayoutEffect(() => {
+    const at = pendingCaret.current;
+    if (at === null || !composer.current) return;
+    composer.current.setSelectionRange(at, at);
+    pendingCaret.current = null;
+  }, [draft]);
 
   function onKeyDown(event: KeyboardEvent<HTMLTextAreaElement>) {
     if (options.length > 0) {

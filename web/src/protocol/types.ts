@@ -62,6 +62,15 @@ export interface Room {
   created_at: string;
 }
 
+/** One result of `GET /api/search`. */
+export interface SearchHit {
+  message: ChatMessage;
+  room_name: string;
+  /** Part of the text, with `[start, end)` char ranges of the matches. */
+  snippet: { text: string; highlights: [number, number][] };
+  score: number;
+}
+
 export type ServerFrame =
   | ChatMessage
   | ChatChange

@@ -289,6 +289,16 @@ async function main() {
     await rooms.getByRole("button", { name: /Launch day/ }).getByLabel("1 mention").waitFor({ timeout: TIMEOUT });
     console.log("a mention raised a badge in bob's list");
 
+    // Bob searches; the hit shows the message as it is now, and opens its room.
+    await bob.getByRole("searchbox", { name: "Search messages" }).fill("edited");
+    await bob.getByRole("button", { name: "Search", exact: true }).click();
+    const hit = bob.getByRole("button", { name: /sent while the server was down, then edited/ });
+    await hit.waitFor({ timeout: TIMEOUT });
+    if ((await hit.locator("mark").allTextContents()).join() !== "edited") throw new Error("the match is not marked");
+    await hit.click();
+    await bob.getByRole("heading", { name: "Launch day" }).waitFor({ timeout: TIMEOUT });
+    console.log("a search found the edited message and opened its room");
+
     if (violations.length) throw new Error(`CSP violations:\n${violations.join("\n")}`);
     console.log("no Content-Security-Policy violation");
 

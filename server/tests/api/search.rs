@@ -1,0 +1,128 @@
+//! Search across the rooms a user can read: every word must match, the best
+//! first, on messages as they are now, never in private rooms of others.
+
+use serde_json::{Value, json};
+
+use crate::common::{Backend, TestServer, TestUser, WsClient, ws_query};
+use crate::on_both_stores;
+
+on_both_stores!(search_ranks_current_text_in_readable_rooms_only);
+
+/// Posts `content` in `room` from `ws` and returns its seq.
+async fn post(ws: &mut WsClient, room: &str, content: &str) -> u64 {
+    ws.send(json!({"type": "join", "room_id": room})).await;
+    ws.next_of("joined").await;
+    ws.send(json!({"type": "message", "room_id": room, "content": content}))
+        .await;
+    ws.next_of("ack").await["seq"].as_u64().unwrap()
+}
+
+async fn edit(ws: &mut WsClient, room: &str, seq: u64, content: &str) {
+    ws.send(json!({"type": "edit", "room_id": room, "seq": seq, "content": content}))
+        .await;
+    ws.next_of("ack").await;
+}
+
+async fn search(server: &TestServer, user: &TestUser, query: &str) -> (u16, Value) {
+    server
+        .get(&format!("/api/search?{query}"), &user.token)
+        .await
+}
+
+fn contents(found: &Value) -> Vec<&str> {
+    found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hit| hit["message"]["content"].as_str().unwrap())
+        .collect()
+}
+
+async fn search_ranks_current_text_in_readable_rooms_only(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let lobby = server.room(&alice, "lobby", false).await;
+    let secret = server.room(&alice, "secret", true).await;
+    server.join(&bob, &lobby).await;
+    let mut alice_ws = WsClient::connect(&server, &ws_query(&alice, None))
+        .await
+        .unwrap();
+    let mut bob_ws = WsClient::connect(&server, &ws_query(&bob, None))
+        .await
+        .unwrap();
+
+    post(
+        &mut alice_ws,
+        &lobby,
+        "we deploy on friday, then rest after the long week",
+    )
+    .await;
+    post(&mut alice_ws, &lobby, "lunch?").await;
+    post(&mut alice_ws, &lobby, "the deploy friday went fine").await;
+    post(&mut alice_ws, &secret, "deploy friday: the secret plan").await;
+    let old = post(&mut alice_ws, &lobby, "old words").await;
+    edit(&mut alice_ws, &lobby, old, "deploy friday, edited in").await;
+    let gone = post(&mut bob_ws, &lobby, "deploy friday from bob").await;
+    edit(&mut bob_ws, &lobby, gone, "nothing to see").await;
+
+    let (status, found) = search(&server, &bob, "q=Deploy%20Friday").await;
+    assert_eq!(status, 200, "{found}");
+    let hits = contents(&found);
+    assert!(
+        !hits.iter().any(|c| c.contains("secret")),
+        "a private room leaked: {hits:?}"
+    );
+    assert!(!hits.contains(&"nothing to see") && !hits.contains(&"deploy friday from bob"));
+    assert!(
+        hits.contains(&"deploy friday, edited in"),
+        "matched by its edit: {hits:?}"
+    );
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    assert_eq!(
+        hits[2], "we deploy on friday, then rest after the long week",
+        "closest last: {hits:?}"
+    );
+    let first = &found["results"][0];
+    assert_eq!(first["room_name"], "lobby");
+    let snippet = first["snippet"]["text"].as_str().unwrap();
+    for range in first["snippet"]["highlights"].as_array().unwrap() {
+        let (start, end) = (
+            range[0].as_u64().unwrap() as usize,
+            range[1].as_u64().unwrap() as usize,
+        );
+        let marked: String = snippet.chars().skip(start).take(end - start).collect();
+        assert!(
+            ["deploy", "friday"].contains(&marked.to_lowercase().as_str()),
+            "{marked}"
+        );
+    }
+
+    // Narrowed to one room, or to one sender.
+    let (_, mine) = search(&server, &alice, &format!("q=deploy&room_id={secret}")).await;
+    assert_eq!(contents(&mine), ["deploy friday: the secret plan"]);
+    let (status, _) = search(&server, &carol, &format!("q=deploy&room_id={secret}")).await;
+    assert_eq!(status, 404, "another's private room is no room");
+    let (_, by_bob) = search(&server, &alice, &format!("q=friday&from={}", bob.id)).await;
+    assert!(
+        contents(&by_bob).is_empty(),
+        "bob's only match was edited away"
+    );
+
+    // What is not a query.
+    for bad in [
+        "q=%20%3F",
+        "q=a",
+        "q=deploy&limit=0",
+        "q=deploy&before=yesterday",
+    ] {
+        let (status, body) = search(&server, &alice, bad).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+    let (status, _) = search(&server, &alice, "q=deploy&from=%7B%22%24gt%22%3A%22%22%7D").await;
+    assert_eq!(
+        status, 404,
+        "an injection attempt is no user, as any bad id"
+    );
+}
