@@ -214,6 +214,7 @@ impl RedisBus {
             }
             Target::Cluster { .. } => {
                 tokio::spawn(listen_sharded(Arc::downgrade(&bus)));
+                tokio::spawn(listen_notices_sharded(Arc::downgrade(&bus)));
                 tokio::spawn(follow_topology(Arc::downgrade(&bus)));
             }
         }
@@ -733,6 +734,41 @@ async fn listen(bus: Weak<RedisBus>) {
     }
 }
 
+/// The cluster's notices channel, on a subscriber connection of its own,
+/// apart from the rooms': a room's resubscription after its master restarts
+/// must not depend on a channel of another node.
+async fn listen_notices_sharded(bus: Weak<RedisBus>) {
+    let (pushes, mut received) = mpsc::unbounded_channel();
+    let mut backoff = Duration::from_millis(100);
+    // Kept for the connection's life: dropping it would end the subscription.
+    let _connection = loop {
+        let Some(this) = bus.upgrade() else { return };
+        let subscribed = match this.target.subscriber(pushes.clone()).await {
+            Ok(mut connection) => connection.ssubscribe(NOTICES).await.map(|()| connection),
+            Err(e) => Err(e),
+        };
+        match subscribed {
+            Ok(connection) => break connection,
+            Err(e) => {
+                this.metrics.bus_errors.inc();
+                tracing::warn!(error = %e, "redis cluster notices channel unreachable; room lists update on reload only");
+            }
+        }
+        drop(this);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
+    while let Some(push) = received.recv().await {
+        let Some(this) = bus.upgrade() else { return };
+        if push.kind == redis::PushKind::SMessage {
+            match push.data.get(1).map(redis::from_redis_value_ref::<String>) {
+                Some(Ok(payload)) => this.deliver_notice(&payload),
+                _ => tracing::warn!("unreadable notice on the notices channel"),
+            }
+        }
+    }
+}
+
 /// The cluster's pub/sub: sharded subscriptions on a RESP3 cluster
 /// connection, whose messages arrive as pushes. redis-rs reconnects to a node
 /// and resubscribes by itself; each resubscription after a disconnection
@@ -744,10 +780,6 @@ async fn listen_sharded(bus: Weak<RedisBus>) {
         let Some(this) = bus.upgrade() else { return };
         match this.target.subscriber(pushes.clone()).await {
             Ok(connection) => {
-                let mut connection = connection;
-                if let Err(e) = connection.ssubscribe(NOTICES).await {
-                    tracing::warn!(error = %e, "redis ssubscribe to the notices channel failed");
-                }
                 let mut subscriber = Subscriber::Cluster(connection);
                 let rooms: Vec<Id> = lock(&this.wanted).iter().copied().collect();
                 for room in rooms {
@@ -771,18 +803,10 @@ async fn listen_sharded(bus: Weak<RedisBus>) {
     while let Some(push) = received.recv().await {
         let Some(this) = bus.upgrade() else { return };
         match push.kind {
-            redis::PushKind::SMessage => {
-                let text = |i: usize| {
-                    push.data
-                        .get(i)
-                        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                };
-                match (text(0), text(1)) {
-                    (Some(name), Some(payload)) if name == NOTICES => this.deliver_notice(&payload),
-                    (_, Some(payload)) => this.deliver(payload),
-                    _ => tracing::warn!("unreadable sharded pub/sub message"),
-                }
-            }
+            redis::PushKind::SMessage => match push.data.get(1).map(redis::from_redis_value_ref) {
+                Some(Ok(payload)) => this.deliver(payload),
+                _ => tracing::warn!("unreadable sharded pub/sub message"),
+            },
             redis::PushKind::Disconnection => {
                 disconnected = Some(tokio::time::Instant::now());
                 this.metrics.bus_errors.inc();
