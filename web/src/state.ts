@@ -281,3 +281,19 @@ export function typingIn(state: ChatState, roomId: string, now: number): string[
     .filter((t) => t.until > now)
     .map((t) => t.username);
 }
+
+/**
+ * Read receipts: for each shown message of a room, who (besides me) last
+ * read up to it: the newest message at or before each person's read marker.
+ */
+export function seenBy(state: ChatState, roomId: string): Record<number, string[]> {
+  const messages = timelineOf(state, roomId).messages;
+  const seen: Record<number, string[]> = {};
+  for (const [user, readSeq] of Object.entries(state.reads[roomId] ?? {})) {
+    if (user === state.me) continue;
+    let at: number | undefined;
+    for (const m of messages) if (m.type === "text" && m.seq <= readSeq) at = m.seq;
+    if (at !== undefined) (seen[at] ??= []).push(user);
+  }
+  return seen;
+}

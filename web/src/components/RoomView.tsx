@@ -1,5 +1,5 @@
 import { useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
-import { threadKey, typingIn, type ChatState } from "../state";
+import { seenBy, threadKey, typingIn, type ChatState } from "../state";
 import type { ChatMessage, Room } from "../protocol/types";
 import { emptyTimeline } from "../protocol/timeline";
 import { Avatar } from "./Avatar";
@@ -59,11 +59,14 @@ function Message({
   state,
   actions,
   manager,
+  seenBy: readers,
 }: {
   message: ChatMessage;
   state: ChatState;
   actions: ChatActions;
   manager: boolean;
+  /** Who last read up to this message. */
+  seenBy?: string[];
 }) {
   const [editing, setEditing] = useState(false);
   const [text, setText] = useState(message.content);
@@ -166,6 +169,9 @@ function Message({
           </div>
         )}
         {threadOpen && <Thread parent={message} state={state} actions={actions} />}
+        {readers && readers.length > 0 && (
+          <p className="read-marker">Seen by {readers.map((u) => state.names[u] ?? "someone").join(", ")}</p>
+        )}
       </div>
     </li>
   );
@@ -436,9 +442,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   }
 
   const typing = typingIn(state, room.id, now);
-  const readers = Object.entries(state.reads[room.id] ?? {})
-    .filter(([user, seq]) => user !== state.me && newest !== undefined && seq >= newest)
-    .map(([user]) => state.names[user] ?? "someone");
+  const receipts = seenBy(state, room.id);
   const title = room.is_direct
     ? (state.names[room.members.find((m) => m !== state.me) ?? ""] ?? "Direct message")
     : room.name;
@@ -477,7 +481,14 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
           <li className="older-hint">Scroll up for older messages</li>
         )}
         {timeline.messages.map((message) => (
-          <Message key={message.id} message={message} state={state} actions={actions} manager={manager} />
+          <Message
+            key={message.id}
+            message={message}
+            state={state}
+            actions={actions}
+            manager={manager}
+            seenBy={receipts[message.seq]}
+          />
         ))}
         {timeline.pending.map((pending) => (
           <li key={pending.clientId} className={`message mine pending ${pending.failed ? "failed" : ""}`}>
@@ -496,7 +507,6 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
         <p className="typing" aria-live="polite">
           {typing.length === 1 ? `${typing[0]} is typing…` : typing.length > 1 ? `${typing.join(", ")} are typing…` : ""}
         </p>
-        {readers.length > 0 && <p className="read-marker">Seen by {readers.join(", ")}</p>}
       </div>
       {member ? (
         <form className="composer" onSubmit={send}>

@@ -255,6 +255,10 @@ async function main() {
     await direct.click();
     await bob.getByRole("heading", { name: "alice" }).waitFor({ timeout: TIMEOUT });
     await expectShown(bob, "bob in the direct room", ["just between us"]);
+    await alice
+      .locator(".message", { hasText: "just between us" })
+      .getByText("Seen by bob")
+      .waitFor({ timeout: TIMEOUT });
     console.log("a direct message appeared live for bob, named for alice");
 
     // Alice renames the room; Bob's list follows without a reload.

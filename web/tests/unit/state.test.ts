@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { initialState, reducer, typingIn } from "../../src/state";
+import { initialState, reducer, seenBy, typingIn } from "../../src/state";
 import type { ChatMessage, Room } from "../../src/protocol/types";
 
 const room = (id: string): Room => ({
@@ -121,5 +121,14 @@ describe("chat state", () => {
     state = reducer(state, { type: "frame", frame: { type: "presence", room_id: "a", user_id: "bob", username: "bob", status: "offline" }, now });
     expect(state.lastSeen.bob).toBe("2026-11-23T10:00:00.000Z");
     expect(state.online.bob).toBe(false);
+  });
+
+  it("puts each person's read receipt on the last message they read", () => {
+    let state = start();
+    for (const seq of [1, 2, 4]) state = reducer(state, { type: "frame", frame: text("a", seq), now: 0 });
+    state = reducer(state, { type: "frame", frame: { type: "read", room_id: "a", user_id: "bob", seq: 3 }, now: 0 });
+    state = reducer(state, { type: "frame", frame: { type: "read", room_id: "a", user_id: "carol", seq: 4 }, now: 0 });
+    state = reducer(state, { type: "frame", frame: { type: "read", room_id: "a", user_id: "me", seq: 4 }, now: 0 });
+    expect(seenBy(state, "a")).toEqual({ 2: ["bob"], 4: ["carol"] });
   });
 });
