@@ -594,14 +594,18 @@ impl Chat {
         for room in self.hub.unregister(connection.id) {
             self.left(room, connection).await;
         }
-        let gone = match self.bus.sessions_of(connection.user).await {
-            Ok(sessions) => sessions.is_empty(),
-            // Unknown elsewhere: this pod's word for it.
-            Err(_) => self
-                .hub
-                .sessions(&self.pod, |c| c.user == connection.user)
-                .is_empty(),
-        };
+        // Another tab on this pod answers it without asking Redis; when
+        // Redis cannot say, this pod's word stands.
+        let here = !self
+            .hub
+            .sessions(&self.pod, |c| c.user == connection.user)
+            .is_empty();
+        let gone = !here
+            && self
+                .bus
+                .sessions_of(connection.user)
+                .await
+                .map_or(true, |sessions| sessions.is_empty());
         if gone
             && let Err(e) = self
                 .store
@@ -665,22 +669,5 @@ impl Chat {
 }
 
 fn draft(room: Id, author: &Author, kind: MessageKind, content: String) -> Message {
-    Message {
-        kind,
-        id: Id::new(),
-        room_id: room,
-        user_id: author.id,
-        username: author.username.clone(),
-        content,
-        timestamp: crate::model::now(),
-        target_seq: None,
-        reply_to: None,
-        reply_count: 0,
-        mentions: Vec::new(),
-        mentions_room: false,
-        edited_at: None,
-        deleted: false,
-        reactions: Default::default(),
-        seq: 0,
-    }
+    Message::new(kind, room, author.id, author.username.clone(), content)
 }

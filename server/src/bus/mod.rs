@@ -120,22 +120,17 @@ mod tests {
     #[test]
     fn a_message_can_be_spliced_with_its_seq() {
         let draft = Message {
-            kind: MessageKind::Edit,
-            id: Id::new(),
-            room_id: Id::new(),
-            user_id: Id::new(),
-            username: "a\"lice".into(),
-            content: "\"seq\":0}".into(),
-            timestamp: crate::model::now(),
             target_seq: Some(3),
             reply_to: Some(2),
-            reply_count: 0,
             mentions: vec![Id::new()],
             mentions_room: true,
-            edited_at: None,
-            deleted: false,
-            reactions: Default::default(),
-            seq: 0,
+            ..Message::new(
+                MessageKind::Edit,
+                Id::new(),
+                Id::new(),
+                "a\"lice".into(),
+                "\"seq\":0}".into(),
+            )
         };
         let (head, tail) = split_at_seq(&draft).unwrap();
         let spliced: Message = serde_json::from_str(&format!("{head}42{tail}")).unwrap();

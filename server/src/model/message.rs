@@ -100,6 +100,37 @@ pub struct Message {
     pub seq: u64,
 }
 
+impl Message {
+    /// A new message or change of `kind` by `user_id`, now, not yet numbered
+    /// (seq 0: the bus gives it its seq), with nothing else set.
+    pub fn new(
+        kind: MessageKind,
+        room_id: Id,
+        user_id: Id,
+        username: String,
+        content: String,
+    ) -> Self {
+        Self {
+            kind,
+            id: Id::new(),
+            room_id,
+            user_id,
+            username,
+            content,
+            timestamp: super::now(),
+            target_seq: None,
+            reply_to: None,
+            reply_count: 0,
+            mentions: Vec::new(),
+            mentions_room: false,
+            edited_at: None,
+            deleted: false,
+            reactions: Default::default(),
+            seq: 0,
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -173,22 +204,15 @@ mod tests {
     #[test]
     fn serializes_in_the_wire_shape() {
         let message = Message {
-            kind: MessageKind::Text,
-            id: Id::new(),
-            room_id: Id::new(),
-            user_id: Id::new(),
-            username: "alice".into(),
-            content: "hi".into(),
             timestamp: time::macros::datetime!(2026-01-02 03:04:05.678 UTC),
-            target_seq: None,
-            reply_to: None,
-            reply_count: 0,
-            mentions: Vec::new(),
-            mentions_room: false,
-            edited_at: None,
-            deleted: false,
-            reactions: Default::default(),
             seq: 7,
+            ..Message::new(
+                MessageKind::Text,
+                Id::new(),
+                Id::new(),
+                "alice".into(),
+                "hi".into(),
+            )
         };
         let json = serde_json::to_value(&message).unwrap();
         assert_eq!(json["type"], "text");
@@ -212,23 +236,11 @@ mod tests {
 
     fn message(kind: MessageKind, seq: u64, content: &str, target: Option<u64>) -> Message {
         Message {
-            kind,
-            id: Id::new(),
-            room_id: Id::new(),
-            user_id: Id::new(),
-            username: "alice".into(),
-            content: content.into(),
             timestamp: time::macros::datetime!(2026-01-02 03:04:05 UTC)
                 + time::Duration::seconds(i64::try_from(seq).unwrap()),
             target_seq: target,
-            reply_to: None,
-            reply_count: 0,
-            mentions: Vec::new(),
-            mentions_room: false,
-            edited_at: None,
-            deleted: false,
-            reactions: Default::default(),
             seq,
+            ..Message::new(kind, Id::new(), Id::new(), "alice".into(), content.into())
         }
     }
 

@@ -359,30 +359,14 @@ async fn handle(
             content,
             client_id,
         } => {
-            let content = protocol::clean_content(&content)?;
-            protocol::check_client_id(client_id.as_deref())?;
-            let change = chat
-                .change(
-                    connection,
-                    room_id,
-                    seq,
-                    Change::Edit(content),
-                    client_id.clone(),
-                )
-                .await?;
-            acknowledge(connection, client_id, &change);
+            let change = Change::Edit(protocol::clean_content(&content)?);
+            change_message(state, connection, room_id, seq, change, client_id).await?;
         }
         ClientFrame::Delete {
             room_id,
             seq,
             client_id,
-        } => {
-            protocol::check_client_id(client_id.as_deref())?;
-            let change = chat
-                .change(connection, room_id, seq, Change::Delete, client_id.clone())
-                .await?;
-            acknowledge(connection, client_id, &change);
-        }
+        } => change_message(state, connection, room_id, seq, Change::Delete, client_id).await?,
         ClientFrame::React {
             room_id,
             seq,
@@ -390,17 +374,8 @@ async fn handle(
             client_id,
         } => {
             protocol::check_emoji(&emoji)?;
-            protocol::check_client_id(client_id.as_deref())?;
-            let change = chat
-                .change(
-                    connection,
-                    room_id,
-                    seq,
-                    Change::React(emoji),
-                    client_id.clone(),
-                )
-                .await?;
-            acknowledge(connection, client_id, &change);
+            let change = Change::React(emoji);
+            change_message(state, connection, room_id, seq, change, client_id).await?;
         }
         ClientFrame::Unreact {
             room_id,
@@ -409,17 +384,8 @@ async fn handle(
             client_id,
         } => {
             protocol::check_emoji(&emoji)?;
-            protocol::check_client_id(client_id.as_deref())?;
-            let change = chat
-                .change(
-                    connection,
-                    room_id,
-                    seq,
-                    Change::Unreact(emoji),
-                    client_id.clone(),
-                )
-                .await?;
-            acknowledge(connection, client_id, &change);
+            let change = Change::Unreact(emoji);
+            change_message(state, connection, room_id, seq, change, client_id).await?;
         }
         ClientFrame::Join { room_id } => {
             chat.ensure_member(room_id, &connection.author()).await?;
@@ -466,6 +432,24 @@ async fn handle(
             connection.send(Outbound::direct(encode(&ServerFrame::Pong)));
         }
     }
+    Ok(())
+}
+
+/// An edit, deletion or reaction of the message at `seq`, acked once durable.
+async fn change_message(
+    state: &AppState,
+    connection: &Arc<Connection>,
+    room: Id,
+    seq: u64,
+    change: Change,
+    client_id: Option<String>,
+) -> Result<(), Refusal> {
+    protocol::check_client_id(client_id.as_deref())?;
+    let change = state
+        .chat
+        .change(connection, room, seq, change, client_id.clone())
+        .await?;
+    acknowledge(connection, client_id, &change);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Backend, TestServer, WsClient, ws_query};
+use crate::common::{Backend, TestServer, WsClient, acked, ws_query};
 use crate::on_both_stores;
 
 on_both_stores!(edits_and_deletions_go_live_replay_on_resume_and_show_in_history);
@@ -11,17 +11,6 @@ on_both_stores!(edits_and_deletions_go_live_replay_on_resume_and_show_in_history
 async fn open(ws: &mut WsClient, room: &str) -> u64 {
     ws.send(json!({"type": "join", "room_id": room})).await;
     ws.next_of("joined").await["last_seq"].as_u64().unwrap()
-}
-
-/// Sends `frame` and returns its ack (or the error that came instead).
-async fn acked(ws: &mut WsClient, frame: Value) -> Value {
-    ws.send(frame).await;
-    loop {
-        let answer = ws.next().await;
-        if answer["type"] == "ack" || answer["type"] == "error" {
-            return answer;
-        }
-    }
 }
 
 /// The next frame of one of the stream's kinds (text, edit, delete).

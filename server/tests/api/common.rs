@@ -768,6 +768,17 @@ pub async fn send_until_acked(ws: &mut WsClient, room: &str, content: &str) -> V
     }
 }
 
+/// Sends `frame` and returns its ack (or the error that came instead).
+pub async fn acked(ws: &mut WsClient, frame: Value) -> Value {
+    ws.send(frame).await;
+    loop {
+        let answer = ws.next().await;
+        if answer["type"] == "ack" || answer["type"] == "error" {
+            return answer;
+        }
+    }
+}
+
 /// The query string for `user`, optionally joining `room` at once.
 pub fn ws_query(user: &TestUser, room: Option<&str>) -> String {
     match room {

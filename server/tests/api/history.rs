@@ -46,27 +46,15 @@ async fn numbers_past_what_stores_hold_are_clamped(backend: Backend) {
 }
 
 fn message(room: &str, user: &str, seq: u64) -> Message {
+    let kind = if seq.is_multiple_of(10) {
+        MessageKind::System
+    } else {
+        MessageKind::Text
+    };
+    let (room, user) = (room.parse().unwrap(), user.parse().unwrap());
     Message {
-        kind: if seq.is_multiple_of(10) {
-            MessageKind::System
-        } else {
-            MessageKind::Text
-        },
-        id: Id::new(),
-        room_id: room.parse().unwrap(),
-        user_id: user.parse().unwrap(),
-        username: "alice".into(),
-        content: format!("message {seq}"),
-        timestamp: chat_server::model::now(),
-        target_seq: None,
-        reply_to: None,
-        reply_count: 0,
-        mentions: Vec::new(),
-        mentions_room: false,
-        edited_at: None,
-        deleted: false,
-        reactions: Default::default(),
         seq,
+        ..Message::new(kind, room, user, "alice".into(), format!("message {seq}"))
     }
 }
 

@@ -2,22 +2,12 @@
 //! any message, the parent counts its replies in history, and the thread
 //! reads as a page of its own.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::common::{Backend, TestServer, WsClient, ws_query};
+use crate::common::{Backend, TestServer, WsClient, acked, ws_query};
 use crate::on_both_stores;
 
 on_both_stores!(replies_travel_live_and_the_parent_counts_them);
-
-async fn answer(ws: &mut WsClient, frame: Value) -> Value {
-    ws.send(frame).await;
-    loop {
-        let answer = ws.next().await;
-        if answer["type"] == "ack" || answer["type"] == "error" {
-            return answer;
-        }
-    }
-}
 
 async fn replies_travel_live_and_the_parent_counts_them(backend: Backend) {
     let server = TestServer::start(backend).await;
@@ -35,10 +25,10 @@ async fn replies_travel_live_and_the_parent_counts_them(backend: Backend) {
     bob_ws.next_of("joined").await;
 
     let message = |content: &str, reply_to: Option<u64>| json!({"type": "message", "room_id": room, "content": content, "reply_to": reply_to});
-    let question = answer(&mut alice_ws, message("question?", None)).await["seq"]
+    let question = acked(&mut alice_ws, message("question?", None)).await["seq"]
         .as_u64()
         .unwrap();
-    let reply = answer(&mut bob_ws, message("answer!", Some(question))).await;
+    let reply = acked(&mut bob_ws, message("answer!", Some(question))).await;
     assert_eq!(reply["type"], "ack", "{reply}");
     let live = loop {
         let frame = alice_ws.next_of("text").await;
@@ -50,10 +40,10 @@ async fn replies_travel_live_and_the_parent_counts_them(backend: Backend) {
 
     // One level: no reply to a reply, nor to what is not a message here.
     for parent in [reply["seq"].as_u64().unwrap(), 999_999] {
-        let refused = answer(&mut bob_ws, message("nested", Some(parent))).await;
+        let refused = acked(&mut bob_ws, message("nested", Some(parent))).await;
         assert_eq!(refused["code"], "not_found", "{refused}");
     }
-    answer(&mut alice_ws, message("main line goes on", None)).await;
+    acked(&mut alice_ws, message("main line goes on", None)).await;
 
     // The room's pages list the parent with its count, not the reply.
     let (status, page) = server

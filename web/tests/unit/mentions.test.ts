@@ -1,31 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { complete, mentionAt, mentionsMe, suggestions } from "../../src/mentions";
 import { initialState, reducer } from "../../src/state";
-import type { ChatMessage, Room } from "../../src/protocol/types";
+import type { ChatMessage } from "../../src/protocol/types";
+import { room, text as message } from "./fixtures";
 
-const text = (roomId: string, seq: number, extra: Partial<ChatMessage> = {}): ChatMessage => ({
-  type: "text",
-  id: `${roomId}-${seq}`,
-  room_id: roomId,
-  user_id: "bob",
-  username: "bob",
-  content: "hey",
-  timestamp: "2026-11-23T10:00:00.000Z",
-  seq,
-  ...extra,
-});
-
-const room = (id: string): Room => ({
-  id,
-  name: id,
-  description: "",
-  is_private: false,
-  is_direct: false,
-  creator_id: "me",
-  members: ["me", "bob"],
-  admins: [],
-  created_at: "2026-11-23T10:00:00.000Z",
-});
+const text = (roomId: string, seq: number, extra: Partial<ChatMessage> = {}) => message(roomId, seq, "bob", extra);
 
 describe("mentions", () => {
   it("finds the name being typed at the caret, not in an e-mail address", () => {

@@ -1,33 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { desktopNotice, pageTitle } from "../../src/notify";
 import { initialState, reducer } from "../../src/state";
-import type { ChatMessage, Room } from "../../src/protocol/types";
+import { room, text as message } from "./fixtures";
 
-const room = (id: string, direct: boolean): Room => ({
-  id,
-  name: id,
-  description: "",
-  is_private: direct,
-  is_direct: direct,
-  creator_id: "me",
-  members: ["me", "bob"],
-  admins: [],
-  created_at: "2026-11-23T10:00:00.000Z",
-});
-
-const text = (roomId: string, seq: number, user = "bob"): ChatMessage => ({
-  type: "text",
-  id: `${roomId}-${seq}`,
-  room_id: roomId,
-  user_id: user,
-  username: user,
-  content: "psst",
-  timestamp: "2026-11-23T10:00:00.000Z",
-  seq,
-});
+const direct = (id: string) => room(id, { is_private: true, is_direct: true });
+const text = (roomId: string, seq: number, user = "bob") => message(roomId, seq, user, { content: "psst" });
 
 const start = () =>
-  reducer(reducer(initialState("me", "me"), { type: "rooms", rooms: [room("dm", true), room("lobby", false)] }), {
+  reducer(reducer(initialState("me", "me"), { type: "rooms", rooms: [direct("dm"), room("lobby")] }), {
     type: "select",
     roomId: "lobby",
   });

@@ -1,29 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { initialState, reducer, seenBy, typingIn } from "../../src/state";
-import type { ChatMessage, Room } from "../../src/protocol/types";
-
-const room = (id: string): Room => ({
-  id,
-  name: id,
-  description: "",
-  is_private: false,
-  is_direct: false,
-  creator_id: "me",
-  members: ["me", "bob"],
-  admins: [],
-  created_at: "2026-11-23T10:00:00.000Z",
-});
-
-const text = (roomId: string, seq: number, user = "bob"): ChatMessage => ({
-  type: "text",
-  id: `${roomId}-${seq}`,
-  room_id: roomId,
-  user_id: user,
-  username: user,
-  content: "hi",
-  timestamp: "2026-11-23T10:00:00.000Z",
-  seq,
-});
+import { room, text } from "./fixtures";
 
 const start = () => reducer(reducer(initialState("me", "me"), { type: "rooms", rooms: [room("a"), room("b")] }), { type: "select", roomId: "a" });
 
