@@ -57,6 +57,8 @@ pub enum ChatError {
     TooFarBehind,
     #[error("no such message in this room")]
     NoSuchMessage,
+    #[error("no such attachment of yours in this room")]
+    NoSuchAttachment,
     #[error("{0}")]
     NotAllowed(&'static str),
     #[error("messaging is unavailable: {0}")]
@@ -73,6 +75,16 @@ impl From<BusError> for ChatError {
             BusError::Internal(detail) => ChatError::Store(StoreError::Internal(detail)),
         }
     }
+}
+
+/// What a member posts: text, files, or both; maybe in a thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    pub content: String,
+    /// A reply in the thread of the message at this seq.
+    pub reply_to: Option<u64>,
+    /// Files uploaded to the room by the sender.
+    pub attachments: Vec<Id>,
 }
 
 /// What a change does to a message.
@@ -201,10 +213,14 @@ impl Chat {
         &self,
         connection: &Connection,
         room: Id,
-        content: String,
-        reply_to: Option<u64>,
+        post: Post,
         client_id: Option<String>,
     ) -> Result<Message, ChatError> {
+        let Post {
+            content,
+            reply_to,
+            attachments,
+        } = post;
         self.admit(connection, room).await?;
         if let Some(parent) = reply_to {
             // Threads are one level deep, as in most chats: a reply answers a
@@ -214,14 +230,43 @@ impl Chat {
                 .filter(|m| m.reply_to.is_none())
                 .ok_or(ChatError::NoSuchMessage)?;
         }
+        let attachments = self.attachments(room, connection.user, attachments).await?;
         let (mentions, mentions_room) = self.mentions(room, connection.user, &content).await;
         let draft = Message {
             reply_to,
             mentions,
             mentions_room,
+            attachments,
             ..draft(room, &connection.author(), MessageKind::Text, content)
         };
         self.append_from(connection, draft, client_id).await
+    }
+
+    /// The files `ids` names, each uploaded by `sender` into `room` (a file
+    /// is posted where it was uploaded, by who uploaded it; anything else
+    /// would let one room's members read another's).
+    async fn attachments(
+        &self,
+        room: Id,
+        sender: Id,
+        ids: Vec<Id>,
+    ) -> Result<Vec<crate::model::AttachedFile>, ChatError> {
+        let mut files = Vec::with_capacity(ids.len());
+        for id in ids {
+            let attachment = self
+                .store
+                .attachment(id)
+                .await?
+                .filter(|a| a.room_id == room && a.user_id == sender)
+                .ok_or(ChatError::NoSuchAttachment)?;
+            if !files
+                .iter()
+                .any(|f: &crate::model::AttachedFile| f.id == id)
+            {
+                files.push(attachment.file);
+            }
+        }
+        Ok(files)
     }
 
     /// The text message at `seq` in `room`, from the room's recent log or

@@ -111,6 +111,12 @@ pub struct Limits {
     /// Peers whose `X-Forwarded-For` names the client (the Ingress, a load
     /// balancer); every other peer is the client itself.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Time to send an upload's body and get the answer.
+    pub upload_timeout: Duration,
+    /// The largest file one upload may carry.
+    pub attachment_bytes: usize,
+    /// What one user's uploads may add up to (rooms deleted give it back).
+    pub upload_quota_bytes: u64,
 }
 
 impl Default for Limits {
@@ -124,6 +130,9 @@ impl Default for Limits {
             password_hashes: std::thread::available_parallelism().map_or(2, usize::from),
             signups_per_address_per_hour: 60,
             trusted_proxies: Vec::new(),
+            upload_timeout: Duration::from_secs(300),
+            attachment_bytes: 10 * 1024 * 1024,
+            upload_quota_bytes: 1 << 30,
         }
     }
 }
@@ -440,6 +449,24 @@ fn parse_limits(
                 .collect::<Result<_, _>>()?,
             None => Vec::new(),
         },
+        upload_timeout: Duration::from_secs(parse_number(
+            get,
+            "CHAT_UPLOAD_TIMEOUT_SECS",
+            secs(default.upload_timeout),
+            1..=3_600,
+        )?),
+        attachment_bytes: count(parse_number(
+            get,
+            "CHAT_MAX_ATTACHMENT_BYTES",
+            default.attachment_bytes as u64,
+            1024..=1 << 30,
+        )?),
+        upload_quota_bytes: parse_number(
+            get,
+            "CHAT_UPLOAD_QUOTA_BYTES",
+            default.upload_quota_bytes,
+            0..=1 << 50,
+        )?,
     })
 }
 

@@ -5,6 +5,7 @@
 //! read or write durable state through [`store`] (MongoDB or embedded). [`server`]
 //! wires it together from a [`config::Config`].
 
+pub mod attachment;
 pub mod auth;
 pub mod bus;
 pub mod chat;

@@ -5,7 +5,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 /// How long a refresh token stays valid if unused.
 pub const TTL: time::Duration = time::Duration::days(30);
@@ -20,10 +19,7 @@ pub fn generate() -> (String, String) {
 }
 
 pub fn digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::attachment::content_hash(token.as_bytes())
 }
 
 #[cfg(test)]

@@ -201,6 +201,7 @@ impl From<ChatError> for ApiError {
             ChatError::RateLimited(wait) => Self::rate_limited(error.to_string(), wait),
             ChatError::TooFarBehind => Self::conflict("resume_too_far", error.to_string()),
             ChatError::NoSuchMessage => Self::not_found("message"),
+            ChatError::NoSuchAttachment => Self::not_found("attachment"),
             ChatError::NotAllowed(why) => Self::forbidden(why),
             ChatError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "message bus unavailable");

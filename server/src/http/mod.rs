@@ -1,5 +1,6 @@
 //! The REST API, probes and metrics: routes, middleware, handlers.
 
+pub mod attachments;
 pub mod auth;
 pub mod client_address;
 pub mod error;
@@ -34,6 +35,8 @@ use crate::state::AppState;
 
 /// JSON bodies of this API are small; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+const UPLOAD_ROUTE: &str = "/api/rooms/{id}/attachments";
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -74,6 +77,12 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
             put(rooms::add_admin).delete(rooms::remove_admin),
         )
         .route("/api/rooms/{id}/messages", get(messages::history))
+        .route(UPLOAD_ROUTE, post(attachments::upload))
+        .route("/api/attachments/{id}", get(attachments::download))
+        .route(
+            "/api/attachments/{id}/thumbnail",
+            get(attachments::thumbnail),
+        )
         .route("/api/dm/{user_id}", post(rooms::direct))
         .route("/api/search", get(search::search))
         .route("/api/sessions", get(users::sessions));
@@ -123,7 +132,18 @@ async fn deadline(
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
-    match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
+    // An upload carries up to CHAT_MAX_ATTACHMENT_BYTES over whatever link
+    // the user has: it gets CHAT_UPLOAD_TIMEOUT_SECS instead.
+    let is_upload = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|path| path.as_str() == UPLOAD_ROUTE);
+    let limit = if is_upload {
+        state.limits.upload_timeout
+    } else {
+        state.limits.request_timeout
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
             axum::http::StatusCode::REQUEST_TIMEOUT,

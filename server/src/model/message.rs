@@ -82,6 +82,9 @@ pub struct Message {
     /// The text calls the whole room (`@room`, by its owner or an admin).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mentions_room: bool,
+    /// Files posted with the text (uploaded first, to the same room).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<super::AttachedFile>,
     /// In history: when the text was last edited.
     #[serde(
         default,
@@ -123,6 +126,7 @@ impl Message {
             reply_count: 0,
             mentions: Vec::new(),
             mentions_room: false,
+            attachments: Vec::new(),
             edited_at: None,
             deleted: false,
             reactions: Default::default(),
@@ -156,6 +160,7 @@ pub fn apply_changes(messages: &mut [Message], changes: &[Message]) {
             MessageKind::Delete => {
                 target.deleted = true;
                 target.content.clear();
+                target.attachments.clear();
                 target.edited_at = None;
                 target.reactions.clear();
             }

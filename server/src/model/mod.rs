@@ -3,11 +3,13 @@
 //! These types know nothing about BSON or redb: each store maps them to its own
 //! records, so the API shape and the storage shape can evolve separately.
 
+mod attachment;
 mod id;
 mod message;
 mod room;
 mod user;
 
+pub use attachment::{AttachedFile, Attachment, Blob, Upload};
 pub use id::{Id, InvalidId};
 pub use message::{HistoryPage, HistoryQuery, Message, MessageKind, apply_changes};
 pub use room::{Room, RoomKind, RoomPage};

@@ -23,8 +23,8 @@ use tokio::sync::oneshot;
 
 use super::{Inserted, Store, StoreError, StoreResult};
 use crate::model::{
-    HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Revoke, Room,
-    RoomPage, User,
+    Attachment, Blob, HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken,
+    Revoke, Room, RoomPage, Upload, User,
 };
 use crate::sync::lock;
 
@@ -48,6 +48,15 @@ const REPLIES: TableDefinition<&[u8], ()> = TableDefinition::new("replies");
 /// Room id followed by the dedupe key → the seq it was stored under and when
 /// the key expires (see [`DedupeEntry`]).
 const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
+/// Attachment records by id.
+const ATTACHMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attachments");
+/// Room id followed by attachment id: a room's attachments, for its deletion.
+const ROOM_ATTACHMENTS: TableDefinition<&[u8], ()> = TableDefinition::new("room_attachments");
+/// Bytes uploaded per user id (the quota).
+const UPLOADED_BYTES: TableDefinition<&[u8], u64> = TableDefinition::new("uploaded_bytes");
+/// How many records name each stored content (attachments and thumbnails),
+/// so bytes are removed with the last record that needs them.
+const BLOB_REFS: TableDefinition<&str, u64> = TableDefinition::new("blob_refs");
 /// The database's own facts: `id`, its identity.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
@@ -62,6 +71,7 @@ pub struct EmbeddedStore {
     refresh_sweep: Arc<Mutex<Option<std::time::Instant>>>,
     id: String,
     dedupe_ttl: time::Duration,
+    blobs: super::blob_dir::BlobDir,
 }
 
 /// How often saving a refresh token, or committing messages, also sweeps out
@@ -147,6 +157,10 @@ impl EmbeddedStore {
         tx.open_table(CHANGES)?;
         tx.open_table(REPLIES)?;
         tx.open_table(DEDUPE)?;
+        tx.open_table(ATTACHMENTS)?;
+        tx.open_table(ROOM_ATTACHMENTS)?;
+        tx.open_table(UPLOADED_BYTES)?;
+        tx.open_table(BLOB_REFS)?;
         let id = {
             let mut meta = tx.open_table(META)?;
             let existing = meta.get("id")?.map(|id| id.value().to_owned());
@@ -166,6 +180,7 @@ impl EmbeddedStore {
             refresh_sweep: Arc::default(),
             id,
             dedupe_ttl: crate::store::DEDUPE_TTL,
+            blobs: super::blob_dir::BlobDir::new(dir),
         })
     }
 
@@ -250,6 +265,51 @@ where
         Some(value) => Ok(Some(serde_json::from_slice(value.value())?)),
         None => Ok(None),
     }
+}
+
+/// Removes `room`'s attachment records in `tx`, giving their bytes back to
+/// their uploaders' quotas; returns the contents no record needs any more.
+fn forget_attachments(tx: &redb::WriteTransaction, room: Id) -> StoreResult<Vec<String>> {
+    let mut listed = tx.open_table(ROOM_ATTACHMENTS)?;
+    let mut records = tx.open_table(ATTACHMENTS)?;
+    let mut uploaded = tx.open_table(UPLOADED_BYTES)?;
+    let mut refs = tx.open_table(BLOB_REFS)?;
+    let (start, end) = (
+        attachment_key(room, [0; 12]),
+        attachment_key(room, [0xff; 12]),
+    );
+    let mut unused = Vec::new();
+    let keys = listed
+        .extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?
+        .map(|entry| entry.map(|(key, _)| key.value().to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for key in keys {
+        let Some(record) = records.remove(&key[12..])? else {
+            continue;
+        };
+        let attachment: Attachment = serde_json::from_slice(record.value())?;
+        drop(record);
+        let user = attachment.user_id.bytes();
+        let before = uploaded.get(user.as_slice())?.map_or(0, |v| v.value());
+        uploaded.insert(user.as_slice(), before.saturating_sub(attachment.file.size))?;
+        for sha256 in std::iter::once(attachment.sha256).chain(attachment.thumbnail_sha256) {
+            let count = refs.get(sha256.as_str())?.map_or(0, |v| v.value());
+            if count <= 1 {
+                refs.remove(sha256.as_str())?;
+                unused.push(sha256);
+            } else {
+                refs.insert(sha256.as_str(), count - 1)?;
+            }
+        }
+    }
+    Ok(unused)
+}
+
+fn attachment_key(room: Id, attachment: [u8; 12]) -> [u8; 24] {
+    let mut key = [0; 24];
+    key[..12].copy_from_slice(&room.bytes());
+    key[12..].copy_from_slice(&attachment);
+    key
 }
 
 /// Commits the waiting messages, one transaction per round, until none wait.
@@ -673,6 +733,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete_room(&self, room: Id) -> StoreResult<bool> {
+        let blobs = self.blobs.clone();
         self.run(move |db| {
             let tx = db.begin_write()?;
             let existed = {
@@ -696,13 +757,23 @@ impl Store for EmbeddedStore {
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
                         tx.open_table(REPLIES)?
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
-                        true
+                        Some(forget_attachments(&tx, room)?)
                     }
-                    None => false,
+                    None => None,
                 }
             };
             tx.commit()?;
-            Ok(existed)
+            let Some(unused) = existed else {
+                return Ok(false);
+            };
+            // After the commit: should removing fail, a file is left over,
+            // never a record without its file.
+            for sha256 in unused {
+                if let Err(e) = blobs.remove(&sha256) {
+                    tracing::warn!(error = %e, "cannot remove a deleted room's file");
+                }
+            }
+            Ok(true)
         })
         .await
     }
@@ -955,6 +1026,62 @@ impl Store for EmbeddedStore {
                 None => 0,
             };
             Ok(newest)
+        })
+        .await
+    }
+
+    async fn save_attachment(&self, attachment: &Attachment, upload: Upload) -> StoreResult<()> {
+        let blobs = self.blobs.clone();
+        let attachment = attachment.clone();
+        self.run(move |db| {
+            blobs.put(&attachment.sha256, &upload.content)?;
+            if let (Some(sha256), Some(thumbnail)) =
+                (&attachment.thumbnail_sha256, &upload.thumbnail)
+            {
+                blobs.put(sha256, thumbnail)?;
+            }
+            let tx = db.begin_write()?;
+            {
+                let id = attachment.file.id.bytes();
+                tx.open_table(ATTACHMENTS)?
+                    .insert(id.as_slice(), to_json(&attachment)?.as_slice())?;
+                tx.open_table(ROOM_ATTACHMENTS)?
+                    .insert(attachment_key(attachment.room_id, id).as_slice(), ())?;
+                let mut uploaded = tx.open_table(UPLOADED_BYTES)?;
+                let user = attachment.user_id.bytes();
+                let before = uploaded.get(user.as_slice())?.map_or(0, |v| v.value());
+                uploaded.insert(user.as_slice(), before + attachment.file.size)?;
+                let mut refs = tx.open_table(BLOB_REFS)?;
+                for sha256 in
+                    std::iter::once(&attachment.sha256).chain(&attachment.thumbnail_sha256)
+                {
+                    let count = refs.get(sha256.as_str())?.map_or(0, |v| v.value());
+                    refs.insert(sha256.as_str(), count + 1)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            get_json(&tx.open_table(ATTACHMENTS)?, id.bytes().as_slice())
+        })
+        .await
+    }
+
+    async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>> {
+        self.blobs.open(sha256).await
+    }
+
+    async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(UPLOADED_BYTES)?;
+            Ok(table.get(user.bytes().as_slice())?.map_or(0, |v| v.value()))
         })
         .await
     }

@@ -3,14 +3,15 @@
 //! single process ([`embedded::EmbeddedStore`]). The HTTP layer only sees
 //! [`Store`]; both implementations pass the same behavioural test suite.
 
+mod blob_dir;
 pub mod embedded;
 pub mod mongo;
 
 use async_trait::async_trait;
 
 use crate::model::{
-    HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken, Revoke, Room,
-    RoomPage, User,
+    Attachment, Blob, HistoryPage, HistoryQuery, Id, Message, Page, ProfileUpdate, RefreshToken,
+    Revoke, Room, RoomPage, Upload, User,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -94,7 +95,8 @@ pub trait Store: Send + Sync + 'static {
         name: String,
         description: String,
     ) -> StoreResult<Option<Room>>;
-    /// Deletes the room and its history; false if it did not exist.
+    /// Deletes the room, its history and its attachments (their bytes too,
+    /// unless another attachment has the same content); false if it did not exist.
     async fn delete_room(&self, room: Id) -> StoreResult<bool>;
     /// Returns the direct room with `candidate.direct_key`, inserting `candidate`
     /// only if there is none, so concurrent calls for one pair agree on one room.
@@ -140,4 +142,24 @@ pub trait Store: Send + Sync + 'static {
     async fn changes_of(&self, room: Id, seqs: &[u64]) -> StoreResult<Vec<Message>>;
     /// The highest seq stored for `room`, 0 if it has no messages.
     async fn newest_seq(&self, room: Id) -> StoreResult<u64>;
+
+    /// Stores an uploaded file: its bytes (and its thumbnail's) first, once
+    /// per content, then the record that makes them readable, so a record
+    /// never names bytes that are not there.
+    async fn save_attachment(&self, attachment: &Attachment, upload: Upload) -> StoreResult<()>;
+    async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>>;
+    /// Reads stored bytes by their SHA-256 (hex); `None` when none are stored.
+    async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>>;
+    /// The bytes `user` has uploaded into rooms that still exist (what the
+    /// quota counts; thumbnails are not counted).
+    async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64>;
+}
+
+/// Whether `sha256` is what blob names are made of: 64 lowercase hex
+/// digits. Both stores check before using one as a file or document name.
+pub fn is_blob_name(sha256: &str) -> bool {
+    sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

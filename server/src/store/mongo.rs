@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Inserted, Store, StoreError, StoreResult};
 use crate::model::{
-    HistoryPage, HistoryQuery, Id, Message, MessageKind, Page, ProfileUpdate, RefreshToken, Revoke,
-    Room, RoomKind, RoomPage, Timestamp, User,
+    AttachedFile, Attachment, Blob, HistoryPage, HistoryQuery, Id, Message, MessageKind, Page,
+    ProfileUpdate, RefreshToken, Revoke, Room, RoomKind, RoomPage, Timestamp, Upload, User,
 };
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -215,6 +215,14 @@ impl MongoStore {
                 .await
                 .map_err(map_error)?;
         }
+        // A room's attachments (its deletion), a user's (the quota), and
+        // who else needs some bytes (the last one removes them).
+        for key in ["room_id", "user_id", "sha256", "thumbnail_sha256"] {
+            self.attachments()
+                .create_index(IndexModel::builder().keys(doc! {key: 1}).build())
+                .await
+                .map_err(map_error)?;
+        }
         Ok(text_index)
     }
 
@@ -236,6 +244,102 @@ impl MongoStore {
 
     fn refresh_tokens(&self) -> Collection<RefreshTokenDoc> {
         self.db.collection("refresh_tokens")
+    }
+
+    fn attachments(&self) -> Collection<AttachmentDoc> {
+        self.db.collection("attachments")
+    }
+
+    /// File bytes: GridFS (`blobs.files`, `blobs.chunks`), one file per
+    /// content, its `_id` the content's SHA-256.
+    fn blobs(&self) -> mongodb::gridfs::GridFsBucket {
+        self.db.gridfs_bucket(
+            mongodb::options::GridFsBucketOptions::builder()
+                .bucket_name("blobs".to_owned())
+                .build(),
+        )
+    }
+
+    /// Stores `content` as the GridFS file `sha256` unless it is there.
+    async fn put_blob(&self, sha256: &str, content: &[u8]) -> StoreResult<()> {
+        use futures_util::AsyncWriteExt;
+        let bucket = self.blobs();
+        let id = bson::Bson::String(sha256.to_owned());
+        if bucket
+            .find_one(doc! {"_id": sha256})
+            .await
+            .map_err(map_error)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut upload = bucket
+            .open_upload_stream(sha256)
+            .id(id.clone())
+            .await
+            .map_err(map_error)?;
+        let written = match upload.write_all(content).await {
+            Ok(()) => upload.close().await,
+            Err(e) => Err(e),
+        };
+        let Err(error) = written else {
+            return Ok(());
+        };
+        // The same content uploaded at the same moment by someone else is
+        // stored: theirs will do.
+        if bucket
+            .find_one(doc! {"_id": sha256})
+            .await
+            .map_err(map_error)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        // Chunks without their file document would block the next try.
+        if let Err(e) = bucket.delete(id).await {
+            tracing::debug!(error = %e, "nothing to clean up after a failed upload");
+        }
+        Err(StoreError::Unavailable(format!(
+            "MongoDB: cannot store a file: {error}"
+        )))
+    }
+
+    /// Removes `room`'s attachment records, then the bytes no other record needs.
+    async fn forget_attachments(&self, room: Id) -> StoreResult<()> {
+        let filter = doc! {"room_id": room.object_id()};
+        let records = collect(
+            self.attachments()
+                .find(filter.clone())
+                .await
+                .map_err(map_error)?,
+        )
+        .await
+        .map_err(map_error)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.attachments()
+            .delete_many(filter)
+            .await
+            .map_err(map_error)?;
+        let contents: std::collections::BTreeSet<String> = records
+            .into_iter()
+            .flat_map(|r| std::iter::once(r.sha256).chain(r.thumbnail_sha256))
+            .collect();
+        for sha256 in contents {
+            let needed = self
+                .attachments()
+                .count_documents(doc! {"$or": [{"sha256": &sha256}, {"thumbnail_sha256": &sha256}]})
+                .await
+                .map_err(map_error)?;
+            if needed > 0 {
+                continue;
+            }
+            if let Err(e) = self.blobs().delete(bson::Bson::String(sha256)).await {
+                tracing::warn!(error = %e, "cannot remove a deleted room's file");
+            }
+        }
+        Ok(())
     }
 
     async fn update_room(&self, room: Id, update: Document) -> StoreResult<Option<Room>> {
@@ -433,6 +537,8 @@ struct MessageDoc {
     mentions: Vec<ObjectId>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     mentions_room: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<AttachedFile>,
 }
 
 /// What history pages show: messages, not the changes made to them.
@@ -455,6 +561,7 @@ impl TryFrom<&Message> for MessageDoc {
             reply_to: message.reply_to.map(seq_to_i64).transpose()?,
             mentions: message.mentions.iter().map(|id| id.object_id()).collect(),
             mentions_room: message.mentions_room,
+            attachments: message.attachments.clone(),
         })
     }
 }
@@ -482,6 +589,7 @@ impl TryFrom<MessageDoc> for Message {
             reply_count: 0,
             mentions: doc.mentions.into_iter().map(Id::from).collect(),
             mentions_room: doc.mentions_room,
+            attachments: doc.attachments,
             edited_at: None,
             deleted: false,
             reactions: Default::default(),
@@ -499,6 +607,74 @@ struct DedupeDoc {
     id: String,
     seq: i64,
     expires_at: bson::DateTime,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AttachmentDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    room_id: ObjectId,
+    user_id: ObjectId,
+    filename: String,
+    content_type: String,
+    size: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
+    sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    thumbnail_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    thumbnail_type: Option<String>,
+    created_at: bson::DateTime,
+}
+
+impl TryFrom<&Attachment> for AttachmentDoc {
+    type Error = StoreError;
+
+    fn try_from(attachment: &Attachment) -> StoreResult<Self> {
+        let file = &attachment.file;
+        Ok(Self {
+            id: file.id.object_id(),
+            room_id: attachment.room_id.object_id(),
+            user_id: attachment.user_id.object_id(),
+            filename: file.filename.clone(),
+            content_type: file.content_type.clone(),
+            size: i64::try_from(file.size)
+                .map_err(|_| StoreError::Internal("attachment size out of range".into()))?,
+            width: file.width,
+            height: file.height,
+            sha256: attachment.sha256.clone(),
+            thumbnail_sha256: attachment.thumbnail_sha256.clone(),
+            thumbnail_type: attachment.thumbnail_type.clone(),
+            created_at: to_bson_date(attachment.created_at),
+        })
+    }
+}
+
+impl TryFrom<AttachmentDoc> for Attachment {
+    type Error = StoreError;
+
+    fn try_from(doc: AttachmentDoc) -> StoreResult<Self> {
+        Ok(Self {
+            file: AttachedFile {
+                id: doc.id.into(),
+                filename: doc.filename,
+                content_type: doc.content_type,
+                size: u64::try_from(doc.size).map_err(|_| corrupt("attachment size"))?,
+                width: doc.width,
+                height: doc.height,
+                thumbnail: doc.thumbnail_sha256.is_some(),
+            },
+            room_id: doc.room_id.into(),
+            user_id: doc.user_id.into(),
+            sha256: doc.sha256,
+            thumbnail_sha256: doc.thumbnail_sha256,
+            thumbnail_type: doc.thumbnail_type,
+            created_at: from_bson_date(doc.created_at),
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -754,6 +930,7 @@ impl Store for MongoStore {
             .delete_many(doc! {"room_id": room.object_id()})
             .await
             .map_err(map_error)?;
+        self.forget_attachments(room).await?;
         Ok(deleted.deleted_count > 0)
     }
 
@@ -1051,6 +1228,72 @@ impl Store for MongoStore {
                 .map_err(|_| corrupt("seq")),
             None => Ok(0),
         }
+    }
+
+    async fn save_attachment(&self, attachment: &Attachment, upload: Upload) -> StoreResult<()> {
+        self.put_blob(&attachment.sha256, &upload.content).await?;
+        if let (Some(sha256), Some(thumbnail)) = (&attachment.thumbnail_sha256, &upload.thumbnail) {
+            self.put_blob(sha256, thumbnail).await?;
+        }
+        self.attachments()
+            .insert_one(AttachmentDoc::try_from(attachment)?)
+            .await
+            .map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>> {
+        self.attachments()
+            .find_one(doc! {"_id": id.object_id()})
+            .await
+            .map_err(map_error)?
+            .map(Attachment::try_from)
+            .transpose()
+    }
+
+    async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>> {
+        use futures_util::StreamExt;
+        use tokio_util::compat::FuturesAsyncReadCompatExt;
+        let bucket = self.blobs();
+        let Some(file) = bucket
+            .find_one(doc! {"_id": sha256})
+            .await
+            .map_err(map_error)?
+        else {
+            return Ok(None);
+        };
+        let stream = bucket
+            .open_download_stream(file.id)
+            .await
+            .map_err(map_error)?;
+        Ok(Some(Blob {
+            len: file.length,
+            chunks: tokio_util::io::ReaderStream::new(stream.compat()).boxed(),
+        }))
+    }
+
+    async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64> {
+        let mut cursor = self
+            .attachments()
+            .aggregate([
+                doc! {"$match": {"user_id": user.object_id()}},
+                doc! {"$group": {"_id": null, "total": {"$sum": "$size"}}},
+            ])
+            .await
+            .map_err(map_error)?;
+        let total = match futures_util::TryStreamExt::try_next(&mut cursor)
+            .await
+            .map_err(map_error)?
+        {
+            Some(group) => match group.get("total") {
+                Some(bson::Bson::Int64(n)) => *n,
+                Some(bson::Bson::Int32(n)) => i64::from(*n),
+                Some(bson::Bson::Double(n)) => *n as i64,
+                _ => 0,
+            },
+            None => 0,
+        };
+        Ok(u64::try_from(total).unwrap_or(0))
     }
 }
 

@@ -24,7 +24,7 @@ use super::hub::{Connection, Kick, Outbound, QUEUE_FRAMES};
 use super::outbox::{Opcode, Outbox, Sent, close_payload};
 use super::protocol::{self, ClientFrame, FrameError, ServerFrame, encode};
 use crate::auth::Claims;
-use crate::chat::{Change, ChatError};
+use crate::chat::{Change, ChatError, Post};
 use crate::model::Id;
 use crate::state::AppState;
 
@@ -296,7 +296,7 @@ impl From<ChatError> for FrameError {
             ChatError::NoSuchRoom => "not_found",
             ChatError::RateLimited(_) => "rate_limited",
             ChatError::TooFarBehind => "resume_too_far",
-            ChatError::NoSuchMessage => "not_found",
+            ChatError::NoSuchMessage | ChatError::NoSuchAttachment => "not_found",
             ChatError::NotAllowed(_) => "forbidden",
             ChatError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "bus unavailable for a websocket frame");
@@ -343,12 +343,18 @@ async fn handle(
             content,
             client_id,
             reply_to,
+            attachments,
         } => {
-            let content = protocol::clean_content(&content)?;
+            let content = protocol::clean_post(&content, &attachments)?;
             protocol::check_client_id(client_id.as_deref())?;
 
+            let post = Post {
+                content,
+                reply_to,
+                attachments,
+            };
             let message = chat
-                .post(connection, room_id, content, reply_to, client_id.clone())
+                .post(connection, room_id, post, client_id.clone())
                 .await?;
             state.metrics.messages_received.inc();
             acknowledge(connection, client_id, &message);

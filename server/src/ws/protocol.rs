@@ -9,6 +9,8 @@ use crate::model::Id;
 
 /// Longest message content, in characters, after cleaning.
 pub const MAX_CONTENT_CHARS: usize = 4000;
+/// Most files one message carries.
+pub const MAX_ATTACHMENTS: usize = 10;
 /// Longest `client_id`; it is an opaque retry key, not a payload.
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
@@ -23,6 +25,10 @@ pub enum ClientFrame {
         client_id: Option<String>,
         /// A reply in the thread of the message at this seq.
         reply_to: Option<u64>,
+        /// Files uploaded to this room by the sender (`POST
+        /// /api/rooms/{id}/attachments`), at most [`MAX_ATTACHMENTS`].
+        #[serde(default)]
+        attachments: Vec<Id>,
     },
     /// Replace the text of your message at `seq`.
     Edit {
@@ -139,6 +145,21 @@ pub fn clean_content(raw: &str) -> Result<String, FrameError> {
         ));
     }
     Ok(cleaned.to_owned())
+}
+
+/// A message's text and files: either may be empty, not both; at most
+/// [`MAX_ATTACHMENTS`] files.
+pub fn clean_post(raw: &str, attachments: &[Id]) -> Result<String, FrameError> {
+    if attachments.len() > MAX_ATTACHMENTS {
+        return Err(FrameError::new(
+            "too_many_attachments",
+            format!("a message may carry at most {MAX_ATTACHMENTS} files"),
+        ));
+    }
+    match clean_content(raw) {
+        Err(e) if e.code == "empty_message" && !attachments.is_empty() => Ok(String::new()),
+        other => other,
+    }
 }
 
 /// A reaction: one emoji (a short run of pictographs, joiners and
@@ -285,6 +306,7 @@ mod tests {
                 content: "hello".into(),
                 client_id: None,
                 reply_to: None,
+                attachments: Vec::new(),
             }
         );
     }
@@ -331,6 +353,7 @@ mod tests {
                     content: "x".into(),
                     client_id: Some("c1".into()),
                     reply_to: None,
+                    attachments: Vec::new(),
                 },
             ),
             (
@@ -340,6 +363,7 @@ mod tests {
                     content: "x".into(),
                     client_id: None,
                     reply_to: Some(7),
+                    attachments: Vec::new(),
                 },
             ),
         ];

@@ -961,3 +961,43 @@ async fn edits_cross_pods_in_seq_order_and_reach_history() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A file uploaded through one pod goes out with its message on the other
+/// and is served there (MongoDB's GridFS is every pod's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_uploaded_on_one_pod_is_served_by_another() {
+    let cluster = cluster(2, None).await;
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let room = a.room(&alice, "files", false).await;
+    a.join(&bob, &room).await;
+    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    alice_ws.next_of("joined").await;
+    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
+        .await
+        .unwrap();
+    bob_ws.next_of("joined").await;
+
+    let picture = crate::common::png(64, 48);
+    let (status, file) = crate::common::upload(a, &alice, &room, "map.png", picture.clone()).await;
+    assert_eq!(status, 201, "{file}");
+    let id = file["id"].as_str().unwrap();
+    alice_ws
+        .send(
+            json!({"type": "message", "room_id": room, "content": "the map", "attachments": [id]}),
+        )
+        .await;
+    alice_ws.next_of("ack").await;
+    let live = bob_ws.next_message().await;
+    assert_eq!(live["attachments"][0], file);
+    let (status, _, body) =
+        crate::common::download(b, &bob, &format!("/api/attachments/{id}")).await;
+    assert_eq!((status, body == picture), (200, true));
+    let (status, _, thumb) =
+        crate::common::download(b, &bob, &format!("/api/attachments/{id}/thumbnail")).await;
+    assert_eq!(status, 200);
+    assert_eq!(image::load_from_memory(&thumb).unwrap().width(), 64);
+}

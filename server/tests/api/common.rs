@@ -851,3 +851,53 @@ pub async fn open(ws: &mut WsClient, room: &str) {
     ws.send(json!({"type": "join", "room_id": room})).await;
     ws.next_of("joined").await;
 }
+
+/// Uploads `content` as `filename` into `room` as `user`.
+pub async fn upload(
+    server: &TestServer,
+    user: &TestUser,
+    room: &str,
+    filename: &str,
+    content: Vec<u8>,
+) -> (u16, Value) {
+    let response = server
+        .client
+        .post(server.url(&format!("/api/rooms/{room}/attachments")))
+        .query(&[("filename", filename)])
+        .bearer_auth(&user.token)
+        .header("content-type", "application/octet-stream")
+        .body(content)
+        .send()
+        .await
+        .expect("upload sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// GETs `path` as `user`: status, headers and the raw body.
+pub async fn download(
+    server: &TestServer,
+    user: &TestUser,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let response = server
+        .client
+        .get(server.url(path))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("download sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.expect("download body").to_vec();
+    (status, headers, body)
+}
+
+/// A `width` x `height` PNG of one colour.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(width, height, image::Rgb([30, 120, 220]))
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode a PNG");
+    out.into_inner()
+}

@@ -5,6 +5,7 @@ mod common;
 
 mod abuse;
 mod accounts;
+mod attachments;
 mod changes;
 mod chaos;
 mod cluster;

@@ -1,0 +1,270 @@
+//! `/api/rooms/{id}/attachments` (upload) and `/api/attachments/{id}`
+//! (download, thumbnail): files posted in rooms, readable only by the room's
+//! members.
+//!
+//! An upload is the file itself as the request body (not a form), so a
+//! browser can report its progress and nothing is parsed but the bytes. The
+//! server decides the type from those bytes (`crate::attachment`), keeps one
+//! copy per content, and answers with the [`AttachedFile`] a message then
+//! names in its `attachments`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{Path, Query, parse_id};
+use crate::attachment;
+use crate::auth::AuthUser;
+use crate::model::{AttachedFile, Attachment, Id, Upload};
+use crate::state::AppState;
+
+/// Files are served with a policy of their own: nothing in them runs, even
+/// opened directly in a tab (`sandbox`), and no other site embeds them.
+const FILE_SECURITY_POLICY: &str = "default-src 'none'; img-src 'self'; sandbox";
+
+#[derive(Debug, Deserialize)]
+pub struct UploadParams {
+    /// The file's name, shown to others and used when they save it.
+    pub filename: Option<String>,
+}
+
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(raw_id): Path<String>,
+    Query(params): Query<UploadParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<AttachedFile>), ApiError> {
+    state.chat.take_change(caller.id)?;
+    let room = parse_id(&raw_id, "room")?;
+    state
+        .store
+        .room(room)
+        .await?
+        .filter(|r| r.is_member(caller.id))
+        .ok_or_else(|| ApiError::not_found("room"))?;
+
+    let limits = &state.limits;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.attachment_bytes as u64) {
+        return Err(too_large(limits.attachment_bytes));
+    }
+    // Refused before reading a byte when the declared size would not fit.
+    let used = state.store.uploaded_bytes(caller.id).await?;
+    check_quota(used, declared.unwrap_or(0), limits.upload_quota_bytes)?;
+    let content = axum::body::to_bytes(body, limits.attachment_bytes)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                too_large(limits.attachment_bytes)
+            } else {
+                ApiError::bad_request("bad_body", "the upload was cut off or malformed")
+            }
+        })?;
+    if content.is_empty() {
+        return Err(ApiError::bad_request("empty_file", "the file is empty"));
+    }
+    check_quota(used, content.len() as u64, limits.upload_quota_bytes)?;
+
+    let filename = attachment::clean_filename(params.filename.as_deref().unwrap_or_default());
+    let (attachment, upload) = examine(&state, room, caller.id, filename, content).await?;
+    state.store.save_attachment(&attachment, upload).await?;
+    tracing::info!(
+        attachment_id = %attachment.file.id,
+        room_id = %room,
+        size = attachment.file.size,
+        content_type = attachment.file.content_type,
+        "file uploaded"
+    );
+    Ok((StatusCode::CREATED, axum::Json(attachment.file)))
+}
+
+/// Hashes, sniffs and thumbnails `content` on the blocking pool, a few at a
+/// time (decoding is the costliest thing a request can ask of a pod).
+async fn examine(
+    state: &AppState,
+    room: Id,
+    user: Id,
+    filename: String,
+    content: bytes::Bytes,
+) -> Result<(Attachment, Upload), ApiError> {
+    let _permit = state
+        .image_decoders
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let sha256 = attachment::content_hash(&content);
+        let sniffed = attachment::sniff(&content);
+        let thumbnail = sniffed
+            .image
+            .and_then(|format| attachment::thumbnail(&content, format));
+        // An image that cannot be decoded is served as a plain download:
+        // a browser should not be handed what our decoder refused.
+        let content_type = match (&sniffed.image, &thumbnail) {
+            (Some(_), None) => "application/octet-stream",
+            _ => sniffed.content_type,
+        };
+        let file = AttachedFile {
+            id: Id::new(),
+            filename,
+            content_type: content_type.to_owned(),
+            size: content.len() as u64,
+            width: thumbnail.as_ref().map(|t| t.width),
+            height: thumbnail.as_ref().map(|t| t.height),
+            thumbnail: thumbnail.is_some(),
+        };
+        let attachment = Attachment {
+            file,
+            room_id: room,
+            user_id: user,
+            sha256,
+            thumbnail_sha256: thumbnail
+                .as_ref()
+                .map(|t| attachment::content_hash(&t.bytes)),
+            thumbnail_type: thumbnail.as_ref().map(|t| t.content_type.to_owned()),
+            created_at: crate::model::now(),
+        };
+        let upload = Upload {
+            content,
+            thumbnail: thumbnail.map(|t| bytes::Bytes::from(t.bytes)),
+        };
+        (attachment, upload)
+    })
+    .await
+    .map_err(ApiError::internal)
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "file_too_large",
+        format!("a file may have at most {limit} bytes"),
+    )
+}
+
+fn check_quota(used: u64, adding: u64, quota: u64) -> Result<(), ApiError> {
+    if used.saturating_add(adding) > quota {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            format!(
+                "your files would take more than your {quota} bytes ({used} used); delete rooms you no longer need"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn download(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let attachment = readable(&state, &raw_id, caller.id).await?;
+    let inline = attachment.file.thumbnail;
+    serve(
+        &state,
+        &headers,
+        &attachment.sha256,
+        &attachment.file.content_type,
+        attachment::content_disposition(inline, &attachment.file.filename),
+    )
+    .await
+}
+
+pub async fn thumbnail(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let attachment = readable(&state, &raw_id, caller.id).await?;
+    let (Some(sha256), Some(content_type)) =
+        (&attachment.thumbnail_sha256, &attachment.thumbnail_type)
+    else {
+        return Err(ApiError::not_found("thumbnail"));
+    };
+    serve(
+        &state,
+        &headers,
+        sha256,
+        content_type,
+        attachment::content_disposition(true, &attachment.file.filename),
+    )
+    .await
+}
+
+/// The attachment if `caller` is a member of its room; 404 otherwise,
+/// whether or not it exists.
+async fn readable(state: &AppState, raw_id: &str, caller: Id) -> Result<Attachment, ApiError> {
+    let id = parse_id(raw_id, "attachment")?;
+    let attachment = state
+        .store
+        .attachment(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("attachment"))?;
+    state
+        .store
+        .room(attachment.room_id)
+        .await?
+        .filter(|room| room.is_member(caller))
+        .ok_or_else(|| ApiError::not_found("attachment"))?;
+    Ok(attachment)
+}
+
+/// Streams the stored bytes `sha256`. Their content never changes, so the
+/// hash is the ETag and a browser revalidates for nothing.
+async fn serve(
+    state: &AppState,
+    request: &HeaderMap,
+    sha256: &str,
+    content_type: &str,
+    disposition: String,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{sha256}\"");
+    let mut headers = HeaderMap::new();
+    let header = |value: &str| {
+        HeaderValue::from_str(value).map_err(|e| ApiError::internal(format!("bad header: {e}")))
+    };
+    headers.insert(header::ETAG, header(&etag)?);
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=86400"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(FILE_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    let not_modified = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag));
+    if not_modified {
+        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+    }
+    let Some(blob) = state.store.blob(sha256).await? else {
+        return Err(ApiError::internal(format!(
+            "the bytes of a stored attachment are missing: {sha256}"
+        )));
+    };
+    headers.insert(header::CONTENT_TYPE, header(content_type)?);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len));
+    headers.insert(header::CONTENT_DISPOSITION, header(&disposition)?);
+    Ok((headers, Body::from_stream(blob.chunks)).into_response())
+}
