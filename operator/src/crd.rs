@@ -260,6 +260,18 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub signups_per_address_per_hour: Option<i32>,
+    /// Seconds an upload's body and answer may take (300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub upload_timeout_seconds: Option<i32>,
+    /// The largest file one upload may carry, in bytes (10 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub attachment_bytes: Option<i32>,
+    /// What one user's files may add up to, in bytes (1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1125899906842624_i64))]
+    pub upload_quota_bytes: Option<i64>,
     /// Addresses or CIDR blocks of the proxies in front of the pods (the
     /// Ingress controller's pods, a load balancer) whose X-Forwarded-For names
     /// the client. Empty: the TCP peer is the client.
@@ -291,11 +303,16 @@ impl Limits {
                 "CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR",
                 self.signups_per_address_per_hour,
             ),
+            ("CHAT_UPLOAD_TIMEOUT_SECS", self.upload_timeout_seconds),
+            ("CHAT_MAX_ATTACHMENT_BYTES", self.attachment_bytes),
         ];
         let mut env: Vec<_> = numbers
             .into_iter()
             .filter_map(|(var, value)| value.map(|v| (var, v.to_string())))
             .collect();
+        if let Some(quota) = self.upload_quota_bytes {
+            env.push(("CHAT_UPLOAD_QUOTA_BYTES", quota.to_string()));
+        }
         if !self.trusted_proxies.is_empty() {
             env.push(("CHAT_TRUSTED_PROXIES", self.trusted_proxies.join(",")));
         }

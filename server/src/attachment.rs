@@ -10,12 +10,17 @@ use image::{ImageFormat, ImageReader};
 /// Thumbnails fit in this square (CSS pixels at 2x for a 160 px preview).
 pub const THUMBNAIL_EDGE: u32 = 320;
 
+/// Uploads examined (hashed, decoded, thumbnailed) at once on one pod:
+/// each may take [`MAX_DECODER_ALLOC`] while decoding, and two of them fit
+/// the chat pod's default memory limit (512 MiB) beside its connections.
+pub const DECODERS_PER_POD: usize = 2;
+
 /// Images larger than this on either side are kept as files without a
 /// thumbnail: decoding them would take more memory than an upload should.
 const MAX_DECODED_EDGE: u32 = 12_000;
 /// Memory the decoder may take for one image (a 10 MiB PNG can claim
 /// gigabytes once decoded: a decompression bomb).
-const MAX_DECODER_ALLOC: u64 = 256 * 1024 * 1024;
+const MAX_DECODER_ALLOC: u64 = 128 * 1024 * 1024;
 
 /// What the bytes are, as far as serving them goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

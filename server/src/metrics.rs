@@ -24,6 +24,9 @@ pub struct Metrics {
     pub ws_disconnects: IntCounterVec,
     /// Chat messages accepted from clients on this instance.
     pub messages_received: IntCounter,
+    /// Files stored by uploads on this instance, and their bytes.
+    pub uploads: IntCounter,
+    pub upload_bytes: IntCounter,
     /// Frames written to clients (per-recipient deliveries).
     pub frames_sent: IntCounter,
     /// Messages refused by the per-user rate limit.
@@ -78,6 +81,11 @@ impl Metrics {
             "chat_messages_received_total",
             "Chat messages accepted from clients",
         )?;
+        let uploads = IntCounter::new("chat_uploads_total", "Files stored by uploads")?;
+        let upload_bytes = IntCounter::new(
+            "chat_upload_bytes_total",
+            "Bytes of the files stored by uploads",
+        )?;
         let frames_sent = IntCounter::new(
             "chat_ws_frames_sent_total",
             "Frames written to WebSocket clients",
@@ -121,6 +129,8 @@ impl Metrics {
             Box::new(ws_disconnects.clone()),
             Box::new(messages_received.clone()),
             Box::new(frames_sent.clone()),
+            Box::new(uploads.clone()),
+            Box::new(upload_bytes.clone()),
             Box::new(rate_limited.clone()),
             Box::new(bus_errors.clone()),
             Box::new(persist_backlog.clone()),
@@ -139,6 +149,8 @@ impl Metrics {
             ws_connections,
             ws_disconnects,
             messages_received,
+            uploads,
+            upload_bytes,
             frames_sent,
             rate_limited,
             bus_errors,

@@ -163,7 +163,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         login_limits,
         hashes: Arc::new(HashPool::new(config.limits.password_hashes)),
         image_decoders: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, usize::from),
+            crate::attachment::DECODERS_PER_POD,
         )),
         limits: Arc::new(config.limits.clone()),
     })

@@ -20,7 +20,7 @@ pub struct AppState {
     pub login_limits: Arc<crate::auth::limits::LoginLimits>,
     pub hashes: Arc<HashPool>,
     pub limits: Arc<Limits>,
-    /// Uploads being hashed and thumbnailed at once (one per CPU).
+    /// Uploads being hashed and thumbnailed at once.
     pub image_decoders: Arc<tokio::sync::Semaphore>,
     /// This instance's name (CHAT_POD_NAME), in sessions and logs.
     pub pod: Arc<str>,

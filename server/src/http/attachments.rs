@@ -78,6 +78,8 @@ pub async fn upload(
     let filename = attachment::clean_filename(params.filename.as_deref().unwrap_or_default());
     let (attachment, upload) = examine(&state, room, caller.id, filename, content).await?;
     state.store.save_attachment(&attachment, upload).await?;
+    state.metrics.uploads.inc();
+    state.metrics.upload_bytes.inc_by(attachment.file.size);
     tracing::info!(
         attachment_id = %attachment.file.id,
         room_id = %room,
