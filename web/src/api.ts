@@ -2,7 +2,7 @@
 // the access token refreshed a minute before it expires, and once more on a
 // 401, so a user stays signed in for as long as the refresh token lives.
 
-import type { ChatMessage, Room, SearchHit, User } from "./protocol/types";
+import type { AttachedFile, ChatMessage, Room, SearchHit, User } from "./protocol/types";
 
 /** An error the API answered with: `{"error":{"code","message","field"?}}`. */
 export class ApiError extends Error {
@@ -167,7 +167,50 @@ export class Api {
   before = (roomId: string, seq: number, limit: number) =>
     this.call<{ messages: ChatMessage[] }>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&before_seq=${seq}`);
 
+  /**
+   * Uploads `file` into a room (the bytes as the body, so the browser can
+   * report progress through `onProgress`, 0 to 1). fetch() cannot report an
+   * upload's progress; XMLHttpRequest can.
+   */
+  async upload(roomId: string, file: File, onProgress: (fraction: number) => void): Promise<AttachedFile> {
+    const path = `/api/rooms/${roomId}/attachments?filename=${encodeURIComponent(file.name)}`;
+    const send = (token: string | null) =>
+      new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const request = new XMLHttpRequest();
+        request.open("POST", this.base + path);
+        if (token) request.setRequestHeader("authorization", `Bearer ${token}`);
+        request.setRequestHeader("content-type", "application/octet-stream");
+        request.upload.onprogress = (event) => {
+          if (event.lengthComputable) onProgress(event.loaded / event.total);
+        };
+        request.onload = () => resolve({ status: request.status, text: request.responseText });
+        request.onerror = () => reject(new ApiError(0, "network", "The server cannot be reached."));
+        request.send(file);
+      });
+    let answer = await send(await this.token());
+    if (answer.status === 401) {
+      const renewed = await this.refresh();
+      if (!renewed) throw new ApiError(401, "signed_out", "Your session has ended. Please sign in again.");
+      answer = await send(renewed.token);
+    }
+    return parseAnswer<AttachedFile>(answer.status, answer.text);
+  }
+
+  /** An attachment's bytes (or its thumbnail's), fetched with the token. */
+  async attachment(id: string, thumbnail: boolean): Promise<Blob> {
+    const response = await this.request("GET", `/api/attachments/${id}${thumbnail ? "/thumbnail" : ""}`);
+    if (!response.ok) return parseAnswer<never>(response.status, await response.text());
+    return response.blob();
+  }
+
   private async call<T>(method: string, path: string, body?: unknown, authenticated = true): Promise<T> {
+    const response = await this.request(method, path, body, authenticated);
+    if (response.status === 204) return undefined as T;
+    return parseAnswer<T>(response.status, await response.text());
+  }
+
+  /** Sends a request with the access token, refreshing it once on a 401. */
+  private async request(method: string, path: string, body?: unknown, authenticated = true): Promise<Response> {
     const send = async (token: string | null) => {
       const headers: Record<string, string> = {};
       if (body !== undefined) headers["content-type"] = "application/json";
@@ -178,26 +221,12 @@ export class Api {
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     };
-    let response = await send(authenticated ? await this.token() : null);
-    if (authenticated && response.status === 401) {
-      // The token lapsed between the check and the call (or was revoked): once more.
-      const renewed = await this.refresh();
-      if (!renewed) throw new ApiError(401, "signed_out", "Your session has ended. Please sign in again.");
-      response = await send(renewed.token);
-    }
-    if (response.status === 204) return undefined as T;
-    const text = await response.text();
-    const json = text ? safeJson(text) : null;
-    if (!response.ok) {
-      const error = (json as { error?: { code?: string; message?: string; field?: string } } | null)?.error;
-      throw new ApiError(
-        response.status,
-        error?.code ?? "http_error",
-        error?.message ?? `The server answered ${response.status}.`,
-        error?.field,
-      );
-    }
-    return json as T;
+    const response = await send(authenticated ? await this.token() : null);
+    if (!authenticated || response.status !== 401) return response;
+    // The token lapsed between the check and the call (or was revoked): once more.
+    const renewed = await this.refresh();
+    if (!renewed) throw new ApiError(401, "signed_out", "Your session has ended. Please sign in again.");
+    return send(renewed.token);
   }
 
   private save(answer: LoginAnswer): Session {
@@ -221,6 +250,16 @@ export class Api {
     }
     for (const listener of this.listeners) listener(session?.user ?? null, session?.token ?? null);
   }
+}
+
+/** The JSON of a successful answer, or the ApiError of a failed one. */
+function parseAnswer<T>(status: number, text: string): T {
+  const json = text ? safeJson(text) : null;
+  if (status < 200 || status >= 300) {
+    const error = (json as { error?: { code?: string; message?: string; field?: string } } | null)?.error;
+    throw new ApiError(status, error?.code ?? "http_error", error?.message ?? `The server answered ${status}.`, error?.field);
+  }
+  return json as T;
 }
 
 function safeJson(text: string): unknown {

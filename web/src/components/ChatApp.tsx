@@ -1,7 +1,8 @@
 import { useCallback, useEffect, useLayoutEffect, useMemo, useReducer, useRef, useState } from "react";
 import { ApiError, type Api } from "../api";
 import { ChatConnection } from "../protocol/client";
-import type { Room, SearchHit, User } from "../protocol/types";
+import type { AttachedFile, Room, SearchHit, User } from "../protocol/types";
+import { FileCache } from "../files";
 import { desktopNotice, pageTitle } from "../notify";
 import { PAGE, initialState, reducer, type ChatState } from "../state";
 import { RoomList } from "./RoomList";
@@ -25,6 +26,8 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
     current.current = state;
   });
   const reloadRooms = useRef<() => void>(() => undefined);
+  const [files] = useState(() => new FileCache(api));
+  useEffect(() => () => files.clear(), [files]);
   const [connection] = useState(
     () =>
       new ChatConnection({
@@ -240,13 +243,17 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
           report(error);
         }
       },
-      send: (roomId: string, content: string) => {
-        const clientId = connection.post(roomId, content);
+      send: (roomId: string, content: string, attachments: AttachedFile[] = []) => {
+        const ids = attachments.map((file) => file.id);
+        const clientId = connection.post(roomId, content, undefined, ids);
         dispatch({
           type: "pending",
-          pending: { clientId, roomId, content, sentAt: new Date().toISOString() },
+          pending: { clientId, roomId, content, attachments, sentAt: new Date().toISOString() },
         });
       },
+      upload: (roomId: string, file: File, onProgress: (fraction: number) => void) =>
+        api.upload(roomId, file, onProgress),
+      files,
       editMessage: (roomId: string, seq: number, content: string) => void connection.edit(roomId, seq, content),
       deleteMessage: (roomId: string, seq: number) => void connection.remove(roomId, seq),
       react: (roomId: string, seq: number, emoji: string, on: boolean) => void connection.react(roomId, seq, emoji, on),
@@ -280,7 +287,7 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
       dismiss: () => dispatch({ type: "notice", notice: null }),
       signOut: () => void api.logout(),
     }),
-    [api, connection, me.id, report],
+    [api, connection, files, me.id, report],
   );
 
   return (
@@ -315,7 +322,10 @@ export type ChatActions = {
   invite: (room: Room, username: string) => Promise<string | null>;
   rename: (room: Room, name: string, description: string) => Promise<string | null>;
   remove: (room: Room, userId: string) => Promise<void>;
-  send: (roomId: string, content: string) => void;
+  send: (roomId: string, content: string, attachments?: AttachedFile[]) => void;
+  /** Uploads a file into a room; rejects with the ApiError that refused it. */
+  upload: (roomId: string, file: File, onProgress: (fraction: number) => void) => Promise<AttachedFile>;
+  files: FileCache;
   editMessage: (roomId: string, seq: number, content: string) => void;
   deleteMessage: (roomId: string, seq: number) => void;
   react: (roomId: string, seq: number, emoji: string, on: boolean) => void;

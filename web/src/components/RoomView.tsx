@@ -1,6 +1,8 @@
 import { useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
 import { seenBy, threadKey, typingIn, type ChatState } from "../state";
-import type { ChatMessage, Room } from "../protocol/types";
+import type { AttachedFile, ChatMessage, Room } from "../protocol/types";
+import { ApiError } from "../api";
+import { fitWithin, formatBytes, isPicture } from "../files";
 import { emptyTimeline } from "../protocol/timeline";
 import { Avatar } from "./Avatar";
 import type { ChatActions } from "./ChatApp";
@@ -123,9 +125,16 @@ function Message({
             </button>
           </div>
         ) : (
-          <p className="content">
-            <Content text={message.content} myName={state.names[state.me] ?? ""} />
-          </p>
+          <>
+            {(message.content || !message.attachments?.length) && (
+              <p className="content">
+                <Content text={message.content} myName={state.names[state.me] ?? ""} />
+              </p>
+            )}
+            {message.attachments && message.attachments.length > 0 && (
+              <Attachments files={message.attachments} actions={actions} />
+            )}
+          </>
         )}
         {!message.deleted && (
           <Reactions message={message} state={state} actions={actions} picking={picking} onPicked={() => setPicking(false)} />
@@ -175,6 +184,78 @@ function Message({
       </div>
     </li>
   );
+}
+
+/** Thumbnails are shown at most this many CSS pixels on a side. */
+const PICTURE_EDGE = 240;
+
+/** A message's files: pictures as thumbnails that open the full image, the rest as downloads. */
+function Attachments({ files, actions }: { files: AttachedFile[]; actions: ChatActions }) {
+  return (
+    <ul className="attachments" aria-label="Files">
+      {files.map((file) => (
+        <li key={file.id}>
+          {isPicture(file) ? (
+            <Picture file={file} actions={actions} />
+          ) : (
+            <button
+              type="button"
+              className="file"
+              onClick={() => void actions.files.save(file)}
+              aria-label={`Download ${file.filename}, ${formatBytes(file.size)}`}
+            >
+              <span aria-hidden="true">📄</span> {file.filename} <span className="size">{formatBytes(file.size)}</span>
+            </button>
+          )}
+        </li>
+      ))}
+    </ul>
+  );
+}
+
+function Picture({ file, actions }: { file: AttachedFile; actions: ChatActions }) {
+  const [url, setUrl] = useState<string | null>(null);
+  const [failed, setFailed] = useState(false);
+  useEffect(() => {
+    let shown = true;
+    actions.files.url(file, true).then(
+      (thumbnail) => shown && setUrl(thumbnail),
+      () => shown && setFailed(true),
+    );
+    return () => {
+      shown = false;
+    };
+  }, [actions.files, file]);
+  const box = fitWithin(file.width ?? PICTURE_EDGE, file.height ?? PICTURE_EDGE, PICTURE_EDGE);
+  const open = async () => {
+    const full = await actions.files.url(file, false);
+    window.open(full, "_blank", "noopener");
+  };
+  return (
+    <button
+      type="button"
+      className="picture"
+      onClick={() => void open()}
+      aria-label={`Open ${file.filename}`}
+      style={{ width: box.width, height: box.height }}
+    >
+      {url ? (
+        <img src={url} alt={file.filename} width={box.width} height={box.height} />
+      ) : (
+        <span className="picture-placeholder">{failed ? "Cannot load the picture" : "Loading…"}</span>
+      )}
+    </button>
+  );
+}
+
+/** A file being uploaded from the composer, then waiting to be sent. */
+interface Upload {
+  key: number;
+  name: string;
+  /** 0 to 1 while the bytes go up. */
+  progress: number;
+  file?: AttachedFile;
+  error?: string;
 }
 
 /** A message's thread: its replies and a box to reply, under the message. */
@@ -317,6 +398,9 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   const previousHeight = useRef(0);
   const loadingOlder = useRef(false);
   const [draft, setDraft] = useState("");
+  const [uploads, setUploads] = useState<Upload[]>([]);
+  const nextUpload = useRef(0);
+  const fileInput = useRef<HTMLInputElement>(null);
   const [showMembers, setShowMembers] = useState(false);
   const [renaming, setRenaming] = useState(false);
   const [caret, setCaret] = useState(0);
@@ -368,13 +452,33 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
     }
   }
 
+  const uploading = uploads.some((u) => !u.file && !u.error);
+  const ready = uploads.flatMap((u) => (u.file ? [u.file] : []));
+  const canSend = !uploading && (draft.trim() !== "" || ready.length > 0);
+
   function send(event?: FormEvent) {
     event?.preventDefault();
     const content = draft.trim();
-    if (!content || content.length > MAX_LENGTH) return;
+    if (!canSend || content.length > MAX_LENGTH) return;
     stickToBottom.current = true;
-    actions.send(room.id, content);
+    actions.send(room.id, content, ready);
     setDraft("");
+    setUploads([]);
+  }
+
+  /** Uploads each file at once, showing its progress; sending waits for them. */
+  function attach(files: FileList | File[]) {
+    for (const file of Array.from(files)) {
+      const key = nextUpload.current++;
+      const change = (update: Partial<Upload>) =>
+        setUploads((all) => all.map((u) => (u.key === key ? { ...u, ...update } : u)));
+      setUploads((all) => [...all, { key, name: file.name, progress: 0 }]);
+      actions.upload(room.id, file, (progress) => change({ progress })).then(
+        (uploaded) => change({ file: uploaded, progress: 1 }),
+        (error) =>
+          change({ error: error instanceof ApiError ? error.message : "The server cannot be reached." }),
+      );
+    }
   }
 
   const owner = room.creator_id === state.me;
@@ -498,7 +602,10 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
                 <strong className="author">{state.names[state.me]}</strong>{" "}
                 <span className="sending">{pending.failed ? `Not sent: ${pending.failed}` : "sending…"}</span>
               </div>
-              <p className="content">{pending.content}</p>
+              {pending.content && <p className="content">{pending.content}</p>}
+              {pending.attachments && pending.attachments.length > 0 && (
+                <p className="content">{pending.attachments.map((file) => file.filename).join(", ")}</p>
+              )}
             </div>
           </li>
         ))}
@@ -509,7 +616,61 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
         </p>
       </div>
       {member ? (
-        <form className="composer" onSubmit={send}>
+        <form
+          className="composer"
+          onSubmit={send}
+          onDragOver={(e) => e.preventDefault()}
+          onDrop={(e) => {
+            if (e.dataTransfer.files.length === 0) return;
+            e.preventDefault();
+            attach(e.dataTransfer.files);
+          }}
+        >
+          {uploads.length > 0 && (
+            <ul className="uploads" aria-label="Files to send">
+              {uploads.map((upload) => (
+                <li key={upload.key} className={upload.error ? "failed" : ""}>
+                  <span className="name">{upload.name}</span>{" "}
+                  {upload.error ? (
+                    <span role="alert">{upload.error}</span>
+                  ) : upload.file ? (
+                    <span className="size">{formatBytes(upload.file.size)}</span>
+                  ) : (
+                    <progress value={upload.progress} max={1} aria-label={`Uploading ${upload.name}`} />
+                  )}
+                  <button
+                    type="button"
+                    onClick={() => setUploads((all) => all.filter((u) => u.key !== upload.key))}
+                    aria-label={`Remove ${upload.name}`}
+                  >
+                    ×
+                  </button>
+                </li>
+              ))}
+            </ul>
+          )}
+          <input
+            ref={fileInput}
+            type="file"
+            multiple
+            hidden
+            aria-label="Files to attach"
+            onChange={(e) => {
+              if (e.target.files) attach(e.target.files);
+              e.target.value = "";
+            }}
+          />
+          <button type="button" className="attach" onClick={() => fileInput.current?.click()} aria-label="Attach files">
+            <svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true" focusable="false">
+              <path
+                d="M16.5 6.5v10a4.5 4.5 0 0 1-9 0V5a3 3 0 0 1 6 0v10.5a1.5 1.5 0 0 1-3 0V6.5"
+                fill="none"
+                stroke="currentColor"
+                strokeWidth="1.8"
+                strokeLinecap="round"
+              />
+            </svg>
+          </button>
           <label htmlFor="composer-input" className="visually-hidden">
             Message {title}
           </label>
@@ -520,6 +681,11 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
             onChange={(e) => onDraft(e.target.value, e.target.selectionStart)}
             onSelect={(e) => setCaret(e.currentTarget.selectionStart)}
             onKeyDown={onKeyDown}
+            onPaste={(e) => {
+              if (e.clipboardData.files.length === 0) return;
+              e.preventDefault();
+              attach(e.clipboardData.files);
+            }}
             placeholder={`Message ${title}`}
             rows={1}
             maxLength={MAX_LENGTH}
@@ -545,7 +711,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
               ))}
             </ul>
           )}
-          <button type="submit" disabled={!draft.trim()}>
+          <button type="submit" disabled={!canSend}>
             Send
           </button>
         </form>

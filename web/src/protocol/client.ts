@@ -102,13 +102,14 @@ export class ChatConnection {
   }
 
   /** Posts a message; returns its client_id (the ack carries it back). */
-  post(roomId: string, content: string, replyTo?: number): string {
+  post(roomId: string, content: string, replyTo?: number, attachments: string[] = []): string {
     const frame = {
       type: "message" as const,
       room_id: roomId,
       content,
       client_id: newClientId(this.random),
       ...(replyTo === undefined ? {} : { reply_to: replyTo }),
+      ...(attachments.length === 0 ? {} : { attachments }),
     };
     this.outbox.set(frame.client_id, frame);
     this.write(frame);

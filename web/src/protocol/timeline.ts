@@ -2,13 +2,14 @@
 // with the user's own messages shown at once and confirmed by their ack.
 // Pure functions of plain data, so the rules are tested without a socket.
 
-import type { ChatChange, ChatMessage } from "./types";
+import type { AttachedFile, ChatChange, ChatMessage } from "./types";
 
 /** A message of ours the server has not acknowledged yet. */
 export interface Pending {
   clientId: string;
   roomId: string;
   content: string;
+  attachments?: AttachedFile[];
   sentAt: string;
   failed?: string;
 }

@@ -2,6 +2,19 @@
 
 export type MessageKind = "text" | "system";
 
+/** A file as messages carry it and the upload answers it (docs/api.md, Attachments). */
+export interface AttachedFile {
+  id: string;
+  filename: string;
+  /** Sniffed by the server from the bytes. */
+  content_type: string;
+  size: number;
+  width?: number;
+  height?: number;
+  /** Whether `/api/attachments/{id}/thumbnail` exists (decodable images only). */
+  thumbnail?: boolean;
+}
+
 /** A chat message, live or from history: the same object either way. */
 export interface ChatMessage {
   type: MessageKind;
@@ -24,6 +37,8 @@ export interface ChatMessage {
   deleted?: boolean;
   /** History's view: who reacted with what, by emoji. */
   reactions?: Record<string, string[]>;
+  /** Files posted with the text. */
+  attachments?: AttachedFile[];
   seq: number;
 }
 
@@ -32,7 +47,7 @@ export interface ChatMessage {
 export interface ChatChange
   extends Omit<
     ChatMessage,
-    "type" | "edited_at" | "deleted" | "reactions" | "mentions" | "mentions_room" | "reply_to" | "reply_count"
+    "type" | "edited_at" | "deleted" | "reactions" | "mentions" | "mentions_room" | "reply_to" | "reply_count" | "attachments"
   > {
   type: "edit" | "delete" | "react" | "unreact";
   target_seq: number;
@@ -89,7 +104,7 @@ export type ServerFrame =
   | { type: "error"; code: string; message: string; retry_after?: number; room_id?: string };
 
 export type ClientFrame =
-  | { type: "message"; room_id: string; content: string; client_id: string; reply_to?: number }
+  | { type: "message"; room_id: string; content: string; client_id: string; reply_to?: number; attachments?: string[] }
   | { type: "edit"; room_id: string; seq: number; content: string; client_id: string }
   | { type: "delete"; room_id: string; seq: number; client_id: string }
   | { type: "react" | "unreact"; room_id: string; seq: number; emoji: string; client_id: string }

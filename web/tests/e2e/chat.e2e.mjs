@@ -16,6 +16,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { deflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
 
 const web = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -111,6 +112,59 @@ async function expectShown(page, who, expected) {
     await page.waitForTimeout(100);
   }
   throw new Error(`${who} sees ${JSON.stringify(got)}, expected ${JSON.stringify(expected)}`);
+}
+
+/** A `width` x `height` PNG of one colour (RGB, 8 bits, one IDAT). */
+function png(width, height) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (bytes) => {
+    let c = 0xffffffff;
+    for (const byte of bytes) c = crcTable[(c ^ byte) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type, "ascii"), data]);
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(data.length);
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32BE(crc(body));
+    return Buffer.concat([length, body, sum]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header.set([8, 2, 0, 0, 0], 8);
+  const row = Buffer.concat([Buffer.from([0]), Buffer.alloc(width * 3, 0x5a)]);
+  const pixels = deflateSync(Buffer.concat(Array.from({ length: height }, () => row)));
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", header),
+    chunk("IDAT", pixels),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+/** Registers `name` over the API (no browser) and returns an access token. */
+async function signUp(base, name) {
+  const account = { username: name, email: `${name}@example.com`, password: "correct horse battery" };
+  const post = (path, body) =>
+    fetch(base + path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const registered = await post("/api/auth/register", account);
+  if (registered.status !== 201) throw new Error(`register ${name}: ${registered.status}`);
+  const session = await (await post("/api/auth/login", { email: account.email, password: account.password })).json();
+  return session.token;
+}
+
+/** The id of the caller's direct room (the tests have one). */
+async function directRoomId(base, token) {
+  const list = await (await fetch(`${base}/api/rooms?limit=100`, { headers: { authorization: `Bearer ${token}` } })).json();
+  const direct = list.rooms.find((room) => room.is_direct);
+  if (!direct) throw new Error("no direct room");
+  return direct.id;
 }
 
 async function main() {
@@ -260,6 +314,49 @@ async function main() {
       .getByText("Seen by bob")
       .waitFor({ timeout: TIMEOUT });
     console.log("a direct message appeared live for bob, named for alice");
+
+    // Alice sends Bob a picture: it uploads with a progress bar, and he sees
+    // its thumbnail; Carol, who is not in the room, is refused the file.
+    await alice.locator('input[type="file"]').setInputFiles({
+      name: "map.png",
+      mimeType: "image/png",
+      buffer: png(640, 480),
+    });
+    await alice.getByRole("list", { name: "Files to send" }).getByText("map.png").waitFor({ timeout: TIMEOUT });
+    const sendButton = alice.getByRole("button", { name: "Send", exact: true });
+    await alice.waitForFunction(
+      () => !document.querySelector('.composer button[type="submit"]')?.disabled,
+      null,
+      { timeout: TIMEOUT },
+    );
+    await sendButton.click();
+    const thumbnail = bob.getByRole("img", { name: "map.png" });
+    await thumbnail.waitFor({ timeout: TIMEOUT });
+    await bob.waitForFunction(
+      () => {
+        const image = document.querySelector('.attachments img[alt="map.png"]');
+        return image && image.complete && image.naturalWidth === 320 && image.naturalHeight === 240;
+      },
+      null,
+      { timeout: TIMEOUT },
+    );
+    await bob.screenshot({ path: join(results, "picture-phone.png") });
+    const aliceToken = await alice.evaluate(() => JSON.parse(localStorage.getItem("chatcluster.session")).token);
+    const carolToken = await signUp(base, "carol");
+    const history = await (
+      await fetch(`${base}/api/rooms/${await directRoomId(base, aliceToken)}/messages?limit=10`, {
+        headers: { authorization: `Bearer ${aliceToken}` },
+      })
+    ).json();
+    const picture = history.messages.flatMap((m) => m.attachments ?? []).find((f) => f.filename === "map.png");
+    if (!picture || picture.content_type !== "image/png") throw new Error(`the picture is not in history: ${JSON.stringify(history)}`);
+    for (const path of [`/api/attachments/${picture.id}`, `/api/attachments/${picture.id}/thumbnail`]) {
+      const refused = await fetch(base + path, { headers: { authorization: `Bearer ${carolToken}` } });
+      if (refused.status !== 404) throw new Error(`carol, no member, got ${path}: ${refused.status}`);
+      const served = await fetch(base + path, { headers: { authorization: `Bearer ${aliceToken}` } });
+      if (served.status !== 200) throw new Error(`alice could not get ${path}: ${served.status}`);
+    }
+    console.log("a picture reached bob as a thumbnail; carol, no member, was refused it");
 
     // Alice renames the room; Bob's list follows without a reload.
     await alice.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /Launch/ }).click();

@@ -155,10 +155,13 @@ describe("ChatConnection", () => {
     const lost = connection.post("r1", "second");
     latest().drop();
     const offline = connection.post("r1", "third");
+    const picture = connection.post("r1", "", undefined, ["f1"]);
     await connected();
     const resent = latest().sent.filter((f) => f.type === "message");
-    expect(resent.map((f) => f.type === "message" && f.client_id)).toEqual([lost, offline]);
-    expect(resent.map((f) => f.type === "message" && f.content)).toEqual(["second", "third"]);
+    expect(resent.map((f) => f.type === "message" && f.client_id)).toEqual([lost, offline, picture]);
+    expect(resent.map((f) => f.type === "message" && f.content)).toEqual(["second", "third", ""]);
+    // A message's files go again with it; a message without files names none.
+    expect(resent.map((f) => f.type === "message" && f.attachments)).toEqual([undefined, undefined, ["f1"]]);
   });
 
   it("backs off further with every failed attempt", async () => {
