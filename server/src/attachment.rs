@@ -82,36 +82,46 @@ pub struct Thumbnail {
 /// (corrupt, truncated or too large): it is then stored as a plain file.
 /// CPU-heavy: call it on the blocking pool.
 pub fn thumbnail(bytes: &[u8], format: ImageFormat) -> Option<Thumbnail> {
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_DECODED_EDGE);
-    limits.max_image_height = Some(MAX_DECODED_EDGE);
-    limits.max_alloc = Some(MAX_DECODER_ALLOC);
-    reader.limits(limits);
-    let image = reader.decode().ok()?;
+    let image = decode(bytes, format)?;
     let (width, height) = (image.width(), image.height());
     let small = if width > THUMBNAIL_EDGE || height > THUMBNAIL_EDGE {
         image.thumbnail(THUMBNAIL_EDGE, THUMBNAIL_EDGE)
     } else {
         image
     };
-    let mut out = Cursor::new(Vec::new());
-    let content_type = if small.color().has_alpha() {
-        small.write_to(&mut out, ImageFormat::Png).ok()?;
-        "image/png"
-    } else {
-        let rgb = small.to_rgb8();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
-            .encode_image(&rgb)
-            .ok()?;
-        "image/jpeg"
-    };
+    let (bytes, content_type) = encode(&small)?;
     Some(Thumbnail {
         width,
         height,
-        bytes: out.into_inner(),
+        bytes,
         content_type,
     })
+}
+
+/// Decodes within bounded memory and size (see [`MAX_DECODER_ALLOC`]).
+fn decode(bytes: &[u8], format: ImageFormat) -> Option<image::DynamicImage> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODED_EDGE);
+    limits.max_image_height = Some(MAX_DECODED_EDGE);
+    limits.max_alloc = Some(MAX_DECODER_ALLOC);
+    reader.limits(limits);
+    reader.decode().ok()
+}
+
+/// PNG where the image has transparency, JPEG (quality 80) otherwise.
+fn encode(image: &image::DynamicImage) -> Option<(Vec<u8>, &'static str)> {
+    let mut out = Cursor::new(Vec::new());
+    let content_type = if image.color().has_alpha() {
+        image.write_to(&mut out, ImageFormat::Png).ok()?;
+        "image/png"
+    } else {
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+            .encode_image(&image.to_rgb8())
+            .ok()?;
+        "image/jpeg"
+    };
+    Some((out.into_inner(), content_type))
 }
 
 /// The SHA-256 of `bytes` in lowercase hex: what stored contents are named by.
@@ -121,6 +131,31 @@ pub fn content_hash(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Profile pictures are squares of this many pixels (shown at up to 64 CSS px at 2x).
+pub const AVATAR_EDGE: u32 = 128;
+
+/// A profile picture from `bytes`: the image's centre cropped square and
+/// scaled to [`AVATAR_EDGE`], PNG where transparent, JPEG otherwise. `None`
+/// when `bytes` are not a PNG, JPEG, GIF or WebP that decodes within the
+/// same bounds as thumbnails. CPU-heavy: call it on the blocking pool.
+pub fn avatar(bytes: &[u8]) -> Option<Thumbnail> {
+    let format = sniff(bytes).image?;
+    let image = decode(bytes, format)?;
+    let (width, height) = (image.width(), image.height());
+    let square = image.resize_to_fill(
+        AVATAR_EDGE,
+        AVATAR_EDGE,
+        image::imageops::FilterType::Triangle,
+    );
+    let (bytes, content_type) = encode(&square)?;
+    Some(Thumbnail {
+        width,
+        height,
+        bytes,
+        content_type,
+    })
 }
 
 /// The name a file is stored and served under: the last path component of
@@ -234,6 +269,17 @@ mod tests {
         bomb[16..20].copy_from_slice(&20_000u32.to_be_bytes());
         bomb[20..24].copy_from_slice(&20_000u32.to_be_bytes());
         assert!(thumbnail(&bomb, ImageFormat::Png).is_none());
+    }
+
+    #[test]
+    fn avatars_are_centred_squares() {
+        let avatar = avatar(&png(300, 100, false)).unwrap();
+        let decoded = image::load_from_memory(&avatar.bytes).unwrap();
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (AVATAR_EDGE, AVATAR_EDGE)
+        );
+        assert!(super::avatar(b"<svg/>").is_none(), "only raster images");
     }
 
     #[test]

@@ -98,6 +98,19 @@ pub fn avatar_url(raw: &str) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
+/// A colour as `#rrggbb` (any case in, lowercase out).
+pub fn color(raw: &str) -> Result<String, ApiError> {
+    let value = raw.trim();
+    let hex = value.strip_prefix('#').unwrap_or_default();
+    if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::validation(
+            "avatar_color",
+            "avatar_color must be a colour like #3a7bd5",
+        ));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +179,17 @@ mod tests {
         assert!(field(text("name", "eleven chars", 1, 10)).contains("name"));
         assert!(field(text("name", "bell\u{7}", 1, 10)).contains("control"));
         assert_eq!(text("description", "", 0, 10).unwrap(), "");
+    }
+
+    #[test]
+    fn colours_are_six_hex_digits() {
+        assert_eq!(color("#3A7BD5").unwrap(), "#3a7bd5");
+        for bad in ["3a7bd5", "#3a7bd", "#3a7bd5ff", "red", "#gggggg", "url(x)"] {
+            assert!(
+                field(color(bad)).contains("avatar_color"),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

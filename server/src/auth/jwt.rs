@@ -149,6 +149,7 @@ mod tests {
             password_hash: String::new(),
             display_name: None,
             avatar_url: None,
+            avatar_color: None,
             created_at: crate::model::now(),
             last_seen_at: None,
         }

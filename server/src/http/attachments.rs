@@ -49,30 +49,14 @@ pub async fn upload(
         .ok_or_else(|| ApiError::not_found("room"))?;
 
     let limits = &state.limits;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limits.attachment_bytes as u64) {
-        return Err(too_large(limits.attachment_bytes));
-    }
     // Refused before reading a byte when the declared size would not fit.
     let used = state.store.uploaded_bytes(caller.id).await?;
-    check_quota(used, declared.unwrap_or(0), limits.upload_quota_bytes)?;
-    let content = axum::body::to_bytes(body, limits.attachment_bytes)
-        .await
-        .map_err(|e| {
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                too_large(limits.attachment_bytes)
-            } else {
-                ApiError::bad_request("bad_body", "the upload was cut off or malformed")
-            }
-        })?;
-    if content.is_empty() {
-        return Err(ApiError::bad_request("empty_file", "the file is empty"));
-    }
+    check_quota(
+        used,
+        declared_length(&headers).unwrap_or(0),
+        limits.upload_quota_bytes,
+    )?;
+    let content = read_upload(&headers, body, limits.attachment_bytes).await?;
     check_quota(used, content.len() as u64, limits.upload_quota_bytes)?;
 
     let filename = attachment::clean_filename(params.filename.as_deref().unwrap_or_default());
@@ -90,8 +74,7 @@ pub async fn upload(
     Ok((StatusCode::CREATED, axum::Json(attachment.file)))
 }
 
-/// Hashes, sniffs and thumbnails `content` on the blocking pool, a few at a
-/// time (decoding is the costliest thing a request can ask of a pod).
+/// Hashes, sniffs and thumbnails `content` (see [`decode_in_turn`]).
 async fn examine(
     state: &AppState,
     room: Id,
@@ -99,13 +82,7 @@ async fn examine(
     filename: String,
     content: bytes::Bytes,
 ) -> Result<(Attachment, Upload), ApiError> {
-    let _permit = state
-        .image_decoders
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || {
+    decode_in_turn(state, move || {
         let sha256 = attachment::content_hash(&content);
         let sniffed = attachment::sniff(&content);
         let thumbnail = sniffed
@@ -144,7 +121,6 @@ async fn examine(
         (attachment, upload)
     })
     .await
-    .map_err(ApiError::internal)
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -235,12 +211,26 @@ async fn serve(
     content_type: &str,
     disposition: String,
 ) -> Result<Response, ApiError> {
-    let etag = format!("\"{sha256}\"");
-    let mut headers = HeaderMap::new();
-    let header = |value: &str| {
-        HeaderValue::from_str(value).map_err(|e| ApiError::internal(format!("bad header: {e}")))
+    let mut headers = file_headers(sha256)?;
+    if is_fresh(request, sha256) {
+        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+    }
+    let Some(blob) = state.store.blob(sha256).await? else {
+        return Err(ApiError::internal(format!(
+            "the bytes of a stored attachment are missing: {sha256}"
+        )));
     };
-    headers.insert(header::ETAG, header(&etag)?);
+    headers.insert(header::CONTENT_TYPE, header_value(content_type)?);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len));
+    headers.insert(header::CONTENT_DISPOSITION, header_value(&disposition)?);
+    Ok((headers, Body::from_stream(blob.chunks)).into_response())
+}
+
+/// What every served file carries: its hash as the ETag, private caching,
+/// and a policy under which nothing in it runs.
+pub(super) fn file_headers(hash: &str) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ETAG, header_value(&format!("\"{hash}\""))?);
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=86400"),
@@ -253,20 +243,66 @@ async fn serve(
         header::HeaderName::from_static("cross-origin-resource-policy"),
         HeaderValue::from_static("same-origin"),
     );
-    let not_modified = request
+    Ok(headers)
+}
+
+/// Whether the client's copy (`If-None-Match`) is the one with `hash`.
+pub(super) fn is_fresh(request: &HeaderMap, hash: &str) -> bool {
+    let etag = format!("\"{hash}\"");
+    request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag));
-    if not_modified {
-        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag))
+}
+
+pub(super) fn header_value(value: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(value).map_err(|e| ApiError::internal(format!("bad header: {e}")))
+}
+
+/// Reads an upload's body: at most `limit` bytes (413 past it, from
+/// `Content-Length` before reading), never empty.
+pub(super) async fn read_upload(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    if declared_length(headers).is_some_and(|len| len > limit as u64) {
+        return Err(too_large(limit));
     }
-    let Some(blob) = state.store.blob(sha256).await? else {
-        return Err(ApiError::internal(format!(
-            "the bytes of a stored attachment are missing: {sha256}"
-        )));
-    };
-    headers.insert(header::CONTENT_TYPE, header(content_type)?);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len));
-    headers.insert(header::CONTENT_DISPOSITION, header(&disposition)?);
-    Ok((headers, Body::from_stream(blob.chunks)).into_response())
+    let content = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            too_large(limit)
+        } else {
+            ApiError::bad_request("bad_body", "the upload was cut off or malformed")
+        }
+    })?;
+    if content.is_empty() {
+        return Err(ApiError::bad_request("empty_file", "the file is empty"));
+    }
+    Ok(content)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Runs `work` on the blocking pool once one of the pod's decoding slots
+/// is free (decoding is the costliest thing a request can ask of a pod).
+pub(super) async fn decode_in_turn<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = state
+        .image_decoders
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)
 }

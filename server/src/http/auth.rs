@@ -70,6 +70,7 @@ pub async fn register(
         password_hash,
         display_name: None,
         avatar_url: None,
+        avatar_color: None,
         created_at: crate::model::now(),
         last_seen_at: None,
     };

@@ -2,6 +2,7 @@
 
 pub mod attachments;
 pub mod auth;
+pub mod avatars;
 pub mod client_address;
 pub mod error;
 pub mod extract;
@@ -59,6 +60,11 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
         .route("/api/auth/logout-all", post(auth::logout_all))
         .route("/api/users/me/password", put(auth::change_password))
         .route("/api/users/me", get(users::me).patch(users::update_me))
+        .route(
+            "/api/users/me/avatar",
+            put(avatars::put).delete(avatars::delete),
+        )
+        .route("/api/users/{id}/avatar", get(avatars::get))
         .route("/api/users", get(users::find))
         .route("/api/users/{id}", get(users::get))
         .route("/api/rooms", post(rooms::create).get(rooms::list))

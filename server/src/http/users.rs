@@ -19,6 +19,8 @@ pub struct ProfileRequest {
     pub display_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub avatar_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub avatar_color: Option<Option<String>>,
 }
 
 pub async fn me(
@@ -50,6 +52,10 @@ pub async fn update_me(
             .avatar_url
             .map(|url| url.map(|u| validate::avatar_url(&u)).transpose())
             .transpose()?,
+        avatar_color: request
+            .avatar_color
+            .map(|color| color.map(|c| validate::color(&c)).transpose())
+            .transpose()?,
         password_hash: None,
     };
     let user = state
@@ -57,7 +63,19 @@ pub async fn update_me(
         .update_profile(caller.id, &update)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
+    profile_changed(&state, &user).await;
     Ok(axum::Json(UserView::own(user)))
+}
+
+/// Tells everyone connected, on every pod, how `user` now looks.
+pub async fn profile_changed(state: &AppState, user: &crate::model::User) {
+    let frame = crate::ws::protocol::ServerFrame::UserUpdated {
+        user: UserView::public(user.clone()),
+    };
+    state
+        .chat
+        .notify(crate::bus::Audience::Everyone, &frame)
+        .await;
 }
 
 /// My live WebSocket connections, on every pod.

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::model::{Id, Room, RoomKind, Timestamp, User};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UserView {
     pub id: Id,
     pub username: String,
@@ -14,6 +14,7 @@ pub struct UserView {
     pub email: Option<String>,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
+    pub avatar_color: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: Timestamp,
     /// Whether the user has a live connection; in single-user lookups.
@@ -42,6 +43,7 @@ impl UserView {
             email: None,
             display_name: user.display_name,
             avatar_url: user.avatar_url,
+            avatar_color: user.avatar_color,
             created_at: user.created_at,
             online: None,
             last_seen_at: user.last_seen_at,
@@ -102,6 +104,7 @@ mod tests {
             password_hash: "$argon2id$secret".into(),
             display_name: Some("Alice".into()),
             avatar_url: None,
+            avatar_color: None,
             created_at: crate::model::now(),
             last_seen_at: None,
         };

@@ -12,6 +12,9 @@ pub struct User {
     pub password_hash: String,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
+    /// The colour behind their initials, `#rrggbb` (absent: one derived from the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_color: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: Timestamp,
     /// When the user's last live connection, on any server, closed.
@@ -35,6 +38,7 @@ impl User {
 pub struct ProfileUpdate {
     pub display_name: Option<Option<String>>,
     pub avatar_url: Option<Option<String>>,
+    pub avatar_color: Option<Option<String>>,
     /// A new password's hash (a password change).
     pub password_hash: Option<String>,
 }
@@ -46,6 +50,9 @@ impl ProfileUpdate {
         }
         if let Some(avatar_url) = &self.avatar_url {
             user.avatar_url.clone_from(avatar_url);
+        }
+        if let Some(avatar_color) = &self.avatar_color {
+            user.avatar_color.clone_from(avatar_color);
         }
         if let Some(password_hash) = &self.password_hash {
             user.password_hash.clone_from(password_hash);

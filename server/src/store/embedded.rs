@@ -57,6 +57,8 @@ const UPLOADED_BYTES: TableDefinition<&[u8], u64> = TableDefinition::new("upload
 /// How many records name each stored content (attachments and thumbnails),
 /// so bytes are removed with the last record that needs them.
 const BLOB_REFS: TableDefinition<&str, u64> = TableDefinition::new("blob_refs");
+/// Profile pictures by user id (a few KiB each).
+const AVATARS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("avatars");
 /// The database's own facts: `id`, its identity.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
@@ -161,6 +163,7 @@ impl EmbeddedStore {
         tx.open_table(ROOM_ATTACHMENTS)?;
         tx.open_table(UPLOADED_BYTES)?;
         tx.open_table(BLOB_REFS)?;
+        tx.open_table(AVATARS)?;
         let id = {
             let mut meta = tx.open_table(META)?;
             let existing = meta.get("id")?.map(|id| id.value().to_owned());
@@ -1075,6 +1078,33 @@ impl Store for EmbeddedStore {
 
     async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>> {
         self.blobs.open(sha256).await
+    }
+
+    async fn save_avatar(&self, user: Id, image: Option<bytes::Bytes>) -> StoreResult<()> {
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut avatars = tx.open_table(AVATARS)?;
+                match image {
+                    Some(image) => avatars.insert(user.bytes().as_slice(), image.as_ref())?,
+                    None => avatars.remove(user.bytes().as_slice())?,
+                };
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn avatar(&self, user: Id) -> StoreResult<Option<bytes::Bytes>> {
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let avatars = tx.open_table(AVATARS)?;
+            Ok(avatars
+                .get(user.bytes().as_slice())?
+                .map(|image| bytes::Bytes::copy_from_slice(image.value())))
+        })
+        .await
     }
 
     async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64> {

@@ -150,6 +150,10 @@ pub trait Store: Send + Sync + 'static {
     async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>>;
     /// Reads stored bytes by their SHA-256 (hex); `None` when none are stored.
     async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>>;
+    /// Stores (or with `None` removes) `user`'s profile picture: a small
+    /// image the server made, so it is kept whole beside the user.
+    async fn save_avatar(&self, user: Id, image: Option<bytes::Bytes>) -> StoreResult<()>;
+    async fn avatar(&self, user: Id) -> StoreResult<Option<bytes::Bytes>>;
     /// The bytes `user` has uploaded into rooms that still exist (what the
     /// quota counts; thumbnails are not counted).
     async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64>;

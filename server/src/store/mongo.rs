@@ -246,6 +246,10 @@ impl MongoStore {
         self.db.collection("refresh_tokens")
     }
 
+    fn avatars(&self) -> Collection<AvatarDoc> {
+        self.db.collection("avatars")
+    }
+
     fn attachments(&self) -> Collection<AttachmentDoc> {
         self.db.collection("attachments")
     }
@@ -418,6 +422,8 @@ struct UserDoc {
     password_hash: String,
     display_name: Option<String>,
     avatar_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    avatar_color: Option<String>,
     created_at: bson::DateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_seen_at: Option<bson::DateTime>,
@@ -433,6 +439,7 @@ impl From<&User> for UserDoc {
             password_hash: user.password_hash.clone(),
             display_name: user.display_name.clone(),
             avatar_url: user.avatar_url.clone(),
+            avatar_color: user.avatar_color.clone(),
             created_at: to_bson_date(user.created_at),
             last_seen_at: user.last_seen_at.map(to_bson_date),
         }
@@ -448,6 +455,7 @@ impl From<UserDoc> for User {
             password_hash: doc.password_hash,
             display_name: doc.display_name,
             avatar_url: doc.avatar_url,
+            avatar_color: doc.avatar_color,
             created_at: from_bson_date(doc.created_at),
             last_seen_at: doc.last_seen_at.map(from_bson_date),
         }
@@ -609,6 +617,15 @@ struct DedupeDoc {
     expires_at: bson::DateTime,
 }
 
+/// A profile picture, kept whole (the server made it small).
+#[derive(Debug, Serialize, Deserialize)]
+struct AvatarDoc {
+    /// The user's id.
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    image: bson::Binary,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct AttachmentDoc {
     #[serde(rename = "_id")]
@@ -766,6 +783,7 @@ impl Store for MongoStore {
         for (field, value) in [
             ("display_name", &update.display_name),
             ("avatar_url", &update.avatar_url),
+            ("avatar_color", &update.avatar_color),
         ] {
             match value {
                 Some(Some(value)) => {
@@ -1270,6 +1288,39 @@ impl Store for MongoStore {
             len: file.length,
             chunks: tokio_util::io::ReaderStream::new(stream.compat()).boxed(),
         }))
+    }
+
+    async fn save_avatar(&self, user: Id, image: Option<bytes::Bytes>) -> StoreResult<()> {
+        let filter = doc! {"_id": user.object_id()};
+        match image {
+            Some(image) => {
+                let doc = AvatarDoc {
+                    id: user.object_id(),
+                    image: bson::Binary {
+                        subtype: bson::spec::BinarySubtype::Generic,
+                        bytes: image.to_vec(),
+                    },
+                };
+                self.avatars()
+                    .replace_one(filter, doc)
+                    .upsert(true)
+                    .await
+                    .map_err(map_error)?;
+            }
+            None => {
+                self.avatars().delete_one(filter).await.map_err(map_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn avatar(&self, user: Id) -> StoreResult<Option<bytes::Bytes>> {
+        Ok(self
+            .avatars()
+            .find_one(doc! {"_id": user.object_id()})
+            .await
+            .map_err(map_error)?
+            .map(|doc| bytes::Bytes::from(doc.image.bytes)))
     }
 
     async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64> {

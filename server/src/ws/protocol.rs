@@ -249,6 +249,11 @@ pub enum ServerFrame {
     RoomAdded {
         room: crate::http::views::RoomView,
     },
+    /// Someone changed their profile (display name, avatar): everyone
+    /// connected is told, as every one of them may show it.
+    UserUpdated {
+        user: crate::http::views::UserView,
+    },
     /// A room in the user's room list was renamed or described anew.
     RoomUpdated {
         room: crate::http::views::RoomView,

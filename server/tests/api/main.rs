@@ -12,6 +12,7 @@ mod cluster;
 mod history;
 mod mentions;
 mod operations;
+mod profiles;
 mod realtime;
 mod redis_cluster;
 mod redis_failover;
