@@ -196,12 +196,23 @@ export class Api {
     return parseAnswer<AttachedFile>(answer.status, answer.text);
   }
 
-  /** An attachment's bytes (or its thumbnail's), fetched with the token. */
-  async attachment(id: string, thumbnail: boolean): Promise<Blob> {
-    const response = await this.request("GET", `/api/attachments/${id}${thumbnail ? "/thumbnail" : ""}`);
+  /** Bytes the API serves (an attachment, a picture), fetched with the token. */
+  async blob(path: string): Promise<Blob> {
+    const response = await this.request("GET", path);
     if (!response.ok) return parseAnswer<never>(response.status, await response.text());
     return response.blob();
   }
+
+  updateProfile = (change: { display_name?: string | null; avatar_color?: string | null }) =>
+    this.call<User>("PATCH", "/api/users/me", change);
+
+  /** Makes `picture` my avatar (the server crops and scales it). */
+  async setAvatar(picture: File): Promise<User> {
+    const response = await this.request("PUT", "/api/users/me/avatar", picture);
+    return parseAnswer<User>(response.status, await response.text());
+  }
+
+  removeAvatar = () => this.call<User>("DELETE", "/api/users/me/avatar");
 
   private async call<T>(method: string, path: string, body?: unknown, authenticated = true): Promise<T> {
     const response = await this.request(method, path, body, authenticated);
@@ -211,14 +222,16 @@ export class Api {
 
   /** Sends a request with the access token, refreshing it once on a 401. */
   private async request(method: string, path: string, body?: unknown, authenticated = true): Promise<Response> {
+    // A file goes as it is; anything else as JSON.
+    const raw = body instanceof Blob;
     const send = async (token: string | null) => {
       const headers: Record<string, string> = {};
-      if (body !== undefined) headers["content-type"] = "application/json";
+      if (body !== undefined) headers["content-type"] = raw ? "application/octet-stream" : "application/json";
       if (token) headers.authorization = `Bearer ${token}`;
       return fetch(this.base + path, {
         method,
         headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: body === undefined ? undefined : raw ? body : JSON.stringify(body),
       });
     };
     const response = await send(authenticated ? await this.token() : null);

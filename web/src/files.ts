@@ -22,7 +22,7 @@ export function fitWithin(width: number, height: number, edge: number): { width:
   return { width: Math.max(1, Math.round(width * scale)), height: Math.max(1, Math.round(height * scale)) };
 }
 
-/** blob: URLs of fetched attachments, by id and variant. */
+/** blob: URLs of fetched attachments and pictures, by path. */
 export class FileCache {
   private urls = new Map<string, Promise<string>>();
 
@@ -30,13 +30,17 @@ export class FileCache {
 
   /** The file's (or its thumbnail's) blob: URL, fetched on first use. */
   url(file: AttachedFile, thumbnail: boolean): Promise<string> {
-    const key = `${file.id}:${thumbnail ? "thumbnail" : "file"}`;
-    let url = this.urls.get(key);
+    return this.fetched(`/api/attachments/${file.id}${thumbnail ? "/thumbnail" : ""}`);
+  }
+
+  /** The blob: URL of what the API serves at `path` (a profile picture), fetched on first use. */
+  fetched(path: string): Promise<string> {
+    let url = this.urls.get(path);
     if (!url) {
-      url = this.api.attachment(file.id, thumbnail).then((blob) => URL.createObjectURL(blob));
+      url = this.api.blob(path).then((blob) => URL.createObjectURL(blob));
       // A failure is not remembered: the next look tries again.
-      url.catch(() => this.urls.delete(key));
-      this.urls.set(key, url);
+      url.catch(() => this.urls.delete(path));
+      this.urls.set(path, url);
     }
     return url;
   }

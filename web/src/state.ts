@@ -38,12 +38,32 @@ export interface ChatState {
   reads: Record<string, Record<string, number>>;
   /** user id → username, learned from messages and lookups */
   names: Record<string, string>;
+  /** How people show themselves, from lookups and `user_updated` frames. */
+  profiles: Record<string, Profile>;
   /** When each user was last online, as far as this client knows. */
   lastSeen: Record<string, string>;
   status: Status;
   retryInMs?: number;
   notice: string | null;
 }
+
+/** What a person chose to look like; null where they chose nothing. */
+export interface Profile {
+  displayName: string | null;
+  color: string | null;
+  /** Where their picture is read (`/api/users/{id}/avatar?v=…`). */
+  picture: string | null;
+}
+
+/** A user's profile from the API, if it is one of ours (remote pictures are never shown). */
+export function profileOf(user: Partial<Pick<User, "display_name" | "avatar_url" | "avatar_color">>): Profile {
+  const picture = user.avatar_url?.startsWith("/api/") ? user.avatar_url : null;
+  return { displayName: user.display_name ?? null, color: user.avatar_color ?? null, picture };
+}
+
+/** The name to show for `userId`: their display name, else their username. */
+export const shownName = (state: ChatState, userId: string, username: string) =>
+  state.profiles[userId]?.displayName ?? username;
 
 export type Action =
   | { type: "rooms"; rooms: Room[] }
@@ -57,7 +77,11 @@ export type Action =
   | { type: "pending"; pending: Pending }
   | { type: "status"; status: Status; retryInMs?: number }
   /** Users looked up: their names, and whether they are online now. */
-  | { type: "users"; users: Pick<User, "id" | "username" | "online" | "last_seen_at">[] }
+  | {
+      type: "users";
+      users: (Pick<User, "id" | "username" | "online" | "last_seen_at"> &
+        Partial<Pick<User, "display_name" | "avatar_url" | "avatar_color">>)[];
+    }
   | { type: "notice"; notice: string | null };
 
 export const initialState = (me: string, myName: string): ChatState => ({
@@ -72,6 +96,7 @@ export const initialState = (me: string, myName: string): ChatState => ({
   online: { [me]: true },
   reads: {},
   names: { [me]: myName },
+  profiles: {},
   lastSeen: {},
   status: "connecting",
   notice: null,
@@ -128,12 +153,14 @@ export function reducer(state: ChatState, action: Action): ChatState {
       const names = { ...state.names };
       const online = { ...state.online };
       const lastSeen = { ...state.lastSeen };
+      const profiles = { ...state.profiles };
       for (const user of action.users) {
         names[user.id] = user.username;
         if (user.online !== undefined) online[user.id] = user.online;
         if (user.last_seen_at) lastSeen[user.id] = user.last_seen_at;
+        if (user.display_name !== undefined) profiles[user.id] = profileOf(user);
       }
-      return { ...state, names, online, lastSeen };
+      return { ...state, names, online, lastSeen, profiles };
     }
     case "notice":
       return { ...state, notice: action.notice };
@@ -231,6 +258,12 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
           frame.status === "offline"
             ? { ...state.lastSeen, [frame.user_id]: new Date(now).toISOString() }
             : state.lastSeen,
+      };
+    case "user_updated":
+      return {
+        ...state,
+        names: { ...state.names, [frame.user.id]: frame.user.username },
+        profiles: { ...state.profiles, [frame.user.id]: profileOf(frame.user) },
       };
     case "read": {
       const room = { ...(state.reads[frame.room_id] ?? {}) };

@@ -1,12 +1,52 @@
-/** Initials on a colour derived from the name: stable, and never a remote image. */
-export function Avatar({ name, online }: { name: string; online?: boolean }) {
+import { useEffect, useState } from "react";
+import type { FileCache } from "../files";
+import type { Profile } from "../state";
+
+/**
+ * A person's picture if they chose one (fetched with the token, so only
+ * ours: never a remote image), else their initials on their colour, or on
+ * one derived from the name, stable across sessions.
+ */
+export function Avatar({
+  name,
+  online,
+  profile,
+  files,
+}: {
+  name: string;
+  online?: boolean;
+  profile?: Profile;
+  files?: FileCache;
+}) {
+  const [picture, setPicture] = useState<string | null>(null);
+  const path = profile?.picture ?? null;
+  useEffect(() => {
+    setPicture(null);
+    if (!path || !files) return;
+    let shown = true;
+    files.fetched(path).then(
+      (url) => shown && setPicture(url),
+      () => undefined,
+    );
+    return () => {
+      shown = false;
+    };
+  }, [files, path]);
+  const shownName = profile?.displayName ?? name;
   let hash = 0;
   for (const char of name) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
-  const hue = hash % 360;
+  const background = profile?.color ?? `hsl(${hash % 360} 55% 45%)`;
   return (
-    <span className="avatar" style={{ background: `hsl(${hue} 55% 45%)` }} aria-hidden="true">
-      {name.slice(0, 2).toUpperCase()}
+    <span className="avatar" style={{ background }} aria-hidden="true">
+      {picture ? <img src={picture} alt="" /> : initials(shownName)}
       {online !== undefined && <span className={`presence ${online ? "online" : "offline"}`} />}
     </span>
   );
+}
+
+/** "Alice Liddell" → "AL"; "bob" → "BO". */
+export function initials(name: string): string {
+  const words = name.trim().split(/\s+/).filter(Boolean);
+  if (words.length >= 2) return (words[0][0] + words[1][0]).toUpperCase();
+  return name.trim().slice(0, 2).toUpperCase();
 }

@@ -7,6 +7,7 @@ import { desktopNotice, pageTitle } from "../notify";
 import { PAGE, initialState, reducer, type ChatState } from "../state";
 import { RoomList } from "./RoomList";
 import { RoomView } from "./RoomView";
+import { ProfileForm } from "./ProfileForm";
 import { StatusBar } from "./StatusBar";
 
 function socketUrl(): string {
@@ -27,6 +28,9 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
   });
   const reloadRooms = useRef<() => void>(() => undefined);
   const [files] = useState(() => new FileCache(api));
+  const [editingProfile, setEditingProfile] = useState(false);
+  // My own profile, as the sign-in told it; user_updated frames follow it.
+  useEffect(() => dispatch({ type: "users", users: [me] }), [me]);
   useEffect(() => () => files.clear(), [files]);
   const [connection] = useState(
     () =>
@@ -284,6 +288,15 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
           report(error);
         }
       },
+      updateProfile: async (change: { display_name: string | null; avatar_color: string | null }) => {
+        dispatch({ type: "users", users: [await api.updateProfile(change)] });
+      },
+      setAvatar: async (picture: File) => {
+        dispatch({ type: "users", users: [await api.setAvatar(picture)] });
+      },
+      removeAvatar: async () => {
+        dispatch({ type: "users", users: [await api.removeAvatar()] });
+      },
       dismiss: () => dispatch({ type: "notice", notice: null }),
       signOut: () => void api.logout(),
     }),
@@ -292,7 +305,22 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
 
   return (
     <div className={`app ${active ? "room-open" : ""}`}>
-      <StatusBar status={state.status} retryInMs={state.retryInMs} me={me} onSignOut={actions.signOut} />
+      <StatusBar
+        status={state.status}
+        retryInMs={state.retryInMs}
+        me={me}
+        shownAs={state.profiles[me.id]?.displayName ?? me.username}
+        onProfile={() => setEditingProfile(true)}
+        onSignOut={actions.signOut}
+      />
+      {editingProfile && (
+        <ProfileForm
+          username={me.username}
+          profile={state.profiles[me.id]}
+          actions={actions}
+          onDone={() => setEditingProfile(false)}
+        />
+      )}
       {state.notice && (
         <div className="notice" role="alert">
           <span>{state.notice}</span>
@@ -335,6 +363,10 @@ export type ChatActions = {
   typing: (roomId: string) => void;
   read: (roomId: string, seq: number) => void;
   older: (roomId: string, beforeSeq: number) => Promise<void>;
+  /** Profile changes; they reject with the ApiError that refused them. */
+  updateProfile: (change: { display_name: string | null; avatar_color: string | null }) => Promise<void>;
+  setAvatar: (picture: File) => Promise<void>;
+  removeAvatar: () => Promise<void>;
   dismiss: () => void;
   signOut: () => void;
 };

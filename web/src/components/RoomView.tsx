@@ -1,5 +1,5 @@
 import { useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
-import { seenBy, threadKey, typingIn, type ChatState } from "../state";
+import { seenBy, shownName, threadKey, typingIn, type ChatState } from "../state";
 import type { AttachedFile, ChatMessage, Room } from "../protocol/types";
 import { ApiError } from "../api";
 import { fitWithin, formatBytes, isPicture } from "../files";
@@ -98,10 +98,17 @@ function Message({
   };
   return (
     <li className={`message ${mine ? "mine" : ""} ${message.deleted ? "deleted" : ""}`} data-seq={message.seq} data-id={message.id}>
-      <Avatar name={message.username} online={state.online[message.user_id]} />
+      <Avatar
+        name={message.username}
+        online={state.online[message.user_id]}
+        profile={state.profiles[message.user_id]}
+        files={actions.files}
+      />
       <div className="bubble">
         <div className="meta">
-          <strong className="author">{message.username}</strong>{" "}
+          <strong className="author" title={`@${message.username}`}>
+            {shownName(state, message.user_id, message.username)}
+          </strong>{" "}
           <time dateTime={message.timestamp}>{time(message.timestamp)}</time>
           {message.edited_at && !message.deleted && <span className="edited"> (edited)</span>}
         </div>
@@ -596,7 +603,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
         ))}
         {timeline.pending.map((pending) => (
           <li key={pending.clientId} className={`message mine pending ${pending.failed ? "failed" : ""}`}>
-            <Avatar name={state.names[state.me] ?? "me"} />
+            <Avatar name={state.names[state.me] ?? "me"} profile={state.profiles[state.me]} files={actions.files} />
             <div className="bubble">
               <div className="meta">
                 <strong className="author">{state.names[state.me]}</strong>{" "}
@@ -787,9 +794,9 @@ function Members({
           const name = state.names[id] ?? "…";
           return (
             <li key={id}>
-              <Avatar name={name} online={state.online[id] ?? false} />
+              <Avatar name={name} online={state.online[id] ?? false} profile={state.profiles[id]} files={actions.files} />
               <span>
-                {name}
+                {shownName(state, id, name)}
                 {id === room.creator_id ? " (owner)" : room.admins.includes(id) ? " (admin)" : ""}
               </span>
               {manager && id !== state.me && id !== room.creator_id && !room.is_direct && (

@@ -14,11 +14,16 @@ export function StatusBar({
   status,
   retryInMs,
   me,
+  shownAs,
+  onProfile,
   onSignOut,
 }: {
   status: Status;
   retryInMs?: number;
   me: User;
+  /** My display name, else my username. */
+  shownAs: string;
+  onProfile: () => void;
   onSignOut: () => void;
 }) {
   const retry = status === "reconnecting" && retryInMs ? ` (next try in ${Math.ceil(retryInMs / 1000)} s)` : "";
@@ -32,8 +37,11 @@ export function StatusBar({
       </span>
       <NotificationsButton />
       <span className="me">
-        Signed in as <strong>{me.username}</strong>
+        Signed in as <strong title={`@${me.username}`}>{shownAs}</strong>
       </span>
+      <button type="button" onClick={onProfile}>
+        Profile
+      </button>
       <button type="button" onClick={onSignOut}>
         Sign out
       </button>

@@ -59,6 +59,8 @@ export interface User {
   email?: string;
   display_name: string | null;
   avatar_url: string | null;
+  /** `#rrggbb` behind the initials where there is no picture. */
+  avatar_color?: string | null;
   created_at: string;
   online?: boolean;
   /** When their last live connection closed. */
@@ -98,6 +100,7 @@ export type ServerFrame =
   | { type: "read"; room_id: string; user_id: string; seq: number }
   | { type: "room_added"; room: Room }
   | { type: "room_updated"; room: Room }
+  | { type: "user_updated"; user: User }
   | { type: "room_removed"; room_id: string }
   | { type: "authenticated"; exp: number }
   | { type: "pong" }

@@ -358,6 +358,20 @@ async function main() {
     }
     console.log("a picture reached bob as a thumbnail; carol, no member, was refused it");
 
+    // Alice gives herself a display name and a picture; Bob sees both on her
+    // messages at once.
+    await alice.getByRole("button", { name: "Profile", exact: true }).click();
+    const profile = alice.getByRole("dialog", { name: "Your profile" });
+    await profile.getByLabel("Display name").fill("Alice Liddell");
+    await profile.getByLabel("Picture").setInputFiles({ name: "me.png", mimeType: "image/png", buffer: png(200, 100) });
+    await profile.locator(".profile-preview .avatar img").waitFor({ timeout: TIMEOUT });
+    await profile.getByRole("button", { name: "Save profile" }).click();
+    await profile.waitFor({ state: "detached", timeout: TIMEOUT });
+    const hersToBob = bob.locator(".message", { hasText: "just between us" });
+    await hersToBob.locator(".author", { hasText: "Alice Liddell" }).waitFor({ timeout: TIMEOUT });
+    await hersToBob.locator(".avatar img").waitFor({ timeout: TIMEOUT });
+    console.log("alice's display name and picture reached bob, live");
+
     // Alice renames the room; Bob's list follows without a reload.
     await alice.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /Launch/ }).click();
     await alice.getByRole("button", { name: "Rename" }).click();

@@ -1,10 +1,33 @@
 import { describe, expect, it } from "vitest";
-import { initialState, reducer, seenBy, typingIn } from "../../src/state";
+import { initialState, reducer, seenBy, shownName, typingIn } from "../../src/state";
+import { initials } from "../../src/components/Avatar";
 import { room, text } from "./fixtures";
 
 const start = () => reducer(reducer(initialState("me", "me"), { type: "rooms", rooms: [room("a"), room("b")] }), { type: "select", roomId: "a" });
 
 describe("chat state", () => {
+  it("follows profiles live, and never takes a remote picture", () => {
+    const user = {
+      id: "u1",
+      username: "alice",
+      display_name: "Alice Liddell",
+      avatar_url: "/api/users/u1/avatar?v=abc",
+      avatar_color: "#3a7bd5",
+      created_at: "2026-11-30T00:00:00Z",
+    };
+    let state = start();
+    expect(shownName(state, "u1", "alice")).toBe("alice");
+    state = reducer(state, { type: "frame", frame: { type: "user_updated", user }, now: 0 });
+    expect(shownName(state, "u1", "alice")).toBe("Alice Liddell");
+    expect(state.profiles.u1).toEqual({ displayName: "Alice Liddell", color: "#3a7bd5", picture: "/api/users/u1/avatar?v=abc" });
+    const remote = { ...user, display_name: null, avatar_url: "https://tracker.example/pixel.png" };
+    state = reducer(state, { type: "frame", frame: { type: "user_updated", user: remote }, now: 0 });
+    expect(state.profiles.u1.picture).toBeNull();
+    expect(shownName(state, "u1", "alice")).toBe("alice");
+    expect([initials("Alice Liddell"), initials("bob")]).toEqual(["AL", "BO"]);
+  });
+
+
   it("counts unread messages in other rooms only, not my own, and clears on opening", () => {
     let state = start();
     state = reducer(state, { type: "frame", frame: text("a", 1), now: 0 });

@@ -1,0 +1,98 @@
+import { useState, type FormEvent } from "react";
+import { ApiError } from "../api";
+import type { Profile } from "../state";
+import type { ChatActions } from "./ChatApp";
+import { Avatar } from "./Avatar";
+
+const DEFAULT_COLOR = "#3a7bd5";
+
+/** My display name, avatar colour and picture, as everyone sees them. */
+export function ProfileForm({
+  username,
+  profile,
+  actions,
+  onDone,
+}: {
+  username: string;
+  profile?: Profile;
+  actions: ChatActions;
+  onDone: () => void;
+}) {
+  const [displayName, setDisplayName] = useState(profile?.displayName ?? "");
+  const [color, setColor] = useState(profile?.color ?? DEFAULT_COLOR);
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  async function run(work: () => Promise<void>) {
+    setBusy(true);
+    setError(null);
+    try {
+      await work();
+    } catch (failure) {
+      setError(failure instanceof ApiError ? failure.message : "The server cannot be reached.");
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function save(event: FormEvent) {
+    event.preventDefault();
+    await run(async () => {
+      await actions.updateProfile({ display_name: displayName.trim() || null, avatar_color: color });
+      onDone();
+    });
+  }
+
+  return (
+    <section className="profile" role="dialog" aria-label="Your profile">
+      <form onSubmit={save}>
+        <h2>Your profile</h2>
+        <div className="profile-preview">
+          <Avatar name={username} profile={profile} files={actions.files} />
+          <span>
+            {displayName.trim() || username} <span className="muted">@{username}</span>
+          </span>
+        </div>
+        <label>
+          Display name
+          <input value={displayName} onChange={(e) => setDisplayName(e.target.value)} maxLength={64} autoFocus />
+        </label>
+        <label>
+          Avatar colour
+          <input type="color" value={color} onChange={(e) => setColor(e.target.value)} />
+        </label>
+        <label>
+          Picture
+          <input
+            type="file"
+            accept="image/png,image/jpeg,image/gif,image/webp"
+            disabled={busy}
+            onChange={(e) => {
+              const picture = e.target.files?.[0];
+              e.target.value = "";
+              if (picture) void run(() => actions.setAvatar(picture));
+            }}
+          />
+        </label>
+        {profile?.picture && (
+          <button type="button" disabled={busy} onClick={() => void run(actions.removeAvatar)}>
+            Remove picture
+          </button>
+        )}
+        {error && (
+          <p className="field-error" role="alert">
+            {error}
+          </p>
+        )}
+        <div className="profile-buttons">
+          <button type="submit" disabled={busy}>
+            Save profile
+          </button>
+          <button type="button" onClick={onDone}>
+            Close
+          </button>
+        </div>
+      </form>
+    </section>
+  );
+}
