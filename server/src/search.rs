@@ -7,20 +7,28 @@ pub const MAX_TERMS: usize = 10;
 /// Characters of context in a snippet.
 const SNIPPET_CHARS: usize = 160;
 
-/// The words of `query`, lower-cased, each once: runs of letters and digits
-/// of at least two characters.
+/// The words of `query`, lower-cased, each once (at most [`MAX_TERMS`]).
 pub fn terms(query: &str) -> Vec<String> {
-    let mut terms: Vec<String> = Vec::new();
-    for word in query
+    let mut terms = words(query);
+    terms.truncate(MAX_TERMS);
+    terms
+}
+
+/// The words of `text` a search can find, lower-cased, each once, in order:
+/// runs of letters and digits of at least two characters. What a query's
+/// terms are made of, and what the embedded store's index keeps.
+pub fn words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for word in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() >= 2)
     {
         let word = word.to_lowercase();
-        if !terms.contains(&word) && terms.len() < MAX_TERMS {
-            terms.push(word);
+        if !words.contains(&word) {
+            words.push(word);
         }
     }
-    terms
+    words
 }
 
 /// Where each term starts a word of `text`: (char offset, char length).

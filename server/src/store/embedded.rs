@@ -48,6 +48,14 @@ const REPLIES: TableDefinition<&[u8], ()> = TableDefinition::new("replies");
 /// Room id followed by the dedupe key → the seq it was stored under and when
 /// the key expires (see [`DedupeEntry`]).
 const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
+/// The search index: room id, a word of a text message or an edit
+/// (`search::words`), a 0 byte, then the message's seq. Words are
+/// alphanumeric UTF-8, which never has a 0 or 0xFF byte, so the keys of all
+/// words with a prefix are one range: `room|prefix` up to `room|prefix|0xFF`.
+const SEARCH_WORDS: TableDefinition<&[u8], ()> = TableDefinition::new("search_words");
+/// The index's version in META; absent in databases made before it, which
+/// are indexed when opened.
+const SEARCH_INDEX_VERSION: &str = "words-1";
 /// Attachment records by id.
 const ATTACHMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attachments");
 /// Room id followed by attachment id: a room's attachments, for its deletion.
@@ -164,6 +172,8 @@ impl EmbeddedStore {
         tx.open_table(UPLOADED_BYTES)?;
         tx.open_table(BLOB_REFS)?;
         tx.open_table(AVATARS)?;
+        tx.open_table(SEARCH_WORDS)?;
+        index_if_needed(&tx)?;
         let id = {
             let mut meta = tx.open_table(META)?;
             let existing = meta.get("id")?.map(|id| id.value().to_owned());
@@ -392,6 +402,7 @@ fn write_messages(
         let mut changes = tx.open_table(CHANGES)?;
         let mut replies = tx.open_table(REPLIES)?;
         let mut dedupes = tx.open_table(DEDUPE)?;
+        let mut words = tx.open_table(SEARCH_WORDS)?;
         let now = crate::model::now();
         if sweep {
             dedupes.retain(|_, value| {
@@ -426,6 +437,7 @@ fn write_messages(
                 }
             };
             table.insert(key.as_slice(), record.as_slice())?;
+            index_words(&mut words, message)?;
             match (
                 message.target_seq.filter(|_| message.kind.is_change()),
                 message.reply_to,
@@ -458,6 +470,65 @@ fn write_messages(
     Ok(outcomes)
 }
 
+/// Adds what a search can find in `message` to the index: the words of a
+/// text message or an edit (whose text search also matches).
+fn index_words(words: &mut redb::Table<&[u8], ()>, message: &Message) -> StoreResult<()> {
+    if !matches!(
+        message.kind,
+        crate::model::MessageKind::Text | crate::model::MessageKind::Edit
+    ) {
+        return Ok(());
+    }
+    for word in crate::search::words(&message.content) {
+        words.insert(word_key(message.room_id, &word, message.seq).as_slice(), ())?;
+    }
+    Ok(())
+}
+
+fn word_key(room: Id, word: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(12 + word.len() + 9);
+    key.extend_from_slice(&room.bytes());
+    key.extend_from_slice(word.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The keys of every word of `room` that starts with `prefix`, as
+/// `start..end` (see [`SEARCH_WORDS`]).
+fn word_range(room: Id, prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut start = room.bytes().to_vec();
+    start.extend_from_slice(prefix.as_bytes());
+    let mut end = start.clone();
+    end.push(0xff);
+    (start, end)
+}
+
+/// Indexes every stored message once, in a database made before the index.
+fn index_if_needed(tx: &redb::WriteTransaction) -> StoreResult<()> {
+    let mut meta = tx.open_table(META)?;
+    if meta
+        .get("search_index")?
+        .is_some_and(|v| v.value() == SEARCH_INDEX_VERSION)
+    {
+        return Ok(());
+    }
+    let messages = tx.open_table(MESSAGES)?;
+    let mut words = tx.open_table(SEARCH_WORDS)?;
+    let mut indexed = 0u64;
+    for entry in messages.iter()? {
+        let (_, value) = entry?;
+        let message: Message = serde_json::from_slice(value.value())?;
+        index_words(&mut words, &message)?;
+        indexed += 1;
+    }
+    meta.insert("search_index", SEARCH_INDEX_VERSION)?;
+    if indexed > 0 {
+        tracing::info!(messages = indexed, "indexed the stored messages for search");
+    }
+    Ok(())
+}
+
 fn message_key(room: Id, seq: u64) -> [u8; 20] {
     let mut key = [0u8; 20];
     key[..12].copy_from_slice(&room.bytes());
@@ -465,10 +536,12 @@ fn message_key(room: Id, seq: u64) -> [u8; 20] {
     key
 }
 
-/// The child's seq in a [`child_key`].
-fn child_seq(key: &[u8]) -> StoreResult<u64> {
+/// The seq that ends an index key (a [`child_key`], a [`word_key`]).
+fn trailing_seq(key: &[u8]) -> StoreResult<u64> {
     let seq: [u8; 8] = key
-        .get(20..)
+        .len()
+        .checked_sub(8)
+        .and_then(|at| key.get(at..))
         .and_then(|seq| seq.try_into().ok())
         .ok_or_else(|| StoreError::Internal("embedded store: corrupt index key".into()))?;
     Ok(u64::from_be_bytes(seq))
@@ -760,6 +833,9 @@ impl Store for EmbeddedStore {
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
                         tx.open_table(REPLIES)?
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
+                        let (start, end) = word_range(room, "");
+                        tx.open_table(SEARCH_WORDS)?
+                            .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
                         Some(forget_attachments(&tx, room)?)
                     }
                     None => None,
@@ -916,7 +992,7 @@ impl Store for EmbeddedStore {
                 .take(take)
             {
                 let (key, _) = entry?;
-                let key = message_key(room, child_seq(key.value())?);
+                let key = message_key(room, trailing_seq(key.value())?);
                 if let Some(reply) = get_json::<_, Message>(&table, key.as_slice())? {
                     replies.push(reply);
                 }
@@ -959,23 +1035,45 @@ impl Store for EmbeddedStore {
         let query = query.clone();
         self.run(move |db| {
             let tx = db.begin_read()?;
+            let words = tx.open_table(SEARCH_WORDS)?;
             let table = tx.open_table(MESSAGES)?;
             let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
             let mut found = Vec::new();
             for room in rooms {
-                let (from, to) = (message_key(room, 0), message_key(room, u64::MAX));
-                for entry in table.range(from.as_slice()..to.as_slice())?.rev() {
-                    let (_, value) = entry?;
-                    let message: Message = serde_json::from_slice(value.value())?;
-                    let candidate = matches!(
-                        message.kind,
-                        crate::model::MessageKind::Text | crate::model::MessageKind::Edit
-                    ) && query.from.is_none_or(|from| message.user_id == from)
-                        && query.before.is_none_or(|before| message.timestamp < before);
-                    if candidate {
-                        let text = message.content.to_lowercase();
-                        if query.terms.iter().all(|t| text.contains(t.as_str())) {
-                            found.push(message);
+                // The seqs with a word starting with each term, intersected.
+                let mut seqs: Option<std::collections::BTreeSet<u64>> = None;
+                for term in &query.terms {
+                    let (start, end) = word_range(room, term);
+                    let mut with_term = std::collections::BTreeSet::new();
+                    for entry in words.range(start.as_slice()..end.as_slice())? {
+                        let (key, _) = entry?;
+                        with_term.insert(trailing_seq(key.value())?);
+                    }
+                    let narrowed = match seqs {
+                        None => with_term,
+                        Some(seqs) => seqs.intersection(&with_term).copied().collect(),
+                    };
+                    let done = narrowed.is_empty();
+                    seqs = Some(narrowed);
+                    if done {
+                        break;
+                    }
+                }
+                // Newest first, until the room has given `limit`.
+                let mut from_room = 0;
+                for seq in seqs.unwrap_or_default().into_iter().rev() {
+                    let Some(message) =
+                        get_json::<_, Message>(&table, message_key(room, seq).as_slice())?
+                    else {
+                        continue;
+                    };
+                    if query.from.is_none_or(|from| message.user_id == from)
+                        && query.before.is_none_or(|before| message.timestamp < before)
+                    {
+                        found.push(message);
+                        from_room += 1;
+                        if from_room >= limit {
+                            break;
                         }
                     }
                 }
@@ -1001,7 +1099,7 @@ impl Store for EmbeddedStore {
                 );
                 for entry in index.range(from.as_slice()..=to.as_slice())? {
                     let (key, _) = entry?;
-                    let key = message_key(room, child_seq(key.value())?);
+                    let key = message_key(room, trailing_seq(key.value())?);
                     if let Some(change) = get_json::<_, Message>(&table, key.as_slice())? {
                         found.push(change);
                     }
@@ -1120,5 +1218,57 @@ impl Store for EmbeddedStore {
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MessageKind;
+    use crate::store::SearchQuery;
+
+    fn query(terms: &[&str]) -> SearchQuery {
+        SearchQuery {
+            terms: terms.iter().map(|t| t.to_string()).collect(),
+            from: None,
+            before: None,
+            limit: 10,
+        }
+    }
+
+    #[tokio::test]
+    async fn search_finds_word_starts_and_a_database_from_before_the_index_is_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = Id::new();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let texts = ["we deploy on friday", "redeploy later", "Déjà vu, Friday"];
+            let batch: Vec<Message> = texts
+                .iter()
+                .zip(1..)
+                .map(|(text, seq)| Message {
+                    seq,
+                    ..Message::new(MessageKind::Text, room, Id::new(), "a".into(), (*text).into())
+                })
+                .collect();
+            store.insert_messages(&batch).await.unwrap();
+            let found = store.search(&[room], &query(&["depl"])).await.unwrap();
+            let seqs: Vec<u64> = found.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, [1], "a word start, not inside 'redeploy'");
+            let found = store.search(&[room], &query(&["fri", "dé"])).await.unwrap();
+            assert_eq!(found.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
+            assert!(store.search(&[Id::new()], &query(&["depl"])).await.unwrap().is_empty());
+        }
+        // As a database written before the index existed.
+        {
+            let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.delete_table(SEARCH_WORDS).unwrap();
+            tx.open_table(META).unwrap().remove("search_index").unwrap();
+            tx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let found = store.search(&[room], &query(&["friday"])).await.unwrap();
+        assert_eq!(found.len(), 2, "indexed when opened");
     }
 }

@@ -126,3 +126,101 @@ async fn search_ranks_current_text_in_readable_rooms_only(backend: Backend) {
         "an injection attempt is no user, as any bad id"
     );
 }
+
+/// Search on the embedded store at scale: 20 public rooms of 10,000
+/// messages (12 words each from a vocabulary of 5,000), written through the
+/// store as the persist path writes them; then queries for a rare word, a
+/// common word and two words, over HTTP, 15 times each. Prints the write
+/// rate, the file size and the median time per query kind.
+///
+///   cargo test -p chat-server --test api -- search::measure --ignored --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; prints figures"]
+async fn measure_search_on_the_embedded_store() {
+    use chat_server::model::{Id, Message, MessageKind};
+    use std::time::Instant;
+
+    const ROOMS: usize = 20;
+    const PER_ROOM: u64 = 10_000;
+    let (env, temp) = crate::common::env_for(Backend::Embedded);
+    let file = temp.path().join("chat.redb");
+    let server = TestServer::start_with_env(env, Some(temp)).await;
+    let alice = server.user("alice").await;
+    let author: Id = alice.id.parse().unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let vocabulary: Vec<String> = (0..5_000)
+        .map(|_| {
+            let len = 4 + random(6);
+            (0..len)
+                .map(|_| char::from(b'a' + random(26) as u8))
+                .collect()
+        })
+        .collect();
+    let (common, second, rare) = (
+        vocabulary[0].clone(),
+        vocabulary[1].clone(),
+        vocabulary[4_990].clone(),
+    );
+    // A Zipf-like pick: low indexes are common words, high ones rare.
+    let mut word = move || {
+        let rank = (random(1_000_000) as f64 / 1_000_000.0).powi(3) * 5_000.0;
+        vocabulary[(rank as usize).min(4_999)].clone()
+    };
+    let mut rooms = Vec::new();
+    for r in 0..ROOMS {
+        rooms.push(server.room(&alice, &format!("room-{r}"), false).await);
+    }
+    let started = Instant::now();
+    for room in &rooms {
+        let room: Id = room.parse().unwrap();
+        for chunk in (2..PER_ROOM + 2).collect::<Vec<_>>().chunks(2_000) {
+            let batch: Vec<Message> = chunk
+                .iter()
+                .map(|&seq| {
+                    let text = (0..12).map(|_| word()).collect::<Vec<_>>().join(" ");
+                    Message {
+                        seq,
+                        ..Message::new(MessageKind::Text, room, author, "alice".into(), text)
+                    }
+                })
+                .collect();
+            server.state.store.insert_messages(&batch).await.unwrap();
+        }
+    }
+    let written = started.elapsed();
+    let total = ROOMS as u64 * PER_ROOM;
+    let data = server.state.store.name();
+    println!(
+        "wrote {total} messages in {:.1} s: {:.0} messages/s ({data} store)",
+        written.as_secs_f64(),
+        total as f64 / written.as_secs_f64()
+    );
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    println!("database file: {:.1} MB", size as f64 / 1e6);
+    for (kind, query) in [
+        ("a common word", common.clone()),
+        ("a rare word", rare),
+        ("two common words", format!("{common} {second}")),
+    ] {
+        let mut times = Vec::new();
+        let mut hits = 0;
+        for _ in 0..15 {
+            let at = Instant::now();
+            let (status, found) = search(&server, &alice, &format!("q={query}")).await;
+            times.push(at.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(status, 200, "{found}");
+            hits = found["results"].as_array().unwrap().len();
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{kind} ({query:?}): median {:.1} ms, {hits} results",
+            times[times.len() / 2]
+        );
+    }
+}
