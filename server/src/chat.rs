@@ -379,7 +379,17 @@ impl Chat {
             target_seq: Some(target),
             ..draft(room, &connection.author(), kind, content)
         };
-        self.append_from(connection, draft, client_id).await
+        let appended = self.append_from(connection, draft, client_id).await?;
+        if kind == MessageKind::Delete && !original.attachments.is_empty() {
+            // A deleted message's files go with it. Best effort: the
+            // deletion stands either way, and the room's deletion would
+            // still take them.
+            let ids: Vec<Id> = original.attachments.iter().map(|f| f.id).collect();
+            if let Err(e) = self.store.delete_attachments(&ids).await {
+                tracing::warn!(error = %e, room_id = %room, "cannot delete a deleted message's files");
+            }
+        }
+        Ok(appended)
     }
 
     /// Whether `user` is still a member of `room`, from the store at most

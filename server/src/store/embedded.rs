@@ -280,28 +280,41 @@ where
     }
 }
 
-/// Removes `room`'s attachment records in `tx`, giving their bytes back to
-/// their uploaders' quotas; returns the contents no record needs any more.
+/// Removes `room`'s attachment records in `tx` (see [`forget_attachment_ids`]).
 fn forget_attachments(tx: &redb::WriteTransaction, room: Id) -> StoreResult<Vec<String>> {
-    let mut listed = tx.open_table(ROOM_ATTACHMENTS)?;
-    let mut records = tx.open_table(ATTACHMENTS)?;
-    let mut uploaded = tx.open_table(UPLOADED_BYTES)?;
-    let mut refs = tx.open_table(BLOB_REFS)?;
     let (start, end) = (
         attachment_key(room, [0; 12]),
         attachment_key(room, [0xff; 12]),
     );
-    let mut unused = Vec::new();
-    let keys = listed
-        .extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?
-        .map(|entry| entry.map(|(key, _)| key.value().to_vec()))
+    let ids = tx
+        .open_table(ROOM_ATTACHMENTS)?
+        .range(start.as_slice()..=end.as_slice())?
+        .map(|entry| {
+            entry.map(|(key, _)| {
+                let mut id = [0; 12];
+                id.copy_from_slice(&key.value()[12..24]);
+                Id::from_bytes(id)
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    for key in keys {
-        let Some(record) = records.remove(&key[12..])? else {
+    forget_attachment_ids(tx, &ids)
+}
+
+/// Removes the attachment records `ids` in `tx`, giving their bytes back to
+/// their uploaders' quotas; returns the contents no record needs any more.
+fn forget_attachment_ids(tx: &redb::WriteTransaction, ids: &[Id]) -> StoreResult<Vec<String>> {
+    let mut listed = tx.open_table(ROOM_ATTACHMENTS)?;
+    let mut records = tx.open_table(ATTACHMENTS)?;
+    let mut uploaded = tx.open_table(UPLOADED_BYTES)?;
+    let mut refs = tx.open_table(BLOB_REFS)?;
+    let mut unused = Vec::new();
+    for id in ids {
+        let Some(record) = records.remove(id.bytes().as_slice())? else {
             continue;
         };
         let attachment: Attachment = serde_json::from_slice(record.value())?;
         drop(record);
+        listed.remove(attachment_key(attachment.room_id, id.bytes()).as_slice())?;
         let user = attachment.user_id.bytes();
         let before = uploaded.get(user.as_slice())?.map_or(0, |v| v.value());
         uploaded.insert(user.as_slice(), before.saturating_sub(attachment.file.size))?;
@@ -316,6 +329,16 @@ fn forget_attachments(tx: &redb::WriteTransaction, room: Id) -> StoreResult<Vec<
         }
     }
     Ok(unused)
+}
+
+/// Removes contents no record needs, after the commit that made them so:
+/// should removing fail, a file is left over, never a record without its file.
+fn remove_blobs(blobs: &super::blob_dir::BlobDir, unused: Vec<String>) {
+    for sha256 in unused {
+        if let Err(e) = blobs.remove(&sha256) {
+            tracing::warn!(error = %e, "cannot remove a deleted file");
+        }
+    }
 }
 
 fn attachment_key(room: Id, attachment: [u8; 12]) -> [u8; 24] {
@@ -845,13 +868,7 @@ impl Store for EmbeddedStore {
             let Some(unused) = existed else {
                 return Ok(false);
             };
-            // After the commit: should removing fail, a file is left over,
-            // never a record without its file.
-            for sha256 in unused {
-                if let Err(e) = blobs.remove(&sha256) {
-                    tracing::warn!(error = %e, "cannot remove a deleted room's file");
-                }
-            }
+            remove_blobs(&blobs, unused);
             Ok(true)
         })
         .await
@@ -1166,6 +1183,19 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn delete_attachments(&self, ids: &[Id]) -> StoreResult<()> {
+        let ids = ids.to_vec();
+        let blobs = self.blobs.clone();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let unused = forget_attachment_ids(&tx, &ids)?;
+            tx.commit()?;
+            remove_blobs(&blobs, unused);
+            Ok(())
+        })
+        .await
+    }
+
     async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>> {
         self.run(move |db| {
             let tx = db.begin_read()?;
@@ -1248,7 +1278,13 @@ mod tests {
                 .zip(1..)
                 .map(|(text, seq)| Message {
                     seq,
-                    ..Message::new(MessageKind::Text, room, Id::new(), "a".into(), (*text).into())
+                    ..Message::new(
+                        MessageKind::Text,
+                        room,
+                        Id::new(),
+                        "a".into(),
+                        (*text).into(),
+                    )
                 })
                 .collect();
             store.insert_messages(&batch).await.unwrap();
@@ -1257,7 +1293,13 @@ mod tests {
             assert_eq!(seqs, [1], "a word start, not inside 'redeploy'");
             let found = store.search(&[room], &query(&["fri", "dé"])).await.unwrap();
             assert_eq!(found.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
-            assert!(store.search(&[Id::new()], &query(&["depl"])).await.unwrap().is_empty());
+            assert!(
+                store
+                    .search(&[Id::new()], &query(&["depl"]))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         }
         // As a database written before the index existed.
         {

@@ -148,6 +148,9 @@ pub trait Store: Send + Sync + 'static {
     /// never names bytes that are not there.
     async fn save_attachment(&self, attachment: &Attachment, upload: Upload) -> StoreResult<()>;
     async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>>;
+    /// Deletes the attachments `ids` (a deleted message's), giving their
+    /// bytes back to the quota, and the stored bytes no other one needs.
+    async fn delete_attachments(&self, ids: &[Id]) -> StoreResult<()>;
     /// Reads stored bytes by their SHA-256 (hex); `None` when none are stored.
     async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>>;
     /// Stores (or with `None` removes) `user`'s profile picture: a small

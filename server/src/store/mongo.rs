@@ -308,9 +308,9 @@ impl MongoStore {
         )))
     }
 
-    /// Removes `room`'s attachment records, then the bytes no other record needs.
-    async fn forget_attachments(&self, room: Id) -> StoreResult<()> {
-        let filter = doc! {"room_id": room.object_id()};
+    /// Removes the attachment records `filter` matches, then the bytes no
+    /// other record needs.
+    async fn forget_attachments(&self, filter: Document) -> StoreResult<()> {
         let records = collect(
             self.attachments()
                 .find(filter.clone())
@@ -340,7 +340,7 @@ impl MongoStore {
                 continue;
             }
             if let Err(e) = self.blobs().delete(bson::Bson::String(sha256)).await {
-                tracing::warn!(error = %e, "cannot remove a deleted room's file");
+                tracing::warn!(error = %e, "cannot remove a deleted file");
             }
         }
         Ok(())
@@ -948,7 +948,8 @@ impl Store for MongoStore {
             .delete_many(doc! {"room_id": room.object_id()})
             .await
             .map_err(map_error)?;
-        self.forget_attachments(room).await?;
+        self.forget_attachments(doc! {"room_id": room.object_id()})
+            .await?;
         Ok(deleted.deleted_count > 0)
     }
 
@@ -1258,6 +1259,11 @@ impl Store for MongoStore {
             .await
             .map_err(map_error)?;
         Ok(())
+    }
+
+    async fn delete_attachments(&self, ids: &[Id]) -> StoreResult<()> {
+        let ids: Vec<ObjectId> = ids.iter().map(|id| id.object_id()).collect();
+        self.forget_attachments(doc! {"_id": {"$in": ids}}).await
     }
 
     async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>> {

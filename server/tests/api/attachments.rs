@@ -135,6 +135,18 @@ async fn files_reach_the_room_and_nobody_else(backend: Backend) {
     .await;
     assert_eq!(status, 404, "no thumbnail for text");
 
+    // A deleted message's files go with it.
+    alice_ws
+        .send(json!({"type": "message", "room_id": secret, "content": "the page", "attachments": [html_id]}))
+        .await;
+    let posted = alice_ws.next_of("ack").await["seq"].as_u64().unwrap();
+    alice_ws
+        .send(json!({"type": "delete", "room_id": secret, "seq": posted}))
+        .await;
+    alice_ws.next_of("ack").await;
+    let (status, _, _) = download(&server, &bob, &format!("/api/attachments/{html_id}")).await;
+    assert_eq!(status, 404, "the deleted message's file is gone");
+
     // Deleting the room takes its files along.
     let (status, _) = server
         .delete(&format!("/api/rooms/{secret}"), &alice.token)

@@ -1001,3 +1001,33 @@ async fn a_file_uploaded_on_one_pod_is_served_by_another() {
     assert_eq!(status, 200);
     assert_eq!(image::load_from_memory(&thumb).unwrap().width(), 64);
 }
+
+/// A profile changed through one pod reaches people connected to another,
+/// and its picture is served there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_changed_on_one_pod_reaches_another() {
+    let cluster = cluster(2, None).await;
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, None)).await.unwrap();
+    // Bob's connection is live on pod 1 once it answers a ping.
+    bob_ws.send(json!({"type": "ping"})).await;
+    bob_ws.next_of("pong").await;
+
+    let response = a
+        .client
+        .put(a.url("/api/users/me/avatar"))
+        .bearer_auth(&alice.token)
+        .body(crate::common::png(90, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let update = bob_ws.next_of("user_updated").await;
+    assert_eq!(update["user"]["id"], alice.id.as_str());
+    let url = update["user"]["avatar_url"].as_str().unwrap();
+    let (status, _, picture) = crate::common::download(b, &bob, url).await;
+    assert_eq!(status, 200);
+    assert_eq!(image::load_from_memory(&picture).unwrap().width(), 128);
+}
