@@ -34,7 +34,9 @@ export function desktopNotice(state: ChatState, frame: ServerFrame, hidden: bool
   if (!hidden && state.active === frame.room_id) return null;
   const known = state.timelines[frame.room_id]?.messages.some((m) => m.id === frame.id || m.seq === frame.seq);
   if (known) return null;
-  const body = frame.content.length > 140 ? `${frame.content.slice(0, 139)}…` : frame.content;
+  const files = frame.attachments ?? [];
+  const text = frame.content || (files.length === 1 ? `sent ${files[0].filename}` : `sent ${files.length} files`);
+  const body = text.length > 140 ? `${text.slice(0, 139)}…` : text;
   const title = room.is_direct ? frame.username : `${frame.username} mentioned you in ${room.name}`;
   return { title, body, tag: frame.room_id, roomId: frame.room_id };
 }

@@ -26,6 +26,11 @@ describe("browser notices", () => {
   it("notifies of a direct message I am not looking at, once, and never of my own or a group's", () => {
     const state = start();
     expect(desktopNotice(state, text("dm", 1), false)).toEqual({ title: "bob", body: "psst", tag: "dm", roomId: "dm" });
+    const picture = message("dm", 2, "bob", {
+      content: "",
+      attachments: [{ id: "f1", filename: "map.png", content_type: "image/png", size: 10 }],
+    });
+    expect(desktopNotice(state, picture, false)?.body).toBe("sent map.png");
     expect(desktopNotice(state, text("lobby", 1), true)).toBeNull();
     expect(desktopNotice(state, text("dm", 1, "me"), true)).toBeNull();
     const looking = reducer(state, { type: "select", roomId: "dm" });
