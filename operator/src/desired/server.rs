@@ -350,6 +350,9 @@ pub fn horizontal_autoscaler(
     }))
 }
 
+/// The server's default `CHAT_MAX_ATTACHMENT_BYTES` (10 MiB).
+const DEFAULT_ATTACHMENT_BYTES: i64 = 10 * 1024 * 1024;
+
 pub fn ingress(cluster: &ChatCluster) -> Result<Option<Ingress>, BuildError> {
     let Some(ingress) = &cluster.spec.ingress else {
         return Ok(None);
@@ -363,8 +366,18 @@ pub fn ingress(cluster: &ChatCluster) -> Result<Option<Ingress>, BuildError> {
     });
     let mut meta = child_meta(cluster, instance, Component::Server)?;
     // WebSockets are long-lived: the common NGINX controller closes idle
-    // upstream connections after 60 s by default.
+    // upstream connections after 60 s by default. It also refuses bodies
+    // over 1 MiB, which would cut uploads short of the server's own limit.
+    let upload_limit = cluster
+        .spec
+        .limits
+        .attachment_bytes
+        .map_or(DEFAULT_ATTACHMENT_BYTES, i64::from);
     meta.annotations = Some(BTreeMap::from([
+        (
+            "nginx.ingress.kubernetes.io/proxy-body-size".to_owned(),
+            upload_limit.to_string(),
+        ),
         (
             "nginx.ingress.kubernetes.io/proxy-read-timeout".to_owned(),
             "3600".to_owned(),

@@ -295,6 +295,11 @@ fn optional_children_follow_the_spec() {
     let ingress = serde_json::to_value(ingress(&cluster).unwrap().unwrap()).unwrap();
     assert_eq!(ingress["spec"]["tls"][0]["secretName"], "chat-tls");
     assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"],
+        "10485760",
+        "uploads up to the server's limit get through"
+    );
     let monitor = service_monitor(&cluster).unwrap().unwrap();
     assert_eq!(monitor["kind"], "ServiceMonitor");
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
