@@ -49,6 +49,7 @@ async fn cluster(pods: usize, mongodb: Option<String>) -> Cluster {
 /// Alice on pod 0 and Bob on pod 1, both members of one public room and both
 /// with it open.
 struct Pair {
+    alice: TestUser,
     bob: TestUser,
     room: String,
     alice_ws: WsClient,
@@ -72,6 +73,7 @@ async fn alice_and_bob(cluster: &Cluster, room_name: &str) -> Pair {
         .unwrap();
     let bob_joined_at = bob_ws.next_of("joined").await["last_seq"].as_u64().unwrap();
     Pair {
+        alice,
         bob,
         room,
         alice_ws,
@@ -968,18 +970,14 @@ async fn edits_cross_pods_in_seq_order_and_reach_history() {
 async fn a_file_uploaded_on_one_pod_is_served_by_another() {
     let cluster = cluster(2, None).await;
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-    let alice = a.user("alice").await;
-    let bob = a.user("bob").await;
-    let room = a.room(&alice, "files", false).await;
-    a.join(&bob, &room).await;
-    let mut alice_ws = WsClient::connect(a, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    alice_ws.next_of("joined").await;
-    let mut bob_ws = WsClient::connect(b, &ws_query(&bob, Some(&room)))
-        .await
-        .unwrap();
-    bob_ws.next_of("joined").await;
+    let Pair {
+        alice,
+        bob,
+        room,
+        mut alice_ws,
+        mut bob_ws,
+        ..
+    } = alice_and_bob(&cluster, "files").await;
 
     let picture = crate::common::png(64, 48);
     let (status, file) = crate::common::upload(a, &alice, &room, "map.png", picture.clone()).await;

@@ -44,7 +44,15 @@ export function ProfileForm({
   }
 
   return (
-    <section className="profile" role="dialog" aria-label="Your profile">
+    <section
+      className="profile"
+      role="dialog"
+      aria-modal="true"
+      aria-label="Your profile"
+      onKeyDown={(e) => {
+        if (e.key === "Escape") onDone();
+      }}
+    >
       <form onSubmit={save}>
         <h2>Your profile</h2>
         <div className="profile-preview">
