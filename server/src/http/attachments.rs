@@ -1,6 +1,6 @@
 //! `/api/rooms/{id}/attachments` (upload) and `/api/attachments/{id}`
-//! (download, thumbnail): files posted in rooms, readable only by the room's
-//! members.
+//! (download, thumbnail): files posted in rooms, readable by whoever may
+//! read the room's messages (a private or direct room's members only).
 //!
 //! An upload is the file itself as the request body (not a form), so a
 //! browser can report its progress and nothing is parsed but the bytes. The
@@ -184,8 +184,10 @@ pub async fn thumbnail(
     .await
 }
 
-/// The attachment if `caller` is a member of its room; 404 otherwise,
-/// whether or not it exists.
+/// The attachment if `caller` may read its room's messages (as Slack does
+/// with files: a public room's are anyone's who may read the room, a
+/// private or direct room's are its members' only); 404 otherwise, whether
+/// or not it exists.
 async fn readable(state: &AppState, raw_id: &str, caller: Id) -> Result<Attachment, ApiError> {
     let id = parse_id(raw_id, "attachment")?;
     let attachment = state
@@ -197,7 +199,7 @@ async fn readable(state: &AppState, raw_id: &str, caller: Id) -> Result<Attachme
         .store
         .room(attachment.room_id)
         .await?
-        .filter(|room| room.is_member(caller))
+        .filter(|room| room.is_visible_to(caller))
         .ok_or_else(|| ApiError::not_found("attachment"))?;
     Ok(attachment)
 }

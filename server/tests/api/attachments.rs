@@ -97,6 +97,21 @@ async fn files_reach_the_room_and_nobody_else(backend: Backend) {
     let (status, refused) = upload(&server, &carol, &secret, "x.txt", b"hi".to_vec()).await;
     assert_eq!((status, code(&refused)), (404, "not_found"));
     let lobby = server.room(&carol, "lobby", false).await;
+    // A public room's files are anyone's who may read its messages, as its
+    // messages are, members or not.
+    let (status, notice) = upload(
+        &server,
+        &carol,
+        &lobby,
+        "notice.txt",
+        b"all welcome".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{notice}");
+    let notice_id = notice["id"].as_str().unwrap();
+    let (status, _, body) =
+        download(&server, &alice, &format!("/api/attachments/{notice_id}")).await;
+    assert_eq!((status, body.as_slice()), (200, &b"all welcome"[..]));
     let mut carol_ws = connect_to(&server, &carol, &lobby).await;
     carol_ws
         .send(json!({"type": "message", "room_id": lobby, "content": "look", "attachments": [id]}))
@@ -155,7 +170,7 @@ async fn files_reach_the_room_and_nobody_else(backend: Backend) {
     let (status, _, _) = download(&server, &alice, &format!("/api/attachments/{id}")).await;
     assert_eq!(status, 404);
     let metrics = server.metrics().await;
-    assert!(metrics.contains("chat_uploads_total 2"), "{metrics}");
+    assert!(metrics.contains("chat_uploads_total 3"), "{metrics}");
     drop(carol_ws);
 }
 
