@@ -203,6 +203,8 @@ export class Api {
     return response.blob();
   }
 
+  deleteAttachment = (id: string) => this.call<void>("DELETE", `/api/attachments/${id}`);
+
   updateProfile = (change: { display_name?: string | null; avatar_color?: string | null }) =>
     this.call<User>("PATCH", "/api/users/me", change);
 

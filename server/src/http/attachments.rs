@@ -184,6 +184,28 @@ pub async fn thumbnail(
     .await
 }
 
+/// Deletes a file of the caller's: one they uploaded and will not send, or
+/// one they sent and take back (its message then shows it as gone). Its
+/// bytes count no more against their quota.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(raw_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.chat.take_change(caller.id)?;
+    let attachment = readable(&state, &raw_id, caller.id).await?;
+    if attachment.user_id != caller.id {
+        return Err(ApiError::forbidden(
+            "only who uploaded a file may delete it",
+        ));
+    }
+    state
+        .store
+        .delete_attachments(&[attachment.file.id])
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The attachment if `caller` may read its room's messages (as Slack does
 /// with files: a public room's are anyone's who may read the room, a
 /// private or direct room's are its members' only); 404 otherwise, whether

@@ -84,7 +84,10 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
         )
         .route("/api/rooms/{id}/messages", get(messages::history))
         .route(UPLOAD_ROUTE, post(attachments::upload))
-        .route("/api/attachments/{id}", get(attachments::download))
+        .route(
+            "/api/attachments/{id}",
+            get(attachments::download).delete(attachments::delete),
+        )
         .route(
             "/api/attachments/{id}/thumbnail",
             get(attachments::thumbnail),

@@ -189,6 +189,19 @@ async fn uploads_are_checked_for_size_type_and_quota(backend: Backend) {
     let (status, body) = upload(&server, &alice, &room, "empty.txt", Vec::new()).await;
     assert_eq!((status, code(&body)), (400, "empty_file"));
 
+    // A file not sent after all is deleted by its uploader (nobody else),
+    // which gives its bytes back.
+    let (status, dropped) = upload(&server, &alice, &room, "draft.bin", vec![9; 4000]).await;
+    assert_eq!(status, 201);
+    let path = format!("/api/attachments/{}", dropped["id"].as_str().unwrap());
+    let bob = server.user("bob").await;
+    let (status, body) = server.delete(&path, &bob.token).await;
+    assert_eq!((status, code(&body)), (403, "forbidden"));
+    let (status, _) = server.delete(&path, &alice.token).await;
+    assert_eq!(status, 204);
+    let (status, _, _) = download(&server, &alice, &path).await;
+    assert_eq!(status, 404);
+
     // The same bytes twice: two files, one stored copy, both counted.
     let (status, first) = upload(&server, &alice, &room, "a.bin", vec![1; 2500]).await;
     assert_eq!(status, 201, "{first}");

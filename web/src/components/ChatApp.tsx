@@ -257,6 +257,7 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
       },
       upload: (roomId: string, file: File, onProgress: (fraction: number) => void) =>
         api.upload(roomId, file, onProgress),
+      discard: (file: AttachedFile) => void api.deleteAttachment(file.id).catch(() => undefined),
       files,
       editMessage: (roomId: string, seq: number, content: string) => void connection.edit(roomId, seq, content),
       deleteMessage: (roomId: string, seq: number) => void connection.remove(roomId, seq),
@@ -353,6 +354,8 @@ export type ChatActions = {
   send: (roomId: string, content: string, attachments?: AttachedFile[]) => void;
   /** Uploads a file into a room; rejects with the ApiError that refused it. */
   upload: (roomId: string, file: File, onProgress: (fraction: number) => void) => Promise<AttachedFile>;
+  /** Deletes a file uploaded and not sent after all (best effort). */
+  discard: (file: AttachedFile) => void;
   files: FileCache;
   editMessage: (roomId: string, seq: number, content: string) => void;
   deleteMessage: (roomId: string, seq: number) => void;

@@ -407,6 +407,8 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   const [draft, setDraft] = useState("");
   const [uploads, setUploads] = useState<Upload[]>([]);
   const nextUpload = useRef(0);
+  /** Uploads removed before they finished: their files are deleted once stored. */
+  const dropped = useRef(new Set<number>());
   const fileInput = useRef<HTMLInputElement>(null);
   const [showMembers, setShowMembers] = useState(false);
   const [renaming, setRenaming] = useState(false);
@@ -481,7 +483,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
         setUploads((all) => all.map((u) => (u.key === key ? { ...u, ...update } : u)));
       setUploads((all) => [...all, { key, name: file.name, progress: 0 }]);
       actions.upload(room.id, file, (progress) => change({ progress })).then(
-        (uploaded) => change({ file: uploaded, progress: 1 }),
+        (uploaded) => (dropped.current.has(key) ? actions.discard(uploaded) : change({ file: uploaded, progress: 1 })),
         (error) =>
           change({ error: error instanceof ApiError ? error.message : "The server cannot be reached." }),
       );
@@ -647,7 +649,11 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
                   )}
                   <button
                     type="button"
-                    onClick={() => setUploads((all) => all.filter((u) => u.key !== upload.key))}
+                    onClick={() => {
+                      if (upload.file) actions.discard(upload.file);
+                      else dropped.current.add(upload.key);
+                      setUploads((all) => all.filter((u) => u.key !== upload.key));
+                    }}
                     aria-label={`Remove ${upload.name}`}
                   >
                     ×

@@ -323,6 +323,13 @@ async function main() {
       buffer: png(640, 480),
     });
     await alice.getByRole("list", { name: "Files to send" }).getByText("map.png").waitFor({ timeout: TIMEOUT });
+    // A second file, removed again before sending: it is not sent.
+    await alice.locator('input[type="file"]').setInputFiles({
+      name: "notes.txt",
+      mimeType: "text/plain",
+      buffer: Buffer.from("not for bob"),
+    });
+    await alice.getByRole("button", { name: "Remove notes.txt" }).click();
     const sendButton = alice.getByRole("button", { name: "Send", exact: true });
     await alice.waitForFunction(
       () => !document.querySelector('.composer button[type="submit"]')?.disabled,
@@ -340,6 +347,8 @@ async function main() {
       null,
       { timeout: TIMEOUT },
     );
+    const bobsFiles = await bob.locator(".message", { has: thumbnail }).locator(".attachments > li").count();
+    if (bobsFiles !== 1) throw new Error(`bob got ${bobsFiles} files, expected the picture alone`);
     await bob.screenshot({ path: join(results, "picture-phone.png") });
     const aliceToken = await alice.evaluate(() => JSON.parse(localStorage.getItem("chatcluster.session")).token);
     const carolToken = await signUp(base, "carol");
