@@ -289,9 +289,14 @@ function Thread({ parent, state, actions }: { parent: ChatMessage; state: ChatSt
             {reply.deleted ? (
               <span className="tombstone">This message was deleted.</span>
             ) : (
-              <span className="content">
-                <Content text={reply.content} myName={state.names[state.me] ?? ""} />
-              </span>
+              <>
+                <span className="content">
+                  <Content text={reply.content} myName={state.names[state.me] ?? ""} />
+                </span>
+                {reply.attachments && reply.attachments.length > 0 && (
+                  <Attachments files={reply.attachments} actions={actions} />
+                )}
+              </>
             )}
           </li>
         ))}

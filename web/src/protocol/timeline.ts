@@ -98,7 +98,7 @@ export function applyChange(timeline: Timeline, change: ChatChange): Timeline {
     changed = true;
     switch (change.type) {
       case "delete":
-        return { ...m, content: "", deleted: true, edited_at: undefined, reactions: undefined };
+        return { ...m, content: "", deleted: true, edited_at: undefined, reactions: undefined, attachments: undefined };
       case "edit":
         return { ...m, content: change.content, edited_at: change.timestamp };
       case "react":

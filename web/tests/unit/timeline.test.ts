@@ -84,11 +84,13 @@ describe("timeline", () => {
       target_seq: target,
       seq,
     });
-    let timeline = addMessages(emptyTimeline(), [message(1), message(2)]);
+    const file = { id: "f1", filename: "map.png", content_type: "image/png", size: 10, thumbnail: true };
+    let timeline = addMessages(emptyTimeline(), [{ ...message(1), attachments: [file] }, { ...message(2), attachments: [file] }]);
     timeline = applyChange(timeline, change("edit", 3, 1, "fixed"));
-    expect(timeline.messages[0]).toMatchObject({ content: "fixed", edited_at: "2026-11-23T10:05:00.000Z" });
+    expect(timeline.messages[0]).toMatchObject({ content: "fixed", edited_at: "2026-11-23T10:05:00.000Z", attachments: [file] });
     timeline = applyChange(timeline, change("delete", 4, 2));
     expect(timeline.messages[1]).toMatchObject({ content: "", deleted: true });
+    expect(timeline.messages[1].attachments).toBeUndefined();
     const after = applyChange(timeline, change("edit", 5, 2, "back?"));
     expect(after).toBe(timeline);
     // A change to a message not shown changes nothing (history brings it as it is now).
