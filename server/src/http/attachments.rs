@@ -137,7 +137,7 @@ fn check_quota(used: u64, adding: u64, quota: u64) -> Result<(), ApiError> {
             StatusCode::FORBIDDEN,
             "quota_exceeded",
             format!(
-                "your files would take more than your {quota} bytes ({used} used); delete rooms you no longer need"
+                "your files would take more than your {quota} bytes ({used} used); delete messages with files you no longer need"
             ),
         ));
     }
