@@ -289,7 +289,7 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
           report(error);
         }
       },
-      updateProfile: async (change: { display_name: string | null; avatar_color: string | null }) => {
+      updateProfile: async (change: { display_name: string | null; avatar_color?: string }) => {
         dispatch({ type: "users", users: [await api.updateProfile(change)] });
       },
       setAvatar: async (picture: File) => {
@@ -367,7 +367,7 @@ export type ChatActions = {
   read: (roomId: string, seq: number) => void;
   older: (roomId: string, beforeSeq: number) => Promise<void>;
   /** Profile changes; they reject with the ApiError that refused them. */
-  updateProfile: (change: { display_name: string | null; avatar_color: string | null }) => Promise<void>;
+  updateProfile: (change: { display_name: string | null; avatar_color?: string }) => Promise<void>;
   setAvatar: (picture: File) => Promise<void>;
   removeAvatar: () => Promise<void>;
   dismiss: () => void;

@@ -20,6 +20,9 @@ export function ProfileForm({
 }) {
   const [displayName, setDisplayName] = useState(profile?.displayName ?? "");
   const [color, setColor] = useState(profile?.color ?? DEFAULT_COLOR);
+  // Without a colour of their own, people keep the one derived from their
+  // name until they pick one.
+  const [colorChosen, setColorChosen] = useState(Boolean(profile?.color));
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
 
@@ -38,7 +41,10 @@ export function ProfileForm({
   async function save(event: FormEvent) {
     event.preventDefault();
     await run(async () => {
-      await actions.updateProfile({ display_name: displayName.trim() || null, avatar_color: color });
+      await actions.updateProfile({
+        display_name: displayName.trim() || null,
+        ...(colorChosen ? { avatar_color: color } : {}),
+      });
       onDone();
     });
   }
@@ -56,7 +62,15 @@ export function ProfileForm({
       <form onSubmit={save}>
         <h2>Your profile</h2>
         <div className="profile-preview">
-          <Avatar name={username} profile={profile} files={actions.files} />
+          <Avatar
+            name={username}
+            profile={{
+              displayName: displayName.trim() || null,
+              color: colorChosen ? color : (profile?.color ?? null),
+              picture: profile?.picture ?? null,
+            }}
+            files={actions.files}
+          />
           <span>
             {displayName.trim() || username} <span className="muted">@{username}</span>
           </span>
@@ -67,7 +81,14 @@ export function ProfileForm({
         </label>
         <label>
           Avatar colour
-          <input type="color" value={color} onChange={(e) => setColor(e.target.value)} />
+          <input
+            type="color"
+            value={color}
+            onChange={(e) => {
+              setColor(e.target.value);
+              setColorChosen(true);
+            }}
+          />
         </label>
         <label>
           Picture

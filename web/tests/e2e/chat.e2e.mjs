@@ -374,6 +374,7 @@ async function main() {
     await profile.getByLabel("Display name").fill("Alice Liddell");
     await profile.getByLabel("Picture").setInputFiles({ name: "me.png", mimeType: "image/png", buffer: png(200, 100) });
     await profile.locator(".profile-preview .avatar img").waitFor({ timeout: TIMEOUT });
+    await alice.screenshot({ path: join(results, "profile.png") });
     await profile.getByRole("button", { name: "Save profile" }).click();
     await profile.waitFor({ state: "detached", timeout: TIMEOUT });
     const hersToBob = bob.locator(".message", { hasText: "just between us" });
