@@ -57,11 +57,36 @@ pub async fn upload(
         limits.upload_quota_bytes,
     )?;
     let content = read_upload(&headers, body, limits.attachment_bytes).await?;
-    check_quota(used, content.len() as u64, limits.upload_quota_bytes)?;
+    let size = content.len() as u64;
+    // The quota holds exactly, however many uploads race on however many pods.
+    if !state
+        .store
+        .reserve_upload(caller.id, size, limits.upload_quota_bytes)
+        .await?
+    {
+        let used = state.store.uploaded_bytes(caller.id).await?;
+        return Err(quota_exceeded(used, limits.upload_quota_bytes));
+    }
 
     let filename = attachment::clean_filename(params.filename.as_deref().unwrap_or_default());
-    let (attachment, upload) = examine(&state, room, caller.id, filename, content).await?;
-    state.store.save_attachment(&attachment, upload).await?;
+    let stored = match examine(&state, room, caller.id, filename, content).await {
+        Ok((attachment, upload)) => state
+            .store
+            .save_attachment(&attachment, upload)
+            .await
+            .map(|()| attachment)
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let attachment = match stored {
+        Ok(attachment) => attachment,
+        Err(e) => {
+            if let Err(release) = state.store.release_upload(caller.id, size).await {
+                tracing::warn!(error = %release, "cannot give back an upload's reservation");
+            }
+            return Err(e);
+        }
+    };
     state.metrics.uploads.inc();
     state.metrics.upload_bytes.inc_by(attachment.file.size);
     tracing::info!(
@@ -133,15 +158,19 @@ fn too_large(limit: usize) -> ApiError {
 
 fn check_quota(used: u64, adding: u64, quota: u64) -> Result<(), ApiError> {
     if used.saturating_add(adding) > quota {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "quota_exceeded",
-            format!(
-                "your files would take more than your {quota} bytes ({used} used); delete messages with files you no longer need"
-            ),
-        ));
+        return Err(quota_exceeded(used, quota));
     }
     Ok(())
+}
+
+fn quota_exceeded(used: u64, quota: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "quota_exceeded",
+        format!(
+            "your files would take more than your {quota} bytes ({used} used); delete messages with files you no longer need"
+        ),
+    )
 }
 
 pub async fn download(

@@ -315,9 +315,7 @@ fn forget_attachment_ids(tx: &redb::WriteTransaction, ids: &[Id]) -> StoreResult
         let attachment: Attachment = serde_json::from_slice(record.value())?;
         drop(record);
         listed.remove(attachment_key(attachment.room_id, id.bytes()).as_slice())?;
-        let user = attachment.user_id.bytes();
-        let before = uploaded.get(user.as_slice())?.map_or(0, |v| v.value());
-        uploaded.insert(user.as_slice(), before.saturating_sub(attachment.file.size))?;
+        give_back(&mut uploaded, attachment.user_id, attachment.file.size)?;
         for sha256 in std::iter::once(attachment.sha256).chain(attachment.thumbnail_sha256) {
             let count = refs.get(sha256.as_str())?.map_or(0, |v| v.value());
             if count <= 1 {
@@ -329,6 +327,14 @@ fn forget_attachment_ids(tx: &redb::WriteTransaction, ids: &[Id]) -> StoreResult
         }
     }
     Ok(unused)
+}
+
+/// Subtracts `bytes` from what `user` has uploaded.
+fn give_back(uploaded: &mut redb::Table<&[u8], u64>, user: Id, bytes: u64) -> StoreResult<()> {
+    let key = user.bytes();
+    let used = uploaded.get(key.as_slice())?.map_or(0, |v| v.value());
+    uploaded.insert(key.as_slice(), used.saturating_sub(bytes))?;
+    Ok(())
 }
 
 /// Removes contents no record needs, after the commit that made them so:
@@ -1165,10 +1171,6 @@ impl Store for EmbeddedStore {
                     .insert(id.as_slice(), to_json(&attachment)?.as_slice())?;
                 tx.open_table(ROOM_ATTACHMENTS)?
                     .insert(attachment_key(attachment.room_id, id).as_slice(), ())?;
-                let mut uploaded = tx.open_table(UPLOADED_BYTES)?;
-                let user = attachment.user_id.bytes();
-                let before = uploaded.get(user.as_slice())?.map_or(0, |v| v.value());
-                uploaded.insert(user.as_slice(), before + attachment.file.size)?;
                 let mut refs = tx.open_table(BLOB_REFS)?;
                 for sha256 in
                     std::iter::once(&attachment.sha256).chain(&attachment.thumbnail_sha256)
@@ -1231,6 +1233,35 @@ impl Store for EmbeddedStore {
             Ok(avatars
                 .get(user.bytes().as_slice())?
                 .map(|image| bytes::Bytes::copy_from_slice(image.value())))
+        })
+        .await
+    }
+
+    async fn reserve_upload(&self, user: Id, bytes: u64, quota: u64) -> StoreResult<bool> {
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let reserved = {
+                let mut uploaded = tx.open_table(UPLOADED_BYTES)?;
+                let key = user.bytes();
+                let used = uploaded.get(key.as_slice())?.map_or(0, |v| v.value());
+                let fits = used.checked_add(bytes).is_some_and(|total| total <= quota);
+                if fits {
+                    uploaded.insert(key.as_slice(), used + bytes)?;
+                }
+                fits
+            };
+            tx.commit()?;
+            Ok(reserved)
+        })
+        .await
+    }
+
+    async fn release_upload(&self, user: Id, bytes: u64) -> StoreResult<()> {
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            give_back(&mut tx.open_table(UPLOADED_BYTES)?, user, bytes)?;
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

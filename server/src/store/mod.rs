@@ -145,8 +145,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores an uploaded file: its bytes (and its thumbnail's) first, once
     /// per content, then the record that makes them readable, so a record
-    /// never names bytes that are not there.
+    /// never names bytes that are not there. Its size must have been
+    /// reserved ([`Store::reserve_upload`]).
     async fn save_attachment(&self, attachment: &Attachment, upload: Upload) -> StoreResult<()>;
+    /// Adds `bytes` to what `user` has uploaded if the total stays within
+    /// `quota`, atomically (uploads racing each other, on any pod, cannot
+    /// pass it together); false, and nothing changed, if it would not.
+    async fn reserve_upload(&self, user: Id, bytes: u64, quota: u64) -> StoreResult<bool>;
+    /// Gives back a reservation whose file was not stored after all.
+    async fn release_upload(&self, user: Id, bytes: u64) -> StoreResult<()>;
     async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>>;
     /// Deletes the attachments `ids` (a deleted message's), giving their
     /// bytes back to the quota, and the stored bytes no other one needs.
@@ -157,8 +164,8 @@ pub trait Store: Send + Sync + 'static {
     /// image the server made, so it is kept whole beside the user.
     async fn save_avatar(&self, user: Id, image: Option<bytes::Bytes>) -> StoreResult<()>;
     async fn avatar(&self, user: Id) -> StoreResult<Option<bytes::Bytes>>;
-    /// The bytes `user` has uploaded into rooms that still exist (what the
-    /// quota counts; thumbnails are not counted).
+    /// The bytes `user` has uploaded (or reserved) and not deleted: what the
+    /// quota counts (thumbnails are not counted).
     async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64>;
 }
 

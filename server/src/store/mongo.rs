@@ -215,9 +215,9 @@ impl MongoStore {
                 .await
                 .map_err(map_error)?;
         }
-        // A room's attachments (its deletion), a user's (the quota), and
-        // who else needs some bytes (the last one removes them).
-        for key in ["room_id", "user_id", "sha256", "thumbnail_sha256"] {
+        // A room's attachments (its deletion), and who else needs some
+        // bytes (the last one removes them).
+        for key in ["room_id", "sha256", "thumbnail_sha256"] {
             self.attachments()
                 .create_index(IndexModel::builder().keys(doc! {key: 1}).build())
                 .await
@@ -244,6 +244,20 @@ impl MongoStore {
 
     fn refresh_tokens(&self) -> Collection<RefreshTokenDoc> {
         self.db.collection("refresh_tokens")
+    }
+
+    /// What each user has uploaded, in bytes: `{_id: user, bytes}`.
+    fn upload_usage(&self) -> Collection<Document> {
+        self.db.collection("upload_usage")
+    }
+
+    /// Subtracts `bytes` from what `user` has uploaded.
+    async fn give_back(&self, user: ObjectId, bytes: i64) -> StoreResult<()> {
+        self.upload_usage()
+            .update_one(doc! {"_id": user}, doc! {"$inc": {"bytes": -bytes}})
+            .await
+            .map_err(map_error)?;
+        Ok(())
     }
 
     fn avatars(&self) -> Collection<AvatarDoc> {
@@ -326,6 +340,13 @@ impl MongoStore {
             .delete_many(filter)
             .await
             .map_err(map_error)?;
+        let mut per_user: std::collections::HashMap<ObjectId, i64> = Default::default();
+        for record in &records {
+            *per_user.entry(record.user_id).or_default() += record.size;
+        }
+        for (user, bytes) in per_user {
+            self.give_back(user, bytes).await?;
+        }
         let contents: std::collections::BTreeSet<String> = records
             .into_iter()
             .flat_map(|r| std::iter::once(r.sha256).chain(r.thumbnail_sha256))
@@ -1329,28 +1350,65 @@ impl Store for MongoStore {
             .map(|doc| bytes::Bytes::from(doc.image.bytes)))
     }
 
+    async fn reserve_upload(&self, user: Id, bytes: u64, quota: u64) -> StoreResult<bool> {
+        let (Ok(size), quota) = (
+            i64::try_from(bytes),
+            i64::try_from(quota).unwrap_or(i64::MAX),
+        ) else {
+            return Ok(false);
+        };
+        if size > quota {
+            return Ok(false);
+        }
+        let id = user.object_id();
+        // One conditional increment; a first upload creates the counter
+        // instead, and should another pod create it first, the increment
+        // is tried once more against it.
+        for _ in 0..2 {
+            let updated = self
+                .upload_usage()
+                .update_one(
+                    doc! {"_id": id, "bytes": {"$lte": quota - size}},
+                    doc! {"$inc": {"bytes": size}},
+                )
+                .await
+                .map_err(map_error)?;
+            if updated.matched_count > 0 {
+                return Ok(true);
+            }
+            match self
+                .upload_usage()
+                .insert_one(doc! {"_id": id, "bytes": size})
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if duplicate_key(&e).is_some() => continue,
+                Err(e) => return Err(map_error(e)),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn release_upload(&self, user: Id, bytes: u64) -> StoreResult<()> {
+        self.give_back(user.object_id(), i64::try_from(bytes).unwrap_or(i64::MAX))
+            .await
+    }
+
     async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64> {
-        let mut cursor = self
-            .attachments()
-            .aggregate([
-                doc! {"$match": {"user_id": user.object_id()}},
-                doc! {"$group": {"_id": null, "total": {"$sum": "$size"}}},
-            ])
+        let usage = self
+            .upload_usage()
+            .find_one(doc! {"_id": user.object_id()})
             .await
             .map_err(map_error)?;
-        let total = match futures_util::TryStreamExt::try_next(&mut cursor)
-            .await
-            .map_err(map_error)?
-        {
-            Some(group) => match group.get("total") {
-                Some(bson::Bson::Int64(n)) => *n,
-                Some(bson::Bson::Int32(n)) => i64::from(*n),
-                Some(bson::Bson::Double(n)) => *n as i64,
-                _ => 0,
-            },
-            None => 0,
-        };
-        Ok(u64::try_from(total).unwrap_or(0))
+        let bytes = usage
+            .and_then(|doc| doc.get("bytes").cloned())
+            .and_then(|bytes| match bytes {
+                bson::Bson::Int64(n) => Some(n),
+                bson::Bson::Int32(n) => Some(i64::from(n)),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok(u64::try_from(bytes).unwrap_or(0))
     }
 }
 

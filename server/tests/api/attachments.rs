@@ -11,7 +11,8 @@ use crate::on_both_stores;
 
 on_both_stores!(
     files_reach_the_room_and_nobody_else,
-    uploads_are_checked_for_size_type_and_quota
+    uploads_are_checked_for_size_type_and_quota,
+    the_quota_holds_when_uploads_race
 );
 
 async fn files_reach_the_room_and_nobody_else(backend: Backend) {
@@ -252,6 +253,35 @@ async fn uploads_are_checked_for_size_type_and_quota(backend: Backend) {
     ws.send(json!({"type": "message", "room_id": room2, "content": "", "attachments": ["{\"$gt\":\"\"}"]}))
         .await;
     assert_eq!(ws.next_of("error").await["code"], "invalid_frame");
+}
+
+async fn the_quota_holds_when_uploads_race(backend: Backend) {
+    let (mut env, temp) = env_for(backend);
+    env.insert("CHAT_UPLOAD_QUOTA_BYTES", "10000".into());
+    let server = TestServer::start_with_env(env, Some(temp)).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "race", false).await;
+    // Eight uploads of 3,000 bytes at once against 10,000: three fit.
+    let uploads = (0..8u8).map(|n| upload(&server, &alice, &room, "part.bin", vec![n; 3000]));
+    let answers = futures::future::join_all(uploads).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [201, 201, 201, 403, 403, 403, 403, 403],
+        "{answers:?}"
+    );
+    // Deleting one makes room for one more, exactly.
+    let stored = answers.iter().find(|(status, _)| *status == 201).unwrap();
+    let path = format!("/api/attachments/{}", stored.1["id"].as_str().unwrap());
+    let (status, _) = server.delete(&path, &alice.token).await;
+    assert_eq!(status, 204);
+    let (status, _) = upload(&server, &alice, &room, "again.bin", vec![9; 3000]).await;
+    assert_eq!(status, 201);
+    let (status, body) = upload(&server, &alice, &room, "over.bin", vec![10; 1001]).await;
+    assert_eq!((status, code(&body)), (403, "quota_exceeded"));
+    let (status, _) = upload(&server, &alice, &room, "fits.bin", vec![11; 1000]).await;
+    assert_eq!(status, 201, "exactly up to the quota");
 }
 
 /// How many files the GridFS bucket of database `db` holds.
