@@ -181,12 +181,15 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let attachment = readable(&state, &raw_id, caller.id).await?;
     let inline = attachment.file.thumbnail;
+    let disposition = attachment::content_disposition(inline, &attachment.file.filename);
     serve(
         &state,
         &headers,
+        &attachment,
+        false,
         &attachment.sha256,
         &attachment.file.content_type,
-        attachment::content_disposition(inline, &attachment.file.filename),
+        disposition,
     )
     .await
 }
@@ -203,12 +206,15 @@ pub async fn thumbnail(
     else {
         return Err(ApiError::not_found("thumbnail"));
     };
+    let disposition = attachment::content_disposition(true, &attachment.file.filename);
     serve(
         &state,
         &headers,
+        &attachment,
+        true,
         sha256,
         content_type,
-        attachment::content_disposition(true, &attachment.file.filename),
+        disposition,
     )
     .await
 }
@@ -255,11 +261,14 @@ async fn readable(state: &AppState, raw_id: &str, caller: Id) -> Result<Attachme
     Ok(attachment)
 }
 
-/// Streams the stored bytes `sha256`. Their content never changes, so the
-/// hash is the ETag and a browser revalidates for nothing.
+/// Streams `attachment`'s bytes (or its thumbnail's), whose hash is
+/// `sha256`. Their content never changes, so the hash is the ETag and a
+/// browser revalidates for nothing.
 async fn serve(
     state: &AppState,
     request: &HeaderMap,
+    attachment: &Attachment,
+    thumbnail: bool,
     sha256: &str,
     content_type: &str,
     disposition: String,
@@ -268,9 +277,10 @@ async fn serve(
     if is_fresh(request, sha256) {
         return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
     }
-    let Some(blob) = state.store.blob(sha256).await? else {
+    let Some(blob) = state.store.open_attachment(attachment, thumbnail).await? else {
         return Err(ApiError::internal(format!(
-            "the bytes of a stored attachment are missing: {sha256}"
+            "the bytes of a stored attachment are missing: {}",
+            attachment.file.id
         )));
     };
     headers.insert(header::CONTENT_TYPE, header_value(content_type)?);

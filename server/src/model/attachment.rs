@@ -22,9 +22,9 @@ pub struct AttachedFile {
     pub thumbnail: bool,
 }
 
-/// An uploaded file as stored: the bytes live once per content
-/// (`sha256`, hex), whoever uploaded them and wherever; this record says
-/// who uploaded them into which room, which decides who may read them.
+/// An uploaded file as stored: who uploaded it into which room (which
+/// decides who may read it), and the hashes of its bytes and thumbnail
+/// (their ETags; the embedded store also files the bytes under them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attachment {
     pub file: AttachedFile,

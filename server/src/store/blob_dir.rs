@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
 
-use super::{StoreError, StoreResult, is_blob_name};
+use super::{StoreError, StoreResult};
 use crate::model::Blob;
 
 #[derive(Debug, Clone)]
@@ -87,6 +87,15 @@ impl BlobDir {
             chunks: tokio_util::io::ReaderStream::new(file).boxed(),
         }))
     }
+}
+
+/// Whether `sha256` is what blob names are made of: 64 lowercase hex
+/// digits (never a path).
+fn is_blob_name(sha256: &str) -> bool {
+    sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A new file in `dir` with a name no other writer uses.

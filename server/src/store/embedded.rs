@@ -82,6 +82,10 @@ pub struct EmbeddedStore {
     id: String,
     dedupe_ttl: time::Duration,
     blobs: super::blob_dir::BlobDir,
+    /// Held while contents are written and counted, or counted and removed:
+    /// the same content uploaded while its last other copy is deleted must
+    /// not lose its file between the two.
+    blob_counts: Arc<Mutex<()>>,
 }
 
 /// How often saving a refresh token, or committing messages, also sweeps out
@@ -194,6 +198,7 @@ impl EmbeddedStore {
             id,
             dedupe_ttl: crate::store::DEDUPE_TTL,
             blobs: super::blob_dir::BlobDir::new(dir),
+            blob_counts: Arc::default(),
         })
     }
 
@@ -839,7 +844,9 @@ impl Store for EmbeddedStore {
 
     async fn delete_room(&self, room: Id) -> StoreResult<bool> {
         let blobs = self.blobs.clone();
+        let counts = self.blob_counts.clone();
         self.run(move |db| {
+            let _counting = lock(&counts);
             let tx = db.begin_write()?;
             let existed = {
                 let mut rooms = tx.open_table(ROOMS)?;
@@ -1156,8 +1163,10 @@ impl Store for EmbeddedStore {
 
     async fn save_attachment(&self, attachment: &Attachment, upload: Upload) -> StoreResult<()> {
         let blobs = self.blobs.clone();
+        let counts = self.blob_counts.clone();
         let attachment = attachment.clone();
         self.run(move |db| {
+            let _counting = lock(&counts);
             blobs.put(&attachment.sha256, &upload.content)?;
             if let (Some(sha256), Some(thumbnail)) =
                 (&attachment.thumbnail_sha256, &upload.thumbnail)
@@ -1188,7 +1197,9 @@ impl Store for EmbeddedStore {
     async fn delete_attachments(&self, ids: &[Id]) -> StoreResult<()> {
         let ids = ids.to_vec();
         let blobs = self.blobs.clone();
+        let counts = self.blob_counts.clone();
         self.run(move |db| {
+            let _counting = lock(&counts);
             let tx = db.begin_write()?;
             let unused = forget_attachment_ids(&tx, &ids)?;
             tx.commit()?;
@@ -1206,8 +1217,20 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>> {
-        self.blobs.open(sha256).await
+    async fn open_attachment(
+        &self,
+        attachment: &Attachment,
+        thumbnail: bool,
+    ) -> StoreResult<Option<Blob>> {
+        let sha256 = if thumbnail {
+            attachment.thumbnail_sha256.as_deref()
+        } else {
+            Some(attachment.sha256.as_str())
+        };
+        match sha256 {
+            Some(sha256) => self.blobs.open(sha256).await,
+            None => Ok(None),
+        }
     }
 
     async fn save_avatar(&self, user: Id, image: Option<bytes::Bytes>) -> StoreResult<()> {

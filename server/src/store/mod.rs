@@ -143,10 +143,10 @@ pub trait Store: Send + Sync + 'static {
     /// The highest seq stored for `room`, 0 if it has no messages.
     async fn newest_seq(&self, room: Id) -> StoreResult<u64>;
 
-    /// Stores an uploaded file: its bytes (and its thumbnail's) first, once
-    /// per content, then the record that makes them readable, so a record
-    /// never names bytes that are not there. Its size must have been
-    /// reserved ([`Store::reserve_upload`]).
+    /// Stores an uploaded file: its bytes (and its thumbnail's) first, then
+    /// the record that makes them readable, so a record never names bytes
+    /// that are not there. Its size must have been reserved
+    /// ([`Store::reserve_upload`]).
     async fn save_attachment(&self, attachment: &Attachment, upload: Upload) -> StoreResult<()>;
     /// Adds `bytes` to what `user` has uploaded if the total stays within
     /// `quota`, atomically (uploads racing each other, on any pod, cannot
@@ -158,8 +158,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the attachments `ids` (a deleted message's), giving their
     /// bytes back to the quota, and the stored bytes no other one needs.
     async fn delete_attachments(&self, ids: &[Id]) -> StoreResult<()>;
-    /// Reads stored bytes by their SHA-256 (hex); `None` when none are stored.
-    async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>>;
+    /// Reads an attachment's bytes, or its thumbnail's; `None` when none
+    /// are stored.
+    async fn open_attachment(
+        &self,
+        attachment: &Attachment,
+        thumbnail: bool,
+    ) -> StoreResult<Option<Blob>>;
     /// Stores (or with `None` removes) `user`'s profile picture: a small
     /// image the server made, so it is kept whole beside the user.
     async fn save_avatar(&self, user: Id, image: Option<bytes::Bytes>) -> StoreResult<()>;
@@ -167,13 +172,4 @@ pub trait Store: Send + Sync + 'static {
     /// The bytes `user` has uploaded (or reserved) and not deleted: what the
     /// quota counts (thumbnails are not counted).
     async fn uploaded_bytes(&self, user: Id) -> StoreResult<u64>;
-}
-
-/// Whether `sha256` is what blob names are made of: 64 lowercase hex
-/// digits. Both stores check before using one as a file or document name.
-pub fn is_blob_name(sha256: &str) -> bool {
-    sha256.len() == 64
-        && sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

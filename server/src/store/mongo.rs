@@ -215,14 +215,11 @@ impl MongoStore {
                 .await
                 .map_err(map_error)?;
         }
-        // A room's attachments (its deletion), and who else needs some
-        // bytes (the last one removes them).
-        for key in ["room_id", "sha256", "thumbnail_sha256"] {
-            self.attachments()
-                .create_index(IndexModel::builder().keys(doc! {key: 1}).build())
-                .await
-                .map_err(map_error)?;
-        }
+        // A room's attachments, for its deletion.
+        self.attachments()
+            .create_index(IndexModel::builder().keys(doc! {"room_id": 1}).build())
+            .await
+            .map_err(map_error)?;
         Ok(text_index)
     }
 
@@ -278,21 +275,15 @@ impl MongoStore {
         )
     }
 
-    /// Stores `content` as the GridFS file `sha256` unless it is there.
-    async fn put_blob(&self, sha256: &str, content: &[u8]) -> StoreResult<()> {
+    /// Stores `content` as the GridFS file `name` (an attachment's own: its
+    /// id, or its id and `.thumbnail`), so deleting one attachment never
+    /// touches another's bytes.
+    async fn put_blob(&self, name: &str, content: &[u8]) -> StoreResult<()> {
         use futures_util::AsyncWriteExt;
         let bucket = self.blobs();
-        let id = bson::Bson::String(sha256.to_owned());
-        if bucket
-            .find_one(doc! {"_id": sha256})
-            .await
-            .map_err(map_error)?
-            .is_some()
-        {
-            return Ok(());
-        }
+        let id = bson::Bson::String(name.to_owned());
         let mut upload = bucket
-            .open_upload_stream(sha256)
+            .open_upload_stream(name)
             .id(id.clone())
             .await
             .map_err(map_error)?;
@@ -303,17 +294,7 @@ impl MongoStore {
         let Err(error) = written else {
             return Ok(());
         };
-        // The same content uploaded at the same moment by someone else is
-        // stored: theirs will do.
-        if bucket
-            .find_one(doc! {"_id": sha256})
-            .await
-            .map_err(map_error)?
-            .is_some()
-        {
-            return Ok(());
-        }
-        // Chunks without their file document would block the next try.
+        // Chunks without their file document would be left behind.
         if let Err(e) = bucket.delete(id).await {
             tracing::debug!(error = %e, "nothing to clean up after a failed upload");
         }
@@ -322,47 +303,42 @@ impl MongoStore {
         )))
     }
 
-    /// Removes the attachment records `filter` matches, then the bytes no
-    /// other record needs.
-    async fn forget_attachments(&self, filter: Document) -> StoreResult<()> {
-        let records = collect(
-            self.attachments()
-                .find(filter.clone())
-                .await
-                .map_err(map_error)?,
-        )
-        .await
-        .map_err(map_error)?;
-        if records.is_empty() {
-            return Ok(());
-        }
-        self.attachments()
-            .delete_many(filter)
-            .await
-            .map_err(map_error)?;
-        let mut per_user: std::collections::HashMap<ObjectId, i64> = Default::default();
-        for record in &records {
-            *per_user.entry(record.user_id).or_default() += record.size;
-        }
-        for (user, bytes) in per_user {
-            self.give_back(user, bytes).await?;
-        }
-        let contents: std::collections::BTreeSet<String> = records
-            .into_iter()
-            .flat_map(|r| std::iter::once(r.sha256).chain(r.thumbnail_sha256))
-            .collect();
-        for sha256 in contents {
-            let needed = self
-                .attachments()
-                .count_documents(doc! {"$or": [{"sha256": &sha256}, {"thumbnail_sha256": &sha256}]})
-                .await
-                .map_err(map_error)?;
-            if needed > 0 {
-                continue;
-            }
-            if let Err(e) = self.blobs().delete(bson::Bson::String(sha256)).await {
+    /// Removes the GridFS files of `record` (best effort: a file left over
+    /// takes space, never shows).
+    async fn drop_blobs(&self, record: &AttachmentDoc) {
+        let id = record.id.to_hex();
+        let names = std::iter::once(id.clone()).chain(
+            record
+                .thumbnail_sha256
+                .as_ref()
+                .map(|_| thumbnail_name(&id)),
+        );
+        for name in names {
+            if let Err(e) = self.blobs().delete(bson::Bson::String(name)).await {
                 tracing::warn!(error = %e, "cannot remove a deleted file");
             }
+        }
+    }
+
+    /// Removes the attachment records `filter` matches, one at a time so
+    /// that of two deletions racing (a message's and its room's) only the
+    /// one that removed a record gives its bytes back to the quota, then
+    /// their files.
+    async fn forget_attachments(&self, filter: Document) -> StoreResult<()> {
+        let records = collect(self.attachments().find(filter).await.map_err(map_error)?)
+            .await
+            .map_err(map_error)?;
+        for record in records {
+            let deleted = self
+                .attachments()
+                .delete_one(doc! {"_id": record.id})
+                .await
+                .map_err(map_error)?;
+            if deleted.deleted_count == 0 {
+                continue;
+            }
+            self.give_back(record.user_id, record.size).await?;
+            self.drop_blobs(&record).await;
         }
         Ok(())
     }
@@ -636,6 +612,11 @@ struct DedupeDoc {
     id: String,
     seq: i64,
     expires_at: bson::DateTime,
+}
+
+/// The GridFS name of an attachment's thumbnail.
+fn thumbnail_name(attachment: &str) -> String {
+    format!("{attachment}.thumbnail")
 }
 
 /// A profile picture, kept whole (the server made it small).
@@ -1271,15 +1252,26 @@ impl Store for MongoStore {
     }
 
     async fn save_attachment(&self, attachment: &Attachment, upload: Upload) -> StoreResult<()> {
-        self.put_blob(&attachment.sha256, &upload.content).await?;
-        if let (Some(sha256), Some(thumbnail)) = (&attachment.thumbnail_sha256, &upload.thumbnail) {
-            self.put_blob(sha256, thumbnail).await?;
+        let doc = AttachmentDoc::try_from(attachment)?;
+        let id = doc.id.to_hex();
+        self.put_blob(&id, &upload.content).await?;
+        let stored = match &upload.thumbnail {
+            Some(thumbnail) => self.put_blob(&thumbnail_name(&id), thumbnail).await,
+            None => Ok(()),
+        };
+        let stored = match stored {
+            Ok(()) => self
+                .attachments()
+                .insert_one(&doc)
+                .await
+                .map(drop)
+                .map_err(map_error),
+            Err(e) => Err(e),
+        };
+        if stored.is_err() {
+            self.drop_blobs(&doc).await;
         }
-        self.attachments()
-            .insert_one(AttachmentDoc::try_from(attachment)?)
-            .await
-            .map_err(map_error)?;
-        Ok(())
+        stored
     }
 
     async fn delete_attachments(&self, ids: &[Id]) -> StoreResult<()> {
@@ -1296,12 +1288,18 @@ impl Store for MongoStore {
             .transpose()
     }
 
-    async fn blob(&self, sha256: &str) -> StoreResult<Option<Blob>> {
+    async fn open_attachment(
+        &self,
+        attachment: &Attachment,
+        thumbnail: bool,
+    ) -> StoreResult<Option<Blob>> {
         use futures_util::StreamExt;
         use tokio_util::compat::FuturesAsyncReadCompatExt;
+        let id = attachment.file.id.object_id().to_hex();
+        let name = if thumbnail { thumbnail_name(&id) } else { id };
         let bucket = self.blobs();
         let Some(file) = bucket
-            .find_one(doc! {"_id": sha256})
+            .find_one(doc! {"_id": &name})
             .await
             .map_err(map_error)?
         else {
