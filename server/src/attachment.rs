@@ -10,6 +10,10 @@ use image::{ImageFormat, ImageReader};
 /// Thumbnails fit in this square (CSS pixels at 2x for a 160 px preview).
 pub const THUMBNAIL_EDGE: u32 = 320;
 
+/// How long a file uploaded but never sent is kept (a tab closed before
+/// sending): long enough for any draft, short enough not to hoard space.
+pub const UNSENT_UPLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Uploads examined (hashed, decoded, thumbnailed) at once on one pod:
 /// each may take [`MAX_DECODER_ALLOC`] while decoding, and two of them fit
 /// the chat pod's default memory limit (512 MiB) beside its connections.

@@ -266,6 +266,12 @@ impl Chat {
                 files.push(attachment.file);
             }
         }
+        // Sent before the message goes out, so a file a message names never
+        // expires; one that expired meanwhile is no file to send.
+        let ids: Vec<Id> = files.iter().map(|f| f.id).collect();
+        if !ids.is_empty() && self.store.mark_sent(&ids).await? < ids.len() as u64 {
+            return Err(ChatError::NoSuchAttachment);
+        }
         Ok(files)
     }
 

@@ -153,6 +153,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         Arc::downgrade(&login_limits),
     ));
     tokio::spawn(sweep_memberships(Arc::downgrade(&chat)));
+    tokio::spawn(expire_unsent_uploads(Arc::downgrade(&store)));
     Ok(AppState {
         health: Arc::new(Health::new(store.clone(), bus.clone())),
         chat,
@@ -179,6 +180,26 @@ async fn forget_idle_rate_limits(chat: Weak<Chat>, logins: Weak<LoginLimits>) {
         };
         chat.forget_idle_users();
         logins.forget_idle();
+    }
+}
+
+/// Deletes, every hour, the files uploaded more than
+/// [`crate::attachment::UNSENT_UPLOAD_TTL`] ago and never sent. Every pod
+/// does it; it is idempotent. Holds the store only while it runs, so a
+/// stopped server's embedded store still closes.
+async fn expire_unsent_uploads(store: Weak<dyn Store>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        let ttl = time::Duration::try_from(crate::attachment::UNSENT_UPLOAD_TTL)
+            .unwrap_or(time::Duration::DAY);
+        match store.expire_unsent(crate::model::now() - ttl).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(expired, "deleted files uploaded and never sent"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete files never sent"),
+        }
     }
 }
 

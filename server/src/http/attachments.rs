@@ -138,6 +138,7 @@ async fn examine(
                 .map(|t| attachment::content_hash(&t.bytes)),
             thumbnail_type: thumbnail.as_ref().map(|t| t.content_type.to_owned()),
             created_at: crate::model::now(),
+            sent: false,
         };
         let upload = Upload {
             content,

@@ -38,6 +38,10 @@ pub struct Attachment {
     pub thumbnail_type: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: Timestamp,
+    /// Named by a message. Files never sent expire (see
+    /// `attachment::UNSENT_UPLOAD_TTL`).
+    #[serde(default)]
+    pub sent: bool,
 }
 
 /// Content to store beside an [`Attachment`]: its bytes and, for an image,

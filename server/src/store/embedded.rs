@@ -1209,6 +1209,58 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn mark_sent(&self, ids: &[Id]) -> StoreResult<u64> {
+        let ids = ids.to_vec();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let mut marked = 0;
+            {
+                let mut records = tx.open_table(ATTACHMENTS)?;
+                for id in ids {
+                    let key = id.bytes();
+                    let Some(mut record) = get_json::<_, Attachment>(&records, key.as_slice())?
+                    else {
+                        continue;
+                    };
+                    if !record.sent {
+                        record.sent = true;
+                        records.insert(key.as_slice(), to_json(&record)?.as_slice())?;
+                    }
+                    marked += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(marked)
+        })
+        .await
+    }
+
+    async fn expire_unsent(&self, before: crate::model::Timestamp) -> StoreResult<u64> {
+        let blobs = self.blobs.clone();
+        let counts = self.blob_counts.clone();
+        self.run(move |db| {
+            let _counting = lock(&counts);
+            let tx = db.begin_write()?;
+            let expired = {
+                let records = tx.open_table(ATTACHMENTS)?;
+                let mut expired = Vec::new();
+                for entry in records.iter()? {
+                    let (_, value) = entry?;
+                    let record: Attachment = serde_json::from_slice(value.value())?;
+                    if !record.sent && record.created_at < before {
+                        expired.push(record.file.id);
+                    }
+                }
+                expired
+            };
+            let unused = forget_attachment_ids(&tx, &expired)?;
+            tx.commit()?;
+            remove_blobs(&blobs, unused);
+            Ok(expired.len() as u64)
+        })
+        .await
+    }
+
     async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>> {
         self.run(move |db| {
             let tx = db.begin_read()?;

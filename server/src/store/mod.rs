@@ -155,6 +155,12 @@ pub trait Store: Send + Sync + 'static {
     /// Gives back a reservation whose file was not stored after all.
     async fn release_upload(&self, user: Id, bytes: u64) -> StoreResult<()>;
     async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>>;
+    /// Marks the attachments `ids` as sent in a message, so they never
+    /// expire; says how many of them there were.
+    async fn mark_sent(&self, ids: &[Id]) -> StoreResult<u64>;
+    /// Deletes the attachments never sent that were uploaded before
+    /// `before` (as [`Store::delete_attachments`] does); says how many.
+    async fn expire_unsent(&self, before: crate::model::Timestamp) -> StoreResult<u64>;
     /// Deletes the attachments `ids` (a deleted message's), giving their
     /// bytes back to the quota, and the stored bytes no other one needs.
     async fn delete_attachments(&self, ids: &[Id]) -> StoreResult<()>;

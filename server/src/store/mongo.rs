@@ -215,11 +215,13 @@ impl MongoStore {
                 .await
                 .map_err(map_error)?;
         }
-        // A room's attachments, for its deletion.
-        self.attachments()
-            .create_index(IndexModel::builder().keys(doc! {"room_id": 1}).build())
-            .await
-            .map_err(map_error)?;
+        // A room's attachments (its deletion); unsent ones by age (expiry).
+        for keys in [doc! {"room_id": 1}, doc! {"sent": 1, "created_at": 1}] {
+            self.attachments()
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await
+                .map_err(map_error)?;
+        }
         Ok(text_index)
     }
 
@@ -324,14 +326,23 @@ impl MongoStore {
     /// that of two deletions racing (a message's and its room's) only the
     /// one that removed a record gives its bytes back to the quota, then
     /// their files.
-    async fn forget_attachments(&self, filter: Document) -> StoreResult<()> {
-        let records = collect(self.attachments().find(filter).await.map_err(map_error)?)
-            .await
-            .map_err(map_error)?;
+    async fn forget_attachments(&self, filter: Document) -> StoreResult<u64> {
+        let records = collect(
+            self.attachments()
+                .find(filter.clone())
+                .await
+                .map_err(map_error)?,
+        )
+        .await
+        .map_err(map_error)?;
+        let mut forgotten = 0;
         for record in records {
+            // Still matching: an unsent file sent meanwhile is kept.
+            let mut one = filter.clone();
+            one.insert("_id", record.id);
             let deleted = self
                 .attachments()
-                .delete_one(doc! {"_id": record.id})
+                .delete_one(one)
                 .await
                 .map_err(map_error)?;
             if deleted.deleted_count == 0 {
@@ -339,8 +350,9 @@ impl MongoStore {
             }
             self.give_back(record.user_id, record.size).await?;
             self.drop_blobs(&record).await;
+            forgotten += 1;
         }
-        Ok(())
+        Ok(forgotten)
     }
 
     async fn update_room(&self, room: Id, update: Document) -> StoreResult<Option<Room>> {
@@ -647,6 +659,8 @@ struct AttachmentDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     thumbnail_type: Option<String>,
     created_at: bson::DateTime,
+    #[serde(default)]
+    sent: bool,
 }
 
 impl TryFrom<&Attachment> for AttachmentDoc {
@@ -668,6 +682,7 @@ impl TryFrom<&Attachment> for AttachmentDoc {
             thumbnail_sha256: attachment.thumbnail_sha256.clone(),
             thumbnail_type: attachment.thumbnail_type.clone(),
             created_at: to_bson_date(attachment.created_at),
+            sent: attachment.sent,
         })
     }
 }
@@ -692,6 +707,7 @@ impl TryFrom<AttachmentDoc> for Attachment {
             thumbnail_sha256: doc.thumbnail_sha256,
             thumbnail_type: doc.thumbnail_type,
             created_at: from_bson_date(doc.created_at),
+            sent: doc.sent,
         })
     }
 }
@@ -1276,7 +1292,24 @@ impl Store for MongoStore {
 
     async fn delete_attachments(&self, ids: &[Id]) -> StoreResult<()> {
         let ids: Vec<ObjectId> = ids.iter().map(|id| id.object_id()).collect();
-        self.forget_attachments(doc! {"_id": {"$in": ids}}).await
+        self.forget_attachments(doc! {"_id": {"$in": ids}})
+            .await
+            .map(drop)
+    }
+
+    async fn mark_sent(&self, ids: &[Id]) -> StoreResult<u64> {
+        let ids: Vec<ObjectId> = ids.iter().map(|id| id.object_id()).collect();
+        let marked = self
+            .attachments()
+            .update_many(doc! {"_id": {"$in": ids}}, doc! {"$set": {"sent": true}})
+            .await
+            .map_err(map_error)?;
+        Ok(marked.matched_count)
+    }
+
+    async fn expire_unsent(&self, before: Timestamp) -> StoreResult<u64> {
+        self.forget_attachments(doc! {"sent": false, "created_at": {"$lt": to_bson_date(before)}})
+            .await
     }
 
     async fn attachment(&self, id: Id) -> StoreResult<Option<Attachment>> {

@@ -12,7 +12,8 @@ use crate::on_both_stores;
 on_both_stores!(
     files_reach_the_room_and_nobody_else,
     uploads_are_checked_for_size_type_and_quota,
-    the_quota_holds_when_uploads_race
+    the_quota_holds_when_uploads_race,
+    files_never_sent_expire
 );
 
 async fn files_reach_the_room_and_nobody_else(backend: Backend) {
@@ -282,6 +283,36 @@ async fn the_quota_holds_when_uploads_race(backend: Backend) {
     assert_eq!((status, code(&body)), (403, "quota_exceeded"));
     let (status, _) = upload(&server, &alice, &room, "fits.bin", vec![11; 1000]).await;
     assert_eq!(status, 201, "exactly up to the quota");
+}
+
+async fn files_never_sent_expire(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "drafts", false).await;
+    let mut ws = connect_to(&server, &alice, &room).await;
+    let (_, sent) = upload(&server, &alice, &room, "sent.txt", b"kept".to_vec()).await;
+    let (_, draft) = upload(&server, &alice, &room, "draft.txt", b"left behind".to_vec()).await;
+    let sent_id = sent["id"].as_str().unwrap();
+    ws.send(json!({"type": "message", "room_id": room, "content": "", "attachments": [sent_id]}))
+        .await;
+    ws.next_of("ack").await;
+
+    // As the hourly sweep a day later: the draft goes, the sent file stays.
+    let later = chat_server::model::now() + time::Duration::minutes(1);
+    let expired = server.state.store.expire_unsent(later).await.unwrap();
+    assert_eq!(expired, 1);
+    let (status, _, _) = download(&server, &alice, &format!("/api/attachments/{sent_id}")).await;
+    assert_eq!(status, 200);
+    let draft_id = draft["id"].as_str().unwrap();
+    let (status, _, _) = download(&server, &alice, &format!("/api/attachments/{draft_id}")).await;
+    assert_eq!(status, 404);
+    let author: chat_server::model::Id = alice.id.parse().unwrap();
+    let used = server.state.store.uploaded_bytes(author).await.unwrap();
+    assert_eq!(used, 4, "the draft's bytes were given back");
+    // An expired file cannot be sent any more.
+    ws.send(json!({"type": "message", "room_id": room, "content": "", "attachments": [draft_id]}))
+        .await;
+    assert_eq!(ws.next_of("error").await["code"], "not_found");
 }
 
 /// How many files the GridFS bucket of database `db` holds.
