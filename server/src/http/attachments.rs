@@ -4,9 +4,10 @@
 //!
 //! An upload is the file itself as the request body (not a form), so a
 //! browser can report its progress and nothing is parsed but the bytes. The
-//! server decides the type from those bytes (`crate::attachment`), keeps one
-//! copy per content, and answers with the [`AttachedFile`] a message then
-//! names in its `attachments`.
+//! server decides the type from those bytes (`crate::attachment`), stores
+//! them (`Store::save_attachment`) once their size fits the uploader's quota,
+//! and answers with the [`AttachedFile`] a message then names in its
+//! `attachments`.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -69,16 +70,7 @@ pub async fn upload(
     }
 
     let filename = attachment::clean_filename(params.filename.as_deref().unwrap_or_default());
-    let stored = match examine(&state, room, caller.id, filename, content).await {
-        Ok((attachment, upload)) => state
-            .store
-            .save_attachment(&attachment, upload)
-            .await
-            .map(|()| attachment)
-            .map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
-    let attachment = match stored {
+    let attachment = match store(&state, room, caller.id, filename, content).await {
         Ok(attachment) => attachment,
         Err(e) => {
             if let Err(release) = state.store.release_upload(caller.id, size).await {
@@ -97,6 +89,19 @@ pub async fn upload(
         "file uploaded"
     );
     Ok((StatusCode::CREATED, axum::Json(attachment.file)))
+}
+
+/// Examines `content` and stores it with its record.
+async fn store(
+    state: &AppState,
+    room: Id,
+    user: Id,
+    filename: String,
+    content: bytes::Bytes,
+) -> Result<Attachment, ApiError> {
+    let (attachment, upload) = examine(state, room, user, filename, content).await?;
+    state.store.save_attachment(&attachment, upload).await?;
+    Ok(attachment)
 }
 
 /// Hashes, sniffs and thumbnails `content` (see [`decode_in_turn`]).
