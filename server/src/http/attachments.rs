@@ -186,18 +186,7 @@ pub async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let attachment = readable(&state, &raw_id, caller.id).await?;
-    let inline = attachment.file.thumbnail;
-    let disposition = attachment::content_disposition(inline, &attachment.file.filename);
-    serve(
-        &state,
-        &headers,
-        &attachment,
-        false,
-        &attachment.sha256,
-        &attachment.file.content_type,
-        disposition,
-    )
-    .await
+    serve(&state, &headers, &attachment, false).await
 }
 
 pub async fn thumbnail(
@@ -207,22 +196,7 @@ pub async fn thumbnail(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let attachment = readable(&state, &raw_id, caller.id).await?;
-    let (Some(sha256), Some(content_type)) =
-        (&attachment.thumbnail_sha256, &attachment.thumbnail_type)
-    else {
-        return Err(ApiError::not_found("thumbnail"));
-    };
-    let disposition = attachment::content_disposition(true, &attachment.file.filename);
-    serve(
-        &state,
-        &headers,
-        &attachment,
-        true,
-        sha256,
-        content_type,
-        disposition,
-    )
-    .await
+    serve(&state, &headers, &attachment, true).await
 }
 
 /// Deletes a file of the caller's: one they uploaded and will not send, or
@@ -267,18 +241,27 @@ async fn readable(state: &AppState, raw_id: &str, caller: Id) -> Result<Attachme
     Ok(attachment)
 }
 
-/// Streams `attachment`'s bytes (or its thumbnail's), whose hash is
-/// `sha256`. Their content never changes, so the hash is the ETag and a
-/// browser revalidates for nothing.
+/// Streams `attachment`'s bytes, or its thumbnail's (404 if it has none).
+/// Their content never changes, so its hash is the ETag and a browser
+/// revalidates for nothing.
 async fn serve(
     state: &AppState,
     request: &HeaderMap,
     attachment: &Attachment,
     thumbnail: bool,
-    sha256: &str,
-    content_type: &str,
-    disposition: String,
 ) -> Result<Response, ApiError> {
+    let (sha256, content_type, inline) = if thumbnail {
+        let (Some(sha256), Some(content_type)) =
+            (&attachment.thumbnail_sha256, &attachment.thumbnail_type)
+        else {
+            return Err(ApiError::not_found("thumbnail"));
+        };
+        (sha256, content_type, true)
+    } else {
+        let file = &attachment.file;
+        (&attachment.sha256, &file.content_type, file.thumbnail)
+    };
+    let disposition = attachment::content_disposition(inline, &attachment.file.filename);
     let mut headers = file_headers(sha256)?;
     if is_fresh(request, sha256) {
         return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
