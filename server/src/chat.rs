@@ -251,20 +251,18 @@ impl Chat {
         sender: Id,
         ids: Vec<Id>,
     ) -> Result<Vec<crate::model::AttachedFile>, ChatError> {
-        let mut files = Vec::with_capacity(ids.len());
+        let mut files: Vec<crate::model::AttachedFile> = Vec::with_capacity(ids.len());
         for id in ids {
+            if files.iter().any(|f| f.id == id) {
+                continue;
+            }
             let attachment = self
                 .store
                 .attachment(id)
                 .await?
                 .filter(|a| a.room_id == room && a.user_id == sender)
                 .ok_or(ChatError::NoSuchAttachment)?;
-            if !files
-                .iter()
-                .any(|f: &crate::model::AttachedFile| f.id == id)
-            {
-                files.push(attachment.file);
-            }
+            files.push(attachment.file);
         }
         // Sent before the message goes out, so a file a message names never
         // expires; one that expired meanwhile is no file to send.
@@ -531,7 +529,8 @@ impl Chat {
         Ok(())
     }
 
-    /// Tells `audience`, on every pod, that their room list changed.
+    /// Sends `frame` to every connection of `audience`, on every pod: a
+    /// change to their room lists, or to someone's profile.
     pub async fn notify(&self, audience: Audience, frame: &ServerFrame) {
         self.bus.notify(audience, encode(frame)).await;
     }

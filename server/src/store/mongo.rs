@@ -1431,14 +1431,8 @@ impl Store for MongoStore {
             .find_one(doc! {"_id": user.object_id()})
             .await
             .map_err(map_error)?;
-        let bytes = usage
-            .and_then(|doc| doc.get("bytes").cloned())
-            .and_then(|bytes| match bytes {
-                bson::Bson::Int64(n) => Some(n),
-                bson::Bson::Int32(n) => Some(i64::from(n)),
-                _ => None,
-            })
-            .unwrap_or(0);
+        // Written only as 64-bit integers (the sizes are i64).
+        let bytes = usage.and_then(|doc| doc.get_i64("bytes").ok()).unwrap_or(0);
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Backend, TestServer, WsClient, ws_query};
+use crate::common::{Backend, TestServer, WsClient, connect_to};
 use crate::on_both_stores;
 
 on_both_stores!(mentions_name_members_and_room_calls_need_a_manager);
@@ -28,14 +28,8 @@ async fn mentions_name_members_and_room_calls_need_a_manager(backend: Backend) {
     let _carol = server.user("carol").await;
     let room = server.room(&alice, "team", false).await;
     server.join(&bob, &room).await;
-    let mut alice_ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    alice_ws.next_of("joined").await;
-    let mut bob_ws = WsClient::connect(&server, &ws_query(&bob, Some(&room)))
-        .await
-        .unwrap();
-    bob_ws.next_of("joined").await;
+    let mut alice_ws = connect_to(&server, &alice, &room).await;
+    let mut bob_ws = connect_to(&server, &bob, &room).await;
 
     // Carol is not in the room, Alice does not mention herself; the owner may call the room.
     let message = post(

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::common::{Backend, TestServer, WsClient, acked, ws_query};
+use crate::common::{Backend, TestServer, acked, connect_to};
 use crate::on_both_stores;
 
 on_both_stores!(replies_travel_live_and_the_parent_counts_them);
@@ -15,14 +15,8 @@ async fn replies_travel_live_and_the_parent_counts_them(backend: Backend) {
     let bob = server.user("bob").await;
     let room = server.room(&alice, "threads", false).await;
     server.join(&bob, &room).await;
-    let mut alice_ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
-        .await
-        .unwrap();
-    alice_ws.next_of("joined").await;
-    let mut bob_ws = WsClient::connect(&server, &ws_query(&bob, Some(&room)))
-        .await
-        .unwrap();
-    bob_ws.next_of("joined").await;
+    let mut alice_ws = connect_to(&server, &alice, &room).await;
+    let mut bob_ws = connect_to(&server, &bob, &room).await;
 
     let message = |content: &str, reply_to: Option<u64>| json!({"type": "message", "room_id": room, "content": content, "reply_to": reply_to});
     let question = acked(&mut alice_ws, message("question?", None)).await["seq"]

@@ -138,9 +138,7 @@ function Message({
                 <Content text={message.content} myName={state.names[state.me] ?? ""} />
               </p>
             )}
-            {message.attachments && message.attachments.length > 0 && (
-              <Attachments files={message.attachments} actions={actions} />
-            )}
+            <Attachments files={message.attachments} actions={actions} />
           </>
         )}
         {!message.deleted && (
@@ -196,8 +194,9 @@ function Message({
 /** Thumbnails are shown at most this many CSS pixels on a side. */
 const PICTURE_EDGE = 240;
 
-/** A message's files: pictures as thumbnails that open the full image, the rest as downloads. */
-function Attachments({ files, actions }: { files: AttachedFile[]; actions: ChatActions }) {
+/** A message's files, if any: pictures as thumbnails that open the full image, the rest as downloads. */
+function Attachments({ files, actions }: { files?: AttachedFile[]; actions: ChatActions }) {
+  if (!files || files.length === 0) return null;
   return (
     <ul className="attachments" aria-label="Files">
       {files.map((file) => (
@@ -293,9 +292,7 @@ function Thread({ parent, state, actions }: { parent: ChatMessage; state: ChatSt
                 <span className="content">
                   <Content text={reply.content} myName={state.names[state.me] ?? ""} />
                 </span>
-                {reply.attachments && reply.attachments.length > 0 && (
-                  <Attachments files={reply.attachments} actions={actions} />
-                )}
+                <Attachments files={reply.attachments} actions={actions} />
               </>
             )}
           </li>
