@@ -168,7 +168,8 @@ pub fn start_redis() -> Process {
 }
 
 /// A `redis-server` on `port`; with `dir`, durable (AOF fsynced every write) so a
-/// restart on the same port and directory keeps its data, like a production Redis.
+/// restart on the same port and directory keeps its data, like a production Redis,
+/// and logging to `redis-<port>.log` there, which a failing test can print.
 pub fn start_redis_on(port: u16, dir: Option<&std::path::Path>) -> Process {
     start_redis_with(port, dir, &[])
 }
@@ -188,7 +189,9 @@ pub fn start_redis_with(port: u16, dir: Option<&std::path::Path>, extra: &[&str]
         Some(dir) => command
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
-            .arg(dir),
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join(format!("redis-{port}.log"))),
         None => command.args(["--appendonly", "no"]),
     };
     let child = command
@@ -207,7 +210,7 @@ pub fn start_redis_with(port: u16, dir: Option<&std::path::Path>, extra: &[&str]
 /// A Redis Sentinel on a free port watching the primary at `primary_port`
 /// as master `chat` (quorum 2), quick to act: the primary is down after one
 /// second without an answer. Its config file lives in `dir`, which Sentinel
-/// rewrites as it learns the topology.
+/// rewrites as it learns the topology, and so does its log, `sentinel-<port>.log`.
 pub fn start_sentinel(primary_port: u16, dir: &std::path::Path) -> Process {
     let port = free_port();
     let config = dir.join(format!("sentinel-{port}.conf"));
@@ -218,7 +221,8 @@ pub fn start_sentinel(primary_port: u16, dir: &std::path::Path) -> Process {
              sentinel monitor chat 127.0.0.1 {primary_port} 2\n\
              sentinel down-after-milliseconds chat 1000\n\
              sentinel failover-timeout chat 5000\n\
-             sentinel parallel-syncs chat 1\n",
+             sentinel parallel-syncs chat 1\n\
+             logfile {dir}/sentinel-{port}.log\n",
             dir = dir.display()
         ),
     )
