@@ -48,14 +48,25 @@ const REPLIES: TableDefinition<&[u8], ()> = TableDefinition::new("replies");
 /// Room id followed by the dedupe key → the seq it was stored under and when
 /// the key expires (see [`DedupeEntry`]).
 const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
-/// The search index: room id, a word of a text message or an edit
-/// (`search::words`), a 0 byte, then the message's seq. Words are
-/// alphanumeric UTF-8, which never has a 0 or 0xFF byte, so the keys of all
-/// words with a prefix are one range: `room|prefix` up to `room|prefix|0xFF`.
+/// The search index: room id, the message's bucket of seqs (its seq shifted
+/// right by [`WORD_BUCKET_BITS`], big-endian), a word of a text message or an
+/// edit (`search::words`), a 0 byte, then the message's seq. Words are
+/// alphanumeric UTF-8, which never has a 0 or 0xFF byte, so within a bucket
+/// the keys of all words with a prefix are one range: `room|bucket|prefix` up
+/// to `room|bucket|prefix|0xFF`.
+///
+/// Why buckets: a message's dozen words sorted by word alone land on a
+/// dozen pages spread over the whole index, and redb copies every page a
+/// transaction touches, so indexing cost several times the message's own
+/// write. New messages' keys all fall in their room's newest bucket, a few
+/// dozen pages that a batch shares; a search reads the buckets newest first
+/// and stops once it has enough.
 const SEARCH_WORDS: TableDefinition<&[u8], ()> = TableDefinition::new("search_words");
-/// The index's version in META; absent in databases made before it, which
-/// are indexed when opened.
-const SEARCH_INDEX_VERSION: &str = "words-1";
+/// Seqs per index bucket: 2^8.
+const WORD_BUCKET_BITS: u32 = 8;
+/// The index's layout in META; a database with none or another is indexed
+/// anew when opened.
+const SEARCH_INDEX_VERSION: &str = "words-2";
 /// Attachment records by id.
 const ATTACHMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attachments");
 /// Room id followed by attachment id: a room's attachments, for its deletion.
@@ -520,25 +531,59 @@ fn index_words(words: &mut redb::Table<&[u8], ()>, message: &Message) -> StoreRe
 }
 
 fn word_key(room: Id, word: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(12 + word.len() + 9);
-    key.extend_from_slice(&room.bytes());
-    key.extend_from_slice(word.as_bytes());
+    let (mut key, _) = word_range(room, seq >> WORD_BUCKET_BITS, word);
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 
-/// The keys of every word of `room` that starts with `prefix`, as
-/// `start..end` (see [`SEARCH_WORDS`]).
-fn word_range(room: Id, prefix: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut start = room.bytes().to_vec();
+/// The keys of every word in `bucket` of `room` that starts with `prefix`,
+/// as `start..end` (see [`SEARCH_WORDS`]).
+fn word_range(room: Id, bucket: u64, prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut start = Vec::with_capacity(12 + 8 + prefix.len() + 9);
+    start.extend_from_slice(&room.bytes());
+    start.extend_from_slice(&bucket.to_be_bytes());
     start.extend_from_slice(prefix.as_bytes());
     let mut end = start.clone();
     end.push(0xff);
     (start, end)
 }
 
-/// Indexes every stored message once, in a database made before the index.
+/// Every index key of `room`, as `start..end`.
+fn room_words(room: Id) -> (Vec<u8>, Vec<u8>) {
+    let mut end = room.bytes().to_vec();
+    end.extend_from_slice(&[0xff; 9]);
+    (room.bytes().to_vec(), end)
+}
+
+/// The seqs in `bucket` of `room` with a word starting with each of `terms`.
+fn bucket_matches(
+    words: &redb::ReadOnlyTable<&[u8], ()>,
+    room: Id,
+    bucket: u64,
+    terms: &[String],
+) -> StoreResult<std::collections::BTreeSet<u64>> {
+    let mut seqs: Option<std::collections::BTreeSet<u64>> = None;
+    for term in terms {
+        let (start, end) = word_range(room, bucket, term);
+        let mut with_term = std::collections::BTreeSet::new();
+        for entry in words.range(start.as_slice()..end.as_slice())? {
+            let (key, _) = entry?;
+            let seq = trailing_seq(key.value())?;
+            if seqs.as_ref().is_none_or(|seqs| seqs.contains(&seq)) {
+                with_term.insert(seq);
+            }
+        }
+        if with_term.is_empty() {
+            return Ok(with_term);
+        }
+        seqs = Some(with_term);
+    }
+    Ok(seqs.unwrap_or_default())
+}
+
+/// Indexes every stored message once, in a database made before the index
+/// or with an index of another layout.
 fn index_if_needed(tx: &redb::WriteTransaction) -> StoreResult<()> {
     let mut meta = tx.open_table(META)?;
     if meta
@@ -547,6 +592,7 @@ fn index_if_needed(tx: &redb::WriteTransaction) -> StoreResult<()> {
     {
         return Ok(());
     }
+    tx.delete_table(SEARCH_WORDS)?;
     let messages = tx.open_table(MESSAGES)?;
     let mut words = tx.open_table(SEARCH_WORDS)?;
     let mut indexed = 0u64;
@@ -869,7 +915,7 @@ impl Store for EmbeddedStore {
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
                         tx.open_table(REPLIES)?
                             .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)?;
-                        let (start, end) = word_range(room, "");
+                        let (start, end) = room_words(room);
                         tx.open_table(SEARCH_WORDS)?
                             .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
                         Some(forget_attachments(&tx, room)?)
@@ -1058,8 +1104,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    /// A scan of each room's messages, newest first: no index beside the
-    /// store (docs/api.md has what it costs).
+    /// Each room's index buckets, newest first, until the room has given
+    /// `limit` messages (see [`SEARCH_WORDS`]).
     async fn search(&self, rooms: &[Id], query: &super::SearchQuery) -> StoreResult<Vec<Message>> {
         let rooms = rooms.to_vec();
         let query = query.clone();
@@ -1070,40 +1116,36 @@ impl Store for EmbeddedStore {
             let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
             let mut found = Vec::new();
             for room in rooms {
-                // The seqs with a word starting with each term, intersected.
-                let mut seqs: Option<std::collections::BTreeSet<u64>> = None;
-                for term in &query.terms {
-                    let (start, end) = word_range(room, term);
-                    let mut with_term = std::collections::BTreeSet::new();
-                    for entry in words.range(start.as_slice()..end.as_slice())? {
-                        let (key, _) = entry?;
-                        with_term.insert(trailing_seq(key.value())?);
-                    }
-                    let narrowed = match seqs {
-                        None => with_term,
-                        Some(seqs) => seqs.intersection(&with_term).copied().collect(),
-                    };
-                    let done = narrowed.is_empty();
-                    seqs = Some(narrowed);
-                    if done {
-                        break;
-                    }
-                }
-                // Newest first, until the room has given `limit`.
+                let newest = table
+                    .range(
+                        message_key(room, 0).as_slice()..=message_key(room, u64::MAX).as_slice(),
+                    )?
+                    .next_back()
+                    .transpose()?
+                    .map(|(key, _)| trailing_seq(key.value()))
+                    .transpose()?;
+                let Some(newest) = newest else {
+                    continue;
+                };
                 let mut from_room = 0;
-                for seq in seqs.unwrap_or_default().into_iter().rev() {
-                    let Some(message) =
-                        get_json::<_, Message>(&table, message_key(room, seq).as_slice())?
-                    else {
-                        continue;
-                    };
-                    if query.from.is_none_or(|from| message.user_id == from)
-                        && query.before.is_none_or(|before| message.timestamp < before)
+                'buckets: for bucket in (0..=newest >> WORD_BUCKET_BITS).rev() {
+                    for seq in bucket_matches(&words, room, bucket, &query.terms)?
+                        .into_iter()
+                        .rev()
                     {
-                        found.push(message);
-                        from_room += 1;
-                        if from_room >= limit {
-                            break;
+                        let Some(message) =
+                            get_json::<_, Message>(&table, message_key(room, seq).as_slice())?
+                        else {
+                            continue;
+                        };
+                        if query.from.is_none_or(|from| message.user_id == from)
+                            && query.before.is_none_or(|before| message.timestamp < before)
+                        {
+                            found.push(message);
+                            from_room += 1;
+                            if from_room >= limit {
+                                break 'buckets;
+                            }
                         }
                     }
                 }
@@ -1362,6 +1404,7 @@ mod tests {
     use super::*;
     use crate::model::MessageKind;
     use crate::store::SearchQuery;
+    use redb::ReadableTableMetadata;
 
     fn query(terms: &[&str]) -> SearchQuery {
         SearchQuery {
@@ -1372,16 +1415,26 @@ mod tests {
         }
     }
 
+    fn seqs(found: &[Message]) -> std::collections::BTreeSet<u64> {
+        found.iter().map(|m| m.seq).collect()
+    }
+
     #[tokio::test]
     async fn search_finds_word_starts_and_a_database_from_before_the_index_is_indexed() {
         let dir = tempfile::tempdir().unwrap();
         let room = Id::new();
         {
             let store = EmbeddedStore::open(dir.path()).unwrap();
-            let texts = ["we deploy on friday", "redeploy later", "Déjà vu, Friday"];
+            let texts = [
+                "we deploy on friday",
+                "redeploy later",
+                "Déjà vu, Friday",
+                "friday in the second bucket",
+                "friday in the fourth, deploy too",
+            ];
             let batch: Vec<Message> = texts
                 .iter()
-                .zip(1..)
+                .zip([1, 2, 3, 300, 1000])
                 .map(|(text, seq)| Message {
                     seq,
                     ..Message::new(
@@ -1395,10 +1448,21 @@ mod tests {
                 .collect();
             store.insert_messages(&batch).await.unwrap();
             let found = store.search(&[room], &query(&["depl"])).await.unwrap();
-            let seqs: Vec<u64> = found.iter().map(|m| m.seq).collect();
-            assert_eq!(seqs, [1], "a word start, not inside 'redeploy'");
+            assert_eq!(
+                seqs(&found),
+                [1, 1000].into(),
+                "a word start, not inside 'redeploy'"
+            );
             let found = store.search(&[room], &query(&["fri", "dé"])).await.unwrap();
-            assert_eq!(found.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
+            assert_eq!(seqs(&found), [3].into());
+            let found = store.search(&[room], &query(&["friday"])).await.unwrap();
+            assert_eq!(seqs(&found), [1, 3, 300, 1000].into(), "every bucket");
+            let newest = SearchQuery {
+                limit: 2,
+                ..query(&["friday"])
+            };
+            let found = store.search(&[room], &newest).await.unwrap();
+            assert_eq!(seqs(&found), [300, 1000].into(), "the newest first");
             assert!(
                 store
                     .search(&[Id::new()], &query(&["depl"]))
@@ -1415,8 +1479,39 @@ mod tests {
             tx.open_table(META).unwrap().remove("search_index").unwrap();
             tx.commit().unwrap();
         }
+        let indexed = {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let found = store.search(&[room], &query(&["friday"])).await.unwrap();
+            assert_eq!(found.len(), 4, "indexed when opened");
+            let tx = store.db.begin_read().unwrap();
+            tx.open_table(SEARCH_WORDS).unwrap().len().unwrap()
+        };
+        // As a database with the first layout (room, word, seq): indexed
+        // anew, the old keys gone.
+        {
+            let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+            let tx = db.begin_write().unwrap();
+            let mut old_key = room.bytes().to_vec();
+            old_key.extend_from_slice(b"friday\0");
+            old_key.extend_from_slice(&3u64.to_be_bytes());
+            tx.open_table(SEARCH_WORDS)
+                .unwrap()
+                .insert(old_key.as_slice(), ())
+                .unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("search_index", "words-1")
+                .unwrap();
+            tx.commit().unwrap();
+        }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let found = store.search(&[room], &query(&["friday"])).await.unwrap();
-        assert_eq!(found.len(), 2, "indexed when opened");
+        assert_eq!(found.len(), 4);
+        let tx = store.db.begin_read().unwrap();
+        assert_eq!(
+            tx.open_table(SEARCH_WORDS).unwrap().len().unwrap(),
+            indexed,
+            "the old layout's keys are gone"
+        );
     }
 }
