@@ -48,8 +48,8 @@ const REPLIES: TableDefinition<&[u8], ()> = TableDefinition::new("replies");
 /// Room id followed by the dedupe key → the seq it was stored under and when
 /// the key expires (see [`DedupeEntry`]).
 const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
-/// The search index: room id, the message's bucket of seqs (its seq shifted
-/// right by [`WORD_BUCKET_BITS`], big-endian), a word of a text message or an
+/// The search index: room id, the message's bucket of seqs ([`word_bucket`],
+/// 4 bytes big-endian), a word of a text message or an
 /// edit (`search::words`), a 0 byte, then the message's seq. Words are
 /// alphanumeric UTF-8, which never has a 0 or 0xFF byte, so within a bucket
 /// the keys of all words with a prefix are one range: `room|bucket|prefix` up
@@ -64,9 +64,15 @@ const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
 const SEARCH_WORDS: TableDefinition<&[u8], ()> = TableDefinition::new("search_words");
 /// Seqs per index bucket: 2^8.
 const WORD_BUCKET_BITS: u32 = 8;
+
+/// The index bucket of `seq`. Seqs past 2^40, which no room reaches, share
+/// the last one: still found, only in a bigger bucket.
+fn word_bucket(seq: u64) -> u32 {
+    u32::try_from(seq >> WORD_BUCKET_BITS).unwrap_or(u32::MAX)
+}
 /// The index's layout in META; a database with none or another is indexed
 /// anew when opened.
-const SEARCH_INDEX_VERSION: &str = "words-2";
+const SEARCH_INDEX_VERSION: &str = "words-3";
 /// Attachment records by id.
 const ATTACHMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attachments");
 /// Room id followed by attachment id: a room's attachments, for its deletion.
@@ -531,7 +537,7 @@ fn index_words(words: &mut redb::Table<&[u8], ()>, message: &Message) -> StoreRe
 }
 
 fn word_key(room: Id, word: &str, seq: u64) -> Vec<u8> {
-    let (mut key, _) = word_range(room, seq >> WORD_BUCKET_BITS, word);
+    let (mut key, _) = word_range(room, word_bucket(seq), word);
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
@@ -539,8 +545,8 @@ fn word_key(room: Id, word: &str, seq: u64) -> Vec<u8> {
 
 /// The keys of every word in `bucket` of `room` that starts with `prefix`,
 /// as `start..end` (see [`SEARCH_WORDS`]).
-fn word_range(room: Id, bucket: u64, prefix: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut start = Vec::with_capacity(12 + 8 + prefix.len() + 9);
+fn word_range(room: Id, bucket: u32, prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut start = Vec::with_capacity(12 + 4 + prefix.len() + 9);
     start.extend_from_slice(&room.bytes());
     start.extend_from_slice(&bucket.to_be_bytes());
     start.extend_from_slice(prefix.as_bytes());
@@ -552,15 +558,40 @@ fn word_range(room: Id, bucket: u64, prefix: &str) -> (Vec<u8>, Vec<u8>) {
 /// Every index key of `room`, as `start..end`.
 fn room_words(room: Id) -> (Vec<u8>, Vec<u8>) {
     let mut end = room.bytes().to_vec();
-    end.extend_from_slice(&[0xff; 9]);
+    end.extend_from_slice(&[0xff; 5]);
     (room.bytes().to_vec(), end)
+}
+
+/// The newest bucket of `room`'s index below `below` (or at all) that holds
+/// any word: one seek, however many seqs lie between (a failover skips
+/// 100,000).
+fn previous_bucket(
+    words: &redb::ReadOnlyTable<&[u8], ()>,
+    room: Id,
+    below: Option<u32>,
+) -> StoreResult<Option<u32>> {
+    let (start, mut end) = room_words(room);
+    if let Some(below) = below {
+        end = word_range(room, below, "").0;
+    }
+    let Some(entry) = words.range(start.as_slice()..end.as_slice())?.next_back() else {
+        return Ok(None);
+    };
+    let (key, _) = entry?;
+    let bucket = key
+        .value()
+        .get(12..16)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| StoreError::Internal("embedded store: corrupt index key".into()))?;
+    Ok(Some(bucket))
 }
 
 /// The seqs in `bucket` of `room` with a word starting with each of `terms`.
 fn bucket_matches(
     words: &redb::ReadOnlyTable<&[u8], ()>,
     room: Id,
-    bucket: u64,
+    bucket: u32,
     terms: &[String],
 ) -> StoreResult<std::collections::BTreeSet<u64>> {
     let mut seqs: Option<std::collections::BTreeSet<u64>> = None;
@@ -1104,8 +1135,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    /// Each room's index buckets, newest first, until the room has given
-    /// `limit` messages (see [`SEARCH_WORDS`]).
+    /// Each room's index buckets that hold words, newest first, until the
+    /// room has given `limit` messages (see [`SEARCH_WORDS`]).
     async fn search(&self, rooms: &[Id], query: &super::SearchQuery) -> StoreResult<Vec<Message>> {
         let rooms = rooms.to_vec();
         let query = query.clone();
@@ -1116,19 +1147,10 @@ impl Store for EmbeddedStore {
             let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
             let mut found = Vec::new();
             for room in rooms {
-                let newest = table
-                    .range(
-                        message_key(room, 0).as_slice()..=message_key(room, u64::MAX).as_slice(),
-                    )?
-                    .next_back()
-                    .transpose()?
-                    .map(|(key, _)| trailing_seq(key.value()))
-                    .transpose()?;
-                let Some(newest) = newest else {
-                    continue;
-                };
                 let mut from_room = 0;
-                'buckets: for bucket in (0..=newest >> WORD_BUCKET_BITS).rev() {
+                let mut below = None;
+                'buckets: while let Some(bucket) = previous_bucket(&words, room, below)? {
+                    below = Some(bucket);
                     for seq in bucket_matches(&words, room, bucket, &query.terms)?
                         .into_iter()
                         .rev()
@@ -1431,10 +1453,13 @@ mod tests {
                 "Déjà vu, Friday",
                 "friday in the second bucket",
                 "friday in the fourth, deploy too",
+                "friday, far ahead",
             ];
             let batch: Vec<Message> = texts
                 .iter()
-                .zip([1, 2, 3, 300, 1000])
+                // The last seq is past what buckets tell apart, and a
+                // search seeks over the empty buckets before it.
+                .zip([1, 2, 3, 300, 1000, 1 << 45])
                 .map(|(text, seq)| Message {
                     seq,
                     ..Message::new(
@@ -1456,13 +1481,17 @@ mod tests {
             let found = store.search(&[room], &query(&["fri", "dé"])).await.unwrap();
             assert_eq!(seqs(&found), [3].into());
             let found = store.search(&[room], &query(&["friday"])).await.unwrap();
-            assert_eq!(seqs(&found), [1, 3, 300, 1000].into(), "every bucket");
+            assert_eq!(
+                seqs(&found),
+                [1, 3, 300, 1000, 1 << 45].into(),
+                "every bucket"
+            );
             let newest = SearchQuery {
                 limit: 2,
                 ..query(&["friday"])
             };
             let found = store.search(&[room], &newest).await.unwrap();
-            assert_eq!(seqs(&found), [300, 1000].into(), "the newest first");
+            assert_eq!(seqs(&found), [1000, 1 << 45].into(), "the newest first");
             assert!(
                 store
                     .search(&[Id::new()], &query(&["depl"]))
@@ -1482,7 +1511,7 @@ mod tests {
         let indexed = {
             let store = EmbeddedStore::open(dir.path()).unwrap();
             let found = store.search(&[room], &query(&["friday"])).await.unwrap();
-            assert_eq!(found.len(), 4, "indexed when opened");
+            assert_eq!(found.len(), 5, "indexed when opened");
             let tx = store.db.begin_read().unwrap();
             tx.open_table(SEARCH_WORDS).unwrap().len().unwrap()
         };
@@ -1506,7 +1535,7 @@ mod tests {
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let found = store.search(&[room], &query(&["friday"])).await.unwrap();
-        assert_eq!(found.len(), 4);
+        assert_eq!(found.len(), 5);
         let tx = store.db.begin_read().unwrap();
         assert_eq!(
             tx.open_table(SEARCH_WORDS).unwrap().len().unwrap(),

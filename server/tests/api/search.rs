@@ -201,6 +201,32 @@ async fn measure_search_on_the_embedded_store() {
         written.as_secs_f64(),
         total as f64 / written.as_secs_f64()
     );
+    // Then as the live path commits: small batches spread over the rooms.
+    const LIVE: u64 = 20_000;
+    const LIVE_BATCH: u64 = 32;
+    let batches: Vec<Vec<Message>> = (0..LIVE / LIVE_BATCH)
+        .map(|b| {
+            (0..LIVE_BATCH)
+                .map(|i| {
+                    let n = b * LIVE_BATCH + i;
+                    let room: Id = rooms[(n % ROOMS as u64) as usize].parse().unwrap();
+                    let text = (0..12).map(|_| word()).collect::<Vec<_>>().join(" ");
+                    Message {
+                        seq: PER_ROOM + 2 + n / ROOMS as u64,
+                        ..Message::new(MessageKind::Text, room, author, "alice".into(), text)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in &batches {
+        server.state.store.insert_messages(batch).await.unwrap();
+    }
+    println!(
+        "then {LIVE} messages in batches of {LIVE_BATCH}: {:.0} messages/s",
+        LIVE as f64 / started.elapsed().as_secs_f64()
+    );
     let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     println!("database file: {:.1} MB", size as f64 / 1e6);
     for (kind, query) in [
