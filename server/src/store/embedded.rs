@@ -49,8 +49,8 @@ const REPLIES: TableDefinition<&[u8], ()> = TableDefinition::new("replies");
 /// the key expires (see [`DedupeEntry`]).
 const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
 /// The search index: room id, the message's bucket of seqs ([`word_bucket`],
-/// 4 bytes big-endian), a word of a text message or an
-/// edit (`search::words`), a 0 byte, then the message's seq. Words are
+/// 4 bytes big-endian), a word of a text message or an edit
+/// (`search::words`), a 0 byte, then the message's seq. Words are
 /// alphanumeric UTF-8, which never has a 0 or 0xFF byte, so within a bucket
 /// the keys of all words with a prefix are one range: `room|bucket|prefix` up
 /// to `room|bucket|prefix|0xFF`.
@@ -64,12 +64,6 @@ const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
 const SEARCH_WORDS: TableDefinition<&[u8], ()> = TableDefinition::new("search_words");
 /// Seqs per index bucket: 2^8.
 const WORD_BUCKET_BITS: u32 = 8;
-
-/// The index bucket of `seq`. Seqs past 2^40, which no room reaches, share
-/// the last one: still found, only in a bigger bucket.
-fn word_bucket(seq: u64) -> u32 {
-    u32::try_from(seq >> WORD_BUCKET_BITS).unwrap_or(u32::MAX)
-}
 /// The index's layout in META; a database with none or another is indexed
 /// anew when opened.
 const SEARCH_INDEX_VERSION: &str = "words-3";
@@ -534,6 +528,12 @@ fn index_words(words: &mut redb::Table<&[u8], ()>, message: &Message) -> StoreRe
         words.insert(word_key(message.room_id, &word, message.seq).as_slice(), ())?;
     }
     Ok(())
+}
+
+/// The index bucket of `seq`. Seqs past 2^40, which no room reaches, share
+/// the last one: still found, only in a bigger bucket.
+fn word_bucket(seq: u64) -> u32 {
+    u32::try_from(seq >> WORD_BUCKET_BITS).unwrap_or(u32::MAX)
 }
 
 fn word_key(room: Id, word: &str, seq: u64) -> Vec<u8> {
