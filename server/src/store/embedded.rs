@@ -537,19 +537,25 @@ fn word_bucket(seq: u64) -> u32 {
 }
 
 fn word_key(room: Id, word: &str, seq: u64) -> Vec<u8> {
-    let (mut key, _) = word_range(room, word_bucket(seq), word);
+    let mut key = word_prefix(room, word_bucket(seq), word);
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `room|bucket|prefix`, with room for the rest of a key.
+fn word_prefix(room: Id, bucket: u32, prefix: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(12 + 4 + prefix.len() + 9);
+    key.extend_from_slice(&room.bytes());
+    key.extend_from_slice(&bucket.to_be_bytes());
+    key.extend_from_slice(prefix.as_bytes());
     key
 }
 
 /// The keys of every word in `bucket` of `room` that starts with `prefix`,
 /// as `start..end` (see [`SEARCH_WORDS`]).
 fn word_range(room: Id, bucket: u32, prefix: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut start = Vec::with_capacity(12 + 4 + prefix.len() + 9);
-    start.extend_from_slice(&room.bytes());
-    start.extend_from_slice(&bucket.to_be_bytes());
-    start.extend_from_slice(prefix.as_bytes());
+    let start = word_prefix(room, bucket, prefix);
     let mut end = start.clone();
     end.push(0xff);
     (start, end)
@@ -572,7 +578,7 @@ fn previous_bucket(
 ) -> StoreResult<Option<u32>> {
     let (start, mut end) = room_words(room);
     if let Some(below) = below {
-        end = word_range(room, below, "").0;
+        end = word_prefix(room, below, "");
     }
     let Some(entry) = words.range(start.as_slice()..end.as_slice())?.next_back() else {
         return Ok(None);

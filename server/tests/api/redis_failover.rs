@@ -136,13 +136,13 @@ impl Topology {
         let deadline = Instant::now() + Duration::from_secs(30);
         for sentinel_port in &self.sentinel_ports {
             loop {
-                let named = sentinel(*sentinel_port, &["GET-MASTER-ADDR-BY-NAME", "chat"]).await;
-                if named[1].as_str().and_then(|p| p.parse().ok()) == Some(port) {
+                let named = primary_named_by(*sentinel_port).await;
+                if named == Some(port) {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "no failover to {port}: {named}\n{}",
+                    "no failover to {port}: sentinel {sentinel_port} names {named:?}\n{}",
                     self.logs()
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -160,8 +160,7 @@ impl Topology {
         loop {
             let mut named = BTreeSet::new();
             for port in &self.sentinel_ports {
-                let answer = sentinel(*port, &["GET-MASTER-ADDR-BY-NAME", "chat"]).await;
-                named.insert(answer[1].as_str().and_then(|p| p.parse::<u16>().ok()));
+                named.insert(primary_named_by(*port).await);
             }
             if let [Some(primary)] = named.iter().collect::<Vec<_>>()[..]
                 && replica_online(*primary).await
@@ -221,6 +220,12 @@ async fn replica_online(port: u16) -> bool {
         .await
         .unwrap_or_default();
     info.contains("state=online")
+}
+
+/// The port of the primary the Sentinel on `port` names, if it names one.
+async fn primary_named_by(port: u16) -> Option<u16> {
+    let named = sentinel(port, &["GET-MASTER-ADDR-BY-NAME", "chat"]).await;
+    named[1].as_str().and_then(|p| p.parse().ok())
 }
 
 /// A Sentinel command's answer, as JSON (an error as a string).
