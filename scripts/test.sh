@@ -38,7 +38,7 @@ export CHAT_TEST_PYTHON="$PWD/.venv/bin/python"
 say "Kubernetes API server and etcd for the operator's real-server tests"
 # Built once from the Go module proxy into .cache/kube/bin (about 5 minutes);
 # later runs only compare a stamp.
-scripts/build-test-apiserver.sh
+scripts/build-kube.sh
 
 say "formatting"
 cargo fmt --all -- --check

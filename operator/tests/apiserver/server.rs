@@ -1,5 +1,5 @@
 //! A real Kubernetes API server for tests: etcd and kube-apiserver, built from
-//! the Go module proxy by `scripts/build-test-apiserver.sh` (the versions are in
+//! the Go module proxy by `scripts/build-kube.sh` (the versions are in
 //! this folder's go.mod), started on free loopback ports with their data in a
 //! fresh directory.
 //!
@@ -58,7 +58,7 @@ fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not found: run scripts/build-test-apiserver.sh (scripts/test.sh does)",
+        "{} not found: run scripts/build-kube.sh (scripts/test.sh does)",
         path.display()
     );
     path
