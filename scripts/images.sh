@@ -100,7 +100,7 @@ base redis --variant=essential --include=redis-server,redis-tools \
   --customize-hook="$accounts_hook"
 # SecantusDB and its dependencies from PyPI, on Debian's Python 3.11.
 secantus="$(grep -E '^secantusdb==' scripts/requirements-test.txt)"
-base mongodb-standin --variant=essential --include=python3 \
+base mongodb-standin --variant=essential --include=python3,libstdc++6 \
   --customize-hook="$accounts_hook" \
   --customize-hook="python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --root-user-action=ignore --no-compile --target \"\$1/opt/secantus\" '$secantus'"
 

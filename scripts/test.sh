@@ -45,6 +45,8 @@ cargo fmt --all -- --check
 
 say "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The real node's tests (test = false: run only with that node up).
+cargo clippy --workspace --locked --test node -- -D warnings
 
 say "tests"
 # One build of every target with the feature set `cargo test` resolves, so the
@@ -87,6 +89,21 @@ command -v npm >/dev/null || apt_install nodejs npm
   npm run build
   npm run e2e
 )
+
+say "a real node: Kubernetes on this machine, the images built here, helm and kubectl as users run them"
+# scripts/cluster.sh: etcd, the control plane, containerd, a kubelet,
+# kube-proxy and CoreDNS as processes of this machine, pods on a bridge of
+# its own; scripts/images.sh: the images from the project's Dockerfiles on
+# local bases. Both need root. The cluster is taken down however the tests
+# end.
+as_root scripts/cluster.sh up
+trap 'as_root scripts/cluster.sh down' EXIT
+as_root scripts/images.sh
+as_root scripts/cluster.sh import .cache/images/chat-server.tar .cache/images/chat-operator.tar \
+  .cache/images/redis.tar .cache/images/mongodb-standin.tar
+cargo test --workspace --locked --test node
+as_root scripts/cluster.sh down
+trap - EXIT
 
 say "benchmark smoke run: 1,000 connections, every message to every member"
 bench/smoke.sh

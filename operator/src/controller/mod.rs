@@ -414,12 +414,20 @@ async fn secret_values(
         }
     };
     // Never overwritten either: Redis keeps requiring the password it started with.
-    let redis_password =
+    // Generated only for a managed Redis or MongoDB: nothing stores them
+    // otherwise, and new values on every pass would change the pods' config
+    // hash and roll them forever.
+    let redis_password = if cluster.spec.managed_redis().is_none() {
+        String::new()
+    } else {
         match read_secret(&secrets, &desired::redis_auth_secret_name(name), "password").await? {
             Some(password) => password,
             None => desired::generate_password(),
-        };
-    let mongodb = {
+        }
+    };
+    let mongodb = if cluster.spec.managed_mongodb().is_none() {
+        desired::MongoDbCredentials::default()
+    } else {
         let name = desired::mongodb_auth_secret_name(name);
         let mut stored = Vec::new();
         for key in desired::MongoDbCredentials::KEYS {
