@@ -98,7 +98,7 @@ say "a real node: Kubernetes on this machine, the images built here, helm and ku
 # end.
 as_root scripts/cluster.sh up
 trap 'as_root scripts/cluster.sh down' EXIT
-as_root scripts/images.sh
+as_root scripts/images.sh test test-2
 as_root scripts/cluster.sh import .cache/images/chat-server.tar .cache/images/chat-operator.tar \
   .cache/images/redis.tar .cache/images/mongodb-standin.tar
 cargo test --workspace --locked --test node

@@ -264,6 +264,52 @@ stringData:
     );
 }
 
+/// `helm install chat charts/chatcluster` into a new `namespace`, as the
+/// README says, with the images built here, a managed Redis (on a local
+/// volume) and the MongoDB stand-in; waits until the ChatCluster is
+/// Available.
+async fn install_chatcluster(client: &Client, namespace: &str, replicas: i32) {
+    run("kubectl", &["create", "namespace", namespace]);
+    mongodb_standin(namespace);
+    let values = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(
+        values.path(),
+        format!(
+            r#"replicas: {replicas}
+image: {{repository: {REGISTRY}/chat-server, tag: {IMAGE_TAG}}}
+redis:
+  managed: {{image: "{REGISTRY}/redis:{IMAGE_TAG}"}}
+mongodb:
+  external: {{uriSecretRef: {{name: mongodb, key: uri}}}}
+shutdownGraceSeconds: 5
+"#
+        ),
+    )
+    .expect("writing the values");
+    run(
+        "helm",
+        &[
+            "install",
+            "chat",
+            "charts/chatcluster",
+            "--namespace",
+            namespace,
+            "--values",
+            values.path().to_str().unwrap_or_default(),
+        ],
+    );
+    let chatclusters = chatcluster_api(client, namespace);
+    wait_for(
+        "the ChatCluster Available",
+        Duration::from_secs(240),
+        || async {
+            let object = chatclusters.get_opt("chat").await.ok().flatten()?;
+            (condition(&object, "Available").as_deref() == Some("True")).then_some(())
+        },
+    )
+    .await;
+}
+
 /// The chat pods of an instance and their addresses, once `count` are Ready.
 async fn ready_server_pods(
     client: &Client,
@@ -439,46 +485,7 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
         "the leader is the chart's pod: {leader}"
     );
 
-    run("kubectl", &["create", "namespace", namespace]);
-    mongodb_standin(namespace);
-    let values = tempfile::NamedTempFile::new().expect("a temporary file");
-    std::fs::write(
-        values.path(),
-        format!(
-            r#"replicas: 2
-image: {{repository: {REGISTRY}/chat-server, tag: {IMAGE_TAG}}}
-redis:
-  managed: {{image: "{REGISTRY}/redis:{IMAGE_TAG}"}}
-mongodb:
-  external: {{uriSecretRef: {{name: mongodb, key: uri}}}}
-shutdownGraceSeconds: 5
-"#
-        ),
-    )
-    .expect("writing the values");
-    run(
-        "helm",
-        &[
-            "install",
-            "chat",
-            "charts/chatcluster",
-            "--namespace",
-            namespace,
-            "--values",
-            values.path().to_str().unwrap_or_default(),
-        ],
-    );
-
-    let chatclusters = chatcluster_api(&client, namespace);
-    wait_for(
-        "the ChatCluster Available",
-        Duration::from_secs(240),
-        || async {
-            let object = chatclusters.get_opt("chat").await.ok().flatten()?;
-            (condition(&object, "Available").as_deref() == Some("True")).then_some(())
-        },
-    )
-    .await;
+    install_chatcluster(&client, namespace, 2).await;
     let columns = run(
         "kubectl",
         &["get", "chat", "chat", "-n", namespace, "--no-headers"],
@@ -574,6 +581,351 @@ shutdownGraceSeconds: 5
     )
     .await;
     assert_eq!(history, ["hello-from-pod-0", "hello-from-pod-1"]);
+
+    run(
+        "helm",
+        &["uninstall", "chat", "--namespace", namespace, "--wait"],
+    );
+    remove_namespace(&client, namespace).await;
+}
+
+/// What one person's client saw while chatting through the Service.
+#[derive(Default)]
+struct Seen {
+    /// Each of its messages acked: client id and seq.
+    acked: Vec<(String, u64)>,
+    /// The seq of every text frame received, in order, over every connection.
+    received: Vec<u64>,
+    /// Connections the server closed with 1012 (shutting down).
+    going_away: usize,
+    connections: usize,
+}
+
+/// A client as the web client behaves: it sends a message every `every`,
+/// and when its connection ends (a pod drained with 1012, or lost) it
+/// reconnects through the Service, resumes the room from the last seq it
+/// showed and resends what was not acked, with the same client ids.
+/// Stops sending when `stop` turns true, then waits for its last acks.
+async fn chatter(
+    address: String,
+    person: Person,
+    room: String,
+    every: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Seen {
+    use std::collections::BTreeMap;
+    let mut seen = Seen::default();
+    let mut unacked: BTreeMap<String, String> = BTreeMap::new();
+    let mut sent = 0u32;
+    let mut last_seq = 0u64;
+    let mut stopped_at: Option<Instant> = None;
+    let frame = |client_id: &str, content: &str| {
+        Message::text(
+            json!({"type": "message", "room_id": room, "content": content, "client_id": client_id})
+                .to_string(),
+        )
+    };
+    'connection: loop {
+        let url = format!("ws://{address}/ws?token={}", person.token);
+        let mut socket = match tokio_tungstenite::connect_async(&url).await {
+            Ok((socket, _)) => socket,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        seen.connections += 1;
+        let resume = json!({"type": "resume", "room_id": room, "last_seq": last_seq});
+        if socket
+            .send(Message::text(resume.to_string()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        for (client_id, content) in &unacked {
+            if socket.send(frame(client_id, content)).await.is_err() {
+                continue 'connection;
+            }
+        }
+        let mut tick = tokio::time::interval(every);
+        loop {
+            if *stop.borrow() && stopped_at.is_none() {
+                stopped_at = Some(Instant::now());
+            }
+            if let Some(at) = stopped_at {
+                let done = unacked.is_empty() && at.elapsed() > Duration::from_secs(3);
+                assert!(
+                    at.elapsed() < Duration::from_secs(60),
+                    "{}: never acked {unacked:?}",
+                    person.name
+                );
+                if done {
+                    let _ = socket.close(None).await;
+                    return seen;
+                }
+            }
+            tokio::select! {
+                _ = tick.tick() => {
+                    if stopped_at.is_none() {
+                        sent += 1;
+                        let client_id = format!("{}-{sent}", person.name);
+                        let content = format!("{} says {sent}", person.name);
+                        unacked.insert(client_id.clone(), content.clone());
+                        if socket.send(frame(&client_id, &content)).await.is_err() {
+                            continue 'connection;
+                        }
+                    } else if !unacked.is_empty() && stopped_at.is_some_and(|at| at.elapsed().as_millis() % 2000 < every.as_millis()) {
+                        // An error frame (unavailable while a pod drains) left these: again.
+                        for (client_id, content) in &unacked {
+                            if socket.send(frame(client_id, content)).await.is_err() {
+                                continue 'connection;
+                            }
+                        }
+                    }
+                }
+                message = socket.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        match value["type"].as_str() {
+                            Some("ack") => {
+                                let client_id = value["client_id"].as_str().unwrap_or_default().to_owned();
+                                if unacked.remove(&client_id).is_some() {
+                                    seen.acked.push((client_id, value["seq"].as_u64().unwrap_or(0)));
+                                }
+                            }
+                            Some("text") => {
+                                let seq = value["seq"].as_u64().unwrap_or(0);
+                                seen.received.push(seq);
+                                last_seq = last_seq.max(seq);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(Ok(Message::Close(close))) => {
+                        if close.is_some_and(|c| u16::from(c.code) == 1012) {
+                            seen.going_away += 1;
+                        }
+                        continue 'connection;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => continue 'connection,
+                },
+            }
+        }
+    }
+}
+
+/// `kubectl scale chat` to 4 and back to 2, then an image upgrade, while
+/// four people chat through the Service: the pods that go drain with close
+/// 1012, their clients reconnect and resume, and every acked message reaches
+/// every person exactly once and is in the history once; the status follows
+/// the rollout to the new generation.
+#[tokio::test]
+async fn scaling_and_an_image_upgrade_under_live_chat_lose_and_repeat_nothing() {
+    let client = client().await;
+    let namespace = "chat-e2e-rollout";
+    remove_namespace(&client, namespace).await;
+    install_operator(&client).await;
+    install_chatcluster(&client, namespace, 2).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let cluster_ip = services
+        .get("chat")
+        .await
+        .expect("the chat Service")
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .expect("the Service's cluster IP");
+    let address = format!("{cluster_ip}:80");
+    let base = format!("http://{address}");
+
+    let http = Http::new();
+    let names = ["ann", "ben", "cat", "dan"];
+    let mut people = Vec::new();
+    for name in names {
+        people.push(http.register(&base, name).await);
+    }
+    let (status, room) = http
+        .call(
+            reqwest::Method::POST,
+            &format!("{base}/api/rooms"),
+            Some(&people[0].token),
+            Some(json!({"name": "Rollout", "description": "", "is_private": false})),
+        )
+        .await;
+    assert_eq!(status, 201, "{room}");
+    let room = room["id"].as_str().expect("a room id").to_owned();
+    for person in &people[1..] {
+        let (status, body) = http
+            .call(
+                reqwest::Method::POST,
+                &format!("{base}/api/rooms/{room}/join"),
+                Some(&person.token),
+                None,
+            )
+            .await;
+        assert!(status < 300, "{} joins: {body}", person.name);
+    }
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let chatters: Vec<_> = people
+        .into_iter()
+        .map(|person| {
+            tokio::spawn(chatter(
+                address.clone(),
+                person,
+                room.clone(),
+                Duration::from_millis(300),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let chatclusters = chatcluster_api(&client, namespace);
+    for replicas in [4, 2] {
+        run(
+            "kubectl",
+            &[
+                "scale",
+                "chat",
+                "chat",
+                "-n",
+                namespace,
+                "--replicas",
+                &replicas.to_string(),
+            ],
+        );
+        ready_server_pods(&client, namespace, "chat", replicas).await;
+        wait_for(
+            &format!("status.readyReplicas {replicas}"),
+            Duration::from_secs(60),
+            || async {
+                let object = chatclusters.get_opt("chat").await.ok().flatten()?;
+                (object.data["status"]["readyReplicas"] == replicas).then_some(())
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // An upgrade to a second tag of the image, as `kubectl patch` would.
+    run(
+        "kubectl",
+        &[
+            "patch",
+            "chat",
+            "chat",
+            "-n",
+            namespace,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"image":{"tag":"test-2"}}}"#,
+        ],
+    );
+    let new_image = format!("{REGISTRY}/chat-server:test-2");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        "the rollout to the new image, Available at the new generation",
+        Duration::from_secs(180),
+        || async {
+            let object = chatclusters.get_opt("chat").await.ok().flatten()?;
+            let generation = object.metadata.generation?;
+            let observed = object.data["status"]["observedGeneration"].as_i64()?;
+            let available = condition(&object, "Available").as_deref() == Some("True");
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=server"))
+                .await
+                .ok()?;
+            let all_new = list.items.len() == 2
+                && list.items.iter().all(|pod| {
+                    pod.spec.as_ref().is_some_and(|spec| {
+                        spec.containers[0].image.as_deref() == Some(new_image.as_str())
+                    })
+                });
+            (observed == generation && available && all_new).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.send(true).expect("the chatters listen");
+
+    let mut seens = Vec::new();
+    for chatter in chatters {
+        seens.push(chatter.await.expect("a chatter"));
+    }
+    let acked: std::collections::BTreeMap<u64, String> = seens
+        .iter()
+        .flat_map(|seen| seen.acked.iter().map(|(id, seq)| (*seq, id.clone())))
+        .collect();
+    let acked_count: usize = seens.iter().map(|seen| seen.acked.len()).sum();
+    assert_eq!(acked.len(), acked_count, "no seq acked for two messages");
+    let going_away: usize = seens.iter().map(|seen| seen.going_away).sum();
+    assert!(
+        going_away >= 2,
+        "the drained pods closed their sockets with 1012 ({going_away} seen)"
+    );
+    for (name, seen) in names.iter().zip(&seens) {
+        let mut unique = seen.received.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            seen.received.len(),
+            "{name} was shown a message twice"
+        );
+        let missing: Vec<&u64> = acked
+            .keys()
+            .filter(|seq| unique.binary_search(seq).is_err())
+            .collect();
+        assert!(missing.is_empty(), "{name} never got seqs {missing:?}");
+        assert!(
+            seen.received.windows(2).all(|pair| pair[0] < pair[1]),
+            "{name} saw the room out of order"
+        );
+        println!(
+            "{name}: {} acked, {} received over {} connections ({} closed with 1012)",
+            seen.acked.len(),
+            seen.received.len(),
+            seen.connections,
+            seen.going_away
+        );
+    }
+
+    // The history holds every acked message once, under its seq.
+    let reader = http.register(&base, "reader").await;
+    let mut stored: Vec<(u64, String)> = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (status, page) = http
+            .call(
+                reqwest::Method::GET,
+                &format!("{base}/api/rooms/{room}/messages?limit=100{before}"),
+                Some(&reader.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let messages = page["messages"].as_array().cloned().unwrap_or_default();
+        let Some(oldest) = messages.iter().filter_map(|m| m["seq"].as_u64()).min() else {
+            break;
+        };
+        for message in messages.iter().filter(|m| m["type"] == "text") {
+            stored.push((
+                message["seq"].as_u64().unwrap_or(0),
+                message["content"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        before = format!("&before_seq={oldest}");
+    }
+    stored.sort();
+    let stored_seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    let acked_seqs: Vec<u64> = acked.keys().copied().collect();
+    assert_eq!(
+        stored_seqs, acked_seqs,
+        "history: every acked message, once"
+    );
 
     run(
         "helm",
