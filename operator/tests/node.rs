@@ -268,7 +268,7 @@ stringData:
 /// README says, with the images built here, a managed Redis (on a local
 /// volume) and the MongoDB stand-in; waits until the ChatCluster is
 /// Available.
-async fn install_chatcluster(client: &Client, namespace: &str, replicas: i32) {
+async fn install_chatcluster(client: &Client, namespace: &str, replicas: i32, redis_replicas: i32) {
     run("kubectl", &["create", "namespace", namespace]);
     mongodb_standin(namespace);
     let values = tempfile::NamedTempFile::new().expect("a temporary file");
@@ -278,7 +278,7 @@ async fn install_chatcluster(client: &Client, namespace: &str, replicas: i32) {
             r#"replicas: {replicas}
 image: {{repository: {REGISTRY}/chat-server, tag: {IMAGE_TAG}}}
 redis:
-  managed: {{image: "{REGISTRY}/redis:{IMAGE_TAG}"}}
+  managed: {{image: "{REGISTRY}/redis:{IMAGE_TAG}", replicas: {redis_replicas}}}
 mongodb:
   external: {{uriSecretRef: {{name: mongodb, key: uri}}}}
 shutdownGraceSeconds: 5
@@ -485,7 +485,7 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
         "the leader is the chart's pod: {leader}"
     );
 
-    install_chatcluster(&client, namespace, 2).await;
+    install_chatcluster(&client, namespace, 2, 1).await;
     let columns = run(
         "kubectl",
         &["get", "chat", "chat", "-n", namespace, "--no-headers"],
@@ -716,6 +716,161 @@ async fn chatter(
     }
 }
 
+/// People chatting in one room through a ChatCluster's Service while
+/// something happens to the cluster, and what they saw.
+struct Conversation {
+    http: Http,
+    base: String,
+    room: String,
+    names: Vec<&'static str>,
+    stop: tokio::sync::watch::Sender<bool>,
+    chatters: Vec<tokio::task::JoinHandle<Seen>>,
+}
+
+impl Conversation {
+    /// Registers `names`, puts them in a new public room, and starts a
+    /// `chatter` for each, through the Service of the instance `chat`.
+    async fn start(client: &Client, namespace: &str, names: &[&'static str]) -> Self {
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let cluster_ip = services
+            .get("chat")
+            .await
+            .expect("the chat Service")
+            .spec
+            .and_then(|spec| spec.cluster_ip)
+            .expect("the Service's cluster IP");
+        let address = format!("{cluster_ip}:80");
+        let base = format!("http://{address}");
+        let http = Http::new();
+        let mut people = Vec::new();
+        for name in names {
+            people.push(http.register(&base, name).await);
+        }
+        let (status, room) = http
+            .call(
+                reqwest::Method::POST,
+                &format!("{base}/api/rooms"),
+                Some(&people[0].token),
+                Some(json!({"name": "Conversation", "description": "", "is_private": false})),
+            )
+            .await;
+        assert_eq!(status, 201, "{room}");
+        let room = room["id"].as_str().expect("a room id").to_owned();
+        for person in &people[1..] {
+            let (status, body) = http
+                .call(
+                    reqwest::Method::POST,
+                    &format!("{base}/api/rooms/{room}/join"),
+                    Some(&person.token),
+                    None,
+                )
+                .await;
+            assert!(status < 300, "{} joins: {body}", person.name);
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let chatters = people
+            .into_iter()
+            .map(|person| {
+                tokio::spawn(chatter(
+                    address.clone(),
+                    person,
+                    room.clone(),
+                    Duration::from_millis(300),
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Self {
+            http,
+            base,
+            room,
+            names: names.to_vec(),
+            stop,
+            chatters,
+        }
+    }
+
+    /// Stops the chatters and holds what they saw to the guarantees: no seq
+    /// acked twice, every acked message shown to every person exactly once
+    /// and in order, and in the history once. Returns the 1012 closes seen.
+    async fn finish(self) -> usize {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        self.stop.send(true).expect("the chatters listen");
+        let mut seens = Vec::new();
+        for chatter in self.chatters {
+            seens.push(chatter.await.expect("a chatter"));
+        }
+        let acked: std::collections::BTreeMap<u64, String> = seens
+            .iter()
+            .flat_map(|seen| seen.acked.iter().map(|(id, seq)| (*seq, id.clone())))
+            .collect();
+        let acked_count: usize = seens.iter().map(|seen| seen.acked.len()).sum();
+        assert_eq!(acked.len(), acked_count, "no seq acked for two messages");
+        for (name, seen) in self.names.iter().zip(&seens) {
+            let mut unique = seen.received.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                seen.received.len(),
+                "{name} was shown a message twice"
+            );
+            let missing: Vec<&u64> = acked
+                .keys()
+                .filter(|seq| unique.binary_search(seq).is_err())
+                .collect();
+            assert!(missing.is_empty(), "{name} never got seqs {missing:?}");
+            assert!(
+                seen.received.windows(2).all(|pair| pair[0] < pair[1]),
+                "{name} saw the room out of order"
+            );
+            println!(
+                "{name}: {} acked, {} received over {} connections ({} closed with 1012)",
+                seen.acked.len(),
+                seen.received.len(),
+                seen.connections,
+                seen.going_away
+            );
+        }
+
+        // The history holds every acked message once, under its seq.
+        let reader = self.http.register(&self.base, "reader").await;
+        let mut stored: Vec<u64> = Vec::new();
+        let mut before = String::new();
+        loop {
+            let (status, page) = self
+                .http
+                .call(
+                    reqwest::Method::GET,
+                    &format!(
+                        "{}/api/rooms/{}/messages?limit=100{before}",
+                        self.base, self.room
+                    ),
+                    Some(&reader.token),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{page}");
+            let messages = page["messages"].as_array().cloned().unwrap_or_default();
+            let Some(oldest) = messages.iter().filter_map(|m| m["seq"].as_u64()).min() else {
+                break;
+            };
+            stored.extend(
+                messages
+                    .iter()
+                    .filter(|m| m["type"] == "text")
+                    .filter_map(|m| m["seq"].as_u64()),
+            );
+            before = format!("&before_seq={oldest}");
+        }
+        stored.sort_unstable();
+        let acked_seqs: Vec<u64> = acked.keys().copied().collect();
+        assert_eq!(stored, acked_seqs, "history: every acked message, once");
+        seens.iter().map(|seen| seen.going_away).sum()
+    }
+}
+
 /// `kubectl scale chat` to 4 and back to 2, then an image upgrade, while
 /// four people chat through the Service: the pods that go drain with close
 /// 1012, their clients reconnect and resume, and every acked message reaches
@@ -727,60 +882,8 @@ async fn scaling_and_an_image_upgrade_under_live_chat_lose_and_repeat_nothing() 
     let namespace = "chat-e2e-rollout";
     remove_namespace(&client, namespace).await;
     install_operator(&client).await;
-    install_chatcluster(&client, namespace, 2).await;
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let cluster_ip = services
-        .get("chat")
-        .await
-        .expect("the chat Service")
-        .spec
-        .and_then(|spec| spec.cluster_ip)
-        .expect("the Service's cluster IP");
-    let address = format!("{cluster_ip}:80");
-    let base = format!("http://{address}");
-
-    let http = Http::new();
-    let names = ["ann", "ben", "cat", "dan"];
-    let mut people = Vec::new();
-    for name in names {
-        people.push(http.register(&base, name).await);
-    }
-    let (status, room) = http
-        .call(
-            reqwest::Method::POST,
-            &format!("{base}/api/rooms"),
-            Some(&people[0].token),
-            Some(json!({"name": "Rollout", "description": "", "is_private": false})),
-        )
-        .await;
-    assert_eq!(status, 201, "{room}");
-    let room = room["id"].as_str().expect("a room id").to_owned();
-    for person in &people[1..] {
-        let (status, body) = http
-            .call(
-                reqwest::Method::POST,
-                &format!("{base}/api/rooms/{room}/join"),
-                Some(&person.token),
-                None,
-            )
-            .await;
-        assert!(status < 300, "{} joins: {body}", person.name);
-    }
-
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let chatters: Vec<_> = people
-        .into_iter()
-        .map(|person| {
-            tokio::spawn(chatter(
-                address.clone(),
-                person,
-                room.clone(),
-                Duration::from_millis(300),
-                stopped.clone(),
-            ))
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    install_chatcluster(&client, namespace, 2, 1).await;
+    let conversation = Conversation::start(&client, namespace, &["ann", "ben", "cat", "dan"]).await;
 
     let chatclusters = chatcluster_api(&client, namespace);
     for replicas in [4, 2] {
@@ -848,84 +951,113 @@ async fn scaling_and_an_image_upgrade_under_live_chat_lose_and_repeat_nothing() 
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.send(true).expect("the chatters listen");
-
-    let mut seens = Vec::new();
-    for chatter in chatters {
-        seens.push(chatter.await.expect("a chatter"));
-    }
-    let acked: std::collections::BTreeMap<u64, String> = seens
-        .iter()
-        .flat_map(|seen| seen.acked.iter().map(|(id, seq)| (*seq, id.clone())))
-        .collect();
-    let acked_count: usize = seens.iter().map(|seen| seen.acked.len()).sum();
-    assert_eq!(acked.len(), acked_count, "no seq acked for two messages");
-    let going_away: usize = seens.iter().map(|seen| seen.going_away).sum();
+    let going_away = conversation.finish().await;
     assert!(
         going_away >= 2,
         "the drained pods closed their sockets with 1012 ({going_away} seen)"
     );
-    for (name, seen) in names.iter().zip(&seens) {
-        let mut unique = seen.received.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(
-            unique.len(),
-            seen.received.len(),
-            "{name} was shown a message twice"
-        );
-        let missing: Vec<&u64> = acked
-            .keys()
-            .filter(|seq| unique.binary_search(seq).is_err())
-            .collect();
-        assert!(missing.is_empty(), "{name} never got seqs {missing:?}");
-        assert!(
-            seen.received.windows(2).all(|pair| pair[0] < pair[1]),
-            "{name} saw the room out of order"
-        );
-        println!(
-            "{name}: {} acked, {} received over {} connections ({} closed with 1012)",
-            seen.acked.len(),
-            seen.received.len(),
-            seen.connections,
-            seen.going_away
-        );
-    }
 
-    // The history holds every acked message once, under its seq.
-    let reader = http.register(&base, "reader").await;
-    let mut stored: Vec<(u64, String)> = Vec::new();
-    let mut before = String::new();
-    loop {
-        let (status, page) = http
-            .call(
-                reqwest::Method::GET,
-                &format!("{base}/api/rooms/{room}/messages?limit=100{before}"),
-                Some(&reader.token),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let messages = page["messages"].as_array().cloned().unwrap_or_default();
-        let Some(oldest) = messages.iter().filter_map(|m| m["seq"].as_u64()).min() else {
-            break;
-        };
-        for message in messages.iter().filter(|m| m["type"] == "text") {
-            stored.push((
-                message["seq"].as_u64().unwrap_or(0),
-                message["content"].as_str().unwrap_or_default().to_owned(),
-            ));
-        }
-        before = format!("&before_seq={oldest}");
-    }
-    stored.sort();
-    let stored_seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
-    let acked_seqs: Vec<u64> = acked.keys().copied().collect();
-    assert_eq!(
-        stored_seqs, acked_seqs,
-        "history: every acked message, once"
+    run(
+        "helm",
+        &["uninstall", "chat", "--namespace", namespace, "--wait"],
     );
+    remove_namespace(&client, namespace).await;
+}
+
+/// The Redis primary the Sentinels of a highly available ChatCluster name,
+/// asked from this machine through their Service.
+async fn sentinel_primary(client: &Client, namespace: &str) -> Option<String> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let sentinels = services.get("chat-redis-sentinel").await.ok()?;
+    let ip = sentinels.spec?.cluster_ip?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get("chat-redis-auth").await.ok()?;
+    let password = secret.data?.get("password")?.0.clone();
+    let password = String::from_utf8(password).ok()?;
+    let url = format!("redis://:{password}@{ip}:26379/");
+    let redis = redis::Client::open(url).ok()?;
+    let mut connection = redis.get_multiplexed_async_connection().await.ok()?;
+    let named: Vec<String> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg("chat")
+        .query_async(&mut connection)
+        .await
+        .ok()?;
+    named.into_iter().next()
+}
+
+/// A highly available Redis (`redis.managed.replicas: 3`): the primary's
+/// pod deleted while people chat; the Sentinels promote a replica, the chat
+/// pods follow it, and nothing acked is lost or shown twice.
+#[tokio::test]
+async fn deleting_the_redis_primary_pod_under_chat_loses_nothing_acked() {
+    let client = client().await;
+    let namespace = "chat-e2e-redis-ha";
+    remove_namespace(&client, namespace).await;
+    install_operator(&client).await;
+    install_chatcluster(&client, namespace, 2, 3).await;
+    let conversation = Conversation::start(&client, namespace, &["eve", "fay", "gus"]).await;
+
+    let primary = wait_for(
+        "a primary named by the Sentinels",
+        Duration::from_secs(60),
+        || sentinel_primary(&client, namespace),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let redis_pods = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=redis"))
+        .await
+        .expect("the Redis pods");
+    let primary_pod = redis_pods
+        .items
+        .iter()
+        .find(|pod| pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(&primary))
+        .and_then(|pod| pod.metadata.name.clone())
+        .unwrap_or_else(|| panic!("no Redis pod has the primary's address {primary}"));
+    run(
+        "kubectl",
+        &[
+            "delete",
+            "pod",
+            &primary_pod,
+            "-n",
+            namespace,
+            "--wait=false",
+        ],
+    );
+    let promoted = wait_for("a new primary", Duration::from_secs(90), || async {
+        let named = sentinel_primary(&client, namespace).await?;
+        (named != primary).then_some(named)
+    })
+    .await;
+    println!("primary {primary} ({primary_pod}) deleted; the Sentinels promoted {promoted}");
+    // The deleted pod is back (as a replica) and every Redis pod is Ready.
+    wait_for(
+        "three Ready Redis pods",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=redis"))
+                .await
+                .ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|pod| {
+                    pod.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count();
+            (ready == 3).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    conversation.finish().await;
 
     run(
         "helm",
