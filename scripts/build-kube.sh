@@ -5,7 +5,8 @@
 #   (operator/tests/apiserver);
 # - kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl,
 #   for the one-node cluster of scripts/cluster.sh;
-# - helm (helm.sh/helm/v4) and CoreDNS, as users and that cluster run them.
+# - helm (helm.sh/helm/v4) and CoreDNS, as users and that cluster run them;
+# - promtool, which checks and unit-tests the chart's alerts.
 # The Kubernetes versions are the tool lines of operator/tests/apiserver/go.mod
 # (k8s.io/kubernetes cannot be `go install`ed: it replaces its staging
 # modules); helm and CoreDNS are pinned below. A second run with the same
@@ -18,6 +19,7 @@ module=operator/tests/apiserver
 out="$PWD/.cache/kube/bin"
 helm_version=v4.3.2
 coredns_version=v1.14.7
+prometheus_version=v0.316.0
 stamp="$(cat "$module/go.mod" "$module/go.sum" "$0" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
@@ -44,4 +46,6 @@ mkdir -p "$out"
 echo "building helm $helm_version and CoreDNS $coredns_version into .cache/kube/bin"
 GOBIN="$out" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$helm_version"
 GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$coredns_version"
+echo "building promtool (Prometheus $prometheus_version) into .cache/kube/bin"
+GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$prometheus_version"
 echo "$stamp" > "$out/stamp"

@@ -322,6 +322,32 @@ class Monitoring(unittest.TestCase):
                 self.assertEqual(metrics_used(target["expr"]) - known, set(), panel["title"])
 
 
+    def test_every_alert_fires_on_its_condition_and_stays_quiet_without_it(self):
+        """promtool (built by scripts/build-kube.sh) checks the rule as the
+        chart renders it with its default thresholds, and runs
+        deploy/prometheus/alerts.test.yaml against it; every alert of the
+        chart has a case where it fires and one where it stays quiet."""
+        promtool = ROOT / ".cache/kube/bin/promtool"
+        self.assertTrue(promtool.exists(), "run scripts/build-kube.sh")
+        rule = next(o for o in render(OPERATOR_CHART, {"monitoring": {"prometheusRule": {"enabled": True}}})
+                    if o["kind"] == "PrometheusRule")
+        tests_file = ROOT / "deploy/prometheus/alerts.test.yaml"
+        tests = yaml.safe_load(tests_file.read_text())
+        cases = [case for group in tests["tests"] for case in group["alert_rule_test"]]
+        for alert in (r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]):
+            with self.subTest(alert=alert):
+                outcomes = {bool(c["exp_alerts"]) for c in cases if c["alertname"] == alert}
+                self.assertEqual(outcomes, {True, False}, "a firing and a quiet case")
+        with tempfile.TemporaryDirectory() as scratch:
+            rules = Path(scratch) / "rules.yaml"
+            rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+            (Path(scratch) / tests_file.name).write_text(tests_file.read_text())
+            for command in (["check", "rules", str(rules)], ["test", "rules", tests_file.name]):
+                done = subprocess.run([str(promtool), *command], capture_output=True, text=True,
+                                      cwd=scratch, check=False)
+                self.assertEqual(done.returncode, 0, f"promtool {' '.join(command)}:\n{done.stdout}{done.stderr}")
+
+
 class Images(unittest.TestCase):
     def stages(self, dockerfile: Path) -> list[list[str]]:
         """The Dockerfile's instructions, split into build stages."""
