@@ -312,6 +312,9 @@ class Monitoring(unittest.TestCase):
             self.assertTrue(alert["annotations"]["summary"])
             unknown = metrics_used(alert["expr"]) - known
             self.assertEqual(unknown, set(), alert["alert"])
+        monitor = next(o for o in render(OPERATOR_CHART, OPERATOR_ALL_ON) if o["kind"] == "ServiceMonitor")
+        self.assertTrue(all(e.get("honorLabels") for e in monitor["spec"]["endpoints"]),
+                        "the ChatClusters' namespace label survives the scrape")
         dashboard = json.loads((OPERATOR_CHART / "files/grafana-dashboard.json").read_text())
         titles = [p["title"] for p in dashboard["panels"]]
         for wanted in ["WebSocket connections", "Messages per second", "Delivery latency", "Persist backlog",
