@@ -329,7 +329,7 @@ EOF
     --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false --v=1
 
   say "containerd"
-  containerd_config
+  alive containerd || containerd_config
   # The pods' network namespaces are named cni-*; those here before are
   # someone else's.
   [ -e "$run/netns.before" ] || { ip netns list 2>/dev/null | awk '{print $1}' > "$run/netns.before"; }
@@ -338,8 +338,7 @@ EOF
   import "$bin/pause.tar"
 
   say "kubelet"
-  kubelet_config
-  cgroups
+  alive kubelet || { kubelet_config; cgroups; }
   start kubelet "$bin/kubelet" --config "$run/kubelet/config.yaml" \
     --kubeconfig "$(kubeconfig kubelet)" --root-dir "$run/kubelet/root" \
     --hostname-override "$node_name" --node-ip "$node_ip" --v=1
@@ -350,7 +349,9 @@ EOF
   restore_sysctls
 
   say "kube-proxy (nftables)"
-  cat > "$run/kube-proxy.yaml" <<EOF
+  # Written only for a kube-proxy about to start: it exits when its
+  # configuration file changes.
+  alive kube-proxy || cat > "$run/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: nftables
@@ -372,8 +373,10 @@ EOF
   start kube-proxy "$bin/kube-proxy" --config "$run/kube-proxy.yaml" --v=1
 
   say "CoreDNS"
-  cat > "$run/Corefile" <<EOF
-.:53 {
+  # The cluster's names; every other name is answered NXDOMAIN at once:
+  # nothing is forwarded to the host's resolver or beyond.
+  alive coredns || cat > "$run/Corefile" <<EOF
+cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     bind $node_ip
     errors
     health 127.0.0.1:18080
@@ -383,6 +386,12 @@ EOF
         pods insecure
     }
     cache 30
+}
+.:53 {
+    bind $node_ip
+    template ANY ANY {
+        rcode NXDOMAIN
+    }
 }
 EOF
   start coredns "$bin/coredns" -conf "$run/Corefile"
@@ -397,11 +406,13 @@ EOF
 
 # Storage as on a bare-metal cluster: local persistent volumes, each a
 # directory of the node, in the default StorageClass, bound when a pod is
-# scheduled. There is no provisioner, so the pool is made here; a volume
-# released stays Released (its data kept), as `helm uninstall` should leave
-# it.
+# scheduled. There is no provisioner, so the pool is made here, and topped
+# up to CHAT_CLUSTER_VOLUMES available ones by every `up`; a volume released
+# stays Released (its data kept), as `helm uninstall` should leave it.
 volumes() {
-  local count=${CHAT_CLUSTER_VOLUMES:-24} i manifest=""
+  local want=${CHAT_CLUSTER_VOLUMES:-24} i manifest="" available existing
+  available="$(kubectl get pv -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -c '^Available$' || true)"
+  existing="$(kubectl get pv -o name | wc -l)"
   manifest+="apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
@@ -411,7 +422,7 @@ provisioner: kubernetes.io/no-provisioner
 volumeBindingMode: WaitForFirstConsumer
 reclaimPolicy: Retain
 "
-  for ((i = 0; i < count; i++)); do
+  for ((i = existing; i < existing + want - available; i++)); do
     # Writable by the pods' non-root users; nothing else on the machine
     # reaches into the state directory.
     mkdir -p "$run/volumes/pv-$i"

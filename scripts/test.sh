@@ -101,7 +101,7 @@ trap 'as_root scripts/cluster.sh down' EXIT
 as_root scripts/images.sh test test-2
 as_root scripts/cluster.sh import .cache/images/chat-server.tar .cache/images/chat-operator.tar \
   .cache/images/redis.tar .cache/images/mongodb-standin.tar
-cargo test --workspace --locked --test node
+cargo test --workspace --locked --test node -- --test-threads=1
 as_root scripts/cluster.sh down
 trap - EXIT
 

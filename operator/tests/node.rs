@@ -184,6 +184,11 @@ async fn remove_namespace(client: &Client, name: &str) {
 /// The operator chart, installed (or upgraded) as the README says, with the
 /// image built here; waits until its pod holds the leader Lease.
 async fn install_operator(client: &Client) -> String {
+    install_operator_replicas(client, 1).await
+}
+
+/// `install_operator` with `replicas` operator pods (one leads).
+async fn install_operator_replicas(client: &Client, replicas: u32) -> String {
     let image = format!("{REGISTRY}/chat-operator");
     run(
         "helm",
@@ -199,6 +204,8 @@ async fn install_operator(client: &Client) -> String {
             &format!("image.repository={image}"),
             "--set",
             &format!("image.tag={IMAGE_TAG}"),
+            "--set",
+            &format!("replicaCount={replicas}"),
             "--wait",
             "--timeout",
             "3m",
@@ -379,17 +386,25 @@ impl Http {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self.client.request(method, url);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        // A connection refused was never a request: tried again, as kube-proxy
+        // programs a new Service's address within a second or two.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let response = loop {
+            let mut request = self.client.request(method.clone(), url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            match request.send().await {
+                Ok(response) => break response,
+                Err(e) if e.is_connect() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("{url}: {e}"),
+            }
+        };
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body)
@@ -431,6 +446,16 @@ async fn connect(address: &str, person: &Person, room: &str) -> Socket {
         .await
         .unwrap_or_else(|e| panic!("{} connecting to {address}: {e}", person.name));
     socket
+}
+
+/// The next message another person sent (the sender gets its own too).
+async fn next_text_from_others(socket: &mut Socket, me: &Person) -> Value {
+    loop {
+        let text = next_of(socket, "text").await;
+        if text["user_id"] != me.id.as_str() {
+            return text;
+        }
+    }
 }
 
 /// The next frame of `kind`, skipping others (presence, typing, system).
@@ -532,28 +557,31 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
     // Alice on one pod, Bob on the other.
     let mut alice_socket = connect(&format!("{}:8080", pods[0].1), &alice, &room).await;
     let mut bob_socket = connect(&format!("{}:8080", pods[1].1), &bob, &room).await;
-    let (status, sessions) = http
-        .call(
-            reqwest::Method::GET,
-            &format!("{through_service}/api/sessions"),
-            Some(&bob.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{sessions}");
-    assert!(
-        sessions.to_string().contains(&pods[1].0),
-        "Bob's session is on {}: {sessions}",
-        pods[1].0
-    );
+    // Sessions are registered cluster-wide as sockets open.
+    wait_for(
+        "Bob's session listed on his pod",
+        Duration::from_secs(15),
+        || async {
+            let (status, sessions) = http
+                .call(
+                    reqwest::Method::GET,
+                    &format!("{through_service}/api/sessions"),
+                    Some(&bob.token),
+                    None,
+                )
+                .await;
+            (status == 200 && sessions.to_string().contains(&pods[1].0)).then_some(())
+        },
+    )
+    .await;
 
     let ack = say(&mut alice_socket, &room, "hello-from-pod-0").await;
-    let received = next_of(&mut bob_socket, "text").await;
+    let received = next_text_from_others(&mut bob_socket, &bob).await;
     assert_eq!(received["content"], "hello-from-pod-0");
     assert_eq!(received["user_id"], alice.id.as_str());
     assert_eq!(received["seq"], ack["seq"]);
     say(&mut bob_socket, &room, "hello-from-pod-1").await;
-    let received = next_of(&mut alice_socket, "text").await;
+    let received = next_text_from_others(&mut alice_socket, &alice).await;
     assert_eq!(received["content"], "hello-from-pod-1");
     assert_eq!(received["user_id"], bob.id.as_str());
 
@@ -598,20 +626,30 @@ struct Seen {
     received: Vec<u64>,
     /// Connections the server closed with 1012 (shutting down).
     going_away: usize,
+    /// Seqs more than one above the last, each closed by a resume.
+    gaps: usize,
+    /// Error frames by code.
+    errors: std::collections::BTreeMap<String, usize>,
     connections: usize,
 }
 
-/// A client as the web client behaves: it sends a message every `every`,
-/// and when its connection ends (a pod drained with 1012, or lost) it
-/// reconnects through the Service, resumes the room from the last seq it
-/// showed and resends what was not acked, with the same client ids.
-/// Stops sending when `stop` turns true, then waits for its last acks.
+/// A client as the protocol asks (docs/protocol.md) and the web client
+/// behaves: it sends a message every `every`; when its connection ends (a
+/// pod drained with 1012, or lost) it reconnects through the Service,
+/// resumes the room from the last seq it showed and resends what was not
+/// acked, with the same client ids; when a seq arrives more than one above
+/// the last (after a Redis failover every room's seq skips ahead), it
+/// resumes too, and shows nothing more until the server says `resumed`.
+/// Stops sending when `stop` turns true, and closes once every chatter of
+/// the room has its acks (3 s after, for the last deliveries).
 async fn chatter(
     address: String,
     person: Person,
     room: String,
     every: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
+    settled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    chatters: usize,
 ) -> Seen {
     use std::collections::BTreeMap;
     let mut seen = Seen::default();
@@ -619,6 +657,8 @@ async fn chatter(
     let mut sent = 0u32;
     let mut last_seq = 0u64;
     let mut stopped_at: Option<Instant> = None;
+    let mut settled_here = false;
+    let mut all_settled_at: Option<Instant> = None;
     let frame = |client_id: &str, content: &str| {
         Message::text(
             json!({"type": "message", "room_id": room, "content": content, "client_id": client_id})
@@ -635,14 +675,18 @@ async fn chatter(
             }
         };
         seen.connections += 1;
-        let resume = json!({"type": "resume", "room_id": room, "last_seq": last_seq});
-        if socket
-            .send(Message::text(resume.to_string()))
-            .await
-            .is_err()
-        {
+        let resume = |last_seq: u64| {
+            Message::text(
+                json!({"type": "resume", "room_id": room, "last_seq": last_seq}).to_string(),
+            )
+        };
+        if socket.send(resume(last_seq)).await.is_err() {
             continue;
         }
+        let mut resuming = true;
+        let mut resume_again = false;
+        let mut stale_upto: Option<u64> = None;
+        let mut replay_upto = 0u64;
         for (client_id, content) in &unacked {
             if socket.send(frame(client_id, content)).await.is_err() {
                 continue 'connection;
@@ -654,7 +698,17 @@ async fn chatter(
                 stopped_at = Some(Instant::now());
             }
             if let Some(at) = stopped_at {
-                let done = unacked.is_empty() && at.elapsed() > Duration::from_secs(3);
+                // Everyone keeps listening until every sender has its acks,
+                // and 3 s more for the last deliveries.
+                if unacked.is_empty() && !settled_here {
+                    settled_here = true;
+                    settled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let everyone = settled.load(std::sync::atomic::Ordering::SeqCst) == chatters;
+                if everyone && all_settled_at.is_none() {
+                    all_settled_at = Some(Instant::now());
+                }
+                let done = all_settled_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3));
                 assert!(
                     at.elapsed() < Duration::from_secs(60),
                     "{}: never acked {unacked:?}",
@@ -667,6 +721,12 @@ async fn chatter(
             }
             tokio::select! {
                 _ = tick.tick() => {
+                    if resume_again {
+                        resume_again = false;
+                        if socket.send(resume(last_seq)).await.is_err() {
+                            continue 'connection;
+                        }
+                    }
                     if stopped_at.is_none() {
                         sent += 1;
                         let client_id = format!("{}-{sent}", person.name);
@@ -694,10 +754,41 @@ async fn chatter(
                                     seen.acked.push((client_id, value["seq"].as_u64().unwrap_or(0)));
                                 }
                             }
-                            Some("text") => {
+                            Some("resumed") => {
+                                resuming = false;
+                                // A resume sent again after an error that was
+                                // another frame's: its replay repeats what
+                                // the first one gave, dropped as a client
+                                // merging two sources drops by seq.
+                                let from = value["from_seq"].as_u64().unwrap_or(0);
+                                stale_upto = (from < last_seq).then_some(last_seq);
+                                // The replay is what exists up to here: not
+                                // contiguous across a failover's skip.
+                                replay_upto = value["last_seq"].as_u64().unwrap_or(0);
+                            }
+                            Some("error") => {
+                                let code = value["code"].as_str().unwrap_or_default().to_owned();
+                                *seen.errors.entry(code.clone()).or_default() += 1;
+                                // Answered to the resume, or to a message
+                                // sent meanwhile: there is no telling, so the
+                                // resume is sent again unless it is answered.
+                                resume_again = resuming && code == "unavailable";
+                            }
+                            Some("text") if !resuming => {
                                 let seq = value["seq"].as_u64().unwrap_or(0);
-                                seen.received.push(seq);
-                                last_seq = last_seq.max(seq);
+                                if stale_upto.is_some_and(|upto| seq <= upto) {
+                                    continue;
+                                }
+                                if last_seq > 0 && seq > last_seq + 1 && seq > replay_upto {
+                                    seen.gaps += 1;
+                                    resuming = true;
+                                    if socket.send(resume(last_seq)).await.is_err() {
+                                        continue 'connection;
+                                    }
+                                } else {
+                                    seen.received.push(seq);
+                                    last_seq = last_seq.max(seq);
+                                }
                             }
                             _ => {}
                         }
@@ -768,6 +859,8 @@ impl Conversation {
             assert!(status < 300, "{} joins: {body}", person.name);
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let settled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = people.len();
         let chatters = people
             .into_iter()
             .map(|person| {
@@ -777,6 +870,8 @@ impl Conversation {
                     room.clone(),
                     Duration::from_millis(300),
                     stopped.clone(),
+                    settled.clone(),
+                    count,
                 ))
             })
             .collect();
@@ -791,51 +886,9 @@ impl Conversation {
         }
     }
 
-    /// Stops the chatters and holds what they saw to the guarantees: no seq
-    /// acked twice, every acked message shown to every person exactly once
-    /// and in order, and in the history once. Returns the 1012 closes seen.
-    async fn finish(self) -> usize {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        self.stop.send(true).expect("the chatters listen");
-        let mut seens = Vec::new();
-        for chatter in self.chatters {
-            seens.push(chatter.await.expect("a chatter"));
-        }
-        let acked: std::collections::BTreeMap<u64, String> = seens
-            .iter()
-            .flat_map(|seen| seen.acked.iter().map(|(id, seq)| (*seq, id.clone())))
-            .collect();
-        let acked_count: usize = seens.iter().map(|seen| seen.acked.len()).sum();
-        assert_eq!(acked.len(), acked_count, "no seq acked for two messages");
-        for (name, seen) in self.names.iter().zip(&seens) {
-            let mut unique = seen.received.clone();
-            unique.sort_unstable();
-            unique.dedup();
-            assert_eq!(
-                unique.len(),
-                seen.received.len(),
-                "{name} was shown a message twice"
-            );
-            let missing: Vec<&u64> = acked
-                .keys()
-                .filter(|seq| unique.binary_search(seq).is_err())
-                .collect();
-            assert!(missing.is_empty(), "{name} never got seqs {missing:?}");
-            assert!(
-                seen.received.windows(2).all(|pair| pair[0] < pair[1]),
-                "{name} saw the room out of order"
-            );
-            println!(
-                "{name}: {} acked, {} received over {} connections ({} closed with 1012)",
-                seen.acked.len(),
-                seen.received.len(),
-                seen.connections,
-                seen.going_away
-            );
-        }
-
-        // The history holds every acked message once, under its seq.
-        let reader = self.http.register(&self.base, "reader").await;
+    /// The seqs of the room's text messages in its history, oldest first,
+    /// paged by `before_seq` as a client scrolls.
+    async fn history(&self, reader: &Person) -> Vec<u64> {
         let mut stored: Vec<u64> = Vec::new();
         let mut before = String::new();
         loop {
@@ -865,8 +918,73 @@ impl Conversation {
             before = format!("&before_seq={oldest}");
         }
         stored.sort_unstable();
+        stored
+    }
+
+    /// Stops the chatters and holds what they saw to the guarantees: no seq
+    /// acked twice, every acked message shown to every person exactly once
+    /// and in order, and in the history once. Returns the 1012 closes seen.
+    async fn finish(mut self) -> usize {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        self.stop.send(true).expect("the chatters listen");
+        let mut seens = Vec::new();
+        for chatter in std::mem::take(&mut self.chatters) {
+            seens.push(chatter.await.expect("a chatter"));
+        }
+        let acked: std::collections::BTreeMap<u64, String> = seens
+            .iter()
+            .flat_map(|seen| seen.acked.iter().map(|(id, seq)| (*seq, id.clone())))
+            .collect();
+        let acked_count: usize = seens.iter().map(|seen| seen.acked.len()).sum();
+        assert_eq!(acked.len(), acked_count, "no seq acked for two messages");
+        for (name, seen) in self.names.iter().zip(&seens) {
+            println!(
+                "{name}: {} acked, {} received over {} connections ({} closed with 1012), {} gaps resumed, errors {:?}",
+                seen.acked.len(),
+                seen.received.len(),
+                seen.connections,
+                seen.going_away,
+                seen.gaps,
+                seen.errors
+            );
+            let mut unique = seen.received.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                seen.received.len(),
+                "{name} was shown a message twice"
+            );
+            let missing: Vec<&u64> = acked
+                .keys()
+                .filter(|seq| unique.binary_search(seq).is_err())
+                .collect();
+            assert!(missing.is_empty(), "{name} never got seqs {missing:?}");
+            assert!(
+                seen.received.windows(2).all(|pair| pair[0] < pair[1]),
+                "{name} saw the room out of order"
+            );
+        }
+
+        // The history holds every acked message once, under its seq (it may
+        // trail live delivery by a persistence batch).
+        let reader = self.http.register(&self.base, "reader").await;
         let acked_seqs: Vec<u64> = acked.keys().copied().collect();
-        assert_eq!(stored, acked_seqs, "history: every acked message, once");
+        let mut stored = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            stored = self.history(&reader).await;
+            if stored == acked_seqs {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let missing: Vec<&u64> = acked_seqs.iter().filter(|s| !stored.contains(s)).collect();
+        let extra: Vec<&u64> = stored.iter().filter(|s| !acked_seqs.contains(s)).collect();
+        assert_eq!(
+            stored, acked_seqs,
+            "history: every acked message, once (missing {missing:?}, not acked or twice {extra:?})"
+        );
         seens.iter().map(|seen| seen.going_away).sum()
     }
 }
@@ -1064,4 +1182,170 @@ async fn deleting_the_redis_primary_pod_under_chat_loses_nothing_acked() {
         &["uninstall", "chat", "--namespace", namespace, "--wait"],
     );
     remove_namespace(&client, namespace).await;
+}
+
+/// Every object of the instance `chat` in `namespace`, as "Kind/name", but
+/// the persistent volume claims.
+fn instance_objects(namespace: &str) -> Vec<String> {
+    let listed = run(
+        "kubectl",
+        &[
+            "get",
+            "deployments,statefulsets,replicasets,pods,services,secrets,configmaps,networkpolicies,poddisruptionbudgets,jobs,horizontalpodautoscalers,ingresses",
+            "-n",
+            namespace,
+            "-l",
+            "app.kubernetes.io/instance=chat",
+            "-o",
+            "name",
+        ],
+    );
+    listed.lines().map(str::to_owned).collect()
+}
+
+/// Two operator replicas; the leader's pod is killed right after a change to
+/// a ChatCluster: the other takes the Lease and carries the change out,
+/// applying with the same field manager (nothing owned twice, no conflict).
+/// Then `helm uninstall` of the ChatCluster leaves none of its objects but
+/// its volume claims, which keep their data.
+#[tokio::test]
+async fn a_killed_leader_is_replaced_and_helm_uninstall_leaves_only_the_volumes() {
+    let client = client().await;
+    let namespace = "chat-e2e-operator";
+    remove_namespace(&client, namespace).await;
+    let leader = install_operator_replicas(&client, 2).await;
+    install_chatcluster(&client, namespace, 2, 1).await;
+
+    run(
+        "kubectl",
+        &[
+            "patch",
+            "chat",
+            "chat",
+            "-n",
+            namespace,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"replicas":3}}"#,
+        ],
+    );
+    run(
+        "kubectl",
+        &[
+            "delete",
+            "pod",
+            &leader,
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--grace-period=0",
+            "--force",
+        ],
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let successor = wait_for(
+        "another operator pod leading",
+        Duration::from_secs(90),
+        || async {
+            let holder = leases
+                .get_opt("chat-operator")
+                .await
+                .ok()
+                .flatten()?
+                .spec?
+                .holder_identity?;
+            (holder != leader).then_some(holder)
+        },
+    )
+    .await;
+    println!("leader {leader} killed; {successor} took over");
+    let chatclusters = chatcluster_api(&client, namespace);
+    wait_for(
+        "the change carried out by the new leader",
+        Duration::from_secs(180),
+        || async {
+            let object = chatclusters.get_opt("chat").await.ok().flatten()?;
+            let generation = object.metadata.generation?;
+            let observed = object.data["status"]["observedGeneration"].as_i64()?;
+            let ready = object.data["status"]["readyReplicas"] == 3;
+            (observed == generation && ready).then_some(())
+        },
+    )
+    .await;
+    ready_server_pods(&client, namespace, "chat", 3).await;
+    let deployment = run(
+        "kubectl",
+        &[
+            "get",
+            "deployment",
+            "chat",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+    );
+    let deployment: Value = serde_json::from_str(&deployment).expect("a Deployment");
+    let appliers: Vec<&str> = deployment["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["operation"] == "Apply")
+        .filter_map(|entry| entry["manager"].as_str())
+        .collect();
+    assert_eq!(
+        appliers,
+        ["chat-operator"],
+        "one field manager applies the Deployment"
+    );
+    let log = run(
+        "kubectl",
+        &["logs", "-n", OPERATOR_NAMESPACE, &successor, "--tail", "-1"],
+    );
+    assert!(
+        !log.contains("Conflict") && !log.contains("conflict"),
+        "the new leader's applies met no conflict:\n{log}"
+    );
+
+    // helm uninstall: the ChatCluster goes, and with it every child but the
+    // Redis volume claim (a StatefulSet's claims outlive it).
+    assert!(!instance_objects(namespace).is_empty());
+    run(
+        "helm",
+        &["uninstall", "chat", "--namespace", namespace, "--wait"],
+    );
+    let left = wait_for("the children removed", Duration::from_secs(120), || async {
+        let left = instance_objects(namespace);
+        left.is_empty().then_some(left)
+    })
+    .await;
+    assert!(left.is_empty());
+    let claims = run("kubectl", &["get", "pvc", "-n", namespace, "-o", "json"]);
+    let claims: Value = serde_json::from_str(&claims).expect("claims");
+    let claims: Vec<(String, String)> = claims["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|claim| {
+            (
+                claim["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                claim["status"]["phase"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        claims,
+        [("data-chat-redis-0".to_owned(), "Bound".to_owned())],
+        "the Redis volume claim is kept, still bound"
+    );
+    remove_namespace(&client, namespace).await;
+    // Back to one operator replica for the other tests.
+    install_operator(&client).await;
 }
