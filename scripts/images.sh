@@ -55,7 +55,10 @@ stop_dockerd() {
     kill -KILL "$dockerd_pid" 2>/dev/null || true
   fi
   # Its containerd and the mounts under its data directory.
-  findmnt -rn -o TARGET | grep -F "$docker_dir/" | sort -r | while IFS= read -r mount; do umount -l "$mount" || true; done
+  # (A failure here would become the script's status: none may.)
+  local mount
+  while IFS= read -r mount; do umount -l "$mount" || true; done \
+    < <(findmnt -rn -o TARGET | grep -F "$docker_dir/" | sort -r || true)
 }
 trap stop_dockerd EXIT
 mkdir -p "$docker_dir"
