@@ -753,10 +753,13 @@ impl WsClient {
 
 /// Sends a message with a client_id (its content) until it is acked, as a
 /// client does while Redis or a shard is unavailable; returns the ack.
+/// Within 60 s: after a second failover to an unsynced old primary, acks
+/// wait until the other replica has resynced from it, which took over 30 s
+/// once in CI on a loaded two-core machine.
 pub async fn send_until_acked(ws: &mut WsClient, room: &str, content: &str) -> Value {
     let frame =
         json!({"type": "message", "room_id": room, "content": content, "client_id": content});
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         ws.send(frame.clone()).await;
         loop {
