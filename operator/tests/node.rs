@@ -511,10 +511,23 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
     );
 
     install_chatcluster(&client, namespace, 2, 1).await;
-    let columns = run(
-        "kubectl",
-        &["get", "chat", "chat", "-n", namespace, "--no-headers"],
-    );
+    // Available comes with the first ready pod; the columns settle on both.
+    let mut columns = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        columns = run(
+            "kubectl",
+            &["get", "chat", "chat", "-n", namespace, "--no-headers"],
+        );
+        if columns
+            .split_whitespace()
+            .take(4)
+            .eq(["chat", "True", "2", "Running"])
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let columns: Vec<&str> = columns.split_whitespace().collect();
     assert_eq!(
         &columns[..4],
