@@ -435,6 +435,52 @@ impl Http {
             id: body["user"]["id"].as_str().unwrap_or_default().to_owned(),
         }
     }
+
+    /// A public room `owner` creates and `members` join; its id.
+    async fn public_room(
+        &self,
+        base: &str,
+        name: &str,
+        owner: &Person,
+        members: &[&Person],
+    ) -> String {
+        let (status, room) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("{base}/api/rooms"),
+                Some(&owner.token),
+                Some(json!({"name": name, "description": "on a real node", "is_private": false})),
+            )
+            .await;
+        assert_eq!(status, 201, "{room}");
+        let room = room["id"].as_str().expect("a room id").to_owned();
+        for member in members {
+            let (status, body) = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("{base}/api/rooms/{room}/join"),
+                    Some(&member.token),
+                    None,
+                )
+                .await;
+            assert!(status < 300, "{} joins: {body}", member.name);
+        }
+        room
+    }
+}
+
+/// The address of the chat Service of the instance `chat`: its cluster IP
+/// (kube-proxy makes it reachable from the node) and port.
+async fn service_address(client: &Client, namespace: &str) -> String {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let cluster_ip = services
+        .get("chat")
+        .await
+        .expect("the chat Service")
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .expect("the Service's cluster IP");
+    format!("{cluster_ip}:80")
 }
 
 type Socket =
@@ -536,36 +582,14 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
     );
 
     let pods = ready_server_pods(&client, namespace, "chat", 2).await;
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let service = services.get("chat").await.expect("the chat Service");
-    let cluster_ip = service
-        .spec
-        .and_then(|spec| spec.cluster_ip)
-        .expect("the Service's cluster IP");
-    let through_service = format!("http://{cluster_ip}:80");
+    let through_service = format!("http://{}", service_address(&client, namespace).await);
 
     let http = Http::new();
     let alice = http.register(&through_service, "alice").await;
     let bob = http.register(&through_service, "bob").await;
-    let (status, room) = http
-        .call(
-            reqwest::Method::POST,
-            &format!("{through_service}/api/rooms"),
-            Some(&alice.token),
-            Some(json!({"name": "General", "description": "on a real node", "is_private": false})),
-        )
+    let room = http
+        .public_room(&through_service, "General", &alice, &[&bob])
         .await;
-    assert_eq!(status, 201, "{room}");
-    let room = room["id"].as_str().expect("a room id").to_owned();
-    let (status, body) = http
-        .call(
-            reqwest::Method::POST,
-            &format!("{through_service}/api/rooms/{room}/join"),
-            Some(&bob.token),
-            None,
-        )
-        .await;
-    assert!(status < 300, "bob joins: {body}");
 
     // Alice on one pod, Bob on the other.
     let mut alice_socket = connect(&format!("{}:8080", pods[0].1), &alice, &room).await;
@@ -835,42 +859,17 @@ impl Conversation {
     /// Registers `names`, puts them in a new public room, and starts a
     /// `chatter` for each, through the Service of the instance `chat`.
     async fn start(client: &Client, namespace: &str, names: &[&'static str]) -> Self {
-        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-        let cluster_ip = services
-            .get("chat")
-            .await
-            .expect("the chat Service")
-            .spec
-            .and_then(|spec| spec.cluster_ip)
-            .expect("the Service's cluster IP");
-        let address = format!("{cluster_ip}:80");
+        let address = service_address(client, namespace).await;
         let base = format!("http://{address}");
         let http = Http::new();
         let mut people = Vec::new();
         for name in names {
             people.push(http.register(&base, name).await);
         }
-        let (status, room) = http
-            .call(
-                reqwest::Method::POST,
-                &format!("{base}/api/rooms"),
-                Some(&people[0].token),
-                Some(json!({"name": "Conversation", "description": "", "is_private": false})),
-            )
+        let members: Vec<&Person> = people[1..].iter().collect();
+        let room = http
+            .public_room(&base, "Conversation", &people[0], &members)
             .await;
-        assert_eq!(status, 201, "{room}");
-        let room = room["id"].as_str().expect("a room id").to_owned();
-        for person in &people[1..] {
-            let (status, body) = http
-                .call(
-                    reqwest::Method::POST,
-                    &format!("{base}/api/rooms/{room}/join"),
-                    Some(&person.token),
-                    None,
-                )
-                .await;
-            assert!(status < 300, "{} joins: {body}", person.name);
-        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let settled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = people.len();
