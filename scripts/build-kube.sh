@@ -6,7 +6,9 @@
 # - kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl,
 #   for the one-node cluster of scripts/cluster.sh;
 # - helm (helm.sh/helm/v4) and CoreDNS, as users and that cluster run them;
-# - promtool, which checks and unit-tests the chart's alerts.
+# - Prometheus, which scrapes the node's chat pods and operator as the
+#   charts' ServiceMonitors say, and promtool, which checks and unit-tests
+#   the chart's alerts.
 # The Kubernetes versions are the tool lines of operator/tests/apiserver/go.mod
 # (k8s.io/kubernetes cannot be `go install`ed: it replaces its staging
 # modules); helm and CoreDNS are pinned below. A second run with the same
@@ -46,6 +48,8 @@ mkdir -p "$out"
 echo "building helm $helm_version and CoreDNS $coredns_version into .cache/kube/bin"
 GOBIN="$out" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$helm_version"
 GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$coredns_version"
-echo "building promtool (Prometheus $prometheus_version) into .cache/kube/bin"
-GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$prometheus_version"
+echo "building Prometheus $prometheus_version and promtool into .cache/kube/bin"
+for command in prometheus promtool; do
+  GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/$command@$prometheus_version"
+done
 echo "$stamp" > "$out/stamp"

@@ -184,33 +184,36 @@ async fn remove_namespace(client: &Client, name: &str) {
 /// The operator chart, installed (or upgraded) as the README says, with the
 /// image built here; waits until its pod holds the leader Lease.
 async fn install_operator(client: &Client) -> String {
-    install_operator_replicas(client, 1).await
+    install_operator_with(client, 1, &[]).await
 }
 
-/// `install_operator` with `replicas` operator pods (one leads).
-async fn install_operator_replicas(client: &Client, replicas: u32) -> String {
+/// `install_operator` with `replicas` operator pods (one leads) and chart
+/// `settings` (`key=value`, as `--set` takes them); the chart's other values
+/// go back to their defaults.
+async fn install_operator_with(client: &Client, replicas: u32, settings: &[&str]) -> String {
     let image = format!("{REGISTRY}/chat-operator");
-    run(
-        "helm",
-        &[
-            "upgrade",
-            "--install",
-            "chatcluster-operator",
-            "charts/chatcluster-operator",
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--create-namespace",
-            "--set",
-            &format!("image.repository={image}"),
-            "--set",
-            &format!("image.tag={IMAGE_TAG}"),
-            "--set",
-            &format!("replicaCount={replicas}"),
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
+    let mut args = vec![
+        "upgrade".to_owned(),
+        "--install".to_owned(),
+        "chatcluster-operator".to_owned(),
+        "charts/chatcluster-operator".to_owned(),
+        "--namespace".to_owned(),
+        OPERATOR_NAMESPACE.to_owned(),
+        "--create-namespace".to_owned(),
+        "--set".to_owned(),
+        format!("image.repository={image}"),
+        "--set".to_owned(),
+        format!("image.tag={IMAGE_TAG}"),
+        "--set".to_owned(),
+        format!("replicaCount={replicas}"),
+        "--wait".to_owned(),
+        "--timeout".to_owned(),
+        "3m".to_owned(),
+    ];
+    for setting in settings {
+        args.extend(["--set".to_owned(), (*setting).to_owned()]);
+    }
+    run("helm", &args.iter().map(String::as_str).collect::<Vec<_>>());
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     wait_for(
@@ -276,6 +279,17 @@ stringData:
 /// volume) and the MongoDB stand-in; waits until the ChatCluster is
 /// Available.
 async fn install_chatcluster(client: &Client, namespace: &str, replicas: i32, redis_replicas: i32) {
+    install_chatcluster_with(client, namespace, replicas, redis_replicas, "").await;
+}
+
+/// `install_chatcluster` with `more` values (YAML lines at the top level).
+async fn install_chatcluster_with(
+    client: &Client,
+    namespace: &str,
+    replicas: i32,
+    redis_replicas: i32,
+    more: &str,
+) {
     run("kubectl", &["create", "namespace", namespace]);
     mongodb_standin(namespace);
     let values = tempfile::NamedTempFile::new().expect("a temporary file");
@@ -289,6 +303,7 @@ redis:
 mongodb:
   external: {{uriSecretRef: {{name: mongodb, key: uri}}}}
 shutdownGraceSeconds: 5
+{more}
 "#
         ),
     )
@@ -1225,7 +1240,7 @@ async fn a_killed_leader_is_replaced_and_helm_uninstall_leaves_only_the_volumes(
     let client = client().await;
     let namespace = "chat-e2e-operator";
     remove_namespace(&client, namespace).await;
-    let leader = install_operator_replicas(&client, 2).await;
+    let leader = install_operator_with(&client, 2, &[]).await;
     install_chatcluster(&client, namespace, 2, 1).await;
 
     run(
@@ -1360,4 +1375,426 @@ async fn a_killed_leader_is_replaced_and_helm_uninstall_leaves_only_the_volumes(
     remove_namespace(&client, namespace).await;
     // Back to one operator replica for the other tests.
     install_operator(&client).await;
+}
+
+/// The Prometheus Operator's two CRDs the charts use, reduced to what lets the
+/// API server store the objects (the Prometheus Operator itself needs images
+/// from a registry; what it would make of the objects is `scrape_config`).
+const MONITORING_CRDS: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+
+/// What the Prometheus Operator generates for one endpoint of a
+/// ServiceMonitor (its `serviceMonitor/NS/NAME/I` jobs, EndpointSlice
+/// discovery): keep the Services the selector matches and the named port;
+/// label each target with its namespace, service, pod, container, job (the
+/// Service's name) and endpoint (the port's name); honour the target's own
+/// labels only where the endpoint says so. The interval is shortened to 2 s
+/// so the test does not wait for the charts' 30 s.
+fn scrape_config(monitor: &Value, index: usize, endpoint: &Value) -> Value {
+    let namespace = monitor["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    let name = monitor["metadata"]["name"].as_str().unwrap_or_default();
+    let port = endpoint["port"].as_str().unwrap_or_default();
+    let sanitize = |key: &str| -> String {
+        key.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    let mut relabel = Vec::new();
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let key = sanitize(key);
+        relabel.push(json!({
+            "action": "keep",
+            "source_labels": [
+                format!("__meta_kubernetes_service_label_{key}"),
+                format!("__meta_kubernetes_service_labelpresent_{key}"),
+            ],
+            "regex": format!("({});true", value.as_str().unwrap_or_default()),
+        }));
+    }
+    relabel.extend([
+        json!({"action": "keep", "source_labels": ["__meta_kubernetes_endpointslice_port_name"], "regex": port}),
+        json!({"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"}),
+        json!({"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"}),
+        json!({"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}),
+        json!({"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"}),
+        json!({"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"}),
+        json!({"target_label": "endpoint", "replacement": port}),
+    ]);
+    json!({
+        "job_name": format!("serviceMonitor/{namespace}/{name}/{index}"),
+        "honor_labels": endpoint["honorLabels"].as_bool().unwrap_or(false),
+        "scrape_interval": "2s",
+        "metrics_path": endpoint["path"].as_str().unwrap_or("/metrics"),
+        "kubernetes_sd_configs": [{
+            "role": "endpointslice",
+            "kubeconfig_file": kubeconfig(),
+            "namespaces": {"names": [namespace]},
+        }],
+        "relabel_configs": relabel,
+    })
+}
+
+/// A Prometheus server of `.cache/kube/bin` on the node, stopped (by PID)
+/// when dropped.
+struct Prometheus {
+    process: std::process::Child,
+    base: String,
+    http: reqwest::Client,
+    _files: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Prometheus with the scrape jobs of every ServiceMonitor in the cluster
+    /// and the rules of every PrometheusRule, evaluated every 2 s.
+    fn start() -> Self {
+        let files = tempfile::tempdir().expect("a temporary directory");
+        let listed = |kind: &str| -> Vec<Value> {
+            let list: Value =
+                serde_json::from_str(&run("kubectl", &["get", kind, "-A", "-o", "json"]))
+                    .expect("a list");
+            list["items"].as_array().cloned().unwrap_or_default()
+        };
+        let mut scrape_configs = Vec::new();
+        for monitor in listed("servicemonitors") {
+            for (index, endpoint) in monitor["spec"]["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                scrape_configs.push(scrape_config(&monitor, index, endpoint));
+            }
+        }
+        let mut rule_files = Vec::new();
+        for (index, rule) in listed("prometheusrules").iter().enumerate() {
+            // JSON is YAML: the rule file is the PrometheusRule's spec.
+            let file = files.path().join(format!("rules-{index}.yaml"));
+            std::fs::write(&file, rule["spec"].to_string()).expect("writing rules");
+            rule_files.push(file);
+        }
+        let config = json!({
+            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+            "rule_files": rule_files,
+            "scrape_configs": scrape_configs,
+        });
+        let config_file = files.path().join("prometheus.yml");
+        std::fs::write(&config_file, config.to_string()).expect("writing the configuration");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let address = listener.local_addr().expect("its address");
+        drop(listener);
+        let log = std::fs::File::create(files.path().join("prometheus.log")).expect("a log file");
+        let process = Command::new(repository().join(".cache/kube/bin/prometheus"))
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                files.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus");
+        Self {
+            process,
+            base: format!("http://{address}"),
+            http: reqwest::Client::new(),
+            _files: files,
+        }
+    }
+
+    /// `path` of Prometheus' HTTP API with `query` parameters: its `data`,
+    /// or None while Prometheus is not answering yet.
+    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/{path}", self.base))
+            .query(query)
+            .send()
+            .await
+            .ok()?;
+        let body: Value = response.json().await.ok()?;
+        (body["status"] == "success").then(|| body["data"].clone())
+    }
+
+    /// The series an instant query gives, as label sets with their values.
+    async fn query(&self, expression: &str) -> Option<Vec<Value>> {
+        let data = self.api("query", &[("query", expression)]).await?;
+        data["result"].as_array().cloned()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._files.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Prometheus on the node, configured from the ServiceMonitors and the
+/// PrometheusRule the charts and the operator create (the operator chart's
+/// `monitoring.*`, the ChatCluster's `metrics.serviceMonitor`): it finds
+/// the chat pods and the operator through the API server and scrapes them
+/// with the labels the alerts group by (`namespace` and `pod` on the chat
+/// series; the ChatCluster's own `namespace` and `name` on the operator's);
+/// every rule evaluates; and with Redis stopped, ChatRedisUnreachable comes
+/// up for each chat pod, by name.
+#[tokio::test]
+async fn prometheus_scrapes_the_pods_and_operator_as_their_service_monitors_say() {
+    let client = client().await;
+    let namespace = "chat-e2e-metrics";
+    remove_namespace(&client, namespace).await;
+    let crds = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(crds.path(), MONITORING_CRDS).expect("writing the CRDs");
+    let crds_path = crds.path().to_str().unwrap_or_default();
+    run("kubectl", &["apply", "-f", crds_path]);
+    run(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+            "--timeout=60s",
+        ],
+    );
+    install_operator_with(
+        &client,
+        1,
+        &[
+            "monitoring.serviceMonitor.enabled=true",
+            "monitoring.prometheusRule.enabled=true",
+        ],
+    )
+    .await;
+    install_chatcluster_with(&client, namespace, 2, 1, "metrics: {serviceMonitor: true}").await;
+    let pods = ready_server_pods(&client, namespace, "chat", 2).await;
+    let mut pod_names: Vec<String> = pods.iter().map(|(name, _)| name.clone()).collect();
+    pod_names.sort();
+    wait_for(
+        "the operator's ServiceMonitor for the chat pods",
+        Duration::from_secs(60),
+        || async {
+            let output = try_run(
+                "kubectl",
+                &["get", "servicemonitor", "chat", "-n", namespace],
+            );
+            output.status.success().then_some(())
+        },
+    )
+    .await;
+
+    let prometheus = Prometheus::start();
+    let labels = |series: &Vec<Value>, label: &str| -> Vec<String> {
+        let mut values: Vec<String> = series
+            .iter()
+            .filter_map(|s| s["metric"][label].as_str().map(str::to_owned))
+            .collect();
+        values.sort();
+        values
+    };
+    // Both chat pods, by the labels the alerts group by.
+    let chat = wait_for(
+        "both chat pods scraped",
+        Duration::from_secs(60),
+        || async {
+            let series = prometheus
+                .query(&format!("chat_ws_connections{{namespace=\"{namespace}\"}}"))
+                .await?;
+            (series.len() == 2).then_some(series)
+        },
+    )
+    .await;
+    assert_eq!(labels(&chat, "pod"), pod_names, "{chat:?}");
+    for series in &chat {
+        let metric = &series["metric"];
+        assert_eq!(metric["job"], "chat", "{metric}");
+        assert_eq!(metric["service"], "chat", "{metric}");
+        assert_eq!(metric["endpoint"], "http", "{metric}");
+        assert_eq!(metric["container"], "chat-server", "{metric}");
+    }
+    let up = prometheus
+        .query(&format!("up{{namespace=\"{namespace}\"}} == 1"))
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        labels(&up, "pod"),
+        pod_names,
+        "every chat target up: {up:?}"
+    );
+
+    // The operator: its own target, and the per-ChatCluster gauges keep the
+    // ChatCluster's namespace (honorLabels), as ChatPodsNotReady needs.
+    wait_for("the operator scraped", Duration::from_secs(60), || async {
+        let series = prometheus
+            .query(&format!(
+                "up{{job=\"chatcluster-operator-metrics\", namespace=\"{OPERATOR_NAMESPACE}\"}} == 1"
+            ))
+            .await?;
+        (series.len() == 1).then_some(())
+    })
+    .await;
+    let replicas = wait_for(
+        "the operator's gauges of the ChatCluster",
+        Duration::from_secs(60),
+        || async {
+            let series = prometheus
+                .query(&format!(
+                    "chat_operator_cluster_replicas{{namespace=\"{namespace}\", name=\"chat\"}}"
+                ))
+                .await?;
+            (series.len() == 1).then_some(series)
+        },
+    )
+    .await;
+    assert_eq!(replicas[0]["value"][1], "2", "{replicas:?}");
+
+    // Every rule of the PrometheusRule loaded and evaluated without error.
+    let rules = wait_for("every rule evaluated", Duration::from_secs(30), || async {
+        let data = prometheus.api("rules", &[]).await?;
+        let rules: Vec<Value> = data["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let evaluated = !rules.is_empty()
+            && rules.iter().all(|rule| {
+                !rule["lastEvaluation"]
+                    .as_str()
+                    .unwrap_or("0001")
+                    .starts_with("0001")
+            });
+        evaluated.then_some(rules)
+    })
+    .await;
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "{rule}\n{}", prometheus.log());
+    }
+    let alerts: Vec<&str> = rules.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(
+        alerts.contains(&"ChatRedisUnreachable") && alerts.contains(&"ChatPodsNotReady"),
+        "{alerts:?}"
+    );
+
+    // Redis stopped (the operator paused so it stays stopped): each chat pod's
+    // readiness reports it, and the alert comes up naming that pod.
+    run(
+        "kubectl",
+        &[
+            "patch",
+            "chat",
+            "chat",
+            "-n",
+            namespace,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"paused":true}}"#,
+        ],
+    );
+    run(
+        "kubectl",
+        &[
+            "scale",
+            "statefulset",
+            "chat-redis",
+            "-n",
+            namespace,
+            "--replicas=0",
+        ],
+    );
+    let pending = wait_for(
+        "ChatRedisUnreachable for both chat pods",
+        Duration::from_secs(90),
+        || async {
+            let series = prometheus
+                .query(&format!(
+                    "ALERTS{{alertname=\"ChatRedisUnreachable\", namespace=\"{namespace}\"}}"
+                ))
+                .await?;
+            (series.len() == 2).then_some(series)
+        },
+    )
+    .await;
+    assert_eq!(labels(&pending, "pod"), pod_names, "{pending:?}");
+    assert_eq!(labels(&pending, "severity"), ["critical", "critical"]);
+    let others = prometheus
+        .query(&format!(
+            "ALERTS{{namespace=\"{namespace}\", alertname!~\"ChatRedisUnreachable|ChatPodsNotReady\"}}"
+        ))
+        .await
+        .unwrap_or_default();
+    assert!(others.is_empty(), "no other alert: {others:?}");
+
+    // Redis back: the alert clears.
+    run(
+        "kubectl",
+        &[
+            "patch",
+            "chat",
+            "chat",
+            "-n",
+            namespace,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"paused":false}}"#,
+        ],
+    );
+    wait_for(
+        "ChatRedisUnreachable cleared",
+        Duration::from_secs(120),
+        || async {
+            let series = prometheus
+                .query(&format!(
+                    "ALERTS{{alertname=\"ChatRedisUnreachable\", namespace=\"{namespace}\"}}"
+                ))
+                .await?;
+            series.is_empty().then_some(())
+        },
+    )
+    .await;
+    drop(prometheus);
+
+    run(
+        "helm",
+        &["uninstall", "chat", "--namespace", namespace, "--wait"],
+    );
+    remove_namespace(&client, namespace).await;
+    // The operator without monitoring, then the CRDs gone: as before.
+    install_operator(&client).await;
+    run("kubectl", &["delete", "-f", crds_path, "--wait=true"]);
 }
