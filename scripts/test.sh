@@ -105,6 +105,12 @@ cargo test --workspace --locked --test node -- --test-threads=1
 as_root scripts/cluster.sh down
 trap - EXIT
 
+say "Docker Compose for real: up --scale server=3, chat and 1,000 connections through HAProxy, down"
+# The images scripts/images.sh built above (in its engine's store), MongoDB
+# the stand-in (deploy/compose/standin.yaml); after the node is down, so the
+# two never share the machine's network.
+as_root .venv/bin/python scripts/compose_test.py
+
 say "benchmark smoke run: 1,000 connections, every message to every member"
 bench/smoke.sh
 

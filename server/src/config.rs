@@ -152,23 +152,53 @@ fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `name`'s value from `var`, or else the contents of the file that
+/// `{name}_FILE` names: secrets mounted as files (Docker Compose's and
+/// Kubernetes' volumes) stay out of the environment, which `docker inspect`
+/// and `/proc/PID/environ` show. Both set is an error, as is a file that
+/// cannot be read (an empty one is unset); surrounding whitespace (the
+/// file's last newline) is trimmed by `from_lookup` like any value.
+fn value_or_file(
+    name: &'static str,
+    var: impl Fn(&str) -> Result<Option<String>, ConfigError>,
+) -> Result<Option<String>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    // Empty counts as unset, as everywhere in the configuration.
+    let set = |key: &str| Ok::<_, ConfigError>(var(key)?.filter(|v| !v.trim().is_empty()));
+    match (set(name)?, set(&file_var)?) {
+        (Some(_), Some(_)) => Err(invalid(name, format!("set {name} or {file_var}, not both"))),
+        (Some(value), None) => Ok(Some(value)),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map(Some)
+            .map_err(|e| invalid(name, format!("{file_var}: cannot read {path}: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
 /// HMAC keys shorter than the hash output weaken HS256 (RFC 7518 §3.2).
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
 impl Config {
-    /// Reads the process environment. A variable that is not valid UTF-8 is an error.
+    /// Reads the process environment; each variable may instead name a file
+    /// that holds its value, in `NAME_FILE` (see `value_or_file`). A variable
+    /// that is not valid UTF-8, or a file that cannot be read, is an error.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mut bad_unicode = None;
-        let config = Self::from_lookup(|name| match std::env::var(name) {
-            Ok(value) => Some(value),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                bad_unicode.get_or_insert(name);
+        let mut problem = None;
+        let config = Self::from_lookup(|name| {
+            let var = |key: &str| match std::env::var(key) {
+                Ok(value) => Ok(Some(value)),
+                Err(std::env::VarError::NotPresent) => Ok(None),
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(invalid(name, format!("{key} is not valid UTF-8")))
+                }
+            };
+            value_or_file(name, var).unwrap_or_else(|e| {
+                problem.get_or_insert(e);
                 None
-            }
+            })
         });
-        match bad_unicode {
-            Some(var) => Err(invalid(var, "is not valid UTF-8")),
+        match problem {
+            Some(problem) => Err(problem),
             None => config,
         }
     }
@@ -553,6 +583,63 @@ mod tests {
     fn config(vars: &[(&'static str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<_, _> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
         Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn a_value_can_come_from_the_file_its_file_variable_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt");
+        std::fs::write(&path, "from-the-file\n").unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let env = |vars: Vec<(&'static str, String)>| {
+            move |key: &str| Ok(vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
+        };
+
+        let read = value_or_file(
+            "CHAT_JWT_SECRET",
+            env(vec![("CHAT_JWT_SECRET_FILE", path.clone())]),
+        );
+        assert_eq!(read.unwrap().as_deref(), Some("from-the-file\n"));
+        let direct = value_or_file(
+            "CHAT_JWT_SECRET",
+            env(vec![("CHAT_JWT_SECRET", "direct".into())]),
+        );
+        assert_eq!(direct.unwrap().as_deref(), Some("direct"));
+        assert_eq!(value_or_file("CHAT_JWT_SECRET", env(vec![])).unwrap(), None);
+        // An empty one is unset: an override file can switch the other on.
+        let emptied = value_or_file(
+            "CHAT_JWT_SECRET",
+            env(vec![
+                ("CHAT_JWT_SECRET", "direct".into()),
+                ("CHAT_JWT_SECRET_FILE", String::new()),
+            ]),
+        );
+        assert_eq!(emptied.unwrap().as_deref(), Some("direct"));
+
+        let both = value_or_file(
+            "CHAT_JWT_SECRET",
+            env(vec![
+                ("CHAT_JWT_SECRET", "direct".into()),
+                ("CHAT_JWT_SECRET_FILE", path),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(both.var, "CHAT_JWT_SECRET");
+        assert!(both.reason.contains("not both"), "{both}");
+        let missing = value_or_file(
+            "CHAT_REDIS_URL",
+            env(vec![(
+                "CHAT_REDIS_URL_FILE",
+                "/nonexistent/redis-url".into(),
+            )]),
+        )
+        .unwrap_err();
+        assert!(
+            missing.to_string().starts_with(
+                "CHAT_REDIS_URL: CHAT_REDIS_URL_FILE: cannot read /nonexistent/redis-url"
+            ),
+            "{missing}"
+        );
     }
 
     #[test]
