@@ -63,11 +63,12 @@ stop_dockerd() {
 }
 trap stop_dockerd EXIT
 mkdir -p "$docker_dir"
-# No bridge and no iptables rules: builds need no network (nothing is
+# No bridge, no iptables rules, no IP forwarding (dockerd would turn it on
+# and leave it on): builds need no network (nothing is
 # fetched), and nothing of this engine outlives it.
 dockerd --data-root "$docker_dir/data" --exec-root "$docker_dir/exec" \
   --host "$DOCKER_HOST" --pidfile "$docker_dir/docker.pid" \
-  --bridge none --iptables=false --ip6tables=false --ip-masq=false \
+  --bridge none --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
   > "$docker_dir/dockerd.log" 2>&1 &
 dockerd_pid=$!
 for _ in $(seq 120); do "$docker" version >/dev/null 2>&1 && break; sleep 0.25; done
