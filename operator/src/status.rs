@@ -118,8 +118,50 @@ pub const VOLUMES_RESIZABLE: &str = "VolumesResizable";
 /// `status` with the [`VOLUMES_RESIZABLE`] condition, False, when a resize
 /// was refused (`why`).
 pub fn with_resize_refused(
+    status: ChatClusterStatus,
+    cluster: &ChatCluster,
+    why: Option<&str>,
+    now: &str,
+) -> ChatClusterStatus {
+    with_false_condition(
+        status,
+        cluster,
+        VOLUMES_RESIZABLE,
+        "ResizeRefused",
+        why,
+        now,
+    )
+}
+
+/// The condition reporting generated credentials that are gone while
+/// volumes hold data made with them; present only while that is so, and
+/// nothing is applied meanwhile.
+pub const CREDENTIALS_AVAILABLE: &str = "CredentialsAvailable";
+
+/// `status` with the [`CREDENTIALS_AVAILABLE`] condition, False, when the
+/// credentials of existing data are lost (`why`).
+pub fn with_credentials_lost(
+    status: ChatClusterStatus,
+    cluster: &ChatCluster,
+    why: Option<&str>,
+    now: &str,
+) -> ChatClusterStatus {
+    with_false_condition(
+        status,
+        cluster,
+        CREDENTIALS_AVAILABLE,
+        "SecretMissing",
+        why,
+        now,
+    )
+}
+
+/// `status` with the condition `kind` False for `why`, when there is one.
+fn with_false_condition(
     mut status: ChatClusterStatus,
     cluster: &ChatCluster,
+    kind: &str,
+    reason: &str,
     why: Option<&str>,
     now: &str,
 ) -> ChatClusterStatus {
@@ -127,9 +169,9 @@ pub fn with_resize_refused(
         let previous = cluster.status.clone().unwrap_or_default();
         status.conditions.push(condition(
             &previous,
-            VOLUMES_RESIZABLE,
+            kind,
             false,
-            "ResizeRefused",
+            reason,
             why,
             now,
             cluster.metadata.generation,

@@ -290,7 +290,13 @@ async fn install_chatcluster_with(
     redis_replicas: i32,
     more: &str,
 ) {
-    run("kubectl", &["create", "namespace", namespace]);
+    // It may exist already: an install again over kept volumes.
+    let created = try_run("kubectl", &["create", "namespace", namespace]);
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(
+        created.status.success() || stderr.contains("AlreadyExists"),
+        "{stderr}"
+    );
     mongodb_standin(namespace);
     let values = tempfile::NamedTempFile::new().expect("a temporary file");
     std::fs::write(
@@ -597,7 +603,26 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
     );
 
     let pods = ready_server_pods(&client, namespace, "chat", 2).await;
-    let through_service = format!("http://{}", service_address(&client, namespace).await);
+    two_people_chat_across(&client, namespace, &pods[0], &pods[1]).await;
+
+    run(
+        "helm",
+        &["uninstall", "chat", "--namespace", namespace, "--wait"],
+    );
+    remove_namespace(&client, namespace).await;
+}
+
+/// Alice and Bob register and join a room through the chat Service of the
+/// instance `chat`, Alice's socket on the pod `first`, Bob's on `second`
+/// (name, address): each gets the other's message with its seq, and history
+/// through the Service has both, in order.
+async fn two_people_chat_across(
+    client: &Client,
+    namespace: &str,
+    first: &(String, String),
+    second: &(String, String),
+) {
+    let through_service = format!("http://{}", service_address(client, namespace).await);
 
     let http = Http::new();
     let alice = http.register(&through_service, "alice").await;
@@ -607,8 +632,8 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
         .await;
 
     // Alice on one pod, Bob on the other.
-    let mut alice_socket = connect(&format!("{}:8080", pods[0].1), &alice, &room).await;
-    let mut bob_socket = connect(&format!("{}:8080", pods[1].1), &bob, &room).await;
+    let mut alice_socket = connect(&format!("{}:8080", first.1), &alice, &room).await;
+    let mut bob_socket = connect(&format!("{}:8080", second.1), &bob, &room).await;
     // Sessions are registered cluster-wide as sockets open.
     wait_for(
         "Bob's session listed on his pod",
@@ -622,7 +647,7 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
                     None,
                 )
                 .await;
-            (status == 200 && sessions.to_string().contains(&pods[1].0)).then_some(())
+            (status == 200 && sessions.to_string().contains(&second.0)).then_some(())
         },
     )
     .await;
@@ -661,12 +686,6 @@ async fn helm_installs_the_operator_and_a_chatcluster_whose_pods_chat_across_eac
     )
     .await;
     assert_eq!(history, ["hello-from-pod-0", "hello-from-pod-1"]);
-
-    run(
-        "helm",
-        &["uninstall", "chat", "--namespace", namespace, "--wait"],
-    );
-    remove_namespace(&client, namespace).await;
 }
 
 /// What one person's client saw while chatting through the Service.
@@ -1234,9 +1253,12 @@ fn instance_objects(namespace: &str) -> Vec<String> {
 /// a ChatCluster: the other takes the Lease and carries the change out,
 /// applying with the same field manager (nothing owned twice, no conflict).
 /// Then `helm uninstall` of the ChatCluster leaves none of its objects but
-/// its volume claims, which keep their data.
+/// its volume claim, which keeps its data, and the Redis password that data
+/// goes with; `helm install` again finds both. That Secret deleted while the
+/// volume exists: no new password over the old data, a condition and a
+/// warning event say why; restored, the ChatCluster goes on.
 #[tokio::test]
-async fn a_killed_leader_is_replaced_and_helm_uninstall_leaves_only_the_volumes() {
+async fn a_killed_leader_is_replaced_and_helm_uninstall_leaves_only_the_data_and_its_credentials() {
     let client = client().await;
     let namespace = "chat-e2e-operator";
     remove_namespace(&client, namespace).await;
@@ -1336,18 +1358,36 @@ async fn a_killed_leader_is_replaced_and_helm_uninstall_leaves_only_the_volumes(
     );
 
     // helm uninstall: the ChatCluster goes, and with it every child but the
-    // Redis volume claim (a StatefulSet's claims outlive it).
+    // Redis volume claim (a StatefulSet's claims outlive it) and the password
+    // its data was made with.
     assert!(!instance_objects(namespace).is_empty());
+    let redis_auth = || -> Value {
+        let secret = run(
+            "kubectl",
+            &[
+                "get",
+                "secret",
+                "chat-redis-auth",
+                "-n",
+                namespace,
+                "-o",
+                "json",
+            ],
+        );
+        serde_json::from_str(&secret).expect("the Secret")
+    };
+    let password = || redis_auth()["data"]["password"].clone();
+    let kept_password = password();
     run(
         "helm",
         &["uninstall", "chat", "--namespace", namespace, "--wait"],
     );
     let left = wait_for("the children removed", Duration::from_secs(120), || async {
         let left = instance_objects(namespace);
-        left.is_empty().then_some(left)
+        (left == ["secret/chat-redis-auth"]).then_some(left)
     })
     .await;
-    assert!(left.is_empty());
+    assert_eq!(left, ["secret/chat-redis-auth"]);
     let claims = run("kubectl", &["get", "pvc", "-n", namespace, "-o", "json"]);
     let claims: Value = serde_json::from_str(&claims).expect("claims");
     let claims: Vec<(String, String)> = claims["items"]
@@ -1371,6 +1411,95 @@ async fn a_killed_leader_is_replaced_and_helm_uninstall_leaves_only_the_volumes(
         claims,
         [("data-chat-redis-0".to_owned(), "Bound".to_owned())],
         "the Redis volume claim is kept, still bound"
+    );
+
+    // Installed again over the kept volume: with the kept password (the chat
+    // pods become ready only once Redis takes it).
+    install_chatcluster(&client, namespace, 2, 1).await;
+    assert_eq!(password(), kept_password);
+
+    // The Secret deleted while the volume holds data.
+    let mut secret = redis_auth();
+    run(
+        "kubectl",
+        &["delete", "secret", "chat-redis-auth", "-n", namespace],
+    );
+    let chatclusters = chatcluster_api(&client, namespace);
+    let message = wait_for(
+        "the condition CredentialsAvailable False",
+        Duration::from_secs(60),
+        || async {
+            let object = chatclusters.get_opt("chat").await.ok().flatten()?;
+            let conditions = object.data["status"]["conditions"].as_array()?.clone();
+            let lost = conditions
+                .iter()
+                .find(|c| c["type"] == "CredentialsAvailable" && c["status"] == "False")?;
+            lost["message"].as_str().map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(
+        message.contains("chat-redis-auth") && message.contains("data-chat-redis-0"),
+        "{message}"
+    );
+    let events = run(
+        "kubectl",
+        &[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "reason=CredentialsMissing,type=Warning",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(
+        !events.trim().is_empty(),
+        "a CredentialsMissing warning event"
+    );
+    let absent = try_run(
+        "kubectl",
+        &["get", "secret", "chat-redis-auth", "-n", namespace],
+    );
+    assert!(!absent.status.success(), "no new password was made");
+    ready_server_pods(&client, namespace, "chat", 2).await;
+
+    // Restored, as from a backup: the condition goes.
+    for field in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "managedFields",
+    ] {
+        secret["metadata"]
+            .as_object_mut()
+            .map(|metadata| metadata.remove(field));
+    }
+    let restored = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(restored.path(), secret.to_string()).expect("writing the Secret");
+    run(
+        "kubectl",
+        &["apply", "-f", restored.path().to_str().unwrap_or_default()],
+    );
+    wait_for(
+        "the condition CredentialsAvailable gone",
+        Duration::from_secs(60),
+        || async {
+            let object = chatclusters.get_opt("chat").await.ok().flatten()?;
+            (!object.data["status"]
+                .to_string()
+                .contains("CredentialsAvailable"))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(password(), kept_password);
+
+    run(
+        "helm",
+        &["uninstall", "chat", "--namespace", namespace, "--wait"],
     );
     remove_namespace(&client, namespace).await;
     // Back to one operator replica for the other tests.
@@ -1797,4 +1926,173 @@ async fn prometheus_scrapes_the_pods_and_operator_as_their_service_monitors_say(
     // The operator without monitoring, then the CRDs gone: as before.
     install_operator(&client).await;
     run("kubectl", &["delete", "-f", crds_path, "--wait=true"]);
+}
+
+/// A Redis Cluster of three primaries in pods, as a user would run their
+/// own: a StatefulSet behind a headless Service `redis` (so `redis-N.redis`
+/// resolves), with a password; the cluster created with `redis-cli
+/// --cluster create` once every pod answers.
+fn redis_cluster(namespace: &str, password: &str) {
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: redis, namespace: {namespace}}}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector: {{app: redis-cluster}}
+  ports: [{{name: redis, port: 6379}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: redis, namespace: {namespace}}}
+spec:
+  serviceName: redis
+  replicas: 3
+  podManagementPolicy: Parallel
+  selector: {{matchLabels: {{app: redis-cluster}}}}
+  template:
+    metadata: {{labels: {{app: redis-cluster}}}}
+    spec:
+      securityContext: {{runAsNonRoot: true, runAsUser: 999, fsGroup: 999}}
+      containers:
+      - name: redis
+        image: {REGISTRY}/redis:{IMAGE_TAG}
+        args: [--cluster-enabled, "yes", --cluster-config-file, /data/nodes.conf, --appendonly, "yes",
+               --requirepass, "{password}", --masterauth, "{password}"]
+        env: [{{name: REDISCLI_AUTH, value: "{password}"}}]
+        ports: [{{name: redis, containerPort: 6379}}]
+        readinessProbe: {{exec: {{command: [redis-cli, ping]}}, periodSeconds: 2}}
+        volumeMounts: [{{name: data, mountPath: /data}}]
+      volumes: [{{name: data, emptyDir: {{}}}}]
+"#
+    );
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(file.path(), manifest).expect("writing the manifest");
+    run(
+        "kubectl",
+        &["apply", "-f", file.path().to_str().unwrap_or_default()],
+    );
+    run(
+        "kubectl",
+        &[
+            "rollout",
+            "status",
+            "statefulset/redis",
+            "-n",
+            namespace,
+            "--timeout=120s",
+        ],
+    );
+    let pods: Value = serde_json::from_str(&run(
+        "kubectl",
+        &[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            "app=redis-cluster",
+            "-o",
+            "json",
+        ],
+    ))
+    .expect("the Redis pods");
+    let nodes: Vec<String> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|pod| pod["status"]["podIP"].as_str())
+        .map(|ip| format!("{ip}:6379"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{pods}");
+    let mut create = vec![
+        "exec",
+        "-n",
+        namespace,
+        "redis-0",
+        "--",
+        "redis-cli",
+        "--cluster",
+        "create",
+    ];
+    create.extend(nodes.iter().map(String::as_str));
+    create.push("--cluster-yes");
+    run("kubectl", &create);
+}
+
+/// `manifests/examples/redis-cluster.yaml`, applied as it is written (with
+/// the image built here, as nothing can be pulled): its six chat pods on a
+/// Redis Cluster in pods, found through the seed nodes of its Secret, and
+/// MongoDB external (the stand-in). The ChatCluster reads `True 6 Running`,
+/// and two people on different pods chat.
+#[tokio::test]
+async fn the_redis_cluster_example_runs_six_pods_on_a_redis_cluster() {
+    let client = client().await;
+    // The example's own namespace.
+    let namespace = "chat";
+    remove_namespace(&client, namespace).await;
+    install_operator(&client).await;
+    run("kubectl", &["create", "namespace", namespace]);
+    mongodb_standin(namespace);
+    let password = "cluster-password";
+    redis_cluster(namespace, password);
+    let seeds: Vec<String> = (0..3)
+        .map(|n| format!("redis://:{password}@redis-{n}.redis:6379"))
+        .collect();
+    run(
+        "kubectl",
+        &[
+            "create",
+            "secret",
+            "generic",
+            "chat-backends",
+            "-n",
+            namespace,
+            &format!("--from-literal=redis-url={}", seeds.join(",")),
+            &format!(
+                "--from-literal=mongodb-uri=mongodb://mongodb.{namespace}.svc.cluster.local:27017/chat?directConnection=true"
+            ),
+        ],
+    );
+
+    let example =
+        std::fs::read_to_string(repository().join("manifests/examples/redis-cluster.yaml"))
+            .expect("the example");
+    assert!(example.contains("\nspec:\n"), "{example}");
+    let local = example.replacen(
+        "\nspec:\n",
+        &format!(
+            "\nspec:\n  image: {{repository: {REGISTRY}/chat-server, tag: {IMAGE_TAG}}}\n  shutdownGraceSeconds: 5\n"
+        ),
+        1,
+    );
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(file.path(), local).expect("writing the example");
+    let path = file.path().to_str().unwrap_or_default();
+    run("kubectl", &["apply", "-f", path]);
+
+    let chatclusters = chatcluster_api(&client, namespace);
+    wait_for(
+        "the example's six pods ready",
+        Duration::from_secs(300),
+        || async {
+            let columns = run(
+                "kubectl",
+                &["get", "chat", "chat", "-n", namespace, "--no-headers"],
+            );
+            let object = chatclusters.get_opt("chat").await.ok().flatten()?;
+            let settled = columns
+                .split_whitespace()
+                .take(4)
+                .eq(["chat", "True", "6", "Running"]);
+            (settled && object.data["status"]["readyReplicas"] == 6).then_some(())
+        },
+    )
+    .await;
+    let pods = ready_server_pods(&client, namespace, "chat", 6).await;
+    two_people_chat_across(&client, namespace, &pods[0], &pods[5]).await;
+
+    run("kubectl", &["delete", "-f", path, "--wait=true"]);
+    remove_namespace(&client, namespace).await;
 }

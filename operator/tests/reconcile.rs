@@ -349,7 +349,8 @@ async fn the_first_reconcile_creates_every_child_in_order_and_reports_status() {
         .to_owned();
     assert!(key.len() >= 40, "a generated key, base64: {key}");
     for (path, object) in harness.api.objects.lock().unwrap().iter() {
-        if path.contains("/events/") || path == CLUSTER_PATH {
+        // The data credentials outlive the cluster, as the volumes do.
+        if path.contains("/events/") || path == CLUSTER_PATH || path.ends_with("-auth") {
             continue;
         }
         let owner = &object["metadata"]["ownerReferences"][0];
@@ -735,4 +736,103 @@ async fn a_missing_user_secret_is_reported_not_invented() {
     assert!(error.to_string().contains("absent"), "{error}");
     let calls = harness.api.take_calls();
     assert_eq!(applied_children(&calls), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_data_credentials_are_not_garbage_collected_with_the_cluster() {
+    let harness = Harness::new(json!({}));
+    harness.settle().await;
+    let owners = |name: &str| {
+        harness
+            .api
+            .get(&format!("/api/v1{NS}/secrets/{name}"))
+            .unwrap()
+            .pointer("/metadata/ownerReferences")
+            .cloned()
+    };
+    assert_eq!(owners("demo-redis-auth"), None);
+    assert_eq!(owners("demo-mongodb-auth"), None);
+    assert!(
+        owners("demo-jwt").is_some(),
+        "the JWT key goes with the cluster"
+    );
+    assert!(owners("demo-connections").is_some());
+    // Unowned, yet read as the cluster's own: a settled pass writes nothing.
+    harness.reconcile().await.unwrap();
+    assert_eq!(writes(&harness.api.take_calls()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn lost_credentials_over_existing_volumes_are_refused_not_regenerated() {
+    let harness = Harness::new(json!({}));
+    harness.settle().await;
+    let claim = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": name, "namespace": "chat"}})
+    };
+    harness.api.put(
+        &format!("/api/v1{NS}/persistentvolumeclaims/data-demo-redis-0"),
+        claim("data-demo-redis-0"),
+    );
+    let secret_path = format!("/api/v1{NS}/secrets/demo-redis-auth");
+    let secret = harness.api.remove(&secret_path).unwrap();
+
+    harness.reconcile().await.unwrap();
+    let calls = harness.api.take_calls();
+    assert_eq!(
+        applied_children(&calls),
+        Vec::<String>::new(),
+        "nothing applied"
+    );
+    assert!(
+        harness.api.get(&secret_path).is_none(),
+        "no new password over the old data"
+    );
+    let cluster = harness.api.get(CLUSTER_PATH).unwrap();
+    let conditions = cluster["status"]["conditions"].as_array().unwrap().clone();
+    let lost = conditions
+        .iter()
+        .find(|c| c["type"] == "CredentialsAvailable")
+        .unwrap_or_else(|| panic!("{conditions:#?}"));
+    assert_eq!(lost["status"], "False");
+    assert_eq!(lost["reason"], "SecretMissing");
+    let message = lost["message"].as_str().unwrap();
+    assert!(
+        message.contains("demo-redis-auth") && message.contains("data-demo-redis-0"),
+        "{message}"
+    );
+    let events: Vec<Value> = harness
+        .api
+        .objects
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| path.contains("/events/"))
+        .map(|(_, event)| event.clone())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "CredentialsMissing" && e["type"] == "Warning"),
+        "{events:#?}"
+    );
+
+    // The Secret restored (from a backup): the cluster goes on as before.
+    harness.api.put(&secret_path, secret);
+    harness.reconcile().await.unwrap();
+    let cluster = harness.api.get(CLUSTER_PATH).unwrap();
+    assert!(
+        !cluster.to_string().contains("CredentialsAvailable"),
+        "{cluster}"
+    );
+}
+
+#[tokio::test]
+async fn without_volumes_a_deleted_generated_secret_is_made_again() {
+    let harness = Harness::new(json!({}));
+    harness.settle().await;
+    let secret_path = format!("/api/v1{NS}/secrets/demo-mongodb-auth");
+    harness.api.remove(&secret_path).unwrap();
+    harness.reconcile().await.unwrap();
+    assert!(harness.api.get(&secret_path).is_some());
 }

@@ -59,6 +59,10 @@ pub enum Error {
     /// The API server accepted a change that has not taken effect in time.
     #[error("{0}")]
     Stuck(String),
+    /// A generated credentials Secret is gone while volumes hold data made
+    /// with it: new credentials would lock the pods out of their own data.
+    #[error("{0}")]
+    CredentialsLost(String),
 }
 
 impl Error {
@@ -67,7 +71,9 @@ impl Error {
         match self {
             Error::Build(_) => "build",
             Error::Api { .. } | Error::Stuck(_) => "api",
-            Error::SecretMissing { .. } | Error::SecretKeyMissing { .. } => "secret",
+            Error::SecretMissing { .. }
+            | Error::SecretKeyMissing { .. }
+            | Error::CredentialsLost(_) => "secret",
         }
     }
 }
@@ -217,9 +223,33 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
     };
     let observed = live.objects.get(&deployment).map(observed_pods);
     let mut resize_refused = None;
+    let mut credentials_lost = None;
 
-    if !cluster.spec.paused {
-        let secrets = secret_values(&ctx.client, cluster, &namespace, &name).await?;
+    let secrets = if cluster.spec.paused {
+        None
+    } else {
+        match secret_values(&ctx.client, cluster, &namespace, &name).await {
+            Ok(secrets) => Some(secrets),
+            // Nothing is applied (the running pods keep the credentials they
+            // started with); the condition and a warning say what to do.
+            Err(Error::CredentialsLost(why)) => {
+                if ctx.first_warning(cluster, &why) {
+                    warn!(chatcluster = %cluster_key(cluster), %why, "credentials lost");
+                    ctx.event(
+                        cluster,
+                        EventType::Warning,
+                        "CredentialsMissing",
+                        why.clone(),
+                    )
+                    .await;
+                }
+                credentials_lost = Some(why);
+                None
+            }
+            Err(other) => return Err(other),
+        }
+    };
+    if let Some(secrets) = secrets {
         let mut desired = render::children(cluster, &secrets)?;
         if let Some(held) = members::hold_until_removed(&mut desired, &live) {
             info!(chatcluster = %cluster_key(cluster), %held, "replica set shrinking");
@@ -247,16 +277,13 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
         }
         // Generated secrets outlive a switch to the user's own (or to an
         // external Redis): switching back finds them unchanged.
-        let keep = [
-            desired::jwt_secret_name(&name),
-            desired::redis_auth_secret_name(&name),
-            desired::mongodb_auth_secret_name(&name),
-        ]
-        .map(|name| ObjectKey {
-            api_version: "v1".to_owned(),
-            kind: "Secret".to_owned(),
-            name,
-        });
+        let [redis_auth, mongodb_auth] = desired::data_credentials(&name);
+        let keep =
+            [desired::jwt_secret_name(&name), redis_auth, mongodb_auth].map(|name| ObjectKey {
+                api_version: "v1".to_owned(),
+                kind: "Secret".to_owned(),
+                name,
+            });
         let plan = objects::plan(&desired, &live, &keep);
         for object in &plan.apply {
             apply(&ctx.client, &namespace, object).await?;
@@ -299,9 +326,32 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
         &name,
         observed,
         resize_refused.as_deref(),
+        credentials_lost.as_deref(),
     )
     .await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// Before credentials are generated for `statefulset`: refuses when its
+/// data volumes exist, as they hold data made with the credentials `secret`
+/// had (a restore, a deleted Secret, a reinstall over kept volumes).
+async fn refuse_over_data(
+    client: &Client,
+    namespace: &str,
+    secret: &str,
+    statefulset: &str,
+) -> Result<(), Error> {
+    let claims = volumes::claims(client, namespace, statefulset, "data").await?;
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = claims.iter().map(ResourceExt::name_any).collect();
+    names.sort();
+    Err(Error::CredentialsLost(format!(
+        "Secret {secret} is missing but volumes {} hold data made with its credentials: \
+         restore the Secret (or delete the volumes to start empty); nothing is applied until then",
+        names.join(", ")
+    )))
 }
 
 fn list_or_none(items: &[String]) -> String {
@@ -348,7 +398,11 @@ async fn observe(
                 .iter()
                 .flatten()
                 .any(|o| Some(&o.uid) == owner.as_ref());
-            if !owned {
+            // The data credentials are not owned (see `desired::data_credentials`),
+            // but are this ChatCluster's all the same.
+            let kept =
+                kind == "Secret" && desired::data_credentials(name).contains(&item.name_any());
+            if !owned && !kept {
                 continue;
             }
             let key = ObjectKey {
@@ -420,14 +474,19 @@ async fn secret_values(
     let redis_password = if cluster.spec.managed_redis().is_none() {
         String::new()
     } else {
-        match read_secret(&secrets, &desired::redis_auth_secret_name(name), "password").await? {
+        let secret = desired::redis_auth_secret_name(name);
+        match read_secret(&secrets, &secret, "password").await? {
             Some(password) => password,
-            None => desired::generate_password(),
+            None => {
+                refuse_over_data(client, namespace, &secret, &desired::redis_name(name)).await?;
+                desired::generate_password()
+            }
         }
     };
     let mongodb = if cluster.spec.managed_mongodb().is_none() {
         desired::MongoDbCredentials::default()
     } else {
+        let cluster_name = name;
         let name = desired::mongodb_auth_secret_name(name);
         let mut stored = Vec::new();
         for key in desired::MongoDbCredentials::KEYS {
@@ -439,7 +498,19 @@ async fn secret_values(
                 app_password: app.clone(),
                 keyfile: keyfile.clone(),
             },
-            _ => desired::MongoDbCredentials::generate(),
+            _ => {
+                // Without auth, no data depends on them (nor is the Secret made).
+                if cluster.spec.managed_mongodb().is_some_and(|m| m.auth) {
+                    refuse_over_data(
+                        client,
+                        namespace,
+                        &name,
+                        &desired::mongodb_name(cluster_name),
+                    )
+                    .await?;
+                }
+                desired::MongoDbCredentials::generate()
+            }
         }
     };
     let mut referenced = Vec::new();
@@ -540,12 +611,18 @@ async fn write_status(
     name: &str,
     observed: Option<Observed>,
     resize_refused: Option<&str>,
+    credentials_lost: Option<&str>,
 ) -> Result<(), Error> {
     let now = now_rfc3339();
-    let next = status::with_resize_refused(
-        status::status(cluster, observed, &now),
+    let next = status::with_credentials_lost(
+        status::with_resize_refused(
+            status::status(cluster, observed, &now),
+            cluster,
+            resize_refused,
+            &now,
+        ),
         cluster,
-        resize_refused,
+        credentials_lost,
         &now,
     );
     if cluster.status.as_ref() == Some(&next) {
@@ -621,7 +698,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
+        // Secrets by their instance label rather than their owner: the data
+        // credentials have none (`desired::data_credentials`), and one
+        // deleted must wake its ChatCluster to report it.
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            owned.clone(),
+            |secret| {
+                let instance = secret.labels().get("app.kubernetes.io/instance").cloned();
+                instance
+                    .zip(secret.namespace())
+                    .map(|(name, namespace)| reflector::ObjectRef::new(&name).within(&namespace))
+            },
+        )
         .owns(Api::<Job>::all(client.clone()), owned.clone())
         .owns(
             Api::<PodDisruptionBudget>::all(client.clone()),

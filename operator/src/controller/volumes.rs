@@ -183,7 +183,7 @@ pub async fn resize(
 }
 
 /// The claims `statefulset` made from `template`.
-async fn claims(
+pub(super) async fn claims(
     client: &Client,
     namespace: &str,
     statefulset: &str,

@@ -19,12 +19,13 @@ use crate::crd::ChatCluster;
 
 pub use mongodb::{
     MongoDbCredentials, mongodb_auth_secret, mongodb_auth_secret_name, mongodb_init_job,
-    mongodb_network_policy, mongodb_service, mongodb_statefulset,
+    mongodb_name, mongodb_network_policy, mongodb_service, mongodb_statefulset,
 };
 pub use redis::{
     REDIS_MASTER_NAME, SENTINEL_PORT, generate_password, redis_auth_secret, redis_auth_secret_name,
-    redis_disruption_budgets, redis_network_policy, redis_sentinel_deployment, redis_sentinel_name,
-    redis_sentinel_network_policy, redis_sentinel_service, redis_service, redis_statefulset,
+    redis_disruption_budgets, redis_name, redis_network_policy, redis_sentinel_deployment,
+    redis_sentinel_name, redis_sentinel_network_policy, redis_sentinel_service, redis_service,
+    redis_statefulset,
 };
 pub use server::{
     config_map, connection_secret, deployment, disruption_budget, generate_jwt_key,
@@ -170,6 +171,30 @@ pub(crate) fn child_meta(
         labels: Some(labels(&instance, component)),
         owner_references: Some(vec![owner_reference(cluster)?]),
         ..Default::default()
+    })
+}
+
+/// The Secrets whose credentials the data volumes depend on: Redis's
+/// password and MongoDB's users and keyfile. The ChatCluster does not own
+/// them (no garbage collection): like the volumes, which a StatefulSet
+/// leaves behind, they outlive it, so a `helm uninstall` and install, or a
+/// ChatCluster deleted and applied again, finds its data reachable.
+pub fn data_credentials(instance: &str) -> [String; 2] {
+    [
+        redis_auth_secret_name(instance),
+        mongodb_auth_secret_name(instance),
+    ]
+}
+
+/// `child_meta` without the owner, for `data_credentials`.
+pub(crate) fn kept_meta(
+    cluster: &ChatCluster,
+    name: String,
+    component: Component,
+) -> Result<ObjectMeta, BuildError> {
+    Ok(ObjectMeta {
+        owner_references: None,
+        ..child_meta(cluster, name, component)?
     })
 }
 

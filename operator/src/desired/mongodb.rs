@@ -16,7 +16,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use rand::RngCore;
 use serde_json::json;
 
-use super::{BuildError, Component, child_meta, digest, identity, selector_labels, typed};
+use super::{
+    BuildError, Component, child_meta, digest, identity, kept_meta, selector_labels, typed,
+};
 use crate::crd::ChatCluster;
 
 pub const REPLICA_SET: &str = "rs0";
@@ -82,7 +84,7 @@ pub fn mongodb_auth_secret(
         .map(|(key, value)| (key.to_owned(), ByteString(value.as_bytes().to_vec())))
         .collect::<BTreeMap<_, _>>();
     Ok(Some(Secret {
-        metadata: child_meta(
+        metadata: kept_meta(
             cluster,
             mongodb_auth_secret_name(&instance),
             Component::MongoDb,

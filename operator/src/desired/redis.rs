@@ -21,7 +21,8 @@ use rand::RngCore;
 use serde_json::json;
 
 use super::{
-    BuildError, Component, child_meta, identity, quantity_bytes, selector_labels, spread, typed,
+    BuildError, Component, child_meta, identity, kept_meta, quantity_bytes, selector_labels,
+    spread, typed,
 };
 use crate::crd::{ChatCluster, ManagedRedis};
 
@@ -81,7 +82,7 @@ pub fn redis_auth_secret(
     }
     let (instance, _) = identity(cluster)?;
     Ok(Some(Secret {
-        metadata: child_meta(cluster, redis_auth_secret_name(&instance), Component::Redis)?,
+        metadata: kept_meta(cluster, redis_auth_secret_name(&instance), Component::Redis)?,
         data: Some(BTreeMap::from([(
             "password".to_owned(),
             ByteString(password.as_bytes().to_vec()),

@@ -646,7 +646,8 @@ async fn operator_token(client: &Client) -> String {
 }
 
 /// The children the operator made for `instance`: `Kind/name` with their
-/// resourceVersion, every one owned by the ChatCluster.
+/// resourceVersion, every one owned by the ChatCluster but the data
+/// credentials (`desired::data_credentials`), which are kept without it.
 async fn children(
     client: &Client,
     namespace: &str,
@@ -674,9 +675,12 @@ async fn children(
                 .owner_references()
                 .iter()
                 .any(|o| o.uid == owner && o.controller == Some(true));
+            // The data credentials outlive the cluster, as its volumes do.
+            let kept = kind == "Secret"
+                && chat_operator::desired::data_credentials(instance).contains(&item.name_any());
             assert!(
-                owned,
-                "{kind}/{} is not owned by the ChatCluster",
+                owned != kept,
+                "{kind}/{} is owned by the ChatCluster: {owned}, kept without it: {kept}",
                 item.name_any()
             );
             found.push((
