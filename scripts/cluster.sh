@@ -279,7 +279,7 @@ up() {
     --kubelet-client-certificate "$run/pki/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$run/pki/apiserver-kubelet-client.key" \
     --kubelet-preferred-address-types InternalIP \
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction,OwnerReferencesPermissionEnforcement \
     --service-cluster-ip-range "$service_cidr" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$run/pki/sa.pub" --service-account-signing-key-file "$run/pki/sa.key" \

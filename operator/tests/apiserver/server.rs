@@ -206,6 +206,13 @@ impl ApiServer {
                 &dir.join("tokens.csv").display().to_string(),
             ])
             .args(["--authorization-mode", "RBAC"])
+            // As on clusters that enable it (OpenShift among them): setting
+            // blockOwnerDeletion on a child needs `update` on its owner's
+            // finalizers.
+            .args([
+                "--enable-admission-plugins",
+                "OwnerReferencesPermissionEnforcement",
+            ])
             .args(["--service-account-issuer", "https://kubernetes.default.svc"])
             .args(["--service-account-key-file", &public_key])
             .args(["--service-account-signing-key-file", &key])
