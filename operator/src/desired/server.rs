@@ -22,6 +22,10 @@ use crate::crd::{ChatCluster, SecretKeyRef};
 /// Seconds the pod keeps serving after it is marked terminating, so endpoints
 /// and load balancers stop sending to it before it starts draining.
 const PRE_STOP_SECONDS: i32 = 5;
+/// The readiness probe's timeout: `/readyz` gives each dependency up to 2 s
+/// (checked at once), so a probe must wait longer than that, or a slow but
+/// answering Redis or MongoDB would mark every pod unready.
+const READYZ_TIMEOUT_SECONDS: i32 = 3;
 /// The UID the chat server runs as (distroless `nonroot`).
 const RUN_AS: i64 = 65532;
 
@@ -284,7 +288,7 @@ pub fn deployment(cluster: &ChatCluster, secrets_digest: &str) -> Result<Deploym
                     "env": env,
                     "resources": spec.resources,
                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2},
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": READYZ_TIMEOUT_SECONDS, "failureThreshold": 2},
                     "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 30},
                     "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
                     "securityContext": {

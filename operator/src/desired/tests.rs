@@ -143,6 +143,14 @@ fn the_server_pod_is_probed_drained_and_locked_down() {
     );
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // /readyz gives each dependency 2 s (server/src/health.rs, CHECK_TIMEOUT,
+    // checked at once): a probe that gives up sooner (the kubelet's default
+    // is 1 s) marks a pod unready while Redis or MongoDB still answers in
+    // time, and under a slow dependency every pod flaps.
+    let timeout = container["readinessProbe"]["timeoutSeconds"]
+        .as_i64()
+        .unwrap_or(1);
+    assert!(timeout > 2, "readiness timeout {timeout} s");
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
