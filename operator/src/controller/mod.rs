@@ -95,7 +95,7 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Warnings already given for a ChatCluster's generation, so a condition
     /// that persists is reported once per spec, not on every resync.
-    warned: Mutex<HashSet<String>>,
+    warned: Mutex<Warned>,
 }
 
 impl Context {
@@ -109,7 +109,7 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
-            warned: Mutex::new(HashSet::new()),
+            warned: Mutex::new(Warned::default()),
         }
     }
 
@@ -122,15 +122,14 @@ impl Context {
 
     /// True the first time `what` is reported for this generation of `cluster`.
     fn first_warning(&self, cluster: &ChatCluster, what: &str) -> bool {
-        let key = format!(
-            "{}@{}:{what}",
-            cluster_key(cluster),
-            cluster.metadata.generation.unwrap_or_default()
-        );
         self.warned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key)
+            .first(
+                cluster_key(cluster),
+                cluster.metadata.generation.unwrap_or_default(),
+                what,
+            )
     }
 
     /// Publishes a Kubernetes event about `cluster`. Events are a courtesy to
@@ -139,7 +138,7 @@ impl Context {
         let event = Event {
             type_: kind,
             reason: reason.to_owned(),
-            note: Some(note),
+            note: Some(event_note(note)),
             action: "Reconcile".to_owned(),
             secondary: None,
         };
@@ -151,6 +150,41 @@ impl Context {
             warn!(%error, reason, "publishing a Kubernetes event");
         }
     }
+}
+
+/// The warnings given to each ChatCluster, for its current generation only:
+/// a new spec starts afresh, so what is kept never outgrows one generation's
+/// warnings per cluster (a set keyed by generation grew with every edit).
+#[derive(Default)]
+struct Warned(HashMap<String, (i64, HashSet<String>)>);
+
+impl Warned {
+    /// True the first time `what` is given for `generation` of `cluster`.
+    fn first(&mut self, cluster: String, generation: i64, what: &str) -> bool {
+        let (seen, given) = self.0.entry(cluster).or_default();
+        if *seen != generation {
+            *seen = generation;
+            given.clear();
+        }
+        given.insert(what.to_owned())
+    }
+}
+
+/// The API server refuses an event whose note is over 1 KiB (a long list of
+/// applied objects, an API error quoting a big object): cut it, at a
+/// character boundary, and say so.
+fn event_note(mut note: String) -> String {
+    const LIMIT: usize = 1024;
+    const CUT: &str = " [...]";
+    if note.len() > LIMIT {
+        let mut end = LIMIT - CUT.len();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str(CUT);
+    }
+    note
 }
 
 fn cluster_key(cluster: &ChatCluster) -> String {
@@ -738,6 +772,32 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warning_is_given_once_per_generation_and_only_the_current_one_is_kept() {
+        let mut warned = Warned::default();
+        assert!(warned.first("chat/a".into(), 1, "resize refused"));
+        assert!(!warned.first("chat/a".into(), 1, "resize refused"));
+        assert!(warned.first("chat/b".into(), 1, "resize refused"));
+        // A new spec: the same warning again, and the old generation's gone.
+        for generation in 2..1000 {
+            assert!(warned.first("chat/a".into(), generation, "resize refused"));
+        }
+        assert_eq!(warned.0.len(), 2);
+        assert_eq!(warned.0["chat/a"].1.len(), 1);
+    }
+
+    #[test]
+    fn event_notes_are_cut_to_what_the_api_server_takes() {
+        assert_eq!(event_note("short".into()), "short");
+        let exact = "x".repeat(1024);
+        assert_eq!(event_note(exact.clone()), exact);
+        // Multi-byte characters across the cut.
+        let long = "é".repeat(2000);
+        let cut = event_note(long);
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with(" [...]") && cut.starts_with("éé"));
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_five_minutes() {
