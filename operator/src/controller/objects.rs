@@ -9,6 +9,8 @@ use std::fmt;
 use kube::api::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
+use crate::desired::quantity_value;
+
 /// Every kind the operator creates: `(apiVersion, kind, plural)`.
 pub const CHILD_KINDS: [(&str, &str, &str); 11] = [
     ("v1", "Secret", "secrets"),
@@ -145,6 +147,13 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
         (Value::Array(live), Value::Array(desired)) => {
             live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
         }
+        // The API server stores quantities in its canonical form (`1024Mi`
+        // comes back `1Gi`): the same amount is no difference, or every pass
+        // would apply again and say so.
+        (Value::String(live), Value::String(desired)) => {
+            live == desired
+                || quantity_value(live).is_some_and(|l| Some(l) == quantity_value(desired))
+        }
         (live, desired) => live == desired,
     }
 }
@@ -201,6 +210,19 @@ mod tests {
             "status": {"readyReplicas": 3},
         });
         assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn the_same_quantity_in_another_form_is_no_difference() {
+        let live = json!({"resources": {"requests": {"memory": "1Gi", "cpu": "500m", "storage": "1536Mi"}}});
+        let same = json!({"resources": {"requests": {"memory": "1024Mi", "cpu": "0.5", "storage": "1.5Gi"}}});
+        assert!(contains(&live, &same));
+        let more = json!({"resources": {"requests": {"memory": "2Gi"}}});
+        assert!(!contains(&live, &more));
+        assert!(!contains(
+            &json!({"image": "redis:7"}),
+            &json!({"image": "redis:7.0"})
+        ));
     }
 
     #[test]

@@ -127,25 +127,53 @@ pub(crate) fn spread(instance: &str, component: Component) -> serde_json::Value 
     }]}})
 }
 
-/// `256Mi`, `1Gi`, `500M`, `1048576` in bytes; `None` for what this does not read.
-pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+/// A Kubernetes quantity as a number: `128Mi`, `1.5Gi`, `2Pi`, `500m`,
+/// `1e3`, `2E` (the API server's grammar: a decimal number, then a binary
+/// suffix, a decimal suffix or an exponent). None for anything else.
+pub fn quantity_value(quantity: &str) -> Option<f64> {
     let split = quantity
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(quantity.len());
     let (number, suffix) = quantity.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let scale: u64 = match suffix {
-        "" => 1,
-        "k" | "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
+    // Digits, at most one point, and a digit somewhere.
+    if !number.bytes().any(|b| b.is_ascii_digit()) || number.matches('.').count() > 1 {
+        return None;
+    }
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 2f64.powi(10),
+        "Mi" => 2f64.powi(20),
+        "Gi" => 2f64.powi(30),
+        "Ti" => 2f64.powi(40),
+        "Pi" => 2f64.powi(50),
+        "Ei" => 2f64.powi(60),
+        exponent => {
+            let digits = exponent.strip_prefix(['e', 'E'])?;
+            let unsigned = digits.strip_prefix(['+', '-']).unwrap_or(digits);
+            if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            10f64.powi(digits.parse().ok()?)
+        }
     };
-    number.checked_mul(scale)
+    let value = number * scale;
+    value.is_finite().then_some(value)
+}
+
+/// A quantity of bytes (a volume's size, a memory limit), rounded up to a
+/// whole byte as the API server does.
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let value = quantity_value(quantity)?.ceil();
+    // Exactly representable below 2^53; every real size is.
+    (value < 2f64.powi(63)).then_some(value as u64)
 }
 
 /// `key=value,...` for a label selector string (the scale subresource's).

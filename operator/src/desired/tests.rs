@@ -652,3 +652,24 @@ fn the_init_job_brings_the_members_to_the_spec_through_the_replica_set() {
         job["metadata"]["name"].as_str().map(str::to_owned)
     );
 }
+
+#[test]
+fn quantities_read_as_the_api_server_writes_them() {
+    use crate::desired::{quantity_bytes, quantity_value};
+    assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+    assert_eq!(quantity_bytes("1024Mi"), Some(1 << 30));
+    assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+    assert_eq!(quantity_bytes("2Pi"), Some(2 << 50));
+    assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+    assert_eq!(quantity_bytes("1e3"), Some(1000));
+    assert_eq!(quantity_bytes("1E3"), Some(1000));
+    assert_eq!(quantity_bytes("1E"), Some(1_000_000_000_000_000_000));
+    assert_eq!(quantity_bytes("1048576"), Some(1 << 20));
+    assert_eq!(quantity_value("250m"), Some(0.25));
+    assert_eq!(quantity_value(".5"), Some(0.5));
+    for bad in [
+        "", "Gi", "1.2.3Gi", "-1Gi", "1GiB", "1 Gi", "1e", "1e+", "abc", "1ee3",
+    ] {
+        assert_eq!(quantity_value(bad), None, "{bad:?}");
+    }
+}
