@@ -62,7 +62,9 @@ pub struct ChatClusterSpec {
     /// scheme, a host name of at most 253 characters and a port).
     #[serde(default)]
     #[schemars(length(max = 64), inner(length(min = 1, max = 270)))]
-    #[x_kube(validation = Rule::new("self.all(o, o.matches('^https?://[^/*]+$'))").message("corsOrigins must be origins like https://chat.example.com"))]
+    // The server's `is_origin` (server/src/config.rs), as one expression; the
+    // real-API-server tests hold both to the same answers.
+    #[x_kube(validation = Rule::new("self.all(o, o.matches(r'^https?://([a-z0-9]([a-z0-9-]*[a-z0-9])?([.][a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\\[[0-9a-f:.]+\\])(:[0-9]{1,5})?$'))").message("corsOrigins must be origins like https://chat.example.com: a lowercase scheme, host and port only"))]
     pub cors_origins: Vec<String>,
     /// Seconds a chat pod drains connections on shutdown.
     #[serde(default = "default_shutdown_grace")]

@@ -2,6 +2,8 @@
 //! `chat-server health`: exits 0 if the server configured by the same
 //! environment answers its readiness probe (for container health checks:
 //! the image has no shell, curl or wget).
+//! `chat-server check`: exits 0 if the environment is a configuration the
+//! server starts with, 2 with the reason if not; starts nothing.
 
 use std::process::ExitCode;
 
@@ -18,8 +20,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if std::env::args().nth(1).as_deref() == Some("health") {
-        return health(config.listen_addr.port());
+    match std::env::args().nth(1).as_deref() {
+        Some("health") => return health(config.listen_addr.port()),
+        Some("check") => return ExitCode::SUCCESS,
+        _ => {}
     }
     telemetry::init(&config);
     match run(config).await {

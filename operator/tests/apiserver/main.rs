@@ -324,7 +324,7 @@ async fn invalid_chatclusters_are_refused_with_the_documented_messages() {
         ),
         (
             json!({"corsOrigins": ["https://chat.example.com/app"]}),
-            "corsOrigins must be origins like https://chat.example.com",
+            "corsOrigins must be origins like https://chat.example.com: a lowercase scheme, host and port only",
         ),
         (
             json!({"service": {"type": "ClusterIP", "nodePort": 30080}}),
@@ -1197,4 +1197,80 @@ async fn shrink_the_replica_set(
         }
     })
     .await;
+}
+
+/// The CRD's `corsOrigins` rule and the chat server's own (`chat-server
+/// check` with `CHAT_CORS_ORIGINS`) answer alike for every origin below:
+/// what the API server admits, the chat pods start with (an origin the
+/// server refused made every pod crash-loop), and the other way round.
+#[tokio::test]
+async fn the_crd_and_the_chat_server_agree_on_every_cors_origin() {
+    let chat_server = repository().join("target/debug/chat-server");
+    assert!(
+        chat_server.exists(),
+        "{} missing: cargo build --workspace first (scripts/test.sh does)",
+        chat_server.display()
+    );
+    let server = shared();
+    let client = server.admin().await;
+    let namespace = "origins";
+    create_namespace(&client, namespace).await;
+    let api = raw_chatclusters(&client, namespace);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let origins = [
+        "https://chat.example.com",
+        "http://localhost:5173",
+        "https://10.0.0.1:8443",
+        "https://[::1]:8080",
+        "https://a-b.c-d.example",
+        "https://h?x",
+        "https://u@h",
+        "https://u:p@h",
+        "https://a,b",
+        "https://h#f",
+        "https://h/",
+        "https://h/app",
+        "https://Chat.example.com",
+        "HTTPS://h",
+        "ftp://h",
+        "https://",
+        "https://h:",
+        "https://h:123456",
+        "https://-h",
+        "https://h-",
+        "https://h..x",
+        "https://[zz]",
+        "https://h*",
+        "*",
+    ];
+    for origin in origins {
+        let admitted = api
+            .create(
+                &dry_run,
+                &chatcluster("origins", json!({"corsOrigins": [origin]})),
+            )
+            .await
+            .is_ok();
+        let checked = std::process::Command::new(&chat_server)
+            .arg("check")
+            .env_clear()
+            .env("CHAT_CORS_ORIGINS", origin)
+            .output()
+            .expect("running chat-server check");
+        assert_eq!(
+            admitted,
+            checked.status.success(),
+            "{origin:?}: the API server {} it, the chat server {}: {}",
+            if admitted { "admits" } else { "refuses" },
+            if checked.status.success() {
+                "starts"
+            } else {
+                "refuses"
+            },
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
 }
