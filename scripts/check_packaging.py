@@ -424,6 +424,30 @@ class Kind(unittest.TestCase):
         for node in config["nodes"]:
             self.assertIn(node["role"], {"control-plane", "worker"})
 
+    def test_the_charts_claim_no_kubernetes_older_than_what_the_pods_use(self):
+        """The chat pods' preStop `sleep` action exists from Kubernetes 1.30:
+        on 1.28 and 1.29 the Deployment is refused, so neither chart may
+        claim them, and the docs' kind must default to 1.30 or newer."""
+        operator = ROOT / "target" / "debug" / "chat-operator"
+        if not operator.exists():
+            self.skipTest("target/debug/chat-operator is missing: the test command builds it first")
+        rendered = subprocess.run([str(operator), "render", "-f", str(ROOT / "manifests/examples/minimal.yaml")],
+                                  capture_output=True, text=True, check=True).stdout
+        uses_sleep = any(
+            "sleep" in (container.get("lifecycle") or {}).get("preStop", {})
+            for obj in yaml.safe_load_all(rendered) if obj and obj.get("kind") == "Deployment"
+            for container in obj["spec"]["template"]["spec"]["containers"])
+        self.assertTrue(uses_sleep, "the check is about the preStop sleep action")
+        for chart in (OPERATOR_CHART, CLUSTER_CHART):
+            claim = yaml.safe_load((chart / "Chart.yaml").read_text())["kubeVersion"]
+            minimum = re.match(r">=\s*1\.(\d+)", claim)
+            self.assertIsNotNone(minimum, claim)
+            self.assertGreaterEqual(int(minimum.group(1)), 30, f"{chart.name}: kubeVersion {claim}")
+        docs = (ROOT / "docs/kubernetes.md").read_text()
+        kind = re.search(r"`kind` 0\.(\d+)\+", docs)
+        self.assertIsNotNone(kind)
+        self.assertGreaterEqual(int(kind.group(1)), 23, "kind 0.23 is the first whose nodes run 1.30")
+
     def test_tiltfile_builds_both_images_and_installs_the_charts(self):
         tiltfile = (ROOT / "Tiltfile").read_text()
         for needle in ["'ghcr.io/chatcluster/chat-operator'", "'ghcr.io/chatcluster/chat-server'",
