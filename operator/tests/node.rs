@@ -1681,6 +1681,22 @@ impl Prometheus {
         data["result"].as_array().cloned()
     }
 
+    /// The series of `expression` once there are `count` of them; panics
+    /// after `limit` as `wait_for` does.
+    async fn series(
+        &self,
+        what: &str,
+        limit: Duration,
+        expression: &str,
+        count: usize,
+    ) -> Vec<Value> {
+        wait_for(what, limit, || async {
+            let series = self.query(expression).await?;
+            (series.len() == count).then_some(series)
+        })
+        .await
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self._files.path().join("prometheus.log")).unwrap_or_default()
     }
@@ -1756,17 +1772,14 @@ async fn prometheus_scrapes_the_pods_and_operator_as_their_service_monitors_say(
         values
     };
     // Both chat pods, by the labels the alerts group by.
-    let chat = wait_for(
-        "both chat pods scraped",
-        Duration::from_secs(60),
-        || async {
-            let series = prometheus
-                .query(&format!("chat_ws_connections{{namespace=\"{namespace}\"}}"))
-                .await?;
-            (series.len() == 2).then_some(series)
-        },
-    )
-    .await;
+    let chat = prometheus
+        .series(
+            "both chat pods scraped",
+            Duration::from_secs(60),
+            &format!("chat_ws_connections{{namespace=\"{namespace}\"}}"),
+            2,
+        )
+        .await;
     assert_eq!(labels(&chat, "pod"), pod_names, "{chat:?}");
     for series in &chat {
         let metric = &series["metric"];
@@ -1787,28 +1800,17 @@ async fn prometheus_scrapes_the_pods_and_operator_as_their_service_monitors_say(
 
     // The operator: its own target, and the per-ChatCluster gauges keep the
     // ChatCluster's namespace (honorLabels), as ChatPodsNotReady needs.
-    wait_for("the operator scraped", Duration::from_secs(60), || async {
-        let series = prometheus
-            .query(&format!(
+    prometheus.series("the operator scraped", Duration::from_secs(60), &format!(
                 "up{{job=\"chatcluster-operator-metrics\", namespace=\"{OPERATOR_NAMESPACE}\"}} == 1"
-            ))
-            .await?;
-        (series.len() == 1).then_some(())
-    })
-    .await;
-    let replicas = wait_for(
-        "the operator's gauges of the ChatCluster",
-        Duration::from_secs(60),
-        || async {
-            let series = prometheus
-                .query(&format!(
-                    "chat_operator_cluster_replicas{{namespace=\"{namespace}\", name=\"chat\"}}"
-                ))
-                .await?;
-            (series.len() == 1).then_some(series)
-        },
-    )
-    .await;
+            ), 1).await;
+    let replicas = prometheus
+        .series(
+            "the operator's gauges of the ChatCluster",
+            Duration::from_secs(60),
+            &format!("chat_operator_cluster_replicas{{namespace=\"{namespace}\", name=\"chat\"}}"),
+            1,
+        )
+        .await;
     assert_eq!(replicas[0]["value"][1], "2", "{replicas:?}");
 
     // Every rule of the PrometheusRule loaded and evaluated without error.
@@ -1865,19 +1867,14 @@ async fn prometheus_scrapes_the_pods_and_operator_as_their_service_monitors_say(
             "--replicas=0",
         ],
     );
-    let pending = wait_for(
-        "ChatRedisUnreachable for both chat pods",
-        Duration::from_secs(90),
-        || async {
-            let series = prometheus
-                .query(&format!(
-                    "ALERTS{{alertname=\"ChatRedisUnreachable\", namespace=\"{namespace}\"}}"
-                ))
-                .await?;
-            (series.len() == 2).then_some(series)
-        },
-    )
-    .await;
+    let pending = prometheus
+        .series(
+            "ChatRedisUnreachable for both chat pods",
+            Duration::from_secs(90),
+            &format!("ALERTS{{alertname=\"ChatRedisUnreachable\", namespace=\"{namespace}\"}}"),
+            2,
+        )
+        .await;
     assert_eq!(labels(&pending, "pod"), pod_names, "{pending:?}");
     assert_eq!(labels(&pending, "severity"), ["critical", "critical"]);
     let others = prometheus
@@ -1903,19 +1900,15 @@ async fn prometheus_scrapes_the_pods_and_operator_as_their_service_monitors_say(
             r#"{"spec":{"paused":false}}"#,
         ],
     );
-    wait_for(
-        "ChatRedisUnreachable cleared",
-        Duration::from_secs(120),
-        || async {
-            let series = prometheus
-                .query(&format!(
-                    "ALERTS{{alertname=\"ChatRedisUnreachable\", namespace=\"{namespace}\"}}"
-                ))
-                .await?;
-            series.is_empty().then_some(())
-        },
-    )
-    .await;
+    let alert = format!("ALERTS{{alertname=\"ChatRedisUnreachable\", namespace=\"{namespace}\"}}");
+    prometheus
+        .series(
+            "ChatRedisUnreachable cleared",
+            Duration::from_secs(120),
+            &alert,
+            0,
+        )
+        .await;
     drop(prometheus);
 
     run(
