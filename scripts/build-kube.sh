@@ -2,7 +2,8 @@
 # Builds the Kubernetes components the tests run, with the Go toolchain's
 # ordinary commands from the Go module proxy, into .cache/kube/bin:
 # - etcd and kube-apiserver, for the operator's real-API-server tests
-#   (operator/tests/apiserver);
+#   (operator/tests/apiserver), and the kube-apiserver of the oldest
+#   Kubernetes the charts claim (operator/tests/apiserver/oldest);
 # - kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl,
 #   for the one-node cluster of scripts/cluster.sh;
 # - helm (helm.sh/helm/v4) and CoreDNS, as users and that cluster run them;
@@ -23,6 +24,31 @@ helm_version=v4.3.2
 coredns_version=v1.14.7
 prometheus_version=v0.316.0
 stamp="$(cat "$module/go.mod" "$module/go.sum" "$0" | sha256sum | cut -d' ' -f1)"
+
+# The kube-apiserver of the oldest Kubernetes the charts claim
+# (`kubeVersion`), on which the CRD must install and its CEL rules run:
+# its own module and stamp, so adding it rebuilds nothing else.
+oldest=operator/tests/apiserver/oldest
+oldest_stamp="$(cat "$oldest/go.mod" "$oldest/go.sum" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$out/stamp-oldest" 2>/dev/null)" != "$oldest_stamp" ]; then
+  if ! command -v go >/dev/null; then
+    echo "the Kubernetes tests need Go 1.26 or newer to build their components: https://go.dev/doc/install" >&2
+    exit 1
+  fi
+  mkdir -p "$out"
+  (
+    cd "$oldest"
+    kubernetes="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"
+    IFS=. read -r major minor _ <<<"${kubernetes#v}"
+    echo "building the kube-apiserver of Kubernetes $kubernetes (the oldest claimed) into .cache/kube/bin"
+    version=k8s.io/component-base/version
+    go build -buildvcs=false -trimpath -o "$out/kube-apiserver-oldest" \
+      -ldflags "-s -w -X $version.gitVersion=$kubernetes -X $version.gitMajor=$major -X $version.gitMinor=$minor" \
+      k8s.io/kubernetes/cmd/kube-apiserver
+  )
+  echo "$oldest_stamp" > "$out/stamp-oldest"
+fi
+
 if [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi

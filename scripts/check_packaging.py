@@ -243,12 +243,32 @@ class Charts(unittest.TestCase):
             have = next(o for o in rendered if o["kind"] == kind)["rules"]
             self.assertEqual(have, want, kind)
 
+    def test_watch_namespace_grants_a_role_there_and_only_storage_classes_cluster_wide(self):
+        """watchNamespace: the ClusterRole's rules become a Role in that
+        namespace (operator/tests/apiserver builds the same from
+        manifests/operator.yaml and runs the operator on it); what stays
+        cluster-wide reads storage classes only."""
+        shipped = next(o for o in yaml.safe_load_all((ROOT / "manifests/operator.yaml").read_text())
+                       if o and o["kind"] == "ClusterRole")["rules"]
+        classes = [r for r in shipped if r["resources"] == ["storageclasses"]]
+        rendered = render(OPERATOR_CHART, {"watchNamespace": "chat"})
+        role = next(o for o in rendered if o["kind"] == "Role" and o["metadata"]["namespace"] == "chat")
+        self.assertEqual(role["rules"], [r for r in shipped if r not in classes])
+        binding = next(o for o in rendered if o["kind"] == "RoleBinding" and o["metadata"]["namespace"] == "chat")
+        self.assertEqual(binding["roleRef"]["name"], role["metadata"]["name"])
+        self.assertEqual([o["rules"] for o in rendered if o["kind"] == "ClusterRole"], [classes])
+        deployment = next(o for o in rendered if o["kind"] == "Deployment")
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        self.assertEqual(env["CHAT_OPERATOR_WATCH_NAMESPACE"], "chat")
+        kubernetes_validate(rendered)
+
     def test_schemas_refuse_bad_values(self):
         bad = [
             (OPERATOR_CHART, {"replicaCount": "two"}),
             (OPERATOR_CHART, {"image": {"pullPolicy": "Sometimes"}}),
             (OPERATOR_CHART, {"logFormat": "xml"}),
             (OPERATOR_CHART, {"replicaCont": 1}),
+            (OPERATOR_CHART, {"watchNamespace": "Not_A_Namespace"}),
             (CLUSTER_CHART, {"replicas": 1000}),
             (CLUSTER_CHART, {"logLevel": "verbose"}),
             (CLUSTER_CHART, {"service": {"type": "Headless"}}),

@@ -35,7 +35,8 @@ const QUANTITY_MAX: u32 = 64;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Available\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 33").message("a ChatCluster's name may be at most 33 characters: its MongoDB init Job is named <name>-mongodb-init-<16 hex digits>, within Kubernetes' 63")
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
 #[serde(rename_all = "camelCase")]
@@ -341,7 +342,10 @@ pub struct Redis {
     pub external: Option<ExternalRedis>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.replicas == 1 || self.persistence.enabled").message("redis.managed.replicas above 1 needs persistence.enabled: a primary restarting empty would be followed by its replicas, and every copy of the acked messages lost"))]
+#[x_kube(validation = Rule::new("oldSelf.replicas == 1 || self.replicas > 1").message("redis.managed.replicas cannot go back to 1 from a primary with replicas: the operator cannot choose which copy survives without losing acked messages (see docs/operator.md)"))]
+#[x_kube(validation = Rule::new("self.persistence.enabled == oldSelf.persistence.enabled").message("redis.managed.persistence.enabled cannot change on an existing ChatCluster: the volumes are part of the StatefulSet's identity"))]
 pub struct ManagedRedis {
     #[serde(default = "default_redis_image")]
     #[schemars(length(min = 1, max = IMAGE_MAX))]

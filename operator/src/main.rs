@@ -66,6 +66,11 @@ struct RunArgs {
     /// The Lease's namespace (the operator's own; default: the client's namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// Watch only this namespace's ChatClusters (and children): the
+    /// operator then needs a Role there rather than a ClusterRole (the
+    /// chart's `watchNamespace`). Default: every namespace.
+    #[arg(long, env = "CHAT_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// This replica's name in the Lease and in events (default: the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -183,10 +188,29 @@ async fn termination() {
     let _ = interrupt.await;
 }
 
+/// `config` with `limit` on connecting, sending and each response.
+fn with_timeouts(mut config: kube::Config, limit: Duration) -> kube::Config {
+    config.connect_timeout = Some(limit);
+    config.write_timeout = Some(limit);
+    config.read_timeout = Some(limit);
+    // The limit counts from the request, not from when a pooled connection
+    // went idle.
+    config.reset_reader_on_write = true;
+    config
+}
+
 async fn run_controller(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
         .context("configuring the Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+    // Watches are long reads that kube-runtime bounds itself; every other
+    // call has a deadline, so a reconcile cannot hang on an API server that
+    // stopped answering, and the leader election's calls a shorter one.
+    let watch_client = Client::try_from(config.clone()).context("building the watch client")?;
+    let client = Client::try_from(with_timeouts(config.clone(), Duration::from_secs(30)))
+        .context("building the Kubernetes client")?;
+    let election_client = Client::try_from(with_timeouts(config, Duration::from_secs(5)))
+        .context("building the leader election client")?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {
@@ -217,7 +241,8 @@ async fn run_controller(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     // Ready once the API server answers and the CRD is installed.
-    let clusters: Api<ChatCluster> = Api::all(client.clone());
+    let watched = args.watch_namespace.clone().filter(|n| !n.is_empty());
+    let clusters: Api<ChatCluster> = controller::scoped(&client, watched.as_deref());
     loop {
         match clusters.list(&ListParams::default().limit(1)).await {
             Ok(_) => break,
@@ -246,7 +271,7 @@ async fn run_controller(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.leader_election {
         metrics.leader.set(1);
         tracing::info!("leader election off: reconciling");
-        controller::run(context, until_stopped()).await;
+        controller::run(context, watch_client, watched.clone(), until_stopped()).await;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -254,7 +279,7 @@ async fn run_controller(args: RunArgs) -> anyhow::Result<ExitCode> {
         .lease_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let mut leadership = leader::compete(client, &args.lease_name, &namespace, &identity)
+    let mut leadership = leader::compete(election_client, &args.lease_name, &namespace, &identity)
         .await
         .with_context(|| format!("preparing Lease {namespace}/{}", args.lease_name))?;
     tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting to become the leader");
@@ -271,21 +296,18 @@ async fn run_controller(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     metrics.leader.set(1);
     tracing::info!(%identity, "became the leader: reconciling");
-    let lost = leadership.lost();
-    let stopping = until_stopped();
-    controller::run(context, async move {
-        tokio::select! {
-            _ = lost => {}
-            _ = stopping => {}
-        }
-    })
-    .await;
+    // A stop lets the reconciles in flight finish; a lost Lease does not:
+    // dropping the controller cancels them at once, since a follower may
+    // already be reconciling.
+    let stepped_down = tokio::select! {
+        () = controller::run(context, watch_client, watched.clone(), until_stopped()) => false,
+        () = leadership.lost() => true,
+    };
     metrics.leader.set(0);
-    if leadership.is_leader() {
-        leadership.release().await;
-        Ok(ExitCode::SUCCESS)
-    } else {
+    if stepped_down {
         tracing::error!("lost the leader lease; exiting so a restart rejoins as a follower");
-        Ok(ExitCode::FAILURE)
+        return Ok(ExitCode::FAILURE);
     }
+    leadership.release().await;
+    Ok(ExitCode::SUCCESS)
 }

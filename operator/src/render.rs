@@ -45,6 +45,16 @@ impl SecretValues {
         }
     }
 
+    /// What the Redis servers and Sentinels read: the password.
+    fn redis_digest(&self) -> String {
+        desired::digest([self.redis_password.as_str()])
+    }
+
+    /// What the MongoDB members read: the keyfile and the passwords.
+    fn mongodb_digest(&self) -> String {
+        desired::digest(self.mongodb.values())
+    }
+
     fn digest(&self) -> String {
         desired::digest(
             [self.jwt_key.as_str(), self.redis_password.as_str()]
@@ -58,6 +68,7 @@ impl SecretValues {
 /// The children of `cluster`, in apply order.
 pub fn children(cluster: &ChatCluster, secrets: &SecretValues) -> Result<Vec<Value>, BuildError> {
     let secrets_digest = secrets.digest();
+    let (redis_digest, mongodb_digest) = (secrets.redis_digest(), secrets.mongodb_digest());
     let jwt_key = secrets.jwt_key.as_str();
     let mut objects = Vec::new();
     let optional = [
@@ -76,13 +87,17 @@ pub fn children(cluster: &ChatCluster, secrets: &SecretValues) -> Result<Vec<Val
     ];
     objects.extend(optional.into_iter().flatten());
     objects.push(value(desired::config_map(cluster)?)?);
+    // Before the StatefulSets that name their pods through them.
+    for service in desired::redis_headless_services(cluster)? {
+        objects.push(value(service)?);
+    }
     let backing = [
         desired::redis_network_policy(cluster)?
             .map(value)
             .transpose()?,
         desired::redis_service(cluster)?.map(value).transpose()?,
         desired::redis_statefulset(cluster)?
-            .map(value)
+            .map(|set| value(desired::rolled_with(set, &redis_digest)))
             .transpose()?,
         desired::redis_sentinel_network_policy(cluster)?
             .map(value)
@@ -90,20 +105,25 @@ pub fn children(cluster: &ChatCluster, secrets: &SecretValues) -> Result<Vec<Val
         desired::redis_sentinel_service(cluster)?
             .map(value)
             .transpose()?,
-        desired::redis_sentinel_deployment(cluster)?
-            .map(value)
+        desired::redis_sentinel_statefulset(cluster)?
+            .map(|set| value(desired::rolled_with(set, &redis_digest)))
             .transpose()?,
         desired::mongodb_network_policy(cluster)?
             .map(value)
             .transpose()?,
         desired::mongodb_service(cluster)?.map(value).transpose()?,
         desired::mongodb_statefulset(cluster)?
+            .map(|set| value(desired::rolled_with(set, &mongodb_digest)))
+            .transpose()?,
+        desired::mongodb_init_job(cluster, &mongodb_digest)?
             .map(value)
             .transpose()?,
-        desired::mongodb_init_job(cluster)?.map(value).transpose()?,
     ];
     objects.extend(backing.into_iter().flatten());
     for budget in desired::redis_disruption_budgets(cluster)? {
+        objects.push(value(budget)?);
+    }
+    if let Some(budget) = desired::mongodb_disruption_budget(cluster)? {
         objects.push(value(budget)?);
     }
     objects.push(value(desired::deployment(cluster, &secrets_digest)?)?);
@@ -178,6 +198,7 @@ fn quote_yaml11_boolean(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn yaml_11_booleans_written_as_strings_are_quoted() {
@@ -193,6 +214,58 @@ mod tests {
         );
         let back: Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(back, value);
+    }
+
+    /// A pod reads a Secret's value only when it starts: each StatefulSet's
+    /// pods are stamped with the digest of what they read, so a new Redis
+    /// password rolls the Redis servers and Sentinels (not MongoDB), and new
+    /// MongoDB credentials roll the members (not Redis).
+    #[test]
+    fn a_changed_credential_rolls_the_pods_that_read_it() {
+        let cluster: ChatCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "chatcluster.dev/v1alpha1",
+            "kind": "ChatCluster",
+            "metadata": {"name": "demo", "namespace": "chat", "uid": "1f0c6a1e-0000-4000-8000-000000000001"},
+            "spec": {"redis": {"managed": {"replicas": 3}}, "mongodb": {"managed": {"members": 3}}},
+        }))
+        .unwrap();
+        let stamps = |secrets: &SecretValues| -> BTreeMap<String, Value> {
+            children(&cluster, secrets)
+                .unwrap()
+                .into_iter()
+                .filter(|o| o["kind"] == "StatefulSet")
+                .map(|o| {
+                    let stamp = o["spec"]["template"]["metadata"]["annotations"]
+                        [desired::CONFIG_HASH]
+                        .clone();
+                    (o["metadata"]["name"].as_str().unwrap().to_owned(), stamp)
+                })
+                .collect()
+        };
+        let mongodb = desired::MongoDbCredentials::generate();
+        let before = stamps(&SecretValues::generated("k", "p1", mongodb.clone()));
+        assert_eq!(before.len(), 3, "{before:?}");
+        assert!(before.values().all(Value::is_string), "{before:?}");
+        let changed = |after: &BTreeMap<String, Value>| -> Vec<String> {
+            before
+                .iter()
+                .filter(|(name, stamp)| after[name.as_str()] != **stamp)
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let new_password = stamps(&SecretValues::generated("k", "p2", mongodb.clone()));
+        assert_eq!(
+            changed(&new_password),
+            ["demo-redis", "demo-redis-sentinel"]
+        );
+        let new_jwt_key = stamps(&SecretValues::generated("k2", "p1", mongodb));
+        assert!(changed(&new_jwt_key).is_empty());
+        let new_mongodb = stamps(&SecretValues::generated(
+            "k",
+            "p1",
+            desired::MongoDbCredentials::generate(),
+        ));
+        assert_eq!(changed(&new_mongodb), ["demo-mongodb"]);
     }
 
     /// What checkov asks of every workload (scripts/check_packaging.py runs

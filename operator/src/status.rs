@@ -20,6 +20,11 @@ pub struct Observed {
     /// The Deployment gave up waiting for its rollout (its `Progressing`
     /// condition is False: the progress deadline passed).
     pub stalled: bool,
+    /// The Deployment's controller has seen its latest spec
+    /// (`status.observedGeneration` is `metadata.generation`): until then
+    /// its counts describe the previous template, and a rollout just asked
+    /// for would read as complete.
+    pub current: bool,
 }
 
 pub const AVAILABLE: &str = "Available";
@@ -33,8 +38,10 @@ pub fn status(cluster: &ChatCluster, observed: Option<Observed>, now: &str) -> C
     let generation = cluster.metadata.generation;
     let instance = cluster.metadata.name.clone().unwrap_or_default();
     let seen = observed.unwrap_or_default();
-    let rolled_out =
-        observed.is_some() && seen.updated >= seen.desired && seen.ready >= seen.desired;
+    let rolled_out = observed.is_some()
+        && seen.current
+        && seen.updated >= seen.desired
+        && seen.ready >= seen.desired;
     let available = seen.ready > 0 || (observed.is_some() && seen.desired == 0);
     // No pod ready is a fault once pods had been ready (or the fault was
     // already reported), or once the rollout is past its deadline; before
@@ -109,6 +116,74 @@ pub fn status(cluster: &ChatCluster, observed: Option<Observed>, now: &str) -> C
         phase,
         conditions,
     }
+}
+
+/// The condition reporting whether the Redis servers, Sentinels and MongoDB
+/// members are all ready on their current spec and the MongoDB init Job has
+/// not failed.
+pub const BACKENDS_READY: &str = "BackendsReady";
+
+/// `status` with the [`BACKENDS_READY`] condition: True when `issues` is
+/// empty, else False naming each (see `controller::backend_issues`).
+pub fn with_backends(
+    mut status: ChatClusterStatus,
+    cluster: &ChatCluster,
+    issues: &[String],
+    now: &str,
+) -> ChatClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let failed = issues.iter().any(|issue| issue.contains("failed"));
+    let (reason, message) = match issues {
+        [] => ("AllReady", "every backend pod ready".to_owned()),
+        _ if failed => ("Failed", issues.join("; ")),
+        _ => ("NotReady", issues.join("; ")),
+    };
+    status.conditions.push(condition(
+        &previous,
+        BACKENDS_READY,
+        issues.is_empty(),
+        reason,
+        &message,
+        now,
+        cluster.metadata.generation,
+    ));
+    status
+}
+
+/// The condition reporting whether the last reconcile applied every child.
+pub const RECONCILED: &str = "Reconciled";
+
+/// Why a reconcile fell short: a `reason` of the [`RECONCILED`] condition
+/// and the message naming what failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// `status` with the [`RECONCILED`] condition: True unless `shortfall`.
+pub fn with_reconciled(
+    mut status: ChatClusterStatus,
+    cluster: &ChatCluster,
+    shortfall: Option<&Shortfall>,
+    now: &str,
+) -> ChatClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    status.conditions.retain(|c| c.kind != RECONCILED);
+    let (reason, message) = match shortfall {
+        None => ("Applied", "every child applied"),
+        Some(shortfall) => (shortfall.reason, shortfall.message.as_str()),
+    };
+    status.conditions.push(condition(
+        &previous,
+        RECONCILED,
+        shortfall.is_none(),
+        reason,
+        message,
+        now,
+        cluster.metadata.generation,
+    ));
+    status
 }
 
 /// The condition reporting a volume size the spec asks for and the
@@ -245,12 +320,28 @@ mod tests {
                 desired: 3,
                 ready: 3,
                 updated: 3,
+                current: true,
                 ..Default::default()
             }),
             "t0",
         );
         assert_eq!(running.phase, Phase::Running);
         assert_eq!(value(&running, PROGRESSING).reason, "RolloutComplete");
+        // Right after a change to the template, the Deployment's counts are
+        // those of the previous one: still rolling out.
+        let just_changed = status(
+            &demo,
+            Some(Observed {
+                desired: 3,
+                ready: 3,
+                updated: 3,
+                current: false,
+                ..Default::default()
+            }),
+            "t0",
+        );
+        assert_eq!(just_changed.phase, Phase::Progressing);
+        assert_eq!(value(&just_changed, PROGRESSING).reason, "RollingOut");
 
         let none_ready = Observed {
             desired: 3,
@@ -326,6 +417,7 @@ mod tests {
             desired: 3,
             ready: 3,
             updated: 3,
+            current: true,
             ..Default::default()
         });
         let first = status(&demo, seen, "2026-11-23T10:00:00Z");
@@ -346,6 +438,7 @@ mod tests {
                 desired: 3,
                 ready: 3,
                 updated: 3,
+                current: true,
                 ..Default::default()
             }),
             "t1",
@@ -356,6 +449,7 @@ mod tests {
                 desired: 3,
                 ready: 0,
                 updated: 3,
+                current: true,
                 ..Default::default()
             }),
             "t2",

@@ -476,15 +476,24 @@ impl Http {
         assert_eq!(status, 201, "{room}");
         let room = room["id"].as_str().expect("a room id").to_owned();
         for member in members {
-            let (status, body) = self
-                .call(
-                    reqwest::Method::POST,
-                    &format!("{base}/api/rooms/{room}/join"),
-                    Some(&member.token),
-                    None,
-                )
-                .await;
-            assert!(status < 300, "{} joins: {body}", member.name);
+            // As clients do: `unavailable` (Redis failing over) is retried.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (status, body) = self
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("{base}/api/rooms/{room}/join"),
+                        Some(&member.token),
+                        None,
+                    )
+                    .await;
+                if status < 300 {
+                    break;
+                }
+                let retry = body["error"]["code"] == "unavailable" && Instant::now() < deadline;
+                assert!(retry, "{} joins: {body}", member.name);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         room
     }
@@ -509,10 +518,25 @@ type Socket =
 
 async fn connect(address: &str, person: &Person, room: &str) -> Socket {
     let url = format!("ws://{address}/ws?token={}&room_id={room}", person.token);
-    let (socket, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{} connecting to {address}: {e}", person.name));
-    socket
+    // Open once the room is: as clients do, again after `unavailable`
+    // (Redis failing over), for up to 60 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{} connecting to {address}: {e}", person.name));
+        let opened = next_of_any(&mut socket, &["joined", "error"]).await;
+        if opened["type"] == "joined" {
+            return socket;
+        }
+        assert_eq!(opened["code"], "unavailable", "{}: {opened}", person.name);
+        assert!(
+            Instant::now() < deadline,
+            "{}: unavailable for 60 s",
+            person.name
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The next message another person sent (the sender gets its own too).
@@ -527,6 +551,12 @@ async fn next_text_from_others(socket: &mut Socket, me: &Person) -> Value {
 
 /// The next frame of `kind`, skipping others (presence, typing, system).
 async fn next_of(socket: &mut Socket, kind: &str) -> Value {
+    next_of_any(socket, &[kind]).await
+}
+
+/// The next frame of one of these types, within 15 s.
+async fn next_of_any(socket: &mut Socket, kinds: &[&str]) -> Value {
+    let kind = kinds.join(" or ");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -536,7 +566,7 @@ async fn next_of(socket: &mut Socket, kind: &str) -> Value {
         match frame {
             Some(Ok(Message::Text(text))) => {
                 let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                if value["type"] == kind {
+                if kinds.iter().any(|k| value["type"] == *k) {
                     return value;
                 }
             }
@@ -548,16 +578,29 @@ async fn next_of(socket: &mut Socket, kind: &str) -> Value {
 
 async fn say(socket: &mut Socket, room: &str, content: &str) -> Value {
     let client_id = format!("node-{content}");
-    socket
-        .send(Message::text(
-            json!({"type": "message", "room_id": room, "content": content, "client_id": client_id})
-                .to_string(),
-        ))
-        .await
-        .expect("sending a message");
-    let ack = next_of(socket, "ack").await;
-    assert_eq!(ack["client_id"], client_id.as_str());
-    ack
+    let frame =
+        json!({"type": "message", "room_id": room, "content": content, "client_id": client_id});
+    // As clients do: `unavailable` (Redis failing over) is retried, with
+    // the same client_id, so it is stored once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        socket
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("sending a message");
+        let answer = loop {
+            let answer = next_of_any(socket, &["ack", "error"]).await;
+            if answer["type"] == "error" || answer["client_id"] == client_id.as_str() {
+                break answer;
+            }
+        };
+        if answer["type"] == "ack" {
+            return answer;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert!(Instant::now() < deadline, "{content}: unavailable for 60 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `helm install` of the operator, then of a ChatCluster with two chat pods
@@ -708,7 +751,8 @@ struct Seen {
 /// behaves: it sends a message every `every`; when its connection ends (a
 /// pod drained with 1012, or lost) it reconnects through the Service,
 /// resumes the room from the last seq it showed and resends what was not
-/// acked, with the same client ids; when a seq arrives more than one above
+/// acked, with the same client ids, paced as the web client paces it
+/// (`RESEND_BATCH` a second, after a refusal's `retry_after`); when a seq arrives more than one above
 /// the last (after a Redis failover every room's seq skips ahead), it
 /// resumes too, and shows nothing more until the server says `resumed`.
 /// Stops sending when `stop` turns true, and closes once every chatter of
@@ -730,6 +774,9 @@ async fn chatter(
     let mut stopped_at: Option<Instant> = None;
     let mut settled_here = false;
     let mut all_settled_at: Option<Instant> = None;
+    // The next paced resend of what is not acked (web/src/protocol/client.ts).
+    const RESEND_BATCH: usize = 10;
+    let mut resend_at: Option<Instant>;
     let frame = |client_id: &str, content: &str| {
         Message::text(
             json!({"type": "message", "room_id": room, "content": content, "client_id": client_id})
@@ -758,11 +805,7 @@ async fn chatter(
         let mut resume_again = false;
         let mut stale_upto: Option<u64> = None;
         let mut replay_upto = 0u64;
-        for (client_id, content) in &unacked {
-            if socket.send(frame(client_id, content)).await.is_err() {
-                continue 'connection;
-            }
-        }
+        resend_at = Some(Instant::now());
         let mut tick = tokio::time::interval(every);
         loop {
             if *stop.borrow() && stopped_at.is_none() {
@@ -782,8 +825,11 @@ async fn chatter(
                 let done = all_settled_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3));
                 assert!(
                     at.elapsed() < Duration::from_secs(60),
-                    "{}: never acked {unacked:?}",
-                    person.name
+                    "{}: never acked {unacked:?} ({} acked over {} connections, errors {:?})",
+                    person.name,
+                    seen.acked.len(),
+                    seen.connections,
+                    seen.errors
                 );
                 if done {
                     let _ = socket.close(None).await;
@@ -794,8 +840,18 @@ async fn chatter(
                 _ = tick.tick() => {
                     if resume_again {
                         resume_again = false;
+                        resuming = true;
                         if socket.send(resume(last_seq)).await.is_err() {
                             continue 'connection;
+                        }
+                    }
+                    if resend_at.is_some_and(|at| at <= Instant::now()) {
+                        resend_at = (unacked.len() > RESEND_BATCH)
+                            .then(|| Instant::now() + Duration::from_secs(1));
+                        for (client_id, content) in unacked.iter().take(RESEND_BATCH) {
+                            if socket.send(frame(client_id, content)).await.is_err() {
+                                continue 'connection;
+                            }
                         }
                     }
                     if stopped_at.is_none() {
@@ -805,13 +861,6 @@ async fn chatter(
                         unacked.insert(client_id.clone(), content.clone());
                         if socket.send(frame(&client_id, &content)).await.is_err() {
                             continue 'connection;
-                        }
-                    } else if !unacked.is_empty() && stopped_at.is_some_and(|at| at.elapsed().as_millis() % 2000 < every.as_millis()) {
-                        // An error frame (unavailable while a pod drains) left these: again.
-                        for (client_id, content) in &unacked {
-                            if socket.send(frame(client_id, content)).await.is_err() {
-                                continue 'connection;
-                            }
                         }
                     }
                 }
@@ -840,10 +889,19 @@ async fn chatter(
                             Some("error") => {
                                 let code = value["code"].as_str().unwrap_or_default().to_owned();
                                 *seen.errors.entry(code.clone()).or_default() += 1;
+                                if matches!(code.as_str(), "rate_limited" | "unavailable") && resend_at.is_none() {
+                                    let wait = value["retry_after"].as_f64().unwrap_or(1.0).max(1.0);
+                                    resend_at = Some(Instant::now() + Duration::from_secs_f64(wait));
+                                }
                                 // Answered to the resume, or to a message
                                 // sent meanwhile: there is no telling, so the
                                 // resume is sent again unless it is answered.
-                                resume_again = resuming && code == "unavailable";
+                                // `not_joined`: the room's opening was
+                                // refused meanwhile; open it again, as the
+                                // web client does.
+                                if (resuming && code == "unavailable") || code == "not_joined" {
+                                    resume_again = true;
+                                }
                             }
                             Some("text") if !resuming => {
                                 let seq = value["seq"].as_u64().unwrap_or(0);
@@ -981,8 +1039,18 @@ impl Conversation {
             .iter()
             .flat_map(|seen| seen.acked.iter().map(|(id, seq)| (*seq, id.clone())))
             .collect();
-        let acked_count: usize = seens.iter().map(|seen| seen.acked.len()).sum();
-        assert_eq!(acked.len(), acked_count, "no seq acked for two messages");
+        let mut by_seq: std::collections::BTreeMap<u64, Vec<&String>> = Default::default();
+        for seen in &seens {
+            for (id, seq) in &seen.acked {
+                by_seq.entry(*seq).or_default().push(id);
+            }
+        }
+        let twice: Vec<_> = by_seq
+            .iter()
+            .filter(|(_, ids)| ids.len() > 1)
+            .take(10)
+            .collect();
+        assert!(twice.is_empty(), "seqs acked for two messages: {twice:?}");
         for (name, seen) in self.names.iter().zip(&seens) {
             println!(
                 "{name}: {} acked, {} received over {} connections ({} closed with 1012), {} gaps resumed, errors {:?}",
@@ -1014,7 +1082,10 @@ impl Conversation {
 
         // The history holds every acked message once, under its seq (it may
         // trail live delivery by a persistence batch).
-        let reader = self.http.register(&self.base, "reader").await;
+        let reader = self
+            .http
+            .register(&self.base, &format!("reader-{}", self.names[0]))
+            .await;
         let acked_seqs: Vec<u64> = acked.keys().copied().collect();
         let mut stored = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1128,32 +1199,123 @@ async fn scaling_and_an_image_upgrade_under_live_chat_lose_and_repeat_nothing() 
     remove_namespace(&client, namespace).await;
 }
 
-/// The Redis primary the Sentinels of a highly available ChatCluster name,
-/// asked from this machine through their Service.
+/// The Redis primary the Sentinels of a highly available ChatCluster name
+/// (a pod's stable name, or an address while the first pod predates its
+/// name), asked from this machine through their Service.
 async fn sentinel_primary(client: &Client, namespace: &str) -> Option<String> {
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let sentinels = services.get("chat-redis-sentinel").await.ok()?;
     let ip = sentinels.spec?.cluster_ip?;
+    let password = redis_password(client, namespace).await?;
+    let named: Vec<String> = ask_redis(
+        &ip,
+        26379,
+        &password,
+        &["get-master-addr-by-name", "chat"],
+        "SENTINEL",
+    )
+    .await?;
+    named.into_iter().next()
+}
+
+async fn redis_password(client: &Client, namespace: &str) -> Option<String> {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(client.clone(), namespace);
     let secret = secrets.get("chat-redis-auth").await.ok()?;
     let password = secret.data?.get("password")?.0.clone();
-    let password = String::from_utf8(password).ok()?;
-    let url = format!("redis://:{password}@{ip}:26379/");
+    String::from_utf8(password).ok()
+}
+
+/// `command args` asked of the Redis server or Sentinel at `ip:port`.
+async fn ask_redis<T: redis::FromRedisValue>(
+    ip: &str,
+    port: u16,
+    password: &str,
+    args: &[&str],
+    command: &str,
+) -> Option<T> {
+    let url = format!("redis://:{password}@{ip}:{port}/");
     let redis = redis::Client::open(url).ok()?;
-    let mut connection = redis.get_multiplexed_async_connection().await.ok()?;
-    let named: Vec<String> = redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg("chat")
+    let mut connection = tokio::time::timeout(
+        Duration::from_secs(3),
+        redis.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    redis::cmd(command)
+        .arg(args)
         .query_async(&mut connection)
         .await
-        .ok()?;
-    named.into_iter().next()
+        .ok()
+}
+
+/// The Redis pods, once the StatefulSet has `count` Ready on its current
+/// revision and the Sentinels name one of them that answers as the
+/// primary: a highly available Redis at rest. Returns the primary's pod.
+async fn settled_redis(client: &Client, namespace: &str, count: i32, limit: Duration) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), namespace);
+    wait_for(
+        &format!("{count} Ready Redis pods and a primary the Sentinels name"),
+        limit,
+        || async {
+            let status = statefulsets.get("chat-redis").await.ok()?.status?;
+            let current = status.ready_replicas == Some(count)
+                && status.updated_replicas == Some(count)
+                && status.current_revision == status.update_revision;
+            if !current {
+                return None;
+            }
+            let named = sentinel_primary(client, namespace).await?;
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=redis"))
+                .await
+                .ok()?;
+            let pod = list.items.into_iter().find(|pod| {
+                let name = pod.metadata.name.as_deref().unwrap_or_default();
+                let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
+                named.split('.').next() == Some(name) || ip == Some(named.as_str())
+            })?;
+            let ip = pod.status.as_ref()?.pod_ip.clone()?;
+            let password = redis_password(client, namespace).await?;
+            let role: Vec<redis::Value> = ask_redis(&ip, 6379, &password, &[], "ROLE").await?;
+            let primary =
+                matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master");
+            primary.then_some(pod)
+        },
+    )
+    .await
+}
+
+/// Waits until none of the Redis pods with these uids is left.
+async fn redis_pods_replaced(client: &Client, namespace: &str, uids: &[String]) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        "the deleted Redis pods gone",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=redis"))
+                .await
+                .ok()?;
+            let left = list.items.iter().any(|pod| {
+                pod.metadata
+                    .uid
+                    .as_ref()
+                    .is_some_and(|uid| uids.contains(uid))
+            });
+            (!left).then_some(())
+        },
+    )
+    .await;
 }
 
 /// A highly available Redis (`redis.managed.replicas: 3`): the primary's
 /// pod deleted while people chat; the Sentinels promote a replica, the chat
-/// pods follow it, and nothing acked is lost or shown twice.
+/// pods follow it, the deleted pod comes back as a replica, and nothing
+/// acked is lost or shown twice.
 #[tokio::test]
 async fn deleting_the_redis_primary_pod_under_chat_loses_nothing_acked() {
     let client = client().await;
@@ -1161,25 +1323,12 @@ async fn deleting_the_redis_primary_pod_under_chat_loses_nothing_acked() {
     remove_namespace(&client, namespace).await;
     install_operator(&client).await;
     install_chatcluster(&client, namespace, 2, 3).await;
+    let primary = settled_redis(&client, namespace, 3, Duration::from_secs(180)).await;
+    let primary_pod = primary.metadata.name.clone().unwrap_or_default();
+    let primary_ip = primary.status.as_ref().and_then(|s| s.pod_ip.clone());
     let conversation = Conversation::start(&client, namespace, &["eve", "fay", "gus"]).await;
 
-    let primary = wait_for(
-        "a primary named by the Sentinels",
-        Duration::from_secs(60),
-        || sentinel_primary(&client, namespace),
-    )
-    .await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let redis_pods = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=redis"))
-        .await
-        .expect("the Redis pods");
-    let primary_pod = redis_pods
-        .items
-        .iter()
-        .find(|pod| pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(&primary))
-        .and_then(|pod| pod.metadata.name.clone())
-        .unwrap_or_else(|| panic!("no Redis pod has the primary's address {primary}"));
+    let uid = primary.metadata.uid.clone().unwrap_or_default();
     run(
         "kubectl",
         &[
@@ -1193,33 +1342,14 @@ async fn deleting_the_redis_primary_pod_under_chat_loses_nothing_acked() {
     );
     let promoted = wait_for("a new primary", Duration::from_secs(90), || async {
         let named = sentinel_primary(&client, namespace).await?;
-        (named != primary).then_some(named)
+        let same = named.split('.').next() == Some(primary_pod.as_str())
+            || Some(named.as_str()) == primary_ip.as_deref();
+        (!same).then_some(named)
     })
     .await;
-    println!("primary {primary} ({primary_pod}) deleted; the Sentinels promoted {promoted}");
-    // The deleted pod is back (as a replica) and every Redis pod is Ready.
-    wait_for(
-        "three Ready Redis pods",
-        Duration::from_secs(120),
-        || async {
-            let list = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/component=redis"))
-                .await
-                .ok()?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|pod| {
-                    pod.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-                .count();
-            (ready == 3).then_some(())
-        },
-    )
-    .await;
+    println!("primary {primary_pod} deleted; the Sentinels promoted {promoted}");
+    redis_pods_replaced(&client, namespace, &[uid]).await;
+    settled_redis(&client, namespace, 3, Duration::from_secs(180)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     conversation.finish().await;
 

@@ -171,8 +171,24 @@ impl FakeApi {
                         json!({"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"})
                     };
                     object["spec"]["revisionHistoryLimit"] = json!(10);
+                    // A changed spec is a new generation, which the
+                    // Deployment controller has not acted on when the apply
+                    // answers, and has by the next read.
+                    let previous = objects.get(&path);
+                    let generation = previous
+                        .and_then(|o| o.pointer("/metadata/generation"))
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    let changed = previous.is_none_or(|p| p["spec"] != object["spec"]);
+                    let generation = generation + i64::from(changed);
+                    object["metadata"]["generation"] = json!(generation);
                     object["status"] = json!({"replicas": replicas, "readyReplicas": ready,
-                        "updatedReplicas": replicas, "conditions": [progressing]});
+                        "updatedReplicas": replicas, "conditions": [progressing],
+                        "observedGeneration": generation});
+                    let mut answer = object.clone();
+                    answer["status"]["observedGeneration"] = json!(generation - i64::from(changed));
+                    objects.insert(path, object);
+                    return respond(StatusCode::OK, &answer);
                 }
                 objects.insert(path, object.clone());
                 respond(StatusCode::OK, &object)
@@ -325,6 +341,7 @@ async fn the_first_reconcile_creates_every_child_in_order_and_reports_status() {
             "secrets/demo-mongodb-auth",
             "secrets/demo-connections",
             "configmaps/demo-config",
+            "services/demo-redis-headless",
             "networkpolicies/demo-redis",
             "services/demo-redis",
             "statefulsets/demo-redis",
@@ -332,13 +349,13 @@ async fn the_first_reconcile_creates_every_child_in_order_and_reports_status() {
             "services/demo-mongodb",
             "statefulsets/demo-mongodb",
             // The init Job's name carries a digest of its spec.
-            applied_children(&calls)[11].as_str(),
+            applied_children(&calls)[12].as_str(),
             "deployments/demo",
             "services/demo",
             "poddisruptionbudgets/demo",
         ]
     );
-    assert!(applied_children(&calls)[11].starts_with("jobs/demo-mongodb-init-"));
+    assert!(applied_children(&calls)[12].starts_with("jobs/demo-mongodb-init-"));
 
     let key = harness
         .api
@@ -368,11 +385,14 @@ async fn the_first_reconcile_creates_every_child_in_order_and_reports_status() {
     assert_eq!(status_writes.len(), 1);
     let cluster = harness.api.cluster();
     let status = cluster.status.as_ref().unwrap();
-    assert_eq!(
-        status.phase,
-        Phase::Pending,
-        "the Deployment did not exist when observed"
-    );
+    // The Deployment was just made: its controller has not acted on it.
+    assert_eq!(status.phase, Phase::Progressing);
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Progressing")
+        .unwrap();
+    assert_eq!(progressing.reason, "RollingOut");
     assert_eq!(status.observed_generation, Some(1));
     let events: Vec<&Call> = calls
         .iter()
@@ -725,6 +745,171 @@ async fn an_api_error_fails_the_reconcile_and_the_error_policy_backs_off() {
     assert_eq!(
         controller::error_policy(cluster, &error, harness.context.clone()),
         Action::requeue(Duration::from_secs(5))
+    );
+}
+
+/// One child refused (here the Redis StatefulSet, as an immutable field
+/// would be) holds back none of the others: they are all applied, the
+/// status's Reconciled condition names the refused one and why, and the
+/// reconcile fails so it is retried.
+#[tokio::test]
+async fn a_refused_child_holds_back_no_other_and_is_named_in_the_status() {
+    let harness = Harness::new(json!({}));
+    *harness.api.failing.lock().unwrap() =
+        Some(("PATCH".into(), "/statefulsets/demo-redis".into()));
+    let error = harness.reconcile().await.unwrap_err();
+    assert!(
+        error.to_string().contains("StatefulSet/demo-redis"),
+        "{error}"
+    );
+    let calls = harness.api.take_calls();
+    let applied = applied_children(&calls);
+    for later in [
+        "deployments/demo",
+        "services/demo",
+        "poddisruptionbudgets/demo",
+    ] {
+        assert!(
+            applied.iter().any(|a| a == later),
+            "{later} not applied: {applied:?}"
+        );
+    }
+    let cluster = harness.api.cluster();
+    let reconciled = cluster
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Reconciled")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (reconciled.status.as_str(), reconciled.reason.as_str()),
+        ("False", "ApplyFailed")
+    );
+    assert!(
+        reconciled.message.contains("StatefulSet/demo-redis"),
+        "{reconciled:?}"
+    );
+
+    *harness.api.failing.lock().unwrap() = None;
+    harness.settle().await;
+    let cluster = harness.api.cluster();
+    let status = cluster.status.as_ref().unwrap();
+    let reconciled = status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Reconciled")
+        .unwrap();
+    assert_eq!(reconciled.status, "True");
+    assert_eq!(status.phase, Phase::Running);
+}
+
+/// Right after an image change the Deployment's counts are the previous
+/// template's: the status says the rollout is under way, not complete, and
+/// complete once the Deployment controller has acted on the new one.
+#[tokio::test]
+async fn an_image_change_reads_as_rolling_out_until_the_deployment_has_seen_it() {
+    let harness = Harness::new(json!({"replicas": 3}));
+    harness.settle().await;
+    assert_eq!(
+        harness.api.cluster().status.as_ref().unwrap().phase,
+        Phase::Running
+    );
+    harness
+        .api
+        .edit_spec(|spec| spec["image"] = json!({"tag": "next"}));
+    harness.reconcile().await.unwrap();
+    let cluster = harness.api.cluster();
+    let status = cluster.status.as_ref().unwrap();
+    assert_eq!(status.phase, Phase::Progressing);
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Progressing")
+        .unwrap();
+    assert_eq!(progressing.reason, "RollingOut");
+    harness.reconcile().await.unwrap();
+    assert_eq!(
+        harness.api.cluster().status.as_ref().unwrap().phase,
+        Phase::Running
+    );
+}
+
+/// A MongoDB init Job that failed (every retry of its pod used up) would
+/// hold a shrinking StatefulSet forever: it shows in BackendsReady, and five
+/// minutes after it failed it is deleted and made anew, with a warning
+/// event; one that failed a moment ago is left alone.
+#[tokio::test]
+async fn a_failed_mongodb_job_is_reported_and_made_anew_after_a_while() {
+    let harness = Harness::new(json!({}));
+    harness.settle().await;
+    let jobs: Vec<String> = harness
+        .api
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|path| path.contains("/jobs/demo-mongodb-init-"))
+        .cloned()
+        .collect();
+    let [path] = jobs.as_slice() else {
+        panic!("one init Job: {jobs:?}")
+    };
+    let fail_at = |at: String| {
+        let mut job = harness.api.get(path).unwrap();
+        job["status"] = json!({"failed": 21, "conditions": [{"type": "Failed", "status": "True",
+            "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit",
+            "lastTransitionTime": at}]});
+        harness.api.put(path, job);
+    };
+    let format = &time::format_description::well_known::Rfc3339;
+    let now = time::OffsetDateTime::now_utc();
+    fail_at((now - time::Duration::seconds(30)).format(format).unwrap());
+    harness.reconcile().await.unwrap();
+    let calls = harness.api.take_calls();
+    assert!(!calls.iter().any(|c| c.method == "DELETE"), "{calls:#?}");
+    let cluster = harness.api.cluster();
+    let backends = cluster
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.kind == "BackendsReady")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (backends.status.as_str(), backends.reason.as_str()),
+        ("False", "Failed")
+    );
+    assert!(backends.message.contains("backoff limit"), "{backends:?}");
+
+    fail_at((now - time::Duration::minutes(6)).format(format).unwrap());
+    harness.reconcile().await.unwrap();
+    let calls = harness.api.take_calls();
+    let job_path = path.clone();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.method == "DELETE" && c.path == job_path),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.method == "PATCH" && c.path == job_path),
+        "made anew: {calls:#?}"
+    );
+    assert!(
+        harness
+            .api
+            .objects
+            .lock()
+            .unwrap()
+            .values()
+            .any(|o| o["reason"] == "JobRetried" && o["type"] == "Warning")
     );
 }
 

@@ -53,6 +53,62 @@ pub fn hold_until_removed(desired: &mut [Value], live: &Live) -> Option<String> 
     ))
 }
 
+/// The MongoDB Jobs that must be gone before the desired one is made: every
+/// other one, while the desired one does not exist yet. Two runs of the
+/// members script at once (the old one still reconfiguring while the new
+/// one starts) would each work from their own view of the set.
+pub fn jobs_in_the_way(desired: &[Value], live: &Live) -> Vec<ObjectKey> {
+    let Some(wanted) = desired
+        .iter()
+        .find(|o| is_mongodb(o, "Job"))
+        .and_then(ObjectKey::of)
+    else {
+        return Vec::new();
+    };
+    if live.objects.contains_key(&wanted) {
+        return Vec::new();
+    }
+    live.objects
+        .iter()
+        .filter(|(key, object)| **key != wanted && is_mongodb(object, "Job"))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+/// The MongoDB Jobs that failed (their `Failed` condition True: every retry
+/// of their pod used up) at least `after` before `now`, with why. A Job's
+/// template cannot change, so it runs again only when deleted and made
+/// anew: the controller does that for these, so a failure that has since
+/// gone (a member that was down) does not hold the StatefulSet forever,
+/// while one that persists is retried no faster than every `after`.
+pub fn failed_jobs(
+    live: &Live,
+    now: time::OffsetDateTime,
+    after: std::time::Duration,
+) -> Vec<(ObjectKey, String)> {
+    live.objects
+        .iter()
+        .filter(|(_, object)| is_mongodb(object, "Job"))
+        .filter_map(|(key, job)| {
+            let failed = job
+                .pointer("/status/conditions")?
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Failed" && c["status"] == "True")?;
+            let since = failed["lastTransitionTime"].as_str().and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            });
+            // No time: as old as can be.
+            let old_enough = since.is_none_or(|since| now - since >= after);
+            let why = failed["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_owned();
+            old_enough.then(|| (key.clone(), why))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -97,6 +153,48 @@ mod tests {
         let done = live(&[statefulset(3), job("demo-mongodb-init-new", Some(1))]);
         assert_eq!(hold_until_removed(&mut desired, &done), None);
         assert_eq!(desired[0]["spec"]["replicas"], 1);
+    }
+
+    #[test]
+    fn a_failed_job_is_retried_once_it_failed_long_enough_ago() {
+        let failed = |name: &str, at: &str| {
+            let mut job = job(name, Some(0));
+            job["status"]["conditions"] = json!([{"type": "Failed", "status": "True",
+                "lastTransitionTime": at, "message": "Job has reached the specified backoff limit"}]);
+            job
+        };
+        let now = time::OffsetDateTime::parse(
+            "2026-12-04T10:10:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let after = std::time::Duration::from_secs(300);
+        let current = live(&[
+            statefulset(3),
+            failed("demo-mongodb-init-a", "2026-12-04T10:04:00Z"),
+            failed("demo-mongodb-init-b", "2026-12-04T10:08:00Z"),
+            job("demo-mongodb-init-c", Some(1)),
+        ]);
+        let retried = failed_jobs(&current, now, after);
+        assert_eq!(retried.len(), 1, "{retried:?}");
+        assert_eq!(retried[0].0.name, "demo-mongodb-init-a");
+        assert!(retried[0].1.contains("backoff limit"));
+    }
+
+    #[test]
+    fn the_old_job_goes_before_the_new_one_is_made() {
+        let desired = vec![statefulset(3), job("demo-mongodb-init-new", None)];
+        let old = live(&[statefulset(3), job("demo-mongodb-init-old", None)]);
+        let in_the_way = jobs_in_the_way(&desired, &old);
+        assert_eq!(in_the_way.len(), 1);
+        assert_eq!(in_the_way[0].name, "demo-mongodb-init-old");
+        // Once the new one exists (or with no old one), nothing waits.
+        let both = live(&[
+            job("demo-mongodb-init-old", None),
+            job("demo-mongodb-init-new", None),
+        ]);
+        assert!(jobs_in_the_way(&desired, &both).is_empty());
+        assert!(jobs_in_the_way(&desired, &live(&[statefulset(3)])).is_empty());
     }
 
     #[test]

@@ -8,18 +8,12 @@ pub mod members;
 pub mod objects;
 pub mod volumes;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -28,13 +22,16 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::crd::{ChatCluster, Phase};
+use crate::crd::{ChatCluster, ChatClusterStatus, Phase};
 use crate::desired::{self, BuildError, MANAGER};
 use crate::metrics::Metrics;
 use crate::render::{self, SecretValues};
 use crate::status::{self, Observed};
 use objects::{Live, ObjectKey, SERVICE_MONITOR};
 
+/// How long after a MongoDB Job failed (its pod retried to its backoff
+/// limit, about an hour) it is made anew to run again.
+const JOB_RETRY: Duration = Duration::from_secs(300);
 /// How often a settled ChatCluster is looked at again, to repair drift in
 /// children the controller does not watch (a ServiceMonitor) or missed.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -59,6 +56,10 @@ pub enum Error {
     /// The API server accepted a change that has not taken effect in time.
     #[error("{0}")]
     Stuck(String),
+    /// Children that could not be applied or pruned, each named (already
+    /// in the status's Reconciled condition).
+    #[error("{0}")]
+    Children(String),
     /// A generated credentials Secret is gone while volumes hold data made
     /// with it: new credentials would lock the pods out of their own data.
     #[error("{0}")]
@@ -70,7 +71,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Build(_) => "build",
-            Error::Api { .. } | Error::Stuck(_) => "api",
+            Error::Api { .. } | Error::Stuck(_) | Error::Children(_) => "api",
             Error::SecretMissing { .. }
             | Error::SecretKeyMissing { .. }
             | Error::CredentialsLost(_) => "secret",
@@ -96,6 +97,10 @@ pub struct Context {
     /// Warnings already given for a ChatCluster's generation, so a condition
     /// that persists is reported once per spec, not on every resync.
     warned: Mutex<Warned>,
+    /// The children's watch caches by kind, once `run` watches them; until
+    /// then (and where it never runs: the mocked API tests) children are
+    /// listed.
+    caches: std::sync::OnceLock<BTreeMap<String, reflector::Store<DynamicObject>>>,
 }
 
 impl Context {
@@ -110,6 +115,7 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             warned: Mutex::new(Warned::default()),
+            caches: std::sync::OnceLock::new(),
         }
     }
 
@@ -212,8 +218,34 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
                 error.to_string(),
             )
             .await;
+            report_failure(&cluster, &ctx, &error).await;
             Err(error)
         }
+    }
+}
+
+/// Puts a failed reconcile in the status (the Reconciled condition, False),
+/// so `kubectl get` shows it and not only an event; best effort, since the
+/// API server may be what failed.
+async fn report_failure(cluster: &ChatCluster, ctx: &Context, error: &Error) {
+    if matches!(error, Error::Children(_)) {
+        return;
+    }
+    let Ok((name, namespace)) = desired::identity(cluster) else {
+        return;
+    };
+    let now = now_rfc3339();
+    let current = cluster
+        .status
+        .clone()
+        .unwrap_or_else(|| status::status(cluster, None, &now));
+    let shortfall = status::Shortfall {
+        reason: "ReconcileFailed",
+        message: event_note(error.to_string()),
+    };
+    let next = status::with_reconciled(current, cluster, Some(&shortfall), &now);
+    if let Err(error) = patch_status(cluster, ctx, &namespace, &name, next).await {
+        warn!(chatcluster = %cluster_key(cluster), %error, "writing the status of a failed reconcile");
     }
 }
 
@@ -249,13 +281,17 @@ pub fn retry_delay(attempt: u32) -> Duration {
 
 async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
     let (name, namespace) = desired::identity(cluster)?;
-    let live = observe(&ctx.client, cluster, &namespace, &name).await?;
+    let mut live = observe(&ctx.client, ctx.caches.get(), cluster, &namespace, &name).await?;
     let deployment = ObjectKey {
         api_version: "apps/v1".to_owned(),
         kind: "Deployment".to_owned(),
         name: name.clone(),
     };
-    let observed = live.objects.get(&deployment).map(observed_pods);
+    let mut observed = live.objects.get(&deployment).map(observed_pods);
+    let backends = backend_issues(&live);
+    let mut shortfall = None;
+    // Something is being deleted first: look again soon, not at the resync.
+    let mut waiting = false;
     let mut resize_refused = None;
     let mut credentials_lost = None;
 
@@ -284,15 +320,49 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
         }
     };
     if let Some(secrets) = secrets {
+        // A failed MongoDB Job runs again only if made anew.
+        for (key, why) in members::failed_jobs(&live, time::OffsetDateTime::now_utc(), JOB_RETRY) {
+            warn!(chatcluster = %cluster_key(cluster), job = %key, %why, "retrying a failed Job");
+            ctx.event(
+                cluster,
+                EventType::Warning,
+                "JobRetried",
+                event_note(format!("{key} failed ({why}); made anew to run again")),
+            )
+            .await;
+            prune(&ctx.client, &namespace, &key).await?;
+            live.objects.remove(&key);
+        }
         let mut desired = render::children(cluster, &secrets)?;
         if let Some(held) = members::hold_until_removed(&mut desired, &live) {
             info!(chatcluster = %cluster_key(cluster), %held, "replica set shrinking");
+        }
+        // The previous MongoDB Job is deleted with its pod, and gone, before
+        // the new one is made: never two members scripts at once.
+        let in_the_way = members::jobs_in_the_way(&desired, &live);
+        if !in_the_way.is_empty() {
+            for key in &in_the_way {
+                info!(chatcluster = %cluster_key(cluster), job = %key, "deleting the previous Job before the new one");
+                delete(&ctx.client, &namespace, key, &DeleteParams::foreground()).await?;
+                // Deleting: not for the plan to prune as well.
+                live.objects.remove(key);
+            }
+            desired.retain(|object| {
+                !(object["kind"] == "Job"
+                    && ObjectKey::of(object).is_some_and(|key| !live.objects.contains_key(&key)))
+            });
+            waiting = true;
         }
         for outcome in volumes::resize(&ctx.client, &namespace, &mut desired, &live).await? {
             match outcome {
                 volumes::Outcome::Grown(what) => {
                     info!(chatcluster = %cluster_key(cluster), %what, "volumes grown");
                     ctx.event(cluster, EventType::Normal, "VolumesGrown", what)
+                        .await;
+                }
+                volumes::Outcome::Recreated(what) => {
+                    info!(chatcluster = %cluster_key(cluster), %what, "StatefulSet re-created");
+                    ctx.event(cluster, EventType::Normal, "Recreated", what)
                         .await;
                 }
                 volumes::Outcome::Refused(why) => {
@@ -318,12 +388,33 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
                 kind: "Secret".to_owned(),
                 name,
             });
+        objects::keep_replicas_until_owned(&mut desired, &live, MANAGER);
         let plan = objects::plan(&desired, &live, &keep);
+        // Each child on its own: one refused (an immutable field, a quota)
+        // must not hold back the others; each failure is named in the
+        // Reconciled condition, and the reconcile is retried.
+        let mut failures = Vec::new();
         for object in &plan.apply {
-            apply(&ctx.client, &namespace, object).await?;
+            match apply(&ctx.client, &namespace, object).await {
+                // The Deployment as it is after the change: its generation
+                // says whether the counts are of the new template yet.
+                Ok(applied) if ObjectKey::of(&applied).as_ref() == Some(&deployment) => {
+                    observed = Some(observed_pods(&applied));
+                }
+                Ok(_) => {}
+                Err(error) => failures.push(error.to_string()),
+            }
         }
         for key in &plan.prune {
-            prune(&ctx.client, &namespace, key).await?;
+            if let Err(error) = prune(&ctx.client, &namespace, key).await {
+                failures.push(error.to_string());
+            }
+        }
+        if !failures.is_empty() {
+            shortfall = Some(status::Shortfall {
+                reason: "ApplyFailed",
+                message: event_note(failures.join("; ")),
+            });
         }
         if !plan.changes_nothing() {
             let applied: Vec<String> = plan
@@ -358,12 +449,29 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
         ctx,
         &namespace,
         &name,
-        observed,
-        resize_refused.as_deref(),
-        credentials_lost.as_deref(),
+        Seen {
+            observed,
+            backends: &backends,
+            shortfall: shortfall.as_ref(),
+            resize_refused: resize_refused.as_deref(),
+            credentials_lost: credentials_lost.as_deref(),
+        },
     )
     .await?;
-    Ok(Action::requeue(RESYNC))
+    match shortfall {
+        Some(shortfall) => Err(Error::Children(shortfall.message)),
+        None if waiting => Ok(Action::requeue(FIRST_RETRY)),
+        None => Ok(Action::requeue(RESYNC)),
+    }
+}
+
+/// What a reconcile found, for the status.
+struct Seen<'a> {
+    observed: Option<Observed>,
+    backends: &'a [String],
+    shortfall: Option<&'a status::Shortfall>,
+    resize_refused: Option<&'a str>,
+    credentials_lost: Option<&'a str>,
 }
 
 /// Before credentials are generated for `statefulset`: refuses when its
@@ -396,11 +504,24 @@ fn list_or_none(items: &[String]) -> String {
     }
 }
 
+/// The watch cache of `kind`, if it has had its first full list; `None`:
+/// list instead. Never waits: a cache that is not ready (the controller just
+/// started, or its watch is refused) must not slow every reconcile.
+async fn cached<'a>(
+    caches: Option<&'a BTreeMap<String, reflector::Store<DynamicObject>>>,
+    kind: &str,
+) -> Option<&'a reflector::Store<DynamicObject>> {
+    let store = caches?.get(kind)?;
+    futures_util::FutureExt::now_or_never(store.wait_until_ready())?.ok()?;
+    Some(store)
+}
+
 /// Lists every kind of child this ChatCluster could have, by its labels,
 /// keeping those it owns (by uid). A missing ServiceMonitor API reads as
 /// "none, and none can be made".
 async fn observe(
     client: &Client,
+    caches: Option<&BTreeMap<String, reflector::Store<DynamicObject>>>,
     cluster: &ChatCluster,
     namespace: &str,
     name: &str,
@@ -416,16 +537,38 @@ async fn observe(
         let Some(resource) = objects::api_resource(api_version, kind) else {
             continue;
         };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-        let list = match api.list(&ListParams::default().labels(&selector)).await {
-            Ok(list) => list,
-            Err(kube::Error::Api(status)) if status.code == 404 && kind == SERVICE_MONITOR => {
-                live.service_monitor_api = false;
-                continue;
+        let items: Vec<DynamicObject> = match cached(caches, kind).await {
+            Some(store) => store
+                .state()
+                .iter()
+                .filter(|item| {
+                    let labels = item.labels();
+                    item.namespace().as_deref() == Some(namespace)
+                        && labels.get("app.kubernetes.io/instance").map(String::as_str)
+                            == Some(name)
+                        && labels
+                            .get("app.kubernetes.io/managed-by")
+                            .map(String::as_str)
+                            == Some(MANAGER)
+                })
+                .map(|item| (**item).clone())
+                .collect(),
+            None => {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), namespace, &resource);
+                match api.list(&ListParams::default().labels(&selector)).await {
+                    Ok(list) => list.items,
+                    Err(kube::Error::Api(status))
+                        if status.code == 404 && kind == SERVICE_MONITOR =>
+                    {
+                        live.service_monitor_api = false;
+                        continue;
+                    }
+                    Err(source) => return Err(api_error("listing", format!("{kind}s"))(source)),
+                }
             }
-            Err(source) => return Err(api_error("listing", format!("{kind}s"))(source)),
         };
-        for item in list.items {
+        for item in items {
             let owned = item
                 .metadata
                 .owner_references
@@ -473,7 +616,64 @@ fn observed_pods(deployment: &Value) -> Observed {
         ready: int("/status/readyReplicas").unwrap_or(0),
         updated: int("/status/updatedReplicas").unwrap_or(0),
         stalled,
+        current: is_current(deployment),
     }
+}
+
+/// Whether a workload's controller has acted on its latest spec.
+fn is_current(workload: &Value) -> bool {
+    let generation = workload
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64);
+    let observed = workload
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
+    match (generation, observed) {
+        (Some(generation), Some(observed)) => observed >= generation,
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+/// What keeps the backends (the Redis, Sentinel and MongoDB StatefulSets
+/// and the MongoDB init Job) from being ready on their current spec, one
+/// line each; empty when nothing does.
+pub fn backend_issues(live: &Live) -> Vec<String> {
+    let mut issues = Vec::new();
+    for (key, object) in &live.objects {
+        let int = |pointer: &str| object.pointer(pointer).and_then(Value::as_i64);
+        match key.kind.as_str() {
+            "StatefulSet" => {
+                let wanted = int("/spec/replicas").unwrap_or(1);
+                let ready = int("/status/readyReplicas").unwrap_or(0);
+                let updated = int("/status/updatedReplicas").unwrap_or(0);
+                let revision = |field: &str| object.pointer(field).and_then(Value::as_str);
+                let rolled = revision("/status/updateRevision")
+                    == revision("/status/currentRevision")
+                    || updated >= wanted;
+                if !is_current(object) || ready < wanted || !rolled {
+                    issues.push(format!(
+                        "StatefulSet {}: {ready} of {wanted} pods ready, {updated} updated",
+                        key.name
+                    ));
+                }
+            }
+            "Job" => {
+                let failed = object
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "Failed" && c["status"] == "True");
+                if let Some(failed) = failed {
+                    let why = failed["message"].as_str().unwrap_or("no message");
+                    issues.push(format!("Job {} failed: {why}", key.name));
+                }
+            }
+            _ => {}
+        }
+    }
+    issues
 }
 
 /// The secret values the children depend on: the JWT key (the user's, the
@@ -610,26 +810,43 @@ async fn read_secret(
         })
 }
 
-async fn apply(client: &Client, namespace: &str, object: &Value) -> Result<(), Error> {
+/// Applies `object`; returns it as the API server has it now.
+async fn apply(client: &Client, namespace: &str, object: &Value) -> Result<Value, Error> {
     let key = ObjectKey::of(object).ok_or(BuildError::Missing("apiVersion, kind or name"))?;
     let resource = objects::api_resource(&key.api_version, &key.kind)
         .ok_or(BuildError::Missing("a known child kind"))?;
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    api.patch(
-        &key.name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(api_error("applying", &key))?;
-    Ok(())
+    let applied = api
+        .patch(
+            &key.name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .map_err(api_error("applying", &key))?;
+    serde_json::to_value(applied).map_err(|source| {
+        Error::Build(BuildError::Shape {
+            what: "an applied object",
+            source,
+        })
+    })
 }
 
 async fn prune(client: &Client, namespace: &str, key: &ObjectKey) -> Result<(), Error> {
+    delete(client, namespace, key, &DeleteParams::background()).await
+}
+
+/// Deletes a child; one already gone is fine.
+async fn delete(
+    client: &Client,
+    namespace: &str,
+    key: &ObjectKey,
+    params: &DeleteParams,
+) -> Result<(), Error> {
     let resource = objects::api_resource(&key.api_version, &key.kind)
         .ok_or(BuildError::Missing("a known child kind"))?;
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    match api.delete(&key.name, &DeleteParams::background()).await {
+    match api.delete(&key.name, params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(source) => Err(api_error("pruning", key)(source)),
@@ -643,22 +860,26 @@ async fn write_status(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    observed: Option<Observed>,
-    resize_refused: Option<&str>,
-    credentials_lost: Option<&str>,
+    seen: Seen<'_>,
 ) -> Result<(), Error> {
     let now = now_rfc3339();
-    let next = status::with_credentials_lost(
-        status::with_resize_refused(
-            status::status(cluster, observed, &now),
-            cluster,
-            resize_refused,
-            &now,
-        ),
-        cluster,
-        credentials_lost,
-        &now,
-    );
+    let mut next = status::status(cluster, seen.observed, &now);
+    next = status::with_backends(next, cluster, seen.backends, &now);
+    next = status::with_reconciled(next, cluster, seen.shortfall, &now);
+    next = status::with_resize_refused(next, cluster, seen.resize_refused, &now);
+    next = status::with_credentials_lost(next, cluster, seen.credentials_lost, &now);
+    patch_status(cluster, ctx, namespace, name, next).await
+}
+
+/// Writes `next` as the status unless the resource already carries it, and
+/// records an event when the phase changes.
+async fn patch_status(
+    cluster: &ChatCluster,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    next: ChatClusterStatus,
+) -> Result<(), Error> {
     if cluster.status.as_ref() == Some(&next) {
         return Ok(());
     }
@@ -712,9 +933,29 @@ fn now_rfc3339() -> String {
 
 /// Runs the controller until `shutdown` resolves: watches ChatClusters (only
 /// spec changes, so status writes do not wake it) and the children it owns.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    let clusters: Api<ChatCluster> = Api::all(client.clone());
+/// The objects of kind `K` in `namespace`, or in every namespace.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown`; `client` serves its watches (no
+/// response timeout: a watch is a long read), `ctx`'s client every other call.
+/// With `namespace`, only the ChatClusters and children of that namespace
+/// are watched (the operator then needs a Role there, not a ClusterRole).
+pub async fn run(
+    ctx: Arc<Context>,
+    client: Client,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let clusters: Api<ChatCluster> = scoped(&client, namespace.as_deref());
     let (reader, writer) = reflector::store();
     if let Err(error) = ctx.metrics.watch_clusters(reader.clone()) {
         warn!(%error, "registering the per-ChatCluster metrics");
@@ -727,35 +968,50 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let owned = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
         .any_semantic();
-    Controller::for_stream(trigger, reader)
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        // Secrets by their instance label rather than their owner: the data
-        // credentials have none (`desired::data_credentials`), and one
-        // deleted must wake its ChatCluster to report it.
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            owned.clone(),
-            |secret| {
-                let instance = secret.labels().get("app.kubernetes.io/instance").cloned();
-                instance
-                    .zip(secret.namespace())
-                    .map(|(name, namespace)| reflector::ObjectRef::new(&name).within(&namespace))
-            },
-        )
-        .owns(Api::<Job>::all(client.clone()), owned.clone())
-        .owns(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            owned.clone(),
-        )
-        .owns(
-            Api::<HorizontalPodAutoscaler>::all(client.clone()),
-            owned.clone(),
-        )
-        .owns(Api::<Ingress>::all(client.clone()), owned.clone())
-        .owns(Api::<NetworkPolicy>::all(client), owned)
+    let mut controller = Controller::for_stream(trigger, reader);
+    // One watch per child kind, reflected into a cache the reconciles read
+    // (`observe`) instead of listing every kind each time. ServiceMonitors
+    // are not watched: their API may be absent, and they are listed.
+    let mut caches = BTreeMap::new();
+    for (api_version, kind, _) in objects::CHILD_KINDS {
+        if kind == SERVICE_MONITOR {
+            continue;
+        }
+        let Some(resource) = objects::api_resource(api_version, kind) else {
+            continue;
+        };
+        let api: Api<DynamicObject> = match namespace.as_deref() {
+            Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        let writer = reflector::store::Writer::new(resource.clone());
+        caches.insert(kind.to_owned(), writer.as_reader());
+        let stream = watcher(api, owned.clone())
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        controller = if kind == "Secret" {
+            // Secrets by their instance label rather than their owner: the
+            // data credentials have none (`desired::data_credentials`), and
+            // one deleted must wake its ChatCluster to report it.
+            controller.watches_stream_with(
+                stream,
+                |secret: DynamicObject| {
+                    let instance = secret.labels().get("app.kubernetes.io/instance").cloned();
+                    instance.zip(secret.namespace()).map(|(name, namespace)| {
+                        reflector::ObjectRef::new(&name).within(&namespace)
+                    })
+                },
+                resource,
+            )
+        } else {
+            controller.owns_stream_with(stream, resource)
+        };
+    }
+    if ctx.caches.set(caches).is_err() {
+        warn!("the controller's caches were set twice");
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -816,15 +1072,68 @@ mod tests {
                 desired: 3,
                 ready: 2,
                 updated: 3,
-                stalled: false
+                stalled: false,
+                current: true,
             }
         );
+        // Just applied with a new template: the counts are the old one's.
+        let just_applied = json!({"metadata": {"generation": 5}, "spec": {"replicas": 3},
+            "status": {"observedGeneration": 4, "readyReplicas": 3, "updatedReplicas": 3}});
+        assert!(!observed_pods(&just_applied).current);
         let past_deadline = json!({"spec": {"replicas": 3}, "status": {"conditions": [
             {"type": "Available", "status": "False"},
             {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"},
         ]}});
         assert!(observed_pods(&past_deadline).stalled);
         assert_eq!(observed_pods(&json!({})).desired, 1);
+    }
+
+    #[test]
+    fn backends_not_ready_on_their_current_spec_are_named() {
+        let key = |kind: &str, name: &str| ObjectKey {
+            api_version: "apps/v1".to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        };
+        let ready = json!({"metadata": {"generation": 2}, "spec": {"replicas": 3},
+            "status": {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3,
+                       "currentRevision": "r2", "updateRevision": "r2"}});
+        let mut live = Live::default();
+        live.objects
+            .insert(key("StatefulSet", "demo-redis"), ready.clone());
+        live.objects
+            .insert(key("Deployment", "demo"), json!({"spec": {"replicas": 5}}));
+        assert_eq!(backend_issues(&live), Vec::<String>::new());
+
+        // A wedged Sentinel, a rollout held half-way, a new spec not acted on
+        // yet, a failed Job: each named.
+        let mut wedged = ready.clone();
+        wedged["status"]["readyReplicas"] = json!(2);
+        live.objects
+            .insert(key("StatefulSet", "demo-redis-sentinel"), wedged);
+        let mut held = ready.clone();
+        held["status"]["updatedReplicas"] = json!(1);
+        held["status"]["updateRevision"] = json!("r3");
+        live.objects
+            .insert(key("StatefulSet", "demo-mongodb"), held);
+        let mut unseen = ready;
+        unseen["metadata"]["generation"] = json!(3);
+        live.objects
+            .insert(key("StatefulSet", "demo-redis"), unseen);
+        live.objects.insert(
+            key("Job", "demo-mongodb-init-1"),
+            json!({"status": {"conditions": [{"type": "Failed", "status": "True",
+                "message": "Job has reached the specified backoff limit"}]}}),
+        );
+        assert_eq!(
+            backend_issues(&live),
+            [
+                "Job demo-mongodb-init-1 failed: Job has reached the specified backoff limit",
+                "StatefulSet demo-mongodb: 3 of 3 pods ready, 1 updated",
+                "StatefulSet demo-redis: 3 of 3 pods ready, 3 updated",
+                "StatefulSet demo-redis-sentinel: 2 of 3 pods ready, 3 updated",
+            ]
+        );
     }
 
     #[test]

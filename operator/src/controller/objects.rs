@@ -131,6 +131,40 @@ pub fn plan(desired: &[Value], live: &Live, keep: &[ObjectKey]) -> Plan {
     plan
 }
 
+/// With an autoscaler, the desired Deployment leaves `spec.replicas` to it;
+/// but until another manager (the HPA, through the scale subresource) has
+/// written the field, this operator is its only owner, and an apply without
+/// it would remove it: the Deployment would fall to 1 pod. So the live
+/// count is sent until someone else owns it.
+pub fn keep_replicas_until_owned(desired: &mut [Value], live: &Live, manager: &str) {
+    for object in desired.iter_mut() {
+        let Some(key) = ObjectKey::of(object).filter(|k| k.kind == "Deployment") else {
+            continue;
+        };
+        if object.pointer("/spec/replicas").is_some() {
+            continue;
+        }
+        let Some(current) = live.objects.get(&key) else {
+            continue;
+        };
+        let Some(replicas) = current.pointer("/spec/replicas").cloned() else {
+            continue;
+        };
+        let owned_by_another = current
+            .pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry.get("manager").and_then(Value::as_str) != Some(manager))
+            .any(|entry| entry.pointer("/fieldsV1/f:spec/f:replicas").is_some());
+        if !owned_by_another
+            && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            spec.insert("replicas".to_owned(), replicas);
+        }
+    }
+}
+
 /// Whether `live` already holds every field of `desired` with the same value.
 /// Fields the API server defaults, or other managers own, are not ours to
 /// compare; `apiVersion` and `kind` are not returned in list items.
@@ -170,6 +204,47 @@ fn is_empty(value: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_live_replica_count_is_kept_until_the_autoscaler_owns_it() {
+        let deployment = |replicas: Option<i64>, managers: Value| {
+            let mut object = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "demo", "managedFields": managers},
+                "spec": {"template": {}}});
+            if let Some(replicas) = replicas {
+                object["spec"]["replicas"] = json!(replicas);
+            }
+            object
+        };
+        let ours = json!([{"manager": "chat-operator", "operation": "Apply",
+                           "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}}]);
+        let mut live = Live::default();
+        live.objects.insert(
+            ObjectKey::of(&deployment(None, json!([]))).unwrap(),
+            deployment(Some(5), ours.clone()),
+        );
+        // Autoscaling just enabled: only this operator owns the count.
+        let mut desired = vec![deployment(None, json!([]))];
+        keep_replicas_until_owned(&mut desired, &live, "chat-operator");
+        assert_eq!(desired[0]["spec"]["replicas"], 5);
+
+        // The HPA wrote it: left to the HPA.
+        let mut both = ours.as_array().unwrap().clone();
+        both.push(json!({"manager": "kube-controller-manager", "operation": "Update", "subresource": "scale",
+                         "fieldsV1": {"f:spec": {"f:replicas": {}}}}));
+        live.objects.insert(
+            ObjectKey::of(&deployment(None, json!([]))).unwrap(),
+            deployment(Some(7), json!(both)),
+        );
+        let mut desired = vec![deployment(None, json!([]))];
+        keep_replicas_until_owned(&mut desired, &live, "chat-operator");
+        assert!(desired[0]["spec"].get("replicas").is_none());
+
+        // Without an autoscaler the spec's count stands.
+        let mut desired = vec![deployment(Some(2), json!([]))];
+        keep_replicas_until_owned(&mut desired, &live, "chat-operator");
+        assert_eq!(desired[0]["spec"]["replicas"], 2);
+    }
     use serde_json::json;
 
     fn key(kind: &str, name: &str) -> ObjectKey {

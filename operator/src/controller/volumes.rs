@@ -1,14 +1,18 @@
-//! Growing the volumes of the managed Redis and MongoDB.
+//! Growing the volumes of the managed Redis and MongoDB, and changing the
+//! other fields a StatefulSet cannot change in place.
 //!
 //! A StatefulSet's volume claim templates cannot change once it exists, and
 //! the claims it made are not resized by it. So a bigger size in the spec is
 //! carried out the way Kubernetes documents: each claim is patched to the new
 //! size (the storage class must allow it: `allowVolumeExpansion`), then the
 //! StatefulSet is deleted without its pods (orphan propagation) and applied
-//! again with the new template, adopting them. A smaller size, or a class
-//! that cannot grow, keeps the live template, so everything else in the
-//! StatefulSet still applies, and is reported: the `VolumesResizable`
-//! condition and a warning event say why.
+//! again with the new template, adopting them, in one step: a failure after
+//! the delete is retried by the next reconcile, which finds it missing and
+//! creates it. A smaller size, or a class that cannot grow, keeps the live
+//! template, so everything else in the StatefulSet still applies, and is
+//! reported: the `VolumesResizable` condition and a warning event say why.
+//! A new governing Service or pod management policy (this operator's own
+//! upgrades) is carried out the same way.
 
 use std::time::{Duration, Instant};
 
@@ -105,6 +109,29 @@ pub fn class_change(desired: &Value, live: &Value) -> Option<String> {
     })
 }
 
+/// Which fields a desired StatefulSet changes that the API server refuses
+/// to change in place (besides claim templates, handled as resizes).
+pub fn fixed_changes(desired: &Value, live: &Value) -> Vec<&'static str> {
+    ["serviceName", "podManagementPolicy"]
+        .into_iter()
+        .filter(|field| {
+            let pointer = format!("/spec/{field}");
+            // The API server defaults the policy to OrderedReady.
+            let live_value = live.pointer(&pointer).and_then(Value::as_str).unwrap_or(
+                if *field == "podManagementPolicy" {
+                    "OrderedReady"
+                } else {
+                    ""
+                },
+            );
+            desired
+                .pointer(&pointer)
+                .and_then(Value::as_str)
+                .is_some_and(|wanted| wanted != live_value)
+        })
+        .collect()
+}
+
 /// `desired` with the live claim templates, which the API server accepts.
 pub fn keep_live_claims(desired: &mut Value, live: &Value) {
     if let (Some(spec), Some(current)) = (
@@ -130,12 +157,15 @@ pub fn is_claim_of(claim: &str, template: &str, statefulset: &str) -> bool {
 pub enum Outcome {
     /// Its claims were patched and it was re-created with the new size.
     Grown(String),
+    /// It was re-created for fields that cannot change in place.
+    Recreated(String),
     /// The live size stays; why.
     Refused(String),
 }
 
 /// Brings each desired StatefulSet's volumes to the spec's size where the
-/// storage allows, before the children are applied; where it does not, the
+/// storage allows, and its fixed fields to the desired ones, before the
+/// other children are applied; where the storage does not allow, the
 /// desired object keeps the live templates.
 pub async fn resize(
     client: &Client,
@@ -153,30 +183,44 @@ pub async fn resize(
         };
         let resizes = resizes(object, current);
         let class_change = class_change(object, current);
-        if resizes.is_empty() && class_change.is_none() {
+        let fixed = fixed_changes(object, current);
+        if resizes.is_empty() && class_change.is_none() && fixed.is_empty() {
             continue;
         }
-        let refused = match class_change {
-            Some(why) => Some(why),
-            None => refusal(client, namespace, &key.name, &resizes).await?,
+        let refused = match (class_change, resizes.is_empty()) {
+            (Some(why), _) => Some(why),
+            (None, true) => None,
+            (None, false) => refusal(client, namespace, &key.name, &resizes).await?,
         };
-        match refused {
-            Some(why) => {
-                keep_live_claims(object, current);
-                outcomes.push(Outcome::Refused(format!("StatefulSet {}: {why}", key.name)));
-            }
-            None => {
-                grow(client, namespace, &key.name, &resizes).await?;
-                let sizes: Vec<String> = resizes
-                    .iter()
-                    .map(|r| format!("{} {} to {}", r.template, r.from, r.to))
-                    .collect();
-                outcomes.push(Outcome::Grown(format!(
-                    "StatefulSet {}: {}",
-                    key.name,
-                    sizes.join(", ")
-                )));
-            }
+        let grows = refused.is_none() && !resizes.is_empty();
+        if let Some(why) = refused {
+            keep_live_claims(object, current);
+            outcomes.push(Outcome::Refused(format!("StatefulSet {}: {why}", key.name)));
+        }
+        if grows {
+            patch_claims(client, namespace, &key.name, &resizes).await?;
+        }
+        if !grows && fixed.is_empty() {
+            continue;
+        }
+        recreate(client, namespace, &key.name, object).await?;
+        if grows {
+            let sizes: Vec<String> = resizes
+                .iter()
+                .map(|r| format!("{} {} to {}", r.template, r.from, r.to))
+                .collect();
+            outcomes.push(Outcome::Grown(format!(
+                "StatefulSet {}: {}",
+                key.name,
+                sizes.join(", ")
+            )));
+        }
+        if !fixed.is_empty() {
+            outcomes.push(Outcome::Recreated(format!(
+                "StatefulSet {}: new {}",
+                key.name,
+                fixed.join(" and ")
+            )));
         }
     }
     Ok(outcomes)
@@ -244,10 +288,8 @@ async fn refusal(
     Ok(None)
 }
 
-/// Patches every claim to its new size, then deletes the StatefulSet
-/// without its pods and waits until it is gone, so the apply that follows
-/// creates it with the new templates.
-async fn grow(
+/// Patches every claim of `statefulset` to its new size.
+async fn patch_claims(
     client: &Client,
     namespace: &str,
     statefulset: &str,
@@ -266,6 +308,17 @@ async fn grow(
                 ))?;
         }
     }
+    Ok(())
+}
+
+/// Deletes the StatefulSet without its pods, waits until it is gone and
+/// applies `desired` in its place, which adopts them.
+async fn recreate(
+    client: &Client,
+    namespace: &str,
+    statefulset: &str,
+    desired: &Value,
+) -> Result<(), Error> {
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
     let object = format!("StatefulSet/{statefulset}");
     match statefulsets
@@ -273,7 +326,9 @@ async fn grow(
         .await
     {
         Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            return super::apply(client, namespace, desired).await.map(drop);
+        }
         Err(source) => return Err(api_error("deleting (orphaning its pods)", &object)(source)),
     }
     let deadline = Instant::now() + ORPHANED_WITHIN;
@@ -284,11 +339,11 @@ async fn grow(
             .map_err(api_error("reading", &object))?
             .is_none();
         if gone {
-            return Ok(());
+            return super::apply(client, namespace, desired).await.map(drop);
         }
         if Instant::now() > deadline {
             return Err(Error::Stuck(format!(
-                "{object} deleted to grow its volumes is still there after {}s",
+                "{object} deleted to be re-created is still there after {}s",
                 ORPHANED_WITHIN.as_secs()
             )));
         }
@@ -354,6 +409,23 @@ mod tests {
         desired["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = json!("fast");
         let why = class_change(&desired, &live).unwrap();
         assert!(why.contains("(default) to fast"), "{why}");
+    }
+
+    #[test]
+    fn a_new_governing_service_or_pod_policy_needs_a_new_statefulset() {
+        let mut live = statefulset(&[("data", "20Gi")]);
+        live["spec"]["serviceName"] = json!("demo-redis");
+        let mut desired = live.clone();
+        assert!(fixed_changes(&desired, &live).is_empty());
+        // What the API server filled in is no change.
+        desired["spec"]["podManagementPolicy"] = json!("OrderedReady");
+        assert!(fixed_changes(&desired, &live).is_empty());
+        desired["spec"]["podManagementPolicy"] = json!("Parallel");
+        desired["spec"]["serviceName"] = json!("demo-redis-headless");
+        assert_eq!(
+            fixed_changes(&desired, &live),
+            ["serviceName", "podManagementPolicy"]
+        );
     }
 
     #[test]

@@ -18,14 +18,14 @@ use sha2::{Digest, Sha256};
 use crate::crd::ChatCluster;
 
 pub use mongodb::{
-    MongoDbCredentials, mongodb_auth_secret, mongodb_auth_secret_name, mongodb_init_job,
-    mongodb_name, mongodb_network_policy, mongodb_service, mongodb_statefulset,
+    MongoDbCredentials, mongodb_auth_secret, mongodb_auth_secret_name, mongodb_disruption_budget,
+    mongodb_init_job, mongodb_name, mongodb_network_policy, mongodb_service, mongodb_statefulset,
 };
 pub use redis::{
     REDIS_MASTER_NAME, SENTINEL_PORT, generate_password, redis_auth_secret, redis_auth_secret_name,
-    redis_disruption_budgets, redis_name, redis_network_policy, redis_sentinel_deployment,
-    redis_sentinel_name, redis_sentinel_network_policy, redis_sentinel_service, redis_service,
-    redis_statefulset,
+    redis_disruption_budgets, redis_headless_services, redis_name, redis_network_policy,
+    redis_sentinel_name, redis_sentinel_network_policy, redis_sentinel_service,
+    redis_sentinel_statefulset, redis_service, redis_statefulset,
 };
 pub use server::{
     config_map, connection_secret, deployment, disruption_budget, generate_jwt_key,
@@ -250,6 +250,26 @@ pub(crate) fn typed<T: DeserializeOwned>(
     value: serde_json::Value,
 ) -> Result<T, BuildError> {
     serde_json::from_value(value).map_err(|source| BuildError::Shape { what, source })
+}
+
+/// A StatefulSet whose pods are stamped with `secrets_digest`, the digest
+/// of the secret values they read at start (a Secret's value reaches an
+/// environment variable only then), so a changed value rolls them as a
+/// changed template does: a Redis pod left on the old password while the
+/// chat pods roll onto the new one answers them `WRONGPASS`.
+pub fn rolled_with(
+    mut set: k8s_openapi::api::apps::v1::StatefulSet,
+    secrets_digest: &str,
+) -> k8s_openapi::api::apps::v1::StatefulSet {
+    if let Some(spec) = set.spec.as_mut() {
+        spec.template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(CONFIG_HASH.to_owned(), secrets_digest.to_owned());
+    }
+    set
 }
 
 /// A short stable digest of everything that must roll the pods when it changes.

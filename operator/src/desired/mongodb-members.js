@@ -48,4 +48,11 @@ for (const member of rs.conf().members) {
   print(`removing ${member.host}`);
   rs.remove(member.host);
 }
-print(`members: ${rs.conf().members.map((m) => m.host).join(', ')}`);
+// What the set says now, not what this run did: another change (or a run
+// cut short) is caught here, and the Job fails and runs again rather than
+// let the operator shrink the StatefulSet under members still counted.
+const have = rs.conf().members.map((m) => m.host).sort();
+print(`members: ${have.join(', ')}`);
+if (JSON.stringify(have) !== JSON.stringify([...want].sort())) {
+  throw new Error(`the set has ${have.join(', ')}, not ${want.join(', ')}`);
+}

@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rand::RngCore;
 use serde_json::json;
 
@@ -169,7 +170,19 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
                     "env": env,
                     "ports": [{"name": "mongodb", "containerPort": 27017}],
                     "resources": mongodb.resources,
-                    "readinessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 5},
+                    // Ready only as the primary or a secondary: a member
+                    // still RECOVERING (or STARTUP2, syncing) answers on its
+                    // port but does not count for the majority, and a
+                    // rolling update must wait for it before stopping the
+                    // next one. `hello` needs no authentication; mongosh
+                    // keeps its logs under $HOME, on the writable /tmp.
+                    "readinessProbe": {
+                        "exec": {"command": ["env", "HOME=/tmp", "mongosh", "--quiet", "--norc", "--eval", READY_SCRIPT]},
+                        "periodSeconds": 10, "timeoutSeconds": 10, "failureThreshold": 3,
+                    },
+                    // Up to 10 minutes to start (replaying a large journal)
+                    // before the liveness probe may restart it.
+                    "startupProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 5, "failureThreshold": 120},
                     "livenessProbe": {"tcpSocket": {"port": "mongodb"}, "periodSeconds": 10},
                     "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
                     "volumeMounts": mounts,
@@ -189,6 +202,38 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
     Ok(Some(StatefulSet {
         metadata: meta,
         spec: Some(typed("MongoDB StatefulSet spec", spec)?),
+        status: None,
+    }))
+}
+
+/// The readiness probe's check: exits 1 unless the member is the primary
+/// or a secondary. Before the set is initiated no member is either; the
+/// init Job reaches them by name all the same (the headless Service
+/// publishes members that are not ready).
+const READY_SCRIPT: &str =
+    "const h = db.hello(); if (!(h.isWritablePrimary || h.secondary)) { quit(1) }";
+
+/// At most one member of a replica set of three or more voluntarily down
+/// (a drain, an eviction): two of three gone would leave no majority and no
+/// primary. None for a single member, which a PodDisruptionBudget could
+/// only block forever.
+pub fn mongodb_disruption_budget(
+    cluster: &ChatCluster,
+) -> Result<Option<PodDisruptionBudget>, BuildError> {
+    let Some(mongodb) = cluster.spec.managed_mongodb() else {
+        return Ok(None);
+    };
+    if mongodb.members < 3 {
+        return Ok(None);
+    }
+    let (instance, _) = identity(cluster)?;
+    let spec = json!({
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": selector_labels(&instance, Component::MongoDb)},
+    });
+    Ok(Some(PodDisruptionBudget {
+        metadata: child_meta(cluster, mongodb_name(&instance), Component::MongoDb)?,
+        spec: Some(typed("MongoDB PodDisruptionBudget spec", spec)?),
         status: None,
     }))
 }
@@ -249,11 +294,15 @@ pub fn mongodb_network_policy(cluster: &ChatCluster) -> Result<Option<NetworkPol
 /// Initiates the replica set once its members answer, then brings its
 /// members to the spec (`mongodb-members.js`); retried by the Job until it
 /// succeeds, and a no-op when the set is as the spec says. A Job's template
-/// cannot be changed, so its name carries a digest of the spec: a new member
-/// count or image makes a new Job, and the controller prunes the old one. The
+/// cannot be changed, so its name carries a digest of the spec and of the
+/// credentials (`credentials_digest`): a new member count, image or
+/// password makes a new Job, and the controller prunes the old one. The
 /// finished Job is kept (no TTL), or the controller would re-create it; the
 /// controller shrinks the StatefulSet only once the Job has succeeded.
-pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError> {
+pub fn mongodb_init_job(
+    cluster: &ChatCluster,
+    credentials_digest: &str,
+) -> Result<Option<Job>, BuildError> {
     let Some(mongodb) = cluster.spec.managed_mongodb() else {
         return Ok(None);
     };
@@ -275,16 +324,19 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
     } else {
         String::new()
     };
-    // Initiated through the first member (there is no replica set to find
-    // yet); then, through the replica set (its primary), the members brought
-    // to the spec and, with auth, the pods' user made, or given the current
-    // password and database again.
+    // Through the replica set (its primary), found from any member: the
+    // wanted ones and, through the headless Service, those the set still has
+    // (member 0 may be the one that is down). Initiated through the first
+    // member only when no set answers (there is none to find yet). Then the
+    // members brought to the spec and, with auth, the pods' user made, or
+    // given the current password and database again.
     let through_the_set = format!(
-        "mongosh --quiet 'mongodb://{}/?replicaSet={REPLICA_SET}'{login}",
+        "mongosh --quiet 'mongodb://{},{name}.{namespace}.svc:27017/?replicaSet={REPLICA_SET}'{login}",
         hosts.join(",")
     );
     let mut script = format!(
-        "set -e\nmongosh --quiet --host {first}{login} --eval \"{initiate}\"\n\
+        "set -e\nif ! {through_the_set} --eval 'rs.status().ok' >/dev/null 2>&1; then\n  \
+         mongosh --quiet --host {first}{login} --eval \"{initiate}\"\nfi\n\
          {through_the_set} --eval \"$MEMBERS_SCRIPT\"\n"
     );
     let mut env = vec![
@@ -333,7 +385,13 @@ pub fn mongodb_init_job(cluster: &ChatCluster) -> Result<Option<Job>, BuildError
     Ok(Some(Job {
         metadata: child_meta(
             cluster,
-            format!("{name}-init-{}", digest([spec.to_string().as_str()])),
+            // A Job's template is immutable: a new one, under a new name,
+            // for a new spec or new credentials (its run sets the `chat`
+            // user's password again).
+            format!(
+                "{name}-init-{}",
+                digest([spec.to_string().as_str(), credentials_digest])
+            ),
             Component::MongoDb,
         )?,
         spec: Some(typed("MongoDB init Job spec", spec)?),

@@ -1,38 +1,58 @@
 #!/bin/sh
-# Starts a Sentinel of a highly available ChatCluster, watching the primary
-# the other Sentinels name or, when none runs yet, the Redis pod that answers
-# as the primary. Sentinel rewrites its configuration as it learns, so it is
-# written to a writable volume; a restarted Sentinel learns it all again.
+# Starts a Sentinel of a highly available ChatCluster.
 #
-# Environment: POD_IP, REDISCLI_AUTH (the password), SENTINEL_HOST,
-# REDIS_HOST, MASTER_NAME, and DOWN_AFTER_MS (how long without an answer
-# before a primary counts as down); CONFIG (default /data/sentinel.conf) and
-# BIND (default every address) let a test run several on one host.
-# is_primary and service_primary come from redis-common.sh, put in front.
+# Its configuration, which Sentinel rewrites as it learns (the primary, the
+# replicas, the other Sentinels, the epoch), lives on its volume: after a
+# full restart the Sentinels still know which pod was the primary, so a
+# lagging pod 0 does not win. Its ID derives from its pod name, so a
+# Sentinel replaced with an empty volume is still the voter the others
+# know, not one more (they would otherwise wait for a majority of every ID
+# they ever saw). Pods are known by name (resolve-hostnames) and announce
+# names (announce-hostnames): addresses change with every replacement.
+#
+# On a first start it watches the primary the other Sentinels name, once it
+# answers as one, or the pod that answers as the primary.
+#
+# Environment: POD_NAME, ANNOUNCE, REDIS_PODS, SENTINEL_PODS, REDIS_HOST,
+# MASTER_NAME, REDISCLI_AUTH (the password), DOWN_AFTER_MS (how long
+# without an answer before a primary counts as down); CONFIG (default
+# /data/sentinel.conf) and BIND (default every address) let a test run
+# several on one host. The functions come from redis-common.sh.
 set -eu
 config=${CONFIG:-/data/sentinel.conf}
+wait_for_own_name
 
-primary=""
-while [ -z "$primary" ]; do
-  named=$(redis-cli -h "$SENTINEL_HOST" -p 26379 sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | head -n 1 || true)
-  if [ -n "$named" ] && is_primary "$named"; then
-    primary=$named
-  else
-    primary=$(service_primary)
-  fi
-  [ -n "$primary" ] || sleep 2
-done
-
-cat > "$config" <<CONF
+if [ ! -s "$config" ]; then
+  primary=""
+  while [ -z "$primary" ]; do
+    primary=$(named_primary)
+    if [ -n "$primary" ] && ! is_primary "$primary"; then
+      primary=""
+    fi
+    [ -n "$primary" ] || primary=$(running_primary)
+    [ -n "$primary" ] || sleep 2
+  done
+  myid=$(printf '%s' "$POD_NAME" | sha1sum | cut -c 1-40)
+  cat > "$config" <<CONF
 port 26379
 bind ${BIND:-* -::*}
-sentinel announce-ip $POD_IP
-requirepass $REDISCLI_AUTH
-sentinel sentinel-pass $REDISCLI_AUTH
+sentinel resolve-hostnames yes
+sentinel announce-hostnames no
+sentinel announce-ip $ANNOUNCE
+sentinel myid $myid
 sentinel monitor $MASTER_NAME $primary 6379 2
-sentinel auth-pass $MASTER_NAME $REDISCLI_AUTH
 sentinel down-after-milliseconds $MASTER_NAME $DOWN_AFTER_MS
 sentinel failover-timeout $MASTER_NAME 18000
 sentinel parallel-syncs $MASTER_NAME 1
 CONF
+fi
+
+# The password as the Secret has it now, in place of what the file had.
+grep -v -e '^requirepass ' -e '^sentinel sentinel-pass ' -e '^sentinel auth-pass ' "$config" > "$config.new" || true
+cat >> "$config.new" <<CONF
+requirepass $REDISCLI_AUTH
+sentinel sentinel-pass $REDISCLI_AUTH
+sentinel auth-pass $MASTER_NAME $REDISCLI_AUTH
+CONF
+mv "$config.new" "$config"
 exec redis-server "$config" --sentinel

@@ -1,37 +1,50 @@
 #!/bin/sh
-# Starts a Redis pod of a highly available ChatCluster: as a replica of the
-# primary the Sentinels name or, when none does yet, of the primary among the
-# running pods; pod 0 starts as the primary when nothing runs at all. A pod
-# that came back after a failover so never takes writes beside the new
-# primary: it follows it, and the Sentinels see it as a replica.
+# Starts a Redis pod of a highly available ChatCluster.
 #
-# Arguments: redis-server's. Environment: POD_NAME, POD_IP, REDISCLI_AUTH (the
-# password, for the servers and the Sentinels alike), SENTINEL_HOST (the
-# Sentinels' Service), REDIS_HOST (the Service of every Redis pod), MASTER_NAME.
-# is_primary and service_primary come from redis-common.sh, put in front.
+# - The Sentinels name a primary: follow it by name, even while it does not answer
+#   (all pods replaced at once, say): it comes back under its name, or the
+#   Sentinels fail it over and point this pod at the new one. Named itself,
+#   this pod is the primary again, from its append-only file (the CRD
+#   refuses replicas without persistence, so it never comes back empty).
+# - No Sentinel names one (the first start; the Sentinels keep what they
+#   know on their volumes): follow the pod that answers as the primary,
+#   asking every pod by name; pod 0 starts as the primary when none does.
+#   Only pod 0 ever elects itself, so two pods never both do.
+#
+# Arguments: redis-server's. Environment: POD_NAME, ANNOUNCE (this pod's
+# stable name), REDIS_PODS and SENTINEL_PODS (every pod's name), REDIS_HOST
+# (the Service of every Redis pod), MASTER_NAME, REDISCLI_AUTH (the password,
+# for the servers and the Sentinels alike). The functions come from
+# redis-common.sh, put in front.
 set -eu
+wait_for_own_name
 
 primary=""
 while [ -z "$primary" ]; do
-  named=$(redis-cli -h "$SENTINEL_HOST" -p 26379 sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | head -n 1 || true)
+  named=$(named_primary)
   if [ -n "$named" ]; then
-    # The Sentinels' primary, unless it does not answer as one (this pod's
-    # old address, say): then their failover is under way; wait for it.
-    if [ "$named" = "$POD_IP" ] || is_primary "$named"; then
-      primary=$named
-    fi
+    case $named in
+      # This pod, by its name or by the address the Sentinels resolved it
+      # to (they answer clients with addresses): the primary again, not a
+      # replica of itself.
+      "$POD_IP" | "$ANNOUNCE") primary=$ANNOUNCE ;;
+      # Another pod, by its name.
+      *[!0-9.:a-f]*) primary=$named ;;
+      # An address, not a name: a server from before the pods had names,
+      # gone for good once it does not answer (its pod was replaced):
+      # wait for the Sentinels' failover rather than follow it.
+      *) is_primary "$named" && primary=$named ;;
+    esac
   else
-    # No Sentinel knows one yet (the first start, or all of them restarted):
-    # the primary among the running pods or, if none runs, pod 0.
-    primary=$(service_primary)
+    primary=$(running_primary)
     if [ -z "$primary" ] && [ "${POD_NAME##*-}" = 0 ]; then
-      primary=$POD_IP
+      primary=$ANNOUNCE
     fi
   fi
   [ -n "$primary" ] || sleep 2
 done
 
-if [ "$primary" = "$POD_IP" ]; then
-  exec redis-server "$@" --replica-announce-ip "$POD_IP"
+if [ "$primary" = "$ANNOUNCE" ]; then
+  exec redis-server "$@" --replica-announce-ip "$ANNOUNCE"
 fi
-exec redis-server "$@" --replica-announce-ip "$POD_IP" --replicaof "$primary" 6379
+exec redis-server "$@" --replica-announce-ip "$ANNOUNCE" --replicaof "$primary" 6379

@@ -5,15 +5,16 @@
 //! message, or forge one through the persist stream).
 //!
 //! Highly available (`replicas` above 1): the same StatefulSet runs a primary
-//! and replicas, and three Sentinels (a Deployment and its Service) watch
-//! them and promote a replica when the primary fails. Pods find each other
-//! by address through the Sentinels (start scripts beside this file), since
-//! the StatefulSet's governing Service predates this mode and cannot change.
+//! and replicas, and three Sentinels (a StatefulSet of their own, keeping
+//! what they learn on small volumes) watch them and promote a replica when
+//! the primary fails. Every pod is known by its stable name under a
+//! headless Service, never by address, so pods replaced on new addresses,
+//! even all at once, find each other again (scripts beside this file).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -43,6 +44,8 @@ const SENTINEL_START: &str = concat!(
     include_str!("redis-common.sh"),
     include_str!("redis-sentinel.sh")
 );
+/// A Sentinel's volume holds one small configuration file.
+const SENTINEL_VOLUME: &str = "64Mi";
 
 pub fn redis_name(instance: &str) -> String {
     format!("{instance}-redis")
@@ -50,6 +53,23 @@ pub fn redis_name(instance: &str) -> String {
 
 pub fn redis_sentinel_name(instance: &str) -> String {
     format!("{instance}-redis-sentinel")
+}
+
+/// The headless Service that gives `name`'s pods their stable names
+/// (`<pod>.<name>-headless`), published before they are ready: a Redis
+/// pod waiting for its primary is reachable by name already.
+fn headless_name(name: &str) -> String {
+    format!("{name}-headless")
+}
+
+/// The stable names of a StatefulSet `name`'s `count` pods, as the other
+/// pods in the namespace reach them.
+fn pod_names(name: &str, count: i32) -> String {
+    let headless = headless_name(name);
+    (0..count)
+        .map(|ordinal| format!("{name}-{ordinal}.{headless}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The managed Redis, if it runs with Sentinels.
@@ -213,7 +233,7 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
     if redis.highly_available() {
         // Replicas authenticate to the primary with the same password.
         args.extend(["--masterauth".to_owned(), "$(REDIS_PASSWORD)".to_owned()]);
-        env.extend(sentinel_env(&instance));
+        env.extend(sentinel_env(&instance, &name, &redis));
         command = Some(json!(["sh", "-c", REDIS_START, "redis-server"]));
         affinity = Some(spread(&instance, Component::Redis));
     }
@@ -230,7 +250,10 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
     let volumes = (!persistence.enabled).then(|| vec![json!({"name": "data", "emptyDir": {}})]);
     let spec = json!({
         "replicas": redis.replicas,
-        "serviceName": name,
+        "serviceName": headless_name(&name),
+        // Every pod at once: a pod waiting for its primary must not hold
+        // back the pod that is (all of them replaced together, say).
+        "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": selector_labels(&instance, Component::Redis)},
         "template": {
             "metadata": {"labels": meta.labels},
@@ -264,36 +287,43 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
     }))
 }
 
-/// What the start scripts read: where the Sentinels and the Redis pods are,
-/// the master name, this pod's name and address.
-fn sentinel_env(instance: &str) -> Vec<serde_json::Value> {
+/// What the scripts of a pod of StatefulSet `name` read: its own stable
+/// name, every Redis pod's and Sentinel's, the Redis Service, the master name.
+fn sentinel_env(instance: &str, name: &str, redis: &ManagedRedis) -> Vec<serde_json::Value> {
+    let sentinels = redis_sentinel_name(instance);
     vec![
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": "SENTINEL_HOST", "value": redis_sentinel_name(instance)}),
+        json!({"name": "ANNOUNCE", "value": format!("$(POD_NAME).{}", headless_name(name))}),
+        json!({"name": "REDIS_PODS", "value": pod_names(&redis_name(instance), redis.replicas)}),
+        json!({"name": "SENTINEL_PODS", "value": pod_names(&sentinels, SENTINELS)}),
         json!({"name": "REDIS_HOST", "value": redis_name(instance)}),
         json!({"name": "MASTER_NAME", "value": REDIS_MASTER_NAME}),
     ]
 }
 
 /// The Sentinels: three pods that watch the Redis servers and fail the
-/// primary over. They keep nothing worth a volume: a restarted Sentinel
-/// learns the primary, its replicas and the other Sentinels again.
-pub fn redis_sentinel_deployment(cluster: &ChatCluster) -> Result<Option<Deployment>, BuildError> {
+/// primary over, each with a small volume for what it learned (its
+/// configuration file): after a full restart they still know the primary.
+pub fn redis_sentinel_statefulset(
+    cluster: &ChatCluster,
+) -> Result<Option<StatefulSet>, BuildError> {
     let Some(redis) = highly_available(cluster) else {
         return Ok(None);
     };
     let (instance, _) = identity(cluster)?;
     let name = redis_sentinel_name(&instance);
-    let meta = child_meta(cluster, name, Component::RedisSentinel)?;
+    let meta = child_meta(cluster, name.clone(), Component::RedisSentinel)?;
     let password =
         json!({"secretKeyRef": {"name": redis_auth_secret_name(&instance), "key": "password"}});
     let mut env = vec![json!({"name": "REDISCLI_AUTH", "valueFrom": password})];
-    env.extend(sentinel_env(&instance));
+    env.extend(sentinel_env(&instance, &name, &redis));
     env.push(json!({"name": "DOWN_AFTER_MS", "value": DOWN_AFTER_MS.to_string()}));
     let probe = json!({"exec": {"command": ["redis-cli", "-p", SENTINEL_PORT.to_string(), "ping"]}, "periodSeconds": 5});
     let spec = json!({
         "replicas": SENTINELS,
+        "serviceName": headless_name(&name),
+        "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": selector_labels(&instance, Component::RedisSentinel)},
         "template": {
             "metadata": {"labels": meta.labels},
@@ -313,15 +343,57 @@ pub fn redis_sentinel_deployment(cluster: &ChatCluster) -> Result<Option<Deploym
                     "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
                     "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                 }],
-                "volumes": [{"name": "data", "emptyDir": {}}],
             },
         },
+        // Highly available Redis always has persistence (the CRD says so).
+        "volumeClaimTemplates": [{
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": redis.persistence.storage_class_name,
+                "resources": {"requests": {"storage": SENTINEL_VOLUME}},
+            },
+        }],
     });
-    Ok(Some(Deployment {
+    Ok(Some(StatefulSet {
         metadata: meta,
-        spec: Some(typed("Sentinel Deployment spec", spec)?),
+        spec: Some(typed("Sentinel StatefulSet spec", spec)?),
         status: None,
     }))
+}
+
+/// The headless Services that name the Redis pods and, with Sentinels,
+/// the Sentinels.
+pub fn redis_headless_services(cluster: &ChatCluster) -> Result<Vec<Service>, BuildError> {
+    if cluster.spec.managed_redis().is_none() {
+        return Ok(Vec::new());
+    }
+    let (instance, _) = identity(cluster)?;
+    let mut named = vec![(redis_name(&instance), Component::Redis, 6379, "redis")];
+    if highly_available(cluster).is_some() {
+        named.push((
+            redis_sentinel_name(&instance),
+            Component::RedisSentinel,
+            SENTINEL_PORT,
+            "sentinel",
+        ));
+    }
+    named
+        .into_iter()
+        .map(|(name, component, port, port_name)| {
+            let spec = json!({
+                "clusterIP": "None",
+                "publishNotReadyAddresses": true,
+                "selector": selector_labels(&instance, component),
+                "ports": [{"name": port_name, "port": port, "targetPort": port_name}],
+            });
+            Ok(Service {
+                metadata: child_meta(cluster, headless_name(&name), component)?,
+                spec: Some(typed("headless Service spec", spec)?),
+                status: None,
+            })
+        })
+        .collect()
 }
 
 pub fn redis_sentinel_service(cluster: &ChatCluster) -> Result<Option<Service>, BuildError> {

@@ -126,12 +126,11 @@ pub fn connection_secret(
 ) -> Result<Option<Secret>, BuildError> {
     let (instance, namespace) = identity(cluster)?;
     let mut data = BTreeMap::new();
-    // With Sentinels the pods find the primary through them, not by URL.
-    if cluster
-        .spec
-        .managed_redis()
-        .is_some_and(|redis| !redis.highly_available())
-    {
+    // With Sentinels the pods find the primary through them, not by URL;
+    // the URL stays for pods of the Deployment's previous version, which a
+    // restart during the switch to Sentinels would otherwise leave unable
+    // to start.
+    if cluster.spec.managed_redis().is_some() {
         data.insert(
             "redis-url".to_owned(),
             format!("redis://:{redis_password}@{instance}-redis.{namespace}.svc:6379"),

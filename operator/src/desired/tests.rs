@@ -1,6 +1,6 @@
 //! Builder tests: what a minimal and a full ChatCluster turn into.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
@@ -235,7 +235,7 @@ fn external_backends_are_referenced_not_deployed() {
     assert!(redis_statefulset(&cluster).unwrap().is_none());
     assert!(redis_service(&cluster).unwrap().is_none());
     assert!(mongodb_statefulset(&cluster).unwrap().is_none());
-    assert!(mongodb_init_job(&cluster).unwrap().is_none());
+    assert!(mongodb_init_job(&cluster, "").unwrap().is_none());
     assert!(
         connection_secret(&cluster, "pw", &MongoDbCredentials::default())
             .unwrap()
@@ -417,7 +417,7 @@ fn the_managed_redis_requires_its_password_and_only_chat_pods_reach_the_backends
             .map(String::from)
             .into()
     );
-    let job = serde_json::to_value(mongodb_init_job(&cluster).unwrap().unwrap()).unwrap();
+    let job = serde_json::to_value(mongodb_init_job(&cluster, "").unwrap().unwrap()).unwrap();
     assert_eq!(
         job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"],
         "mongodb-init",
@@ -463,7 +463,7 @@ fn the_managed_mongodb_authenticates_with_generated_credentials() {
         .unwrap();
     assert_eq!(secret_volume["secret"]["secretName"], "demo-mongodb-auth");
 
-    let job = serde_json::to_value(mongodb_init_job(&cluster).unwrap().unwrap()).unwrap();
+    let job = serde_json::to_value(mongodb_init_job(&cluster, "").unwrap().unwrap()).unwrap();
     let container = &job["spec"]["template"]["spec"]["containers"][0];
     let script = container["command"][2].as_str().unwrap();
     assert!(script.contains("rs.initiate"), "{script}");
@@ -532,32 +532,67 @@ fn a_highly_available_redis_has_replicas_and_sentinels_and_the_pods_find_it_thro
     let args = container["args"].as_array().unwrap();
     let masterauth = args.iter().position(|a| a == "--masterauth").unwrap();
     assert_eq!(args[masterauth + 1], "$(REDIS_PASSWORD)");
-    let env: BTreeSet<&str> = container["env"]
+    let env: BTreeMap<&str, &Value> = container["env"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["name"].as_str().unwrap())
+        .map(|e| (e["name"].as_str().unwrap(), e))
         .collect();
-    for name in [
-        "POD_NAME",
-        "POD_IP",
-        "SENTINEL_HOST",
-        "REDIS_HOST",
-        "MASTER_NAME",
-    ] {
-        assert!(env.contains(name), "the start script needs {name}");
+    for name in ["POD_NAME", "REDIS_HOST", "MASTER_NAME"] {
+        assert!(env.contains_key(name), "the start script needs {name}");
     }
+    // Pods know each other by stable names under headless Services.
+    assert_eq!(env["ANNOUNCE"]["value"], "$(POD_NAME).demo-redis-headless");
+    assert_eq!(
+        env["REDIS_PODS"]["value"],
+        "demo-redis-0.demo-redis-headless demo-redis-1.demo-redis-headless demo-redis-2.demo-redis-headless"
+    );
+    assert_eq!(
+        env["SENTINEL_PODS"]["value"],
+        "demo-redis-sentinel-0.demo-redis-sentinel-headless demo-redis-sentinel-1.demo-redis-sentinel-headless demo-redis-sentinel-2.demo-redis-sentinel-headless"
+    );
+    assert_eq!(redis["spec"]["serviceName"], "demo-redis-headless");
+    assert_eq!(redis["spec"]["podManagementPolicy"], "Parallel");
+    // No preStop failover: asked for while every pod stops, Sentinel
+    // carries it out later against the primary that restarted meanwhile.
+    assert!(container["lifecycle"].is_null());
+    let headless: Vec<Value> = redis_headless_services(&cluster)
+        .unwrap()
+        .into_iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect();
+    assert_eq!(headless.len(), 2);
+    for service in &headless {
+        assert_eq!(service["spec"]["clusterIP"], "None");
+        assert_eq!(service["spec"]["publishNotReadyAddresses"], true);
+    }
+    assert_eq!(
+        headless[1]["metadata"]["name"],
+        "demo-redis-sentinel-headless"
+    );
 
     let sentinels =
-        serde_json::to_value(redis_sentinel_deployment(&cluster).unwrap().unwrap()).unwrap();
+        serde_json::to_value(redis_sentinel_statefulset(&cluster).unwrap().unwrap()).unwrap();
     assert_eq!(sentinels["spec"]["replicas"], 3);
-    let sentinel = &sentinels["spec"]["template"]["spec"]["containers"][0];
-    assert!(
-        sentinel["command"][2]
-            .as_str()
-            .unwrap()
-            .contains("sentinel monitor $MASTER_NAME $primary 6379 2")
+    assert_eq!(
+        sentinels["spec"]["serviceName"],
+        "demo-redis-sentinel-headless"
     );
+    // What a Sentinel learned survives its pod.
+    assert_eq!(
+        sentinels["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
+    let sentinel = &sentinels["spec"]["template"]["spec"]["containers"][0];
+    let script = sentinel["command"][2].as_str().unwrap();
+    for line in [
+        "sentinel monitor $MASTER_NAME $primary 6379 2",
+        "sentinel resolve-hostnames yes",
+        "sentinel announce-hostnames no",
+        "sentinel myid $myid",
+    ] {
+        assert!(script.contains(line), "{line}");
+    }
     let service = serde_json::to_value(redis_sentinel_service(&cluster).unwrap().unwrap()).unwrap();
     assert_eq!(service["metadata"]["name"], "demo-redis-sentinel");
     assert_eq!(service["spec"]["ports"][0]["port"], 26379);
@@ -574,10 +609,11 @@ fn a_highly_available_redis_has_replicas_and_sentinels_and_the_pods_find_it_thro
         json!({"name": "demo-redis-auth", "key": "password"})
     );
     assert!(!server.contains_key("CHAT_REDIS_URL"));
+    // The URL stays for pods of the previous version during the switch.
     let connections = connection_secret(&cluster, "pw", &MongoDbCredentials::default())
         .unwrap()
         .unwrap();
-    assert!(!connections.data.unwrap().contains_key("redis-url"));
+    assert!(connections.data.unwrap().contains_key("redis-url"));
 
     let everyone: BTreeSet<String> = ["redis", "redis-sentinel", "server"]
         .map(String::from)
@@ -596,7 +632,8 @@ fn a_highly_available_redis_has_replicas_and_sentinels_and_the_pods_find_it_thro
 
     // One server: none of it.
     let single = crate::desired::tests::cluster(json!({}));
-    assert!(redis_sentinel_deployment(&single).unwrap().is_none());
+    assert!(redis_sentinel_statefulset(&single).unwrap().is_none());
+    assert_eq!(redis_headless_services(&single).unwrap().len(), 1);
     assert!(redis_sentinel_service(&single).unwrap().is_none());
     assert!(redis_sentinel_network_policy(&single).unwrap().is_none());
     assert!(redis_disruption_budgets(&single).unwrap().is_empty());
@@ -618,7 +655,7 @@ fn container_env(cluster: &ChatCluster) -> std::collections::BTreeMap<String, Va
 #[test]
 fn the_init_job_brings_the_members_to_the_spec_through_the_replica_set() {
     let cluster = cluster(json!({"mongodb": {"managed": {"members": 3}}}));
-    let job = serde_json::to_value(mongodb_init_job(&cluster).unwrap().unwrap()).unwrap();
+    let job = serde_json::to_value(mongodb_init_job(&cluster, "").unwrap().unwrap()).unwrap();
     let container = &job["spec"]["template"]["spec"]["containers"][0];
     let env: std::collections::BTreeMap<&str, &Value> = container["env"]
         .as_array()
@@ -641,14 +678,54 @@ fn the_init_job_brings_the_members_to_the_spec_through_the_replica_set() {
         script.contains("/?replicaSet=rs0'") && script.contains("--eval \"$MEMBERS_SCRIPT\""),
         "{script}"
     );
+    // The set is reached through any member, member 0 included only as one
+    // of them (it may be the one down), and the headless Service finds the
+    // members the set still has beyond the wanted ones; member 0 alone
+    // initiates, and only when no set answers.
+    assert!(
+        script.contains(",demo-mongodb.chat.svc:27017/?replicaSet=rs0'"),
+        "{script}"
+    );
+    let initiation = script
+        .lines()
+        .position(|l| l.contains("rs.initiate"))
+        .unwrap();
+    assert!(
+        script
+            .lines()
+            .nth(initiation - 1)
+            .unwrap()
+            .starts_with("if ! mongosh")
+            && script
+                .lines()
+                .nth(initiation - 1)
+                .unwrap()
+                .contains("rs.status().ok"),
+        "{script}"
+    );
+    // The final configuration is checked, not assumed.
+    let members = env["MEMBERS_SCRIPT"].as_str().unwrap();
+    assert!(
+        members.contains("throw new Error(`the set has"),
+        "{members}"
+    );
     // Another member count is another Job (its template cannot change).
-    let two = mongodb_init_job(&crate::desired::tests::cluster(
-        json!({"mongodb": {"managed": {"members": 1}}}),
-    ))
+    let two = mongodb_init_job(
+        &crate::desired::tests::cluster(json!({"mongodb": {"managed": {"members": 1}}})),
+        "",
+    )
     .unwrap()
     .unwrap();
     assert_ne!(
         two.metadata.name,
+        job["metadata"]["name"].as_str().map(str::to_owned)
+    );
+    // So are new credentials: its run sets the `chat` user's password again.
+    let rotated = mongodb_init_job(&cluster, "another digest")
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        rotated.metadata.name,
         job["metadata"]["name"].as_str().map(str::to_owned)
     );
 }
@@ -672,4 +749,53 @@ fn quantities_read_as_the_api_server_writes_them() {
     ] {
         assert_eq!(quantity_value(bad), None, "{bad:?}");
     }
+}
+
+/// A rolling update of MongoDB waits for each member to be the primary or a
+/// secondary again (not merely listening: RECOVERING members do not count
+/// for the majority), a slow start is not cut short by the liveness probe,
+/// and a drain takes at most one member of three.
+#[test]
+fn mongodb_members_are_ready_by_their_replica_set_state_and_drained_one_at_a_time() {
+    let three = cluster(json!({"mongodb": {"managed": {"members": 3}}}));
+    let set = serde_json::to_value(mongodb_statefulset(&three).unwrap().unwrap()).unwrap();
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let ready = container["readinessProbe"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| part.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        ready.contains("mongosh")
+            && ready.contains("isWritablePrimary")
+            && ready.contains("secondary"),
+        "{ready}"
+    );
+    assert!(
+        container["startupProbe"]["failureThreshold"]
+            .as_i64()
+            .unwrap()
+            * 5
+            >= 600
+    );
+    let budget = serde_json::to_value(
+        crate::desired::mongodb_disruption_budget(&three)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"],
+        set["spec"]["selector"]["matchLabels"]
+    );
+    // One member: a budget could only ever block its drain.
+    let one = cluster(json!({"mongodb": {"managed": {"members": 1}}}));
+    assert!(
+        crate::desired::mongodb_disruption_budget(&one)
+            .unwrap()
+            .is_none()
+    );
 }

@@ -19,7 +19,9 @@ use chat_operator::crd::{ChatCluster, ChatClusterSpec};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::discovery::{ApiResource, pinned_kind};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde::Deserialize;
@@ -46,8 +48,12 @@ fn yaml_documents(path: &Path) -> Vec<Value> {
 /// the cost of every CEL rule). It runs on a thread of its own: it waits with
 /// a runtime of its own, and the tests call this from inside theirs.
 fn start_with_crd() -> ApiServer {
-    std::thread::spawn(|| {
-        let server = ApiServer::start();
+    start_binary_with_crd("kube-apiserver")
+}
+
+fn start_binary_with_crd(binary: &'static str) -> ApiServer {
+    std::thread::spawn(move || {
+        let server = ApiServer::start_with(binary);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -148,6 +154,79 @@ fn chatcluster(name: &str, spec: Value) -> DynamicObject {
 fn defaulted(spec: &Value) -> Value {
     let typed: ChatClusterSpec = serde_json::from_value(spec.clone()).unwrap();
     serde_json::to_value(typed).unwrap()
+}
+
+/// The oldest Kubernetes the charts claim (`kubeVersion`) is the one whose
+/// kube-apiserver is built as `kube-apiserver-oldest`: on it the CRD
+/// installs (the API server estimates the cost of its CEL rules against that
+/// version's budget), the examples are admitted with their defaults, and the
+/// CEL rules refuse what they must, with their messages.
+#[tokio::test]
+async fn the_crd_works_on_the_oldest_kubernetes_claimed() {
+    let server = start_binary_with_crd("kube-apiserver-oldest");
+    let admin = server.admin().await;
+    let version = admin.apiserver_version().await.unwrap();
+    for chart in ["chatcluster", "chatcluster-operator"] {
+        let text = std::fs::read_to_string(repository().join(format!("charts/{chart}/Chart.yaml")))
+            .unwrap();
+        let claimed = text
+            .lines()
+            .find_map(|line| line.strip_prefix("kubeVersion:"))
+            .unwrap_or_else(|| panic!("{chart} claims no kubeVersion"));
+        let minimum = claimed.trim().trim_matches('"').trim_start_matches(">=");
+        let mut parts = minimum.split(['.', '-']);
+        let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());
+        assert_eq!(
+            (version.major.as_str(), version.minor.trim_end_matches('+')),
+            (major, minor),
+            "{chart} claims {claimed}: the oldest tested must be that one"
+        );
+    }
+
+    let namespace = "oldest";
+    create_namespace(&admin, namespace).await;
+    let api = raw_chatclusters(&admin, namespace);
+    for example in ["minimal.yaml", "full.yaml"] {
+        let document = yaml_documents(&repository().join("manifests/examples").join(example))
+            .into_iter()
+            .find(|d| d["kind"] == "ChatCluster")
+            .unwrap();
+        let name = document["metadata"]["name"].as_str().unwrap();
+        let created = api
+            .create(
+                &PostParams::default(),
+                &chatcluster(name, document["spec"].clone()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{example} on {}: {e}", version.git_version));
+        assert_eq!(
+            created.data["spec"],
+            defaulted(&document["spec"]),
+            "{example}"
+        );
+    }
+    for (spec, message) in [
+        (
+            json!({"redis": {"managed": {"replicas": 3, "persistence": {"enabled": false}}}}),
+            "persistence",
+        ),
+        (json!({"replicas": -1}), "replicas"),
+    ] {
+        let refused = api
+            .create(
+                &PostParams::default(),
+                &chatcluster("refused", spec.clone()),
+            )
+            .await
+            .expect_err("refused");
+        assert!(refused.to_string().contains(message), "{spec}: {refused}");
+    }
+    let long = "x".repeat(34);
+    let refused = api
+        .create(&PostParams::default(), &chatcluster(&long, json!({})))
+        .await
+        .expect_err("a name over 33 characters refused");
+    assert!(refused.to_string().contains("33"), "{refused}");
 }
 
 #[tokio::test]
@@ -319,6 +398,10 @@ async fn invalid_chatclusters_are_refused_with_the_documented_messages() {
             "mongodb.managed.members must be odd (1, 3, 5 or 7) so a majority exists",
         ),
         (
+            json!({"redis": {"managed": {"replicas": 3, "persistence": {"enabled": false}}}}),
+            "redis.managed.replicas above 1 needs persistence.enabled: a primary restarting empty would be followed by its replicas, and every copy of the acked messages lost",
+        ),
+        (
             json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}),
             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
         ),
@@ -383,6 +466,23 @@ async fn invalid_chatclusters_are_refused_with_the_documented_messages() {
         }
     }
 
+    // A name longer than its children's names allow.
+    let long_name = "a".repeat(34);
+    let message = "a ChatCluster's name may be at most 33 characters";
+    let refused = api
+        .create(&PostParams::default(), &chatcluster(&long_name, json!({})))
+        .await
+        .map(|_| ())
+        .expect_err("a 34-character name is refused");
+    assert!(refused.to_string().contains(message), "{refused}");
+    assert!(docs.contains(message), "docs/operator.md lacks {message:?}");
+    api.create(
+        &PostParams::default(),
+        &chatcluster(&"a".repeat(33), json!({})),
+    )
+    .await
+    .expect("a 33-character name is fine");
+
     // Each bound also holds for an update, and for the scale subresource.
     api.create(&PostParams::default(), &chatcluster("valid", json!({})))
         .await
@@ -402,6 +502,48 @@ async fn invalid_chatclusters_are_refused_with_the_documented_messages() {
             .contains("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
         "{refused}"
     );
+
+    // Changes the operator cannot carry out are refused at admission.
+    api.create(
+        &PostParams::default(),
+        &chatcluster("ha", json!({"redis": {"managed": {"replicas": 3}}})),
+    )
+    .await
+    .unwrap();
+    let transitions = [
+        (
+            "ha",
+            json!({"redis": {"managed": {"replicas": 1}}}),
+            "redis.managed.replicas cannot go back to 1 from a primary with replicas",
+        ),
+        (
+            "ha",
+            json!({"redis": {"managed": {"persistence": {"enabled": false}}}}),
+            "redis.managed.persistence.enabled cannot change on an existing ChatCluster",
+        ),
+    ];
+    for (name, change, message) in transitions {
+        let refused = api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": change })),
+            )
+            .await
+            .map(|_| ())
+            .expect_err(&format!("accepted {change}"));
+        assert!(refused.to_string().contains(message), "{change}: {refused}");
+        assert!(docs.contains(message), "docs/operator.md lacks {message:?}");
+    }
+    // What it can carry out is not: more replicas.
+    api.patch(
+        "ha",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"redis": {"managed": {"replicas": 5}}}})),
+    )
+    .await
+    .unwrap();
+
     let refused = api
         .patch_scale(
             "valid",
@@ -631,6 +773,174 @@ async fn install_operator_rbac(client: &Client) {
     }
 }
 
+/// The RBAC of manifests/operator.yaml as the operator chart renders it
+/// with `watchNamespace: <namespace>` (scripts/check_packaging.py holds the
+/// chart to this): the ClusterRole's rules as a Role in `namespace`, but
+/// the storage classes, which stay in a ClusterRole of their own.
+async fn install_namespaced_operator_rbac(client: &Client, namespace: &str) {
+    for mut object in yaml_documents(&repository().join("manifests/operator.yaml")) {
+        let kind = object["kind"].as_str().unwrap().to_owned();
+        let scoped = match kind.as_str() {
+            "Deployment" | "Service" => continue,
+            "ClusterRole" => {
+                let rules = object["rules"].as_array().unwrap().clone();
+                let (classes, others): (Vec<Value>, Vec<Value>) = rules
+                    .into_iter()
+                    .partition(|rule| rule["resources"] == json!(["storageclasses"]));
+                object["rules"] = json!(classes);
+                let mut role = object.clone();
+                role["kind"] = json!("Role");
+                role["metadata"]["namespace"] = json!(namespace);
+                role["rules"] = json!(others);
+                Some(role)
+            }
+            "ClusterRoleBinding" => {
+                let mut binding = object.clone();
+                binding["kind"] = json!("RoleBinding");
+                binding["metadata"]["namespace"] = json!(namespace);
+                binding["roleRef"]["kind"] = json!("Role");
+                Some(binding)
+            }
+            _ => None,
+        };
+        for object in std::iter::once(object).chain(scoped) {
+            let kind = object["kind"].as_str().unwrap();
+            let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
+                Some((group, version)) => (group, version),
+                None => ("", object["apiVersion"].as_str().unwrap()),
+            };
+            let (resource, _) = pinned_kind(client, &GroupVersionKind::gvk(group, version, kind))
+                .await
+                .unwrap();
+            let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+                Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
+            let name = object["metadata"]["name"].as_str().unwrap();
+            api.patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
+        }
+    }
+}
+
+/// With `--watch-namespace` (the chart's `watchNamespace`) the operator
+/// runs on a Role in that namespace: it reconciles the ChatClusters there,
+/// leaves those elsewhere alone, and its token can read no Secret outside
+/// (where the cluster-wide install may read every one).
+#[tokio::test]
+async fn watching_one_namespace_the_operator_needs_and_has_rights_there_only() {
+    let server = start_with_crd();
+    let admin = server.admin().await;
+    for namespace in ["watched", "elsewhere"] {
+        create_namespace(&admin, namespace).await;
+    }
+    install_namespaced_operator_rbac(&admin, "watched").await;
+    let token = operator_token(&admin).await;
+    let kubeconfig = server.write_kubeconfig("chat-operator", &token);
+    let operator = Operator::start(
+        &kubeconfig,
+        server.dir.join("namespaced-operator.log"),
+        &[
+            "--lease-namespace",
+            "chat-operator",
+            "--identity",
+            "namespaced",
+            "--watch-namespace",
+            "watched",
+        ],
+    );
+    wait_for(
+        "the operator to be ready and lead",
+        Duration::from_secs(60),
+        || {
+            let operator = &operator;
+            async move {
+                let ready = operator.get("/readyz").await?.0 == 200;
+                (ready && operator.metric("chat_operator_leader").await == 1.0).then_some(())
+            }
+        },
+    )
+    .await;
+    for namespace in ["watched", "elsewhere"] {
+        raw_chatclusters(&admin, namespace)
+            .create(&PostParams::default(), &chatcluster("chat", json!({})))
+            .await
+            .unwrap();
+    }
+    let deployments = |namespace: &str| -> Api<k8s_openapi::api::apps::v1::Deployment> {
+        Api::namespaced(admin.clone(), namespace)
+    };
+    wait_for(
+        "the watched namespace's Deployment",
+        Duration::from_secs(60),
+        || {
+            let deployments = deployments("watched");
+            async move { deployments.get_opt("chat").await.ok().flatten().map(|_| ()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        deployments("elsewhere")
+            .get_opt("chat")
+            .await
+            .unwrap()
+            .is_none(),
+        "a ChatCluster outside the watched namespace was reconciled"
+    );
+    let log = operator.log();
+    assert!(!log.contains("forbidden"), "{log}");
+
+    let as_operator = server.client_from(&kubeconfig).await;
+    let outside: Api<Secret> = Api::namespaced(as_operator.clone(), "elsewhere");
+    match outside.list(&Default::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("the operator listed Secrets outside its namespace: {other:?}"),
+    }
+    let inside: Api<Secret> = Api::namespaced(as_operator, "watched");
+    inside.list(&Default::default()).await.unwrap();
+}
+
+/// LIST requests the API server has answered for each child kind the
+/// controller watches, from its `apiserver_request_total`.
+async fn child_lists(admin: &Client) -> std::collections::BTreeMap<String, u64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = admin.request_text(request).await.unwrap();
+    let mut lists = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        if !line.contains("verb=\"LIST\"") {
+            continue;
+        }
+        let resource = line
+            .split("resource=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        let children = chat_operator::controller::objects::CHILD_KINDS
+            .iter()
+            .filter(|(_, kind, _)| *kind != "ServiceMonitor")
+            .any(|(_, _, plural)| *plural == resource);
+        if !children {
+            continue;
+        }
+        let count: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        *lists.entry(resource.to_owned()).or_default() += count as u64;
+    }
+    lists
+}
+
 /// A token of the operator's ServiceAccount, as a pod of it would mount.
 async fn operator_token(client: &Client) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "chat-operator");
@@ -840,6 +1150,36 @@ async fn the_operator_reconciles_through_real_admission_with_its_own_rbac() {
         operator.log()
     );
 
+    // A reconcile reads the children from the controller's watch caches:
+    // a spec change is carried out without a single LIST of a child kind
+    // (the API server's own request counts say so).
+    let lists_before = child_lists(&admin).await;
+    api.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"logLevel": "debug"}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the log level change carried out",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move {
+                let object = api.get("chat").await.ok()?;
+                let generation = object.metadata.generation?;
+                (object.data["status"]["observedGeneration"].as_i64()? == generation).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        child_lists(&admin).await,
+        lists_before,
+        "children listed by a reconcile instead of read from the caches"
+    );
+
     // Drift is put back: someone edits the ConfigMap by hand.
     let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
         Api::namespaced(admin.clone(), namespace);
@@ -880,6 +1220,8 @@ async fn the_operator_reconciles_through_real_admission_with_its_own_rbac() {
     .await;
 
     grow_volumes(&admin, &api, namespace).await;
+    an_older_operators_redis_is_re_created(&admin, &api, namespace).await;
+    enabling_autoscaling_keeps_the_replicas(&admin, &api, namespace).await;
     shrink_the_replica_set(&admin, &api, namespace).await;
 
     assert!(
@@ -901,6 +1243,82 @@ async fn the_operator_reconciles_through_real_admission_with_its_own_rbac() {
 /// An API server without the ChatCluster CRD: the operator says so, is not
 /// ready, keeps retrying without exiting or spinning, and starts working once
 /// the CRD is installed.
+/// A leader whose renewals are refused (its Role loses `patch` on Leases,
+/// as an API server it cannot reach would refuse them) stops reconciling
+/// and exits before its Lease may pass to another replica, 20 s after its
+/// last renewal: the lease manager alone only logged the failed renewals.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::rbac::v1::Role;
+    let server = start_with_crd();
+    let admin = server.admin().await;
+    install_operator_rbac(&admin).await;
+    let token = operator_token(&admin).await;
+    let kubeconfig = server.write_kubeconfig("chat-operator", &token);
+    let mut operator = Operator::start(
+        &kubeconfig,
+        server.dir.join("stuck-leader.log"),
+        &[
+            "--lease-namespace",
+            "chat-operator",
+            "--identity",
+            "stuck-leader",
+        ],
+    );
+    wait_for("the operator to lead", Duration::from_secs(60), || {
+        let operator = &operator;
+        async move {
+            let ready = operator.get("/readyz").await?.0 == 200;
+            (ready && operator.metric("chat_operator_leader").await == 1.0).then_some(())
+        }
+    })
+    .await;
+
+    let roles: Api<Role> = Api::namespaced(admin.clone(), "chat-operator");
+    let refused = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "chat-operator-leader-election", "namespace": "chat-operator"},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create"]}],
+    });
+    roles
+        .patch(
+            "chat-operator-leader-election",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&refused),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while operator.running() {
+        assert!(
+            Instant::now() < deadline,
+            "the leader kept running a minute after its renewals were refused:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let exited_at = k8s_openapi::jiff::Timestamp::now();
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "chat-operator");
+    let lease = leases.get("chat-operator").await.unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("stuck-leader"));
+    let renewed = spec.renew_time.unwrap().0;
+    let after = exited_at.duration_since(renewed);
+    assert!(
+        after
+            < k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+                spec.lease_duration_seconds.unwrap()
+            )),
+        "exited {after:?} after its last renewal, past the Lease's {:?} s",
+        spec.lease_duration_seconds
+    );
+    let log = operator.log();
+    assert!(log.contains("stepping down"), "{log}");
+    println!("the leader exited {after:?} after its last renewal");
+}
+
 #[tokio::test]
 async fn the_operator_waits_for_the_crd_and_says_so() {
     // Its own thread, as for the shared one: it waits with a runtime of its own.
@@ -961,6 +1379,196 @@ async fn the_operator_waits_for_the_crd_and_says_so() {
     assert!(operator.running());
 }
 
+/// The garbage collector's part (no controller-manager runs here): a
+/// StatefulSet deleted with orphan propagation goes once its `orphan`
+/// finalizer is removed. Abort the task when done.
+fn collect_orphaned<K>(statefulsets: Api<K>) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            if let Ok(list) = statefulsets.list(&Default::default()).await {
+                for set in list.items {
+                    if set.meta().deletion_timestamp.is_some() {
+                        let _ = statefulsets
+                            .patch(
+                                &set.name_any(),
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                            )
+                            .await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// The Redis StatefulSet as an operator before stable names made it (its
+/// ClusterIP Service as governing Service, pods one at a time), put in
+/// place while the ChatCluster is paused: once resumed, the operator
+/// re-creates it with its headless Service and parallel pods (both fields
+/// the API server refuses to change), and says so in an event.
+async fn an_older_operators_redis_is_re_created(
+    admin: &Client,
+    chatclusters: &Api<DynamicObject>,
+    namespace: &str,
+) {
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(admin.clone(), namespace);
+    let collector = collect_orphaned(statefulsets.clone());
+    let pause = |paused: bool| {
+        let chatclusters = chatclusters.clone();
+        async move {
+            chatclusters
+                .patch(
+                    "chat",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"paused": paused}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    pause(true).await;
+    let current = statefulsets.get("chat-redis").await.unwrap();
+    let mut older = serde_json::to_value(&current).unwrap();
+    older["spec"]["serviceName"] = json!("chat-redis");
+    older["spec"]["podManagementPolicy"] = json!("OrderedReady");
+    for field in [
+        "uid",
+        "resourceVersion",
+        "managedFields",
+        "creationTimestamp",
+        "generation",
+    ] {
+        older["metadata"].as_object_mut().unwrap().remove(field);
+    }
+    older.as_object_mut().unwrap().remove("status");
+    statefulsets
+        .delete("chat-redis", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    wait_for(
+        "the current StatefulSet gone",
+        Duration::from_secs(30),
+        || {
+            let statefulsets = statefulsets.clone();
+            async move {
+                statefulsets
+                    .get_opt("chat-redis")
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let older = statefulsets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(older).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    pause(false).await;
+    let recreated = wait_for(
+        "the older StatefulSet re-created",
+        Duration::from_secs(60),
+        || {
+            let statefulsets = statefulsets.clone();
+            async move {
+                let set = statefulsets.get("chat-redis").await.ok()?;
+                let spec = set.spec.clone()?;
+                (spec.service_name.as_deref() == Some("chat-redis-headless")
+                    && spec.pod_management_policy.as_deref() == Some("Parallel"))
+                .then_some(set)
+            }
+        },
+    )
+    .await;
+    assert_ne!(recreated.uid(), older.uid());
+    let reasons = event_reasons(admin, namespace, "chat").await;
+    assert!(
+        reasons.contains(&"Recreated".to_owned()),
+        "Recreated not in {reasons:?}"
+    );
+    collector.abort();
+}
+
+/// Five chat pods, then one edit that enables autoscaling and changes the
+/// image: the Deployment never drops below five while the operator applies
+/// it without the count it leaves to the HPA (no HPA controller runs here,
+/// so the operator remains the field's only owner throughout).
+async fn enabling_autoscaling_keeps_the_replicas(
+    admin: &Client,
+    chatclusters: &Api<DynamicObject>,
+    namespace: &str,
+) {
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(admin.clone(), namespace);
+    let replicas = |deployment: &k8s_openapi::api::apps::v1::Deployment| {
+        deployment.spec.as_ref().and_then(|s| s.replicas)
+    };
+    chatclusters
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": null, "replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    wait_for("five chat pods", Duration::from_secs(30), || {
+        let deployments = deployments.clone();
+        async move { (replicas(&deployments.get("chat").await.ok()?) == Some(5)).then_some(()) }
+    })
+    .await;
+    chatclusters
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "autoscaling": {"minReplicas": 2, "maxReplicas": 10},
+                "image": {"tag": "0.2.0"},
+            }})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut applied_since = None;
+    loop {
+        let deployment = deployments.get("chat").await.unwrap();
+        assert_eq!(
+            replicas(&deployment),
+            Some(5),
+            "the Deployment fell below 5"
+        );
+        let image =
+            serde_json::to_value(&deployment).unwrap()["spec"]["template"]["spec"]["containers"][0]
+                ["image"]
+                .clone();
+        if image.as_str().is_some_and(|i| i.ends_with(":0.2.0")) {
+            // Applied; and it stays so over a few more reconciles' time.
+            let since = *applied_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the new image was never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The full example's claims as its StatefulSets would have made them, bound
 /// (no controller-manager runs here): MongoDB's on a class that can expand,
 /// Redis's on one that cannot. Then bigger sizes in the spec: MongoDB's
@@ -1014,31 +1622,9 @@ async fn grow_volumes(admin: &Client, chatclusters: &Api<DynamicObject>, namespa
         }
     }
 
-    // The garbage collector's part: a StatefulSet deleted with orphan
-    // propagation goes once its `orphan` finalizer is removed.
     let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
         Api::namespaced(admin.clone(), namespace);
-    let collector = {
-        let statefulsets = statefulsets.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok(list) = statefulsets.list(&Default::default()).await {
-                    for set in list.items {
-                        if set.metadata.deletion_timestamp.is_some() {
-                            let _ = statefulsets
-                                .patch(
-                                    &set.name_any(),
-                                    &PatchParams::default(),
-                                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                                )
-                                .await;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let collector = collect_orphaned(statefulsets.clone());
     let before = statefulsets.get("chat-mongodb").await.unwrap().uid();
 
     chatclusters
@@ -1130,7 +1716,7 @@ async fn grow_volumes(admin: &Client, chatclusters: &Api<DynamicObject>, namespa
 }
 
 /// Fewer MongoDB members: a new init Job (which removes them from the
-/// replica set) is made, and the StatefulSet keeps its three pods until that
+/// replica set) is made once the previous one is gone, and the StatefulSet keeps its three pods until that
 /// Job has succeeded (no controller-manager runs here: this test marks it
 /// so, as the Job controller would); then it scales down.
 async fn shrink_the_replica_set(
@@ -1154,6 +1740,10 @@ async fn shrink_the_replica_set(
         names
     };
     let before = job_names().await;
+    // The previous Job is deleted in the foreground (with its pod) and the
+    // new one made only once it is gone; the garbage collector that would
+    // finish that deletion does not run here: this does its part.
+    let collector = collect_orphaned(jobs.clone());
     chatclusters
         .patch(
             "chat",
@@ -1162,13 +1752,21 @@ async fn shrink_the_replica_set(
         )
         .await
         .unwrap();
-    let job = wait_for("the new init Job", Duration::from_secs(30), || async {
-        job_names()
-            .await
-            .into_iter()
-            .find(|name| name.starts_with("chat-mongodb-init-") && !before.contains(name))
+    let (job, all) = wait_for("the new init Job", Duration::from_secs(30), || async {
+        let all = job_names().await;
+        let new = all
+            .iter()
+            .find(|name| name.starts_with("chat-mongodb-init-") && !before.contains(name))?
+            .clone();
+        Some((new, all))
     })
     .await;
+    collector.abort();
+    assert_eq!(
+        all,
+        std::slice::from_ref(&job),
+        "the new Job made while the old one was there"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let replicas = |set: k8s_openapi::api::apps::v1::StatefulSet| set.spec.and_then(|s| s.replicas);
     assert_eq!(

@@ -166,6 +166,12 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
 impl ApiServer {
     /// Starts etcd and kube-apiserver and waits until the API server is ready.
     pub fn start() -> ApiServer {
+        Self::start_with("kube-apiserver")
+    }
+
+    /// [`ApiServer::start`] with another kube-apiserver binary of the same
+    /// directory (`kube-apiserver-oldest`: the oldest Kubernetes claimed).
+    pub fn start_with(apiserver_binary: &str) -> ApiServer {
         let dir = fresh_dir();
         let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
         let (private_key, public_key) = signing_key();
@@ -194,7 +200,7 @@ impl ApiServer {
 
         let key = dir.join("sa.key").display().to_string();
         let public_key = dir.join("sa.pub").display().to_string();
-        let mut apiserver = Command::new(binary("kube-apiserver"));
+        let mut apiserver = Command::new(binary(apiserver_binary));
         apiserver
             .args(["--etcd-servers", &etcd_url])
             .args(["--bind-address", "127.0.0.1"])

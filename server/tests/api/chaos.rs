@@ -29,6 +29,10 @@ enum Fault {
     Blackhole,
     /// Every connection is reset, and new ones are reset at once.
     Reset,
+    /// Connections opened before the n-th are held forever, as a server
+    /// that vanished without closing them (its node lost) leaves them;
+    /// later ones pass, as to the server that took its place.
+    Vanish(u64),
 }
 
 /// A TCP proxy in front of `upstream` that can be told to misbehave, as a
@@ -36,6 +40,8 @@ enum Fault {
 struct FaultProxy {
     port: u16,
     fault: Arc<watch::Sender<Fault>>,
+    /// Connections accepted so far.
+    opened: Arc<std::sync::atomic::AtomicU64>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
@@ -45,9 +51,12 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let fault = Arc::new(watch::Sender::new(Fault::Pass));
         let faults = fault.clone();
+        let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = opened.clone();
         let accepting = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let faults = faults.clone();
+                let id = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     if *faults.borrow() == Fault::Reset {
                         reset(client);
@@ -61,8 +70,8 @@ impl FaultProxy {
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
                     tokio::join!(
-                        pump(client_read, server_write, faults.subscribe()),
-                        pump(server_read, client_write, faults.subscribe()),
+                        pump(id, client_read, server_write, faults.subscribe()),
+                        pump(id, server_read, client_write, faults.subscribe()),
                     );
                 });
             }
@@ -70,12 +79,19 @@ impl FaultProxy {
         Self {
             port,
             fault,
+            opened,
             accepting,
         }
     }
 
     fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);
+    }
+
+    /// Every connection open now is held forever; new ones pass.
+    fn vanish(&self) {
+        let opened = self.opened.load(std::sync::atomic::Ordering::SeqCst);
+        self.set(Fault::Vanish(opened));
     }
 }
 
@@ -90,9 +106,10 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// Copies one direction, obeying the fault; returning drops both halves
-/// (with linger 0: a reset).
+/// Copies one direction of connection `id`, obeying the fault; returning
+/// drops both halves (with linger 0: a reset).
 async fn pump(
+    id: u64,
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut fault: watch::Receiver<Fault>,
@@ -114,11 +131,12 @@ async fn pump(
             let now = *fault.borrow_and_update();
             match now {
                 Fault::Pass => break,
+                Fault::Vanish(before) if id >= before => break,
                 Fault::Latency(delay) => {
                     tokio::time::sleep(delay).await;
                     break;
                 }
-                Fault::Blackhole => {
+                Fault::Blackhole | Fault::Vanish(_) => {
                     if fault.changed().await.is_err() {
                         return;
                     }
@@ -244,6 +262,53 @@ async fn a_pod_cut_off_from_redis_and_mongodb_by_latency_a_blackhole_and_resets_
     received_once_in_order(&mut bob_rx, "bob on the healthy pod", &acked).await;
     let stored = stored_once(&healthy.base, &alice, &room, acked.len()).await;
     assert_eq!(stored, acked, "history differs from what was acked");
+}
+
+/// The Redis a pod's connections reach vanishes without closing them (its
+/// node lost; the Sentinels' new primary is reached by new connections): the
+/// pod's pub/sub connection, which only ever reads, is found dead by its
+/// ping and opened again, so its clients get, once and in order, what
+/// another pod's clients post meanwhile, and the pod acks its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_vanishes_without_closing_its_connections_is_left_for_new_ones() {
+    let redis = start_redis_on(free_port(), None);
+    let proxy = FaultProxy::start(redis.port).await;
+    let db = unique_db_name();
+    let mut pods = Vec::new();
+    for (i, redis_port) in [proxy.port, redis.port].into_iter().enumerate() {
+        let (env, temp) = pod_env(
+            &format!("pod-{i}"),
+            format!("redis://127.0.0.1:{redis_port}"),
+            &db,
+        );
+        pods.push(TestServer::start_with_env(env, Some(temp)).await);
+    }
+    let (cut_off, healthy) = (&pods[0], &pods[1]);
+    let alice = cut_off.user("alice").await;
+    let bob = cut_off.user("bob").await;
+    let room = cut_off.room(&alice, "lost node", false).await;
+    cut_off.join(&bob, &room).await;
+    let mut alice_tx = connect_to(cut_off, &alice, &room).await;
+    let mut alice_rx = connect_to(cut_off, &alice, &room).await;
+    let mut bob_tx = connect_to(healthy, &bob, &room).await;
+
+    let mut acked = BTreeSet::new();
+    send_until_acked(&mut bob_tx, &room, "before").await;
+    acked.insert("before".to_owned());
+    proxy.vanish();
+    for i in 0..10 {
+        for (ws, who) in [(&mut bob_tx, "bob"), (&mut alice_tx, "alice")] {
+            let content = format!("{who} after {i}");
+            send_until_acked(ws, &room, &content).await;
+            acked.insert(content);
+        }
+    }
+    received_once_in_order(
+        &mut alice_rx,
+        "alice on the pod whose redis vanished",
+        &acked,
+    )
+    .await;
 }
 
 /// A chat server as its own process, so it can be killed with SIGKILL.

@@ -472,3 +472,46 @@ async fn without_waiting_for_replicas_a_failover_loses_acked_messages() {
         reused.len()
     );
 }
+
+/// A pod whose Redis became a replica under it (a primary demoted, or a
+/// Service URL that reaches a replica while a cluster moves to Sentinels)
+/// answers its clients `unavailable`, which they retry, never `internal`.
+#[tokio::test]
+async fn a_pod_whose_redis_became_a_replica_answers_unavailable() {
+    let (primary_port, other_port) = (free_port(), free_port());
+    let _primary = start_redis_with(primary_port, None, &[]);
+    let _other = start_redis_with(other_port, None, &[]);
+    let db = unique_db_name();
+    let (env, temp) = pod_env("pod-0", format!("redis://127.0.0.1:{primary_port}"), &db);
+    let server = TestServer::start_with_env(env, Some(temp)).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "demoted", false).await;
+    let mut ws = connect_to(&server, &alice, &room).await;
+    send_until_acked(&mut ws, &room, "before").await;
+
+    let client = redis::Client::open(format!("redis://127.0.0.1:{primary_port}")).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(other_port)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replica_online(other_port).await {
+        assert!(
+            Instant::now() < deadline,
+            "the demoted primary never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 0..3 {
+        let answer = crate::common::acked(
+            &mut ws,
+            serde_json::json!({"type": "message", "room_id": room, "content": format!("after {n}"), "client_id": format!("after-{n}")}),
+        )
+        .await;
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+    }
+}

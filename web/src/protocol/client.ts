@@ -40,6 +40,13 @@ export interface ConnectionOptions {
 
 const OPEN = 1;
 const PONG_TIMEOUT_MS = 10_000;
+/**
+ * The most unacknowledged frames sent again at once, a second apart: within
+ * the server's default rate (10 messages a second, burst 20), so a long
+ * outbox after an outage is not refused, and then closed, as a flood.
+ */
+const RESEND_BATCH = 10;
+const RESEND_EVERY_MS = 1_000;
 /** Close codes after which reconnecting cannot help without a new sign-in. */
 const TOKEN_REFUSED = 4001;
 
@@ -57,11 +64,14 @@ export class ChatConnection {
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private pongTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The next paced resend of the outbox, while it holds refused or unanswered frames. */
+  private resendTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Opening the rooms again after `not_joined`, once per burst of them. */
+  private reopenTimer: ReturnType<typeof setTimeout> | null = null;
   /** Rooms to keep open, with the highest seq received without a gap (null: none yet). */
   private rooms = new Map<string, number | null>();
   /** Rooms waiting for a replay after a gap: live messages wait for it. */
   private resuming = new Set<string>();
-  /** Sent messages not yet acknowledged, by client_id: resent after a reconnect. */
   /** Messages, edits and deletions not acknowledged yet: resent after a reconnection (their client_id makes that safe). */
   private outbox = new Map<string, Extract<ClientFrame, { type: "message" | "edit" | "delete" | "react" | "unreact" }>>();
   private status: Status = "offline";
@@ -178,7 +188,7 @@ export class ChatConnection {
       this.resuming.clear();
       for (const roomId of this.rooms.keys()) this.sendRoomOpening(roomId);
       // Unacknowledged messages go again; their client_id makes that safe.
-      for (const frame of this.outbox.values()) this.write(frame);
+      this.resend();
       this.startHeartbeat();
     };
     socket.onmessage = (event) => {
@@ -285,12 +295,15 @@ export class ChatConnection {
 
   private onError(frame: Extract<ServerFrame, { type: "error" }>): void {
     if (frame.code === "rate_limited" || frame.code === "unavailable") {
-      // Which message was refused is not said; resending all unacknowledged
-      // ones is safe (client_id) and keeps their order.
-      const wait = Math.max(1, frame.retry_after ?? 1) * 1000;
-      setTimeout(() => {
-        for (const message of this.outbox.values()) this.write(message);
-      }, wait);
+      // Which message was refused is not said; resending the unacknowledged
+      // ones is safe (client_id) and keeps their order. One resend for every
+      // error of a burst: one per error would send the outbox squared.
+      this.scheduleResend(Math.max(1, frame.retry_after ?? 1) * 1000);
+    } else if (frame.code === "not_joined") {
+      // A room this connection should have open is not: its opening was
+      // refused (`unavailable` while the server could not reach Redis). Open
+      // them again, then resend what was refused meanwhile.
+      this.scheduleReopen();
     } else if (frame.code === "resume_too_far") {
       // More than the server keeps for replay: start afresh; the app reloads history.
       for (const roomId of this.resuming) {
@@ -299,6 +312,40 @@ export class ChatConnection {
       }
       this.resuming.clear();
     }
+  }
+
+  /**
+   * Sends the oldest unacknowledged frames again, a batch at a time; while
+   * more remain than one batch, the rest follow a second later (acks empty
+   * the outbox meanwhile).
+   */
+  private resend(): void {
+    let sent = 0;
+    for (const frame of this.outbox.values()) {
+      if (sent === RESEND_BATCH) {
+        this.scheduleResend(RESEND_EVERY_MS);
+        return;
+      }
+      this.write(frame);
+      sent += 1;
+    }
+  }
+
+  private scheduleReopen(): void {
+    if (this.reopenTimer) return;
+    this.reopenTimer = setTimeout(() => {
+      this.reopenTimer = null;
+      for (const roomId of this.rooms.keys()) this.sendRoomOpening(roomId);
+      this.scheduleResend(RESEND_EVERY_MS);
+    }, RESEND_EVERY_MS);
+  }
+
+  private scheduleResend(waitMs: number): void {
+    if (this.resendTimer) return;
+    this.resendTimer = setTimeout(() => {
+      this.resendTimer = null;
+      this.resend();
+    }, waitMs);
   }
 
   private write(frame: ClientFrame): void {
@@ -325,7 +372,9 @@ export class ChatConnection {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.pingTimer) clearInterval(this.pingTimer);
     if (this.pongTimer) clearTimeout(this.pongTimer);
-    this.retryTimer = this.pingTimer = this.pongTimer = null;
+    if (this.resendTimer) clearTimeout(this.resendTimer);
+    if (this.reopenTimer) clearTimeout(this.reopenTimer);
+    this.retryTimer = this.pingTimer = this.pongTimer = this.resendTimer = this.reopenTimer = null;
   }
 
   private setStatus(status: Status, retryInMs?: number): void {

@@ -164,6 +164,61 @@ describe("ChatConnection", () => {
     expect(resent.map((f) => f.type === "message" && f.attachments)).toEqual([undefined, undefined, ["f1"]]);
   });
 
+  it("resends a long outbox a batch a second, once per burst of refusals, until it is acknowledged", async () => {
+    connection.open("r1");
+    connection.start();
+    await connected();
+    latest().receive({ type: "joined", room_id: "r1", last_seq: 0 });
+    latest().drop();
+    // Typed while offline: 30 messages wait.
+    const ids = Array.from({ length: 30 }, (_, i) => connection.post("r1", `m${i}`));
+    await connected();
+    const messages = () => latest().sent.filter((f) => f.type === "message");
+    const clientIds = () => messages().map((f) => f.type === "message" && f.client_id);
+    expect(clientIds()).toEqual(ids.slice(0, 10));
+    // Every one of them refused: a single resend follows, after retry_after.
+    for (let i = 0; i < 10; i++) {
+      latest().receive({ type: "error", code: "rate_limited", message: "slow down", retry_after: 0.2 });
+    }
+    await vi.advanceTimersByTimeAsync(999);
+    expect(messages()).toHaveLength(10);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(clientIds().slice(10)).toEqual(ids.slice(0, 10));
+    // The first 25 acknowledged: the next batch is the last 5, and then nothing more.
+    for (const [i, id] of ids.slice(0, 25).entries()) {
+      latest().receive({ type: "ack", client_id: id, room_id: "r1", id: `x${i}`, seq: i + 1 });
+    }
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(clientIds().slice(20)).toEqual(ids.slice(25));
+    for (const [i, id] of ids.slice(25).entries()) {
+      latest().receive({ type: "ack", client_id: id, room_id: "r1", id: `y${i}`, seq: 26 + i });
+    }
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(messages()).toHaveLength(25);
+  });
+
+  it("opens its rooms again when told a room is not open, then resends what was refused", async () => {
+    connection.open("r1");
+    connection.start();
+    await connected();
+    latest().receive({ type: "joined", room_id: "r1", last_seq: 4 });
+    latest().drop();
+    await connected();
+    // The resume was refused while the server could not reach Redis, and so
+    // were the messages after it.
+    latest().receive({ type: "error", code: "unavailable", message: "retry" });
+    const id = connection.post("r1", "hello");
+    for (let i = 0; i < 5; i++) latest().receive({ type: "error", code: "not_joined", message: "not open" });
+    const resumes = () => latest().sent.filter((f) => f.type === "resume").length;
+    expect(resumes()).toBe(1);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(resumes()).toBe(2);
+    expect(latest().sent.at(-1)).toEqual({ type: "resume", room_id: "r1", last_seq: 4 });
+    await vi.advanceTimersByTimeAsync(1000);
+    const again = latest().sent.filter((f) => f.type === "message" && f.client_id === id);
+    expect(again.length).toBeGreaterThanOrEqual(2);
+  });
+
   it("backs off further with every failed attempt", async () => {
     connection.start();
     await connected();

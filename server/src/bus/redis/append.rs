@@ -90,6 +90,14 @@ pub mod status {
 const APPEND: &str = r"
 local log_len, ttl, publish, dedupe_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function failed(reply) return type(reply) == 'table' and reply.err end
+-- A key on another shard is MOVED (status 4, only that message); a replica
+-- (a URL that reaches one, a primary just demoted) fails the whole call, as
+-- a READONLY error, before anything is written: the caller's connection
+-- then finds the primary again, and the client retries.
+local function moved(reply)
+  if string.sub(reply.err, 1, 8) == 'READONLY' then return error(reply) end
+  return {4, reply.err}
+end
 local epoch = false
 if ARGV[5] == '1' then
   local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
@@ -104,10 +112,10 @@ end
 local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, dedupe, persisted)
   if floor ~= '-1' then
     local set = redis.pcall('SET', seq_key, floor, 'NX')
-    if failed(set) then return {4, set.err} end
+    if failed(set) then return moved(set) end
   end
   local seq = redis.pcall('INCR', seq_key)
-  if failed(seq) then return {4, seq.err} end
+  if failed(seq) then return moved(seq) end
   if seq == 1 and floor == '-1' then
     -- A new room, or Redis lost the counter: only the store can tell.
     redis.call('DEL', seq_key)

@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
@@ -121,28 +119,23 @@ impl Target {
     pub async fn connect_waiting(&self, blocking: Duration) -> RedisResult<Commands> {
         let response_timeout = TIMEOUT + blocking;
         match self {
-            Self::Single(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(TIMEOUT))
-                    .set_response_timeout(Some(response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(TIMEOUT);
-                Ok(Commands::Single(
-                    ConnectionManager::new_with_config(client.clone(), config).await?,
-                ))
-            }
-            Self::Sentinel(sentinels) => {
+            Self::Single(_) | Self::Sentinel(_) => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(TIMEOUT))
                     .set_response_timeout(Some(response_timeout));
-                let connection = Failover {
-                    sentinels: sentinels.clone(),
-                    config,
-                    current: Arc::default(),
-                    generations: Arc::default(),
+                let db = match self {
+                    Self::Single(client) => client.get_connection_info().redis_settings().db(),
+                    _ => 0,
                 };
+                let connection = Reconnecting(Arc::new(Shared {
+                    target: self.clone(),
+                    db,
+                    config,
+                    current: tokio::sync::Mutex::default(),
+                    generations: AtomicU64::default(),
+                }));
                 connection.connection().await?;
-                Ok(Commands::Failover(connection))
+                Ok(Commands::Single(connection))
             }
             Self::Cluster { client, .. } if blocking.is_zero() => {
                 Ok(Commands::Cluster(client.get_async_connection().await?))
@@ -170,6 +163,14 @@ impl Target {
         }
     }
 
+    /// A pub/sub connection to the one server, or to the primary Sentinel
+    /// names now; like every connection, given up if it takes longer than
+    /// [`TIMEOUT`] (an address whose pod is gone may never answer).
+    pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+        let client = self.client().await?;
+        bounded(client.get_async_pubsub()).await
+    }
+
     /// A cluster connection whose sharded pub/sub messages (and disconnection
     /// notices) go to `pushes`; it resubscribes by itself after a reconnect.
     pub async fn subscriber(
@@ -189,6 +190,20 @@ impl Target {
             .get_async_connection()
             .await
     }
+}
+
+/// `request` unless it takes longer than [`TIMEOUT`]: for what redis-rs
+/// leaves unbounded (pub/sub connections and their commands), which would
+/// otherwise wait forever on a peer that vanished without closing.
+pub async fn bounded<T>(request: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    tokio::time::timeout(TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "redis did not answer in time",
+            )))
+        })
 }
 
 /// The Sentinels of one master name.
@@ -214,34 +229,46 @@ impl Sentinels {
     }
 }
 
-/// A multiplexed connection to the primary Sentinel names, given up as soon
-/// as the server it reached stops being the primary (the connection fails,
-/// or it answers `READONLY` as a demoted replica) and opened again to the
-/// primary Sentinel names then. A failed command is not retried: its caller
-/// decides (an append is answered `unavailable` and retried by its client).
+/// A multiplexed connection to the one server, or to the primary Sentinel
+/// names, given up as soon as the server it reached stops answering as the
+/// primary (the connection fails, a command times out, or it answers
+/// `READONLY` as a demoted replica) and opened again, behind Sentinel to the
+/// primary it names then. A timeout counts: a server gone without closing
+/// (its node lost) leaves a connection on which every command would time
+/// out until TCP gives up, many minutes later, and redis-rs's own
+/// `ConnectionManager` reconnects only once the socket fails. A failed
+/// command is not retried: its caller decides (an append is answered
+/// `unavailable` and retried by its client).
+/// Clones share the connection.
 #[derive(Clone)]
-pub struct Failover {
-    sentinels: Arc<Sentinels>,
+pub struct Reconnecting(Arc<Shared>);
+
+struct Shared {
+    /// `Single` or `Sentinel`.
+    target: Target,
+    /// The database the URL selects (each connection selects it).
+    db: i64,
     config: AsyncConnectionConfig,
     /// The live connection and its generation, so a failure on an old one
     /// does not throw away its replacement.
-    current: Arc<tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>>,
-    generations: Arc<AtomicU64>,
+    current: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    generations: AtomicU64,
 }
 
-impl Failover {
+impl Reconnecting {
     async fn connection(&self) -> RedisResult<(u64, MultiplexedConnection)> {
-        let mut current = self.current.lock().await;
+        let mut current = self.0.current.lock().await;
         if let Some(live) = &*current {
             return Ok(live.clone());
         }
         let connection = self
-            .sentinels
-            .primary()
+            .0
+            .target
+            .client()
             .await?
-            .get_multiplexed_async_connection_with_config(&self.config)
+            .get_multiplexed_async_connection_with_config(&self.0.config)
             .await?;
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let generation = self.0.generations.fetch_add(1, Ordering::Relaxed);
         *current = Some((generation, connection.clone()));
         Ok((generation, connection))
     }
@@ -250,9 +277,9 @@ impl Failover {
         if let Err(e) = &result
             && not_the_primary(e)
         {
-            let mut current = self.current.lock().await;
+            let mut current = self.0.current.lock().await;
             if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-                tracing::warn!(error = %e, "redis primary lost; asking Sentinel again");
+                tracing::warn!(error = %e, "redis connection lost; opening another");
                 *current = None;
             }
         }
@@ -281,8 +308,8 @@ fn cluster_builder(seeds: &[String]) -> ClusterClientBuilder {
 /// connection (per node, in a cluster).
 #[derive(Clone)]
 pub enum Commands {
-    Single(ConnectionManager),
-    Failover(Failover),
+    /// One server, or the primary behind Sentinel.
+    Single(Reconnecting),
     Cluster(ClusterConnection),
 }
 
@@ -291,7 +318,7 @@ impl Commands {
     /// message travels only through its room's shard.
     pub fn publish_command(&self) -> &'static str {
         match self {
-            Self::Single(_) | Self::Failover(_) => "PUBLISH",
+            Self::Single(_) => "PUBLISH",
             Self::Cluster(_) => "SPUBLISH",
         }
     }
@@ -300,11 +327,10 @@ impl Commands {
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(connection) => connection.req_packed_command(cmd),
-            Self::Failover(failover) => Box::pin(async move {
-                let (generation, mut connection) = failover.connection().await?;
+            Self::Single(reconnecting) => Box::pin(async move {
+                let (generation, mut connection) = reconnecting.connection().await?;
                 let result = connection.req_packed_command(cmd).await;
-                failover.after(generation, result).await
+                reconnecting.after(generation, result).await
             }),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
         }
@@ -317,13 +343,12 @@ impl ConnectionLike for Commands {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Self::Failover(failover) => Box::pin(async move {
-                let (generation, mut connection) = failover.connection().await?;
+            Self::Single(reconnecting) => Box::pin(async move {
+                let (generation, mut connection) = reconnecting.connection().await?;
                 let result = connection
                     .req_packed_commands(pipeline, offset, count)
                     .await;
-                failover.after(generation, result).await
+                reconnecting.after(generation, result).await
             }),
             Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
         }
@@ -331,8 +356,7 @@ impl ConnectionLike for Commands {
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Single(connection) => connection.get_db(),
-            Self::Failover(_) => 0,
+            Self::Single(reconnecting) => reconnecting.0.db,
             Self::Cluster(connection) => connection.get_db(),
         }
     }
@@ -454,7 +478,7 @@ pub struct Layout {
 impl Layout {
     pub async fn of(commands: &mut Commands) -> RedisResult<Self> {
         let cluster = match commands {
-            Commands::Single(_) | Commands::Failover(_) => None,
+            Commands::Single(_) => None,
             Commands::Cluster(_) => Some(Mutex::new(slot_map(commands).await?)),
         };
         Ok(Self { cluster })

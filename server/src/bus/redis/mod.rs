@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::append::{APPEND_BATCH, PendingAppend, commit, status};
 pub use self::append::{Durability, FAILOVER_SEQ_GAP};
-use self::connection::{Commands, Layout, PERSIST_STREAMS, Target};
+use self::connection::{Commands, Layout, PERSIST_STREAMS, Target, bounded};
 use self::keys::{
     NOTICES, channel, legacy_seq_key, log_key, room_of_channel, seq_key, sessions_key,
 };
@@ -61,6 +61,10 @@ const TOPOLOGY_REFRESH: Duration = Duration::from_secs(10);
 /// After a pub/sub connection to a node dropped, the resubscriptions redis-rs
 /// makes by itself within this long each repair their room.
 const REPAIR_WINDOW: Duration = Duration::from_secs(60);
+/// How often the pub/sub connection to one Redis is pinged: a server gone
+/// without closing (its node lost) shows within this and a timeout, rather
+/// than when TCP gives up, many minutes later.
+const PUBSUB_PING: Duration = Duration::from_secs(5);
 
 /// A session as stored in Redis: with the time its pod must refresh it by.
 #[derive(serde::Serialize, Deserialize)]
@@ -103,14 +107,14 @@ enum Subscriber {
 impl Subscriber {
     async fn subscribe(&mut self, room: Id) -> redis::RedisResult<()> {
         match self {
-            Self::Single(sink) => sink.subscribe(channel(room)).await,
+            Self::Single(sink) => bounded(sink.subscribe(channel(room))).await,
             Self::Cluster(connection) => connection.ssubscribe(channel(room)).await,
         }
     }
 
     async fn unsubscribe(&mut self, room: Id) -> redis::RedisResult<()> {
         match self {
-            Self::Single(sink) => sink.unsubscribe(channel(room)).await,
+            Self::Single(sink) => bounded(sink.unsubscribe(channel(room))).await,
             Self::Cluster(connection) => connection.sunsubscribe(channel(room)).await,
         }
     }
@@ -672,27 +676,23 @@ async fn listen(bus: Weak<RedisBus>) {
         let stream = {
             let Some(this) = bus.upgrade() else { return };
             // Behind Sentinel, the primary of now: after a failover, the new one.
-            let pubsub = match this.target.client().await {
-                Ok(client) => client.get_async_pubsub().await,
-                Err(e) => Err(e),
-            };
-            match pubsub {
+            match this.target.pubsub().await {
                 Ok(pubsub) => {
                     let (mut sink, stream) = pubsub.split();
                     let mut channels: Vec<String> =
                         lock(&this.wanted).iter().copied().map(channel).collect();
                     let rooms = channels.len();
                     channels.push(NOTICES.to_owned());
-                    let subscribed = sink.subscribe(&channels).await;
+                    let subscribed = bounded(sink.subscribe(&channels)).await;
                     match subscribed {
                         Ok(()) => {
-                            *lock(&this.sink) = Some(Subscriber::Single(sink));
+                            *lock(&this.sink) = Some(Subscriber::Single(sink.clone()));
                             if lost {
                                 tracing::info!(rooms, "redis pub/sub reconnected");
                                 this.repair().await;
                             }
                             backoff = Duration::from_millis(100);
-                            Some(stream)
+                            Some((sink, stream))
                         }
                         Err(e) => {
                             this.metrics.bus_errors.inc();
@@ -710,15 +710,28 @@ async fn listen(bus: Weak<RedisBus>) {
                 }
             }
         };
-        if let Some(mut stream) = stream {
-            while let Some(message) = stream.next().await {
-                let Some(this) = bus.upgrade() else { return };
-                match message.get_payload::<String>() {
-                    Ok(payload) if message.get_channel_name() == NOTICES => {
-                        this.deliver_notice(&payload)
+        if let Some((mut sink, mut stream)) = stream {
+            let mut ping = tokio::time::interval(PUBSUB_PING);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    message = stream.next() => {
+                        let Some(message) = message else { break };
+                        let Some(this) = bus.upgrade() else { return };
+                        match message.get_payload::<String>() {
+                            Ok(payload) if message.get_channel_name() == NOTICES => {
+                                this.deliver_notice(&payload)
+                            }
+                            Ok(payload) => this.deliver(payload),
+                            Err(e) => tracing::warn!(error = %e, "unreadable pub/sub payload"),
+                        }
                     }
-                    Ok(payload) => this.deliver(payload),
-                    Err(e) => tracing::warn!(error = %e, "unreadable pub/sub payload"),
+                    _ = ping.tick() => {
+                        if let Err(e) = bounded(sink.ping::<redis::Value>()).await {
+                            tracing::debug!(error = %e, "redis pub/sub ping failed");
+                            break;
+                        }
+                    }
                 }
             }
             let Some(this) = bus.upgrade() else { return };
