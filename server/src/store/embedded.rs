@@ -1025,8 +1025,12 @@ impl Store for EmbeddedStore {
         })?
     }
 
-    async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()> {
-        let batch: Vec<_> = batch.iter().map(|m| (m.clone(), None)).collect();
+    async fn insert_messages(&self, batch: &[(Message, Option<String>)]) -> StoreResult<()> {
+        let expires_at = crate::model::now() + self.dedupe_ttl;
+        let batch: Vec<_> = batch
+            .iter()
+            .map(|(m, key)| (m.clone(), key.clone().map(|key| (key, expires_at))))
+            .collect();
         self.run(move |db| {
             write_messages(db, &batch, false)?
                 .into_iter()
@@ -1207,6 +1211,25 @@ impl Store for EmbeddedStore {
             }
             found.sort_by_key(|c| c.seq);
             Ok(found)
+        })
+        .await
+    }
+
+    async fn deduplicated(&self, room: Id, dedupe: &str) -> StoreResult<Option<Message>> {
+        let key = dedupe_key(room, dedupe);
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let Some(entry) = get_json::<_, DedupeEntry>(&tx.open_table(DEDUPE)?, key.as_slice())?
+            else {
+                return Ok(None);
+            };
+            if entry.expires_at <= crate::model::now() {
+                return Ok(None);
+            }
+            get_json(
+                &tx.open_table(MESSAGES)?,
+                message_key(room, entry.seq).as_slice(),
+            )
         })
         .await
     }
@@ -1461,20 +1484,20 @@ mod tests {
                 "friday in the fourth, deploy too",
                 "friday, far ahead",
             ];
-            let batch: Vec<Message> = texts
+            let batch: Vec<(Message, Option<String>)> = texts
                 .iter()
                 // The last seq is past what buckets tell apart, and a
                 // search seeks over the empty buckets before it.
                 .zip([1, 2, 3, 300, 1000, 1 << 45])
-                .map(|(text, seq)| Message {
-                    seq,
-                    ..Message::new(
+                .map(|(text, seq)| {
+                    let message = Message::new(
                         MessageKind::Text,
                         room,
                         Id::new(),
                         "a".into(),
                         (*text).into(),
-                    )
+                    );
+                    (Message { seq, ..message }, None)
                 })
                 .collect();
             store.insert_messages(&batch).await.unwrap();

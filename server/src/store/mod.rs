@@ -111,9 +111,15 @@ pub trait Store: Send + Sync + 'static {
         message: &Message,
         dedupe: Option<&str>,
     ) -> StoreResult<Inserted>;
-    /// Stores a batch, skipping messages whose `(room_id, seq)` is already
-    /// stored: the persist worker may deliver a batch more than once.
-    async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()>;
+    /// Stores a batch, each message with its dedupe key if its sender gave
+    /// one, skipping messages whose `(room_id, seq)` is already stored (the
+    /// persist worker may deliver a batch more than once) and messages whose
+    /// key names another seq within [`DEDUPE_TTL`]: a client's retry that a
+    /// bus which lost its own keys (a Redis that lost its data) appended as
+    /// new. The keys are remembered as [`Store::insert_message`]'s are.
+    async fn insert_messages(&self, batch: &[(Message, Option<String>)]) -> StoreResult<()>;
+    /// The message stored in `room` under a dedupe key within [`DEDUPE_TTL`].
+    async fn deduplicated(&self, room: Id, dedupe: &str) -> StoreResult<Option<Message>>;
     /// A page of history: with `Latest` and `BeforeSeq`, messages only, not
     /// thread replies (the total counts them); with `After` (a resume),
     /// everything in the stream, in seq order.

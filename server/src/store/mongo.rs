@@ -5,6 +5,7 @@
 //! indexes created at start-up, never by read-then-write in the application, so
 //! it holds across pods and concurrent requests.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -390,6 +391,31 @@ fn duplicate_key(error: &mongodb::error::Error) -> Option<String> {
     Some(message.clone())
 }
 
+/// A dedupe entry's id: the room and the sender's key.
+fn dedupe_id(room: Id, key: &str) -> String {
+    format!("{room}:{key}")
+}
+
+/// An unordered `insert_many` whose only failures were duplicate keys
+/// succeeded: what it refused is already stored.
+fn ignore_duplicates<T>(written: mongodb::error::Result<T>) -> StoreResult<()> {
+    match written {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind.as_ref() {
+            ErrorKind::InsertMany(failure)
+                if failure.write_concern_error.is_none()
+                    && failure
+                        .write_errors
+                        .as_ref()
+                        .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY)) =>
+            {
+                Ok(())
+            }
+            _ => Err(map_error(e)),
+        },
+    }
+}
+
 fn to_bson_date(ts: Timestamp) -> bson::DateTime {
     let millis = ts.unix_timestamp_nanos() / 1_000_000;
     bson::DateTime::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))
@@ -615,8 +641,9 @@ impl TryFrom<MessageDoc> for Message {
     }
 }
 
-/// A sender's `client_id` in a room, for single-server dedupe (with Redis,
-/// Redis dedupes); removed by a TTL index when it expires.
+/// A sender's `client_id` in a room: a single server dedupes with these; with
+/// Redis, Redis dedupes and these catch the retries a Redis that lost its
+/// data appended again. Removed by a TTL index when it expires.
 #[derive(Debug, Serialize, Deserialize)]
 struct DedupeDoc {
     /// `{room_id}:{dedupe key}`.
@@ -1007,21 +1034,12 @@ impl Store for MongoStore {
         dedupe: Option<&str>,
     ) -> StoreResult<Inserted> {
         let room = message.room_id.object_id();
-        let dedupe_id = dedupe.map(|key| format!("{}:{key}", message.room_id));
-        if let Some(id) = &dedupe_id
-            && let Some(entry) = self
-                .dedupe()
-                .find_one(doc! {"_id": id, "expires_at": {"$gt": bson::DateTime::now()}})
-                .await
-                .map_err(map_error)?
-            && let Some(earlier) = self
-                .messages()
-                .find_one(doc! {"room_id": room, "seq": entry.seq})
-                .await
-                .map_err(map_error)?
+        if let Some(key) = dedupe
+            && let Some(earlier) = self.deduplicated(message.room_id, key).await?
         {
-            return Ok(Inserted::Duplicate(Box::new(Message::try_from(earlier)?)));
+            return Ok(Inserted::Duplicate(Box::new(earlier)));
         }
+        let dedupe_id = dedupe.map(|key| dedupe_id(message.room_id, key));
         match self
             .messages()
             .insert_one(MessageDoc::try_from(message)?)
@@ -1060,29 +1078,80 @@ impl Store for MongoStore {
         Ok(Inserted::New)
     }
 
-    async fn insert_messages(&self, batch: &[Message]) -> StoreResult<()> {
+    async fn insert_messages(&self, batch: &[(Message, Option<String>)]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let docs = batch
+        // The seqs the batch's keys already name: a key naming another seq
+        // is a retry stored before (see the trait), skipped.
+        let now = bson::DateTime::now();
+        let ids: Vec<Option<String>> = batch
             .iter()
-            .map(MessageDoc::try_from)
-            .collect::<StoreResult<Vec<_>>>()?;
-        // Unordered: one duplicate (a batch written twice) does not stop the rest.
-        match self.messages().insert_many(docs).ordered(false).await {
-            Ok(_) => Ok(()),
-            Err(e) => match e.kind.as_ref() {
-                ErrorKind::InsertMany(failure)
-                    if failure.write_concern_error.is_none()
-                        && failure.write_errors.as_ref().is_some_and(|errors| {
-                            errors.iter().all(|w| w.code == DUPLICATE_KEY)
-                        }) =>
-                {
-                    Ok(())
-                }
-                _ => Err(map_error(e)),
-            },
+            .map(|(m, key)| key.as_deref().map(|key| dedupe_id(m.room_id, key)))
+            .collect();
+        let keyed: Vec<&String> = ids.iter().flatten().collect();
+        let mut known: HashMap<String, i64> = HashMap::new();
+        if !keyed.is_empty() {
+            let cursor = self
+                .dedupe()
+                .find(doc! {"_id": {"$in": &keyed}, "expires_at": {"$gt": now}})
+                .await
+                .map_err(map_error)?;
+            known.extend(
+                collect(cursor)
+                    .await
+                    .map_err(map_error)?
+                    .into_iter()
+                    .map(|entry| (entry.id, entry.seq)),
+            );
         }
+        let expires_at = to_bson_date(crate::model::now() + self.dedupe_ttl);
+        let mut docs = Vec::with_capacity(batch.len());
+        let mut entries = Vec::new();
+        for ((message, _), id) in batch.iter().zip(ids) {
+            let seq = seq_to_i64(message.seq)?;
+            if let Some(id) = id {
+                match known.get(&id) {
+                    Some(&first) if first != seq => continue,
+                    Some(_) => {}
+                    None => {
+                        known.insert(id.clone(), seq);
+                        entries.push(DedupeDoc {
+                            id,
+                            seq,
+                            expires_at,
+                        });
+                    }
+                }
+            }
+            docs.push(MessageDoc::try_from(message)?);
+        }
+        // Unordered: one duplicate (a batch written twice) does not stop the
+        // rest. The keys after their messages, as in `insert_message`.
+        ignore_duplicates(self.messages().insert_many(docs).ordered(false).await)?;
+        if !entries.is_empty() {
+            let written = self.dedupe().insert_many(&entries).ordered(false).await;
+            if ignore_duplicates(written).is_err() {
+                // Only expired keys (the live ones were read above) or a
+                // concurrent writer: a replay of this batch rewrites them.
+                tracing::warn!("cannot remember the dedupe keys of a batch");
+            }
+        }
+        Ok(())
+    }
+
+    async fn deduplicated(&self, room: Id, dedupe: &str) -> StoreResult<Option<Message>> {
+        let live =
+            doc! {"_id": dedupe_id(room, dedupe), "expires_at": {"$gt": bson::DateTime::now()}};
+        let Some(entry) = self.dedupe().find_one(live).await.map_err(map_error)? else {
+            return Ok(None);
+        };
+        self.messages()
+            .find_one(doc! {"room_id": room.object_id(), "seq": entry.seq})
+            .await
+            .map_err(map_error)?
+            .map(Message::try_from)
+            .transpose()
     }
 
     async fn replies(

@@ -808,6 +808,78 @@ async fn a_missing_counter_never_reuses_a_seq() {
     assert_eq!(back.next_message().await["content"], "after the loss");
 }
 
+/// Redis comes back without its data (no persistence, a restore, every pod of
+/// a set replaced at once) after two messages were stored, their acks lost
+/// (the sender retries). What is posted after is still persisted (the
+/// persist stream's group is made again), and each retry is acked as the
+/// stored message, whether it comes before anything else reaches the room
+/// or after a new message restored the room's counter. Past the recheck
+/// window Redis appends a retry again, and the store keeps the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_lost_its_data_new_messages_persist_and_retries_are_stored_once() {
+    let cluster = cluster(2, None).await;
+    let Pair {
+        bob,
+        room,
+        mut alice_ws,
+        mut bob_ws,
+        ..
+    } = alice_and_bob(&cluster, "amnesia").await;
+    let post = |content: &str, client_id: &str| json!({"type": "message", "room_id": room, "content": content, "client_id": client_id});
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis.port)).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+
+    alice_ws.send(post("one", "c-1")).await;
+    let one = alice_ws.next_of("ack").await;
+    alice_ws.send(post("two", "c-2")).await;
+    let two = alice_ws.next_of("ack").await;
+    let stored = history_when_complete(&cluster.pods[1], &bob, &room, 3).await;
+    assert_eq!(stored, ["bob joined the room", "one", "two"]);
+    assert_eq!(bob_ws.next_message().await["content"], "one");
+    assert_eq!(bob_ws.next_message().await["content"], "two");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let acked_as = |ack: &Value, first: &Value| {
+        (ack["seq"].clone(), ack["id"].clone()) == (first["seq"].clone(), first["id"].clone())
+    };
+    // With the room's counter gone, the first retry is looked up in the store.
+    alice_ws.send(post("one", "c-1")).await;
+    assert!(acked_as(&alice_ws.next_of("ack").await, &one));
+    // A new message restores the counter from the store...
+    alice_ws.send(post("three", "c-3")).await;
+    let three = alice_ws.next_of("ack").await;
+    assert_eq!(three["seq"], two["seq"].as_u64().unwrap() + 1);
+    // ...and for a while every key Redis lacks is looked up there too.
+    alice_ws.send(post("two", "c-2")).await;
+    assert!(acked_as(&alice_ws.next_of("ack").await, &two));
+    // Bob saw each message once, live.
+    let live = bob_ws.next_message().await;
+    assert_eq!(
+        (&live["content"], &live["seq"]),
+        (&json!("three"), &three["seq"])
+    );
+
+    // Past that window, a retry is appended again under a new seq; the
+    // store skips it, since its key names the first.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("chat:room:{{{room}}}:seq:recheck"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    alice_ws.send(post("one", "c-1")).await;
+    assert!(alice_ws.next_of("ack").await["seq"].as_u64() > three["seq"].as_u64());
+    alice_ws.send(post("four", "c-4")).await;
+    alice_ws.next_of("ack").await;
+    let history = history_when_complete(&cluster.pods[0], &bob, &room, 5).await;
+    assert_eq!(
+        history,
+        ["bob joined the room", "one", "two", "three", "four"]
+    );
+}
+
 /// A removal whose eviction message never reaches bob's pod (made here in the
 /// store directly, as if the publish had failed or the subscriber had been
 /// reconnecting): bob can no longer post, and carol, who only reads, no

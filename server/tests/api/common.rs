@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -66,6 +66,10 @@ fn wait_for_port(port: u16, within: Duration) -> bool {
 pub struct Process {
     child: Child,
     pub port: u16,
+    /// A working directory of its own, removed with it: a Redis without one
+    /// wrote `dump.rdb` (a replica's full sync) where the tests ran, and the
+    /// next Redis started there loaded it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Process {
@@ -133,7 +137,11 @@ pub fn start_secantus_on(port: u16, storage: &str) -> Process {
         .stdin(Stdio::piped())
         .spawn()
         .expect("start SecantusDB");
-    let process = Process { child, port };
+    let process = Process {
+        child,
+        port,
+        _dir: None,
+    };
     assert!(
         wait_for_port(port, Duration::from_secs(30)),
         "SecantusDB did not listen on {port}"
@@ -176,6 +184,9 @@ pub fn start_redis_on(port: u16, dir: Option<&std::path::Path>) -> Process {
 
 /// [`start_redis_on`] with more `redis-server` arguments.
 pub fn start_redis_with(port: u16, dir: Option<&std::path::Path>, extra: &[&str]) -> Process {
+    let own_dir = dir
+        .is_none()
+        .then(|| tempfile::tempdir().expect("a directory for redis-server"));
     let mut command = Command::new("redis-server");
     command.args([
         "--port",
@@ -192,14 +203,21 @@ pub fn start_redis_with(port: u16, dir: Option<&std::path::Path>, extra: &[&str]
             .arg(dir)
             .arg("--logfile")
             .arg(dir.join(format!("redis-{port}.log"))),
-        None => command.args(["--appendonly", "no"]),
+        None => command
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(own_dir.as_ref().map_or(Path::new("."), |d| d.path())),
     };
     let child = command
         .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server (installed by scripts/test.sh)");
-    let process = Process { child, port };
+    let process = Process {
+        child,
+        port,
+        _dir: own_dir,
+    };
     assert!(
         wait_for_port(port, Duration::from_secs(10)),
         "redis-server did not listen on {port}"
@@ -233,7 +251,11 @@ pub fn start_sentinel(primary_port: u16, dir: &std::path::Path) -> Process {
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server --sentinel (installed by scripts/test.sh)");
-    let process = Process { child, port };
+    let process = Process {
+        child,
+        port,
+        _dir: None,
+    };
     assert!(
         wait_for_port(port, Duration::from_secs(10)),
         "sentinel did not listen on {port}"

@@ -180,14 +180,13 @@ async fn measure_search_on_the_embedded_store() {
     for room in &rooms {
         let room: Id = room.parse().unwrap();
         for chunk in (2..PER_ROOM + 2).collect::<Vec<_>>().chunks(2_000) {
-            let batch: Vec<Message> = chunk
+            let batch: Vec<(Message, Option<String>)> = chunk
                 .iter()
                 .map(|&seq| {
                     let text = (0..12).map(|_| word()).collect::<Vec<_>>().join(" ");
-                    Message {
-                        seq,
-                        ..Message::new(MessageKind::Text, room, author, "alice".into(), text)
-                    }
+                    let message =
+                        Message::new(MessageKind::Text, room, author, "alice".into(), text);
+                    (Message { seq, ..message }, None)
                 })
                 .collect();
             server.state.store.insert_messages(&batch).await.unwrap();
@@ -204,17 +203,21 @@ async fn measure_search_on_the_embedded_store() {
     // Then as the live path commits: small batches spread over the rooms.
     const LIVE: u64 = 20_000;
     const LIVE_BATCH: u64 = 32;
-    let batches: Vec<Vec<Message>> = (0..LIVE / LIVE_BATCH)
+    let batches: Vec<Vec<(Message, Option<String>)>> = (0..LIVE / LIVE_BATCH)
         .map(|b| {
             (0..LIVE_BATCH)
                 .map(|i| {
                     let n = b * LIVE_BATCH + i;
                     let room: Id = rooms[(n % ROOMS as u64) as usize].parse().unwrap();
                     let text = (0..12).map(|_| word()).collect::<Vec<_>>().join(" ");
-                    Message {
-                        seq: PER_ROOM + 2 + n / ROOMS as u64,
-                        ..Message::new(MessageKind::Text, room, author, "alice".into(), text)
-                    }
+                    let message =
+                        Message::new(MessageKind::Text, room, author, "alice".into(), text);
+                    // Keyed as a web client's messages are (a client_id each).
+                    let seq = PER_ROOM + 2 + n / ROOMS as u64;
+                    (
+                        Message { seq, ..message },
+                        Some(format!("{author}:live-{n}")),
+                    )
                 })
                 .collect()
         })

@@ -56,19 +56,34 @@ pub mod status {
     /// The room's slot is not on the shard the batch went to (a resharding):
     /// nothing of this message was written; route it again.
     pub const MOVED: i64 = 4;
+    /// The room's keys were lost lately (see [`super::RECHECK_SECS`]) and
+    /// the message's dedupe key is not in Redis: nothing was written; look
+    /// the key up in the store, and send the message again marked as
+    /// checked if the store has none.
+    pub const CHECK_STORE: i64 = 5;
 }
+
+/// For this long after a room's counter is made again from the store (Redis
+/// lost it) or fenced on a promoted replica (which may lack what the lost
+/// primary wrote), a message whose dedupe key Redis lacks is looked up in the
+/// store first: the clients whose acks were lost retry within this, and a
+/// retry of a message already stored must be answered with it, not appended
+/// under a second seq. The marker is the counter's key plus `:recheck`.
+pub const RECHECK_SECS: u64 = 600;
 
 /// Appends a batch of messages, in order, on one Redis or one shard.
 /// KEYS: the persist stream, its backlog count and its fence. ARGV: log length, log ttl, the
 /// publish command (`PUBLISH`, or `SPUBLISH` in a cluster), dedupe ttl, whether to fence,
-/// the fence's gap, then per message: its
+/// the fence's gap, the recheck ttl, then per message: its
 /// room's seq, log and dedupe keys, floor, head, tail, channel, whether to
-/// dedupe. Returns per message {status, value} (see [`status`]).
+/// dedupe (0, 1, or 2: yes, and the store has no such message). Returns per message {status, value} (see [`status`]).
 ///
 /// Redis spends more on each call (a read, a script set-up, an AOF write and
 /// a reply) than on the commands inside, so a pod sends what its clients
 /// posted meanwhile in one call, and the batch is one entry of the persist
-/// stream (payloads joined by newlines, which JSON escapes). The room keys
+/// stream (payloads joined by newlines, which JSON escapes; field `d` holds
+/// their senders' dedupe keys, a line each, empty for none: a client_id has
+/// no control characters). The room keys
 /// are reached by name rather than declared, since a cluster refuses
 /// declared keys of several slots; a key that is not on this shard fails
 /// its first access, before anything of that message is written. The
@@ -89,6 +104,7 @@ pub mod status {
 /// ever given to two messages.
 const APPEND: &str = r"
 local log_len, ttl, publish, dedupe_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local recheck_ttl = ARGV[7]
 local function failed(reply) return type(reply) == 'table' and reply.err end
 -- A key on another shard is MOVED (status 4, only that message); a replica
 -- (a URL that reaches one, a primary just demoted) fails the whole call, as
@@ -109,10 +125,12 @@ if ARGV[5] == '1' then
     redis.call('HSET', KEYS[3], 'replid', replid)
   end
 end
-local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, dedupe, persisted)
+local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, dedupe, persisted, keys)
+  local recheck = seq_key .. ':recheck'
   if floor ~= '-1' then
     local set = redis.pcall('SET', seq_key, floor, 'NX')
     if failed(set) then return moved(set) end
+    if set and floor ~= '0' then redis.call('SET', recheck, '1', 'EX', recheck_ttl) end
   end
   local seq = redis.pcall('INCR', seq_key)
   if failed(seq) then return moved(seq) end
@@ -127,9 +145,10 @@ local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, 
     redis.call('HSET', KEYS[3], seq_key, epoch)
     if epoch ~= '1' and floor ~= '0' then
       seq = redis.call('INCRBY', seq_key, ARGV[6])
+      redis.call('SET', recheck, '1', 'EX', recheck_ttl)
     end
   end
-  if dedupe then
+  if dedupe ~= '0' then
     -- Claims the key for this seq, or finds the retried message's: one
     -- command either way. A retry gives its seq back (nothing came between).
     local previous = redis.call('SET', dedupe_key, seq, 'NX', 'GET', 'EX', dedupe_ttl)
@@ -139,9 +158,19 @@ local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, 
       if first[1] then return {0, first[1][2][2]} end
       return {3, previous}
     end
+    -- The room's keys were lost lately: unless the store was asked (dedupe
+    -- '2'), it is (status 5), and nothing is written.
+    if dedupe == '1' and redis.call('EXISTS', recheck) == 1 then
+      redis.call('DEL', dedupe_key)
+      redis.call('DECR', seq_key)
+      return {5, ''}
+    end
   end
   local payload = head .. seq .. tail
   persisted[#persisted + 1] = payload
+  -- The store keeps the sender's key too (what follows ':dedupe:' in the
+  -- key's name), so a retry this Redis forgets is still stored once.
+  keys[#keys + 1] = dedupe ~= '0' and string.match(dedupe_key, ':dedupe:(.*)$') or ''
   local id = seq .. '-0'
   local added = redis.pcall('XADD', log_key, 'NOMKSTREAM', 'MAXLEN', '~', log_len, id, 'm', payload)
   if failed(added) then
@@ -159,13 +188,18 @@ local function append(seq_key, log_key, dedupe_key, floor, head, tail, channel, 
   redis.call(publish, channel, payload)
   return {1, tostring(seq)}
 end
-local out, persisted = {}, {}
-for i = 7, #ARGV, 8 do
+local out, persisted, keys = {}, {}, {}
+for i = 8, #ARGV, 8 do
   out[#out + 1] = append(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7] == '1', persisted)
+    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], persisted, keys)
 end
 if persisted[1] then
-  redis.call('XADD', KEYS[1], '*', 'b', table.concat(persisted, '\n'))
+  local keyed = table.concat(keys, '\n')
+  if string.find(keyed, '[^\n]') then
+    redis.call('XADD', KEYS[1], '*', 'b', table.concat(persisted, '\n'), 'd', keyed)
+  else
+    redis.call('XADD', KEYS[1], '*', 'b', table.concat(persisted, '\n'))
+  end
   redis.call('INCRBY', KEYS[2], #persisted)
 end
 return out
@@ -179,6 +213,9 @@ pub struct PendingAppend {
     pub dedupe: Option<String>,
     /// -1, or the seq to start the room's counter from if it is missing.
     pub floor: i64,
+    /// The store holds no message of this dedupe key (see
+    /// [`status::CHECK_STORE`]).
+    pub checked: bool,
     pub done: oneshot::Sender<Result<(i64, String), BusError>>,
 }
 
@@ -287,7 +324,8 @@ async fn call(
         .arg(connection.publish_command())
         .arg(dedupe_ttl.as_secs().max(1))
         .arg(if durability.replicas > 0 { "1" } else { "0" })
-        .arg(FAILOVER_SEQ_GAP);
+        .arg(FAILOVER_SEQ_GAP)
+        .arg(RECHECK_SECS);
     for pending in messages {
         let room = pending.room;
         invocation
@@ -298,7 +336,11 @@ async fn call(
             .arg(&pending.head)
             .arg(&pending.tail)
             .arg(channel(room))
-            .arg(if pending.dedupe.is_some() { "1" } else { "0" });
+            .arg(match (&pending.dedupe, pending.checked) {
+                (None, _) => "0",
+                (Some(_), false) => "1",
+                (Some(_), true) => "2",
+            });
     }
     let failed = |e: redis::RedisError, behind| CallError {
         message: e.to_string(),

@@ -25,6 +25,12 @@ pub fn legacy_seq_key(room: Id) -> String {
     format!("chat:room:{room}:seq")
 }
 
+/// Present while the room's dedupe keys may have been lost (see
+/// `append::RECHECK_SECS`); the append script names it the same way.
+pub fn recheck_key(room: Id) -> String {
+    format!("{}:recheck", seq_key(room))
+}
+
 /// The room's recent messages, a stream whose ids are their seqs.
 pub fn log_key(room: Id) -> String {
     format!("chat:room:{{{room}}}:log")

@@ -35,11 +35,11 @@ use redis::streams::StreamRangeReply;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use self::append::{APPEND_BATCH, PendingAppend, commit, status};
+use self::append::{APPEND_BATCH, PendingAppend, RECHECK_SECS, commit, status};
 pub use self::append::{Durability, FAILOVER_SEQ_GAP};
 use self::connection::{Commands, Layout, PERSIST_STREAMS, Target, bounded};
 use self::keys::{
-    NOTICES, channel, legacy_seq_key, log_key, room_of_channel, seq_key, sessions_key,
+    NOTICES, channel, legacy_seq_key, log_key, recheck_key, room_of_channel, seq_key, sessions_key,
 };
 use super::{Audience, Bus, BusError, split_at_seq};
 use crate::metrics::Metrics;
@@ -431,7 +431,8 @@ impl Bus for RedisBus {
         let room = draft.room_id;
         let (head, tail) = split_at_seq(&draft)?;
         let mut floor: i64 = -1;
-        for _ in 0..3 {
+        let mut checked = false;
+        for _ in 0..4 {
             let (done, outcome) = oneshot::channel();
             let pending = PendingAppend {
                 room,
@@ -439,6 +440,7 @@ impl Bus for RedisBus {
                 tail: tail.clone(),
                 dedupe: dedupe.clone(),
                 floor,
+                checked,
                 done,
             };
             let stopped = || BusError::Internal("the redis committer stopped".into());
@@ -451,6 +453,16 @@ impl Bus for RedisBus {
                 // from what the store holds, never reusing a seq.
                 status::NO_COUNTER => {
                     floor = i64::try_from(self.seq_floor(room).await?).unwrap_or(i64::MAX)
+                }
+                // Redis may have lost this room's dedupe keys: a retry of a
+                // message already stored is answered with it.
+                status::CHECK_STORE => {
+                    if let Some(key) = &dedupe
+                        && let Some(stored) = self.store.deduplicated(room, key).await?
+                    {
+                        return Ok(stored);
+                    }
+                    checked = true;
                 }
                 // The committer has reread the slot map; send it again.
                 status::MOVED => {}
@@ -481,10 +493,17 @@ impl Bus for RedisBus {
             Some(seq) => Ok(seq),
             None => {
                 let stored = self.seq_floor(room).await?;
-                let _: bool = commands
+                let restored: bool = commands
                     .set_nx(seq_key(room), stored)
                     .await
                     .map_err(unavailable)?;
+                if restored && stored > 0 {
+                    // As the append script does when it restores a counter.
+                    let _: () = commands
+                        .set_ex(recheck_key(room), 1, RECHECK_SECS)
+                        .await
+                        .map_err(unavailable)?;
+                }
                 Ok(commands
                     .get::<_, Option<u64>>(seq_key(room))
                     .await

@@ -11,7 +11,6 @@ use redis::{AsyncCommands, Script};
 
 use super::connection::Commands;
 use super::{BusError, RedisBus, parse_message};
-use crate::model::Message;
 
 pub const PERSIST_GROUP: &str = "chat-persist";
 /// Entries pending this long belong to a dead pod and are claimed.
@@ -137,6 +136,24 @@ pub async fn persist(
         };
         let entries = match reply {
             Ok(entries) => entries,
+            // Redis came back without its data (no persistence, a restore):
+            // the stream and its group are gone, and appends make a new
+            // stream no group reads. Make the group again, from its start.
+            Err(e) if e.code() == Some("NOGROUP") => {
+                match create_group(&mut connection, &stream).await {
+                    Ok(()) => {
+                        tracing::warn!(%stream, "the persist stream's group was gone (Redis lost its data); made again")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %stream, "cannot make the persist stream's group again")
+                    }
+                }
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                read_pending = true;
+                continue;
+            }
             Err(e) => {
                 this.metrics.bus_errors.inc();
                 tracing::warn!(error = %e, %stream, "persist worker cannot read the stream");
@@ -158,12 +175,22 @@ pub async fn persist(
         let mut counts = Vec::with_capacity(entries.len());
         let mut batch = Vec::with_capacity(entries.len());
         for entry in entries {
-            // "b": the messages of one append call, one per line; "m": one
-            // message, as pods before group commit wrote them.
+            // "b": the messages of one append call, one per line, and "d"
+            // their dedupe keys; "m": one message, as pods before group
+            // commit wrote them.
             let payloads: Option<String> = entry.get("b").or_else(|| entry.get("m"));
-            let parsed: Option<Result<Vec<Message>, BusError>> = payloads
-                .as_deref()
-                .map(|payloads| payloads.split('\n').map(parse_message).collect());
+            let keys: Option<String> = entry.get("d");
+            let parsed: Option<Result<Vec<_>, BusError>> = payloads.as_deref().map(|payloads| {
+                let mut keys = keys.as_deref().map(|keys| keys.split('\n'));
+                payloads
+                    .split('\n')
+                    .map(|payload| {
+                        let key = keys.as_mut().and_then(Iterator::next);
+                        let key = key.filter(|k| !k.is_empty()).map(str::to_owned);
+                        Ok((parse_message(payload)?, key))
+                    })
+                    .collect()
+            });
             counts.push(
                 parsed
                     .as_ref()
