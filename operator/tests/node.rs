@@ -1394,6 +1394,91 @@ async fn deleting_the_redis_primary_then_every_redis_pod_under_chat_loses_nothin
     remove_namespace(&client, namespace).await;
 }
 
+/// A single Redis grown to a highly available set (`redis.managed.replicas`
+/// 1 -> 3 with `helm upgrade`) while people chat: the single server's pod is
+/// replaced only once every chat pod finds Redis through the Sentinels (and
+/// so waits for a replica before it acks); nothing acked is lost or shown
+/// twice, and no seq is given to two messages.
+#[tokio::test]
+async fn growing_redis_from_one_to_three_under_chat_loses_nothing_acked() {
+    let client = client().await;
+    let namespace = "chat-e2e-redis-grow";
+    remove_namespace(&client, namespace).await;
+    install_operator(&client).await;
+    install_chatcluster(&client, namespace, 2, 1).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let single = pods
+        .get("chat-redis-0")
+        .await
+        .expect("the single Redis pod");
+    let conversation = Conversation::start(&client, namespace, &["hal", "ivy", "jon"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    run(
+        "helm",
+        &[
+            "upgrade",
+            "chat",
+            "charts/chatcluster",
+            "--namespace",
+            namespace,
+            "--reuse-values",
+            "--set",
+            "redis.managed.replicas=3",
+        ],
+    );
+    let on_their_own = wait_for(
+        "the single Redis pod replaced",
+        Duration::from_secs(300),
+        || async {
+            let now = pods.get_opt("chat-redis-0").await.ok()?;
+            if now.is_some_and(|pod| pod.metadata.uid == single.metadata.uid) {
+                return None;
+            }
+            // Replaced: which chat pods still ack on it alone?
+            let chat = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=server"))
+                .await
+                .ok()?;
+            let alone: Vec<String> = chat
+                .items
+                .into_iter()
+                .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+                .filter(|pod| {
+                    let env = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|spec| spec.containers.first())
+                        .and_then(|container| container.env.clone())
+                        .unwrap_or_default();
+                    !env.iter().any(|e| e.name == "CHAT_REDIS_SENTINELS")
+                })
+                .filter_map(|pod| pod.metadata.name)
+                .collect();
+            Some(alone)
+        },
+    )
+    .await;
+    assert!(
+        on_their_own.is_empty(),
+        "the single Redis was replaced while chat pods {on_their_own:?} acked on it alone"
+    );
+    let primary = settled_redis(&client, namespace, 3, Duration::from_secs(300)).await;
+    println!(
+        "grown to three; {} is the primary",
+        primary.metadata.name.unwrap_or_default()
+    );
+    ready_server_pods(&client, namespace, "chat", 2).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    conversation.finish().await;
+
+    run(
+        "helm",
+        &["uninstall", "chat", "--namespace", namespace, "--wait"],
+    );
+    remove_namespace(&client, namespace).await;
+}
+
 /// Every object of the instance `chat` in `namespace`, as "Kind/name", but
 /// the persistent volume claims.
 fn instance_objects(namespace: &str) -> Vec<String> {

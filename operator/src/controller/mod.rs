@@ -6,6 +6,7 @@
 
 pub mod members;
 pub mod objects;
+pub mod redis_growth;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -336,6 +337,9 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
         let mut desired = render::children(cluster, &secrets)?;
         if let Some(held) = members::hold_until_removed(&mut desired, &live) {
             info!(chatcluster = %cluster_key(cluster), %held, "replica set shrinking");
+        }
+        if let Some(held) = redis_growth::hold_single_server(&mut desired, &live) {
+            info!(chatcluster = %cluster_key(cluster), %held, "Redis growing");
         }
         // The previous MongoDB Job is deleted with its pod, and gone, before
         // the new one is made: never two members scripts at once.
