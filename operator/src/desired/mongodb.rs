@@ -151,6 +151,12 @@ pub fn mongodb_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>,
         "replicas": mongodb.members,
         "serviceName": name,
         "podManagementPolicy": "Parallel",
+        // A member is scaled away only after the members Job removed it from
+        // the set (see controller::members); its data is of no more use, and
+        // kept it would come back "too stale" if the set grew again. A new
+        // member starts empty and makes an initial sync. Deleting the
+        // ChatCluster keeps every volume.
+        "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Retain"},
         "selector": {"matchLabels": selector_labels(&instance, Component::MongoDb)},
         "template": {
             "metadata": {"labels": meta.labels},

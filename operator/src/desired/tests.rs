@@ -780,6 +780,11 @@ fn mongodb_members_are_ready_by_their_replica_set_state_and_drained_one_at_a_tim
             * 5
             >= 600
     );
+    // A removed member's volume goes with it; the set's, on deletion, stay.
+    assert_eq!(
+        set["spec"]["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenScaled": "Delete", "whenDeleted": "Retain"})
+    );
     let budget = serde_json::to_value(
         crate::desired::mongodb_disruption_budget(&three)
             .unwrap()
