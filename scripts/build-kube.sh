@@ -25,26 +25,38 @@ coredns_version=v1.14.7
 prometheus_version=v0.316.0
 stamp="$(cat "$module/go.mod" "$module/go.sum" "$0" | sha256sum | cut -d' ' -f1)"
 
+need_go() {
+  if ! command -v go >/dev/null; then
+    echo "the Kubernetes tests need Go 1.26 or newer to build their components: https://go.dev/doc/install" >&2
+    exit 1
+  fi
+}
+
+# The k8s.io/kubernetes version the module in the working directory requires.
+kubernetes_version() { go list -m -f '{{.Version}}' k8s.io/kubernetes; }
+
+# The version Kubernetes' own build stamps in, so /version and the
+# components' compatibility checks see a release, not v0.0.0-master.
+kubernetes_ldflags() {
+  local kubernetes major minor version=k8s.io/component-base/version
+  kubernetes="$(kubernetes_version)"
+  IFS=. read -r major minor _ <<<"${kubernetes#v}"
+  echo "-s -w -X $version.gitVersion=$kubernetes -X $version.gitMajor=$major -X $version.gitMinor=$minor"
+}
+
 # The kube-apiserver of the oldest Kubernetes the charts claim
 # (`kubeVersion`), on which the CRD must install and its CEL rules run:
 # its own module and stamp, so adding it rebuilds nothing else.
 oldest=operator/tests/apiserver/oldest
 oldest_stamp="$(cat "$oldest/go.mod" "$oldest/go.sum" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$out/stamp-oldest" 2>/dev/null)" != "$oldest_stamp" ]; then
-  if ! command -v go >/dev/null; then
-    echo "the Kubernetes tests need Go 1.26 or newer to build their components: https://go.dev/doc/install" >&2
-    exit 1
-  fi
+  need_go
   mkdir -p "$out"
   (
     cd "$oldest"
-    kubernetes="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"
-    IFS=. read -r major minor _ <<<"${kubernetes#v}"
-    echo "building the kube-apiserver of Kubernetes $kubernetes (the oldest claimed) into .cache/kube/bin"
-    version=k8s.io/component-base/version
+    echo "building the kube-apiserver of Kubernetes $(kubernetes_version) (the oldest claimed) into .cache/kube/bin"
     go build -buildvcs=false -trimpath -o "$out/kube-apiserver-oldest" \
-      -ldflags "-s -w -X $version.gitVersion=$kubernetes -X $version.gitMajor=$major -X $version.gitMinor=$minor" \
-      k8s.io/kubernetes/cmd/kube-apiserver
+      -ldflags "$(kubernetes_ldflags)" k8s.io/kubernetes/cmd/kube-apiserver
   )
   echo "$oldest_stamp" > "$out/stamp-oldest"
 fi
@@ -52,20 +64,12 @@ fi
 if [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
-if ! command -v go >/dev/null; then
-  echo "the Kubernetes tests need Go 1.26 or newer to build their components: https://go.dev/doc/install" >&2
-  exit 1
-fi
+need_go
 mkdir -p "$out"
 (
   cd "$module"
-  kubernetes="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"
-  IFS=. read -r major minor _ <<<"${kubernetes#v}"
-  echo "building Kubernetes $kubernetes components and etcd $(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3) into .cache/kube/bin"
-  # The version Kubernetes' own build stamps in, so /version and the
-  # components' compatibility checks see a release, not v0.0.0-master.
-  version=k8s.io/component-base/version
-  ldflags="-s -w -X $version.gitVersion=$kubernetes -X $version.gitMajor=$major -X $version.gitMinor=$minor"
+  echo "building Kubernetes $(kubernetes_version) components and etcd $(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3) into .cache/kube/bin"
+  ldflags="$(kubernetes_ldflags)"
   for command in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
     go build -buildvcs=false -trimpath -o "$out/$command" -ldflags "$ldflags" "k8s.io/kubernetes/cmd/$command"
   done

@@ -743,34 +743,37 @@ impl Operator {
 /// and RBAC exactly as users install them.
 async fn install_operator_rbac(client: &Client) {
     for object in yaml_documents(&repository().join("manifests/operator.yaml")) {
-        let kind = object["kind"].as_str().unwrap();
-        if matches!(kind, "Deployment" | "Service") {
-            continue;
+        if !matches!(object["kind"].as_str(), Some("Deployment" | "Service")) {
+            apply_object(client, &object).await;
         }
-        let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
-            Some((group, version)) => (group, version),
-            None => ("", object["apiVersion"].as_str().unwrap()),
-        };
-        let (resource, capabilities) =
-            pinned_kind(client, &GroupVersionKind::gvk(group, version, kind))
-                .await
-                .unwrap();
-        let api: Api<DynamicObject> =
-            match (capabilities.scope, object["metadata"]["namespace"].as_str()) {
-                (kube::discovery::Scope::Namespaced, Some(namespace)) => {
-                    Api::namespaced_with(client.clone(), namespace, &resource)
-                }
-                _ => Api::all_with(client.clone(), &resource),
-            };
-        let name = object["metadata"]["name"].as_str().unwrap();
-        api.patch(
-            name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
     }
+}
+
+/// Applies `object` (any kind the API server serves) as the tests' field
+/// manager, in its namespace if it names one.
+async fn apply_object(client: &Client, object: &Value) {
+    let kind = object["kind"].as_str().unwrap();
+    let api_version = object["apiVersion"].as_str().unwrap();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let (resource, capabilities) =
+        pinned_kind(client, &GroupVersionKind::gvk(group, version, kind))
+            .await
+            .unwrap();
+    let api: Api<DynamicObject> =
+        match (capabilities.scope, object["metadata"]["namespace"].as_str()) {
+            (kube::discovery::Scope::Namespaced, Some(namespace)) => {
+                Api::namespaced_with(client.clone(), namespace, &resource)
+            }
+            _ => Api::all_with(client.clone(), &resource),
+        };
+    let name = object["metadata"]["name"].as_str().unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
 }
 
 /// The RBAC of manifests/operator.yaml as the operator chart renders it
@@ -804,26 +807,7 @@ async fn install_namespaced_operator_rbac(client: &Client, namespace: &str) {
             _ => None,
         };
         for object in std::iter::once(object).chain(scoped) {
-            let kind = object["kind"].as_str().unwrap();
-            let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
-                Some((group, version)) => (group, version),
-                None => ("", object["apiVersion"].as_str().unwrap()),
-            };
-            let (resource, _) = pinned_kind(client, &GroupVersionKind::gvk(group, version, kind))
-                .await
-                .unwrap();
-            let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
-                Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            };
-            let name = object["metadata"]["name"].as_str().unwrap();
-            api.patch(
-                name,
-                &PatchParams::apply("test").force(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("applying {kind}/{name}: {e}"));
+            apply_object(client, &object).await;
         }
     }
 }
