@@ -117,6 +117,9 @@ pub struct Limits {
     pub attachment_bytes: usize,
     /// What one user's uploads may add up to (rooms deleted give it back).
     pub upload_quota_bytes: u64,
+    /// Upload bytes one pod holds in memory at once (files and pictures being
+    /// received or examined); at least one largest file.
+    pub upload_memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -133,6 +136,7 @@ impl Default for Limits {
             upload_timeout: Duration::from_secs(300),
             attachment_bytes: 10 * 1024 * 1024,
             upload_quota_bytes: 1 << 30,
+            upload_memory_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -497,6 +501,12 @@ fn parse_limits(
             default.upload_quota_bytes,
             0..=1 << 50,
         )?,
+        upload_memory_bytes: count(parse_number(
+            get,
+            "CHAT_UPLOAD_MEMORY_BYTES",
+            default.upload_memory_bytes as u64,
+            1 << 20..=1 << 32,
+        )?),
     })
 }
 

@@ -7,6 +7,7 @@
 
 pub mod attachment;
 pub mod auth;
+pub mod blocking;
 pub mod bus;
 pub mod chat;
 pub mod config;

@@ -44,6 +44,9 @@ pub struct Metrics {
     /// 1 when a dependency (`mongodb`/`embedded` store, `redis`) answered the
     /// last readiness check, 0 when it did not.
     pub dependency_up: IntGaugeVec,
+    /// Blocking work running now, by kind (`password_hash`, `image_decode`):
+    /// at most its slots (`crate::blocking`).
+    pub blocking_running: IntGaugeVec,
 }
 
 impl Metrics {
@@ -122,8 +125,16 @@ impl Metrics {
             ),
             &["dependency"],
         )?;
+        let blocking_running = IntGaugeVec::new(
+            Opts::new(
+                "chat_blocking_work_running",
+                "Password hashes and image decodes running now, by kind",
+            ),
+            &["work"],
+        )?;
         for collector in [
             Box::new(ws_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(blocking_running.clone()),
             Box::new(delivery_latency.clone()),
             Box::new(dependency_up.clone()),
             Box::new(ws_disconnects.clone()),
@@ -158,6 +169,7 @@ impl Metrics {
             persisted,
             delivery_latency,
             dependency_up,
+            blocking_running,
         })
     }
 

@@ -15,7 +15,7 @@ use tower::ServiceExt;
 use crate::auth::TokenIssuer;
 use crate::auth::jwt::load_or_create_secret;
 use crate::auth::limits::LoginLimits;
-use crate::auth::password::HashPool;
+use crate::blocking::Slots;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::connection::Target;
 use crate::bus::redis::owner;
@@ -154,6 +154,20 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     ));
     tokio::spawn(sweep_memberships(Arc::downgrade(&chat)));
     tokio::spawn(expire_unsent_uploads(Arc::downgrade(&store)));
+    let hashes = Arc::new(Slots::new(
+        config.limits.password_hashes,
+        Some(crate::auth::password::HASH_WAIT),
+        metrics
+            .blocking_running
+            .with_label_values(&["password_hash"]),
+    ));
+    let image_decoders = Arc::new(Slots::new(
+        crate::attachment::DECODERS_PER_POD,
+        None,
+        metrics
+            .blocking_running
+            .with_label_values(&["image_decode"]),
+    ));
     Ok(AppState {
         health: Arc::new(Health::new(store.clone(), bus.clone())),
         chat,
@@ -162,9 +176,14 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         tokens: Arc::new(TokenIssuer::new(&secret, config.jwt_ttl)),
         metrics,
         login_limits,
-        hashes: Arc::new(HashPool::new(config.limits.password_hashes)),
-        image_decoders: Arc::new(tokio::sync::Semaphore::new(
-            crate::attachment::DECODERS_PER_POD,
+        hashes,
+        image_decoders,
+        // Never less than one largest file, which would wait for ever.
+        upload_memory: Arc::new(tokio::sync::Semaphore::new(
+            config
+                .limits
+                .upload_memory_bytes
+                .max(config.limits.attachment_bytes),
         )),
         limits: Arc::new(config.limits.clone()),
     })

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::auth::TokenIssuer;
-use crate::auth::password::HashPool;
+use crate::blocking::Slots;
 use crate::chat::Chat;
 use crate::config::Limits;
 use crate::health::Health;
@@ -18,10 +18,12 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub chat: Arc<Chat>,
     pub login_limits: Arc<crate::auth::limits::LoginLimits>,
-    pub hashes: Arc<HashPool>,
+    pub hashes: Arc<Slots>,
     pub limits: Arc<Limits>,
     /// Uploads being hashed and thumbnailed at once.
-    pub image_decoders: Arc<tokio::sync::Semaphore>,
+    pub image_decoders: Arc<Slots>,
+    /// The pod's upload memory, a permit a byte (`Limits::upload_memory_bytes`).
+    pub upload_memory: Arc<tokio::sync::Semaphore>,
     /// This instance's name (CHAT_POD_NAME), in sessions and logs.
     pub pod: Arc<str>,
 }

@@ -3,13 +3,11 @@
 //! invalidating stored hashes.
 //!
 //! Hashing is deliberately slow (tens of milliseconds) and big (19 MiB each),
-//! so callers run these functions through a [`HashPool`], never on an async
-//! worker and never more at once than the pool allows.
+//! so callers run these functions through [`crate::blocking::Slots`], never on
+//! an async worker and never more at once than the pod allows.
 
 use std::sync::OnceLock;
 use std::time::Duration;
-
-use tokio::sync::Semaphore;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -67,49 +65,11 @@ pub fn verify_against_nothing(password: &str) {
     }
 }
 
-/// Bounds the password hashes computed at once, so a burst of sign-ups or
-/// sign-ins costs at most `concurrency` × 19 MiB and `concurrency` cores
-/// instead of one blocking thread and 19 MiB per request. Waiters are served
-/// in arrival order (tokio's semaphore is fair); one that waits longer than
-/// [`HashPool::MAX_WAIT`] is turned away with [`PoolError::Busy`] rather than
-/// queueing without end.
-pub struct HashPool {
-    permits: Semaphore,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error("every password hashing slot is busy")]
-    Busy,
-    #[error("password hashing task failed: {0}")]
-    Failed(#[from] tokio::task::JoinError),
-}
-
-impl HashPool {
-    /// How long a request may wait for a slot: a few hashes' time, short of a
-    /// client's patience.
-    pub const MAX_WAIT: Duration = Duration::from_secs(3);
-
-    pub fn new(concurrency: usize) -> Self {
-        Self {
-            permits: Semaphore::new(concurrency.max(1)),
-        }
-    }
-
-    /// Runs `work` on the blocking pool once a slot is free.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, PoolError> {
-        let permit = tokio::time::timeout(Self::MAX_WAIT, self.permits.acquire())
-            .await
-            .map_err(|_| PoolError::Busy)?
-            .map_err(|_| PoolError::Busy)?;
-        let result = tokio::task::spawn_blocking(work).await;
-        drop(permit);
-        Ok(result?)
-    }
-}
+/// How long a sign-up or sign-in may wait for a hashing slot (see
+/// [`crate::blocking::Slots`]): a few hashes' time, short of a client's
+/// patience; later ones are turned away (503 `busy`) rather than queued
+/// without end.
+pub const HASH_WAIT: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {
@@ -124,43 +84,6 @@ mod tests {
         assert!(verify("correct horse battery staple", &a));
         assert!(!verify("correct horse battery stapler", &a));
         assert!(!verify("", &a));
-    }
-
-    #[tokio::test]
-    async fn the_pool_runs_at_most_its_concurrency_and_turns_away_late_waiters() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let pool = Arc::new(HashPool::new(2));
-        let running = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = (0..6)
-            .map(|_| {
-                let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
-                tokio::spawn(async move {
-                    pool.run(move || {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(50));
-                        running.fetch_sub(1, Ordering::SeqCst);
-                    })
-                    .await
-                })
-            })
-            .collect();
-        for task in tasks {
-            assert!(task.await.unwrap().is_ok());
-        }
-        assert_eq!(most.load(Ordering::SeqCst), 2);
-
-        let pool = Arc::new(HashPool::new(1));
-        let busy = pool.clone();
-        let holder = tokio::spawn(async move {
-            busy.run(|| std::thread::sleep(HashPool::MAX_WAIT + Duration::from_millis(500)))
-                .await
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(matches!(pool.run(|| ()).await, Err(PoolError::Busy)));
-        assert!(holder.await.unwrap().is_ok());
     }
 
     #[test]

@@ -50,15 +50,16 @@ pub async fn upload(
         .ok_or_else(|| ApiError::not_found("room"))?;
 
     let limits = &state.limits;
-    // Refused before reading a byte when the declared size would not fit.
+    // Refused before reading a byte when the declared size would not fit
+    // (the body cannot be longer than it says).
     let used = state.store.uploaded_bytes(caller.id).await?;
     check_quota(
         used,
         declared_length(&headers).unwrap_or(0),
         limits.upload_quota_bytes,
     )?;
-    let content = read_upload(&headers, body, limits.attachment_bytes).await?;
-    let size = content.len() as u64;
+    let content = read_upload(&state, body, limits.attachment_bytes).await?;
+    let size = content.bytes.len() as u64;
     // The quota holds exactly, however many uploads race on however many pods.
     if !state
         .store
@@ -68,17 +69,16 @@ pub async fn upload(
         let used = state.store.uploaded_bytes(caller.id).await?;
         return Err(quota_exceeded(used, limits.upload_quota_bytes));
     }
+    let mut reservation = Reservation {
+        state: state.clone(),
+        user: caller.id,
+        bytes: size,
+        kept: false,
+    };
 
     let filename = attachment::clean_filename(params.filename.as_deref().unwrap_or_default());
-    let attachment = match store(&state, room, caller.id, filename, content).await {
-        Ok(attachment) => attachment,
-        Err(e) => {
-            if let Err(release) = state.store.release_upload(caller.id, size).await {
-                tracing::warn!(error = %release, "cannot give back an upload's reservation");
-            }
-            return Err(e);
-        }
-    };
+    let attachment = store(&state, room, caller.id, filename, content.bytes.clone()).await?;
+    reservation.kept = true;
     state.metrics.uploads.inc();
     state.metrics.upload_bytes.inc_by(attachment.file.size);
     tracing::info!(
@@ -89,6 +89,30 @@ pub async fn upload(
         "file uploaded"
     );
     Ok((StatusCode::CREATED, axum::Json(attachment.file)))
+}
+
+/// An upload's share of its uploader's quota, given back unless the upload
+/// is kept: after an error, and when the client hangs up mid-way (its
+/// request's future, this with it, is dropped).
+struct Reservation {
+    state: AppState,
+    user: Id,
+    bytes: u64,
+    kept: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let (store, user, bytes) = (self.state.store.clone(), self.user, self.bytes);
+        tokio::spawn(async move {
+            if let Err(e) = store.release_upload(user, bytes).await {
+                tracing::warn!(error = %e, %user, bytes, "cannot give back an upload's reservation");
+            }
+        });
+    }
 }
 
 /// Examines `content` and stores it with its record.
@@ -311,28 +335,69 @@ pub(super) fn header_value(value: &str) -> Result<HeaderValue, ApiError> {
     HeaderValue::from_str(value).map_err(|e| ApiError::internal(format!("bad header: {e}")))
 }
 
-/// Reads an upload's body: at most `limit` bytes (413 past it, from
-/// `Content-Length` before reading), never empty.
+/// How long an upload waits for its share of the pod's upload memory.
+const UPLOAD_MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// An upload's bytes, holding their share of the pod's upload memory
+/// (`CHAT_UPLOAD_MEMORY_BYTES`) until dropped.
+pub(super) struct UploadBody {
+    pub bytes: bytes::Bytes,
+    _memory: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Reads an upload's body. Its `Content-Length` is required (411 without
+/// one: a chunked body would say its size only once read) and at most
+/// `limit` (413); that many bytes of the pod's upload memory are taken
+/// before a byte is read (503 `busy` if they do not come free within
+/// seconds), and the body cannot be longer (HTTP's framing and the read's
+/// limit). Never empty.
 pub(super) async fn read_upload(
-    headers: &HeaderMap,
+    state: &AppState,
     body: Body,
     limit: usize,
-) -> Result<bytes::Bytes, ApiError> {
-    if declared_length(headers).is_some_and(|len| len > limit as u64) {
+) -> Result<UploadBody, ApiError> {
+    // Exact for a `Content-Length` body and for none at all (empty), not
+    // for a chunked one.
+    let declared = axum::body::HttpBody::size_hint(&body)
+        .exact()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "send the file with its Content-Length",
+            )
+        })?;
+    if declared > limit as u64 {
         return Err(too_large(limit));
     }
-    let content = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            too_large(limit)
-        } else {
-            ApiError::bad_request("bad_body", "the upload was cut off or malformed")
-        }
-    })?;
-    if content.is_empty() {
+    if declared == 0 {
         return Err(ApiError::bad_request("empty_file", "the file is empty"));
     }
-    Ok(content)
+    let share = u32::try_from(declared).map_err(|_| too_large(limit))?;
+    let memory = tokio::time::timeout(
+        UPLOAD_MEMORY_WAIT,
+        state.upload_memory.clone().acquire_many_owned(share),
+    )
+    .await
+    .map_err(|_| {
+        tracing::warn!(bytes = declared, "upload memory taken: upload turned away");
+        ApiError::busy(
+            "the server is receiving too many files at once; try again in a moment",
+            std::time::Duration::from_secs(5),
+        )
+    })?
+    .map_err(ApiError::internal)?;
+    let cut_off = || ApiError::bad_request("bad_body", "the upload was cut off or malformed");
+    let bytes = axum::body::to_bytes(body, share as usize)
+        .await
+        .map_err(|_| cut_off())?;
+    if bytes.len() as u64 != declared {
+        return Err(cut_off());
+    }
+    Ok(UploadBody {
+        bytes,
+        _memory: memory,
+    })
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -348,13 +413,5 @@ pub(super) async fn decode_in_turn<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _permit = state
-        .image_decoders
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(ApiError::internal)
+    Ok(state.image_decoders.run(work).await?)
 }

@@ -26,12 +26,12 @@ fn avatar_url(user: Id, hash: &str) -> String {
 pub async fn put(
     State(state): State<AppState>,
     caller: AuthUser,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<UserView>, ApiError> {
     state.chat.take_change(caller.id)?;
-    let content = read_upload(&headers, body, state.limits.attachment_bytes).await?;
-    let picture = decode_in_turn(&state, move || attachment::avatar(&content))
+    let content = read_upload(&state, body, state.limits.attachment_bytes).await?;
+    let bytes = content.bytes.clone();
+    let picture = decode_in_turn(&state, move || attachment::avatar(&bytes))
         .await?
         .ok_or_else(|| {
             ApiError::validation(

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::auth::password::PoolError;
+use crate::blocking::SlotError;
 use crate::chat::ChatError;
 use crate::store::StoreError;
 
@@ -178,17 +178,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<PoolError> for ApiError {
-    fn from(error: PoolError) -> Self {
+impl From<SlotError> for ApiError {
+    fn from(error: SlotError) -> Self {
         match error {
-            PoolError::Busy => {
+            // Only password hashing waits for a slot a bounded time.
+            SlotError::Busy => {
                 tracing::warn!("password hashing saturated: request turned away");
                 Self::busy(
                     "the server is busy checking other passwords; try again in a moment",
                     std::time::Duration::from_secs(1),
                 )
             }
-            PoolError::Failed(e) => Self::internal(e),
+            SlotError::Failed(e) => Self::internal(e),
         }
     }
 }

@@ -464,3 +464,125 @@ async fn looping_join_and_leave_over_rest_cannot_flood_a_room() {
         history["total"]
     );
 }
+
+/// Sends the head of an upload of `declared` bytes (or a chunked one) over
+/// its own connection and `sent` bytes of its body; the rest never comes.
+async fn stalled_upload(
+    server: &TestServer,
+    user: &crate::common::TestUser,
+    room: &str,
+    declared: Option<usize>,
+    sent: &[u8],
+) -> TcpStream {
+    let mut stream = TcpStream::connect(address(server)).await.unwrap();
+    let length = match declared {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_owned(),
+    };
+    let head = format!(
+        "POST /api/rooms/{room}/attachments?filename=f.bin HTTP/1.1\r\nHost: chat\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
+         Connection: close\r\n{length}\r\n\r\n",
+        user.token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream
+}
+
+/// Uploads were read whole into memory with no bound across a pod, and a
+/// chunked body skipped the quota's check of the declared size (18 uploads
+/// stalled one byte short of 10 MiB took 180 MiB). Now an upload must say
+/// its length, and that many bytes of the pod's upload memory are taken
+/// before its body is read: stalled uploads hold at most that, and others
+/// are turned away (503 `busy`) until it comes free.
+#[tokio::test]
+async fn uploads_must_declare_their_length_and_share_a_bounded_memory() {
+    const MIB: usize = 1024 * 1024;
+    let server = server_with(&[
+        ("CHAT_MAX_ATTACHMENT_BYTES", "1048576"),
+        ("CHAT_UPLOAD_MEMORY_BYTES", "2097152"),
+    ])
+    .await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "files", false).await;
+
+    let mut chunked =
+        stalled_upload(&server, &alice, &room, None, b"5\r\nhello\r\n0\r\n\r\n").await;
+    let (answer, _) = read_until_closed(&mut chunked, Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+    assert!(answer.contains("length_required"), "{answer}");
+
+    // Two uploads of a whole largest file each, stalled after a kilobyte.
+    let first = stalled_upload(&server, &alice, &room, Some(MIB), &[1; 1024]).await;
+    let second = stalled_upload(&server, &alice, &room, Some(MIB), &[2; 1024]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) =
+        crate::common::upload(&server, &alice, &room, "small.txt", vec![b'a'; 100]).await;
+    assert_eq!((status, code(&body)), (503, "busy"), "{body}");
+
+    // Their clients gone, the memory is free again.
+    drop((first, second));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) =
+            crate::common::upload(&server, &alice, &room, "small.txt", vec![b'a'; 100]).await;
+        if status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The password hashes running now, from `/metrics`.
+async fn hashes_running(server: &TestServer) -> u64 {
+    let metrics = server.metrics().await;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("chat_blocking_work_running{work=\"password_hash\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A hashing slot was held by the request, not by the hash: clients that
+/// hung up 60 ms after sending their sign-in freed the slot at once while
+/// their hash went on (one slot, 12 threads and 179 MiB). Now a hash holds
+/// its slot to its end, however soon its client leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hang_up_do_not_get_more_hashes_run_at_once() {
+    let server = server_with(&[
+        ("CHAT_PASSWORD_HASH_CONCURRENCY", "1"),
+        ("CHAT_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    let mut most = 0;
+    let mut attackers = Vec::new();
+    for i in 0..12 {
+        let body = json!({"email": format!("nobody{i}@example.com"), "password": "whatever-it-is"})
+            .to_string();
+        let request = format!(
+            "POST /api/auth/login HTTP/1.1\r\nHost: chat\r\nX-Forwarded-For: 198.51.100.{i}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        attackers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            drop(stream);
+        }));
+        most = most.max(hashes_running(&server).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        most = most.max(hashes_running(&server).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for attacker in attackers {
+        attacker.await.unwrap();
+    }
+    assert_eq!(most, 1, "hashes running at once with one slot");
+}
