@@ -40,6 +40,9 @@ pub async fn update_me(
     caller: AuthUser,
     Json(request): Json<ProfileRequest>,
 ) -> Result<axum::Json<UserView>, ApiError> {
+    // Each change reaches everyone who shares a room with the caller: it
+    // spends the same budget as other changes.
+    state.chat.take_change(caller.id)?;
     let update = ProfileUpdate {
         display_name: request
             .display_name
@@ -67,15 +70,22 @@ pub async fn update_me(
     Ok(axum::Json(UserView::own(user)))
 }
 
-/// Tells everyone connected, on every pod, how `user` now looks.
+/// Tells everyone who shares a room with `user` (and `user`'s other
+/// sessions), on every pod, how `user` now looks; nobody else is told (a
+/// stranger sees the new profile when they next look it up).
 pub async fn profile_changed(state: &AppState, user: &crate::model::User) {
+    let audience = match state.store.room_mates(user.id).await {
+        Ok(mates) => crate::bus::Audience::Users(mates),
+        Err(e) => {
+            // The change is stored; only its live announcement is lost.
+            tracing::warn!(error = %e, user = %user.id, "cannot find whom a profile change concerns");
+            return;
+        }
+    };
     let frame = crate::ws::protocol::ServerFrame::UserUpdated {
         user: UserView::public(user.clone()),
     };
-    state
-        .chat
-        .notify(crate::bus::Audience::Everyone, &frame)
-        .await;
+    state.chat.notify(audience, &frame).await;
 }
 
 /// My live WebSocket connections, on every pod.

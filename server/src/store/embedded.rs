@@ -869,6 +869,23 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn room_mates(&self, user: Id) -> StoreResult<Vec<Id>> {
+        // A scan, as for `rooms_visible_to`.
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let mut mates = std::collections::BTreeSet::from([user]);
+            for entry in tx.open_table(ROOMS)?.iter()? {
+                let (_, value) = entry?;
+                let room: Room = serde_json::from_slice(value.value())?;
+                if room.members.contains(&user) {
+                    mates.extend(room.members);
+                }
+            }
+            Ok(mates.into_iter().collect())
+        })
+        .await
+    }
+
     async fn add_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>> {
         self.modify_room(room, move |room| {
             if !room.members.contains(&user) {

@@ -81,6 +81,9 @@ pub trait Store: Send + Sync + 'static {
     /// Public rooms and the rooms `user` belongs to, oldest first.
     async fn rooms_visible_to(&self, user: Id, page: Page) -> StoreResult<RoomPage>;
     /// Adds a member (no-op if present); `None` if the room does not exist.
+    /// Everyone who shares a room (public, private or direct) with `user`,
+    /// `user` included: whom a change of their profile concerns.
+    async fn room_mates(&self, user: Id) -> StoreResult<Vec<Id>>;
     async fn add_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>>;
     /// Removes a member and any admin role; `None` if the room does not exist.
     async fn remove_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>>;

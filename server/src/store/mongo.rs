@@ -938,6 +938,19 @@ impl Store for MongoStore {
         Ok(RoomPage { rooms, total })
     }
 
+    async fn room_mates(&self, user: Id) -> StoreResult<Vec<Id>> {
+        let cursor = self
+            .rooms()
+            .find(doc! {"members": user.object_id()})
+            .await
+            .map_err(map_error)?;
+        let mut mates = std::collections::BTreeSet::from([user]);
+        for room in collect(cursor).await.map_err(map_error)? {
+            mates.extend(Room::try_from(room)?.members);
+        }
+        Ok(mates.into_iter().collect())
+    }
+
     async fn add_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>> {
         self.update_room(room, doc! {"$addToSet": {"members": user.object_id()}})
             .await

@@ -586,3 +586,52 @@ async fn clients_that_hang_up_do_not_get_more_hashes_run_at_once() {
     }
     assert_eq!(most, 1, "hashes running at once with one slot");
 }
+
+/// Profile changes were unlimited and went to everyone on every pod (200
+/// `PATCH /api/users/me` in 0.39 s, all accepted, every connected user got
+/// 200 frames). Now they spend the change budget (`rate_limited` past it)
+/// and reach only the people who share a room with the changed user.
+#[tokio::test]
+async fn profile_changes_are_limited_and_reach_only_people_who_share_a_room() {
+    let server = server_with(&[]).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let room = server.room(&alice, "tea", false).await;
+    server.join(&bob, &room).await;
+    let mut bob_ws = WsClient::connect(&server, &ws_query(&bob, None))
+        .await
+        .unwrap();
+    let mut carol_ws = WsClient::connect(&server, &ws_query(&carol, None))
+        .await
+        .unwrap();
+
+    let mut accepted = 0;
+    let mut limited = 0;
+    for i in 0..60 {
+        let (status, body) = server
+            .call(
+                reqwest::Method::PATCH,
+                "/api/users/me",
+                Some(&alice.token),
+                Some(json!({"display_name": format!("Alice {i}")})),
+            )
+            .await;
+        match status {
+            200 => accepted += 1,
+            429 => {
+                assert_eq!(code(&body), "rate_limited", "{body}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(limited > 0, "60 changes at once were all accepted");
+    assert!(accepted > 0, "none was accepted");
+    for _ in 0..accepted {
+        let update = bob_ws.next_of("user_updated").await;
+        assert_eq!(update["user"]["id"], alice.id.as_str());
+    }
+    let told = tokio::time::timeout(Duration::from_secs(1), carol_ws.next_of("user_updated")).await;
+    assert!(told.is_err(), "a stranger was told: {told:?}");
+}

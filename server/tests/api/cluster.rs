@@ -1080,6 +1080,9 @@ async fn a_profile_changed_on_one_pod_reaches_another() {
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     let alice = a.user("alice").await;
     let bob = a.user("bob").await;
+    // Profile changes reach those who share a room.
+    let room = a.room(&alice, "tea", false).await;
+    a.join(&bob, &room).await;
     let mut bob_ws = WsClient::connect(b, &ws_query(&bob, None)).await.unwrap();
     // Bob's connection is live on pod 1 once it answers a ping.
     bob_ws.send(json!({"type": "ping"})).await;

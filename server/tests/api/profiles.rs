@@ -25,6 +25,9 @@ async fn profiles_change_for_everyone_at_once(backend: Backend) {
     let server = TestServer::start(backend).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
+    // A change reaches those who share a room with alice.
+    let room = server.room(&alice, "tea", false).await;
+    server.join(&bob, &room).await;
     let mut bob_ws = WsClient::connect(&server, &ws_query(&bob, None))
         .await
         .unwrap();
