@@ -6,16 +6,22 @@
 //! A wrong password locks out the pair (account, address) that tried it, not
 //! the account: anyone who knows an e-mail could otherwise keep its owner out
 //! by failing on purpose. Guessing one account from many addresses is still
-//! bounded by a looser per-account bucket.
+//! bounded by a looser per-account bucket, which an address the account
+//! signed in from lately skips: failures from everywhere else (110 from 11
+//! addresses) must not keep the owner out at home.
 //!
 //! [`ClientAddress::bucket`]: crate::http::client_address::ClientAddress::bucket
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::sync::lock;
 
 /// Attempts per account from one address: a burst of 10, then one every 6 seconds.
 const PAIR_BURST: u32 = 10;
@@ -30,12 +36,19 @@ const ADDRESS_PERIOD: Duration = Duration::from_secs(1);
 /// them at once. This also bounds how fast `/register` can be used to learn
 /// which e-mails have accounts.
 const SIGNUP_BURST_SHARE: u32 = 3;
+/// An address an account signed in from is known to it for this long...
+const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// ...and a pod remembers at most this many (account, address) pairs; past
+/// it, the oldest tenth is forgotten.
+const KNOWN_MAX: usize = 100_000;
 
 pub struct LoginLimits {
     pairs: DefaultKeyedRateLimiter<(String, IpAddr)>,
     accounts: DefaultKeyedRateLimiter<String>,
     addresses: DefaultKeyedRateLimiter<IpAddr>,
     registrations: DefaultKeyedRateLimiter<IpAddr>,
+    /// (account, address) pairs that signed in, and when they last did.
+    known: Mutex<HashMap<(String, IpAddr), Instant>>,
 }
 
 fn quota(period: Duration, burst: u32) -> Quota {
@@ -53,6 +66,7 @@ impl LoginLimits {
             accounts: DefaultKeyedRateLimiter::keyed(quota(ACCOUNT_PERIOD, ACCOUNT_BURST)),
             addresses: DefaultKeyedRateLimiter::keyed(quota(ADDRESS_PERIOD, ADDRESS_BURST)),
             registrations: DefaultKeyedRateLimiter::keyed(quota(signup_period, signup_burst)),
+            known: Mutex::new(HashMap::new()),
         }
     }
 
@@ -62,10 +76,27 @@ impl LoginLimits {
         let now = DefaultClock::default().now();
         let wait = |e: governor::NotUntil<_>| e.wait_time_from(now);
         self.addresses.check_key(&address).map_err(wait)?;
-        self.pairs
-            .check_key(&(account.to_owned(), address))
-            .map_err(wait)?;
-        self.accounts.check_key(&account.to_owned()).map_err(wait)
+        let pair = (account.to_owned(), address);
+        self.pairs.check_key(&pair).map_err(wait)?;
+        let known = lock(&self.known)
+            .get(&pair)
+            .is_some_and(|at| at.elapsed() < KNOWN_FOR);
+        if known {
+            return Ok(());
+        }
+        self.accounts.check_key(&pair.0).map_err(wait)
+    }
+
+    /// Remembers that `account` signed in from `address` (see [`KNOWN_FOR`]).
+    pub fn signed_in(&self, account: &str, address: IpAddr) {
+        let mut known = lock(&self.known);
+        if known.len() >= KNOWN_MAX {
+            let mut ages: Vec<Instant> = known.values().copied().collect();
+            let (_, cut, _) = ages.select_nth_unstable(KNOWN_MAX / 10);
+            let cut = *cut;
+            known.retain(|_, at| *at > cut);
+        }
+        known.insert((account.to_owned(), address), Instant::now());
     }
 
     /// Takes one sign-up from `address`, or says how long to wait.
@@ -82,6 +113,7 @@ impl LoginLimits {
         self.accounts.retain_recent();
         self.addresses.retain_recent();
         self.registrations.retain_recent();
+        lock(&self.known).retain(|_, at| at.elapsed() < KNOWN_FOR);
     }
 }
 
@@ -125,6 +157,26 @@ mod tests {
             .filter(|ip| limits.check("alice@example.com", *ip).is_err())
             .count();
         assert_eq!(refused, 1);
+    }
+
+    #[test]
+    fn an_address_the_account_signed_in_from_skips_the_account_bucket() {
+        let limits = LoginLimits::new(60);
+        let home: IpAddr = "198.51.100.7".parse().unwrap();
+        limits.signed_in("alice@example.com", home);
+        for i in 0..=ACCOUNT_BURST {
+            let _ = limits.check("alice@example.com", IpAddr::from([10, 2, 0, i as u8]));
+        }
+        assert!(
+            limits
+                .check("alice@example.com", "198.51.100.8".parse().unwrap())
+                .is_err(),
+            "a new address waits"
+        );
+        assert!(
+            limits.check("alice@example.com", home).is_ok(),
+            "home does not"
+        );
     }
 
     #[test]

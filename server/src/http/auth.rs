@@ -111,6 +111,7 @@ pub async fn login(
         })
         .await?
         .ok_or_else(invalid)?;
+    state.login_limits.signed_in(&account, client.bucket());
     tracing::info!(user_id = %user.id, "user signed in");
     Ok(axum::Json(start_session(&state, user, None).await?))
 }

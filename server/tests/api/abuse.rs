@@ -230,6 +230,36 @@ async fn failing_on_purpose_does_not_lock_the_owner_out() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Wrong passwords for one account from many addresses (110 from 11) used up
+/// its bucket for everyone: its owner then got 429 at home too. An address
+/// the account signed in from lately is not held to that bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_from_many_addresses_do_not_lock_the_owner_out_at_home() {
+    let server = server_with(&[("CHAT_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    server.user("alice").await;
+    let home = "198.51.100.7";
+    let (status, _) = login(&server, "alice", "password-alice", home).await;
+    assert_eq!(status, 200);
+    for i in 0..110 {
+        let from = format!("203.0.113.{}", i / 10);
+        let (status, body) = login(&server, "alice", "wrong-password", &from).await;
+        assert!(status == 401 || status == 429, "{status} {body}");
+    }
+    // The account's bucket refills by one a second: empty it again, from
+    // addresses not used yet, until one is refused.
+    let mut fresh = 0;
+    loop {
+        let from = format!("192.0.2.{fresh}");
+        if login(&server, "alice", "wrong-password", &from).await.0 == 429 {
+            break;
+        }
+        fresh += 1;
+        assert!(fresh < 200, "the account's bucket never ran dry");
+    }
+    let (status, body) = login(&server, "alice", "password-alice", home).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_sign_ins_waits_for_bounded_hashing_or_is_turned_away() {
     let server = server_with(&[
