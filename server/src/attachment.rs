@@ -167,7 +167,11 @@ pub fn avatar(bytes: &[u8]) -> Option<Thumbnail> {
 /// characters; "file" when nothing is left.
 pub fn clean_filename(raw: &str) -> String {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or_default();
-    let cleaned: String = last.chars().filter(|c| !c.is_control()).take(200).collect();
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !crate::validate::is_invisible_control(*c))
+        .take(200)
+        .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').trim();
     if cleaned.is_empty() {
         "file".to_owned()

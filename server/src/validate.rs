@@ -74,13 +74,34 @@ pub fn text(field: &'static str, raw: &str, min: usize, max: usize) -> Result<St
         };
         return Err(ApiError::validation(field, message));
     }
-    if value.chars().any(char::is_control) {
+    if value
+        .chars()
+        .any(|c| c.is_control() || is_invisible_control(c))
+    {
         return Err(ApiError::validation(
             field,
             format!("{field} must not contain control characters"),
         ));
     }
     Ok(value.to_owned())
+}
+
+/// Characters that change how the text around them looks without showing
+/// themselves: bidirectional overrides, embeddings, isolates and marks (a
+/// file named `invoice\u{202e}fdp.exe` shows as `invoiceexe.pdf`), and
+/// zero-width spaces. Not in names, file names or reactions; messages may
+/// carry them (right-to-left writing uses marks), shown as text.
+pub fn is_invisible_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 /// An absolute http(s) URL of at most 2048 bytes; anything else (javascript:,

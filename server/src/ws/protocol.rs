@@ -164,12 +164,12 @@ pub fn clean_post(raw: &str, attachments: &[Id]) -> Result<String, FrameError> {
 
 /// A reaction: one emoji (a short run of pictographs, joiners and
 /// modifiers), never letters, digits, spaces or control characters.
+/// One emoji of Unicode's list (the `emojis` crate's, with skin tones and
+/// ZWJ sequences), as fully qualified (`❤️`, not a bare `❤`, which is text,
+/// as `©` is). Anything else (private-use characters, bidi overrides,
+/// zero-width spaces, combining marks, several emoji) is refused.
 pub fn check_emoji(emoji: &str) -> Result<(), FrameError> {
-    let chars = emoji.chars().count();
-    let pictographic = emoji
-        .chars()
-        .all(|c| !c.is_ascii() && !c.is_alphanumeric() && !c.is_whitespace() && !c.is_control());
-    if (1..=8).contains(&chars) && pictographic {
+    if emojis::get(emoji).is_some_and(|known| known.as_str() == emoji) {
         Ok(())
     } else {
         Err(FrameError::new("invalid_frame", "emoji must be one emoji"))
@@ -461,7 +461,8 @@ mod tests {
 
     #[test]
     fn a_reaction_is_one_emoji() {
-        for good in ["👍", "❤️", "👍🏽", "🧑‍💻", "🎉"] {
+        for good in ["👍", "❤️", "👍🏽", "🧑‍💻", "🎉", "😂", "😮", "😢", "🇿🇦", "©️"]
+        {
             assert!(check_emoji(good).is_ok(), "{good}");
         }
         for bad in [
@@ -473,6 +474,14 @@ mod tests {
             "中",
             "\u{7}",
             "👍👍👍👍👍👍👍👍👍",
+            "👍👍",
+            "\u{a9}",
+            "\u{e000}",
+            "\u{202e}",
+            "\u{200b}",
+            "\u{301}",
+            "👍\u{202e}",
+            "\u{2063}",
         ] {
             assert!(check_emoji(bad).is_err(), "{bad:?}");
         }

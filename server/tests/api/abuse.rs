@@ -665,3 +665,68 @@ async fn profile_changes_are_limited_and_reach_only_people_who_share_a_room() {
     let told = tokio::time::timeout(Duration::from_secs(1), carol_ws.next_of("user_updated")).await;
     assert!(told.is_err(), "a stranger was told: {told:?}");
 }
+
+/// Bidi overrides and invisible characters were kept in display names, file
+/// names and reactions (`invoice\u{202e}fdp.exe` was served as is, showing
+/// as `invoiceexe.pdf`), and a reaction could be `©`, a private-use
+/// character, a zero-width space or a combining mark. Names refuse them,
+/// file names lose them, reactions must be one emoji of Unicode's list.
+#[tokio::test]
+async fn names_file_names_and_reactions_carry_no_invisible_controls() {
+    let server = server_with(&[]).await;
+    let alice = server.user("alice").await;
+    for name in ["Alice\u{202e}ecilA", "Al\u{200b}ice", "\u{2066}Alice"] {
+        let (status, body) = server
+            .call(
+                reqwest::Method::PATCH,
+                "/api/users/me",
+                Some(&alice.token),
+                Some(json!({"display_name": name})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (422, Some("display_name")),
+            "{name:?}"
+        );
+    }
+    let room = server.room(&alice, "files", false).await;
+    let (status, file) = crate::common::upload(
+        &server,
+        &alice,
+        &room,
+        "invoice\u{202e}fdp.exe",
+        b"MZ".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{file}");
+    assert_eq!(file["filename"], "invoicefdp.exe");
+
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    ws.next_of("joined").await;
+    ws.send(
+        json!({"type": "message", "room_id": room, "content": "react to me", "client_id": "m1"}),
+    )
+    .await;
+    let seq = ws.next_of("ack").await["seq"].as_u64().unwrap();
+    for bad in [
+        "\u{a9}",
+        "\u{e000}",
+        "\u{202e}",
+        "\u{200b}",
+        "\u{301}",
+        "👍\u{202e}",
+    ] {
+        ws.send(json!({"type": "react", "room_id": room, "seq": seq, "emoji": bad, "client_id": format!("r{bad}")}))
+            .await;
+        let answer = ws.next_of("error").await;
+        assert_eq!(answer["code"], "invalid_frame", "{bad:?}: {answer}");
+    }
+    ws.send(
+        json!({"type": "react", "room_id": room, "seq": seq, "emoji": "👍🏽", "client_id": "ok"}),
+    )
+    .await;
+    assert_eq!(ws.next_of("ack").await["client_id"], "ok");
+}
