@@ -225,7 +225,7 @@ impl Chat {
         if let Some(parent) = reply_to {
             // Threads are one level deep, as in most chats: a reply answers a
             // message of the room's main line.
-            self.text_message(room, parent)
+            self.live_text_message(room, parent)
                 .await?
                 .filter(|m| m.reply_to.is_none())
                 .ok_or(ChatError::NoSuchMessage)?;
@@ -282,6 +282,25 @@ impl Chat {
             .await?
             .into_iter()
             .find(|m| m.seq == seq && m.kind == MessageKind::Text))
+    }
+
+    /// The text message at `seq`, unless it was deleted: a deleted message
+    /// takes no edit, reaction or reply (they were stored, sent and indexed).
+    /// Its deletion is looked up in the store, so one made in the last
+    /// moment, not persisted yet, is missed, and while the store is down
+    /// the message counts as there, as chat goes on without it.
+    async fn live_text_message(&self, room: Id, seq: u64) -> Result<Option<Message>, ChatError> {
+        let Some(message) = self.text_message(room, seq).await? else {
+            return Ok(None);
+        };
+        match self.store.changes_of(room, &[seq]).await {
+            Ok(changes) if changes.iter().any(|c| c.kind == MessageKind::Delete) => Ok(None),
+            Ok(_) => Ok(Some(message)),
+            Err(e) => {
+                tracing::warn!(error = %e, room_id = %room, seq, "cannot tell whether a message was deleted");
+                Ok(Some(message))
+            }
+        }
     }
 
     /// The members `content` mentions (`@username`, not the sender), and
@@ -355,7 +374,7 @@ impl Chat {
     ) -> Result<Message, ChatError> {
         self.admit(connection, room).await?;
         let original = self
-            .text_message(room, target)
+            .live_text_message(room, target)
             .await?
             .ok_or(ChatError::NoSuchMessage)?;
         let own = original.user_id == connection.user;

@@ -730,3 +730,55 @@ async fn names_file_names_and_reactions_carry_no_invisible_controls() {
     .await;
     assert_eq!(ws.next_of("ack").await["client_id"], "ok");
 }
+
+/// Edits, reactions and replies to a deleted message were accepted, stored,
+/// sent to everyone and indexed. Now a deleted message is not there for them.
+#[tokio::test]
+async fn a_deleted_message_takes_no_edit_reaction_or_reply() {
+    let server = server_with(&[]).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "gone", false).await;
+    let mut ws = WsClient::connect(&server, &ws_query(&alice, Some(&room)))
+        .await
+        .unwrap();
+    ws.next_of("joined").await;
+    ws.send(json!({"type": "message", "room_id": room, "content": "regret", "client_id": "m1"}))
+        .await;
+    let seq = ws.next_of("ack").await["seq"].as_u64().unwrap();
+    ws.send(json!({"type": "delete", "room_id": room, "seq": seq, "client_id": "d1"}))
+        .await;
+    assert_eq!(ws.next_of("ack").await["client_id"], "d1");
+    // The deletion reaches the store (the persist worker's batch), then:
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answers = Vec::new();
+    for (i, frame) in [
+        json!({"type": "edit", "room_id": room, "seq": seq, "content": "still here"}),
+        json!({"type": "react", "room_id": room, "seq": seq, "emoji": "👍"}),
+        json!({"type": "message", "room_id": room, "content": "a reply", "reply_to": seq}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        loop {
+            let mut frame = frame.clone();
+            frame["client_id"] = json!(format!("c{i}-{}", answers.len()));
+            ws.send(frame).await;
+            let answer = loop {
+                let frame = ws.next().await;
+                if frame["type"] == "ack" || frame["type"] == "error" {
+                    break frame;
+                }
+            };
+            if answer["type"] == "error" {
+                answers.push(answer["code"].as_str().unwrap_or_default().to_owned());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "accepted after its deletion: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(answers, ["not_found", "not_found", "not_found"]);
+}
