@@ -81,10 +81,26 @@ fn check(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, NotWebSock
             "`Sec-WebSocket-Version` header did not include 13",
         ));
     }
-    headers
+    let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .cloned()
-        .ok_or(NotWebSocket("`Sec-WebSocket-Key` header missing"))
+        .ok_or(NotWebSocket("`Sec-WebSocket-Key` header missing"))?;
+    if !is_key(key.as_bytes()) {
+        return Err(NotWebSocket(
+            "`Sec-WebSocket-Key` must be 16 bytes in base64",
+        ));
+    }
+    Ok(key.clone())
+}
+
+/// A nonce as RFC 6455 §4.1 has clients send it: 16 bytes in base64, 24
+/// characters of which the last two are padding (and the one before them
+/// holds 2 bits: one of `AQgw`).
+fn is_key(key: &[u8]) -> bool {
+    let base64 = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/');
+    key.len() == 24
+        && key[..21].iter().all(base64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
 }
 
 impl Handshake {
@@ -171,6 +187,22 @@ mod tests {
         let mut old = GOOD.to_vec();
         old[2] = ("sec-websocket-version", "8");
         assert!(check(&Method::GET, &headers(&old)).is_err());
+        for key in [
+            "",
+            "x",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl",
+            "dGhlIHNhbXBsZSBub25j!Q==",
+            "AAAAAAAAAAAAAAAAAAAAAAA=",
+        ] {
+            let mut bad = GOOD.to_vec();
+            bad[3] = ("sec-websocket-key", key);
+            assert!(check(&Method::GET, &headers(&bad)).is_err(), "{key:?}");
+        }
+        let mut zeros = GOOD.to_vec();
+        zeros[3] = ("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAA==");
+        assert!(check(&Method::GET, &headers(&zeros)).is_ok());
     }
 
     #[test]

@@ -782,3 +782,26 @@ async fn a_deleted_message_takes_no_edit_reaction_or_reply() {
     }
     assert_eq!(answers, ["not_found", "not_found", "not_found"]);
 }
+
+/// A handshake whose `Sec-WebSocket-Key` is not a 16-byte nonce in base64
+/// was answered 101; RFC 6455 asks for a refusal.
+#[tokio::test]
+async fn a_websocket_key_that_is_no_nonce_is_refused() {
+    let server = server_with(&[]).await;
+    let alice = server.user("alice").await;
+    for (key, expected) in [
+        ("not-a-key", "HTTP/1.1 400"),
+        ("dGhlIHNhbXBsZSBub25jZQ==", "HTTP/1.1 101"),
+    ] {
+        let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+        let request = format!(
+            "GET /ws?token={} HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+            alice.token
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&head), expected, "{key}");
+    }
+}
