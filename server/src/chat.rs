@@ -514,6 +514,9 @@ impl Chat {
         if room.is_member(author.id) {
             return Ok(room);
         }
+        // Joining posts a system message: it spends the message budget,
+        // however the join came (REST, a `join` frame, `/ws?room_id=`).
+        Self::take(&self.limiter, author.id)?;
         let room = self
             .store
             .add_member(room.id, author.id)

@@ -196,7 +196,7 @@ pub async fn join(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
-    state.chat.take_change(caller.id)?;
+    // Only an actual join spends the message budget (`Chat::ensure_member`).
     let room = state
         .chat
         .ensure_member(parse_id(&id, "room")?, &caller.author())

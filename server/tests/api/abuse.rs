@@ -805,3 +805,47 @@ async fn a_websocket_key_that_is_no_nonce_is_refused() {
         assert_eq!(String::from_utf8_lossy(&head), expected, "{key}");
     }
 }
+
+/// `join` frames (and `/ws?room_id=`) joined rooms, posting "joined" system
+/// messages, outside the message budget that REST joins spend. Now every
+/// join that posts one spends it, however it came.
+#[tokio::test]
+async fn looping_join_frames_cannot_flood_a_room() {
+    let server = TestServer::start(Backend::Embedded).await;
+    let alice = server.user("alice").await;
+    let mallory = server.user("mallory").await;
+    let room = server.room(&alice, "lobby", false).await;
+    let mut ws = WsClient::connect(&server, &ws_query(&mallory, None))
+        .await
+        .unwrap();
+    let mut limited = 0;
+    for _ in 0..40 {
+        ws.send(json!({"type": "join", "room_id": room})).await;
+        let answer = loop {
+            let frame = ws.next().await;
+            if frame["type"] == "joined" || frame["type"] == "error" {
+                break frame;
+            }
+        };
+        if answer["type"] == "error" {
+            assert_eq!(answer["code"], "rate_limited", "{answer}");
+            limited += 1;
+        }
+        server
+            .post(
+                &format!("/api/rooms/{room}/leave"),
+                Some(&mallory.token),
+                json!({}),
+            )
+            .await;
+    }
+    assert!(limited > 0, "40 joins in a row were all accepted");
+    let (_, history) = server
+        .get(&format!("/api/rooms/{room}/messages"), &alice.token)
+        .await;
+    assert!(
+        history["total"].as_u64().unwrap() <= 45,
+        "the room got {} system messages",
+        history["total"]
+    );
+}
