@@ -277,7 +277,8 @@ pub struct Limits {
     pub upload_quota_bytes: Option<i64>,
     /// Addresses or CIDR blocks of the proxies in front of the pods (the
     /// Ingress controller's pods, a load balancer) whose X-Forwarded-For names
-    /// the client. Empty: the TCP peer is the client.
+    /// the client. Empty: the TCP peer is the client, or with `ingress` set,
+    /// any peer in the private ranges (the ingress controller's pods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 2, max = 43)))]
     pub trusted_proxies: Vec<String>,

@@ -29,6 +29,18 @@ const READYZ_TIMEOUT_SECONDS: i32 = 3;
 /// The UID the chat server runs as (distroless `nonroot`).
 const RUN_AS: i64 = 65532;
 
+/// Whom the chat pods trust for `X-Forwarded-For` behind the operator's
+/// Ingress when `limits.trustedProxies` says nothing: the private ranges
+/// (RFC 1918, the carrier-grade NAT range some clusters use for pods, and
+/// IPv6 unique local addresses).
+pub const INGRESS_PROXIES: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
 pub fn config_map_name(instance: &str) -> String {
     format!("{instance}-config")
 }
@@ -73,6 +85,14 @@ pub fn config_map(cluster: &ChatCluster) -> Result<ConfigMap, BuildError> {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v)),
     );
+    if spec.ingress.is_some() && spec.limits.trusted_proxies.is_empty() {
+        // Behind the Ingress this makes, the TCP peer is the ingress
+        // controller for every client: without trusting it, the per-address
+        // limits (sign-ins, sign-ups, connections) would hold all clients as
+        // one. Its pods live in the cluster's private address ranges;
+        // `limits.trustedProxies` narrows this to the controller's own.
+        data.insert("CHAT_TRUSTED_PROXIES".to_owned(), INGRESS_PROXIES.join(","));
+    }
     Ok(ConfigMap {
         metadata: child_meta(cluster, config_map_name(&instance), Component::Server)?,
         data: Some(data),

@@ -103,6 +103,29 @@ fn limits_that_are_set_reach_the_server_and_the_rest_keep_its_defaults() {
     assert!(!data.contains_key("CHAT_PASSWORD_HASH_CONCURRENCY"));
 }
 
+/// Behind the operator's Ingress every client's TCP peer is the ingress
+/// controller: the pods trust the private ranges for `X-Forwarded-For`
+/// unless the spec names the proxies itself, and without an Ingress they
+/// trust nobody.
+#[test]
+fn behind_its_ingress_the_pods_trust_the_controller_for_client_addresses() {
+    let behind = cluster(json!({"ingress": {"host": "chat.example.com"}}));
+    let data = config_map(&behind).unwrap().data.unwrap();
+    assert_eq!(
+        data["CHAT_TRUSTED_PROXIES"],
+        "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+    );
+    let named = cluster(json!({
+        "ingress": {"host": "chat.example.com"},
+        "limits": {"trustedProxies": ["10.244.0.0/16"]},
+    }));
+    let data = config_map(&named).unwrap().data.unwrap();
+    assert_eq!(data["CHAT_TRUSTED_PROXIES"], "10.244.0.0/16");
+    let direct = cluster(json!({}));
+    let data = config_map(&direct).unwrap().data.unwrap();
+    assert!(!data.contains_key("CHAT_TRUSTED_PROXIES"));
+}
+
 #[test]
 fn the_server_gets_exactly_the_environment_design_lists() {
     let expected: BTreeSet<String> = [
