@@ -148,7 +148,11 @@ fn the_server_gets_exactly_the_environment_design_lists() {
     .map(String::from)
     .into();
     assert_eq!(env_names(&cluster(json!({}))), expected);
-    assert_eq!(env_names(&full()), expected);
+    // Behind its Ingress the pods trust the ingress controller for client
+    // addresses (`limits.trustedProxies`, or the private ranges).
+    let mut behind_ingress = expected.clone();
+    behind_ingress.insert("CHAT_TRUSTED_PROXIES".to_owned());
+    assert_eq!(env_names(&full()), behind_ingress);
 }
 
 #[test]
