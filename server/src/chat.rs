@@ -44,6 +44,9 @@ const STORE_PROBE: Duration = Duration::from_secs(10);
 /// burst big enough for several tabs reopening dozens of rooms at once.
 const CONTROL_PER_SEC: NonZeroU32 = NonZeroU32::new(20).unwrap();
 const CONTROL_BURST: NonZeroU32 = NonZeroU32::new(200).unwrap();
+/// A resume costs one more control frame per this many bytes it read: a
+/// replay of 2 MiB is the work of 32 frames, not one.
+const REPLAY_BYTES_PER_FRAME: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -61,6 +64,8 @@ pub enum ChatError {
     NoSuchAttachment,
     #[error("{0}")]
     NotAllowed(&'static str),
+    #[error("{0}")]
+    TooManyReactions(&'static str),
     #[error("messaging is unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -172,6 +177,20 @@ impl Chat {
         Self::take(&self.control_limiter, user)
     }
 
+    /// Charges `user`'s control budget for a replay that read `bytes`, or
+    /// empties it when it has less left: the next frames then wait.
+    fn charge_replay(&self, user: Id, bytes: usize) {
+        let mut owed = u32::try_from(bytes / REPLAY_BYTES_PER_FRAME).unwrap_or(u32::MAX);
+        let mut step = owed.min(CONTROL_BURST.get());
+        while let Some(cells) = NonZeroU32::new(step.min(owed)) {
+            match self.control_limiter.check_key_n(&user, cells) {
+                Ok(Ok(())) => owed -= cells.get(),
+                // Fewer left than that: take what there is, halving.
+                _ => step /= 2,
+            }
+        }
+    }
+
     pub fn bus_name(&self) -> &'static str {
         self.bus.name()
     }
@@ -278,29 +297,32 @@ impl Chat {
     async fn text_message(&self, room: Id, seq: u64) -> Result<Option<Message>, ChatError> {
         Ok(self
             .bus
-            .missed(room, seq.saturating_sub(1), seq)
+            .missed(room, seq.saturating_sub(1), seq, usize::MAX)
             .await?
             .into_iter()
+            .flatten()
             .find(|m| m.seq == seq && m.kind == MessageKind::Text))
     }
 
-    /// The text message at `seq`, unless it was deleted: a deleted message
-    /// takes no edit, reaction or reply (they were stored, sent and indexed).
-    /// Its deletion is looked up in the store, so one made in the last
-    /// moment, not persisted yet, is missed, and while the store is down
-    /// the message counts as there, as chat goes on without it.
+    /// The text message at `seq` as it is now (its changes applied), unless
+    /// it was deleted: a deleted message takes no edit, reaction or reply
+    /// (they were stored, sent and indexed). Its changes are looked up in
+    /// the store, so one made in the last moment, not persisted yet, is
+    /// missed, and while the store is down the message counts as it was
+    /// posted, as chat goes on without it.
     async fn live_text_message(&self, room: Id, seq: u64) -> Result<Option<Message>, ChatError> {
-        let Some(message) = self.text_message(room, seq).await? else {
+        let Some(mut message) = self.text_message(room, seq).await? else {
             return Ok(None);
         };
         match self.store.changes_of(room, &[seq]).await {
-            Ok(changes) if changes.iter().any(|c| c.kind == MessageKind::Delete) => Ok(None),
-            Ok(_) => Ok(Some(message)),
+            Ok(changes) => {
+                crate::model::apply_changes(std::slice::from_mut(&mut message), &changes)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, room_id = %room, seq, "cannot tell whether a message was deleted");
-                Ok(Some(message))
+                tracing::warn!(error = %e, room_id = %room, seq, "cannot tell how a message was changed");
             }
         }
+        Ok(Some(message).filter(|m| !m.deleted))
     }
 
     /// The members `content` mentions (`@username`, not the sender), and
@@ -394,8 +416,12 @@ impl Chat {
                 }
                 (MessageKind::Delete, String::new())
             }
-            // Any member may react to a message that is there.
-            Change::React(emoji) => (MessageKind::React, emoji),
+            // Any member may react to a message that is there, within a
+            // bounded set of reactions per message and per member.
+            Change::React(emoji) => {
+                check_reactions(&original, connection.user, &emoji)?;
+                (MessageKind::React, emoji)
+            }
             Change::Unreact(emoji) => (MessageKind::Unreact, emoji),
         };
         let draft = Message {
@@ -579,7 +605,12 @@ impl Chat {
         connection.send(Outbound::Resuming { room });
         self.hub.subscribe(room, connection);
         let opened = self
-            .replay(room, resume_after, connection.max_replay_bytes())
+            .replay(
+                connection.user,
+                room,
+                resume_after,
+                connection.max_replay_bytes(),
+            )
             .await;
         let (frame, replay, upto) = match opened {
             Ok(opened) => opened,
@@ -610,6 +641,7 @@ impl Chat {
     /// the client missed.
     async fn replay(
         &self,
+        user: Id,
         room: Id,
         resume_after: Option<u64>,
         max_bytes: usize,
@@ -633,13 +665,17 @@ impl Chat {
                 upto,
             ));
         };
-        let missed = self.bus.missed(room, after, upto).await?;
-        if missed.len() as u64 > MAX_RESUME {
+        let missed = self.bus.missed(room, after, upto, max_bytes).await?;
+        let Some(mut missed) = missed else {
+            self.charge_replay(user, max_bytes);
             return Err(ChatError::TooFarBehind);
-        }
+        };
+        crate::model::as_now(&mut missed);
         let replay: Vec<_> = missed.iter().map(|m| (m.seq, encode(m))).collect();
+        let bytes = replay.iter().map(|(_, frame)| frame.len()).sum::<usize>();
+        self.charge_replay(user, bytes);
         // Bigger than the connection may queue: the client pages history instead.
-        if replay.iter().map(|(_, frame)| frame.len()).sum::<usize>() > max_bytes {
+        if bytes > max_bytes {
             return Err(ChatError::TooFarBehind);
         }
         let frame = encode(&ServerFrame::Resumed {
@@ -747,6 +783,30 @@ impl Chat {
     /// Relays a seq-less event (typing, read marker, presence) to the room.
     pub async fn relay(&self, room: Id, frame: &ServerFrame) {
         self.bus.publish_event(room, encode(frame)).await;
+    }
+}
+
+/// Whether `user` may add `emoji` to `message` (its reactions as they are
+/// now): a reaction already there may always be joined or repeated; a new
+/// one only while the message shows fewer than [`MAX_REACTIONS`] and the
+/// member has added fewer than [`MAX_REACTIONS_PER_USER`].
+fn check_reactions(message: &Message, user: Id, emoji: &str) -> Result<(), ChatError> {
+    use crate::model::{MAX_REACTIONS, MAX_REACTIONS_PER_USER};
+    let mine = message
+        .reactions
+        .values()
+        .filter(|users| users.contains(&user))
+        .count();
+    match message.reactions.get(emoji) {
+        Some(users) if users.contains(&user) => Ok(()),
+        _ if mine >= MAX_REACTIONS_PER_USER => Err(ChatError::TooManyReactions(
+            "you have added the most reactions one member may add to a message",
+        )),
+        Some(_) => Ok(()),
+        None if message.reactions.len() >= MAX_REACTIONS => Err(ChatError::TooManyReactions(
+            "this message has the most distinct reactions a message may have",
+        )),
+        None => Ok(()),
     }
 }
 

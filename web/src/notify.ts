@@ -19,6 +19,8 @@ export interface DesktopNotice {
   /** One notification per room: a newer one replaces it. */
   tag: string;
   roomId: string;
+  /** The message shown: its deletion closes the notification. */
+  seq: number;
 }
 
 /**
@@ -38,5 +40,10 @@ export function desktopNotice(state: ChatState, frame: ServerFrame, hidden: bool
   const text = frame.content || (files.length === 1 ? `sent ${files[0].filename}` : `sent ${files.length} files`);
   const body = text.length > 140 ? `${text.slice(0, 139)}…` : text;
   const title = room.is_direct ? frame.username : `${frame.username} mentioned you in ${room.name}`;
-  return { title, body, tag: frame.room_id, roomId: frame.room_id };
+  return { title, body, tag: frame.room_id, roomId: frame.room_id, seq: frame.seq };
+}
+
+/** Whether `frame` deletes the message `notice` shows, so it must go. */
+export function retracts(notice: DesktopNotice, frame: ServerFrame): boolean {
+  return frame.type === "delete" && frame.room_id === notice.roomId && frame.target_seq === notice.seq;
 }

@@ -12,7 +12,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::{Audience, Bus, BusError};
 use crate::metrics::Metrics;
-use crate::model::{HistoryQuery, Id, Message};
+use crate::model::{Id, Message};
 use crate::store::{Inserted, Store};
 use crate::sync::lock;
 use crate::ws::hub::{Hub, Outbound, Session};
@@ -97,25 +97,22 @@ impl Bus for LocalBus {
         Ok(seq)
     }
 
-    async fn missed(&self, room: Id, after: u64, upto: u64) -> Result<Vec<Message>, BusError> {
-        if upto <= after {
-            return Ok(Vec::new());
-        }
-        let page = self
-            .store
-            .messages(
-                room,
-                HistoryQuery::After {
-                    seq: after,
-                    limit: (upto - after).min(crate::chat::MAX_RESUME + 1),
-                },
-            )
-            .await?;
-        Ok(page
-            .messages
-            .into_iter()
-            .filter(|m| m.seq <= upto)
-            .collect())
+    async fn missed(
+        &self,
+        room: Id,
+        after: u64,
+        upto: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Message>>, BusError> {
+        let mut budget = super::ReadBudget::new(max_bytes);
+        super::stored_between(
+            self.store.as_ref(),
+            room,
+            after,
+            upto.saturating_add(1),
+            &mut budget,
+        )
+        .await
     }
 
     async fn subscribe(&self, _room: Id) -> Result<(), BusError> {

@@ -63,11 +63,19 @@ pub trait Bus: Send + Sync + 'static {
     /// The newest seq of the room.
     async fn newest_seq(&self, room: Id) -> Result<u64, BusError>;
 
-    /// The messages with `after < seq <= upto`, in order, for a resume: at
-    /// most the oldest `MAX_RESUME + 1`, so a caller tells "too many to
-    /// replay" by the count. Seqs may have gaps (a Redis failover skips
-    /// ahead), so `upto - after` does not count them.
-    async fn missed(&self, room: Id, after: u64, upto: u64) -> Result<Vec<Message>, BusError>;
+    /// The messages with `after < seq <= upto`, in order, for a resume;
+    /// `None` once they are more than `MAX_RESUME` or their JSON more than
+    /// `max_bytes`: reading stops there, so a resume from far behind costs
+    /// one budget's worth of reads, not the whole backlog. Seqs may have
+    /// gaps (a Redis failover skips ahead), so `upto - after` does not
+    /// count them.
+    async fn missed(
+        &self,
+        room: Id,
+        after: u64,
+        upto: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Message>>, BusError>;
 
     /// This process starts receiving `room`; returns once it will not miss any.
     async fn subscribe(&self, room: Id) -> Result<(), BusError>;
@@ -95,6 +103,85 @@ pub trait Bus: Send + Sync + 'static {
 
     /// The live connections of `user` on every pod, oldest first.
     async fn sessions_of(&self, user: Id) -> Result<Vec<Session>, BusError>;
+}
+
+/// How many messages the bus reads from Redis or the store at a time for a
+/// resume, between checks of its budget.
+pub const READ_CHUNK: u64 = 64;
+
+/// What a resume may still read (see [`Bus::missed`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBudget {
+    messages: u64,
+    bytes: usize,
+}
+
+impl ReadBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            messages: crate::chat::MAX_RESUME,
+            bytes: max_bytes,
+        }
+    }
+
+    /// Spends one message of `bytes`; false once the budget is overspent.
+    pub fn spend(&mut self, bytes: usize) -> bool {
+        match (self.messages.checked_sub(1), self.bytes.checked_sub(bytes)) {
+            (Some(messages), Some(bytes)) => {
+                self.messages = messages;
+                self.bytes = bytes;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The stored messages with `after < seq < before`, oldest first, read a
+/// chunk at a time while `budget` lasts (`None` once it is overspent).
+/// Sizes are those of the JSON of a stored message without history's
+/// fields, near enough to stop reading where the exact check would refuse.
+pub async fn stored_between(
+    store: &dyn crate::store::Store,
+    room: Id,
+    after: u64,
+    before: u64,
+    budget: &mut ReadBudget,
+) -> Result<Option<Vec<Message>>, BusError> {
+    let mut found = Vec::new();
+    let mut from = after;
+    while from + 1 < before {
+        let limit = (before - from - 1).min(READ_CHUNK);
+        let page = store
+            .messages(room, crate::model::HistoryQuery::After { seq: from, limit })
+            .await?;
+        let full = page.messages.len() as u64 == limit;
+        for message in page.messages {
+            if message.seq >= before {
+                return Ok(Some(found));
+            }
+            if !budget.spend(approximate_len(&message)) {
+                return Ok(None);
+            }
+            from = message.seq;
+            found.push(message);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(Some(found))
+}
+
+/// A lower bound of `message`'s JSON length: its texts plus the fixed
+/// fields (ids, timestamp, names).
+fn approximate_len(message: &Message) -> usize {
+    const FIXED: usize = 160;
+    FIXED
+        + message.content.len()
+        + message.username.len()
+        + message.attachments.len() * FIXED
+        + message.mentions.len() * 26
 }
 
 /// A message with seq 0 serialized, split where the seq goes, so Redis can

@@ -204,6 +204,7 @@ impl From<ChatError> for ApiError {
             ChatError::NoSuchMessage => Self::not_found("message"),
             ChatError::NoSuchAttachment => Self::not_found("attachment"),
             ChatError::NotAllowed(why) => Self::forbidden(why),
+            ChatError::TooManyReactions(why) => Self::conflict("too_many_reactions", why),
             ChatError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "message bus unavailable");
                 Self::new(

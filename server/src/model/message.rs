@@ -183,6 +183,134 @@ pub fn apply_changes(messages: &mut [Message], changes: &[Message]) {
     }
 }
 
+/// A resume replays what a client missed as it is now. Each message in
+/// `replay` gets the changes made to it since (its last text, its deletion,
+/// its reactions); the change records stay, so seqs remain contiguous, but
+/// none carries text its target no longer shows: an edit that a later edit
+/// replaced, or of a message deleted since, is sent without its text.
+/// Before this, a client that joined after a message was edited and
+/// deleted received the original and the edited text by resuming from 0.
+pub fn as_now(replay: &mut [Message]) {
+    let changes: Vec<Message> = replay
+        .iter()
+        .filter(|m| m.kind.is_change())
+        .cloned()
+        .collect();
+    if changes.is_empty() {
+        return;
+    }
+    apply_changes(replay, &changes);
+    let mut shown_edit = std::collections::HashMap::new();
+    let mut deleted = std::collections::HashSet::new();
+    for change in &changes {
+        let Some(target) = change.target_seq else {
+            continue;
+        };
+        match change.kind {
+            MessageKind::Delete => {
+                deleted.insert(target);
+            }
+            MessageKind::Edit => {
+                let newest = shown_edit.entry(target).or_insert(change.seq);
+                *newest = (*newest).max(change.seq);
+            }
+            _ => {}
+        }
+    }
+    for edit in replay.iter_mut().filter(|m| m.kind == MessageKind::Edit) {
+        let Some(target) = edit.target_seq else {
+            continue;
+        };
+        if deleted.contains(&target) || shown_edit.get(&target) != Some(&edit.seq) {
+            edit.content.clear();
+        }
+    }
+}
+
+/// The most distinct reactions one message shows, and the most of them one
+/// member may add: a message collects a bounded set, not a record per click.
+pub const MAX_REACTIONS: usize = 20;
+pub const MAX_REACTIONS_PER_USER: usize = 10;
+
+/// What storing a change makes of the earlier changes to the same message
+/// that still count (see [`settle`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Earlier changes that no longer count: left out of what history reads
+    /// for the message (still stored, in seq order, for resumes).
+    pub settled: Vec<u64>,
+    /// Whether the new change itself counts (a repeated reaction and a
+    /// reaction taken back do not).
+    pub counts: bool,
+    /// Records whose text is gone for good: edits replaced by a later one or
+    /// of a message now deleted, and the deleted message itself.
+    pub blanked: Vec<u64>,
+}
+
+/// The one compaction policy both stores apply as they store `change`,
+/// given the changes to its target that still count (`live`, any order):
+/// a message keeps at most its last edit, one record per reaction still
+/// there, and its deletion, so history reads a bounded set however many
+/// clicks there were; a deletion also blanks every copy of its text.
+pub fn settle(change: &Message, live: &[Message]) -> Settled {
+    let earlier = live.iter().filter(|c| c.seq < change.seq);
+    if change.kind != MessageKind::Delete && earlier.clone().any(|c| c.kind == MessageKind::Delete)
+    {
+        // A change that raced the deletion: it shows nothing, keeps no text.
+        return Settled {
+            blanked: Vec::from_iter(Some(change.seq).filter(|_| change.kind == MessageKind::Edit)),
+            ..Settled::default()
+        };
+    }
+    let same_reaction = |c: &&Message| c.user_id == change.user_id && c.content == change.content;
+    match change.kind {
+        MessageKind::Edit => {
+            let replaced: Vec<u64> = earlier
+                .filter(|c| c.kind == MessageKind::Edit)
+                .map(|c| c.seq)
+                .collect();
+            Settled {
+                blanked: replaced.clone(),
+                settled: replaced,
+                counts: true,
+            }
+        }
+        MessageKind::React => Settled {
+            counts: !earlier
+                .filter(|c| c.kind == MessageKind::React)
+                .any(|c| same_reaction(&c)),
+            ..Settled::default()
+        },
+        MessageKind::Unreact => {
+            let settled: Vec<u64> = earlier
+                .filter(|c| c.kind == MessageKind::React)
+                .filter(same_reaction)
+                .map(|c| c.seq)
+                .collect();
+            Settled {
+                settled,
+                counts: false,
+                blanked: Vec::new(),
+            }
+        }
+        MessageKind::Delete => {
+            let earlier: Vec<&Message> = earlier.collect();
+            let mut blanked: Vec<u64> = earlier
+                .iter()
+                .filter(|c| c.kind == MessageKind::Edit)
+                .map(|c| c.seq)
+                .collect();
+            blanked.extend(change.target_seq);
+            Settled {
+                settled: earlier.iter().map(|c| c.seq).collect(),
+                counts: true,
+                blanked,
+            }
+        }
+        MessageKind::Text | MessageKind::System => Settled::default(),
+    }
+}
+
 /// Which slice of a room's history to read. Both forms return messages oldest
 /// first, so a page can be appended to or prepended to a view as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +401,74 @@ mod tests {
         assert!(!messages[2].deleted);
         let json = serde_json::to_value(&messages[0]).unwrap();
         assert!(json["edited_at"].is_string(), "{json}");
+    }
+
+    #[test]
+    fn a_replay_shows_no_text_that_was_edited_away_or_deleted() {
+        let mut replay = vec![
+            message(MessageKind::Text, 1, "my password is hunter2", None),
+            message(MessageKind::Edit, 2, "my password is ***", Some(1)),
+            message(MessageKind::Text, 3, "typo", None),
+            message(MessageKind::Edit, 4, "typ0", Some(3)),
+            message(MessageKind::Edit, 5, "typo fixed", Some(3)),
+            message(MessageKind::Delete, 6, "", Some(1)),
+            // The client has seq 0 (before the replay): its edit comes as
+            // the change, its deletion too, and no text of it.
+            message(MessageKind::Edit, 7, "older secret", Some(0)),
+            message(MessageKind::Delete, 8, "", Some(0)),
+        ];
+        as_now(&mut replay);
+        let seqs: Vec<u64> = replay.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7, 8], "no seq goes missing");
+        assert!(replay[0].deleted && replay[0].content.is_empty());
+        assert_eq!(replay[2].content, "typo fixed");
+        let texts: Vec<&str> = replay.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["", "", "typo fixed", "", "typo fixed", "", "", ""]);
+        let json = serde_json::to_string(&replay).unwrap();
+        for secret in ["hunter2", "***", "older secret", "typ0"] {
+            assert!(!json.contains(secret), "{secret} in {json}");
+        }
+    }
+
+    #[test]
+    fn a_message_keeps_its_last_edit_its_reactions_and_its_deletion() {
+        let bob = Id::new();
+        let by = |mut m: Message, user: Id| {
+            m.user_id = user;
+            m
+        };
+        let edit = message(MessageKind::Edit, 2, "one", Some(1));
+        let react = by(message(MessageKind::React, 3, "👍", Some(1)), bob);
+        let live = vec![edit.clone(), react.clone()];
+        let again = settle(&message(MessageKind::Edit, 4, "two", Some(1)), &live);
+        assert_eq!(
+            (again.settled, again.blanked, again.counts),
+            (vec![2], vec![2], true)
+        );
+        let twice = settle(
+            &by(message(MessageKind::React, 5, "👍", Some(1)), bob),
+            &live,
+        );
+        assert!(!twice.counts && twice.settled.is_empty());
+        let other = settle(&message(MessageKind::React, 5, "👍", Some(1)), &live);
+        assert!(other.counts, "another member's same emoji counts");
+        let back = settle(
+            &by(message(MessageKind::Unreact, 6, "👍", Some(1)), bob),
+            &live,
+        );
+        assert_eq!((back.settled, back.counts), (vec![3], false));
+        let gone = settle(&message(MessageKind::Delete, 7, "", Some(1)), &live);
+        assert_eq!(gone.settled, vec![2, 3]);
+        assert_eq!(gone.blanked, vec![2, 1], "its edit and the message");
+        assert!(gone.counts);
+        let late = settle(
+            &message(MessageKind::Edit, 8, "raced", Some(1)),
+            &[message(MessageKind::Delete, 7, "", Some(1))],
+        );
+        assert_eq!((late.counts, late.blanked), (false, vec![8]));
+        // Stored again (a replayed batch): later records are not "earlier".
+        let replayed = settle(&react, &live);
+        assert!(replayed.counts, "a record does not repeat itself");
     }
 
     #[test]

@@ -11,7 +11,10 @@ mod user;
 
 pub use attachment::{AttachedFile, Attachment, Blob, Upload};
 pub use id::{Id, InvalidId};
-pub use message::{HistoryPage, HistoryQuery, Message, MessageKind, apply_changes};
+pub use message::{
+    HistoryPage, HistoryQuery, MAX_REACTIONS, MAX_REACTIONS_PER_USER, Message, MessageKind,
+    Settled, apply_changes, as_now, settle,
+};
 pub use room::{Room, RoomKind, RoomPage};
 pub use user::{ProfileUpdate, RefreshToken, Revoke, User};
 

@@ -474,7 +474,19 @@ fn write_messages(
                 outcomes.push(Ok(Inserted::Existing(Box::new(existing))));
                 continue;
             }
-            let record = match to_json(message) {
+            let mut message = message.clone();
+            let target = message.target_seq.filter(|_| message.kind.is_change());
+            let settled = match target {
+                Some(target) => {
+                    let live = live_changes(&changes, &table, message.room_id, target)?;
+                    crate::model::settle(&message, &live)
+                }
+                None => crate::model::Settled::default(),
+            };
+            if settled.blanked.contains(&message.seq) {
+                blank(&mut message);
+            }
+            let record = match to_json(&message) {
                 Ok(record) => record,
                 Err(e) => {
                     outcomes.push(Err(e));
@@ -482,14 +494,24 @@ fn write_messages(
                 }
             };
             table.insert(key.as_slice(), record.as_slice())?;
-            index_words(&mut words, message)?;
-            match (
-                message.target_seq.filter(|_| message.kind.is_change()),
-                message.reply_to,
-            ) {
+            index_words(&mut words, &message)?;
+            match (target, message.reply_to) {
                 (Some(target), _) => {
-                    let key = child_key(message.room_id, target, message.seq);
-                    changes.insert(key.as_slice(), ())?;
+                    for seq in &settled.settled {
+                        changes.remove(child_key(message.room_id, target, *seq).as_slice())?;
+                    }
+                    if settled.counts {
+                        let key = child_key(message.room_id, target, message.seq);
+                        changes.insert(key.as_slice(), ())?;
+                    }
+                    for seq in settled.blanked.iter().filter(|s| **s != message.seq) {
+                        let key = message_key(message.room_id, *seq);
+                        if let Some(mut gone) = get_json::<_, Message>(&table, key.as_slice())? {
+                            unindex_words(&mut words, &gone)?;
+                            blank(&mut gone);
+                            table.insert(key.as_slice(), to_json(&gone)?.as_slice())?;
+                        }
+                    }
                 }
                 (None, Some(parent)) => {
                     let key = child_key(message.room_id, parent, message.seq);
@@ -513,6 +535,45 @@ fn write_messages(
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// The changes to `target` that still count (see [`crate::model::settle`]).
+fn live_changes(
+    index: &redb::Table<&[u8], ()>,
+    table: &redb::Table<&[u8], &[u8]>,
+    room: Id,
+    target: u64,
+) -> StoreResult<Vec<Message>> {
+    let (from, to) = (
+        child_key(room, target, 0),
+        child_key(room, target, u64::MAX),
+    );
+    let mut live = Vec::new();
+    for entry in index.range(from.as_slice()..=to.as_slice())? {
+        let (key, _) = entry?;
+        let key = message_key(room, trailing_seq(key.value())?);
+        if let Some(change) = get_json::<_, Message>(table, key.as_slice())? {
+            live.push(change);
+        }
+    }
+    Ok(live)
+}
+
+/// Removes the text of a deleted message or of an edit nothing shows any
+/// more, with what named its files and whom it mentioned.
+fn blank(message: &mut Message) {
+    message.content.clear();
+    message.attachments.clear();
+    message.mentions.clear();
+    message.mentions_room = false;
+}
+
+/// Takes what [`index_words`] added for `message` out of the index.
+fn unindex_words(words: &mut redb::Table<&[u8], ()>, message: &Message) -> StoreResult<()> {
+    for word in crate::search::words(&message.content) {
+        words.remove(word_key(message.room_id, &word, message.seq).as_slice())?;
+    }
+    Ok(())
 }
 
 /// Adds what a search can find in `message` to the index: the words of a
@@ -1588,5 +1649,82 @@ mod tests {
             indexed,
             "the old layout's keys are gone"
         );
+    }
+
+    #[tokio::test]
+    async fn clicks_that_cancel_out_leave_nothing_to_load_and_a_deletion_blanks_every_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let (room, bob) = (Id::new(), Id::new());
+        let record = |kind, seq: u64, content: &str, target: Option<u64>| Message {
+            seq,
+            target_seq: target,
+            ..Message::new(kind, room, bob, "bob".into(), content.into())
+        };
+        let mut batch = vec![(record(MessageKind::Text, 1, "secret plans", None), None)];
+        for seq in 2..1002 {
+            let kind = if seq % 2 == 0 {
+                MessageKind::React
+            } else {
+                MessageKind::Unreact
+            };
+            batch.push((record(kind, seq, "👍", Some(1)), None));
+        }
+        batch.push((record(MessageKind::React, 1002, "🎉", Some(1)), None));
+        batch.push((
+            record(MessageKind::Edit, 1003, "covert plans", Some(1)),
+            None,
+        ));
+        batch.push((record(MessageKind::Edit, 1004, "open plans", Some(1)), None));
+        store.insert_messages(&batch).await.unwrap();
+        let live: Vec<u64> = seqs(&store.changes_of(room, &[1]).await.unwrap())
+            .into_iter()
+            .collect();
+        assert_eq!(
+            live,
+            [1002, 1004],
+            "the reaction still there and the last edit"
+        );
+        assert!(
+            store
+                .search(&[room], &query(&["covert"]))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let delete = record(MessageKind::Delete, 1005, "", Some(1));
+        store.insert_messages(&[(delete, None)]).await.unwrap();
+        let live: Vec<u64> = seqs(&store.changes_of(room, &[1]).await.unwrap())
+            .into_iter()
+            .collect();
+        assert_eq!(live, [1005]);
+        for word in ["secret", "open", "plans"] {
+            assert!(
+                store
+                    .search(&[room], &query(&[word]))
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{word}"
+            );
+        }
+        let stored = store
+            .messages(
+                room,
+                HistoryQuery::After {
+                    seq: 0,
+                    limit: 2000,
+                },
+            )
+            .await
+            .unwrap();
+        let texts: Vec<&Message> = stored
+            .messages
+            .iter()
+            .filter(|m| matches!(m.kind, MessageKind::Text | MessageKind::Edit))
+            .collect();
+        assert_eq!(texts.len(), 3);
+        assert!(texts.iter().all(|m| m.content.is_empty()), "{texts:?}");
     }
 }

@@ -234,6 +234,65 @@ impl MongoStore {
         self.db.collection("rooms")
     }
 
+    /// Applies [`crate::model::settle`] to a stored change: the earlier
+    /// changes it replaces leave the `target_seq` index, and the text it
+    /// makes unreadable is blanked. Idempotent, so a batch written twice
+    /// settles the same way.
+    async fn settle(&self, change: &Message) -> StoreResult<()> {
+        let Some(target) = change.target_seq else {
+            return Ok(());
+        };
+        let room = change.room_id.object_id();
+        let target = seq_to_i64(target)?;
+        let found = self
+            .messages()
+            .find(doc! {"room_id": room, "target_seq": target})
+            .await
+            .map_err(map_error)?;
+        let live = collect(found)
+            .await
+            .map_err(map_error)?
+            .into_iter()
+            .map(Message::try_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let settled = crate::model::settle(change, &live);
+        let mut out = settled
+            .settled
+            .iter()
+            .map(|seq| seq_to_i64(*seq))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if !settled.counts {
+            out.push(seq_to_i64(change.seq)?);
+        }
+        if !out.is_empty() {
+            self.messages()
+                .update_many(
+                    doc! {"room_id": room, "seq": {"$in": out}, "target_seq": target},
+                    doc! {"$set": {"settled_target_seq": target}, "$unset": {"target_seq": ""}},
+                )
+                .await
+                .map_err(map_error)?;
+        }
+        if !settled.blanked.is_empty() {
+            let blanked = settled
+                .blanked
+                .iter()
+                .map(|seq| seq_to_i64(*seq))
+                .collect::<StoreResult<Vec<_>>>()?;
+            self.messages()
+                .update_many(
+                    doc! {"room_id": room, "seq": {"$in": blanked}},
+                    doc! {
+                        "$set": {"content": "", "mentions_room": false},
+                        "$unset": {"attachments": "", "mentions": ""},
+                    },
+                )
+                .await
+                .map_err(map_error)?;
+        }
+        Ok(())
+    }
+
     fn messages(&self) -> Collection<MessageDoc> {
         self.db.collection("messages")
     }
@@ -570,8 +629,14 @@ struct MessageDoc {
     username: String,
     content: String,
     created_at: bson::DateTime,
-    /// Edits and deletions: the seq of the message they change.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Changes: the seq of the message they change. A change that no longer
+    /// counts (see [`crate::model::settle`]) has it as `settled_target_seq`,
+    /// out of the index history pages read.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "settled_target_seq"
+    )]
     target_seq: Option<i64>,
     /// Thread replies: the seq of the message they answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1071,6 +1136,9 @@ impl Store for MongoStore {
             }
             Err(e) => return Err(map_error(e)),
         }
+        if message.kind.is_change() {
+            self.settle(message).await?;
+        }
         // After the message: a key never names a message that is not stored.
         // (A crash in between forgets the key, and a retry stores the message again.)
         if let Some(id) = dedupe_id {
@@ -1121,6 +1189,8 @@ impl Store for MongoStore {
         let expires_at = to_bson_date(crate::model::now() + self.dedupe_ttl);
         let mut docs = Vec::with_capacity(batch.len());
         let mut entries = Vec::new();
+        // Changes this batch stores (not retries of stored ones), to settle.
+        let mut changes = Vec::new();
         for ((message, _), id) in batch.iter().zip(ids) {
             let seq = seq_to_i64(message.seq)?;
             if let Some(id) = id {
@@ -1138,10 +1208,16 @@ impl Store for MongoStore {
                 }
             }
             docs.push(MessageDoc::try_from(message)?);
+            if message.kind.is_change() {
+                changes.push(message);
+            }
         }
         // Unordered: one duplicate (a batch written twice) does not stop the
         // rest. The keys after their messages, as in `insert_message`.
         ignore_duplicates(self.messages().insert_many(docs).ordered(false).await)?;
+        for change in changes {
+            self.settle(change).await?;
+        }
         if !entries.is_empty() {
             let written = self.dedupe().insert_many(&entries).ordered(false).await;
             if ignore_duplicates(written).is_err() {

@@ -298,6 +298,7 @@ impl From<ChatError> for FrameError {
             ChatError::TooFarBehind => "resume_too_far",
             ChatError::NoSuchMessage | ChatError::NoSuchAttachment => "not_found",
             ChatError::NotAllowed(_) => "forbidden",
+            ChatError::TooManyReactions(_) => "too_many_reactions",
             ChatError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "bus unavailable for a websocket frame");
                 return FrameError::new("unavailable", "messaging is unavailable; retry shortly");

@@ -3,7 +3,7 @@ import { ApiError, type Api } from "../api";
 import { ChatConnection } from "../protocol/client";
 import type { AttachedFile, Room, SearchHit, User } from "../protocol/types";
 import { FileCache } from "../files";
-import { desktopNotice, pageTitle } from "../notify";
+import { desktopNotice, pageTitle, retracts, type DesktopNotice } from "../notify";
 import { PAGE, initialState, reducer, type ChatState } from "../state";
 import { RoomList } from "./RoomList";
 import { RoomView } from "./RoomView";
@@ -27,6 +27,8 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
     current.current = state;
   });
   const reloadRooms = useRef<() => void>(() => undefined);
+  // Desktop notifications on screen, one per room, so a deletion can close its own.
+  const shownNotices = useRef(new Map<string, { notice: DesktopNotice; shown: Notification }>());
   const [files] = useState(() => new FileCache(api));
   const [editingProfile, setEditingProfile] = useState(false);
   // My own profile, as the sign-in told it; user_updated frames follow it.
@@ -54,6 +56,13 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
                 window.focus();
                 dispatch({ type: "select", roomId: notice.roomId });
               };
+              shownNotices.current.set(notice.tag, { notice, shown });
+            }
+            // A message deleted since it was notified: its text goes from the desktop too.
+            const open = event.frame.type === "delete" ? shownNotices.current.get(event.frame.room_id) : undefined;
+            if (open && retracts(open.notice, event.frame)) {
+              open.shown.close();
+              shownNotices.current.delete(open.notice.tag);
             }
             dispatch({ type: "frame", frame: event.frame, now: Date.now() });
             // A room that became mine (a direct message, an invitation) goes live at once.

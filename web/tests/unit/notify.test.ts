@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { desktopNotice, pageTitle } from "../../src/notify";
+import { desktopNotice, pageTitle, retracts } from "../../src/notify";
 import { initialState, reducer } from "../../src/state";
 import { room, text as message } from "./fixtures";
 
@@ -25,7 +25,13 @@ describe("browser notices", () => {
 
   it("notifies of a direct message I am not looking at, once, and never of my own or a group's", () => {
     const state = start();
-    expect(desktopNotice(state, text("dm", 1), false)).toEqual({ title: "bob", body: "psst", tag: "dm", roomId: "dm" });
+    expect(desktopNotice(state, text("dm", 1), false)).toEqual({
+      title: "bob",
+      body: "psst",
+      tag: "dm",
+      roomId: "dm",
+      seq: 1,
+    });
     const picture = message("dm", 2, "bob", {
       content: "",
       attachments: [{ id: "f1", filename: "map.png", content_type: "image/png", size: 10 }],
@@ -39,5 +45,21 @@ describe("browser notices", () => {
     // A message already shown (a replay after a reconnect) is not news.
     const shown = reducer(state, { type: "frame", frame: text("dm", 1), now: 0 });
     expect(desktopNotice(shown, text("dm", 1), true)).toBeNull();
+  });
+
+  it("takes a notification back when its message is deleted", () => {
+    const notice = desktopNotice(start(), text("dm", 4), true);
+    expect(notice).not.toBeNull();
+    if (!notice) return;
+    const change = (type: "delete" | "edit", target: number, roomId = "dm") => ({
+      ...text(roomId, 9),
+      type,
+      content: "",
+      target_seq: target,
+    });
+    expect(retracts(notice, change("delete", 4))).toBe(true);
+    expect(retracts(notice, change("delete", 3))).toBe(false);
+    expect(retracts(notice, change("delete", 4, "lobby"))).toBe(false);
+    expect(retracts(notice, change("edit", 4))).toBe(false);
   });
 });

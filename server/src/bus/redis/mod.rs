@@ -21,7 +21,7 @@ mod keys;
 pub mod owner;
 mod persist;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ use self::keys::{
 };
 use super::{Audience, Bus, BusError, split_at_seq};
 use crate::metrics::Metrics;
-use crate::model::{HistoryQuery, Id, Message, MessageKind};
+use crate::model::{Id, Message, MessageKind};
 use crate::store::Store;
 use crate::sync::lock;
 use crate::ws::hub::{Hub, Outbound, Session};
@@ -351,14 +351,14 @@ impl RedisBus {
     /// What was published to `room` after seq `after`, for a repair.
     async fn missed_since(&self, room: Id, after: u64) -> Result<Vec<Message>, BusError> {
         let newest = self.newest_seq(room).await?;
-        let missed = self.missed(room, after, newest).await?;
-        if missed.len() as u64 > crate::chat::MAX_RESUME {
-            return Err(BusError::Internal(format!(
-                "more than {} messages missed; clients will resume",
-                crate::chat::MAX_RESUME
-            )));
-        }
-        Ok(missed)
+        self.missed(room, after, newest, usize::MAX)
+            .await?
+            .ok_or_else(|| {
+                BusError::Internal(format!(
+                    "more than {} messages missed; clients will resume",
+                    crate::chat::MAX_RESUME
+                ))
+            })
     }
 
     /// Counts a Redis failure the caller reports to its client.
@@ -374,9 +374,10 @@ impl RedisBus {
         let seq: u64 = seq
             .parse()
             .map_err(|_| BusError::Internal(format!("corrupt dedupe entry {seq:?}")))?;
-        self.missed(room, seq.saturating_sub(1), seq)
+        self.missed(room, seq.saturating_sub(1), seq, usize::MAX)
             .await?
             .into_iter()
+            .flatten()
             .find(|message| message.seq == seq)
             .ok_or_else(|| {
                 BusError::Unavailable("the original of this retry is not stored yet".into())
@@ -513,40 +514,60 @@ impl Bus for RedisBus {
         }
     }
 
-    async fn missed(&self, room: Id, after: u64, upto: u64) -> Result<Vec<Message>, BusError> {
+    async fn missed(
+        &self,
+        room: Id,
+        after: u64,
+        upto: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Message>>, BusError> {
         if upto <= after {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
-        let most = crate::chat::MAX_RESUME + 1;
+        let mut budget = crate::bus::ReadBudget::new(max_bytes);
         let mut commands = self.commands.clone();
-        let recent: StreamRangeReply = commands
-            .xrange_count(log_key(room), after + 1, upto, most)
-            .await
-            .map_err(unavailable)?;
-        let mut found = BTreeMap::new();
-        for entry in &recent.ids {
-            let payload: String = entry.get("m").ok_or_else(|| {
-                BusError::Internal(format!("log entry {} has no message", entry.id))
-            })?;
-            let message = parse_message(&payload)?;
-            found.insert(message.seq, message);
-        }
-        // The buffer holds the newest messages; older ones come from the store.
-        let covered_from = found.keys().next().copied().unwrap_or(upto + 1);
-        if covered_from > after + 1 {
-            let limit = (covered_from - after - 1).min(most);
-            let page = self
-                .store
-                .messages(room, HistoryQuery::After { seq: after, limit })
-                .await?;
-            for message in page.messages.into_iter().filter(|m| m.seq < covered_from) {
-                found.insert(message.seq, message);
+        let mut recent = Vec::new();
+        let mut from = after + 1;
+        // The log a chunk at a time, so a resume from far behind stops at
+        // its budget instead of reading up to 1,000 messages first.
+        while from <= upto {
+            let chunk: StreamRangeReply = commands
+                .xrange_count(log_key(room), from, upto, crate::bus::READ_CHUNK)
+                .await
+                .map_err(unavailable)?;
+            for entry in &chunk.ids {
+                let payload: String = entry.get("m").ok_or_else(|| {
+                    BusError::Internal(format!("log entry {} has no message", entry.id))
+                })?;
+                if !budget.spend(payload.len()) {
+                    return Ok(None);
+                }
+                let message = parse_message(&payload)?;
+                from = message.seq + 1;
+                recent.push(message);
+            }
+            if (chunk.ids.len() as u64) < crate::bus::READ_CHUNK {
+                break;
             }
         }
-        Ok(found
-            .into_values()
-            .take(usize::try_from(most).unwrap_or(usize::MAX))
-            .collect())
+        // The log holds the newest messages; older ones come from the store.
+        let covered_from = recent.first().map_or(upto + 1, |m| m.seq);
+        if covered_from > after + 1 {
+            let Some(mut older) = crate::bus::stored_between(
+                self.store.as_ref(),
+                room,
+                after,
+                covered_from,
+                &mut budget,
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            older.append(&mut recent);
+            recent = older;
+        }
+        Ok(Some(recent))
     }
 
     async fn subscribe(&self, room: Id) -> Result<(), BusError> {
