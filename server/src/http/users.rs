@@ -99,7 +99,7 @@ pub async fn sessions(
 
 pub async fn get(
     State(state): State<AppState>,
-    _caller: AuthUser,
+    caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<axum::Json<UserView>, ApiError> {
     let id = parse_id(&id, "user")?;
@@ -108,7 +108,7 @@ pub async fn get(
         .user(id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(axum::Json(with_presence(&state, user).await))
+    Ok(axum::Json(with_presence(&state, caller.id, user).await))
 }
 
 #[derive(Deserialize)]
@@ -121,7 +121,7 @@ pub struct Lookup {
 /// so a client can start a direct message or invite someone by name.
 pub async fn find(
     State(state): State<AppState>,
-    _caller: AuthUser,
+    caller: AuthUser,
     Query(lookup): Query<Lookup>,
 ) -> Result<axum::Json<UserView>, ApiError> {
     let username = validate::username(&lookup.username)?;
@@ -130,10 +130,28 @@ pub async fn find(
         .user_by_username(&username)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(axum::Json(with_presence(&state, user).await))
+    Ok(axum::Json(with_presence(&state, caller.id, user).await))
 }
 
-async fn with_presence(state: &AppState, user: crate::model::User) -> UserView {
+/// `user`'s public profile, with whether they are online and when they were
+/// last seen if `caller` shares a room (or a direct room) with them: anyone
+/// else could otherwise watch when a stranger comes and goes.
+async fn with_presence(
+    state: &AppState,
+    caller: crate::model::Id,
+    user: crate::model::User,
+) -> UserView {
+    let mates = match state.store.room_mates(user.id).await {
+        Ok(mates) => mates.contains(&caller),
+        Err(e) => {
+            tracing::warn!(error = %e, user_id = %user.id, "cannot tell whether a user shares a room with the caller");
+            false
+        }
+    };
+    if !mates {
+        return UserView::public(user);
+    }
+    let last_seen_at = user.last_seen_at;
     // Presence is a nicety here: if it cannot be read, say nothing rather than fail.
     let online = state
         .chat
@@ -143,6 +161,7 @@ async fn with_presence(state: &AppState, user: crate::model::User) -> UserView {
         .ok();
     UserView {
         online,
+        last_seen_at,
         ..UserView::public(user)
     }
 }

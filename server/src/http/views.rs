@@ -32,10 +32,13 @@ impl UserView {
     pub fn own(user: User) -> Self {
         Self {
             email: Some(user.email.clone()),
+            last_seen_at: user.last_seen_at,
             ..Self::public(user)
         }
     }
 
+    /// What anyone may read of a user: no e-mail, and no presence (only
+    /// people who share a room with them see that, by `with_presence`).
     pub fn public(user: User) -> Self {
         Self {
             id: user.id,
@@ -46,7 +49,7 @@ impl UserView {
             avatar_color: user.avatar_color,
             created_at: user.created_at,
             online: None,
-            last_seen_at: user.last_seen_at,
+            last_seen_at: None,
         }
     }
 }

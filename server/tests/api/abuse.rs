@@ -1074,3 +1074,44 @@ async fn taken(ws: &mut WsClient, frame: serde_json::Value) -> serde_json::Value
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Any signed-in user read anyone's `online` and `last_seen_at`, so could
+/// watch when a stranger comes and goes. Now only people who share a room
+/// (or a direct room) with them see it.
+#[tokio::test]
+async fn presence_is_for_people_who_share_a_room() {
+    let server = server_with(&[]).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let stranger = server.user("mallory").await;
+    let room = server.room(&alice, "friends", true).await;
+    let (status, _) = server
+        .post(
+            &format!("/api/rooms/{room}/members/{}", bob.id),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert!(status < 300, "{status}");
+    let ws = WsClient::connect(&server, &ws_query(&bob, None))
+        .await
+        .unwrap();
+    ws.close().await;
+    let path = format!("/api/users/{}", bob.id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, seen) = server.get(&path, &alice.token).await;
+        if seen["online"] == false && seen["last_seen_at"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for path in [path, "/api/users?username=bob".to_owned()] {
+        let (status, profile) = server.get(&path, &stranger.token).await;
+        assert_eq!(status, 200, "{profile}");
+        assert_eq!(profile["username"], "bob");
+        assert!(profile.get("online").is_none(), "{profile}");
+        assert!(profile.get("last_seen_at").is_none(), "{profile}");
+    }
+}

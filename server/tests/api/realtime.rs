@@ -708,6 +708,9 @@ async fn last_seen_is_recorded_when_the_last_connection_closes(backend: Backend)
     let server = TestServer::start(backend).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
+    // Presence is for people who share a room.
+    let room = server.room(&alice, "hangout", false).await;
+    server.join(&bob, &room).await;
     let path = format!("/api/users/{}", bob.id);
     let (_, never) = server.get(&path, &alice.token).await;
     assert!(never.get("last_seen_at").is_none(), "{never}");
