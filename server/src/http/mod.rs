@@ -100,8 +100,12 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
         .merge(api)
         .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .merge(
+            Router::new()
+                .route("/readyz", get(ops::readyz))
+                .route("/metrics", get(ops::metrics))
+                .route_layer(middleware::from_fn(not_relayed)),
+        )
         .fallback(move |request: axum::extract::Request| web.clone().respond(request))
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
@@ -161,6 +165,24 @@ async fn deadline(
         )
         .into_response(),
     }
+}
+
+/// Headers a proxy adds to what it relays (nginx and Traefik ingress
+/// controllers, cloud load balancers).
+const RELAYED_BY: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
+/// Readiness and metrics are for the cluster (kubelet, Prometheus), which
+/// asks the pod directly: a request relayed by a proxy, as everything
+/// through the operator's Ingress (which routes `/`) is, gets 404, so the
+/// internals (backend errors, every route's traffic) are not public.
+async fn not_relayed(request: axum::extract::Request, next: middleware::Next) -> Response {
+    if RELAYED_BY
+        .iter()
+        .any(|name| request.headers().contains_key(*name))
+    {
+        return ApiError::not_found("route").into_response();
+    }
+    next.run(request).await
 }
 
 /// Exact origins only, credentials allowed; no layer at all (same origin only)

@@ -1115,3 +1115,34 @@ async fn presence_is_for_people_who_share_a_room() {
         assert!(profile.get("last_seen_at").is_none(), "{profile}");
     }
 }
+
+/// `/metrics` and `/readyz` were public through the operator's Ingress,
+/// which routes `/` (every route's traffic, backend errors). A request a
+/// proxy relayed now gets 404; the kubelet and Prometheus, which ask the pod
+/// directly, still get them.
+#[tokio::test]
+async fn metrics_and_readiness_are_not_served_through_a_proxy() {
+    let server = server_with(&[]).await;
+    let client = reqwest::Client::new();
+    for path in ["/metrics", "/readyz"] {
+        let url = format!("{}{path}", server.base);
+        let direct = client.get(&url).send().await.unwrap().status();
+        assert_eq!(direct, 200, "{path}");
+        for (name, value) in [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+        ] {
+            let relayed = client.get(&url).header(name, value).send().await.unwrap();
+            assert_eq!(relayed.status(), 404, "{path} with {name}");
+        }
+    }
+    // The liveness probe and the API are unaffected.
+    let relayed = client
+        .get(format!("{}/healthz", server.base))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relayed.status(), 200);
+}
