@@ -186,6 +186,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
                 .max(config.limits.attachment_bytes),
         )),
         limits: Arc::new(config.limits.clone()),
+        web_origins: config.cors_origins.clone().into(),
     })
 }
 

@@ -26,4 +26,7 @@ pub struct AppState {
     pub upload_memory: Arc<tokio::sync::Semaphore>,
     /// This instance's name (CHAT_POD_NAME), in sessions and logs.
     pub pod: Arc<str>,
+    /// Web origins other than the server's own allowed to call it and open
+    /// WebSockets (CHAT_CORS_ORIGINS).
+    pub web_origins: Arc<[axum::http::HeaderValue]>,
 }

@@ -40,6 +40,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     handshake: Result<Handshake, NotWebSocket>,
 ) -> Result<Response, ApiError> {
+    check_origin(&headers, &state.web_origins)?;
     let (token, protocol) = find_token(&params, &headers)?;
     let claims = verify(&state, &token)?;
     let handshake = handshake?;
@@ -57,6 +58,37 @@ pub async fn upgrade(
     Ok(handshake.accept(protocol, move |socket, early| {
         connection::run(socket, early, state, claims, room, address)
     }))
+}
+
+/// A browser names the page that opens a WebSocket in `Origin`, and sends
+/// it whatever page that is: only the server's own pages (the origin's host
+/// is the request's `Host`) and the origins of CHAT_CORS_ORIGINS may open
+/// one. A client that is no browser sends no `Origin` and is not asked.
+/// (Tokens are not cookies, so another site's page could not sign in with
+/// one anyway; this keeps it from trying with a token it was given.)
+fn check_origin(headers: &HeaderMap, allowed: &[HeaderValue]) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    if allowed.contains(origin) {
+        return Ok(());
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let own = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+        .is_some_and(|(_, authority)| host.is_some_and(|h| h.eq_ignore_ascii_case(authority)));
+    if own {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "WebSockets are opened from this server's own pages or the origins in CHAT_CORS_ORIGINS",
+        ))
+    }
 }
 
 pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
@@ -104,4 +136,45 @@ fn find_token(
         "missing_token",
         "pass the token as ?token=, Authorization: Bearer, or Sec-WebSocket-Protocol: bearer.<token>",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(origin) = origin {
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn only_the_servers_own_pages_and_listed_origins_open_websockets() {
+        let listed = [HeaderValue::from_static("https://app.example.com")];
+        let allowed = |origin, host| check_origin(&headers(origin, host), &listed).is_ok();
+        assert!(allowed(None, "chat.example.com"), "no browser");
+        assert!(allowed(
+            Some("https://chat.example.com"),
+            "chat.example.com"
+        ));
+        assert!(allowed(Some("http://localhost:8080"), "localhost:8080"));
+        assert!(allowed(
+            Some("https://CHAT.example.com"),
+            "chat.example.com"
+        ));
+        assert!(allowed(Some("https://app.example.com"), "chat.example.com"));
+        assert!(!allowed(Some("https://evil.example"), "chat.example.com"));
+        assert!(!allowed(Some("http://localhost:9999"), "localhost:8080"));
+        assert!(
+            !allowed(Some("null"), "chat.example.com"),
+            "a sandboxed page"
+        );
+        assert!(!allowed(
+            Some("chrome-extension://chat.example.com"),
+            "chat.example.com"
+        ));
+    }
 }

@@ -1146,3 +1146,55 @@ async fn metrics_and_readiness_are_not_served_through_a_proxy() {
         .unwrap();
     assert_eq!(relayed.status(), 200);
 }
+
+/// A WebSocket opened from any web page was accepted. Now one whose
+/// `Origin` is neither the server's own nor listed in CHAT_CORS_ORIGINS gets
+/// 403; clients that are no browser send none and are unaffected.
+#[tokio::test]
+async fn websockets_from_other_sites_pages_are_refused() {
+    let server = server_with(&[("CHAT_CORS_ORIGINS", "https://app.example.com")]).await;
+    let alice = server.user("alice").await;
+    let host = address(&server);
+    for (origin, expected) in [
+        (Some("https://evil.example".to_owned()), "403"),
+        (Some("null".to_owned()), "403"),
+        (Some(format!("http://{host}")), "101"),
+        (Some("https://app.example.com".to_owned()), "101"),
+        (None, "101"),
+    ] {
+        let mut stream = TcpStream::connect(&host).await.unwrap();
+        let origin_line = origin
+            .as_ref()
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: Bearer {}\r\n{origin_line}\r\n",
+            alice.token
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        // A refusal ends with its JSON body, an upgrade with its headers.
+        let upgraded = |a: &[u8]| a.starts_with(b"HTTP/1.1 101") && a.ends_with(b"\r\n\r\n");
+        while !(answer.ends_with(b"}") || upgraded(&answer)) {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                .await
+                .unwrap()
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+        }
+        let status = String::from_utf8_lossy(&answer);
+        assert!(
+            status.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{origin:?}: {status}"
+        );
+        if expected == "403" {
+            assert!(status.contains("origin_not_allowed"), "{status}");
+        }
+    }
+}
