@@ -44,6 +44,10 @@ const STORE_PROBE: Duration = Duration::from_secs(10);
 /// burst big enough for several tabs reopening dozens of rooms at once.
 const CONTROL_PER_SEC: NonZeroU32 = NonZeroU32::new(20).unwrap();
 const CONTROL_BURST: NonZeroU32 = NonZeroU32::new(200).unwrap();
+/// Reads whose cost grows with the room (a search, history by `offset`), in
+/// units per user per second, after a burst: see [`Chat::take_read`].
+const READS_PER_SEC: NonZeroU32 = NonZeroU32::new(10).unwrap();
+const READ_BURST: NonZeroU32 = NonZeroU32::new(100).unwrap();
 /// A resume costs one more control frame per this many bytes it read: a
 /// replay of 2 MiB is the work of 32 frames, not one.
 const REPLAY_BYTES_PER_FRAME: usize = 64 * 1024;
@@ -129,6 +133,9 @@ pub struct Chat {
     /// Join, leave, resume, auth and ping: each costs a store read, a replay
     /// or a fan-out of presence, so they are budgeted too.
     control_limiter: DefaultKeyedRateLimiter<Id>,
+    /// Searches and history read by offset: their cost grows with the
+    /// rooms' size, so they have a budget of their own, charged by cost.
+    read_limiter: DefaultKeyedRateLimiter<Id>,
     /// (room, user) memberships the store confirmed, and when.
     confirmed_members: Mutex<HashMap<(Id, Id), Instant>>,
     /// Until when the store is taken to be down (see `confirm_member`).
@@ -158,6 +165,9 @@ impl Chat {
             control_limiter: DefaultKeyedRateLimiter::keyed(
                 Quota::per_second(CONTROL_PER_SEC).allow_burst(CONTROL_BURST),
             ),
+            read_limiter: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(READS_PER_SEC).allow_burst(READ_BURST),
+            ),
             confirmed_members: Mutex::default(),
             store_down_until: Mutex::default(),
             pod: pod.to_owned(),
@@ -175,6 +185,21 @@ impl Chat {
     /// Takes one control frame (join, leave, resume, auth, ping) of `user`'s budget.
     pub fn take_control(&self, user: Id) -> Result<(), ChatError> {
         Self::take(&self.control_limiter, user)
+    }
+
+    /// Takes `units` of `user`'s read budget (at most the whole burst), or
+    /// says how long to wait: a search costs 5, a history page 1 per 1,000
+    /// messages its `offset` skips.
+    pub fn take_read(&self, user: Id, units: u32) -> Result<(), ChatError> {
+        let units = NonZeroU32::new(units.min(READ_BURST.get())).unwrap_or(NonZeroU32::MIN);
+        match self.read_limiter.check_key_n(&user, units) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(ChatError::RateLimited(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )),
+            // Never more than the burst: unreachable, and no reason to refuse.
+            Err(_) => Ok(()),
+        }
     }
 
     /// Charges `user`'s control budget for a replay that read `bytes`, or
@@ -223,6 +248,7 @@ impl Chat {
         self.limiter.retain_recent();
         self.event_limiter.retain_recent();
         self.control_limiter.retain_recent();
+        self.read_limiter.retain_recent();
         lock(&self.confirmed_members).retain(|_, at| at.elapsed() < MEMBERSHIP_TTL);
     }
 

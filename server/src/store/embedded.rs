@@ -1124,6 +1124,13 @@ impl Store for EmbeddedStore {
                 .open_table(MESSAGE_COUNTS)?
                 .get(room.bytes().as_slice())?
                 .map_or(0, |c| c.value());
+            if matches!(query, HistoryQuery::Latest { offset, .. } if offset >= total) {
+                // Past the oldest: nothing to skip through.
+                return Ok(HistoryPage {
+                    messages: Vec::new(),
+                    total,
+                });
+            }
             let table = tx.open_table(MESSAGES)?;
             let (from, to, skip, limit, newest_first) = match query {
                 HistoryQuery::Latest { offset, limit } => (0, u64::MAX, offset, limit, true),

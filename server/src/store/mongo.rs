@@ -1376,6 +1376,13 @@ impl Store for MongoStore {
             .count_documents(shown.clone())
             .await
             .map_err(map_error)?;
+        if matches!(query, HistoryQuery::Latest { offset, .. } if offset >= total) {
+            // Past the oldest: nothing to skip through.
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                total,
+            });
+        }
         // Pages show messages; a resume (`After`) replays changes as well.
         let (filter, skip, limit, order) = match query {
             HistoryQuery::Latest { offset, limit } => (shown, offset, limit, -1),

@@ -1198,3 +1198,43 @@ async fn websockets_from_other_sites_pages_are_refused() {
         }
     }
 }
+
+/// Searches and history pages by `offset` had no limit, and cost grows with
+/// the room (6 ms and 21 ms per 10,000 messages). They now spend a read
+/// budget per user: a search 5 units, a page 1 per 1,000 messages skipped,
+/// of 100 (10 more a second); pages by `before_seq` and the latest page are
+/// free.
+#[tokio::test]
+async fn searches_and_deep_history_pages_spend_a_read_budget() {
+    let server = server_with(&[]).await;
+    let alice = server.user("alice").await;
+    let room = server.room(&alice, "archive", false).await;
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let (status, body) = server.get("/api/search?q=hello", &alice.token).await;
+        if status == 429 {
+            assert_eq!(code(&body), "rate_limited", "{body}");
+        }
+        statuses.push(status);
+    }
+    let first_refused = statuses.iter().position(|s| *s == 429);
+    assert!(
+        first_refused.is_some_and(|at| (19..=24).contains(&at)),
+        "{statuses:?}"
+    );
+    // Another user's budget is their own; cheap pages stay free.
+    let bob = server.user("bob").await;
+    server.join(&bob, &room).await;
+    for _ in 0..30 {
+        for page in ["offset=0", "before_seq=5"] {
+            let (status, body) = server
+                .get(&format!("/api/rooms/{room}/messages?{page}"), &bob.token)
+                .await;
+            assert_eq!(status, 200, "{page}: {body}");
+        }
+    }
+    let deep = format!("/api/rooms/{room}/messages?offset=50000");
+    assert_eq!(server.get(&deep, &bob.token).await.0, 200);
+    let (status, body) = server.get(&deep, &bob.token).await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"), "{body}");
+}
