@@ -1238,3 +1238,28 @@ async fn searches_and_deep_history_pages_spend_a_read_budget() {
     let (status, body) = server.get(&deep, &bob.token).await;
     assert_eq!((status, code(&body)), (429, "rate_limited"), "{body}");
 }
+
+/// Sign-up says which field is taken, so it tells whether an e-mail is
+/// registered. No answer can hide that without e-mail verification (a probe
+/// with a fresh username isolates the e-mail), so the answer stays useful
+/// and the probing is bounded instead: every attempt, refused or not, spends
+/// the address's sign-up budget.
+#[tokio::test]
+async fn probing_e_mails_through_sign_up_spends_the_sign_up_budget() {
+    let server = server_with(&[("CHAT_SIGNUPS_PER_ADDRESS_PER_HOUR", "6")]).await;
+    let client = reqwest::Client::new();
+    let probe = |username: String| {
+        client
+            .post(server.url("/api/auth/register"))
+            .json(&json!({"username": username, "email": "victim@example.com", "password": "password-123"}))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(probe(format!("probe{i}")).await.unwrap().status().as_u16());
+    }
+    // The burst is a third of the hour's budget: the first creates the
+    // account, the next probe learns the e-mail is taken, then 429.
+    assert_eq!(statuses[..2], [201, 409], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| *s == 429), "{statuses:?}");
+}
