@@ -16,7 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::bus::{Audience, Bus, BusError};
-use crate::model::{Id, Message, MessageKind, Room};
+use crate::model::{Id, Message, MessageKind, Room, RoomKind};
 use crate::store::{Store, StoreError};
 use crate::sync::lock;
 use crate::ws::hub::{Connection, Hub, Outbound, Replay, Session};
@@ -485,6 +485,24 @@ impl Chat {
             return Ok(());
         }
         let member = match self.store.room(room).await {
+            Ok(Some(current)) if current.kind == RoomKind::Direct && current.is_member(user) => {
+                // The other one may have blocked this one since.
+                let other = current.members.iter().find(|m| **m != user).copied();
+                let blocked = match other {
+                    Some(other) => self
+                        .store
+                        .user(other)
+                        .await?
+                        .is_some_and(|o| o.blocked.contains(&user)),
+                    None => false,
+                };
+                if blocked {
+                    return Err(ChatError::NotAllowed(
+                        "the other member of this direct room blocked you",
+                    ));
+                }
+                true
+            }
             Ok(current) => current.is_some_and(|r| r.is_member(user)),
             // Chat goes on while the database is down (messages wait in the
             // persist stream); so does the live subscription's word for it.
@@ -504,6 +522,13 @@ impl Chat {
             self.hub.evict(room, Some(user));
             Err(ChatError::NotSubscribed)
         }
+    }
+
+    /// Forgets which rooms `user` was confirmed a member of, so their next
+    /// post asks the store again: someone blocked them, and their direct
+    /// room must stop taking their messages now (see `confirm_member`).
+    pub fn reconfirm(&self, user: Id) {
+        lock(&self.confirmed_members).retain(|(_, member), _| *member != user);
     }
 
     /// Re-reads the membership of every room open on this pod and stops

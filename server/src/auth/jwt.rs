@@ -152,6 +152,7 @@ mod tests {
             avatar_color: None,
             created_at: crate::model::now(),
             last_seen_at: None,
+            blocked: Vec::new(),
         }
     }
 

@@ -73,6 +73,7 @@ pub async fn register(
         avatar_color: None,
         created_at: crate::model::now(),
         last_seen_at: None,
+        blocked: Vec::new(),
     };
     state.store.create_user(&user).await?;
     tracing::info!(user_id = %user.id, username = %user.username, "user registered");

@@ -65,6 +65,11 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
             put(avatars::put).delete(avatars::delete),
         )
         .route("/api/users/{id}/avatar", get(avatars::get))
+        .route("/api/users/me/blocks", get(users::blocks))
+        .route(
+            "/api/users/me/blocks/{user_id}",
+            put(users::block).delete(users::unblock),
+        )
         .route("/api/users", get(users::find))
         .route("/api/users/{id}", get(users::get))
         .route("/api/rooms", post(rooms::create).get(rooms::list))

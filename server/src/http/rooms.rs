@@ -267,7 +267,18 @@ pub async fn add_member(
 ) -> Result<axum::Json<RoomView>, ApiError> {
     state.chat.take_change(caller.id)?;
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
-    let added = member_author(&state, user).await?;
+    let added = state
+        .store
+        .user(user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    if added.blocked.contains(&caller.id) {
+        return Err(blocked_by(&added.username));
+    }
+    let added = Author {
+        id: added.id,
+        username: added.username,
+    };
     if room.is_member(user) {
         return Ok(axum::Json(room.into()));
     }
@@ -423,6 +434,9 @@ pub async fn direct(
         .user(other_id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
+    if other.blocked.contains(&caller.id) {
+        return Err(blocked_by(&other.username));
+    }
     let name = {
         let mut names = [caller.username.as_str(), other.username.as_str()];
         names.sort_unstable();
@@ -436,4 +450,13 @@ pub async fn direct(
     }
     list_added(&state, Audience::Users(vec![caller.id, other.id]), &view).await;
     Ok((StatusCode::CREATED, axum::Json(view)))
+}
+
+/// The answer when `whom` blocked the caller.
+fn blocked_by(whom: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "blocked",
+        format!("{whom} does not accept this from you"),
+    )
 }

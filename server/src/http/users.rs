@@ -60,6 +60,7 @@ pub async fn update_me(
             .map(|color| color.map(|c| validate::color(&c)).transpose())
             .transpose()?,
         password_hash: None,
+        blocked: None,
     };
     let user = state
         .store
@@ -164,4 +165,85 @@ async fn with_presence(
         last_seen_at,
         ..UserView::public(user)
     }
+}
+
+/// `GET /api/users/me/blocks`: the users I blocked.
+pub async fn blocks(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let me = state
+        .store
+        .user(caller.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(axum::Json(serde_json::json!({ "users": me.blocked })))
+}
+
+/// `PUT /api/users/me/blocks/{user_id}`: blocks a user, who can then no
+/// longer start a direct message with me, write in our direct room, or add
+/// me to a room. They are not told.
+pub async fn block(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(user_id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    set_blocked(&state, &caller, &user_id, true).await
+}
+
+/// `DELETE /api/users/me/blocks/{user_id}`: unblocks a user.
+pub async fn unblock(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(user_id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    set_blocked(&state, &caller, &user_id, false).await
+}
+
+async fn set_blocked(
+    state: &AppState,
+    caller: &AuthUser,
+    user_id: &str,
+    blocked: bool,
+) -> Result<axum::http::StatusCode, ApiError> {
+    state.chat.take_change(caller.id)?;
+    let other = parse_id(user_id, "user")?;
+    if other == caller.id {
+        return Err(ApiError::validation("user_id", "you cannot block yourself"));
+    }
+    if state.store.user(other).await?.is_none() {
+        return Err(ApiError::not_found("user"));
+    }
+    let me = state
+        .store
+        .user(caller.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let mut list = me.blocked;
+    if list.contains(&other) == blocked {
+        return Ok(axum::http::StatusCode::NO_CONTENT);
+    }
+    if blocked {
+        if list.len() >= crate::model::MAX_BLOCKED {
+            return Err(ApiError::conflict(
+                "too_many_blocks",
+                format!("you can block at most {} users", crate::model::MAX_BLOCKED),
+            ));
+        }
+        list.push(other);
+    } else {
+        list.retain(|id| *id != other);
+    }
+    let update = ProfileUpdate {
+        blocked: Some(list),
+        ..ProfileUpdate::default()
+    };
+    state.store.update_profile(caller.id, &update).await?;
+    if blocked {
+        // Our direct room, if there is one, stops taking their messages now
+        // on this pod; other pods see it when they next confirm membership.
+        state.chat.reconfirm(other);
+    }
+    tracing::info!(user_id = %caller.id, other = %other, blocked, "block list changed");
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

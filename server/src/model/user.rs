@@ -24,7 +24,14 @@ pub struct User {
         with = "time::serde::rfc3339::option"
     )]
     pub last_seen_at: Option<Timestamp>,
+    /// Users this one blocked: they cannot start a direct message with
+    /// them, write in their direct room, or add them to a room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<Id>,
 }
+
+/// The most users one user may block.
+pub const MAX_BLOCKED: usize = 1000;
 
 impl User {
     /// Usernames are unique regardless of case: `Alice` and `alice` are one name.
@@ -41,6 +48,8 @@ pub struct ProfileUpdate {
     pub avatar_color: Option<Option<String>>,
     /// A new password's hash (a password change).
     pub password_hash: Option<String>,
+    /// The whole new list of blocked users.
+    pub blocked: Option<Vec<Id>>,
 }
 
 impl ProfileUpdate {
@@ -56,6 +65,9 @@ impl ProfileUpdate {
         }
         if let Some(password_hash) = &self.password_hash {
             user.password_hash.clone_from(password_hash);
+        }
+        if let Some(blocked) = &self.blocked {
+            user.blocked.clone_from(blocked);
         }
     }
 }

@@ -521,6 +521,8 @@ struct UserDoc {
     created_at: bson::DateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_seen_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    blocked: Vec<ObjectId>,
 }
 
 impl From<&User> for UserDoc {
@@ -536,6 +538,7 @@ impl From<&User> for UserDoc {
             avatar_color: user.avatar_color.clone(),
             created_at: to_bson_date(user.created_at),
             last_seen_at: user.last_seen_at.map(to_bson_date),
+            blocked: user.blocked.iter().map(|id| id.object_id()).collect(),
         }
     }
 }
@@ -552,6 +555,7 @@ impl From<UserDoc> for User {
             avatar_color: doc.avatar_color,
             created_at: from_bson_date(doc.created_at),
             last_seen_at: doc.last_seen_at.map(from_bson_date),
+            blocked: doc.blocked.into_iter().map(Id::from).collect(),
         }
     }
 }
@@ -889,6 +893,10 @@ impl Store for MongoStore {
         let mut unset = Document::new();
         if let Some(hash) = &update.password_hash {
             set.insert("password_hash", hash.as_str());
+        }
+        if let Some(blocked) = &update.blocked {
+            let ids: Vec<ObjectId> = blocked.iter().map(|id| id.object_id()).collect();
+            set.insert("blocked", ids);
         }
         for (field, value) in [
             ("display_name", &update.display_name),

@@ -15,6 +15,7 @@ use crate::on_both_stores;
 on_both_stores!(
     a_resume_and_search_show_no_text_that_was_edited_away_or_deleted,
     reactions_are_a_bounded_set_however_often_they_are_clicked,
+    blocking_someone_stops_their_direct_messages_and_invitations,
 );
 
 async fn server_with(vars: &[(&'static str, &str)]) -> TestServer {
@@ -1262,4 +1263,100 @@ async fn probing_e_mails_through_sign_up_spends_the_sign_up_budget() {
     // account, the next probe learns the e-mail is taken, then 429.
     assert_eq!(statuses[..2], [201, 409], "{statuses:?}");
     assert!(statuses[2..].iter().all(|s| *s == 429), "{statuses:?}");
+}
+
+/// Anyone could open a direct room with anyone, write in it, and add anyone
+/// to a room; there was no way to block someone. Now a user blocks another,
+/// who then cannot start a direct message with them, write in their direct
+/// room, or add them to a room.
+async fn blocking_someone_stops_their_direct_messages_and_invitations(backend: Backend) {
+    use reqwest::Method;
+    let server = TestServer::start(backend).await;
+    let alice = server.user("alice").await;
+    let mallory = server.user("mallory").await;
+    let (status, dm) = server
+        .post(
+            &format!("/api/dm/{}", alice.id),
+            Some(&mallory.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201, "{dm}");
+    let dm = dm["id"].as_str().unwrap().to_owned();
+    let mut ws = WsClient::connect(&server, &ws_query(&mallory, Some(&dm)))
+        .await
+        .unwrap();
+    ws.next_of("joined").await;
+    let say = |n: u32| json!({"type": "message", "room_id": dm, "content": format!("hey {n}")});
+    assert_eq!(taken(&mut ws, say(1)).await["type"], "ack");
+
+    let block = format!("/api/users/me/blocks/{}", mallory.id);
+    let (status, body) = server
+        .call(Method::PUT, &block, Some(&alice.token), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (_, list) = server.get("/api/users/me/blocks", &alice.token).await;
+    assert_eq!(list["users"], json!([mallory.id]));
+    let refused = taken(&mut ws, say(2)).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let (status, body) = server
+        .post(
+            &format!("/api/dm/{}", alice.id),
+            Some(&mallory.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (403, "blocked"), "{body}");
+    let trap = server.room(&mallory, "trap", true).await;
+    let (status, body) = server
+        .post(
+            &format!("/api/rooms/{trap}/members/{}", alice.id),
+            Some(&mallory.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (403, "blocked"), "{body}");
+    // Others are not affected; nor is what Alice does.
+    let bob = server.user("bob").await;
+    let (status, _) = server
+        .post(
+            &format!("/api/dm/{}", alice.id),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = server
+        .post(
+            &format!("/api/dm/{}", mallory.id),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "the room exists");
+    // What cannot be blocked.
+    let (status, _) = server
+        .call(
+            Method::PUT,
+            &format!("/api/users/me/blocks/{}", alice.id),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = server
+        .call(
+            Method::PUT,
+            "/api/users/me/blocks/0123456789abcdef01234567",
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, _) = server
+        .call(Method::DELETE, &block, Some(&alice.token), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(taken(&mut ws, say(3)).await["type"], "ack");
 }
