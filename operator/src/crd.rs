@@ -275,6 +275,12 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1125899906842624_i64))]
     pub upload_quota_bytes: Option<i64>,
+    /// Upload bytes one pod holds in memory at once, across uploads, in
+    /// bytes (64 MiB; never less than `attachmentBytes`). Size the pod's
+    /// memory limit for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576, max = 4294967296_i64))]
+    pub upload_memory_bytes: Option<i64>,
     /// Addresses or CIDR blocks of the proxies in front of the pods (the
     /// Ingress controller's pods, a load balancer) whose X-Forwarded-For names
     /// the client. Empty: the TCP peer is the client, or with `ingress` set,
@@ -316,6 +322,9 @@ impl Limits {
             .collect();
         if let Some(quota) = self.upload_quota_bytes {
             env.push(("CHAT_UPLOAD_QUOTA_BYTES", quota.to_string()));
+        }
+        if let Some(memory) = self.upload_memory_bytes {
+            env.push(("CHAT_UPLOAD_MEMORY_BYTES", memory.to_string()));
         }
         if !self.trusted_proxies.is_empty() {
             env.push(("CHAT_TRUSTED_PROXIES", self.trusted_proxies.join(",")));

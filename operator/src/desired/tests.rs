@@ -91,10 +91,12 @@ fn limits_that_are_set_reach_the_server_and_the_rest_keep_its_defaults() {
         "trustedProxies": ["10.0.0.0/8", "192.168.0.10"],
         "attachmentBytes": 2097152,
         "uploadQuotaBytes": 5_000_000_000_u64,
+        "uploadMemoryBytes": 134_217_728,
     }}));
     let data = config_map(&cluster).unwrap().data.unwrap();
     assert_eq!(data["CHAT_MAX_ATTACHMENT_BYTES"], "2097152");
     assert_eq!(data["CHAT_UPLOAD_QUOTA_BYTES"], "5000000000");
+    assert_eq!(data["CHAT_UPLOAD_MEMORY_BYTES"], "134217728");
     assert!(!data.contains_key("CHAT_UPLOAD_TIMEOUT_SECS"));
     assert_eq!(data["CHAT_MAX_CONNECTIONS_PER_USER"], "5");
     assert_eq!(data["CHAT_HTTP_HEADER_TIMEOUT_SECS"], "7");
