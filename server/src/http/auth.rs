@@ -206,11 +206,7 @@ pub async fn change_password(
     Json(request): Json<PasswordChange>,
 ) -> Result<axum::Json<SessionView>, ApiError> {
     validate::password(&request.new_password).map_err(|e| e.for_field("new_password"))?;
-    let user = state
-        .store
-        .user(caller.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = super::users::existing(&state, caller.id).await?;
     // Guessing the current password here is a sign-in attempt like any other.
     state
         .login_limits

@@ -267,11 +267,7 @@ pub async fn add_member(
 ) -> Result<axum::Json<RoomView>, ApiError> {
     state.chat.take_change(caller.id)?;
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
-    let added = state
-        .store
-        .user(user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let added = super::users::existing(&state, user).await?;
     if added.blocked.contains(&caller.id) {
         return Err(blocked_by(&added.username));
     }
@@ -334,11 +330,7 @@ pub async fn remove_member(
 }
 
 async fn member_author(state: &AppState, user: Id) -> Result<Author, ApiError> {
-    let user = state
-        .store
-        .user(user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = super::users::existing(state, user).await?;
     Ok(Author {
         id: user.id,
         username: user.username,
@@ -429,11 +421,7 @@ pub async fn direct(
             "a direct room needs another user",
         ));
     }
-    let other = state
-        .store
-        .user(other_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let other = super::users::existing(&state, other_id).await?;
     if other.blocked.contains(&caller.id) {
         return Err(blocked_by(&other.username));
     }

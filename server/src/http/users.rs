@@ -27,11 +27,7 @@ pub async fn me(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> Result<axum::Json<UserView>, ApiError> {
-    let user = state
-        .store
-        .user(caller.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = existing(&state, caller.id).await?;
     Ok(axum::Json(UserView::own(user)))
 }
 
@@ -104,11 +100,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<axum::Json<UserView>, ApiError> {
     let id = parse_id(&id, "user")?;
-    let user = state
-        .store
-        .user(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = existing(&state, id).await?;
     Ok(axum::Json(with_presence(&state, caller.id, user).await))
 }
 
@@ -172,11 +164,7 @@ pub async fn blocks(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let me = state
-        .store
-        .user(caller.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let me = existing(&state, caller.id).await?;
     Ok(axum::Json(serde_json::json!({ "users": me.blocked })))
 }
 
@@ -214,11 +202,7 @@ async fn set_blocked(
     if state.store.user(other).await?.is_none() {
         return Err(ApiError::not_found("user"));
     }
-    let me = state
-        .store
-        .user(caller.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let me = existing(state, caller.id).await?;
     let mut list = me.blocked;
     if list.contains(&other) == blocked {
         return Ok(axum::http::StatusCode::NO_CONTENT);
@@ -246,4 +230,16 @@ async fn set_blocked(
     }
     tracing::info!(user_id = %caller.id, other = %other, blocked, "block list changed");
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// The user `id`, or 404 `not_found` naming a user.
+pub async fn existing(
+    state: &AppState,
+    id: crate::model::Id,
+) -> Result<crate::model::User, ApiError> {
+    state
+        .store
+        .user(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))
 }

@@ -115,7 +115,10 @@ mod tests {
         let own = serde_json::to_value(UserView::own(user.clone())).unwrap();
         let public = serde_json::to_value(UserView::public(user)).unwrap();
         assert!(!own.to_string().contains("argon2") && !public.to_string().contains("argon2"));
-        assert!(own.get("blocked").is_none() && public.get("blocked").is_none(), "{own}");
+        assert!(
+            own.get("blocked").is_none() && public.get("blocked").is_none(),
+            "{own}"
+        );
         assert_eq!(own["email"], "alice@example.com");
         assert!(public.get("email").is_none());
         assert_eq!(public["display_name"], "Alice");
