@@ -1,7 +1,8 @@
 //! Durable state behind one interface with two implementations: MongoDB for
 //! clusters ([`mongo::MongoStore`]) and a file-backed embedded database for a
 //! single process ([`embedded::EmbeddedStore`]). The HTTP layer only sees
-//! [`Store`]; both implementations pass the same behavioural test suite.
+//! [`Store`]; both implementations pass the same contract suite
+//! (`server/tests/api/store_contract.rs`) and the whole API suite.
 
 mod blob_dir;
 pub mod embedded;
@@ -80,10 +81,11 @@ pub trait Store: Send + Sync + 'static {
     async fn room(&self, id: Id) -> StoreResult<Option<Room>>;
     /// Public rooms and the rooms `user` belongs to, oldest first.
     async fn rooms_visible_to(&self, user: Id, page: Page) -> StoreResult<RoomPage>;
-    /// Adds a member (no-op if present); `None` if the room does not exist.
     /// Everyone who shares a room (public, private or direct) with `user`,
-    /// `user` included: whom a change of their profile concerns.
+    /// `user` included: whom a change of their profile concerns, and who
+    /// sees their presence.
     async fn room_mates(&self, user: Id) -> StoreResult<Vec<Id>>;
+    /// Adds a member (no-op if present); `None` if the room does not exist.
     async fn add_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>>;
     /// Removes a member and any admin role; `None` if the room does not exist.
     async fn remove_member(&self, room: Id, user: Id) -> StoreResult<Option<Room>>;

@@ -1222,7 +1222,11 @@ impl Store for MongoStore {
         }
         // Unordered: one duplicate (a batch written twice) does not stop the
         // rest. The keys after their messages, as in `insert_message`.
-        ignore_duplicates(self.messages().insert_many(docs).ordered(false).await)?;
+        // Every message of the batch may be a retry of a stored one: then
+        // there is nothing to insert, and MongoDB refuses an empty insert.
+        if !docs.is_empty() {
+            ignore_duplicates(self.messages().insert_many(docs).ordered(false).await)?;
+        }
         for change in changes {
             self.settle(change).await?;
         }

@@ -19,4 +19,5 @@ mod redis_failover;
 mod room_list;
 mod rooms;
 mod search;
+mod store_contract;
 mod threads;
