@@ -16,7 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::bus::{Audience, Bus, BusError};
-use crate::model::{Id, Message, MessageKind, Room, RoomKind};
+use crate::model::{Author, Id, Message, MessageKind, Room, RoomKind};
 use crate::store::{Store, StoreError};
 use crate::sync::lock;
 use crate::ws::hub::{Connection, Hub, Outbound, Replay, Session};
@@ -105,13 +105,6 @@ pub enum Change {
     /// The sender's reaction, an emoji, added or taken back.
     React(String),
     Unreact(String),
-}
-
-/// Who posts: the author fields copied into each message.
-#[derive(Debug, Clone)]
-pub struct Author {
-    pub id: Id,
-    pub username: String,
 }
 
 /// A membership change made through the REST API, for its system message.

@@ -1,18 +1,10 @@
 //! Prometheus metrics: one registry per server (so tests can run several servers
 //! in one process), rendered in the text format at `/metrics`.
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::state::AppState;
 
 pub struct Metrics {
     registry: Registry,
@@ -179,6 +171,16 @@ impl Metrics {
         self.delivery_latency.observe(elapsed.max(0.0));
     }
 
+    /// Counts and times one HTTP request under its route template and method.
+    pub fn observe_http(&self, route: &str, method: &str, status: &str, seconds: f64) {
+        self.http_duration
+            .with_label_values(&[route, method])
+            .observe(seconds);
+        self.http_requests
+            .with_label_values(&[route, method, status])
+            .inc();
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -188,37 +190,4 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
-}
-
-/// Counts and times every request under its route template (`/api/rooms/{id}`),
-/// never the raw path, so ids do not explode the label cardinality.
-pub async fn track_http(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    // Any token is a valid method: label only the ones the API knows, so
-    // invented methods cannot grow the series without end.
-    let method = match *request.method() {
-        Method::GET
-        | Method::HEAD
-        | Method::POST
-        | Method::PUT
-        | Method::PATCH
-        | Method::DELETE
-        | Method::OPTIONS => request.method().as_str().to_owned(),
-        _ => "other".to_owned(),
-    };
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let metrics = &state.metrics;
-    metrics
-        .http_duration
-        .with_label_values(&[&route, &method])
-        .observe(started.elapsed().as_secs_f64());
-    metrics
-        .http_requests
-        .with_label_values(&[&route, &method, response.status().as_str()])
-        .inc();
-    response
 }

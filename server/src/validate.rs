@@ -1,19 +1,40 @@
 //! The rules for user input, as pure functions returning the cleaned value or
-//! an [`ApiError`] naming the field. Handlers call these before any I/O.
+//! an [`Invalid`] naming the field. Handlers call these before any I/O; the
+//! HTTP shell answers an `Invalid` with 422 `validation_failed`.
 
-use crate::http::error::ApiError;
+/// Input that breaks a rule: which field, and what the rule is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The same rule broken by another field (a new password is a password).
+    pub fn for_field(self, field: &'static str) -> Self {
+        Self { field, ..self }
+    }
+}
 
 pub const PASSWORD_MIN_CHARS: usize = 8;
 /// argon2 accepts any length, but hashing megabytes on request is a DoS lever.
 pub const PASSWORD_MAX_BYTES: usize = 1024;
 
-pub fn username(raw: &str) -> Result<String, ApiError> {
+pub fn username(raw: &str) -> Result<String, Invalid> {
     let ok = (3..=32).contains(&raw.len())
         && raw
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if !ok {
-        return Err(ApiError::validation(
+        return Err(Invalid::new(
             "username",
             "username must be 3 to 32 characters of letters, digits, _ . or -",
         ));
@@ -24,7 +45,7 @@ pub fn username(raw: &str) -> Result<String, ApiError> {
 /// A practical check, not RFC 5322: one `@`, a non-empty local part, a dotted
 /// domain, no spaces or control characters. Returned trimmed and lower-cased,
 /// the form stored and looked up, so `Alice@Example.com` is one account.
-pub fn email(raw: &str) -> Result<String, ApiError> {
+pub fn email(raw: &str) -> Result<String, Invalid> {
     let email = raw.trim().to_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
@@ -38,7 +59,7 @@ pub fn email(raw: &str) -> Result<String, ApiError> {
         })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if !valid {
-        return Err(ApiError::validation(
+        return Err(Invalid::new(
             "email",
             "email must be a valid address like name@example.com",
         ));
@@ -46,15 +67,15 @@ pub fn email(raw: &str) -> Result<String, ApiError> {
     Ok(email)
 }
 
-pub fn password(raw: &str) -> Result<(), ApiError> {
+pub fn password(raw: &str) -> Result<(), Invalid> {
     if raw.chars().count() < PASSWORD_MIN_CHARS {
-        return Err(ApiError::validation(
+        return Err(Invalid::new(
             "password",
             format!("password must be at least {PASSWORD_MIN_CHARS} characters"),
         ));
     }
     if raw.len() > PASSWORD_MAX_BYTES {
-        return Err(ApiError::validation(
+        return Err(Invalid::new(
             "password",
             format!("password must be at most {PASSWORD_MAX_BYTES} bytes"),
         ));
@@ -63,7 +84,7 @@ pub fn password(raw: &str) -> Result<(), ApiError> {
 }
 
 /// Trimmed single-line text of `min..=max` characters, without control characters.
-pub fn text(field: &'static str, raw: &str, min: usize, max: usize) -> Result<String, ApiError> {
+pub fn text(field: &'static str, raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
     let value = raw.trim();
     let chars = value.chars().count();
     if chars < min || chars > max {
@@ -72,13 +93,13 @@ pub fn text(field: &'static str, raw: &str, min: usize, max: usize) -> Result<St
         } else {
             format!("{field} must be {min} to {max} characters")
         };
-        return Err(ApiError::validation(field, message));
+        return Err(Invalid::new(field, message));
     }
     if value
         .chars()
         .any(|c| c.is_control() || is_invisible_control(c))
     {
-        return Err(ApiError::validation(
+        return Err(Invalid::new(
             field,
             format!("{field} must not contain control characters"),
         ));
@@ -106,8 +127,8 @@ pub fn is_invisible_control(c: char) -> bool {
 
 /// An absolute http(s) URL of at most 2048 bytes; anything else (javascript:,
 /// data:, relative paths) could run or leak in a client that renders it.
-pub fn avatar_url(raw: &str) -> Result<String, ApiError> {
-    let invalid = || ApiError::validation("avatar_url", "avatar_url must be an http or https URL");
+pub fn avatar_url(raw: &str) -> Result<String, Invalid> {
+    let invalid = || Invalid::new("avatar_url", "avatar_url must be an http or https URL");
     let value = raw.trim();
     if value.len() > 2048 {
         return Err(invalid());
@@ -120,11 +141,11 @@ pub fn avatar_url(raw: &str) -> Result<String, ApiError> {
 }
 
 /// A colour as `#rrggbb` (any case in, lowercase out).
-pub fn color(raw: &str) -> Result<String, ApiError> {
+pub fn color(raw: &str) -> Result<String, Invalid> {
     let value = raw.trim();
     let hex = value.strip_prefix('#').unwrap_or_default();
     if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::validation(
+        return Err(Invalid::new(
             "avatar_color",
             "avatar_color must be a colour like #3a7bd5",
         ));
@@ -136,10 +157,9 @@ pub fn color(raw: &str) -> Result<String, ApiError> {
 mod tests {
     use super::*;
 
-    fn field(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+    fn field(result: Result<impl std::fmt::Debug, Invalid>) -> String {
         let error = result.unwrap_err();
-        assert_eq!(error.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
-        format!("{error:?}")
+        format!("{}: {}", error.field, error.message)
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn author(&self) -> crate::chat::Author {
-        crate::chat::Author {
+    pub fn author(&self) -> crate::model::Author {
+        crate::model::Author {
             id: self.sub,
             username: self.username.clone(),
         }

@@ -1,7 +1,8 @@
 //! Sign-in and sign-up limits per client address and per account, so passwords
 //! cannot be guessed quickly and accounts cannot be made by the thousand.
 //! Limits are per instance (GCRA token buckets from `governor`); addresses are
-//! [`ClientAddress::bucket`]s, i.e. the client behind trusted proxies.
+//! the HTTP shell's client buckets (`ClientAddress::bucket`: the client
+//! behind trusted proxies, IPv6 per /64).
 //!
 //! A wrong password locks out the pair (account, address) that tried it, not
 //! the account: anyone who knows an e-mail could otherwise keep its owner out
@@ -9,8 +10,6 @@
 //! bounded by a looser per-account bucket, which an address the account
 //! signed in from lately skips: failures from everywhere else (110 from 11
 //! addresses) must not keep the owner out at home.
-//!
-//! [`ClientAddress::bucket`]: crate::http::client_address::ClientAddress::bucket
 
 use std::collections::HashMap;
 use std::net::IpAddr;

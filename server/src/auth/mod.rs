@@ -4,11 +4,9 @@
 //! a lookup; long-lived opaque refresh tokens ([`refresh`]) are stored (hashed)
 //! so that logout can revoke them; passwords are argon2id ([`password`]).
 
-pub mod extract;
 pub mod jwt;
 pub mod limits;
 pub mod password;
 pub mod refresh;
 
-pub use extract::AuthUser;
 pub use jwt::{Claims, TokenError, TokenIssuer};

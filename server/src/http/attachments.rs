@@ -15,10 +15,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Path, Query, parse_id};
 use crate::attachment;
-use crate::auth::AuthUser;
 use crate::model::{AttachedFile, Attachment, Id, Upload};
 use crate::state::AppState;
 

@@ -5,11 +5,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
+use super::caller::AuthUser;
 use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::extract::Json;
 use super::views::UserView;
-use crate::auth::AuthUser;
 use crate::auth::{password, refresh};
 use crate::model::{Id, ProfileUpdate, RefreshToken, Revoke, User};
 use crate::state::AppState;

@@ -9,11 +9,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::attachments::{decode_in_turn, file_headers, header_value, is_fresh, read_upload};
+use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Path, parse_id};
 use super::views::UserView;
 use crate::attachment;
-use crate::auth::AuthUser;
 use crate::model::{Id, ProfileUpdate};
 use crate::state::AppState;
 

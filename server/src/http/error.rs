@@ -80,14 +80,6 @@ impl ApiError {
         }
     }
 
-    /// The same validation error, naming `field` (one rule, another field's name).
-    pub fn for_field(self, field: &'static str) -> Self {
-        Self {
-            field: self.field.map(|_| field),
-            ..self
-        }
-    }
-
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
@@ -155,6 +147,26 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+impl From<crate::validate::Invalid> for ApiError {
+    fn from(invalid: crate::validate::Invalid) -> Self {
+        Self::validation(invalid.field, invalid.message)
+    }
+}
+
+impl From<crate::auth::TokenError> for ApiError {
+    fn from(error: crate::auth::TokenError) -> Self {
+        match error {
+            crate::auth::TokenError::Expired => Self::unauthorized(
+                "token_expired",
+                "the token has expired; refresh it or sign in again",
+            ),
+            crate::auth::TokenError::Invalid => {
+                Self::unauthorized("invalid_token", "the token is invalid")
+            }
+        }
     }
 }
 

@@ -4,10 +4,10 @@
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
+use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::rooms::{page_limit, visible_room};
-use crate::auth::AuthUser;
 use crate::model::{HistoryQuery, Message};
 use crate::state::AppState;
 

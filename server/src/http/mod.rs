@@ -3,6 +3,7 @@
 pub mod attachments;
 pub mod auth;
 pub mod avatars;
+pub mod caller;
 pub mod client_address;
 pub mod error;
 pub mod extract;
@@ -117,7 +118,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
         })
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         // Runs after routing, so it sees the matched route template.
-        .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::track_http))
+        .layer(middleware::from_fn_with_state(state.clone(), track_http))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -170,6 +171,40 @@ async fn deadline(
         )
         .into_response(),
     }
+}
+
+/// Counts and times every request under its route template (`/api/rooms/{id}`),
+/// never the raw path, so ids do not explode the label cardinality.
+async fn track_http(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    // Any token is a valid method: label only the ones the API knows, so
+    // invented methods cannot grow the series without end.
+    let method = match *request.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::OPTIONS => request.method().as_str().to_owned(),
+        _ => "other".to_owned(),
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_http(
+        &route,
+        &method,
+        response.status().as_str(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 /// Headers a proxy adds to what it relays (nginx and Traefik ingress

@@ -9,12 +9,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
+use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query, parse_id};
 use super::views::{PageView, RoomView};
-use crate::auth::AuthUser;
 use crate::bus::Audience;
-use crate::chat::{Author, Membership};
+use crate::chat::Membership;
+use crate::model::Author;
 use crate::model::{Id, Page, Room, RoomKind};
 use crate::state::AppState;
 use crate::validate;
@@ -271,10 +272,7 @@ pub async fn add_member(
     if added.blocked.contains(&caller.id) {
         return Err(blocked_by(&added.username));
     }
-    let added = Author {
-        id: added.id,
-        username: added.username,
-    };
+    let added = Author::from(&added);
     if room.is_member(user) {
         return Ok(axum::Json(room.into()));
     }
@@ -330,11 +328,7 @@ pub async fn remove_member(
 }
 
 async fn member_author(state: &AppState, user: Id) -> Result<Author, ApiError> {
-    let user = super::users::existing(state, user).await?;
-    Ok(Author {
-        id: user.id,
-        username: user.username,
-    })
+    Ok(Author::from(&super::users::existing(state, user).await?))
 }
 
 /// Grants (PUT) or revokes (DELETE) the admin role; the owner's privilege.

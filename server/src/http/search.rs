@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
+use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Query, parse_id};
 use super::rooms::visible_room;
-use crate::auth::AuthUser;
 use crate::model::{HistoryQuery, Id, Message, MessageKind, Page, Room, apply_changes};
 use crate::search::{Snippet, score, snippet, terms};
 use crate::state::AppState;

@@ -3,10 +3,10 @@
 use axum::extract::State;
 use serde::Deserialize;
 
+use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query, parse_id, present};
 use super::views::UserView;
-use crate::auth::AuthUser;
 use crate::model::ProfileUpdate;
 use crate::state::AppState;
 use crate::validate;

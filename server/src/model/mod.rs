@@ -16,7 +16,7 @@ pub use message::{
     Settled, apply_changes, as_now, settle,
 };
 pub use room::{Room, RoomKind, RoomPage};
-pub use user::{MAX_BLOCKED, ProfileUpdate, RefreshToken, Revoke, User};
+pub use user::{Author, MAX_BLOCKED, ProfileUpdate, RefreshToken, Revoke, User};
 
 /// Timestamps are stored and compared as UTC instants and rendered as RFC 3339.
 pub type Timestamp = time::OffsetDateTime;

@@ -33,6 +33,23 @@ pub struct User {
 /// The most users one user may block.
 pub const MAX_BLOCKED: usize = 1000;
 
+/// Who does something in a room: the author fields copied into each
+/// message (and each system message about them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    pub id: Id,
+    pub username: String,
+}
+
+impl From<&User> for Author {
+    fn from(user: &User) -> Self {
+        Self {
+            id: user.id,
+            username: user.username.clone(),
+        }
+    }
+}
+
 impl User {
     /// Usernames are unique regardless of case: `Alice` and `alice` are one name.
     pub fn username_key(username: &str) -> String {

@@ -423,7 +423,9 @@ async fn handle(
             chat.relay_from(connection, room_id, &frame).await?;
         }
         ClientFrame::Auth { token } => {
-            let claims = super::verify(state, &token)
+            let claims = state
+                .tokens
+                .verify(&token)
                 .map_err(|_| FrameError::new("invalid_token", "the token is invalid or expired"))?;
             if claims.sub != connection.user {
                 return Err(

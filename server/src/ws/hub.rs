@@ -176,8 +176,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn author(&self) -> crate::chat::Author {
-        crate::chat::Author {
+    pub fn author(&self) -> crate::model::Author {
+        crate::model::Author {
             id: self.user,
             username: self.username.clone(),
         }

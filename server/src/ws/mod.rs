@@ -16,7 +16,6 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use self::handshake::{Handshake, NotWebSocket};
-use crate::auth::{Claims, TokenError};
 use crate::http::client_address::ClientAddress;
 use crate::http::error::ApiError;
 use crate::http::extract::{Query, parse_id};
@@ -42,7 +41,7 @@ pub async fn upgrade(
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state.web_origins)?;
     let (token, protocol) = find_token(&params, &headers)?;
-    let claims = verify(&state, &token)?;
+    let claims = state.tokens.verify(&token)?;
     let handshake = handshake?;
     let room = match &params.room_id {
         Some(raw) => Some(
@@ -89,15 +88,6 @@ fn check_origin(headers: &HeaderMap, allowed: &[HeaderValue]) -> Result<(), ApiE
             "WebSockets are opened from this server's own pages or the origins in CHAT_CORS_ORIGINS",
         ))
     }
-}
-
-pub fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
-    state.tokens.verify(token).map_err(|e| match e {
-        TokenError::Expired => {
-            ApiError::unauthorized("token_expired", "the token has expired; refresh it")
-        }
-        TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
-    })
 }
 
 /// The token from `?token=`, `Authorization: Bearer`, or a `bearer.<jwt>`

@@ -4,8 +4,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::TokenError;
-use crate::http::error::ApiError;
+use super::error::ApiError;
 use crate::model::Id;
 use crate::state::AppState;
 
@@ -16,8 +15,8 @@ pub struct AuthUser {
 }
 
 impl AuthUser {
-    pub fn author(&self) -> crate::chat::Author {
-        crate::chat::Author {
+    pub fn author(&self) -> crate::model::Author {
+        crate::model::Author {
             id: self.id,
             username: self.username.clone(),
         }
@@ -49,13 +48,7 @@ impl FromRequestParts<AppState> for AuthUser {
                     "the Authorization header must be Bearer <token>",
                 )
             })?;
-        let claims = state.tokens.verify(token).map_err(|e| match e {
-            TokenError::Expired => ApiError::unauthorized(
-                "token_expired",
-                "the token has expired; refresh it or sign in again",
-            ),
-            TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
-        })?;
+        let claims = state.tokens.verify(token)?;
         Ok(Self {
             id: claims.sub,
             username: claims.username,
