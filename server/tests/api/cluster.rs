@@ -523,6 +523,8 @@ async fn sessions_and_presence_span_pods() {
         .find(|s| s["pod"] == "pod-0")
         .unwrap();
     assert_eq!(on_a["rooms"], json!([room]));
+    // Presence is for people who share a room.
+    a.join(&bob, &room).await;
     let (_, profile) = b.get(&format!("/api/users/{}", alice.id), &bob.token).await;
     assert_eq!(profile["online"], true);
 
@@ -931,7 +933,8 @@ async fn a_removed_member_whose_eviction_is_lost_can_neither_post_nor_read() {
     // Posting: refused once the confirmed membership is older than its TTL.
     let refused = 'posting: loop {
         assert!(
-            removed_at.elapsed() < chat_server::chat::MEMBERSHIP_TTL + Duration::from_secs(5),
+            removed_at.elapsed()
+                < chat_server::engine::chat::MEMBERSHIP_TTL + Duration::from_secs(5),
             "bob still posts"
         );
         poster
@@ -962,7 +965,8 @@ async fn a_removed_member_whose_eviction_is_lost_can_neither_post_nor_read() {
     assert_eq!(left["type"], "left", "{left}");
     assert!(
         removed_at.elapsed()
-            < chat_server::chat::MEMBERSHIP_TTL + chat_server::chat::MEMBERSHIP_SWEEP * 2
+            < chat_server::engine::chat::MEMBERSHIP_TTL
+                + chat_server::engine::chat::MEMBERSHIP_SWEEP * 2
     );
     alice_ws
         .send(json!({"type": "message", "room_id": room, "content": "bob is gone", "client_id": "after"}))
