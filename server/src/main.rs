@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use chat_server::config::Config;
-use chat_server::{auth, http, server, telemetry};
+use chat_server::{auth, server, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -77,7 +77,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "chat-server listening"
     );
-    let app = http::router(state.clone(), &config.cors_origins, &config.web_dir);
+    let app = server::app(state.clone(), &config);
     server::serve(
         listener,
         app,

@@ -21,15 +21,15 @@ use crate::bus::redis::connection::Target;
 use crate::bus::redis::owner;
 use crate::bus::redis::{Durability, RedisBus};
 use crate::bus::{Bus, BusError};
-use crate::chat::Chat;
 use crate::config::{Config, RedisEndpoint, Secret};
+use crate::engine::chat::Chat;
+use crate::engine::hub::{Hub, HubLimits, Kick};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
-use crate::ws::hub::{Hub, HubLimits, Kick};
 
 /// tokio's default backlog of 1024 drops SYNs under a burst of connects, which
 /// clients then retry only after a second.
@@ -225,13 +225,21 @@ async fn expire_unsent_uploads(store: Weak<dyn Store>) {
 
 /// See [`Chat::sweep_memberships`].
 async fn sweep_memberships(chat: Weak<Chat>) {
-    let mut tick = tokio::time::interval(crate::chat::MEMBERSHIP_SWEEP);
+    let mut tick = tokio::time::interval(crate::engine::chat::MEMBERSHIP_SWEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(chat) = chat.upgrade() else { return };
         chat.sweep_memberships().await;
     }
+}
+
+/// The whole service: the REST API, probes, metrics and web client
+/// ([`crate::http`]) with the WebSocket endpoint ([`crate::ws`]) among its
+/// routes, so every layer (deadlines, metrics, tracing) covers both.
+pub fn app(state: AppState, config: &Config) -> axum::Router {
+    let sockets = axum::Router::new().route("/ws", axum::routing::get(crate::ws::upgrade));
+    crate::http::router(state, &config.cors_origins, &config.web_dir, sockets)
 }
 
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

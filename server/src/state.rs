@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use crate::auth::TokenIssuer;
 use crate::blocking::Slots;
-use crate::chat::Chat;
 use crate::config::Limits;
+use crate::engine::chat::Chat;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;

@@ -12,7 +12,7 @@ use chat_server::http::rooms::{CreateRoomRequest, PageQuery, page_limit};
 use chat_server::http::users::ProfileRequest;
 use chat_server::model::Id;
 use chat_server::validate;
-use chat_server::ws::protocol::{self, ClientFrame};
+use chat_server::wire::frames::{self as protocol, ClientFrame};
 
 /// A WebSocket text frame, as the reader task handles it.
 pub fn ws_frame(data: &[u8]) {

@@ -10,26 +10,30 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use super::{Audience, Bus, BusError};
+use super::{Audience, Bus, BusError, Deliver};
 use crate::metrics::Metrics;
-use crate::model::{Id, Message};
+use crate::model::{Id, Message, Session};
 use crate::store::{Inserted, Store};
 use crate::sync::lock;
-use crate::ws::hub::{Hub, Outbound, Session};
-use crate::ws::protocol::encode;
+use crate::wire::frames::encode;
 
 type Sequencer = Arc<tokio::sync::Mutex<Option<u64>>>;
 
 pub struct LocalBus {
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn Deliver>,
     sequencers: Mutex<HashMap<Id, Sequencer>>,
     pod: String,
     metrics: Arc<Metrics>,
 }
 
 impl LocalBus {
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, pod: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<dyn Deliver>,
+        pod: &str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             hub,
@@ -80,8 +84,7 @@ impl Bus for LocalBus {
         };
         *newest = Some(seq);
         let frame = encode(&message);
-        self.hub
-            .broadcast(room, Outbound::message(room, seq, frame));
+        self.hub.message(room, seq, frame);
         self.metrics.observe_delivery(message.timestamp);
         Ok(message)
     }
@@ -122,11 +125,11 @@ impl Bus for LocalBus {
     async fn unsubscribe(&self, _room: Id) {}
 
     async fn publish_event(&self, room: Id, frame: Utf8Bytes) {
-        self.hub.broadcast(room, Outbound::event(room, frame));
+        self.hub.event(room, frame);
     }
 
     async fn notify(&self, audience: Audience, frame: Utf8Bytes) {
-        self.hub.notify(&audience, &frame);
+        self.hub.notice(&audience, &frame);
     }
 
     async fn evict(&self, room: Id, user: Option<Id>) {
@@ -141,6 +144,6 @@ impl Bus for LocalBus {
     async fn session_closed(&self, _user: Id, _connection_id: &str) {}
 
     async fn sessions_of(&self, user: Id) -> Result<Vec<Session>, BusError> {
-        Ok(self.hub.sessions(&self.pod, |c| c.user == user))
+        Ok(self.hub.sessions(&self.pod, Some(user)))
     }
 }

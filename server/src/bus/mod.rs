@@ -11,9 +11,8 @@ pub mod redis;
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use crate::model::{Id, Message};
+use crate::model::{Id, Message, Session};
 use crate::store::StoreError;
-use crate::ws::hub::Session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -42,6 +41,22 @@ impl Audience {
             Audience::Users(users) => users.contains(&user),
         }
     }
+}
+
+/// Where a bus hands what arrives for this process: the engine's hub, which
+/// knows the connections (as Centrifuge's broker calls its node's handler).
+/// The bus knows rooms, seqs and encoded frames, never a socket.
+pub trait Deliver: Send + Sync + 'static {
+    /// A message (or change) of `room` at `seq`, for the room's subscribers here.
+    fn message(&self, room: Id, seq: u64, frame: Utf8Bytes);
+    /// A seq-less event (typing, read, presence) for the room's subscribers here.
+    fn event(&self, room: Id, frame: Utf8Bytes);
+    /// A frame about room lists or profiles, for `audience`'s connections here.
+    fn notice(&self, audience: &Audience, frame: &Utf8Bytes);
+    /// Stops delivering `room` to `user` (or to everyone) here.
+    fn evict(&self, room: Id, user: Option<Id>);
+    /// The live connections here (of `user`, or all), named as on `pod`.
+    fn sessions(&self, pod: &str, user: Option<Id>) -> Vec<Session>;
 }
 
 #[async_trait]
@@ -105,6 +120,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn sessions_of(&self, user: Id) -> Result<Vec<Session>, BusError>;
 }
 
+/// How many missed messages one resume replays; a client further behind reads
+/// the history API first.
+pub const MAX_RESUME: u64 = 1000;
+
 /// How many messages the bus reads from Redis or the store at a time for a
 /// resume, between checks of its budget.
 pub const READ_CHUNK: u64 = 64;
@@ -119,7 +138,7 @@ pub struct ReadBudget {
 impl ReadBudget {
     pub fn new(max_bytes: usize) -> Self {
         Self {
-            messages: crate::chat::MAX_RESUME,
+            messages: crate::bus::MAX_RESUME,
             bytes: max_bytes,
         }
     }

@@ -16,15 +16,13 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::bus::{Audience, Bus, BusError};
-use crate::model::{Author, Id, Message, MessageKind, Room, RoomKind};
+use crate::engine::hub::{Connection, Hub, Outbound, Replay};
+use crate::model::{Author, Id, Message, MessageKind, Room, RoomKind, Session};
 use crate::store::{Store, StoreError};
 use crate::sync::lock;
-use crate::ws::hub::{Connection, Hub, Outbound, Replay, Session};
-use crate::ws::protocol::{PresenceStatus, ServerFrame, encode};
+use crate::wire::frames::{PresenceStatus, ServerFrame, encode};
 
-/// How many missed messages one resume replays; a client further behind reads
-/// the history API first.
-pub const MAX_RESUME: u64 = 1000;
+pub use crate::bus::MAX_RESUME;
 /// Typing and read frames per user per second, after a burst.
 const EVENTS_PER_SEC: NonZeroU32 = NonZeroU32::new(5).unwrap();
 const EVENT_BURST: NonZeroU32 = NonZeroU32::new(20).unwrap();

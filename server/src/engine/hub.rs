@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use prometheus::IntCounter;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::outbox::{Opcode, Outbox, Outgoing, Sent};
 
-use crate::model::{Id, Timestamp};
+use crate::model::{Id, Session, Timestamp};
 use crate::sync::lock;
 
 pub type ConnId = u64;
@@ -283,17 +282,6 @@ impl Connection {
     }
 }
 
-/// A live connection as listed by `GET /api/sessions`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Session {
-    pub connection_id: String,
-    pub user_id: Id,
-    pub pod: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub connected_at: Timestamp,
-    pub rooms: Vec<Id>,
-}
-
 #[derive(Default)]
 struct Inner {
     connections: HashMap<ConnId, Arc<Connection>>,
@@ -495,7 +483,6 @@ impl Hub {
         lock(&self.inner).connections.len()
     }
 
-    /// Stops delivery of `room` to `user`'s connections (or all), telling them.
     /// Hands `frame` to every local connection of `audience`.
     pub fn notify(&self, audience: &crate::bus::Audience, frame: &Utf8Bytes) {
         let connections: Vec<Arc<Connection>> = lock(&self.inner)
@@ -509,10 +496,11 @@ impl Hub {
         }
     }
 
+    /// Stops delivery of `room` to `user`'s connections (or all), telling them.
     pub fn evict(&self, room: Id, user: Option<Id>) {
         let left = Outbound::left(
             room,
-            super::protocol::encode(&super::protocol::ServerFrame::Left { room_id: room }),
+            crate::wire::frames::encode(&crate::wire::frames::ServerFrame::Left { room_id: room }),
         );
         for connection in self.subscribers(room) {
             if user.is_none_or(|user| user == connection.user) {
@@ -528,6 +516,29 @@ impl Hub {
         for connection in connections {
             connection.kick(reason);
         }
+    }
+}
+
+/// What the bus hands this process goes to the connections here.
+impl crate::bus::Deliver for Hub {
+    fn message(&self, room: Id, seq: u64, frame: Utf8Bytes) {
+        self.broadcast(room, Outbound::message(room, seq, frame));
+    }
+
+    fn event(&self, room: Id, frame: Utf8Bytes) {
+        self.broadcast(room, Outbound::event(room, frame));
+    }
+
+    fn notice(&self, audience: &crate::bus::Audience, frame: &Utf8Bytes) {
+        self.notify(audience, frame);
+    }
+
+    fn evict(&self, room: Id, user: Option<Id>) {
+        Hub::evict(self, room, user);
+    }
+
+    fn sessions(&self, pod: &str, user: Option<Id>) -> Vec<Session> {
+        Hub::sessions(self, pod, |c| user.is_none_or(|user| c.user == user))
     }
 }
 

@@ -9,11 +9,11 @@ use super::caller::AuthUser;
 use super::client_address::ClientAddress;
 use super::error::ApiError;
 use super::extract::Json;
-use super::views::UserView;
 use crate::auth::{password, refresh};
 use crate::model::{Id, ProfileUpdate, RefreshToken, Revoke, User};
 use crate::state::AppState;
 use crate::validate;
+use crate::wire::views::UserView;
 
 #[derive(Debug, Deserialize)]
 pub struct RegisterRequest {

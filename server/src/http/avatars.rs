@@ -12,10 +12,10 @@ use super::attachments::{decode_in_turn, file_headers, header_value, is_fresh, r
 use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Path, parse_id};
-use super::views::UserView;
 use crate::attachment;
 use crate::model::{Id, ProfileUpdate};
 use crate::state::AppState;
+use crate::wire::views::UserView;
 
 /// Where a user's picture is read; the version changes with the picture,
 /// so clients may cache each address for as long as they like.

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::blocking::SlotError;
-use crate::chat::ChatError;
+use crate::engine::chat::ChatError;
 use crate::store::StoreError;
 
 #[derive(Debug)]

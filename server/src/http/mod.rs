@@ -12,7 +12,6 @@ pub mod ops;
 pub mod rooms;
 pub mod search;
 pub mod users;
-pub mod views;
 pub mod web;
 
 use std::time::Duration;
@@ -51,7 +50,14 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
     style-src 'self'; img-src 'self' data: blob:; font-src 'self'; connect-src 'self'; \
     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path::Path) -> Router {
+/// Every route of the service: the API, probes, metrics, the web client,
+/// and `sockets` (the WebSocket endpoint, which lives in its own shell).
+pub fn router(
+    state: AppState,
+    cors_origins: &[HeaderValue],
+    web_dir: &std::path::Path,
+    sockets: Router<AppState>,
+) -> Router {
     let web = web::WebClient::new(web_dir);
     let api = Router::new()
         .route("/api/auth/register", post(auth::register))
@@ -104,7 +110,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue], web_dir: &std::path
 
     Router::new()
         .merge(api)
-        .route("/ws", get(crate::ws::upgrade))
+        .merge(sockets)
         .route("/healthz", get(ops::healthz))
         .merge(
             Router::new()

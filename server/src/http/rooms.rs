@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query, parse_id};
-use super::views::{PageView, RoomView};
 use crate::bus::Audience;
-use crate::chat::Membership;
+use crate::engine::chat::Membership;
 use crate::model::Author;
 use crate::model::{Id, Page, Room, RoomKind};
 use crate::state::AppState;
 use crate::validate;
-use crate::ws::protocol::ServerFrame;
+use crate::wire::frames::ServerFrame;
+use crate::wire::views::{PageView, RoomView};
 
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 100;

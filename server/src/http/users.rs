@@ -6,10 +6,10 @@ use serde::Deserialize;
 use super::caller::AuthUser;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query, parse_id, present};
-use super::views::UserView;
 use crate::model::ProfileUpdate;
 use crate::state::AppState;
 use crate::validate;
+use crate::wire::views::UserView;
 
 /// A field left out is unchanged; `null` clears it.
 #[derive(Debug, Deserialize)]
@@ -79,7 +79,7 @@ pub async fn profile_changed(state: &AppState, user: &crate::model::User) {
             return;
         }
     };
-    let frame = crate::ws::protocol::ServerFrame::UserUpdated {
+    let frame = crate::wire::frames::ServerFrame::UserUpdated {
         user: UserView::public(user.clone()),
     };
     state.chat.notify(audience, &frame).await;

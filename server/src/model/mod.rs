@@ -7,6 +7,7 @@ mod attachment;
 mod id;
 mod message;
 mod room;
+mod session;
 mod user;
 
 pub use attachment::{AttachedFile, Attachment, Blob, Upload};
@@ -16,6 +17,7 @@ pub use message::{
     Settled, apply_changes, as_now, settle,
 };
 pub use room::{Room, RoomKind, RoomPage};
+pub use session::Session;
 pub use user::{Author, MAX_BLOCKED, ProfileUpdate, RefreshToken, Revoke, User};
 
 /// Timestamps are stored and compared as UTC instants and rendered as RFC 3339.

@@ -247,16 +247,16 @@ pub enum ServerFrame {
     /// A room entered the user's room list: created where they can see
     /// it, a direct room opened with them, or they were added to it.
     RoomAdded {
-        room: crate::http::views::RoomView,
+        room: crate::wire::views::RoomView,
     },
     /// Someone changed their profile (display name, avatar): everyone
     /// connected is told, as every one of them may show it.
     UserUpdated {
-        user: crate::http::views::UserView,
+        user: crate::wire::views::UserView,
     },
     /// A room in the user's room list was renamed or described anew.
     RoomUpdated {
-        room: crate::http::views::RoomView,
+        room: crate::wire::views::RoomView,
     },
     /// A room left the user's room list: they were removed from (or left)
     /// a private room, or it was deleted.

@@ -20,13 +20,13 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::MAX_MESSAGE_BYTES;
-use super::hub::{Connection, Kick, Outbound, QUEUE_FRAMES};
-use super::outbox::{Opcode, Outbox, Sent, close_payload};
-use super::protocol::{self, ClientFrame, FrameError, ServerFrame, encode};
 use crate::auth::Claims;
-use crate::chat::{Change, ChatError, Post};
+use crate::engine::chat::{Change, ChatError, Post};
+use crate::engine::hub::{Connection, Kick, Outbound, QUEUE_FRAMES};
+use crate::engine::outbox::{Opcode, Outbox, Sent, close_payload};
 use crate::model::Id;
 use crate::state::AppState;
+use crate::wire::frames::{self as protocol, ClientFrame, FrameError, ServerFrame, encode};
 
 /// The server pings this often; browsers answer pings without any client code.
 const PING_INTERVAL: Duration = Duration::from_secs(20);

@@ -4,11 +4,7 @@
 //! with the JSON error body instead of a socket that silently closes.
 
 pub mod connection;
-pub mod cursor;
 pub mod handshake;
-pub mod hub;
-pub mod outbox;
-pub mod protocol;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};

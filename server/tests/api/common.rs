@@ -474,7 +474,7 @@ impl TestServer {
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
-            chat_server::http::router(state.clone(), &config.cors_origins, &config.web_dir),
+            server::app(state.clone(), &config),
             state.clone(),
             async move {
                 let _ = stop.await;

@@ -41,13 +41,12 @@ use self::connection::{Commands, Layout, PERSIST_STREAMS, Target, bounded};
 use self::keys::{
     NOTICES, channel, legacy_seq_key, log_key, recheck_key, room_of_channel, seq_key, sessions_key,
 };
-use super::{Audience, Bus, BusError, split_at_seq};
+use super::{Audience, Bus, BusError, Deliver, split_at_seq};
 use crate::metrics::Metrics;
-use crate::model::{Id, Message, MessageKind};
+use crate::model::{Id, Message, MessageKind, Session};
 use crate::store::Store;
 use crate::sync::lock;
-use crate::ws::hub::{Hub, Outbound, Session};
-use crate::ws::protocol::encode;
+use crate::wire::frames::encode;
 
 pub use self::connection::PERSIST_STREAM;
 
@@ -127,7 +126,7 @@ pub struct RedisBus {
     /// Messages waiting for the committer's next script call.
     appends: mpsc::Sender<PendingAppend>,
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn Deliver>,
     pod: String,
     /// Rooms this pod wants, re-subscribed after a reconnect.
     wanted: Mutex<HashSet<Id>>,
@@ -170,7 +169,7 @@ impl RedisBus {
     pub async fn start(
         target: Target,
         store: Arc<dyn Store>,
-        hub: Arc<Hub>,
+        hub: Arc<dyn Deliver>,
         pod: &str,
         metrics: Arc<Metrics>,
         dedupe_ttl: Duration,
@@ -291,8 +290,7 @@ impl RedisBus {
             }
             ("_evict", _) => self.hub.evict(room, envelope.user_id),
             _ => {
-                self.hub
-                    .broadcast(room, Outbound::event(room, Utf8Bytes::from(payload)));
+                self.hub.event(room, Utf8Bytes::from(payload));
             }
         }
     }
@@ -302,7 +300,7 @@ impl RedisBus {
         match serde_json::from_str::<Notice>(payload) {
             Ok(notice) => self
                 .hub
-                .notify(&notice.audience, &Utf8Bytes::from(notice.frame)),
+                .notice(&notice.audience, &Utf8Bytes::from(notice.frame)),
             Err(e) => tracing::warn!(error = %e, "unreadable frame on the notices channel"),
         }
     }
@@ -311,8 +309,7 @@ impl RedisBus {
         if let Some(newest) = lock(&self.delivered).get_mut(&room) {
             *newest = (*newest).max(seq);
         }
-        self.hub
-            .broadcast(room, Outbound::message(room, seq, frame));
+        self.hub.message(room, seq, frame);
     }
 
     /// After the pub/sub connection came back: hands local subscribers what was
@@ -356,7 +353,7 @@ impl RedisBus {
             .ok_or_else(|| {
                 BusError::Internal(format!(
                     "more than {} messages missed; clients will resume",
-                    crate::chat::MAX_RESUME
+                    crate::bus::MAX_RESUME
                 ))
             })
     }
@@ -604,7 +601,7 @@ impl Bus for RedisBus {
             // Other pods miss this typing/presence frame; local members still get it.
             self.metrics.bus_errors.inc();
             tracing::warn!(error = %e, %room, "redis publish failed; delivering locally only");
-            self.hub.broadcast(room, Outbound::event(room, frame));
+            self.hub.event(room, frame);
         }
     }
 
@@ -626,7 +623,7 @@ impl Bus for RedisBus {
             // list); local connections still get it.
             self.metrics.bus_errors.inc();
             tracing::warn!(error = %e, "redis publish of a room-list notice failed; delivering locally only");
-            self.hub.notify(&notice.audience, &frame);
+            self.hub.notice(&notice.audience, &frame);
         }
     }
 
@@ -700,7 +697,7 @@ async fn heartbeat(bus: Weak<RedisBus>, pod: String) {
     loop {
         tick.tick().await;
         let Some(this) = bus.upgrade() else { return };
-        for session in this.hub.sessions(&pod, |_| true) {
+        for session in this.hub.sessions(&pod, None) {
             this.session_changed(&session).await;
         }
     }
