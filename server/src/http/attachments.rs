@@ -40,7 +40,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, axum::Json<AttachedFile>), ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let room = parse_id(&raw_id, "room")?;
     state
         .store
@@ -231,7 +231,7 @@ pub async fn delete(
     caller: AuthUser,
     Path(raw_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let attachment = readable(&state, &raw_id, caller.id).await?;
     if attachment.user_id != caller.id {
         return Err(ApiError::forbidden(

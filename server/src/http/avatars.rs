@@ -28,7 +28,7 @@ pub async fn put(
     caller: AuthUser,
     body: Body,
 ) -> Result<axum::Json<UserView>, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let content = read_upload(&state, body, state.limits.attachment_bytes).await?;
     let bytes = content.bytes.clone();
     let picture = decode_in_turn(&state, move || attachment::avatar(&bytes))
@@ -51,7 +51,7 @@ pub async fn delete(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> Result<axum::Json<UserView>, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     // The profile stops naming the picture before the picture goes.
     let view = set_url(&state, caller.id, None).await?;
     state.store.save_avatar(caller.id, None).await?;

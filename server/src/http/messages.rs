@@ -12,7 +12,7 @@ use crate::model::{HistoryQuery, Message};
 use crate::state::AppState;
 
 /// A history page takes a unit of the caller's read budget per this many
-/// messages its `offset` skips (see `Chat::take_read`).
+/// messages its `offset` skips (see `engine::chat::Limits::read`).
 const OFFSET_PER_UNIT: u64 = 1000;
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +71,7 @@ pub async fn history(
         // by `before_seq` does not.
         let units = u32::try_from(offset / OFFSET_PER_UNIT).unwrap_or(u32::MAX);
         if units > 0 {
-            state.chat.take_read(caller.id, units.saturating_add(1))?;
+            state.chat.limits.read(caller.id, units.saturating_add(1))?;
         }
     }
     let room = visible_room(&state, &id, caller.id).await?;

@@ -91,7 +91,7 @@ pub async fn create(
     caller: AuthUser,
     Json(request): Json<CreateRoomRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let name = validate::text("name", &request.name, 1, 100)?;
     let description = validate::text("description", &request.description, 0, 1000)?;
     let room = Room::new_group(name, description, request.is_private, caller.id);
@@ -122,7 +122,7 @@ pub async fn update(
     Path(id): Path<String>,
     Json(request): Json<UpdateRoomRequest>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let room = visible_room(&state, &id, caller.id).await?;
     if room.kind == RoomKind::Direct {
         return Err(ApiError::conflict(
@@ -210,7 +210,7 @@ pub async fn leave(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let room = visible_room(&state, &id, caller.id).await?;
     if room.kind == RoomKind::Direct {
         return Err(ApiError::conflict(
@@ -266,7 +266,7 @@ pub async fn add_member(
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
     let added = super::users::existing(&state, user).await?;
     if added.blocked.contains(&caller.id) {
@@ -296,7 +296,7 @@ pub async fn remove_member(
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
     if room.is_owner(user) {
         return Err(ApiError::conflict(
@@ -362,7 +362,7 @@ pub async fn add_admin(
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     set_admin(state, caller, room_id, user_id, true).await
 }
 
@@ -371,7 +371,7 @@ pub async fn remove_admin(
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
 ) -> Result<axum::Json<RoomView>, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     set_admin(state, caller, room_id, user_id, false).await
 }
 
@@ -380,7 +380,7 @@ pub async fn delete(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let room = visible_room(&state, &id, caller.id).await?;
     if !room.is_owner(caller.id) {
         return Err(ApiError::forbidden("only the room's owner can delete it"));
@@ -407,7 +407,7 @@ pub async fn direct(
     caller: AuthUser,
     Path(user_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let other_id = parse_id(&user_id, "user")?;
     if other_id == caller.id {
         return Err(ApiError::validation(

@@ -17,7 +17,7 @@ use crate::store::SearchQuery;
 
 /// Rooms searched at most when no `room_id` narrows it.
 const MAX_ROOMS: u64 = 1000;
-/// Units of the caller's read budget a search takes (see `Chat::take_read`):
+/// Units of the caller's read budget a search takes (see `engine::chat::Limits::read`):
 /// its cost grows with the rooms searched, 6 ms per 10,000 messages.
 const SEARCH_COST: u32 = 5;
 /// Candidates the store may return before ranking.
@@ -82,7 +82,7 @@ pub async fn search(
                 .map_err(|_| ApiError::validation("before", "must be an RFC 3339 time"))
         })
         .transpose()?;
-    state.chat.take_read(caller.id, SEARCH_COST)?;
+    state.chat.limits.read(caller.id, SEARCH_COST)?;
     // Private rooms the caller is not in are never searched.
     let rooms: Vec<Room> = match &params.room_id {
         Some(id) => vec![visible_room(&state, id, caller.id).await?],

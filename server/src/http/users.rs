@@ -38,7 +38,7 @@ pub async fn update_me(
 ) -> Result<axum::Json<UserView>, ApiError> {
     // Each change reaches everyone who shares a room with the caller: it
     // spends the same budget as other changes.
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let update = ProfileUpdate {
         display_name: request
             .display_name
@@ -194,7 +194,7 @@ async fn set_blocked(
     user_id: &str,
     blocked: bool,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    state.chat.take_change(caller.id)?;
+    state.chat.limits.message(caller.id)?;
     let other = parse_id(user_id, "user")?;
     if other == caller.id {
         return Err(ApiError::validation("user_id", "you cannot block yourself"));

@@ -336,7 +336,7 @@ async fn handle(
             | ClientFrame::Typing { .. }
             | ClientFrame::Read { .. }
     ) {
-        chat.take_control(connection.user)?;
+        chat.limits.control(connection.user)?;
     }
     match frame {
         ClientFrame::Message {
