@@ -50,6 +50,8 @@ python3 scripts/check_layers.py
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The real node's tests (test = false: run only with that node up).
 cargo clippy --workspace --locked --test node -- -D warnings
+# The server's cluster and fault suites (test = false: run below, by name).
+cargo clippy --locked -p chat-server --test cluster -- -D warnings
 
 say "tests"
 # One build of every target with the feature set `cargo test` resolves, so the
@@ -81,6 +83,8 @@ say "packaging: Helm charts, Dockerfiles (hadolint), Compose, kind, Tilt, alerts
 .venv/bin/python scripts/check_packaging.py
 
 cargo test --workspace --locked
+say "the server's clusters and faults: pods on one Redis, Sentinel, Redis Cluster, outages"
+cargo test --locked -p chat-server --test cluster
 
 say "web client: unit tests, build, end-to-end in headless Chromium"
 command -v chromium >/dev/null || apt_install chromium

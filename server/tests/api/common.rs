@@ -5,6 +5,9 @@
 //! .venv, one per test binary, each test in its own database) or, when
 //! CHAT_TEST_MONGODB_URI is set, that server instead.
 
+// Shared by the `api` and `cluster` test targets; each uses part of it.
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
-//! End-to-end tests of the REST API over real HTTP, each run against the
-//! embedded store and against MongoDB (see `common`).
+//! End-to-end tests of the REST API and the WebSocket protocol over real
+//! TCP, each run against the embedded store and against MongoDB (see
+//! `common`), and the store contract. Clusters of servers and faults are the
+//! `cluster` target.
 
 mod common;
 
@@ -7,15 +9,11 @@ mod abuse;
 mod accounts;
 mod attachments;
 mod changes;
-mod chaos;
-mod cluster;
 mod history;
 mod mentions;
 mod operations;
 mod profiles;
 mod realtime;
-mod redis_cluster;
-mod redis_failover;
 mod room_list;
 mod rooms;
 mod search;

@@ -426,7 +426,7 @@ async fn loses_nothing_acked_and_reuses_no_seq(then: Then) {
 /// what Redis had not replicated when the primary died is lost although its
 /// client was told it was stored. Run by hand to see it (the loss depends on
 /// timing, so it is reported, not asserted):
-/// `cargo test -p chat-server --test api -- --ignored redis_failover::without`
+/// `cargo test -p chat-server --test cluster -- --ignored redis_failover::without`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run by hand"]
 async fn without_waiting_for_replicas_a_failover_loses_acked_messages() {
