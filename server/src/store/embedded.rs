@@ -486,19 +486,25 @@ fn write_messages(
                 outcomes.push(Ok(Inserted::Existing(Box::new(existing))));
                 continue;
             }
-            let mut message = message.clone();
             let target = message.target_seq.filter(|_| message.kind.is_change());
             let settled = match target {
                 Some(target) => {
                     let live = live_changes(&changes, &table, message.room_id, target)?;
-                    crate::model::settle(&message, &live)
+                    crate::model::settle(message, &live)
                 }
                 None => crate::model::Settled::default(),
             };
-            if settled.blanked.contains(&message.seq) {
-                blank(&mut message);
-            }
-            let record = match to_json(&message) {
+            // Copied only when its own text goes (a change that raced a deletion).
+            let blanked;
+            let message = if settled.blanked.contains(&message.seq) {
+                let mut copy = message.clone();
+                blank(&mut copy);
+                blanked = copy;
+                &blanked
+            } else {
+                message
+            };
+            let record = match to_json(message) {
                 Ok(record) => record,
                 Err(e) => {
                     outcomes.push(Err(e));
@@ -506,7 +512,7 @@ fn write_messages(
                 }
             };
             table.insert(key.as_slice(), record.as_slice())?;
-            index_words(&mut words, &message)?;
+            index_words(&mut words, message)?;
             match (target, message.reply_to) {
                 (Some(target), _) => {
                     for seq in &settled.settled {
@@ -552,8 +558,8 @@ fn write_messages(
 
 /// The changes to `target` that still count (see [`crate::model::settle`]).
 fn live_changes(
-    index: &redb::Table<&[u8], ()>,
-    table: &redb::Table<&[u8], &[u8]>,
+    index: &impl ReadableTable<&'static [u8], ()>,
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
     room: Id,
     target: u64,
 ) -> StoreResult<Vec<Message>> {
@@ -1350,17 +1356,7 @@ impl Store for EmbeddedStore {
             let table = tx.open_table(MESSAGES)?;
             let mut found = Vec::new();
             for target in seqs {
-                let (from, to) = (
-                    child_key(room, target, 0),
-                    child_key(room, target, u64::MAX),
-                );
-                for entry in index.range(from.as_slice()..=to.as_slice())? {
-                    let (key, _) = entry?;
-                    let key = message_key(room, trailing_seq(key.value())?);
-                    if let Some(change) = get_json::<_, Message>(&table, key.as_slice())? {
-                        found.push(change);
-                    }
-                }
+                found.extend(live_changes(&index, &table, room, target)?);
             }
             found.sort_by_key(|c| c.seq);
             Ok(found)
