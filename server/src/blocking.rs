@@ -32,6 +32,22 @@ pub enum SlotError {
     Failed(#[from] tokio::task::JoinError),
 }
 
+impl From<SlotError> for crate::wire::errors::WireError {
+    fn from(error: SlotError) -> Self {
+        match error {
+            // Only password hashing waits for a slot a bounded time.
+            SlotError::Busy => Self {
+                detail: Some("password hashing saturated: request turned away".into()),
+                ..Self::busy(
+                    "the server is busy checking other passwords; try again in a moment",
+                    Duration::from_secs(1),
+                )
+            },
+            SlotError::Failed(e) => Self::internal(e),
+        }
+    }
+}
+
 /// Counts a piece of work as running for as long as it lives, panics included.
 struct Running(IntGauge);
 

@@ -23,13 +23,14 @@ use crate::bus::redis::{Durability, RedisBus};
 use crate::bus::{Bus, BusError};
 use crate::config::{Config, RedisEndpoint, Secret};
 use crate::engine::chat::Chat;
-use crate::engine::hub::{Hub, HubLimits, Kick};
+use crate::engine::hub::{Hub, HubLimits};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
 use crate::store::{Store, StoreError};
+use crate::wire::errors::Kick;
 
 /// tokio's default backlog of 1024 drops SYNs under a burst of connects, which
 /// clients then retry only after a second.

@@ -1,6 +1,6 @@
 //! The rules for user input, as pure functions returning the cleaned value or
-//! an [`Invalid`] naming the field. Handlers call these before any I/O; the
-//! HTTP shell answers an `Invalid` with 422 `validation_failed`.
+//! an [`Invalid`] naming the field. Handlers call these before any I/O; an
+//! `Invalid` is answered as `validation_failed` (422).
 
 /// Input that breaks a rule: which field, and what the rule is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +21,12 @@ impl Invalid {
     /// The same rule broken by another field (a new password is a password).
     pub fn for_field(self, field: &'static str) -> Self {
         Self { field, ..self }
+    }
+}
+
+impl From<Invalid> for crate::wire::errors::WireError {
+    fn from(invalid: Invalid) -> Self {
+        Self::validation(invalid.field, invalid.message)
     }
 }
 

@@ -4,6 +4,7 @@
 //! names any other algorithm, including `none`, so a forged header cannot pick a
 //! weaker check. Expiry is enforced with no leeway: pods share a clock source.
 
+use crate::wire::errors::{ErrorCode, WireError};
 use std::io;
 use std::path::Path;
 use std::time::Duration;
@@ -39,6 +40,18 @@ pub enum TokenError {
     Expired,
     #[error("the token is invalid")]
     Invalid,
+}
+
+impl From<TokenError> for WireError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Expired => Self::new(
+                ErrorCode::TokenExpired,
+                "the token has expired; refresh it or sign in again",
+            ),
+            TokenError::Invalid => Self::new(ErrorCode::InvalidToken, "the token is invalid"),
+        }
+    }
 }
 
 /// An access token and how long it lives, as returned to clients.

@@ -20,6 +20,7 @@ use super::outbox::{Opcode, Outbox, Outgoing, Sent};
 
 use crate::model::{Id, Session, Timestamp};
 use crate::sync::lock;
+use crate::wire::errors::Kick;
 
 pub type ConnId = u64;
 
@@ -85,76 +86,6 @@ pub struct Replay {
     pub frame: Utf8Bytes,
     pub replay: Vec<(u64, Utf8Bytes)>,
     pub upto: u64,
-}
-
-/// Why the server closes a connection: a WebSocket close code and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kick {
-    /// The outbound queue overflowed; the client should reconnect and resume.
-    SlowConsumer,
-    /// The client kept sending after being told to stop.
-    Flooding,
-    /// Too many invalid frames in a row.
-    Abuse,
-    /// The token expired and was not refreshed with an `auth` frame.
-    TokenExpired,
-    /// No frame or pong within the idle timeout.
-    Idle,
-    /// The server is shutting down; reconnect to another pod.
-    Shutdown,
-    /// The client closed the connection.
-    Gone,
-    /// The socket failed (reset, protocol violation, oversized frame).
-    Broken,
-    /// The user or the client address already has as many connections as allowed.
-    TooManyConnections,
-}
-
-impl Kick {
-    /// The reason as a metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Kick::SlowConsumer => "slow_consumer",
-            Kick::Flooding => "flooding",
-            Kick::Abuse => "abuse",
-            Kick::TokenExpired => "token_expired",
-            Kick::Idle => "idle",
-            Kick::Shutdown => "shutdown",
-            Kick::Gone => "client_closed",
-            Kick::Broken => "broken",
-            Kick::TooManyConnections => "too_many_connections",
-        }
-    }
-
-    pub fn close_code(self) -> u16 {
-        match self {
-            Kick::SlowConsumer => 4008,
-            Kick::Flooding => 4029,
-            Kick::Abuse => 1008,
-            Kick::TokenExpired => 4001,
-            Kick::Idle => 4000,
-            Kick::Shutdown => 1012,
-            Kick::Gone => 1000,
-            Kick::Broken => 1002,
-            Kick::TooManyConnections => 4009,
-        }
-    }
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            Kick::SlowConsumer => "slow consumer: outbound queue overflowed; reconnect and resume",
-            Kick::Flooding => "rate limit exceeded repeatedly",
-            Kick::Abuse => "too many invalid frames",
-            Kick::TokenExpired => "token expired; reconnect with a fresh token",
-            Kick::Idle => "idle timeout",
-            Kick::Shutdown => "server shutting down; reconnect",
-            Kick::Gone => "closed",
-            Kick::Broken => "connection failed",
-            Kick::TooManyConnections => {
-                "too many connections for this user or address; close another first"
-            }
-        }
-    }
 }
 
 /// One live WebSocket connection as the rest of the server sees it.

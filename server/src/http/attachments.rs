@@ -16,11 +16,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::caller::AuthUser;
-use super::error::ApiError;
+use super::error::WireError;
 use super::extract::{Path, Query, parse_id};
 use crate::attachment;
 use crate::model::{AttachedFile, Attachment, Id, Upload};
 use crate::state::AppState;
+use crate::wire::errors::ErrorCode;
 
 /// Files are served with a policy of their own: nothing in them runs, even
 /// opened directly in a tab (`sandbox`), and no other site embeds them.
@@ -39,7 +40,7 @@ pub async fn upload(
     Query(params): Query<UploadParams>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, axum::Json<AttachedFile>), ApiError> {
+) -> Result<(StatusCode, axum::Json<AttachedFile>), WireError> {
     state.chat.limits.message(caller.id)?;
     let room = parse_id(&raw_id, "room")?;
     state
@@ -47,7 +48,7 @@ pub async fn upload(
         .room(room)
         .await?
         .filter(|r| r.is_member(caller.id))
-        .ok_or_else(|| ApiError::not_found("room"))?;
+        .ok_or_else(|| WireError::not_found("room"))?;
 
     let limits = &state.limits;
     // Refused before reading a byte when the declared size would not fit
@@ -122,7 +123,7 @@ async fn store(
     user: Id,
     filename: String,
     content: bytes::Bytes,
-) -> Result<Attachment, ApiError> {
+) -> Result<Attachment, WireError> {
     let (attachment, upload) = examine(state, room, user, filename, content).await?;
     state.store.save_attachment(&attachment, upload).await?;
     Ok(attachment)
@@ -135,7 +136,7 @@ async fn examine(
     user: Id,
     filename: String,
     content: bytes::Bytes,
-) -> Result<(Attachment, Upload), ApiError> {
+) -> Result<(Attachment, Upload), WireError> {
     decode_in_turn(state, move || {
         let sha256 = attachment::content_hash(&content);
         let sniffed = attachment::sniff(&content);
@@ -178,25 +179,23 @@ async fn examine(
     .await
 }
 
-fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "file_too_large",
+fn too_large(limit: usize) -> WireError {
+    WireError::new(
+        ErrorCode::FileTooLarge,
         format!("a file may have at most {limit} bytes"),
     )
 }
 
-fn check_quota(used: u64, adding: u64, quota: u64) -> Result<(), ApiError> {
+fn check_quota(used: u64, adding: u64, quota: u64) -> Result<(), WireError> {
     if used.saturating_add(adding) > quota {
         return Err(quota_exceeded(used, quota));
     }
     Ok(())
 }
 
-fn quota_exceeded(used: u64, quota: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "quota_exceeded",
+fn quota_exceeded(used: u64, quota: u64) -> WireError {
+    WireError::new(
+        ErrorCode::QuotaExceeded,
         format!(
             "your files would take more than your {quota} bytes ({used} used); delete messages with files you no longer need"
         ),
@@ -208,7 +207,7 @@ pub async fn download(
     caller: AuthUser,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WireError> {
     let attachment = readable(&state, &raw_id, caller.id).await?;
     serve(&state, &headers, &attachment, false).await
 }
@@ -218,7 +217,7 @@ pub async fn thumbnail(
     caller: AuthUser,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WireError> {
     let attachment = readable(&state, &raw_id, caller.id).await?;
     serve(&state, &headers, &attachment, true).await
 }
@@ -230,11 +229,11 @@ pub async fn delete(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(raw_id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, WireError> {
     state.chat.limits.message(caller.id)?;
     let attachment = readable(&state, &raw_id, caller.id).await?;
     if attachment.user_id != caller.id {
-        return Err(ApiError::forbidden(
+        return Err(WireError::forbidden(
             "only who uploaded a file may delete it",
         ));
     }
@@ -249,19 +248,19 @@ pub async fn delete(
 /// with files: a public room's are anyone's who may read the room, a
 /// private or direct room's are its members' only); 404 otherwise, whether
 /// or not it exists.
-async fn readable(state: &AppState, raw_id: &str, caller: Id) -> Result<Attachment, ApiError> {
+async fn readable(state: &AppState, raw_id: &str, caller: Id) -> Result<Attachment, WireError> {
     let id = parse_id(raw_id, "attachment")?;
     let attachment = state
         .store
         .attachment(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("attachment"))?;
+        .ok_or_else(|| WireError::not_found("attachment"))?;
     state
         .store
         .room(attachment.room_id)
         .await?
         .filter(|room| room.is_visible_to(caller))
-        .ok_or_else(|| ApiError::not_found("attachment"))?;
+        .ok_or_else(|| WireError::not_found("attachment"))?;
     Ok(attachment)
 }
 
@@ -273,12 +272,12 @@ async fn serve(
     request: &HeaderMap,
     attachment: &Attachment,
     thumbnail: bool,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WireError> {
     let (sha256, content_type, inline) = if thumbnail {
         let (Some(sha256), Some(content_type)) =
             (&attachment.thumbnail_sha256, &attachment.thumbnail_type)
         else {
-            return Err(ApiError::not_found("thumbnail"));
+            return Err(WireError::not_found("thumbnail"));
         };
         (sha256, content_type, true)
     } else {
@@ -291,7 +290,7 @@ async fn serve(
         return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
     }
     let Some(blob) = state.store.open_attachment(attachment, thumbnail).await? else {
-        return Err(ApiError::internal(format!(
+        return Err(WireError::internal(format!(
             "the bytes of a stored attachment are missing: {}",
             attachment.file.id
         )));
@@ -304,7 +303,7 @@ async fn serve(
 
 /// What every served file carries: its hash as the ETag, private caching,
 /// and a policy under which nothing in it runs.
-pub(super) fn file_headers(hash: &str) -> Result<HeaderMap, ApiError> {
+pub(super) fn file_headers(hash: &str) -> Result<HeaderMap, WireError> {
     let mut headers = HeaderMap::new();
     headers.insert(header::ETAG, header_value(&format!("\"{hash}\""))?);
     headers.insert(
@@ -331,8 +330,8 @@ pub(super) fn is_fresh(request: &HeaderMap, hash: &str) -> bool {
         .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag))
 }
 
-pub(super) fn header_value(value: &str) -> Result<HeaderValue, ApiError> {
-    HeaderValue::from_str(value).map_err(|e| ApiError::internal(format!("bad header: {e}")))
+pub(super) fn header_value(value: &str) -> Result<HeaderValue, WireError> {
+    HeaderValue::from_str(value).map_err(|e| WireError::internal(format!("bad header: {e}")))
 }
 
 /// How long an upload waits for its share of the pod's upload memory.
@@ -355,15 +354,14 @@ pub(super) async fn read_upload(
     state: &AppState,
     body: Body,
     limit: usize,
-) -> Result<UploadBody, ApiError> {
+) -> Result<UploadBody, WireError> {
     // Exact for a `Content-Length` body and for none at all (empty), not
     // for a chunked one.
     let declared = axum::body::HttpBody::size_hint(&body)
         .exact()
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::LENGTH_REQUIRED,
-                "length_required",
+            WireError::new(
+                ErrorCode::LengthRequired,
                 "send the file with its Content-Length",
             )
         })?;
@@ -371,7 +369,7 @@ pub(super) async fn read_upload(
         return Err(too_large(limit));
     }
     if declared == 0 {
-        return Err(ApiError::bad_request("empty_file", "the file is empty"));
+        return Err(WireError::new(ErrorCode::EmptyFile, "the file is empty"));
     }
     let share = u32::try_from(declared).map_err(|_| too_large(limit))?;
     let memory = tokio::time::timeout(
@@ -381,13 +379,13 @@ pub(super) async fn read_upload(
     .await
     .map_err(|_| {
         tracing::warn!(bytes = declared, "upload memory taken: upload turned away");
-        ApiError::busy(
+        WireError::busy(
             "the server is receiving too many files at once; try again in a moment",
             std::time::Duration::from_secs(5),
         )
     })?
-    .map_err(ApiError::internal)?;
-    let cut_off = || ApiError::bad_request("bad_body", "the upload was cut off or malformed");
+    .map_err(WireError::internal)?;
+    let cut_off = || WireError::new(ErrorCode::BadBody, "the upload was cut off or malformed");
     let bytes = axum::body::to_bytes(body, share as usize)
         .await
         .map_err(|_| cut_off())?;
@@ -412,6 +410,6 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 pub(super) async fn decode_in_turn<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, WireError> {
     Ok(state.image_decoders.run(work).await?)
 }

@@ -7,12 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use super::caller::AuthUser;
 use super::client_address::ClientAddress;
-use super::error::ApiError;
+use super::error::WireError;
 use super::extract::Json;
 use crate::auth::{password, refresh};
 use crate::model::{Id, ProfileUpdate, RefreshToken, Revoke, User};
 use crate::state::AppState;
 use crate::validate;
+use crate::wire::errors::ErrorCode;
 use crate::wire::views::UserView;
 
 #[derive(Debug, Deserialize)]
@@ -48,7 +49,7 @@ pub async fn register(
     State(state): State<AppState>,
     client: ClientAddress,
     Json(request): Json<RegisterRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<impl IntoResponse, WireError> {
     let username = validate::username(&request.username)?;
     let email = validate::email(&request.email)?;
     validate::password(&request.password)?;
@@ -56,13 +57,13 @@ pub async fn register(
         .login_limits
         .check_registration(client.bucket())
         .map_err(|wait| {
-            ApiError::rate_limited("too many accounts created from your address; wait", wait)
+            WireError::rate_limited("too many accounts created from your address; wait", wait)
         })?;
     let password_hash = state
         .hashes
         .run(move || password::hash(&request.password))
         .await?
-        .map_err(ApiError::internal)?;
+        .map_err(WireError::internal)?;
     let user = User {
         id: Id::new(),
         username,
@@ -84,16 +85,20 @@ pub async fn login(
     State(state): State<AppState>,
     client: ClientAddress,
     Json(request): Json<LoginRequest>,
-) -> Result<axum::Json<SessionView>, ApiError> {
+) -> Result<axum::Json<SessionView>, WireError> {
     let account = request.email.trim().to_lowercase();
     state
         .login_limits
         .check(&account, client.bucket())
         .map_err(|wait| {
-            ApiError::rate_limited("too many sign-in attempts; wait and try again", wait)
+            WireError::rate_limited("too many sign-in attempts; wait and try again", wait)
         })?;
-    let invalid =
-        || ApiError::unauthorized("invalid_credentials", "the email or password is wrong");
+    let invalid = || {
+        WireError::new(
+            ErrorCode::InvalidCredentials,
+            "the email or password is wrong",
+        )
+    };
     // A malformed address cannot have an account; answer exactly as for a wrong one.
     let user = match validate::email(&request.email) {
         Ok(email) => state.store.user_by_email(&email).await?,
@@ -124,10 +129,10 @@ pub async fn login(
 pub async fn refresh(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
-) -> Result<axum::Json<SessionView>, ApiError> {
+) -> Result<axum::Json<SessionView>, WireError> {
     let invalid = || {
-        ApiError::unauthorized(
-            "invalid_refresh_token",
+        WireError::new(
+            ErrorCode::InvalidRefreshToken,
             "the refresh token is invalid or expired; sign in again",
         )
     };
@@ -162,7 +167,7 @@ pub async fn refresh(
 pub async fn logout(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, WireError> {
     if let Some(token) = state
         .store
         .use_refresh_token(&refresh::digest(&request.refresh_token))
@@ -182,7 +187,7 @@ pub async fn logout(
 pub async fn logout_all(
     State(state): State<AppState>,
     caller: AuthUser,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, WireError> {
     let revoked = state
         .store
         .revoke_refresh_tokens(Revoke::User(caller.id))
@@ -204,7 +209,7 @@ pub async fn change_password(
     caller: AuthUser,
     client: ClientAddress,
     Json(request): Json<PasswordChange>,
-) -> Result<axum::Json<SessionView>, ApiError> {
+) -> Result<axum::Json<SessionView>, WireError> {
     validate::password(&request.new_password).map_err(|e| e.for_field("new_password"))?;
     let user = super::users::existing(&state, caller.id).await?;
     // Guessing the current password here is a sign-in attempt like any other.
@@ -212,7 +217,7 @@ pub async fn change_password(
         .login_limits
         .check(&user.email, client.bucket())
         .map_err(|wait| {
-            ApiError::rate_limited("too many password attempts; wait and try again", wait)
+            WireError::rate_limited("too many password attempts; wait and try again", wait)
         })?;
     let stored_hash = user.password_hash.clone();
     let (current, new) = (request.current_password, request.new_password);
@@ -224,9 +229,12 @@ pub async fn change_password(
                 .transpose()
         })
         .await?
-        .map_err(ApiError::internal)?
+        .map_err(WireError::internal)?
         .ok_or_else(|| {
-            ApiError::unauthorized("invalid_credentials", "the current password is wrong")
+            WireError::new(
+                ErrorCode::InvalidCredentials,
+                "the current password is wrong",
+            )
         })?;
     let update = ProfileUpdate {
         password_hash: Some(new_hash),
@@ -236,7 +244,7 @@ pub async fn change_password(
         .store
         .update_profile(caller.id, &update)
         .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        .ok_or_else(|| WireError::not_found("user"))?;
     let revoked = state
         .store
         .revoke_refresh_tokens(Revoke::User(caller.id))
@@ -251,8 +259,8 @@ async fn start_session(
     state: &AppState,
     user: User,
     family: Option<Id>,
-) -> Result<SessionView, ApiError> {
-    let access = state.tokens.issue(&user).map_err(ApiError::internal)?;
+) -> Result<SessionView, WireError> {
+    let access = state.tokens.issue(&user).map_err(WireError::internal)?;
     let (refresh_token, hash) = refresh::generate();
     state
         .store

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::attachments::{decode_in_turn, file_headers, header_value, is_fresh, read_upload};
 use super::caller::AuthUser;
-use super::error::ApiError;
+use super::error::WireError;
 use super::extract::{Path, parse_id};
 use crate::attachment;
 use crate::model::{Id, ProfileUpdate};
@@ -27,14 +27,14 @@ pub async fn put(
     State(state): State<AppState>,
     caller: AuthUser,
     body: Body,
-) -> Result<axum::Json<UserView>, ApiError> {
+) -> Result<axum::Json<UserView>, WireError> {
     state.chat.limits.message(caller.id)?;
     let content = read_upload(&state, body, state.limits.attachment_bytes).await?;
     let bytes = content.bytes.clone();
     let picture = decode_in_turn(&state, move || attachment::avatar(&bytes))
         .await?
         .ok_or_else(|| {
-            ApiError::validation(
+            WireError::validation(
                 "avatar",
                 "the picture must be a PNG, JPEG, GIF or WebP image",
             )
@@ -50,7 +50,7 @@ pub async fn put(
 pub async fn delete(
     State(state): State<AppState>,
     caller: AuthUser,
-) -> Result<axum::Json<UserView>, ApiError> {
+) -> Result<axum::Json<UserView>, WireError> {
     state.chat.limits.message(caller.id)?;
     // The profile stops naming the picture before the picture goes.
     let view = set_url(&state, caller.id, None).await?;
@@ -62,7 +62,7 @@ async fn set_url(
     state: &AppState,
     user: Id,
     url: Option<String>,
-) -> Result<axum::Json<UserView>, ApiError> {
+) -> Result<axum::Json<UserView>, WireError> {
     let update = ProfileUpdate {
         avatar_url: Some(url),
         ..ProfileUpdate::default()
@@ -71,7 +71,7 @@ async fn set_url(
         .store
         .update_profile(user, &update)
         .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        .ok_or_else(|| WireError::not_found("user"))?;
     super::users::profile_changed(state, &user).await;
     Ok(axum::Json(UserView::own(user)))
 }
@@ -82,13 +82,13 @@ pub async fn get(
     _caller: AuthUser,
     Path(raw_id): Path<String>,
     request: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WireError> {
     let id = parse_id(&raw_id, "user")?;
     let image = state
         .store
         .avatar(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("avatar"))?;
+        .ok_or_else(|| WireError::not_found("avatar"))?;
     let hash = attachment::content_hash(&image);
     let mut headers = file_headers(&hash)?;
     if is_fresh(&request, &hash) {

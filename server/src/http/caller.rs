@@ -4,9 +4,10 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::error::ApiError;
+use super::error::WireError;
 use crate::model::Id;
 use crate::state::AppState;
+use crate::wire::errors::ErrorCode;
 
 #[derive(Debug, Clone)]
 pub struct AuthUser {
@@ -24,12 +25,12 @@ impl AuthUser {
 }
 
 impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
+    type Rejection = WireError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, WireError> {
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_token",
+            WireError::new(
+                ErrorCode::MissingToken,
                 "sign in: send Authorization: Bearer <token>",
             )
         })?;
@@ -43,8 +44,8 @@ impl FromRequestParts<AppState> for AuthUser {
             })
             .map(str::trim)
             .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "invalid_token",
+                WireError::new(
+                    ErrorCode::InvalidToken,
                     "the Authorization header must be Bearer <token>",
                 )
             })?;

@@ -1,30 +1,30 @@
-//! axum's extractors, with their rejections turned into [`ApiError`]s so that a
+//! axum's extractors, with their rejections turned into [`WireError`]s so that a
 //! malformed body, query or path gets the same JSON error shape as everything else.
 
 use axum::extract::{FromRequest, FromRequestParts};
 
-use super::error::ApiError;
+use super::error::WireError;
 use crate::model::Id;
 
-/// `axum::Json`, rejecting with an [`ApiError`].
+/// `axum::Json`, rejecting with an [`WireError`].
 #[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+#[from_request(via(axum::Json), rejection(WireError))]
 pub struct Json<T>(pub T);
 
-/// `axum::extract::Query`, rejecting with an [`ApiError`].
+/// `axum::extract::Query`, rejecting with an [`WireError`].
 #[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+#[from_request(via(axum::extract::Query), rejection(WireError))]
 pub struct Query<T>(pub T);
 
-/// `axum::extract::Path`, rejecting with an [`ApiError`].
+/// `axum::extract::Path`, rejecting with an [`WireError`].
 #[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+#[from_request(via(axum::extract::Path), rejection(WireError))]
 pub struct Path<T>(pub T);
 
 /// Parses an id from a path segment. A malformed id cannot name anything, so it
 /// is a 404 for `what`, like an id that does not exist.
-pub fn parse_id(raw: &str, what: &str) -> Result<Id, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found(what))
+pub fn parse_id(raw: &str, what: &str) -> Result<Id, WireError> {
+    raw.parse().map_err(|_| WireError::not_found(what))
 }
 
 /// Deserializes a field that may be absent (leave alone), `null` (clear) or a

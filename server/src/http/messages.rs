@@ -5,11 +5,12 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use super::caller::AuthUser;
-use super::error::ApiError;
+use super::error::WireError;
 use super::extract::{Path, Query};
 use super::rooms::{page_limit, visible_room};
 use crate::model::{HistoryQuery, Message};
 use crate::state::AppState;
+use crate::wire::errors::ErrorCode;
 
 /// A history page takes a unit of the caller's read budget per this many
 /// messages its `offset` skips (see `engine::chat::Limits::read`).
@@ -41,11 +42,11 @@ pub fn clamp(number: u64) -> u64 {
 
 /// `?offset=N` counts back from the newest message (0 is the latest page);
 /// `?before_seq=S` pages back from a known message. Not both.
-pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, ApiError> {
+pub fn history_query(params: &HistoryParams) -> Result<HistoryQuery, WireError> {
     let limit = page_limit(params.limit)?;
     match (params.offset, params.before_seq) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "invalid_query",
+        (Some(_), Some(_)) => Err(WireError::new(
+            ErrorCode::InvalidQuery,
             "use offset or before_seq, not both",
         )),
         (_, Some(seq)) => Ok(HistoryQuery::BeforeSeq {
@@ -64,7 +65,7 @@ pub async fn history(
     caller: AuthUser,
     Path(id): Path<String>,
     Query(params): Query<HistoryParams>,
-) -> Result<axum::Json<HistoryView>, ApiError> {
+) -> Result<axum::Json<HistoryView>, WireError> {
     let query = history_query(&params)?;
     if let HistoryQuery::Latest { offset, .. } = query {
         // Skipping costs what it skips (21 ms per 10,000 messages); seeking
@@ -78,8 +79,8 @@ pub async fn history(
     let mut page = match params.thread {
         Some(parent) => {
             if params.offset.is_some() {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
+                return Err(WireError::new(
+                    ErrorCode::InvalidQuery,
                     "a thread pages with before_seq, not offset",
                 ));
             }

@@ -31,8 +31,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use self::error::ApiError;
+use self::error::WireError;
 use crate::state::AppState;
+use crate::wire::errors::ErrorCode;
 
 /// JSON bodies of this API are small; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -120,7 +121,7 @@ pub fn router(
         )
         .fallback(move |request: axum::extract::Request| web.clone().respond(request))
         .method_not_allowed_fallback(|| async {
-            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            WireError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
         })
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         // Runs after routing, so it sees the matched route template.
@@ -138,7 +139,12 @@ pub fn router(
                         .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(|_| -> Response { ApiError::internal("handler panicked").into_response() }))
+                .layer(CatchPanicLayer::custom(|_| -> Response {
+                    // Outside `track_http` (a panic unwound it): logged here.
+                    let error = WireError::internal("handler panicked");
+                    error.log("http");
+                    error.into_response()
+                }))
                 .option_layer(cors(cors_origins))
                 .layer(SetResponseHeaderLayer::if_not_present(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)))
                 .layer(SetResponseHeaderLayer::if_not_present(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
@@ -170,9 +176,8 @@ async fn deadline(
     };
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+        Err(_) => WireError::new(
+            ErrorCode::RequestTimeout,
             "the request took too long to arrive or to answer",
         )
         .into_response(),
@@ -180,7 +185,8 @@ async fn deadline(
 }
 
 /// Counts and times every request under its route template (`/api/rooms/{id}`),
-/// never the raw path, so ids do not explode the label cardinality.
+/// never the raw path, so ids do not explode the label cardinality; logs the
+/// failures of ours it answered (see [`error::Failure`]).
 async fn track_http(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
@@ -203,7 +209,11 @@ async fn track_http(
         _ => "other".to_owned(),
     };
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    // Our failures are logged here, once, inside the request's span.
+    if let Some(error::Failure(error)) = response.extensions_mut().remove() {
+        error.log("http");
+    }
     state.metrics.observe_http(
         &route,
         &method,
@@ -226,7 +236,7 @@ async fn not_relayed(request: axum::extract::Request, next: middleware::Next) ->
         .iter()
         .any(|name| request.headers().contains_key(*name))
     {
-        return ApiError::not_found("route").into_response();
+        return WireError::not_found("route").into_response();
     }
     next.run(request).await
 }

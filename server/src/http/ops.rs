@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
-use super::error::ApiError;
+use super::error::WireError;
 use crate::health::Readiness;
 use crate::state::AppState;
 
@@ -32,8 +32,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     (status, Json(readiness))
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let body = state.metrics.render().map_err(ApiError::internal)?;
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, WireError> {
+    let body = state.metrics.render().map_err(WireError::internal)?;
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
 use super::caller::AuthUser;
-use super::error::ApiError;
+use super::error::WireError;
 use super::extract::{Json, Path, Query, parse_id};
 use crate::bus::Audience;
 use crate::engine::chat::Membership;
@@ -18,6 +18,7 @@ use crate::model::Author;
 use crate::model::{Id, Page, Room, RoomKind};
 use crate::state::AppState;
 use crate::validate;
+use crate::wire::errors::ErrorCode;
 use crate::wire::frames::ServerFrame;
 use crate::wire::views::{PageView, RoomView};
 
@@ -47,11 +48,11 @@ pub struct Rooms {
 }
 
 /// Checks a requested page size: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
-pub fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+pub fn page_limit(limit: Option<u64>) -> Result<u64, WireError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::validation(
+        Some(_) => Err(WireError::validation(
             "limit",
             format!("limit must be 1 to {MAX_PAGE}"),
         )),
@@ -59,18 +60,18 @@ pub fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
 }
 
 /// The room if `caller` may see it; 404 otherwise, whether or not it exists.
-pub async fn visible_room(state: &AppState, raw_id: &str, caller: Id) -> Result<Room, ApiError> {
+pub async fn visible_room(state: &AppState, raw_id: &str, caller: Id) -> Result<Room, WireError> {
     let id = parse_id(raw_id, "room")?;
     state
         .store
         .room(id)
         .await?
         .filter(|room| room.is_visible_to(caller))
-        .ok_or_else(|| ApiError::not_found("room"))
+        .ok_or_else(|| WireError::not_found("room"))
 }
 
-fn gone() -> ApiError {
-    ApiError::not_found("room")
+fn gone() -> WireError {
+    WireError::not_found("room")
 }
 
 /// `room` is now in `audience`'s room lists (their other tabs and devices included).
@@ -90,7 +91,7 @@ pub async fn create(
     State(state): State<AppState>,
     caller: AuthUser,
     Json(request): Json<CreateRoomRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<impl IntoResponse, WireError> {
     state.chat.limits.message(caller.id)?;
     let name = validate::text("name", &request.name, 1, 100)?;
     let description = validate::text("description", &request.description, 0, 1000)?;
@@ -121,17 +122,17 @@ pub async fn update(
     caller: AuthUser,
     Path(id): Path<String>,
     Json(request): Json<UpdateRoomRequest>,
-) -> Result<axum::Json<RoomView>, ApiError> {
+) -> Result<axum::Json<RoomView>, WireError> {
     state.chat.limits.message(caller.id)?;
     let room = visible_room(&state, &id, caller.id).await?;
     if room.kind == RoomKind::Direct {
-        return Err(ApiError::conflict(
-            "direct_room",
+        return Err(WireError::new(
+            ErrorCode::DirectRoom,
             "a direct room is named for its two people and cannot be renamed",
         ));
     }
     if !room.can_manage_members(caller.id) {
-        return Err(ApiError::forbidden(
+        return Err(WireError::forbidden(
             "only the room's owner or an admin can rename it",
         ));
     }
@@ -164,7 +165,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: AuthUser,
     Query(query): Query<PageQuery>,
-) -> Result<axum::Json<PageView<Rooms>>, ApiError> {
+) -> Result<axum::Json<PageView<Rooms>>, WireError> {
     let page = Page {
         offset: super::messages::clamp(query.offset.unwrap_or(0)),
         limit: page_limit(query.limit)?,
@@ -184,7 +185,7 @@ pub async fn get(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-) -> Result<axum::Json<RoomView>, ApiError> {
+) -> Result<axum::Json<RoomView>, WireError> {
     Ok(axum::Json(
         visible_room(&state, &id, caller.id).await?.into(),
     ))
@@ -196,7 +197,7 @@ pub async fn join(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-) -> Result<axum::Json<RoomView>, ApiError> {
+) -> Result<axum::Json<RoomView>, WireError> {
     // Only an actual join spends the message budget (`Chat::ensure_member`).
     let room = state
         .chat
@@ -209,18 +210,18 @@ pub async fn leave(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, WireError> {
     state.chat.limits.message(caller.id)?;
     let room = visible_room(&state, &id, caller.id).await?;
     if room.kind == RoomKind::Direct {
-        return Err(ApiError::conflict(
-            "direct_room",
+        return Err(WireError::new(
+            ErrorCode::DirectRoom,
             "a direct room cannot be left",
         ));
     }
     if room.is_owner(caller.id) {
-        return Err(ApiError::conflict(
-            "owner_cannot_leave",
+        return Err(WireError::new(
+            ErrorCode::OwnerCannotLeave,
             "the owner cannot leave the room; delete it instead",
         ));
     }
@@ -244,16 +245,16 @@ async fn managed_room(
     caller: &AuthUser,
     room_id: &str,
     user_id: &str,
-) -> Result<(Room, Id), ApiError> {
+) -> Result<(Room, Id), WireError> {
     let room = visible_room(state, room_id, caller.id).await?;
     if room.kind == RoomKind::Direct {
-        return Err(ApiError::conflict(
-            "direct_room",
+        return Err(WireError::new(
+            ErrorCode::DirectRoom,
             "the members of a direct room cannot change",
         ));
     }
     if !room.can_manage_members(caller.id) {
-        return Err(ApiError::forbidden(
+        return Err(WireError::forbidden(
             "only the room's owner or an admin can manage its members",
         ));
     }
@@ -265,7 +266,7 @@ pub async fn add_member(
     State(state): State<AppState>,
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
-) -> Result<axum::Json<RoomView>, ApiError> {
+) -> Result<axum::Json<RoomView>, WireError> {
     state.chat.limits.message(caller.id)?;
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
     let added = super::users::existing(&state, user).await?;
@@ -295,20 +296,20 @@ pub async fn remove_member(
     State(state): State<AppState>,
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
-) -> Result<axum::Json<RoomView>, ApiError> {
+) -> Result<axum::Json<RoomView>, WireError> {
     state.chat.limits.message(caller.id)?;
     let (room, user) = managed_room(&state, &caller, &room_id, &user_id).await?;
     if room.is_owner(user) {
-        return Err(ApiError::conflict(
-            "owner_cannot_leave",
+        return Err(WireError::new(
+            ErrorCode::OwnerCannotLeave,
             "the owner cannot be removed from the room",
         ));
     }
     if room.admins.contains(&user) && !room.is_owner(caller.id) {
-        return Err(ApiError::forbidden("only the owner can remove an admin"));
+        return Err(WireError::forbidden("only the owner can remove an admin"));
     }
     if !room.is_member(user) {
-        return Err(ApiError::not_found("member"));
+        return Err(WireError::not_found("member"));
     }
     let removed = member_author(&state, user).await?;
     let room = state
@@ -327,7 +328,7 @@ pub async fn remove_member(
     Ok(axum::Json(room.into()))
 }
 
-async fn member_author(state: &AppState, user: Id) -> Result<Author, ApiError> {
+async fn member_author(state: &AppState, user: Id) -> Result<Author, WireError> {
     Ok(Author::from(&super::users::existing(state, user).await?))
 }
 
@@ -338,16 +339,16 @@ async fn set_admin(
     room_id: String,
     user_id: String,
     admin: bool,
-) -> Result<axum::Json<RoomView>, ApiError> {
+) -> Result<axum::Json<RoomView>, WireError> {
     let room = visible_room(&state, &room_id, caller.id).await?;
     if !room.is_owner(caller.id) {
-        return Err(ApiError::forbidden(
+        return Err(WireError::forbidden(
             "only the room's owner can change its admins",
         ));
     }
     let user = parse_id(&user_id, "user")?;
     if !room.is_member(user) {
-        return Err(ApiError::not_found("member"));
+        return Err(WireError::not_found("member"));
     }
     let room = state
         .store
@@ -361,7 +362,7 @@ pub async fn add_admin(
     State(state): State<AppState>,
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
-) -> Result<axum::Json<RoomView>, ApiError> {
+) -> Result<axum::Json<RoomView>, WireError> {
     state.chat.limits.message(caller.id)?;
     set_admin(state, caller, room_id, user_id, true).await
 }
@@ -370,7 +371,7 @@ pub async fn remove_admin(
     State(state): State<AppState>,
     caller: AuthUser,
     Path((room_id, user_id)): Path<(String, String)>,
-) -> Result<axum::Json<RoomView>, ApiError> {
+) -> Result<axum::Json<RoomView>, WireError> {
     state.chat.limits.message(caller.id)?;
     set_admin(state, caller, room_id, user_id, false).await
 }
@@ -379,11 +380,11 @@ pub async fn delete(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, WireError> {
     state.chat.limits.message(caller.id)?;
     let room = visible_room(&state, &id, caller.id).await?;
     if !room.is_owner(caller.id) {
-        return Err(ApiError::forbidden("only the room's owner can delete it"));
+        return Err(WireError::forbidden("only the room's owner can delete it"));
     }
     if !state.store.delete_room(room.id).await? {
         return Err(gone());
@@ -406,11 +407,11 @@ pub async fn direct(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(user_id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<impl IntoResponse, WireError> {
     state.chat.limits.message(caller.id)?;
     let other_id = parse_id(&user_id, "user")?;
     if other_id == caller.id {
-        return Err(ApiError::validation(
+        return Err(WireError::validation(
             "user_id",
             "a direct room needs another user",
         ));
@@ -435,10 +436,9 @@ pub async fn direct(
 }
 
 /// The answer when `whom` blocked the caller.
-fn blocked_by(whom: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "blocked",
+fn blocked_by(whom: &str) -> WireError {
+    WireError::new(
+        ErrorCode::Blocked,
         format!("{whom} does not accept this from you"),
     )
 }

@@ -7,7 +7,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use super::caller::AuthUser;
-use super::error::ApiError;
+use super::error::WireError;
 use super::extract::{Query, parse_id};
 use super::rooms::visible_room;
 use crate::model::{HistoryQuery, Id, Message, MessageKind, Page, Room, apply_changes};
@@ -54,20 +54,20 @@ pub async fn search(
     State(state): State<AppState>,
     caller: AuthUser,
     Query(params): Query<SearchParams>,
-) -> Result<axum::Json<SearchView>, ApiError> {
+) -> Result<axum::Json<SearchView>, WireError> {
     if params.q.chars().count() > 200 {
-        return Err(ApiError::validation("q", "at most 200 characters"));
+        return Err(WireError::validation("q", "at most 200 characters"));
     }
     let terms = terms(&params.q);
     if terms.is_empty() {
-        return Err(ApiError::validation(
+        return Err(WireError::validation(
             "q",
             "needs a word of at least two letters or digits",
         ));
     }
     let limit = params.limit.unwrap_or(20);
     if !(1..=50).contains(&limit) {
-        return Err(ApiError::validation("limit", "must be 1 to 50"));
+        return Err(WireError::validation("limit", "must be 1 to 50"));
     }
     let from = params
         .from
@@ -79,7 +79,7 @@ pub async fn search(
         .as_deref()
         .map(|at| {
             time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| ApiError::validation("before", "must be an RFC 3339 time"))
+                .map_err(|_| WireError::validation("before", "must be an RFC 3339 time"))
         })
         .transpose()?;
     state.chat.limits.read(caller.id, SEARCH_COST)?;
@@ -120,7 +120,7 @@ pub async fn search(
     Ok(axum::Json(SearchView { terms, results }))
 }
 
-async fn readable_rooms(state: &AppState, user: Id) -> Result<Vec<Room>, ApiError> {
+async fn readable_rooms(state: &AppState, user: Id) -> Result<Vec<Room>, WireError> {
     let mut rooms = Vec::new();
     let mut offset = 0;
     while offset < MAX_ROOMS {
@@ -142,7 +142,7 @@ async fn readable_rooms(state: &AppState, user: Id) -> Result<Vec<Room>, ApiErro
 async fn current_messages(
     state: &AppState,
     candidates: Vec<Message>,
-) -> Result<Vec<Message>, ApiError> {
+) -> Result<Vec<Message>, WireError> {
     let mut wanted: BTreeMap<Id, BTreeSet<u64>> = BTreeMap::new();
     let mut found: HashMap<(Id, u64), Message> = HashMap::new();
     for candidate in candidates {

@@ -4,11 +4,12 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::caller::AuthUser;
-use super::error::ApiError;
+use super::error::WireError;
 use super::extract::{Json, Path, Query, parse_id, present};
 use crate::model::ProfileUpdate;
 use crate::state::AppState;
 use crate::validate;
+use crate::wire::errors::ErrorCode;
 use crate::wire::views::UserView;
 
 /// A field left out is unchanged; `null` clears it.
@@ -26,7 +27,7 @@ pub struct ProfileRequest {
 pub async fn me(
     State(state): State<AppState>,
     caller: AuthUser,
-) -> Result<axum::Json<UserView>, ApiError> {
+) -> Result<axum::Json<UserView>, WireError> {
     let user = existing(&state, caller.id).await?;
     Ok(axum::Json(UserView::own(user)))
 }
@@ -35,7 +36,7 @@ pub async fn update_me(
     State(state): State<AppState>,
     caller: AuthUser,
     Json(request): Json<ProfileRequest>,
-) -> Result<axum::Json<UserView>, ApiError> {
+) -> Result<axum::Json<UserView>, WireError> {
     // Each change reaches everyone who shares a room with the caller: it
     // spends the same budget as other changes.
     state.chat.limits.message(caller.id)?;
@@ -62,7 +63,7 @@ pub async fn update_me(
         .store
         .update_profile(caller.id, &update)
         .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        .ok_or_else(|| WireError::not_found("user"))?;
     profile_changed(&state, &user).await;
     Ok(axum::Json(UserView::own(user)))
 }
@@ -89,7 +90,7 @@ pub async fn profile_changed(state: &AppState, user: &crate::model::User) {
 pub async fn sessions(
     State(state): State<AppState>,
     caller: AuthUser,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<serde_json::Value>, WireError> {
     let sessions = state.chat.sessions_of(caller.id).await?;
     Ok(axum::Json(serde_json::json!({ "sessions": sessions })))
 }
@@ -98,7 +99,7 @@ pub async fn get(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-) -> Result<axum::Json<UserView>, ApiError> {
+) -> Result<axum::Json<UserView>, WireError> {
     let id = parse_id(&id, "user")?;
     let user = existing(&state, id).await?;
     Ok(axum::Json(with_presence(&state, caller.id, user).await))
@@ -116,13 +117,13 @@ pub async fn find(
     State(state): State<AppState>,
     caller: AuthUser,
     Query(lookup): Query<Lookup>,
-) -> Result<axum::Json<UserView>, ApiError> {
+) -> Result<axum::Json<UserView>, WireError> {
     let username = validate::username(&lookup.username)?;
     let user = state
         .store
         .user_by_username(&username)
         .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        .ok_or_else(|| WireError::not_found("user"))?;
     Ok(axum::Json(with_presence(&state, caller.id, user).await))
 }
 
@@ -163,7 +164,7 @@ async fn with_presence(
 pub async fn blocks(
     State(state): State<AppState>,
     caller: AuthUser,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<serde_json::Value>, WireError> {
     let me = existing(&state, caller.id).await?;
     Ok(axum::Json(serde_json::json!({ "users": me.blocked })))
 }
@@ -175,7 +176,7 @@ pub async fn block(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(user_id): Path<String>,
-) -> Result<axum::http::StatusCode, ApiError> {
+) -> Result<axum::http::StatusCode, WireError> {
     set_blocked(&state, &caller, &user_id, true).await
 }
 
@@ -184,7 +185,7 @@ pub async fn unblock(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(user_id): Path<String>,
-) -> Result<axum::http::StatusCode, ApiError> {
+) -> Result<axum::http::StatusCode, WireError> {
     set_blocked(&state, &caller, &user_id, false).await
 }
 
@@ -193,14 +194,17 @@ async fn set_blocked(
     caller: &AuthUser,
     user_id: &str,
     blocked: bool,
-) -> Result<axum::http::StatusCode, ApiError> {
+) -> Result<axum::http::StatusCode, WireError> {
     state.chat.limits.message(caller.id)?;
     let other = parse_id(user_id, "user")?;
     if other == caller.id {
-        return Err(ApiError::validation("user_id", "you cannot block yourself"));
+        return Err(WireError::validation(
+            "user_id",
+            "you cannot block yourself",
+        ));
     }
     if state.store.user(other).await?.is_none() {
-        return Err(ApiError::not_found("user"));
+        return Err(WireError::not_found("user"));
     }
     let me = existing(state, caller.id).await?;
     let mut list = me.blocked;
@@ -209,8 +213,8 @@ async fn set_blocked(
     }
     if blocked {
         if list.len() >= crate::model::MAX_BLOCKED {
-            return Err(ApiError::conflict(
-                "too_many_blocks",
+            return Err(WireError::new(
+                ErrorCode::TooManyBlocks,
                 format!("you can block at most {} users", crate::model::MAX_BLOCKED),
             ));
         }
@@ -236,10 +240,10 @@ async fn set_blocked(
 pub async fn existing(
     state: &AppState,
     id: crate::model::Id,
-) -> Result<crate::model::User, ApiError> {
+) -> Result<crate::model::User, WireError> {
     state
         .store
         .user(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("user"))
+        .ok_or_else(|| WireError::not_found("user"))
 }

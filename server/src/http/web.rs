@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 
-use super::error::ApiError;
+use super::error::WireError;
 
 const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 const REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
@@ -62,10 +62,10 @@ impl WebClient {
 
     pub async fn respond(self, request: Request) -> Response {
         let Some(Built { assets, pages }) = self.built else {
-            return ApiError::not_found("route").into_response();
+            return WireError::not_found("route").into_response();
         };
         if is_reserved(request.uri().path()) {
-            return ApiError::not_found("route").into_response();
+            return WireError::not_found("route").into_response();
         }
         let hashed = request.uri().path().starts_with("/assets/");
         let result: Result<Response, Infallible> = if hashed {

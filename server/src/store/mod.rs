@@ -28,6 +28,23 @@ pub enum StoreError {
     Internal(String),
 }
 
+impl From<StoreError> for crate::wire::errors::WireError {
+    fn from(error: StoreError) -> Self {
+        use crate::wire::errors::ErrorCode;
+        match error {
+            StoreError::Conflict(field) => Self::new(
+                ErrorCode::AlreadyExists,
+                format!("that {field} is already taken"),
+            )
+            .for_field(field),
+            StoreError::Unavailable(detail) => {
+                Self::unavailable("the database is unavailable; try again shortly", detail)
+            }
+            StoreError::Internal(detail) => Self::internal(detail),
+        }
+    }
+}
+
 /// The outcome of [`Store::insert_message`], which is idempotent on `(room_id, seq)`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inserted {

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::Id;
+use crate::wire::errors::{ErrorCode, WireError};
 
 /// Longest message content, in characters, after cleaning.
 pub const MAX_CONTENT_CHARS: usize = 4000;
@@ -82,24 +83,6 @@ pub enum ClientFrame {
     Ping,
 }
 
-/// A frame the server refuses, with the code and sentence sent back in an
-/// `error` frame. The connection stays open.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct FrameError {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl FrameError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
 const KNOWN_TYPES: [&str; 12] = [
     "message", "edit", "delete", "react", "unreact", "join", "leave", "typing", "read", "resume",
     "auth", "ping",
@@ -108,39 +91,47 @@ const KNOWN_TYPES: [&str; 12] = [
 /// Parses one text frame. Tells a malformed frame (not JSON, no `type`), an
 /// unknown type, and a known type with bad fields apart, because clients fix
 /// each differently.
-pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+pub fn parse(text: &str) -> Result<ClientFrame, WireError> {
     let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|_| FrameError::new("malformed_frame", "a frame must be a JSON object"))?;
+        .map_err(|_| WireError::new(ErrorCode::MalformedFrame, "a frame must be a JSON object"))?;
     let kind = value
         .get("type")
         .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| FrameError::new("malformed_frame", "a frame must have a string \"type\""))?;
+        .ok_or_else(|| {
+            WireError::new(
+                ErrorCode::MalformedFrame,
+                "a frame must have a string \"type\"",
+            )
+        })?;
     if !KNOWN_TYPES.contains(&kind) {
-        return Err(FrameError::new(
-            "unknown_type",
+        return Err(WireError::new(
+            ErrorCode::UnknownType,
             format!("unknown frame type {kind:?}"),
         ));
     }
     let kind = kind.to_owned();
     serde_json::from_value(value)
-        .map_err(|e| FrameError::new("invalid_frame", format!("{kind}: {e}")))
+        .map_err(|e| WireError::new(ErrorCode::InvalidFrame, format!("{kind}: {e}")))
 }
 
 /// Cleans message content: control characters other than newline and tab are
 /// removed (they can spoof terminals and UIs), surrounding whitespace trimmed,
 /// then the result must be non-empty and at most [`MAX_CONTENT_CHARS`].
-pub fn clean_content(raw: &str) -> Result<String, FrameError> {
+pub fn clean_content(raw: &str) -> Result<String, WireError> {
     let cleaned: String = raw
         .chars()
         .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
         .collect();
     let cleaned = cleaned.trim();
     if cleaned.is_empty() {
-        return Err(FrameError::new("empty_message", "the message is empty"));
+        return Err(WireError::new(
+            ErrorCode::EmptyMessage,
+            "the message is empty",
+        ));
     }
     if cleaned.chars().count() > MAX_CONTENT_CHARS {
-        return Err(FrameError::new(
-            "message_too_long",
+        return Err(WireError::new(
+            ErrorCode::MessageTooLong,
             format!("a message may have at most {MAX_CONTENT_CHARS} characters"),
         ));
     }
@@ -149,15 +140,15 @@ pub fn clean_content(raw: &str) -> Result<String, FrameError> {
 
 /// A message's text and files: either may be empty, not both; at most
 /// [`MAX_ATTACHMENTS`] files.
-pub fn clean_post(raw: &str, attachments: &[Id]) -> Result<String, FrameError> {
+pub fn clean_post(raw: &str, attachments: &[Id]) -> Result<String, WireError> {
     if attachments.len() > MAX_ATTACHMENTS {
-        return Err(FrameError::new(
-            "too_many_attachments",
+        return Err(WireError::new(
+            ErrorCode::TooManyAttachments,
             format!("a message may carry at most {MAX_ATTACHMENTS} files"),
         ));
     }
     match clean_content(raw) {
-        Err(e) if e.code == "empty_message" && !attachments.is_empty() => Ok(String::new()),
+        Err(e) if e.code == ErrorCode::EmptyMessage && !attachments.is_empty() => Ok(String::new()),
         other => other,
     }
 }
@@ -168,23 +159,26 @@ pub fn clean_post(raw: &str, attachments: &[Id]) -> Result<String, FrameError> {
 /// ZWJ sequences), as fully qualified (`❤️`, not a bare `❤`, which is text,
 /// as `©` is). Anything else (private-use characters, bidi overrides,
 /// zero-width spaces, combining marks, several emoji) is refused.
-pub fn check_emoji(emoji: &str) -> Result<(), FrameError> {
+pub fn check_emoji(emoji: &str) -> Result<(), WireError> {
     if emojis::get(emoji).is_some_and(|known| known.as_str() == emoji) {
         Ok(())
     } else {
-        Err(FrameError::new("invalid_frame", "emoji must be one emoji"))
+        Err(WireError::new(
+            ErrorCode::InvalidFrame,
+            "emoji must be one emoji",
+        ))
     }
 }
 
-pub fn check_client_id(client_id: Option<&str>) -> Result<(), FrameError> {
+pub fn check_client_id(client_id: Option<&str>) -> Result<(), WireError> {
     match client_id {
         Some(id)
             if id.is_empty()
                 || id.chars().count() > MAX_CLIENT_ID_CHARS
                 || id.chars().any(char::is_control) =>
         {
-            Err(FrameError::new(
-                "invalid_frame",
+            Err(WireError::new(
+                ErrorCode::InvalidFrame,
                 format!("client_id must be 1 to {MAX_CLIENT_ID_CHARS} printable characters"),
             ))
         }
@@ -267,9 +261,13 @@ pub enum ServerFrame {
     Authenticated {
         exp: i64,
     },
+    /// A frame refused; the connection stays open. `retryable`: the same
+    /// frame may pass later (after `retry_after` seconds, when given).
     Error {
-        code: String,
+        code: ErrorCode,
         message: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        retryable: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after: Option<f64>,
     },
@@ -283,12 +281,13 @@ pub enum PresenceStatus {
     Offline,
 }
 
-impl From<FrameError> for ServerFrame {
-    fn from(error: FrameError) -> Self {
+impl From<WireError> for ServerFrame {
+    fn from(error: WireError) -> Self {
         ServerFrame::Error {
-            code: error.code.to_owned(),
+            code: error.code,
+            retryable: error.code.retryable(),
+            retry_after: error.retry_after_secs(),
             message: error.message,
-            retry_after: None,
         }
     }
 }
@@ -379,33 +378,36 @@ mod tests {
 
     #[test]
     fn tells_malformed_unknown_and_invalid_frames_apart() {
-        assert_eq!(parse("not json").unwrap_err().code, "malformed_frame");
-        assert_eq!(parse("[1,2]").unwrap_err().code, "malformed_frame");
+        assert_eq!(
+            parse("not json").unwrap_err().code,
+            ErrorCode::MalformedFrame
+        );
+        assert_eq!(parse("[1,2]").unwrap_err().code, ErrorCode::MalformedFrame);
         assert_eq!(
             parse(r#"{"content":"no type"}"#).unwrap_err().code,
-            "malformed_frame"
+            ErrorCode::MalformedFrame
         );
         assert_eq!(
             parse(r#"{"type":"shout"}"#).unwrap_err().code,
-            "unknown_type"
+            ErrorCode::UnknownType
         );
         assert_eq!(
             parse(r#"{"type":"message","room_id":"nope","content":"x"}"#)
                 .unwrap_err()
                 .code,
-            "invalid_frame"
+            ErrorCode::InvalidFrame
         );
         assert_eq!(
             parse(r#"{"type":"message","room_id":{"$gt":""},"content":"x"}"#)
                 .unwrap_err()
                 .code,
-            "invalid_frame"
+            ErrorCode::InvalidFrame
         );
         assert_eq!(
             parse(r#"{"type":"read","room_id":"0123456789abcdef01234567","seq":-1}"#)
                 .unwrap_err()
                 .code,
-            "invalid_frame"
+            ErrorCode::InvalidFrame
         );
     }
 
@@ -421,14 +423,14 @@ mod tests {
         );
         assert_eq!(
             clean_content(" \u{0} \n").unwrap_err().code,
-            "empty_message"
+            ErrorCode::EmptyMessage
         );
         assert!(clean_content(&"é".repeat(MAX_CONTENT_CHARS)).is_ok());
         assert_eq!(
             clean_content(&"x".repeat(MAX_CONTENT_CHARS + 1))
                 .unwrap_err()
                 .code,
-            "message_too_long"
+            ErrorCode::MessageTooLong
         );
     }
 
@@ -443,15 +445,19 @@ mod tests {
 
     #[test]
     fn server_frames_have_their_type() {
-        let error = serde_json::to_value(ServerFrame::Error {
-            code: "rate_limited".into(),
-            message: "slow down".into(),
-            retry_after: Some(0.5),
-        })
+        let error = serde_json::to_value(ServerFrame::from(WireError::rate_limited(
+            "slow down",
+            std::time::Duration::from_micros(499_800),
+        )))
         .unwrap();
         assert_eq!(
             error,
-            json!({"type": "error", "code": "rate_limited", "message": "slow down", "retry_after": 0.5})
+            json!({"type": "error", "code": "rate_limited", "message": "slow down", "retryable": true, "retry_after": 0.5})
+        );
+        let error = serde_json::to_value(ServerFrame::from(WireError::forbidden("no"))).unwrap();
+        assert_eq!(
+            error,
+            json!({"type": "error", "code": "forbidden", "message": "no"})
         );
         assert_eq!(
             serde_json::to_value(ServerFrame::Pong).unwrap(),

@@ -1,7 +1,8 @@
-//! What crosses the wire, defined once: WebSocket frames ([`frames`]) and the
+//! What crosses the wire, defined once: WebSocket frames ([`frames`]), the
 //! JSON views of users and rooms ([`views`]) that REST answers and frames
-//! carry. Both shells (`http`, `ws`) and the engine speak in these types;
+//! carry, and the catalogue of error and close codes ([`errors`]). Both shells (`http`, `ws`) and the engine speak in these types;
 //! chat messages themselves are [`crate::model::Message`]s.
 
+pub mod errors;
 pub mod frames;
 pub mod views;

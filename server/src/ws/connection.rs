@@ -22,11 +22,12 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use super::MAX_MESSAGE_BYTES;
 use crate::auth::Claims;
 use crate::engine::chat::{Change, ChatError, Post};
-use crate::engine::hub::{Connection, Kick, Outbound, QUEUE_FRAMES};
+use crate::engine::hub::{Connection, Outbound, QUEUE_FRAMES};
 use crate::engine::outbox::{Opcode, Outbox, Sent, close_payload};
 use crate::model::Id;
 use crate::state::AppState;
-use crate::wire::frames::{self as protocol, ClientFrame, FrameError, ServerFrame, encode};
+use crate::wire::errors::{ErrorCode, Kick, WireError};
+use crate::wire::frames::{self as protocol, ClientFrame, ServerFrame, encode};
 
 /// The server pings this often; browsers answer pings without any client code.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
@@ -223,7 +224,7 @@ async fn read(
                 bad_frames += 1;
                 send_error(
                     connection,
-                    &FrameError::new("malformed_frame", "frames must be JSON text"),
+                    &WireError::new(ErrorCode::MalformedFrame, "frames must be JSON text"),
                 );
                 if bad_frames > MAX_BAD_FRAMES {
                     return Kick::Abuse;
@@ -255,11 +256,10 @@ async fn read(
             Err(Refusal::RateLimited(retry_after)) => {
                 refused += 1;
                 state.metrics.rate_limited.inc();
-                connection.send(Outbound::direct(encode(&ServerFrame::Error {
-                    code: "rate_limited".into(),
-                    message: "too many frames; slow down".into(),
-                    retry_after: Some((retry_after.as_secs_f64() * 1000.0).ceil() / 1000.0),
-                })));
+                send_error(
+                    connection,
+                    &WireError::rate_limited("too many frames; slow down", retry_after),
+                );
                 if refused > MAX_REFUSED_MESSAGES {
                     return Kick::Flooding;
                 }
@@ -271,11 +271,11 @@ async fn read(
 
 enum Refusal {
     RateLimited(Duration),
-    Error(FrameError),
+    Error(WireError),
 }
 
-impl From<FrameError> for Refusal {
-    fn from(error: FrameError) -> Self {
+impl From<WireError> for Refusal {
+    fn from(error: WireError) -> Self {
         Refusal::Error(error)
     }
 }
@@ -286,36 +286,6 @@ impl From<ChatError> for Refusal {
             ChatError::RateLimited(wait) => Refusal::RateLimited(wait),
             other => Refusal::Error(other.into()),
         }
-    }
-}
-
-impl From<ChatError> for FrameError {
-    fn from(error: ChatError) -> Self {
-        let code = match &error {
-            ChatError::NotSubscribed => "not_joined",
-            ChatError::NoSuchRoom => "not_found",
-            ChatError::RateLimited(_) => "rate_limited",
-            ChatError::TooFarBehind => "resume_too_far",
-            ChatError::NoSuchMessage | ChatError::NoSuchAttachment => "not_found",
-            ChatError::NotAllowed(_) => "forbidden",
-            ChatError::TooManyReactions(_) => "too_many_reactions",
-            ChatError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "bus unavailable for a websocket frame");
-                return FrameError::new("unavailable", "messaging is unavailable; retry shortly");
-            }
-            ChatError::Store(crate::store::StoreError::Unavailable(detail)) => {
-                tracing::warn!(error = %detail, "store unavailable for a websocket frame");
-                return FrameError::new(
-                    "unavailable",
-                    "the database is unavailable; retry shortly",
-                );
-            }
-            ChatError::Store(other) => {
-                tracing::error!(error = %other, "store error on a websocket frame");
-                return FrameError::new("internal", "something went wrong on our side; retry");
-            }
-        };
-        FrameError::new(code, error.to_string())
     }
 }
 
@@ -423,14 +393,15 @@ async fn handle(
             chat.relay_from(connection, room_id, &frame).await?;
         }
         ClientFrame::Auth { token } => {
-            let claims = state
-                .tokens
-                .verify(&token)
-                .map_err(|_| FrameError::new("invalid_token", "the token is invalid or expired"))?;
+            let claims = state.tokens.verify(&token).map_err(|_| {
+                WireError::new(ErrorCode::InvalidToken, "the token is invalid or expired")
+            })?;
             if claims.sub != connection.user {
-                return Err(
-                    FrameError::new("invalid_token", "the token belongs to another user").into(),
-                );
+                return Err(WireError::new(
+                    ErrorCode::InvalidToken,
+                    "the token belongs to another user",
+                )
+                .into());
             }
             *expires_at = deadline_of(claims.exp);
             connection.send(Outbound::direct(encode(&ServerFrame::Authenticated {
@@ -476,7 +447,9 @@ fn acknowledge(
     })));
 }
 
-fn send_error(connection: &Connection, error: &FrameError) {
+/// Answers a refused frame with an `error` frame, logging our side's part once.
+fn send_error(connection: &Connection, error: &WireError) {
+    error.log("websocket");
     connection.send(Outbound::direct(encode(&ServerFrame::from(error.clone()))));
 }
 

@@ -15,7 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::http::error::ApiError;
+use crate::http::error::WireError;
+use crate::wire::errors::ErrorCode;
 
 /// A request that asked for a WebSocket and may be answered with one.
 pub struct Handshake {
@@ -27,15 +28,15 @@ pub struct Handshake {
 #[derive(Debug)]
 pub struct NotWebSocket(&'static str);
 
-impl From<NotWebSocket> for ApiError {
+impl From<NotWebSocket> for WireError {
     fn from(NotWebSocket(why): NotWebSocket) -> Self {
-        ApiError::bad_request("websocket_required", why)
+        WireError::new(ErrorCode::WebsocketRequired, why)
     }
 }
 
 impl IntoResponse for NotWebSocket {
     fn into_response(self) -> Response {
-        ApiError::from(self).into_response()
+        WireError::from(self).into_response()
     }
 }
 

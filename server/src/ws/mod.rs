@@ -13,9 +13,10 @@ use serde::Deserialize;
 
 use self::handshake::{Handshake, NotWebSocket};
 use crate::http::client_address::ClientAddress;
-use crate::http::error::ApiError;
+use crate::http::error::WireError;
 use crate::http::extract::{Query, parse_id};
 use crate::state::AppState;
+use crate::wire::errors::ErrorCode;
 
 /// Incoming frames are chat-sized; a larger one closes the connection (1009).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -34,7 +35,7 @@ pub async fn upgrade(
     Query(params): Query<WsParams>,
     headers: HeaderMap,
     handshake: Result<Handshake, NotWebSocket>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WireError> {
     check_origin(&headers, &state.web_origins)?;
     let (token, protocol) = find_token(&params, &headers)?;
     let claims = state.tokens.verify(&token)?;
@@ -61,7 +62,7 @@ pub async fn upgrade(
 /// one. A client that is no browser sends no `Origin` and is not asked.
 /// (Tokens are not cookies, so another site's page could not sign in with
 /// one anyway; this keeps it from trying with a token it was given.)
-fn check_origin(headers: &HeaderMap, allowed: &[HeaderValue]) -> Result<(), ApiError> {
+fn check_origin(headers: &HeaderMap, allowed: &[HeaderValue]) -> Result<(), WireError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -78,9 +79,8 @@ fn check_origin(headers: &HeaderMap, allowed: &[HeaderValue]) -> Result<(), ApiE
     if own {
         Ok(())
     } else {
-        Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "origin_not_allowed",
+        Err(WireError::new(
+            ErrorCode::OriginNotAllowed,
             "WebSockets are opened from this server's own pages or the origins in CHAT_CORS_ORIGINS",
         ))
     }
@@ -92,7 +92,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[HeaderValue]) -> Result<(), ApiE
 fn find_token(
     params: &WsParams,
     headers: &HeaderMap,
-) -> Result<(String, Option<String>), ApiError> {
+) -> Result<(String, Option<String>), WireError> {
     if let Some(token) = params.token.as_deref().filter(|t| !t.is_empty()) {
         return Ok((token.to_owned(), None));
     }
@@ -118,8 +118,8 @@ fn find_token(
         };
         return Ok((token.to_owned(), Some(echo)));
     }
-    Err(ApiError::unauthorized(
-        "missing_token",
+    Err(WireError::new(
+        ErrorCode::MissingToken,
         "pass the token as ?token=, Authorization: Bearer, or Sec-WebSocket-Protocol: bearer.<token>",
     ))
 }

@@ -16,6 +16,7 @@ use crate::bus::{Audience, Bus, BusError};
 use crate::engine::hub::Hub;
 use crate::model::{Author, Id, Message, MessageKind};
 use crate::store::{Store, StoreError};
+use crate::wire::errors::{ErrorCode, WireError};
 use crate::wire::frames::{ServerFrame, encode};
 
 mod limits;
@@ -50,6 +51,26 @@ pub enum ChatError {
     Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// One mapping for both shells: REST and WebSocket refuse alike.
+impl From<ChatError> for WireError {
+    fn from(error: ChatError) -> Self {
+        match error {
+            ChatError::NoSuchRoom | ChatError::NoSuchMessage | ChatError::NoSuchAttachment => {
+                Self::new(ErrorCode::NotFound, error.to_string())
+            }
+            ChatError::NotSubscribed => Self::new(ErrorCode::NotJoined, error.to_string()),
+            ChatError::RateLimited(wait) => Self::rate_limited(error.to_string(), wait),
+            ChatError::TooFarBehind => Self::new(ErrorCode::ResumeTooFar, error.to_string()),
+            ChatError::NotAllowed(why) => Self::forbidden(why),
+            ChatError::TooManyReactions(why) => Self::new(ErrorCode::TooManyReactions, why),
+            ChatError::Unavailable(detail) => {
+                Self::unavailable("messaging is unavailable; try again shortly", detail)
+            }
+            ChatError::Store(e) => e.into(),
+        }
+    }
 }
 
 impl From<BusError> for ChatError {
