@@ -18,7 +18,8 @@
 //!   [`bus::Deliver`]; the [`store`] keeps users, rooms, history and files.
 //!   [`health`] watches both for `/readyz`.
 //! - **the base**, pure or nearly: [`model`] (the data and its rules),
-//!   [`wire`] (frames and views, defined once), [`validate`] (input rules),
+//!   [`wire`] (frames, views and the error and close codes, defined once;
+//!   the web client's TypeScript is generated from them), [`validate`] (input rules),
 //!   [`auth`] (tokens, passwords, sign-in limits), [`search`], [`mention`],
 //!   [`attachment`], [`blocking`] (bounded slots for CPU-heavy work),
 //!   [`metrics`], [`sync`], [`telemetry`].

@@ -70,7 +70,7 @@ pub fn score(text: &str, terms: &[String]) -> Option<f64> {
 }
 
 /// A piece of a message around its first match, with the matches in it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, ts_rs::TS)]
 pub struct Snippet {
     pub text: String,
     /// `[start, end)` char offsets in `text` of each match, in order.

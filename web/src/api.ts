@@ -2,7 +2,7 @@
 // the access token refreshed a minute before it expires, and once more on a
 // 401, so a user stays signed in for as long as the refresh token lives.
 
-import type { AttachedFile, ChatMessage, Room, SearchHit, User } from "./protocol/types";
+import type { AttachedFile, History, Room, RoomsPage, SearchView, SessionView, User } from "./protocol/types";
 
 /** An error the API answered with: `{"error":{"code","message","field"?}}`. */
 export class ApiError extends Error {
@@ -24,12 +24,6 @@ interface Session {
   user: User;
 }
 
-interface LoginAnswer {
-  token: string;
-  refresh_token: string;
-  expires_in: number;
-  user: User;
-}
 
 const STORAGE_KEY = "chatcluster.session";
 /** Refresh this long before the access token lapses. */
@@ -75,7 +69,7 @@ export class Api {
   }
 
   async login(email: string, password: string): Promise<User> {
-    const answer = await this.call<LoginAnswer>("POST", "/api/auth/login", { email, password }, false);
+    const answer = await this.call<SessionView>("POST", "/api/auth/login", { email, password }, false);
     this.save(answer);
     return answer.user;
   }
@@ -120,7 +114,7 @@ export class Api {
         const refreshToken = this.session?.refreshToken;
         if (!refreshToken) return null;
         try {
-          const answer = await this.call<LoginAnswer>(
+          const answer = await this.call<SessionView>(
             "POST",
             "/api/auth/refresh",
             { refresh_token: refreshToken },
@@ -145,7 +139,7 @@ export class Api {
   userByName = (username: string) =>
     this.call<User>("GET", `/api/users?username=${encodeURIComponent(username)}`);
   rooms = (offset = 0, limit = 100) =>
-    this.call<{ rooms: Room[]; total: number }>("GET", `/api/rooms?limit=${limit}&offset=${offset}`);
+    this.call<RoomsPage>("GET", `/api/rooms?limit=${limit}&offset=${offset}`);
   room = (id: string) => this.call<Room>("GET", `/api/rooms/${id}`);
   createRoom = (name: string, description: string, isPrivate: boolean) =>
     this.call<Room>("POST", "/api/rooms", { name, description, is_private: isPrivate });
@@ -159,13 +153,13 @@ export class Api {
     this.call<Room>("DELETE", `/api/rooms/${roomId}/members/${userId}`);
   direct = (userId: string) => this.call<Room>("POST", `/api/dm/${userId}`);
   latest = (roomId: string, limit: number) =>
-    this.call<{ messages: ChatMessage[]; total: number }>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&offset=0`);
+    this.call<History>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&offset=0`);
   search = (q: string) =>
-    this.call<{ terms: string[]; results: SearchHit[] }>("GET", `/api/search?q=${encodeURIComponent(q)}&limit=20`);
+    this.call<SearchView>("GET", `/api/search?q=${encodeURIComponent(q)}&limit=20`);
   thread = (roomId: string, parent: number) =>
-    this.call<{ messages: ChatMessage[]; total: number }>("GET", `/api/rooms/${roomId}/messages?thread=${parent}&limit=100`);
+    this.call<History>("GET", `/api/rooms/${roomId}/messages?thread=${parent}&limit=100`);
   before = (roomId: string, seq: number, limit: number) =>
-    this.call<{ messages: ChatMessage[] }>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&before_seq=${seq}`);
+    this.call<History>("GET", `/api/rooms/${roomId}/messages?limit=${limit}&before_seq=${seq}`);
 
   /**
    * Uploads `file` into a room (the bytes as the body, so the browser can
@@ -244,7 +238,7 @@ export class Api {
     return send(renewed.token);
   }
 
-  private save(answer: LoginAnswer): Session {
+  private save(answer: SessionView): Session {
     const session = {
       token: answer.token,
       refreshToken: answer.refresh_token,

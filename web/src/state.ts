@@ -284,7 +284,7 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
       return onFrameRoomGone(state, frame.room_id);
     }
     case "error": {
-      if (frame.code === "rate_limited" || frame.code === "unavailable") {
+      if (frame.retryable) {
         return { ...state, notice: `${frame.message} Retrying…` };
       }
       if (frame.code === "message_too_long" || frame.code === "empty_message") {

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::caller::AuthUser;
 use super::client_address::ClientAddress;
@@ -14,7 +14,7 @@ use crate::model::{Id, ProfileUpdate, RefreshToken, Revoke, User};
 use crate::state::AppState;
 use crate::validate;
 use crate::wire::errors::ErrorCode;
-use crate::wire::views::UserView;
+use crate::wire::views::{SessionView, UserView};
 
 #[derive(Debug, Deserialize)]
 pub struct RegisterRequest {
@@ -32,17 +32,6 @@ pub struct LoginRequest {
 #[derive(Debug, Deserialize)]
 pub struct RefreshRequest {
     pub refresh_token: String,
-}
-
-/// A signed-in session: a short-lived access token and the refresh token that
-/// renews it.
-#[derive(Debug, Serialize)]
-pub struct SessionView {
-    pub token: String,
-    pub token_type: &'static str,
-    pub expires_in: u64,
-    pub refresh_token: String,
-    pub user: UserView,
 }
 
 pub async fn register(

@@ -2,15 +2,16 @@
 //! replies (`?thread=SEQ`), oldest first within a page.
 
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::caller::AuthUser;
 use super::error::WireError;
 use super::extract::{Path, Query};
 use super::rooms::{page_limit, visible_room};
-use crate::model::{HistoryQuery, Message};
+use crate::model::HistoryQuery;
 use crate::state::AppState;
 use crate::wire::errors::ErrorCode;
+use crate::wire::views::HistoryView;
 
 /// A history page takes a unit of the caller's read budget per this many
 /// messages its `offset` skips (see `engine::chat::Limits::read`).
@@ -24,14 +25,6 @@ pub struct HistoryParams {
     pub before_seq: Option<u64>,
     /// The seq of a message: its thread's replies instead of the room's messages.
     pub thread: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct HistoryView {
-    pub messages: Vec<Message>,
-    pub total: u64,
-    pub offset: u64,
-    pub limit: u64,
 }
 
 /// Stores count in signed 64 bits; a seq or an offset beyond them means the

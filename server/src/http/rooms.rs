@@ -7,7 +7,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::caller::AuthUser;
 use super::error::WireError;
@@ -20,7 +20,7 @@ use crate::state::AppState;
 use crate::validate;
 use crate::wire::errors::ErrorCode;
 use crate::wire::frames::ServerFrame;
-use crate::wire::views::{PageView, RoomView};
+use crate::wire::views::{RoomView, RoomsPage};
 
 pub const DEFAULT_PAGE: u64 = 50;
 pub const MAX_PAGE: u64 = 100;
@@ -40,11 +40,6 @@ pub struct CreateRoomRequest {
 pub struct PageQuery {
     pub limit: Option<u64>,
     pub offset: Option<u64>,
-}
-
-#[derive(Serialize)]
-pub struct Rooms {
-    rooms: Vec<RoomView>,
 }
 
 /// Checks a requested page size: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
@@ -165,16 +160,14 @@ pub async fn list(
     State(state): State<AppState>,
     caller: AuthUser,
     Query(query): Query<PageQuery>,
-) -> Result<axum::Json<PageView<Rooms>>, WireError> {
+) -> Result<axum::Json<RoomsPage>, WireError> {
     let page = Page {
         offset: super::messages::clamp(query.offset.unwrap_or(0)),
         limit: page_limit(query.limit)?,
     };
     let found = state.store.rooms_visible_to(caller.id, page).await?;
-    Ok(axum::Json(PageView {
-        items: Rooms {
-            rooms: found.rooms.into_iter().map(RoomView::from).collect(),
-        },
+    Ok(axum::Json(RoomsPage {
+        rooms: found.rooms.into_iter().map(RoomView::from).collect(),
         total: found.total,
         offset: page.offset,
         limit: page.limit,

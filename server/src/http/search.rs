@@ -4,16 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::caller::AuthUser;
 use super::error::WireError;
 use super::extract::{Query, parse_id};
 use super::rooms::visible_room;
 use crate::model::{HistoryQuery, Id, Message, MessageKind, Page, Room, apply_changes};
-use crate::search::{Snippet, score, snippet, terms};
+use crate::search::{score, snippet, terms};
 use crate::state::AppState;
 use crate::store::SearchQuery;
+use crate::wire::views::{SearchHit, SearchView};
 
 /// Rooms searched at most when no `room_id` narrows it.
 const MAX_ROOMS: u64 = 1000;
@@ -33,21 +34,6 @@ pub struct SearchParams {
     /// An RFC 3339 time: only messages sent before it.
     pub before: Option<String>,
     pub limit: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SearchHit {
-    /// As it is now (edits applied).
-    pub message: Message,
-    pub room_name: String,
-    pub snippet: Snippet,
-    pub score: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SearchView {
-    pub terms: Vec<String>,
-    pub results: Vec<SearchHit>,
 }
 
 pub async fn search(

@@ -5,7 +5,7 @@ use super::{Id, Timestamp};
 /// A file as messages carry it and the upload answers it: what a client
 /// needs to show it (a thumbnail, or a name, a type and a size to download)
 /// and fetch it (`GET /api/attachments/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ts_rs::TS)]
 pub struct AttachedFile {
     pub id: Id,
     pub filename: String,
@@ -14,8 +14,10 @@ pub struct AttachedFile {
     pub size: u64,
     /// An image's dimensions (images the server could decode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub width: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub height: Option<u32>,
     /// Whether `GET /api/attachments/{id}/thumbnail` has a small version.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Id, Timestamp};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     /// Written by a member.
@@ -56,7 +56,7 @@ impl MessageKind {
 
 /// A chat message exactly as clients receive it, live or from history:
 /// `{"type","id","room_id","user_id","username","content","timestamp","seq"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ts_rs::TS)]
 pub struct Message {
     #[serde(rename = "type")]
     pub kind: MessageKind,
@@ -66,12 +66,15 @@ pub struct Message {
     pub username: String,
     pub content: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[ts(type = "string")]
     pub timestamp: Timestamp,
     /// For an edit or a deletion: the seq of the message it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub target_seq: Option<u64>,
     /// A reply in the thread of the message at this seq.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub reply_to: Option<u64>,
     /// In history: how many replies its thread has.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -91,6 +94,7 @@ pub struct Message {
         skip_serializing_if = "Option::is_none",
         with = "time::serde::rfc3339::option"
     )]
+    #[ts(type = "string", optional)]
     pub edited_at: Option<Timestamp>,
     /// In history: deleted; the content is gone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

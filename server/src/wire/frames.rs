@@ -4,6 +4,7 @@
 //! See docs/protocol.md for the full description.
 
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
 
 use crate::model::Id;
 use crate::wire::errors::{ErrorCode, WireError};
@@ -16,19 +17,22 @@ pub const MAX_ATTACHMENTS: usize = 10;
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
 /// What a client may send.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Post to a room; `client_id` makes retries safe (the same id is stored once).
     Message {
         room_id: Id,
         content: String,
+        #[ts(optional)]
         client_id: Option<String>,
         /// A reply in the thread of the message at this seq.
+        #[ts(optional)]
         reply_to: Option<u64>,
         /// Files uploaded to this room by the sender (`POST
         /// /api/rooms/{id}/attachments`), at most [`MAX_ATTACHMENTS`].
         #[serde(default)]
+        #[ts(as = "Option<Vec<Id>>", optional)]
         attachments: Vec<Id>,
     },
     /// Replace the text of your message at `seq`.
@@ -36,12 +40,14 @@ pub enum ClientFrame {
         room_id: Id,
         seq: u64,
         content: String,
+        #[ts(optional)]
         client_id: Option<String>,
     },
     /// Delete the message at `seq`: yours, or any if you own or administer the room.
     Delete {
         room_id: Id,
         seq: u64,
+        #[ts(optional)]
         client_id: Option<String>,
     },
     /// Add your reaction `emoji` to the message at `seq`.
@@ -49,6 +55,7 @@ pub enum ClientFrame {
         room_id: Id,
         seq: u64,
         emoji: String,
+        #[ts(optional)]
         client_id: Option<String>,
     },
     /// Take your reaction `emoji` back from the message at `seq`.
@@ -56,6 +63,7 @@ pub enum ClientFrame {
         room_id: Id,
         seq: u64,
         emoji: String,
+        #[ts(optional)]
         client_id: Option<String>,
     },
     Join {
@@ -196,7 +204,7 @@ pub fn encode<T: Serialize>(value: &T) -> axum::extract::ws::Utf8Bytes {
 }
 
 /// What the server sends besides chat messages (which are [`crate::model::Message`]s).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// The sender's message is stored under `id` and `seq`.
@@ -266,15 +274,16 @@ pub enum ServerFrame {
     Error {
         code: ErrorCode,
         message: String,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         retryable: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
         retry_after: Option<f64>,
     },
     Pong,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     Online,

@@ -5,4 +5,5 @@
 
 pub mod errors;
 pub mod frames;
+pub mod typescript;
 pub mod views;

@@ -3,28 +3,35 @@
 
 use serde::Serialize;
 
-use crate::model::{Id, Room, RoomKind, Timestamp, User};
+use ts_rs::TS;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+use crate::model::{Id, Message, Room, RoomKind, Timestamp, User};
+use crate::search::Snippet;
+
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
 pub struct UserView {
     pub id: Id,
     pub username: String,
     /// Only in the caller's own profile: other users' addresses are private.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub email: Option<String>,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
     pub avatar_color: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
+    #[ts(type = "string")]
     pub created_at: Timestamp,
     /// Whether the user has a live connection; in single-user lookups.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub online: Option<bool>,
     /// When their last live connection closed (absent: never seen online).
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "time::serde::rfc3339::option"
     )]
+    #[ts(type = "string", optional)]
     pub last_seen_at: Option<Timestamp>,
 }
 
@@ -54,7 +61,7 @@ impl UserView {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
 pub struct RoomView {
     pub id: Id,
     pub name: String,
@@ -65,6 +72,7 @@ pub struct RoomView {
     pub members: Vec<Id>,
     pub admins: Vec<Id>,
     #[serde(with = "time::serde::rfc3339")]
+    #[ts(type = "string")]
     pub created_at: Timestamp,
 }
 
@@ -84,14 +92,55 @@ impl From<Room> for RoomView {
     }
 }
 
-/// A page of a list, in the shape every paginated endpoint uses.
-#[derive(Debug, Serialize)]
-pub struct PageView<T: Serialize> {
-    #[serde(flatten)]
-    pub items: T,
+/// A page of the room list (`GET /api/rooms`).
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
+pub struct RoomsPage {
+    pub rooms: Vec<RoomView>,
+    /// Rooms the caller can see in all.
     pub total: u64,
     pub offset: u64,
     pub limit: u64,
+}
+
+/// A page of a room's history or of a thread (`GET /api/rooms/{id}/messages`),
+/// oldest first, each message as it is now.
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
+pub struct HistoryView {
+    pub messages: Vec<Message>,
+    /// Messages in the room (or replies in the thread).
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// A signed-in session: a short-lived access token and the refresh token that
+/// renews it.
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
+pub struct SessionView {
+    pub token: String,
+    #[ts(type = "\"Bearer\"")]
+    pub token_type: &'static str,
+    /// Seconds the access token lives.
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub user: UserView,
+}
+
+/// One result of `GET /api/search`.
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
+pub struct SearchHit {
+    /// As it is now (edits applied).
+    pub message: Message,
+    pub room_name: String,
+    pub snippet: Snippet,
+    pub score: f64,
+}
+
+/// What `GET /api/search` answers: the terms it looked for, best results first.
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
+pub struct SearchView {
+    pub terms: Vec<String>,
+    pub results: Vec<SearchHit>,
 }
 
 #[cfg(test)]
@@ -132,24 +181,5 @@ mod tests {
         assert_eq!(json["creator_id"], owner.to_string());
         assert_eq!(json["members"], serde_json::json!([owner.to_string()]));
         assert_eq!(json["is_direct"], false);
-    }
-
-    #[test]
-    fn pages_flatten_their_items() {
-        #[derive(Serialize)]
-        struct Rooms {
-            rooms: Vec<u8>,
-        }
-        let json = serde_json::to_value(PageView {
-            items: Rooms { rooms: vec![1] },
-            total: 9,
-            offset: 2,
-            limit: 1,
-        })
-        .unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"rooms": [1], "total": 9, "offset": 2, "limit": 1})
-        );
     }
 }

@@ -1,6 +1,6 @@
 import { useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
 import { seenBy, shownName, threadKey, typingIn, type ChatState } from "../state";
-import type { AttachedFile, ChatMessage, Room } from "../protocol/types";
+import { MAX_CONTENT_CHARS, type AttachedFile, type ChatMessage, type Room } from "../protocol/types";
 import { ApiError } from "../api";
 import { fitWithin, formatBytes, isPicture } from "../files";
 import { emptyTimeline } from "../protocol/timeline";
@@ -8,7 +8,6 @@ import { Avatar } from "./Avatar";
 import type { ChatActions } from "./ChatApp";
 import { complete, mentionAt, suggestions } from "../mentions";
 
-const MAX_LENGTH = 4000;
 const TYPING_EVERY_MS = 2500;
 
 function time(timestamp: string): string {
@@ -121,7 +120,7 @@ function Message({
               value={text}
               onChange={(e) => setText(e.target.value)}
               onKeyDown={onKey}
-              maxLength={MAX_LENGTH}
+              maxLength={MAX_CONTENT_CHARS}
               autoFocus
             />
             <button type="button" onClick={save}>
@@ -274,7 +273,7 @@ function Thread({ parent, state, actions }: { parent: ChatMessage; state: ChatSt
   const send = (event?: FormEvent) => {
     event?.preventDefault();
     const content = text.trim();
-    if (!content || content.length > MAX_LENGTH) return;
+    if (!content || content.length > MAX_CONTENT_CHARS) return;
     actions.reply(parent.room_id, parent.seq, content);
     setText("");
   };
@@ -304,7 +303,7 @@ function Thread({ parent, state, actions }: { parent: ChatMessage; state: ChatSt
           <textarea
             value={text}
             rows={1}
-            maxLength={MAX_LENGTH}
+            maxLength={MAX_CONTENT_CHARS}
             onChange={(e) => setText(e.target.value)}
             onKeyDown={(e) => {
               if (e.key === "Enter" && !e.shiftKey) {
@@ -470,7 +469,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   function send(event?: FormEvent) {
     event?.preventDefault();
     const content = draft.trim();
-    if (!canSend || content.length > MAX_LENGTH) return;
+    if (!canSend || content.length > MAX_CONTENT_CHARS) return;
     stickToBottom.current = true;
     actions.send(room.id, content, ready);
     setDraft("");
@@ -703,7 +702,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
             }}
             placeholder={`Message ${title}`}
             rows={1}
-            maxLength={MAX_LENGTH}
+            maxLength={MAX_CONTENT_CHARS}
             aria-autocomplete="list"
             aria-controls={options.length > 0 ? "mention-options" : undefined}
             aria-activedescendant={options.length > 0 ? `mention-${chosen}` : undefined}

@@ -294,7 +294,7 @@ export class ChatConnection {
   }
 
   private onError(frame: Extract<ServerFrame, { type: "error" }>): void {
-    if (frame.code === "rate_limited" || frame.code === "unavailable") {
+    if (frame.retryable) {
       // Which message was refused is not said; resending the unacknowledged
       // ones is safe (client_id) and keeps their order. One resend for every
       // error of a burst: one per error would send the outbox squared.
