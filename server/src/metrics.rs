@@ -165,12 +165,6 @@ impl Metrics {
         })
     }
 
-    /// Records the delivery of a message accepted at `accepted`.
-    pub fn observe_delivery(&self, accepted: crate::model::Timestamp) {
-        let elapsed = (crate::model::now() - accepted).as_seconds_f64();
-        self.delivery_latency.observe(elapsed.max(0.0));
-    }
-
     /// Counts and times one HTTP request under its route template and method.
     pub fn observe_http(&self, route: &str, method: &str, status: &str, seconds: f64) {
         self.http_duration

@@ -92,6 +92,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             queue_bytes: config.limits.queue_bytes,
         },
         metrics.frames_sent.clone(),
+        metrics.delivery_latency.clone(),
     ));
     let bus: Arc<dyn Bus> = match &config.redis {
         Some(redis) => {
@@ -133,12 +134,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             .await
             .map_err(StartError::Bus)?
         }
-        None => Arc::new(LocalBus::new(
-            store.clone(),
-            hub.clone(),
-            &config.pod_name,
-            metrics.clone(),
-        )),
+        None => Arc::new(LocalBus::new(store.clone(), hub.clone(), &config.pod_name)),
     };
     let chat = Arc::new(Chat::new(
         store.clone(),

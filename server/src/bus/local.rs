@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
 use super::{Audience, Bus, BusError, Deliver};
-use crate::metrics::Metrics;
 use crate::model::{Id, Message, Session};
 use crate::store::{Inserted, Store};
 use crate::sync::lock;
@@ -24,20 +23,13 @@ pub struct LocalBus {
     hub: Arc<dyn Deliver>,
     sequencers: Mutex<HashMap<Id, Sequencer>>,
     pod: String,
-    metrics: Arc<Metrics>,
 }
 
 impl LocalBus {
-    pub fn new(
-        store: Arc<dyn Store>,
-        hub: Arc<dyn Deliver>,
-        pod: &str,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<dyn Deliver>, pod: &str) -> Self {
         Self {
             store,
             hub,
-            metrics,
             sequencers: Mutex::default(),
             pod: pod.to_owned(),
         }
@@ -84,8 +76,7 @@ impl Bus for LocalBus {
         };
         *newest = Some(seq);
         let frame = encode(&message);
-        self.hub.message(room, seq, frame);
-        self.metrics.observe_delivery(message.timestamp);
+        self.hub.message(room, seq, Some(message.timestamp), frame);
         Ok(message)
     }
 

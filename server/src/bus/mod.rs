@@ -11,7 +11,7 @@ pub mod redis;
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use crate::model::{Id, Message, Session};
+use crate::model::{Id, Message, Session, Timestamp};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +47,10 @@ impl Audience {
 /// knows the connections (as Centrifuge's broker calls its node's handler).
 /// The bus knows rooms, seqs and encoded frames, never a socket.
 pub trait Deliver: Send + Sync + 'static {
-    /// A message (or change) of `room` at `seq`, for the room's subscribers here.
-    fn message(&self, room: Id, seq: u64, frame: Utf8Bytes);
+    /// A message (or change) of `room` at `seq`, for the room's subscribers
+    /// here; `accepted` is when it was accepted, for the delivery latency
+    /// the hub measures (the same for every bus).
+    fn message(&self, room: Id, seq: u64, accepted: Option<Timestamp>, frame: Utf8Bytes);
     /// A seq-less event (typing, read, presence) for the room's subscribers here.
     fn event(&self, room: Id, frame: Utf8Bytes);
     /// A frame about room lists or profiles, for `audience`'s connections here.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use prometheus::IntCounter;
+use prometheus::{Histogram, IntCounter};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -251,15 +251,19 @@ pub struct Hub {
     limits: HubLimits,
     /// Frames handed to sockets (`chat_ws_frames_sent_total`).
     frames_sent: IntCounter,
+    /// From a message's acceptance to its hand-off here
+    /// (`chat_delivery_latency_seconds`), whichever bus brought it.
+    delivery_latency: Histogram,
 }
 
 impl Hub {
-    pub fn new(limits: HubLimits, frames_sent: IntCounter) -> Self {
+    pub fn new(limits: HubLimits, frames_sent: IntCounter, delivery_latency: Histogram) -> Self {
         Self {
             inner: Mutex::default(),
             next_id: AtomicU64::new(0),
             limits,
             frames_sent,
+            delivery_latency,
         }
     }
 
@@ -452,8 +456,12 @@ impl Hub {
 
 /// What the bus hands this process goes to the connections here.
 impl crate::bus::Deliver for Hub {
-    fn message(&self, room: Id, seq: u64, frame: Utf8Bytes) {
+    fn message(&self, room: Id, seq: u64, accepted: Option<Timestamp>, frame: Utf8Bytes) {
         self.broadcast(room, Outbound::message(room, seq, frame));
+        if let Some(accepted) = accepted {
+            let elapsed = (crate::model::now() - accepted).as_seconds_f64();
+            self.delivery_latency.observe(elapsed.max(0.0));
+        }
     }
 
     fn event(&self, room: Id, frame: Utf8Bytes) {
@@ -496,7 +504,12 @@ mod tests {
     const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn hub(limits: HubLimits) -> Hub {
-        Hub::new(limits, IntCounter::new("frames", "frames").unwrap())
+        Hub::new(
+            limits,
+            IntCounter::new("frames", "frames").unwrap(),
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("latency", "latency"))
+                .unwrap(),
+        )
     }
 
     /// A connected pair on loopback: the server's end, and the client's.

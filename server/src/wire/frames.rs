@@ -91,6 +91,8 @@ pub enum ClientFrame {
     Ping,
 }
 
+/// `ClientFrame`'s tags (a test holds the two together), so an unknown
+/// type is told apart from a known one with bad fields.
 const KNOWN_TYPES: [&str; 12] = [
     "message", "edit", "delete", "react", "unreact", "join", "leave", "typing", "read", "resume",
     "auth", "ping",
@@ -383,6 +385,17 @@ mod tests {
         for (json, expected) in cases {
             assert_eq!(parse(&json.to_string()).unwrap(), expected, "{json}");
         }
+    }
+
+    #[test]
+    fn the_known_types_are_the_client_frames() {
+        let declared = ClientFrame::inline(&ts_rs::Config::new());
+        let tags: Vec<&str> = declared
+            .split("\"type\": \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert_eq!(tags, KNOWN_TYPES, "{declared}");
     }
 
     #[test]

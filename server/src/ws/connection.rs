@@ -364,17 +364,10 @@ async fn handle(
             let change = Change::Unreact(emoji);
             change_message(state, connection, room_id, seq, change, client_id).await?;
         }
-        ClientFrame::Join { room_id } => {
-            chat.ensure_member(room_id, &connection.author()).await?;
-            chat.open(connection, room_id, None).await?;
-        }
+        ClientFrame::Join { room_id } => chat.join(connection, room_id).await?,
         ClientFrame::Leave { room_id } => chat.close(connection, room_id).await,
         ClientFrame::Resume { room_id, last_seq } => {
-            let room = chat.visible_room(room_id, connection.user).await?;
-            if !room.is_member(connection.user) {
-                return Err(ChatError::NotSubscribed.into());
-            }
-            chat.open(connection, room_id, Some(last_seq)).await?;
+            chat.resume(connection, room_id, last_seq).await?;
         }
         ClientFrame::Typing { room_id } => {
             let frame = ServerFrame::Typing {

@@ -283,10 +283,7 @@ impl RedisBus {
         let in_stream = MessageKind::from_name(&envelope.kind).is_some();
         match (envelope.kind.as_str(), envelope.seq) {
             (_, Some(seq)) if in_stream => {
-                self.deliver_message(room, seq, Utf8Bytes::from(payload));
-                if let Some(accepted) = envelope.timestamp {
-                    self.metrics.observe_delivery(accepted);
-                }
+                self.deliver_message(room, seq, envelope.timestamp, Utf8Bytes::from(payload));
             }
             ("_evict", _) => self.hub.evict(room, envelope.user_id),
             _ => {
@@ -305,11 +302,17 @@ impl RedisBus {
         }
     }
 
-    fn deliver_message(&self, room: Id, seq: u64, frame: Utf8Bytes) {
+    fn deliver_message(
+        &self,
+        room: Id,
+        seq: u64,
+        accepted: Option<crate::model::Timestamp>,
+        frame: Utf8Bytes,
+    ) {
         if let Some(newest) = lock(&self.delivered).get_mut(&room) {
             *newest = (*newest).max(seq);
         }
-        self.hub.message(room, seq, frame);
+        self.hub.message(room, seq, accepted, frame);
     }
 
     /// After the pub/sub connection came back: hands local subscribers what was
@@ -336,7 +339,12 @@ impl RedisBus {
         match repaired {
             Ok(missed) => {
                 for message in missed {
-                    self.deliver_message(room, message.seq, encode(&message));
+                    self.deliver_message(
+                        room,
+                        message.seq,
+                        Some(message.timestamp),
+                        encode(&message),
+                    );
                 }
             }
             Err(e) => {

@@ -24,6 +24,8 @@ mod membership;
 mod open;
 mod post;
 mod presence;
+#[cfg(test)]
+mod tests;
 
 pub use crate::bus::MAX_RESUME;
 pub use limits::Limits;

@@ -13,6 +13,31 @@ use crate::model::Id;
 use crate::wire::frames::{PresenceStatus, ServerFrame, encode};
 
 impl Chat {
+    /// The `join` frame: joins the room when the user may (a public room, or
+    /// one they are in), then opens it.
+    pub async fn join(&self, connection: &Arc<Connection>, room: Id) -> Result<(), ChatError> {
+        self.ensure_member(room, &connection.author()).await?;
+        self.open(connection, room, None).await
+    }
+
+    /// The `resume` frame: opens a room the user is a member of, replaying
+    /// what came after `last_seq` first.
+    pub async fn resume(
+        &self,
+        connection: &Arc<Connection>,
+        room: Id,
+        last_seq: u64,
+    ) -> Result<(), ChatError> {
+        if !self
+            .visible_room(room, connection.user)
+            .await?
+            .is_member(connection.user)
+        {
+            return Err(ChatError::NotSubscribed);
+        }
+        self.open(connection, room, Some(last_seq)).await
+    }
+
     /// Starts live delivery of `room` to `connection`. With `resume_after`, first
     /// replays the messages after that seq; without, answers `joined` with the
     /// room's newest seq.
