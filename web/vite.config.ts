@@ -11,5 +11,5 @@ export default defineConfig({
       "/ws": { target: "ws://localhost:8080", ws: true },
     },
   },
-  test: { include: ["tests/unit/**/*.test.ts"], environment: "node" },
+  test: { include: ["tests/unit/**/*.test.{ts,tsx}"], environment: "node" },
 });

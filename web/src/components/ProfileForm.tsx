@@ -1,7 +1,7 @@
 import { useState, type FormEvent } from "react";
 import { ApiError } from "../api";
 import type { Profile } from "../state";
-import type { ChatActions } from "./ChatApp";
+import type { ChatActions } from "../actions";
 import { Avatar } from "./Avatar";
 
 const DEFAULT_COLOR = "#3a7bd5";

@@ -1,7 +1,7 @@
 import { useState, type FormEvent, type ReactNode } from "react";
 import type { ChatState } from "../state";
 import type { Room, SearchHit } from "../protocol/types";
-import type { ChatActions } from "./ChatApp";
+import type { ChatActions } from "../actions";
 
 function roomTitle(room: Room, state: ChatState): string {
   if (!room.is_direct) return room.name;

@@ -1,0 +1,65 @@
+import { useEffect, useState, type FormEvent } from "react";
+import type { ChatActions } from "../../actions";
+import { MAX_CONTENT_CHARS, type ChatMessage } from "../../protocol/types";
+import { threadKey, type ChatState } from "../../state";
+import { Attachments } from "./Attachments";
+import { Content } from "./Content";
+import { time } from "./format";
+
+/** A message's thread: its replies and a box to reply, under the message. */
+export function Thread({ parent, state, actions }: { parent: ChatMessage; state: ChatState; actions: ChatActions }) {
+  const [text, setText] = useState("");
+  useEffect(() => {
+    void actions.openThread(parent.room_id, parent.seq);
+  }, [actions, parent.room_id, parent.seq]);
+  const replies = state.threads[threadKey(parent.room_id, parent.seq)] ?? [];
+  const send = (event?: FormEvent) => {
+    event?.preventDefault();
+    const content = text.trim();
+    if (!content || content.length > MAX_CONTENT_CHARS) return;
+    actions.reply(parent.room_id, parent.seq, content);
+    setText("");
+  };
+  return (
+    <section className="thread" aria-label={`Thread of ${parent.username}'s message`}>
+      <ol className="replies">
+        {replies.map((reply) => (
+          <li key={reply.id} className="reply" data-seq={reply.seq}>
+            <strong className="author">{reply.username}</strong>{" "}
+            <time dateTime={reply.timestamp}>{time(reply.timestamp)}</time>{" "}
+            {reply.deleted ? (
+              <span className="tombstone">This message was deleted.</span>
+            ) : (
+              <>
+                <span className="content">
+                  <Content text={reply.content} myName={state.names[state.me] ?? ""} />
+                </span>
+                <Attachments files={reply.attachments} actions={actions} />
+              </>
+            )}
+          </li>
+        ))}
+      </ol>
+      <form className="reply-form" onSubmit={send}>
+        <label>
+          Reply in thread
+          <textarea
+            value={text}
+            rows={1}
+            maxLength={MAX_CONTENT_CHARS}
+            onChange={(e) => setText(e.target.value)}
+            onKeyDown={(e) => {
+              if (e.key === "Enter" && !e.shiftKey) {
+                e.preventDefault();
+                send();
+              }
+            }}
+          />
+        </label>
+        <button type="submit" disabled={!text.trim()}>
+          Send reply
+        </button>
+      </form>
+    </section>
+  );
+}
