@@ -50,8 +50,16 @@ impl MessageKind {
     /// the stream with a seq of its own, so live delivery and resume carry
     /// it, but shown by changing its target.
     pub fn is_change(self) -> bool {
-        !matches!(self, MessageKind::Text | MessageKind::System)
+        !Self::SHOWN.contains(&self)
     }
+
+    /// What history pages show: messages, not the changes made to them
+    /// (both stores query by this list).
+    pub const SHOWN: [MessageKind; 2] = [MessageKind::Text, MessageKind::System];
+
+    /// What search covers: members' text and the edits of it (an edit's
+    /// match finds its message as it is now).
+    pub const SEARCHED: [MessageKind; 2] = [MessageKind::Text, MessageKind::Edit];
 }
 
 /// A chat message exactly as clients receive it, live or from history:
@@ -108,6 +116,12 @@ pub struct Message {
 }
 
 impl Message {
+    /// On its room's main line, as history pages list it: a message (no
+    /// change) that is not a reply in a thread.
+    pub fn on_main_line(&self) -> bool {
+        !self.kind.is_change() && self.reply_to.is_none()
+    }
+
     /// A new message or change of `kind` by `user_id`, now, not yet numbered
     /// (seq 0: the bus gives it its seq), with nothing else set.
     pub fn new(

@@ -20,7 +20,7 @@ pub(super) fn main_line_if_needed(tx: &redb::WriteTransaction) -> StoreResult<()
     for entry in messages.iter()? {
         let (key, value) = entry?;
         let message: Message = serde_json::from_slice(value.value())?;
-        if on_main_line(&message) {
+        if message.on_main_line() {
             main_line.insert(key.value(), ())?;
             indexed += 1;
         }
@@ -63,9 +63,4 @@ pub(super) fn main_line_page(
     }
     messages.reverse();
     Ok(messages)
-}
-
-/// Whether history pages show `message`: not a change, not a thread reply.
-pub(super) fn on_main_line(message: &Message) -> bool {
-    !message.kind.is_change() && message.reply_to.is_none()
 }

@@ -21,10 +21,7 @@ pub(super) fn index_words(
     words: &mut redb::Table<&[u8], ()>,
     message: &Message,
 ) -> StoreResult<()> {
-    if !matches!(
-        message.kind,
-        crate::model::MessageKind::Text | crate::model::MessageKind::Edit
-    ) {
+    if !crate::model::MessageKind::SEARCHED.contains(&message.kind) {
         return Ok(());
     }
     for word in crate::search::words(&message.content) {

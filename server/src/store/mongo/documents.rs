@@ -181,9 +181,6 @@ pub(super) struct MessageDoc {
     pub(super) attachments: Vec<AttachedFile>,
 }
 
-/// What history pages show: messages, not the changes made to them.
-pub(super) const SHOWN_KINDS: [&str; 2] = ["text", "system"];
-
 impl TryFrom<&Message> for MessageDoc {
     type Error = StoreError;
 

@@ -770,7 +770,7 @@ impl Store for MongoStore {
             return Ok(Vec::new());
         }
         let rooms: Vec<ObjectId> = rooms.iter().map(|r| r.object_id()).collect();
-        let mut filter = doc! {"room_id": {"$in": rooms}, "type": {"$in": ["text", "edit"]}};
+        let mut filter = doc! {"room_id": {"$in": rooms}, "type": {"$in": MessageKind::SEARCHED.map(MessageKind::name).to_vec()}};
         if let Some(from) = query.from {
             filter.insert("user_id", from.object_id());
         }
@@ -836,7 +836,7 @@ impl Store for MongoStore {
         let room_id = room.object_id();
         let shown = doc! {
             "room_id": room_id,
-            "type": {"$in": SHOWN_KINDS.to_vec()},
+            "type": {"$in": MessageKind::SHOWN.map(MessageKind::name).to_vec()},
             "reply_to": {"$exists": false},
         };
         let total = self
