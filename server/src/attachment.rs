@@ -8,16 +8,16 @@ use std::io::Cursor;
 use image::{ImageFormat, ImageReader};
 
 /// Thumbnails fit in this square (CSS pixels at 2x for a 160 px preview).
-pub const THUMBNAIL_EDGE: u32 = 320;
+pub(crate) const THUMBNAIL_EDGE: u32 = 320;
 
 /// How long a file uploaded but never sent is kept (a tab closed before
 /// sending): long enough for any draft, short enough not to hoard space.
-pub const UNSENT_UPLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub(crate) const UNSENT_UPLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Uploads examined (hashed, decoded, thumbnailed) at once on one pod:
 /// each may take [`MAX_DECODER_ALLOC`] while decoding, and two of them fit
 /// the chat pod's default memory limit (512 MiB) beside its connections.
-pub const DECODERS_PER_POD: usize = 2;
+pub(crate) const DECODERS_PER_POD: usize = 2;
 
 /// Images larger than this on either side are kept as files without a
 /// thumbnail: decoding them would take more memory than an upload should.
@@ -28,7 +28,7 @@ const MAX_DECODER_ALLOC: u64 = 128 * 1024 * 1024;
 
 /// What the bytes are, as far as serving them goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sniffed {
+pub(crate) struct Sniffed {
     pub content_type: &'static str,
     /// A raster image a browser shows safely in an `<img>`: served inline.
     /// Everything else (HTML and SVG above all, which could run script in
@@ -39,7 +39,7 @@ pub struct Sniffed {
 /// The served type of `bytes`: PNG, JPEG, GIF and WebP by their magic
 /// numbers; PDF and plain UTF-8 text recognised for a helpful type (still
 /// downloads); anything else `application/octet-stream`.
-pub fn sniff(bytes: &[u8]) -> Sniffed {
+pub(crate) fn sniff(bytes: &[u8]) -> Sniffed {
     let image = image::guess_format(bytes).ok().filter(|format| {
         matches!(
             format,
@@ -73,7 +73,7 @@ fn looks_like_text(bytes: &[u8]) -> bool {
 
 /// A decoded image's size and its small version.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Thumbnail {
+pub(crate) struct Thumbnail {
     pub width: u32,
     pub height: u32,
     pub bytes: Vec<u8>,
@@ -85,7 +85,7 @@ pub struct Thumbnail {
 /// transparency, JPEG otherwise. `None` when the image cannot be decoded
 /// (corrupt, truncated or too large): it is then stored as a plain file.
 /// CPU-heavy: call it on the blocking pool.
-pub fn thumbnail(bytes: &[u8], format: ImageFormat) -> Option<Thumbnail> {
+pub(crate) fn thumbnail(bytes: &[u8], format: ImageFormat) -> Option<Thumbnail> {
     let image = decode(bytes, format)?;
     let (width, height) = (image.width(), image.height());
     let small = if width > THUMBNAIL_EDGE || height > THUMBNAIL_EDGE {
@@ -129,7 +129,7 @@ fn encode(image: &image::DynamicImage) -> Option<(Vec<u8>, &'static str)> {
 }
 
 /// The SHA-256 of `bytes` in lowercase hex: what stored contents are named by.
-pub fn content_hash(bytes: &[u8]) -> String {
+pub(crate) fn content_hash(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes)
         .iter()
@@ -138,13 +138,13 @@ pub fn content_hash(bytes: &[u8]) -> String {
 }
 
 /// Profile pictures are squares of this many pixels (shown at up to 64 CSS px at 2x).
-pub const AVATAR_EDGE: u32 = 128;
+pub(crate) const AVATAR_EDGE: u32 = 128;
 
 /// A profile picture from `bytes`: the image's centre cropped square and
 /// scaled to [`AVATAR_EDGE`], PNG where transparent, JPEG otherwise. `None`
 /// when `bytes` are not a PNG, JPEG, GIF or WebP that decodes within the
 /// same bounds as thumbnails. CPU-heavy: call it on the blocking pool.
-pub fn avatar(bytes: &[u8]) -> Option<Thumbnail> {
+pub(crate) fn avatar(bytes: &[u8]) -> Option<Thumbnail> {
     let format = sniff(bytes).image?;
     let image = decode(bytes, format)?;
     let (width, height) = (image.width(), image.height());
@@ -165,7 +165,7 @@ pub fn avatar(bytes: &[u8]) -> Option<Thumbnail> {
 /// The name a file is stored and served under: the last path component of
 /// what the client sent, without control characters, at most 200
 /// characters; "file" when nothing is left.
-pub fn clean_filename(raw: &str) -> String {
+pub(crate) fn clean_filename(raw: &str) -> String {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = last
         .chars()
@@ -183,7 +183,7 @@ pub fn clean_filename(raw: &str) -> String {
 /// The `Content-Disposition` value (RFC 6266): `inline` for images,
 /// `attachment` (a download) for everything else; the name as ASCII for old
 /// clients and in full as UTF-8 (RFC 8187) for the rest.
-pub fn content_disposition(inline: bool, filename: &str) -> String {
+pub(crate) fn content_disposition(inline: bool, filename: &str) -> String {
     let ascii: String = filename
         .chars()
         .map(|c| {

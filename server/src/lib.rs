@@ -24,23 +24,26 @@
 //!   [`attachment`], [`blocking`] (bounded slots for CPU-heavy work),
 //!   [`metrics`], [`sync`], [`telemetry`].
 
-pub mod attachment;
+// What only this crate uses is `pub(crate)`, and the lint keeps it so.
+#![warn(unreachable_pub)]
+
+pub(crate) mod attachment;
 pub mod auth;
-pub mod blocking;
+pub(crate) mod blocking;
 pub mod bus;
 pub mod config;
 pub mod engine;
-pub mod health;
+pub(crate) mod health;
 pub mod http;
-pub mod mention;
-pub mod metrics;
+pub(crate) mod mention;
+pub(crate) mod metrics;
 pub mod model;
-pub mod search;
+pub(crate) mod search;
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod sync;
+pub(crate) mod sync;
 pub mod telemetry;
 pub mod validate;
 pub mod wire;
-pub mod ws;
+pub(crate) mod ws;

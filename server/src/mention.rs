@@ -3,11 +3,11 @@
 //! the chat resolves the names to members when a message is posted.
 
 /// The most names one message may mention (more are ignored, not refused).
-pub const MAX_MENTIONS: usize = 20;
+pub(crate) const MAX_MENTIONS: usize = 20;
 
 /// What a message's text mentions.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Mentioned {
+pub(crate) struct Mentioned {
     /// Usernames after an `@`, lower-cased, each once, in order.
     pub names: Vec<String>,
     /// `@room` (or `@here`, `@channel`, as other chats spell it).
@@ -21,7 +21,7 @@ fn username_char(c: char) -> bool {
 /// Finds `@name` where the `@` starts the text or follows a character that
 /// cannot be in a username (so an e-mail address is not a mention), and the
 /// name has the shape of a username (trailing `.` and `-` are punctuation).
-pub fn mentioned(content: &str) -> Mentioned {
+pub(crate) fn mentioned(content: &str) -> Mentioned {
     let mut found = Mentioned::default();
     let mut previous: Option<char> = None;
     let mut chars = content.char_indices().peekable();

@@ -3,12 +3,12 @@
 //! tested; the stores only find candidates (MongoDB's text index, or a scan).
 
 /// Terms beyond this are ignored.
-pub const MAX_TERMS: usize = 10;
+pub(crate) const MAX_TERMS: usize = 10;
 /// Characters of context in a snippet.
 const SNIPPET_CHARS: usize = 160;
 
 /// The words of `query`, lower-cased, each once (at most [`MAX_TERMS`]).
-pub fn terms(query: &str) -> Vec<String> {
+pub(crate) fn terms(query: &str) -> Vec<String> {
     let mut terms = words(query);
     terms.truncate(MAX_TERMS);
     terms
@@ -17,7 +17,7 @@ pub fn terms(query: &str) -> Vec<String> {
 /// The words of `text` a search can find, lower-cased, each once, in order:
 /// runs of letters and digits of at least two characters. What a query's
 /// terms are made of, and what the embedded store's index keeps.
-pub fn words(text: &str) -> Vec<String> {
+pub(crate) fn words(text: &str) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     for word in text
         .split(|c: char| !c.is_alphanumeric())
@@ -51,7 +51,7 @@ fn matches(text: &str, terms: &[String]) -> Vec<Vec<(usize, usize)>> {
 /// How well `text` matches every term (each at the start of a word): none
 /// if a term is missing; more for repeated terms and for terms in the
 /// query's order next to each other.
-pub fn score(text: &str, terms: &[String]) -> Option<f64> {
+pub(crate) fn score(text: &str, terms: &[String]) -> Option<f64> {
     if terms.is_empty() {
         return None;
     }
@@ -77,7 +77,7 @@ pub struct Snippet {
     pub highlights: Vec<(usize, usize)>,
 }
 
-pub fn snippet(text: &str, terms: &[String]) -> Snippet {
+pub(crate) fn snippet(text: &str, terms: &[String]) -> Snippet {
     let chars: Vec<char> = text.chars().collect();
     let mut all: Vec<(usize, usize)> = matches(text, terms).into_iter().flatten().collect();
     all.sort_unstable();

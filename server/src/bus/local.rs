@@ -18,7 +18,7 @@ use crate::wire::frames::encode;
 
 type Sequencer = Arc<tokio::sync::Mutex<Option<u64>>>;
 
-pub struct LocalBus {
+pub(crate) struct LocalBus {
     store: Arc<dyn Store>,
     hub: Arc<dyn Deliver>,
     sequencers: Mutex<HashMap<Id, Sequencer>>,
@@ -26,7 +26,7 @@ pub struct LocalBus {
 }
 
 impl LocalBus {
-    pub fn new(store: Arc<dyn Store>, hub: Arc<dyn Deliver>, pod: &str) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, hub: Arc<dyn Deliver>, pod: &str) -> Self {
         Self {
             store,
             hub,

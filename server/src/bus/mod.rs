@@ -5,7 +5,7 @@
 //!   seq, queues the message for persistence on a stream, keeps a short recent
 //!   buffer for resume and publishes it, so pub/sub order is seq order.
 
-pub mod local;
+pub(crate) mod local;
 pub mod redis;
 
 use async_trait::async_trait;

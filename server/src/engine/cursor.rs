@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use crate::model::Id;
 
 /// A frame ready to write, tagged with its room seq.
-pub type Sequenced<F> = (u64, F);
+pub(crate) type Sequenced<F> = (u64, F);
 
 #[derive(Debug)]
 enum Cursor<F> {

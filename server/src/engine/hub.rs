@@ -22,7 +22,7 @@ use crate::model::{Id, Session, Timestamp};
 use crate::sync::lock;
 use crate::wire::errors::Kick;
 
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
 /// What is sent to a connection: a frame, or a step of a join or resume
 /// that the connection's cursors turn into frames (see `cursor`).
@@ -243,7 +243,7 @@ impl Default for HubLimits {
 
 /// Frames waiting for one client (beyond what its socket holds) before it
 /// counts as slow, whatever their bytes.
-pub const QUEUE_FRAMES: usize = 512;
+pub(crate) const QUEUE_FRAMES: usize = 512;
 
 pub struct Hub {
     inner: Mutex<Inner>,

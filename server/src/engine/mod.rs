@@ -14,6 +14,6 @@
 //!   that sends them.
 
 pub mod chat;
-pub mod cursor;
-pub mod hub;
-pub mod outbox;
+pub(crate) mod cursor;
+pub(crate) mod hub;
+pub(crate) mod outbox;

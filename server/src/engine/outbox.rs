@@ -37,7 +37,7 @@ pub enum Opcode {
 
 /// The header of a final, unmasked frame of `len` payload bytes: the bytes
 /// and how many of them are used.
-pub fn header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
+pub(crate) fn header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
     let mut header = [0u8; 10];
     header[0] = 0x80 | opcode as u8;
     let used = if len < 126 {
@@ -57,7 +57,7 @@ pub fn header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
 
 /// The payload of a close frame: the code, then the reason (at most 123
 /// bytes, so the frame stays a control frame).
-pub fn close_payload(code: u16, reason: &str) -> Bytes {
+pub(crate) fn close_payload(code: u16, reason: &str) -> Bytes {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;

@@ -28,12 +28,12 @@ use crate::wire::errors::ErrorCode;
 const FILE_SECURITY_POLICY: &str = "default-src 'none'; img-src 'self'; sandbox";
 
 #[derive(Debug, Deserialize)]
-pub struct UploadParams {
+pub(crate) struct UploadParams {
     /// The file's name, shown to others and used when they save it.
     pub filename: Option<String>,
 }
 
-pub async fn upload(
+pub(crate) async fn upload(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(raw_id): Path<String>,
@@ -202,7 +202,7 @@ fn quota_exceeded(used: u64, quota: u64) -> WireError {
     )
 }
 
-pub async fn download(
+pub(crate) async fn download(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(raw_id): Path<String>,
@@ -212,7 +212,7 @@ pub async fn download(
     serve(&state, &headers, &attachment, false).await
 }
 
-pub async fn thumbnail(
+pub(crate) async fn thumbnail(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(raw_id): Path<String>,
@@ -225,7 +225,7 @@ pub async fn thumbnail(
 /// Deletes a file of the caller's: one they uploaded and will not send, or
 /// one they sent and take back (its message then shows it as gone). Its
 /// bytes count no more against their quota.
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(raw_id): Path<String>,

@@ -23,7 +23,7 @@ fn avatar_url(user: Id, hash: &str) -> String {
     format!("/api/users/{user}/avatar?v={}", &hash[..12])
 }
 
-pub async fn put(
+pub(crate) async fn put(
     State(state): State<AppState>,
     caller: AuthUser,
     body: Body,
@@ -47,7 +47,7 @@ pub async fn put(
     set_url(&state, caller.id, Some(avatar_url(caller.id, &hash))).await
 }
 
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> Result<axum::Json<UserView>, WireError> {
@@ -77,7 +77,7 @@ async fn set_url(
 }
 
 /// Any signed-in user may see anyone's picture, as they may see their name.
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     _caller: AuthUser,
     Path(raw_id): Path<String>,

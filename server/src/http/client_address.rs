@@ -60,7 +60,7 @@ impl FromRequestParts<AppState> for ClientAddress {
 
 /// The client behind `peer`: walking the forwarded chain from the nearest hop
 /// back, the first address that is not a trusted proxy.
-pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub(crate) fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;

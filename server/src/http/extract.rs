@@ -23,13 +23,13 @@ pub struct Path<T>(pub T);
 
 /// Parses an id from a path segment. A malformed id cannot name anything, so it
 /// is a 404 for `what`, like an id that does not exist.
-pub fn parse_id(raw: &str, what: &str) -> Result<Id, WireError> {
+pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Id, WireError> {
     raw.parse().map_err(|_| WireError::not_found(what))
 }
 
 /// Deserializes a field that may be absent (leave alone), `null` (clear) or a
 /// value (set): serde alone cannot tell absent from null.
-pub fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     T: serde::Deserialize<'de>,
     D: serde::Deserializer<'de>,

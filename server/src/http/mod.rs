@@ -1,18 +1,18 @@
 //! The REST API, probes and metrics: routes, middleware, handlers.
 
-pub mod attachments;
+pub(crate) mod attachments;
 pub mod auth;
-pub mod avatars;
-pub mod caller;
-pub mod client_address;
+pub(crate) mod avatars;
+pub(crate) mod caller;
+pub(crate) mod client_address;
 pub mod error;
-pub mod extract;
+pub(crate) mod extract;
 pub mod messages;
-pub mod ops;
+pub(crate) mod ops;
 pub mod rooms;
-pub mod search;
+pub(crate) mod search;
 pub mod users;
-pub mod web;
+pub(crate) mod web;
 
 use std::time::Duration;
 

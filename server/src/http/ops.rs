@@ -9,13 +9,13 @@ use super::error::WireError;
 use crate::health::Readiness;
 use crate::state::AppState;
 
-pub async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// 200 when every dependency answers and the pod is not draining, else 503; the
 /// body says which check failed either way.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let readiness = state.health.readiness().await;
     for check in &readiness.checks {
         state
@@ -32,7 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     (status, Json(readiness))
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, WireError> {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, WireError> {
     let body = state.metrics.render().map_err(WireError::internal)?;
     Ok((
         [(

@@ -26,7 +26,7 @@ const CANDIDATES: u64 = 200;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SearchParams {
+pub(crate) struct SearchParams {
     pub q: String,
     pub room_id: Option<String>,
     /// A user id: only their messages.
@@ -36,7 +36,7 @@ pub struct SearchParams {
     pub limit: Option<u64>,
 }
 
-pub async fn search(
+pub(crate) async fn search(
     State(state): State<AppState>,
     caller: AuthUser,
     Query(params): Query<SearchParams>,

@@ -25,7 +25,7 @@ const REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
 const RESERVED: [&str; 5] = ["/api", "/ws", "/metrics", "/healthz", "/readyz"];
 
 #[derive(Clone)]
-pub struct WebClient {
+pub(crate) struct WebClient {
     /// None when no client is built: then the server is API-only.
     built: Option<Built>,
 }
@@ -46,7 +46,7 @@ fn is_reserved(path: &str) -> bool {
 impl WebClient {
     /// Serves `dir` when it holds a built client (`index.html`); otherwise
     /// every unknown path is a JSON 404, as for an API-only server.
-    pub fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         let index = dir.join("index.html");
         if !index.is_file() {
             tracing::info!(dir = %dir.display(), "no web client built there; serving the API only");
@@ -60,7 +60,7 @@ impl WebClient {
         }
     }
 
-    pub async fn respond(self, request: Request) -> Response {
+    pub(crate) async fn respond(self, request: Request) -> Response {
         let Some(Built { assets, pages }) = self.built else {
             return WireError::not_found("route").into_response();
         };

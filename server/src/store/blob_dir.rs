@@ -16,12 +16,12 @@ use super::{StoreError, StoreResult};
 use crate::model::Blob;
 
 #[derive(Debug, Clone)]
-pub struct BlobDir {
+pub(super) struct BlobDir {
     root: PathBuf,
 }
 
 impl BlobDir {
-    pub fn new(data_dir: &Path) -> Self {
+    pub(super) fn new(data_dir: &Path) -> Self {
         Self {
             root: data_dir.join("attachments"),
         }
@@ -35,7 +35,7 @@ impl BlobDir {
     }
 
     /// Writes `content` as `sha256` unless it is there already. Blocking.
-    pub fn put(&self, sha256: &str, content: &[u8]) -> StoreResult<()> {
+    pub(super) fn put(&self, sha256: &str, content: &[u8]) -> StoreResult<()> {
         let path = self.path(sha256)?;
         if path.exists() {
             return Ok(());
@@ -60,7 +60,7 @@ impl BlobDir {
     }
 
     /// Removes `sha256` if it is there. Blocking.
-    pub fn remove(&self, sha256: &str) -> StoreResult<()> {
+    pub(super) fn remove(&self, sha256: &str) -> StoreResult<()> {
         let path = self.path(sha256)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -70,7 +70,7 @@ impl BlobDir {
     }
 
     /// Opens `sha256` for reading, in chunks.
-    pub async fn open(&self, sha256: &str) -> StoreResult<Option<Blob>> {
+    pub(super) async fn open(&self, sha256: &str) -> StoreResult<Option<Blob>> {
         let path = self.path(sha256)?;
         let file = match tokio::fs::File::open(&path).await {
             Ok(file) => file,

@@ -5,5 +5,6 @@
 
 pub mod errors;
 pub mod frames;
-pub mod typescript;
+#[cfg(test)]
+mod typescript;
 pub mod views;

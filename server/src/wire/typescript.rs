@@ -21,7 +21,7 @@ use crate::model::{AttachedFile, MAX_REACTIONS, Message, MessageKind};
 use crate::search::Snippet;
 
 /// Where the generated file lives, from the server crate's directory.
-pub const PATH: &str = "../web/src/protocol/wire.ts";
+const PATH: &str = "../web/src/protocol/wire.ts";
 
 fn declare<T: TS + ?Sized>(cfg: &Config, out: &mut String) {
     if let Some(docs) = T::docs() {
@@ -33,7 +33,7 @@ fn declare<T: TS + ?Sized>(cfg: &Config, out: &mut String) {
 }
 
 /// The whole of `web/src/protocol/wire.ts`.
-pub fn bindings() -> String {
+fn bindings() -> String {
     // Seqs and sizes are u64 in Rust; a room would need 2^53 messages before
     // a JavaScript number lost one, so they are numbers, not bigints.
     let cfg = Config::new().with_large_int("number");

@@ -50,7 +50,7 @@ const READ_BUFFER_BYTES: usize = 1024;
 /// This future is the connection's task and stays allocated while the client is
 /// idle, so the calls that await the store or the bus are boxed: their state
 /// exists only while they run, not for the whole life of every connection.
-pub async fn run(
+pub(crate) async fn run(
     socket: TcpStream,
     early: Bytes,
     state: AppState,

@@ -19,7 +19,7 @@ use crate::http::error::WireError;
 use crate::wire::errors::ErrorCode;
 
 /// A request that asked for a WebSocket and may be answered with one.
-pub struct Handshake {
+pub(crate) struct Handshake {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
 }
@@ -108,7 +108,7 @@ impl Handshake {
     /// Answers 101 (echoing `protocol` if given) and, once the client has
     /// it, runs `connection` with the socket and any bytes the client sent
     /// right behind its request.
-    pub fn accept<F, Fut>(self, protocol: Option<String>, connection: F) -> Response
+    pub(crate) fn accept<F, Fut>(self, protocol: Option<String>, connection: F) -> Response
     where
         F: FnOnce(TcpStream, Bytes) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,

@@ -3,8 +3,8 @@
 //! The token is checked before the upgrade, so a bad token gets an HTTP 401
 //! with the JSON error body instead of a socket that silently closes.
 
-pub mod connection;
-pub mod handshake;
+pub(crate) mod connection;
+pub(crate) mod handshake;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -19,17 +19,17 @@ use crate::state::AppState;
 use crate::wire::errors::ErrorCode;
 
 /// Incoming frames are chat-sized; a larger one closes the connection (1009).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The subprotocol a browser selects when it passes its token as `bearer.<jwt>`.
 const SUBPROTOCOL: &str = "chat";
 
 #[derive(Debug, Deserialize)]
-pub struct WsParams {
+pub(crate) struct WsParams {
     pub token: Option<String>,
     pub room_id: Option<String>,
 }
 
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(state): State<AppState>,
     client: ClientAddress,
     Query(params): Query<WsParams>,

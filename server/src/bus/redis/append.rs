@@ -16,11 +16,11 @@ use crate::model::Id;
 
 /// Messages kept in a room's log for fast resume (approximately: the stream
 /// is trimmed a node at a time).
-pub const RECENT_LEN: usize = 1000;
+pub(super) const RECENT_LEN: usize = 1000;
 /// How long an idle room's log is kept.
 const LOG_TTL_SECS: u64 = 24 * 3600;
 /// The most messages one script call carries.
-pub const APPEND_BATCH: usize = 64;
+pub(super) const APPEND_BATCH: usize = 64;
 /// While messages keep coming, a pod calls the append script at most this
 /// often, so each call carries what arrived meanwhile; a message after a
 /// quiet spell goes out at once. A few milliseconds of latency under load
@@ -44,23 +44,23 @@ pub struct Durability {
 }
 
 /// What the script answers for one message.
-pub mod status {
+pub(super) mod status {
     /// A retry: the value is the first message.
-    pub const RETRY: i64 = 0;
+    pub(crate) const RETRY: i64 = 0;
     /// Appended: the value is its seq.
-    pub const NEW: i64 = 1;
+    pub(crate) const NEW: i64 = 1;
     /// The room's counter is missing: pass the store's newest seq as floor.
-    pub const NO_COUNTER: i64 = 2;
+    pub(crate) const NO_COUNTER: i64 = 2;
     /// A retry of a message no longer in the log: the value is its seq.
-    pub const RETRY_ELSEWHERE: i64 = 3;
+    pub(crate) const RETRY_ELSEWHERE: i64 = 3;
     /// The room's slot is not on the shard the batch went to (a resharding):
     /// nothing of this message was written; route it again.
-    pub const MOVED: i64 = 4;
+    pub(crate) const MOVED: i64 = 4;
     /// The room's keys were lost lately (see [`super::RECHECK_SECS`]) and
     /// the message's dedupe key is not in Redis: nothing was written; look
     /// the key up in the store, and send the message again marked as
     /// checked if the store has none.
-    pub const CHECK_STORE: i64 = 5;
+    pub(crate) const CHECK_STORE: i64 = 5;
 }
 
 /// For this long after a room's counter is made again from the store (Redis
@@ -69,7 +69,7 @@ pub mod status {
 /// store first: the clients whose acks were lost retry within this, and a
 /// retry of a message already stored must be answered with it, not appended
 /// under a second seq. The marker is the counter's key plus `:recheck`.
-pub const RECHECK_SECS: u64 = 600;
+pub(super) const RECHECK_SECS: u64 = 600;
 
 /// Appends a batch of messages, in order, on one Redis or one shard.
 /// KEYS: the persist stream, its backlog count and its fence. ARGV: log length, log ttl, the
@@ -206,7 +206,7 @@ return out
 ";
 
 /// A message waiting for the committer, and where its outcome goes.
-pub struct PendingAppend {
+pub(super) struct PendingAppend {
     pub room: Id,
     pub head: String,
     pub tail: String,
@@ -228,7 +228,7 @@ pub struct PendingAppend {
 /// answered `unavailable` (its clients retry; dedupe finds what was
 /// written). Until a later `WAIT` says the replicas caught up, nothing more
 /// is written: what a failover can lose stays within one batch per pod.
-pub async fn commit(
+pub(super) async fn commit(
     mut connection: Commands,
     layout: Arc<Layout>,
     mut queue: mpsc::Receiver<PendingAppend>,

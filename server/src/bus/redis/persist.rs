@@ -12,7 +12,7 @@ use redis::{AsyncCommands, Script};
 use super::connection::Commands;
 use super::{BusError, RedisBus, parse_message};
 
-pub const PERSIST_GROUP: &str = "chat-persist";
+pub(super) const PERSIST_GROUP: &str = "chat-persist";
 /// Entries pending this long belong to a dead pod and are claimed.
 const CLAIM_IDLE_MS: u64 = 30_000;
 /// Stream entries per persist batch; each holds the messages of one append
@@ -46,13 +46,16 @@ return left
 ";
 
 /// The count of acked messages in `stream` not yet in the store.
-pub fn backlog_key(stream: &str) -> String {
+pub(super) fn backlog_key(stream: &str) -> String {
     // `chat:persist:{N}:backlog` shares the stream's hash tag and shard.
     format!("{stream}:backlog")
 }
 
 /// Creates the consumer group (and the stream) if they do not exist.
-pub async fn create_group(connection: &mut Commands, stream: &str) -> redis::RedisResult<()> {
+pub(super) async fn create_group(
+    connection: &mut Commands,
+    stream: &str,
+) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -99,7 +102,7 @@ async fn read_batch(
 /// idempotent writes. Entries are acknowledged (and deleted) only after the
 /// store accepted them, so a crash or a store outage loses nothing: they stay
 /// pending, are retried, and a dead pod's are claimed by a live one.
-pub async fn persist(
+pub(super) async fn persist(
     bus: Weak<RedisBus>,
     mut connection: Commands,
     stream: String,
