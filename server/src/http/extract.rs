@@ -21,6 +21,12 @@ pub struct Query<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(WireError))]
 pub struct Path<T>(pub T);
 
+/// Stores count in signed 64 bits; a seq or an offset beyond them means the
+/// same as the largest they hold (before everything, or past the end).
+pub(crate) fn clamp(number: u64) -> u64 {
+    number.min(i64::MAX.unsigned_abs())
+}
+
 /// Parses an id from a path segment. A malformed id cannot name anything, so it
 /// is a 404 for `what`, like an id that does not exist.
 pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Id, WireError> {

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::caller::AuthUser;
 use super::error::WireError;
-use super::extract::{Path, Query};
+use super::extract::{Path, Query, clamp};
 use super::rooms::{page_limit, visible_room};
 use crate::model::HistoryQuery;
 use crate::state::AppState;
@@ -25,12 +25,6 @@ pub struct HistoryParams {
     pub before_seq: Option<u64>,
     /// The seq of a message: its thread's replies instead of the room's messages.
     pub thread: Option<u64>,
-}
-
-/// Stores count in signed 64 bits; a seq or an offset beyond them means the
-/// same as the largest they hold (before everything, or past the end).
-pub fn clamp(number: u64) -> u64 {
-    number.min(i64::MAX.unsigned_abs())
 }
 
 /// `?offset=N` counts back from the newest message (0 is the latest page);

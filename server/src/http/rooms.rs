@@ -162,7 +162,7 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<RoomsPage>, WireError> {
     let page = Page {
-        offset: super::messages::clamp(query.offset.unwrap_or(0)),
+        offset: super::extract::clamp(query.offset.unwrap_or(0)),
         limit: page_limit(query.limit)?,
     };
     let found = state.store.rooms_visible_to(caller.id, page).await?;
