@@ -5,6 +5,13 @@ machine, alternating, several times, and writes the medians and ratios.
   (cd bench/peers/socketio && npm ci)
   .venv/bin/python bench/run.py [--repeats 3] [--quick]
 
+Before and after a change: build the old commit's chat-server, then
+
+  .venv/bin/python bench/run.py --scenarios efficiency --baseline /path/to/old/chat-server
+
+runs the old build (`baseline`) alternating with this one instead of the
+peer, prints the medians side by side and keeps summary.json as it is.
+
 Each run starts its own processes on free ports (redis-server, SecantusDB as
 the MongoDB stand-in for the two-instance cluster, chat-server, node) and
 stops them after. Raw results go to bench/results/raw/ (ignored by git), the
@@ -36,6 +43,9 @@ PEER = ROOT / "bench" / "peers" / "socketio"
 RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
 MONGODB_DB = "bench"
+# A chat-server built from another commit (--baseline), run as the system
+# "baseline" through the same scenarios as this build.
+BASELINE: Path | None = None
 ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "efficiency-cluster", "ceiling"}
 
 
@@ -178,6 +188,19 @@ UNLIMITED = {
 }
 
 
+def is_chat(system: str) -> bool:
+    """Whether `system` is a build of chatcluster (this one or the baseline)."""
+    return system in ("chatcluster", "baseline")
+
+
+def protocol_of(system: str) -> str:
+    return "chat" if is_chat(system) else "socketio"
+
+
+def binary_of(system: str) -> Path:
+    return BASELINE if system == "baseline" and BASELINE else RELEASE / "chat-server"
+
+
 def chat_servers(p: Processes, count: int, redis_port: int | list[int] | None,
                  mongodb_uri: str | None, binary: Path = RELEASE / "chat-server",
                  extra_env: dict[str, str] = UNLIMITED, name: str = "bench") -> list[tuple[str, int]]:
@@ -244,8 +267,8 @@ def bench(servers: list[tuple[str, int]], protocol: str, **options) -> dict:
 
 def scenario_idle(system: str, connections: int) -> dict:
     with Processes() as p:
-        servers = chat_servers(p, 1, None, None) if system == "chatcluster" else peers(p, 1, None)
-        return bench(servers, "chat" if system == "chatcluster" else "socketio",
+        servers = chat_servers(p, 1, None, None, binary_of(system)) if is_chat(system) else peers(p, 1, None)
+        return bench(servers, protocol_of(system),
                      connections=connections, rooms=100, users=20, rate=0, duration=5, source_ips=4)
 
 
@@ -253,8 +276,8 @@ def scenario_fanout(system: str, connections: int, rate: float, duration: float)
     with Processes() as p:
         servers, _ = two_instances(p, system)
         # Then history pages of the rooms just written (the peer keeps none).
-        extra = {"history_requests": 200} if system == "chatcluster" else {}
-        return bench(servers, "chat" if system == "chatcluster" else "socketio",
+        extra = {"history_requests": 200} if is_chat(system) else {}
+        return bench(servers, protocol_of(system),
                      connections=connections, rooms=50, users=50, rate=rate, duration=duration, **extra)
 
 
@@ -262,7 +285,8 @@ def two_instances(p: Processes, system: str) -> tuple[list[tuple[str, int]], lis
     """Two instances of `system` sharing one Redis (and, for chatcluster, the
     MongoDB stand-in), and the --cpu-pid arguments for those shared services."""
     redis_port = redis(p)
-    servers = chat_servers(p, 2, redis_port, mongodb(p)) if system == "chatcluster" else peers(p, 2, redis_port)
+    servers = (chat_servers(p, 2, redis_port, mongodb(p), binary_of(system)) if is_chat(system)
+               else peers(p, 2, redis_port))
     return servers, [f"{name}={pid}" for name, pid in p.pids.items()]
 
 
@@ -271,7 +295,7 @@ def scenario_efficiency(system: str, rate: float, connections: int, duration: fl
     the MongoDB stand-in) while messages flow, every room split over both."""
     with Processes() as p:
         servers, cpu = two_instances(p, system)
-        return bench(servers, "chat" if system == "chatcluster" else "socketio", connections=connections,
+        return bench(servers, protocol_of(system), connections=connections,
                      rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
 
 
@@ -302,7 +326,7 @@ def scenario_ceiling(system: str, rates: list[float], connections: int, duration
     with Processes() as p:
         servers, cpu = two_instances(p, system)
         for rate in rates:
-            result = bench(servers, "chat" if system == "chatcluster" else "socketio", connections=connections,
+            result = bench(servers, protocol_of(system), connections=connections,
                            rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
             steps.append({k: result[k] for k in ["rate", "p99_ms", "delivered", "expected", "server_cpu_us_per_delivery"]})
             print(f"  ceiling {system} {rate:>6.0f}/s: p99 {result['p99_ms']:.2f} ms, "
@@ -411,7 +435,13 @@ def main() -> None:
                         help="comma-separated subset of idle,fanout,throughput,persistence,efficiency,"
                              "efficiency-cluster,ceiling "
                              "(the others keep their figures in summary.json)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a chat-server built from another commit: run it instead of the peer, alternating "
+                             "with this build, print both and leave summary.json alone")
     args = parser.parse_args()
+    global BASELINE
+    BASELINE = args.baseline
+    systems = ("chatcluster", "baseline") if BASELINE else ("chatcluster", "socketio")
     chosen = set(args.scenarios.split(","))
     idle_connections = 2000 if args.quick else 19_000
     fanout = dict(connections=200 if args.quick else 1000, rate=100 if args.quick else 500,
@@ -426,7 +456,7 @@ def main() -> None:
     persistence = dict(rate=2000 if args.quick else 6000, duration=5 if args.quick else 30,
                        baseline_seconds=3 if args.quick else 10)
     for repeat in range(args.repeats):
-        for system in ("chatcluster", "socketio"):  # alternating, so drift hits both
+        for system in systems:  # alternating, so drift hits both
             if "idle" in chosen:
                 print(f"[{repeat + 1}/{args.repeats}] {system}: idle {idle_connections}", flush=True)
                 runs.setdefault(f"idle/{system}", []).append(scenario_idle(system, idle_connections))
@@ -451,7 +481,7 @@ def main() -> None:
                           f"{result['delivered']}/{result['expected']} delivered", flush=True)
                     runs.setdefault(f"efficiency-cluster-{rate}/chatcluster", []).append(result)
     if "ceiling" in chosen:
-        for system in ("chatcluster", "socketio"):
+        for system in systems:
             print(f"ceiling: {system}, two instances, p99 <= {CEILING_P99_MS} ms", flush=True)
             runs[f"ceiling/{system}"] = [scenario_ceiling(system, ceiling_rates, efficiency["connections"],
                                                           5 if args.quick else 10)]
@@ -469,6 +499,9 @@ def main() -> None:
         print(f"throughput: one chatcluster instance, {name}", flush=True)
         runs[f"throughput/chatcluster-{name}"] = scenario_throughput(rates, 5 if args.quick else 10, with_redis)
     (raw / f"runs-{int(time.time())}.json").write_text(json.dumps(runs, indent=1))
+    if BASELINE:
+        compare_with_baseline(runs)
+        return
 
     keys = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "deliveries_per_sec", "errors", "delivered", "expected",
             "history_p50_ms", "history_p99_ms", "same_server_p50_ms", "same_server_p99_ms",
@@ -537,6 +570,25 @@ def main() -> None:
             }
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+
+
+def compare_with_baseline(runs: dict[str, list[dict]]) -> None:
+    """Medians of this build and of the baseline, scenario by scenario, and
+    this build's over the baseline's (below 1: this build needs less)."""
+    keys = ["server_cpu_us_per_delivery", "p50_ms", "p99_ms", "deliveries_per_sec", "delivered", "expected"]
+    for name in sorted({name.split("/")[0] for name in runs}):
+        ours, before = runs.get(f"{name}/chatcluster"), runs.get(f"{name}/baseline")
+        if not ours or not before:
+            continue
+        print(f"{name} (medians of {len(ours)} and {len(before)} runs)")
+        rows = [(k, median(ours, k), median(before, k)) for k in keys]
+        for service in ("redis", "mongodb"):
+            pick = lambda rs: median([{"v": (r.get("cpu_us_per_message") or {}).get(service)} for r in rs], "v")
+            rows.append((f"{service}_cpu_us_per_message", pick(ours), pick(before)))
+        for key, now, then in rows:
+            ratio = f"{now / then:.2f}" if now is not None and then else "-"
+            print(f"  {key:32} this {now if now is not None else '-':>12}  baseline "
+                  f"{then if then is not None else '-':>12}  ratio {ratio}")
 
 
 def machine() -> dict:
