@@ -14,11 +14,31 @@ export function mentionAt(draft: string, caret: number): { start: number; query:
   return { start: at, query: draft.slice(start, caret).toLowerCase() };
 }
 
-/** Names that complete `query`: members first by name, then `room` for those who may call it. */
-export function suggestions(query: string, names: string[], mayCallRoom: boolean): string[] {
-  const candidates = [...new Set(names)].sort((a, b) => a.localeCompare(b));
-  if (mayCallRoom) candidates.push("room");
-  return candidates.filter((name) => name.toLowerCase().startsWith(query)).slice(0, 6);
+/** Someone a message can mention: the username the text carries, and the name shown. */
+export interface Mentionable {
+  username: string;
+  name: string;
+}
+
+/** The whole room, for its owner and admins. */
+export const EVERYONE: Mentionable = { username: "room", name: "everyone in the room" };
+
+/**
+ * Who completes `query` (lower case): members whose username, or a word of
+ * whose shown name, starts with it, by shown name; then `@room` for those who
+ * may call it. At most six.
+ */
+export function suggestions(query: string, people: Mentionable[], mayCallRoom: boolean): Mentionable[] {
+  const byUsername = new Map(people.map((p) => [p.username, p]));
+  const candidates = [...byUsername.values()].sort((a, b) => a.name.localeCompare(b.name));
+  if (mayCallRoom) candidates.push(EVERYONE);
+  const matches = (p: Mentionable) =>
+    p.username.toLowerCase().startsWith(query) ||
+    p.name
+      .toLowerCase()
+      .split(/\s+/)
+      .some((word) => word.startsWith(query));
+  return candidates.filter(matches).slice(0, 6);
 }
 
 /** `draft` with the mention at `start` (up to `caret`) completed to `@name `. */

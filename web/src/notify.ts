@@ -2,7 +2,7 @@
 // title, and desktop notifications for direct messages and mentions while
 // the tab is hidden. Pure functions of the chat state, so they are unit tested.
 import { mentionsMe } from "./mentions";
-import type { ChatState } from "./state";
+import { nameOf, type ChatState } from "./state";
 import type { ServerFrame } from "./protocol/types";
 
 const APP = "chatcluster";
@@ -39,7 +39,8 @@ export function desktopNotice(state: ChatState, frame: ServerFrame, hidden: bool
   const files = frame.attachments ?? [];
   const text = frame.content || (files.length === 1 ? `sent ${files[0].filename}` : `sent ${files.length} files`);
   const body = text.length > 140 ? `${text.slice(0, 139)}…` : text;
-  const title = room.is_direct ? frame.username : `${frame.username} mentioned you in ${room.name}`;
+  const name = nameOf(state, frame.user_id, frame.username);
+  const title = room.is_direct ? name : `${name} mentioned you in ${room.name}`;
   return { title, body, tag: frame.room_id, roomId: frame.room_id, seq: frame.seq };
 }
 

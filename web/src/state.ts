@@ -61,9 +61,27 @@ export function profileOf(user: Partial<Pick<User, "display_name" | "avatar_url"
   return { displayName: user.display_name ?? null, color: user.avatar_color ?? null, picture };
 }
 
-/** The name to show for `userId`: their display name, else their username. */
-export const shownName = (state: ChatState, userId: string, username: string) =>
-  state.profiles[userId]?.displayName ?? username;
+/**
+ * The one name shown for `userId` everywhere (authors, receipts, reactions,
+ * threads, direct rooms, members, typing, notifications): their display
+ * name, else their username (`username` when the caller has it at hand),
+ * else `unknown`. The username itself shows on hover and in mentions.
+ */
+export const nameOf = (state: ChatState, userId: string, username?: string, unknown = "someone"): string =>
+  state.profiles[userId]?.displayName ?? username ?? state.names[userId] ?? unknown;
+
+/** What the client can say of someone's presence. */
+export type Presence = "online" | "offline" | "unknown";
+
+/**
+ * `userId`'s presence as far as this client knows: unknown while its own
+ * connection is down (what it last heard may have changed since); looked
+ * up again and followed live once it is back.
+ */
+export function presenceOf(state: ChatState, userId: string): Presence {
+  if (state.status !== "online") return "unknown";
+  return state.online[userId] ? "online" : "offline";
+}
 
 export type Action =
   | { type: "rooms"; rooms: Room[] }
@@ -247,7 +265,11 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
       if (frame.user_id === state.me) return state;
       const room = { ...(state.typing[frame.room_id] ?? {}) };
       room[frame.user_id] = { username: frame.username, until: now + TYPING_SHOWN_MS };
-      return { ...state, typing: { ...state.typing, [frame.room_id]: room } };
+      return {
+        ...state,
+        typing: { ...state.typing, [frame.room_id]: room },
+        names: { ...state.names, [frame.user_id]: frame.username },
+      };
     }
     case "presence":
       return {
@@ -308,11 +330,11 @@ function onFrameRoomGone(state: ChatState, roomId: string): ChatState {
   return { ...state, rooms, active: state.active === roomId ? null : state.active };
 }
 
-/** Who is typing in a room now. */
+/** Who is typing in a room now, by the names shown. */
 export function typingIn(state: ChatState, roomId: string, now: number): string[] {
-  return Object.values(state.typing[roomId] ?? {})
-    .filter((t) => t.until > now)
-    .map((t) => t.username);
+  return Object.entries(state.typing[roomId] ?? {})
+    .filter(([, t]) => t.until > now)
+    .map(([user, t]) => nameOf(state, user, t.username));
 }
 
 /**

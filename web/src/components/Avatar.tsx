@@ -1,6 +1,6 @@
 import { useEffect, useState } from "react";
 import type { FileCache } from "../files";
-import type { Profile } from "../state";
+import type { Presence, Profile } from "../state";
 
 /**
  * A person's picture if they chose one (fetched with the token, so only
@@ -9,12 +9,13 @@ import type { Profile } from "../state";
  */
 export function Avatar({
   name,
-  online,
+  presence,
   profile,
   files,
 }: {
   name: string;
-  online?: boolean;
+  /** Shown as a dot: green online, grey offline, hollow while unknown. */
+  presence?: Presence;
   profile?: Profile;
   files?: FileCache;
 }) {
@@ -39,7 +40,7 @@ export function Avatar({
   return (
     <span className="avatar" style={{ background }} aria-hidden="true">
       {picture ? <img src={picture} alt="" /> : initials(shownName)}
-      {online !== undefined && <span className={`presence ${online ? "online" : "offline"}`} />}
+      {presence !== undefined && <span className={`presence ${presence}`} />}
     </span>
   );
 }

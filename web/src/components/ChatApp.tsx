@@ -22,6 +22,7 @@ const isMember = (room: Room, me: string) => room.members.includes(me);
 export function ChatApp({ api, me }: { api: Api; me: User }) {
   const [state, dispatch] = useReducer(reducer, initialState(me.id, me.username));
   const wasOnline = useRef(false);
+  const lookedUp = useRef(new Set<string>([me.id]));
   // The state as of the last render, for the socket's handler (made once).
   const current = useRef<ChatState>(state);
   useLayoutEffect(() => {
@@ -44,8 +45,12 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
           if (event.type === "status") {
             dispatch({ type: "status", status: event.status, retryInMs: event.retryInMs });
             // Room-list frames sent while the socket was down are lost: read the list again.
+            // So are presence changes: look the people shown up again.
             if (event.status === "online") {
-              if (wasOnline.current) reloadRooms.current();
+              if (wasOnline.current) {
+                lookedUp.current = new Set([me.id]);
+                reloadRooms.current();
+              }
               wasOnline.current = true;
             }
           }
@@ -162,9 +167,8 @@ export function ChatApp({ api, me }: { api: Api; me: User }) {
     void loadLatest(active.id);
   }, [active, loadLatest]);
 
-  // Names and presence of the open room's members, looked up once each;
-  // presence frames keep them current afterwards.
-  const lookedUp = useRef(new Set<string>([me.id]));
+  // Names and presence of the open room's members, looked up once each
+  // (again after a reconnection); presence frames keep them current.
   useEffect(() => {
     // The open room's members, and the other person of every direct room
     // (the room list names it after them and shows their presence).

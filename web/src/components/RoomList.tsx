@@ -1,12 +1,12 @@
 import { useState, type FormEvent, type ReactNode } from "react";
-import type { ChatState } from "../state";
+import { nameOf, presenceOf, type ChatState } from "../state";
 import type { Room, SearchHit } from "../protocol/types";
 import type { ChatActions } from "../actions";
 
 function roomTitle(room: Room, state: ChatState): string {
   if (!room.is_direct) return room.name;
   const other = room.members.find((m) => m !== state.me);
-  return other ? (state.names[other] ?? "Direct message") : "Direct message";
+  return other ? nameOf(state, other, undefined, "Direct message") : "Direct message";
 }
 
 /** Text with the `[start, end)` char ranges marked. */
@@ -25,7 +25,7 @@ function Marked({ text, ranges }: { text: string; ranges: [number, number][] }) 
 }
 
 /** Search across my readable rooms; a hit opens its room. */
-function Search({ actions }: { actions: ChatActions }) {
+function Search({ state, actions }: { state: ChatState; actions: ChatActions }) {
   const [query, setQuery] = useState("");
   const [hits, setHits] = useState<SearchHit[] | null>(null);
   async function submit(event: FormEvent) {
@@ -57,7 +57,7 @@ function Search({ actions }: { actions: ChatActions }) {
               <li key={hit.message.id}>
                 <button type="button" className="hit" onClick={() => actions.select(hit.message.room_id)}>
                   <span className="hit-where">
-                    {hit.room_name ? `# ${hit.room_name}` : "Direct message"} · {hit.message.username}
+                    {hit.room_name ? `# ${hit.room_name}` : "Direct message"} · {nameOf(state, hit.message.user_id, hit.message.username)}
                   </span>
                   <span className="hit-text">
                     <Marked text={hit.snippet.text} ranges={hit.snippet.highlights} />
@@ -75,16 +75,16 @@ function Search({ actions }: { actions: ChatActions }) {
   );
 }
 
-/** Whether the other person of a direct room is online, once known. */
+/** Whether the other person of a direct room is online, once known (unknown while disconnected). */
 function PeerPresence({ room, state }: { room: Room; state: ChatState }) {
   const other = room.members.find((m) => m !== state.me);
-  const online = other === undefined ? undefined : state.online[other];
-  if (online === undefined) return null;
+  if (other === undefined || (state.online[other] === undefined && state.status === "online")) return null;
+  const presence = presenceOf(state, other);
   return (
     <span
-      className={online ? "peer-presence online" : "peer-presence offline"}
+      className={`peer-presence ${presence}`}
       role="img"
-      aria-label={online ? "online" : "offline"}
+      aria-label={presence === "unknown" ? "presence unknown while reconnecting" : presence}
     />
   );
 }
@@ -96,7 +96,7 @@ export function RoomList({ state, actions }: { state: ChatState; actions: ChatAc
   const others = rooms.filter((r) => !r.members.includes(state.me));
   return (
     <nav className="room-list" aria-label="Rooms">
-      <Search actions={actions} />
+      <Search state={state} actions={actions} />
       <h2>My rooms</h2>
       <ul>
         {mine.map((room) => {

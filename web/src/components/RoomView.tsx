@@ -2,7 +2,7 @@ import { useEffect, useLayoutEffect, useRef, useState } from "react";
 import type { ChatActions } from "../actions";
 import { emptyTimeline } from "../protocol/timeline";
 import type { Room } from "../protocol/types";
-import { seenBy, typingIn, type ChatState } from "../state";
+import { nameOf, presenceOf, seenBy, typingIn, type ChatState } from "../state";
 import { Avatar } from "./Avatar";
 import { Composer } from "./room/Composer";
 import { ago } from "./room/format";
@@ -66,7 +66,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   const typing = typingIn(state, room.id, now);
   const receipts = seenBy(state, room.id);
   const title = room.is_direct
-    ? (state.names[room.members.find((m) => m !== state.me) ?? ""] ?? "Direct message")
+    ? nameOf(state, room.members.find((m) => m !== state.me) ?? "", undefined, "Direct message")
     : room.name;
 
   return (
@@ -114,10 +114,10 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
         ))}
         {timeline.pending.map((pending) => (
           <li key={pending.clientId} className={`message mine pending ${pending.failed ? "failed" : ""}`}>
-            <Avatar name={state.names[state.me] ?? "me"} profile={state.profiles[state.me]} files={actions.files} />
+            <Avatar name={nameOf(state, state.me, undefined, "me")} profile={state.profiles[state.me]} files={actions.files} />
             <div className="bubble">
               <div className="meta">
-                <strong className="author">{state.names[state.me]}</strong>{" "}
+                <strong className="author">{nameOf(state, state.me)}</strong>{" "}
                 <span className="sending">{pending.failed ? `Not sent: ${pending.failed}` : "sending…"}</span>
               </div>
               {pending.content && <p className="content">{pending.content}</p>}
@@ -150,7 +150,9 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
 function PeerStatus({ room, state, now }: { room: Room; state: ChatState; now: number }) {
   const other = room.members.find((m) => m !== state.me);
   if (!other) return null;
-  if (state.online[other]) return <p className="description">online</p>;
+  const presence = presenceOf(state, other);
+  if (presence === "online") return <p className="description">online</p>;
+  if (presence === "unknown") return <p className="description">presence unknown while reconnecting</p>;
   const seen = state.lastSeen[other];
   if (!seen) return null;
   return <p className="description">last seen {ago(Date.parse(seen), now)}</p>;

@@ -227,12 +227,17 @@ async function main() {
     // The server restarts mid-conversation. Alice writes while it is down.
     await server.stop();
     await alice.locator('.connection[data-status="reconnecting"]').waitFor({ timeout: TIMEOUT });
+    // Nobody's presence is known meanwhile: no green dot, only hollow ones.
+    await alice.locator(".message .presence.unknown").first().waitFor({ timeout: TIMEOUT });
+    if ((await alice.locator(".presence.online").count()) !== 0) throw new Error("presence shown as live while disconnected");
     await send(alice, "sent while the server was down");
     await alice.locator(".message.pending", { hasText: "sent while the server was down" }).waitFor({ timeout: TIMEOUT });
     await server.start();
     await connected(alice);
     await connected(bob);
-    console.log("both reconnected after the restart");
+    // And comes back with the connection: bob is online again in alice's view.
+    await alice.locator(".message .presence.online").first().waitFor({ timeout: TIMEOUT });
+    console.log("both reconnected after the restart; presence was unknown meanwhile, and came back");
     await send(bob, "back again");
     const all = [...firstTwo, "sent while the server was down", "back again"];
     await expectShown(alice, "alice", all);
@@ -301,7 +306,8 @@ async function main() {
     await alice.getByLabel("Username").fill("bob");
     await alice.getByRole("button", { name: "Message", exact: true }).click();
     const rooms = bob.getByRole("navigation", { name: "Rooms" });
-    const direct = rooms.getByRole("button", { name: /^@ alice/ });
+    // Named after her username now, after her display name once she sets one.
+    const direct = rooms.getByRole("button", { name: /^@ (alice|Alice Liddell)\b/ });
     await direct.waitFor({ timeout: TIMEOUT });
     await direct.getByRole("img", { name: "online" }).waitFor({ timeout: TIMEOUT });
     await alice.getByRole("heading", { name: "bob" }).waitFor({ timeout: TIMEOUT });
@@ -391,6 +397,9 @@ async function main() {
     await bob.getByRole("button", { name: "Back to rooms" }).click();
     await rooms.getByRole("button", { name: /Launch day/ }).waitFor({ timeout: TIMEOUT });
     console.log("a renamed room was renamed live in bob's list");
+    // One name everywhere: his direct room with her is named after her display name too.
+    await rooms.getByRole("button", { name: /^@ Alice Liddell/ }).waitFor({ timeout: TIMEOUT });
+    console.log("bob's direct room with alice shows her display name");
 
     // Bob writes in the direct room while Alice looks at another: her tab's
     // title counts it.

@@ -77,12 +77,24 @@ describe("the composer", () => {
 
     // The room's owner may call everyone.
     type(box, "hi @alice and @r");
-    expect(screen.getAllByRole("option").map((o) => o.textContent)).toEqual(["@room"]);
+    expect(screen.getAllByRole("option").map((o) => o.textContent)).toEqual(["everyone in the room @room"]);
     type(box, "hi @alice and @b");
     fireEvent.keyDown(box, { key: "Escape" });
     expect(screen.queryByRole("listbox")).toBeNull();
     fireEvent.keyDown(box, { key: "Enter" });
     expect(actions.send).toHaveBeenCalledWith("general", "hi @alice and @b", []);
+  });
+
+  it("offers people by the name they show as well as their username, and writes the username", () => {
+    const { actions } = recorder();
+    const state = stateWith(names);
+    state.profiles.bob = { displayName: "Robert Smith", color: null, picture: null };
+    render(<Composer room={general} state={state} actions={actions} title="general" />);
+    const box = screen.getByLabelText("Message general") as HTMLTextAreaElement;
+    type(box, "ask @smi");
+    expect(screen.getAllByRole("option").map((o) => o.textContent)).toEqual(["Robert Smith @bob"]);
+    fireEvent.keyDown(box, { key: "Tab" });
+    expect(box.value).toBe("ask @bob ");
   });
 
   it("sends a file only once it is uploaded, and drops one removed while uploading", async () => {

@@ -15,9 +15,16 @@ describe("mentions", () => {
   });
 
   it("suggests members by prefix, and the room to those who may call it", () => {
-    expect(suggestions("b", ["carol", "bob", "Bea"], false)).toEqual(["Bea", "bob"]);
-    expect(suggestions("r", ["bob"], true)).toEqual(["room"]);
-    expect(suggestions("r", ["bob"], false)).toEqual([]);
+    const person = (username: string, name = username) => ({ username, name });
+    const names = (found: { username: string }[]) => found.map((p) => p.username);
+    expect(names(suggestions("b", [person("carol"), person("bob"), person("Bea")], false))).toEqual(["Bea", "bob"]);
+    expect(names(suggestions("r", [person("bob")], true))).toEqual(["room"]);
+    expect(suggestions("r", [person("bob")], false)).toEqual([]);
+    // By the shown name's words as well as the username, listed by shown name.
+    const people = [person("bob", "Robert Smith"), person("al", "Alice"), person("rita")];
+    expect(names(suggestions("sm", people, false))).toEqual(["bob"]);
+    expect(names(suggestions("r", people, false))).toEqual(["rita", "bob"]);
+    expect(names(suggestions("al", people, false))).toEqual(["al"]);
     expect(complete("hi @bo!", 3, 6, "bob")).toEqual({ text: "hi @bob !", caret: 8 });
   });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { initialState, reducer, seenBy, shownName, typingIn } from "../../src/state";
+import { initialState, nameOf, presenceOf, reducer, seenBy, typingIn } from "../../src/state";
 import { initials } from "../../src/components/Avatar";
 import { room, text } from "./fixtures";
 
@@ -16,15 +16,43 @@ describe("chat state", () => {
       created_at: "2026-11-30T00:00:00Z",
     };
     let state = start();
-    expect(shownName(state, "u1", "alice")).toBe("alice");
+    expect(nameOf(state, "u1", "alice")).toBe("alice");
     state = reducer(state, { type: "frame", frame: { type: "user_updated", user }, now: 0 });
-    expect(shownName(state, "u1", "alice")).toBe("Alice Liddell");
+    expect(nameOf(state, "u1", "alice")).toBe("Alice Liddell");
     expect(state.profiles.u1).toEqual({ displayName: "Alice Liddell", color: "#3a7bd5", picture: "/api/users/u1/avatar?v=abc" });
     const remote = { ...user, display_name: null, avatar_url: "https://tracker.example/pixel.png" };
     state = reducer(state, { type: "frame", frame: { type: "user_updated", user: remote }, now: 0 });
     expect(state.profiles.u1.picture).toBeNull();
-    expect(shownName(state, "u1", "alice")).toBe("alice");
+    expect(nameOf(state, "u1", "alice")).toBe("alice");
     expect([initials("Alice Liddell"), initials("bob")]).toEqual(["AL", "BO"]);
+  });
+
+  it("tells no presence while its own connection is down", () => {
+    let state = reducer(start(), { type: "status", status: "online" });
+    state = reducer(state, {
+      type: "frame",
+      frame: { type: "presence", room_id: "a", user_id: "bob", username: "bob", status: "online" },
+      now: 0,
+    });
+    expect(presenceOf(state, "bob")).toBe("online");
+    expect(presenceOf(state, "carol")).toBe("offline");
+    state = reducer(state, { type: "status", status: "reconnecting", retryInMs: 1000 });
+    expect([presenceOf(state, "bob"), presenceOf(state, "carol")]).toEqual(["unknown", "unknown"]);
+    state = reducer(state, { type: "status", status: "online" });
+    expect(presenceOf(state, "bob")).toBe("online");
+  });
+
+  it("shows one name for a person everywhere: their display name once they set one", () => {
+    let state = start();
+    state = reducer(state, { type: "frame", frame: { type: "typing", room_id: "a", user_id: "bob", username: "bob" }, now: 0 });
+    expect(typingIn(state, "a", 1)).toEqual(["bob"]);
+    expect(nameOf(state, "bob")).toBe("bob");
+    expect(nameOf(state, "nobody")).toBe("someone");
+    const bob = { id: "bob", username: "bob", display_name: "Bob Builder", avatar_url: null, avatar_color: null, created_at: "" };
+    state = reducer(state, { type: "frame", frame: { type: "user_updated", user: bob }, now: 0 });
+    expect(typingIn(state, "a", 1)).toEqual(["Bob Builder"]);
+    expect(nameOf(state, "bob")).toBe("Bob Builder");
+    expect(nameOf(state, "bob", "bob")).toBe("Bob Builder");
   });
 
 

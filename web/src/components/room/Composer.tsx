@@ -2,9 +2,9 @@ import { useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent }
 import type { ChatActions } from "../../actions";
 import { ApiError } from "../../api";
 import { formatBytes } from "../../files";
-import { complete, mentionAt, suggestions } from "../../mentions";
+import { complete, mentionAt, suggestions, type Mentionable } from "../../mentions";
 import { MAX_CONTENT_CHARS, type AttachedFile, type Room } from "../../protocol/types";
-import type { ChatState } from "../../state";
+import { nameOf, type ChatState } from "../../state";
 
 /** Tell the room "typing" at most this often while keys are pressed. */
 const TYPING_EVERY_MS = 2500;
@@ -84,16 +84,15 @@ export function Composer({
   const manager = room.creator_id === state.me || room.admins.includes(state.me);
   // @mention suggestions for the name being typed at the caret.
   const mention = mentionAt(draft, caret);
-  const memberNames = room.members
-    .filter((id) => id !== state.me)
-    .map((id) => state.names[id])
-    .filter((name): name is string => name !== undefined);
-  const options = mention && !dismissed ? suggestions(mention.query, memberNames, manager) : [];
+  const people: Mentionable[] = room.members
+    .filter((id) => id !== state.me && state.names[id] !== undefined)
+    .map((id) => ({ username: state.names[id], name: nameOf(state, id) }));
+  const options = mention && !dismissed ? suggestions(mention.query, people, manager) : [];
   const chosen = Math.min(choice, Math.max(options.length - 1, 0));
 
-  function completeMention(name: string) {
+  function completeMention(username: string) {
     if (!mention) return;
-    const next = complete(draft, mention.start, caret, name);
+    const next = complete(draft, mention.start, caret, username);
     pendingCaret.current = next.caret;
     setDraft(next.text);
     setCaret(next.caret);
@@ -118,7 +117,7 @@ export function Composer({
       }
       if (event.key === "Enter" || event.key === "Tab") {
         event.preventDefault();
-        completeMention(options[chosen]);
+        completeMention(options[chosen].username);
         return;
       }
       if (event.key === "Escape") {
@@ -228,18 +227,24 @@ export function Composer({
       />
       {options.length > 0 && (
         <ul id="mention-options" className="mention-options" role="listbox" aria-label="People to mention">
-          {options.map((name, i) => (
+          {options.map((person, i) => (
             <li
-              key={name}
+              key={person.username}
               id={`mention-${i}`}
               role="option"
               aria-selected={i === chosen}
               onMouseDown={(e) => {
                 e.preventDefault();
-                completeMention(name);
+                completeMention(person.username);
               }}
             >
-              @{name}
+              {person.name === person.username ? (
+                `@${person.username}`
+              ) : (
+                <>
+                  {person.name} <span className="username">@{person.username}</span>
+                </>
+              )}
             </li>
           ))}
         </ul>

@@ -1,7 +1,7 @@
 import { useState, type FormEvent } from "react";
 import type { ChatActions } from "../../actions";
 import type { Room } from "../../protocol/types";
-import { shownName, type ChatState } from "../../state";
+import { nameOf, presenceOf, type ChatState } from "../../state";
 import { Avatar } from "../Avatar";
 
 /** The room's name and description, for its owner and admins to change. */
@@ -63,12 +63,12 @@ export function Members({
     <aside className="members" aria-label="Members">
       <ul>
         {room.members.map((id) => {
-          const name = state.names[id] ?? "…";
+          const name = nameOf(state, id, undefined, "…");
           return (
             <li key={id}>
-              <Avatar name={name} online={state.online[id] ?? false} profile={state.profiles[id]} files={actions.files} />
+              <Avatar name={name} presence={presenceOf(state, id)} profile={state.profiles[id]} files={actions.files} />
               <span>
-                {shownName(state, id, name)}
+                <span title={state.names[id] ? `@${state.names[id]}` : undefined}>{name}</span>
                 {id === room.creator_id ? " (owner)" : room.admins.includes(id) ? " (admin)" : ""}
               </span>
               {manager && id !== state.me && id !== room.creator_id && !room.is_direct && (

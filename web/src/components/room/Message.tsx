@@ -1,7 +1,7 @@
 import { useState, type KeyboardEvent } from "react";
 import type { ChatActions } from "../../actions";
 import { MAX_CONTENT_CHARS, type ChatMessage } from "../../protocol/types";
-import { shownName, type ChatState } from "../../state";
+import { nameOf, presenceOf, type ChatState } from "../../state";
 import { Avatar } from "../Avatar";
 import { Attachments } from "./Attachments";
 import { Content } from "./Content";
@@ -54,14 +54,14 @@ export function Message({
     <li className={`message ${mine ? "mine" : ""} ${message.deleted ? "deleted" : ""}`} data-seq={message.seq} data-id={message.id}>
       <Avatar
         name={message.username}
-        online={state.online[message.user_id]}
+        presence={presenceOf(state, message.user_id)}
         profile={state.profiles[message.user_id]}
         files={actions.files}
       />
       <div className="bubble">
         <div className="meta">
           <strong className="author" title={`@${message.username}`}>
-            {shownName(state, message.user_id, message.username)}
+            {nameOf(state, message.user_id, message.username)}
           </strong>{" "}
           <time dateTime={message.timestamp}>{time(message.timestamp)}</time>
           {message.edited_at && !message.deleted && <span className="edited"> (edited)</span>}
@@ -138,7 +138,7 @@ export function Message({
         )}
         {threadOpen && <Thread parent={message} state={state} actions={actions} />}
         {readers && readers.length > 0 && (
-          <p className="read-marker">Seen by {readers.map((u) => state.names[u] ?? "someone").join(", ")}</p>
+          <p className="read-marker">Seen by {readers.map((u) => nameOf(state, u)).join(", ")}</p>
         )}
       </div>
     </li>

@@ -1,6 +1,6 @@
 import type { ChatActions } from "../../actions";
 import type { ChatMessage } from "../../protocol/types";
-import type { ChatState } from "../../state";
+import { nameOf, type ChatState } from "../../state";
 
 /** The emoji offered when reacting. */
 const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
@@ -33,7 +33,7 @@ export function Reactions({
           key={emoji}
           className="reaction"
           aria-pressed={users.includes(state.me)}
-          aria-label={`${emoji} ${users.length}: ${users.map((u) => state.names[u] ?? "someone").join(", ")}`}
+          aria-label={`${emoji} ${users.length}: ${users.map((u) => nameOf(state, u)).join(", ")}`}
           onClick={() => toggle(emoji)}
         >
           {emoji} {users.length}

@@ -1,7 +1,7 @@
 import { useEffect, useState, type FormEvent } from "react";
 import type { ChatActions } from "../../actions";
 import { MAX_CONTENT_CHARS, type ChatMessage } from "../../protocol/types";
-import { threadKey, type ChatState } from "../../state";
+import { nameOf, threadKey, type ChatState } from "../../state";
 import { Attachments } from "./Attachments";
 import { Content } from "./Content";
 import { time } from "./format";
@@ -21,11 +21,13 @@ export function Thread({ parent, state, actions }: { parent: ChatMessage; state:
     setText("");
   };
   return (
-    <section className="thread" aria-label={`Thread of ${parent.username}'s message`}>
+    <section className="thread" aria-label={`Thread of ${nameOf(state, parent.user_id, parent.username)}'s message`}>
       <ol className="replies">
         {replies.map((reply) => (
           <li key={reply.id} className="reply" data-seq={reply.seq}>
-            <strong className="author">{reply.username}</strong>{" "}
+            <strong className="author" title={`@${reply.username}`}>
+              {nameOf(state, reply.user_id, reply.username)}
+            </strong>{" "}
             <time dateTime={reply.timestamp}>{time(reply.timestamp)}</time>{" "}
             {reply.deleted ? (
               <span className="tombstone">This message was deleted.</span>
