@@ -34,15 +34,34 @@ export function Avatar({
     };
   }, [files, path]);
   const shownName = profile?.displayName ?? name;
-  let hash = 0;
-  for (const char of name) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
-  const background = profile?.color ?? `hsl(${hash % 360} 55% 45%)`;
+  const background = profile?.color ?? colorOf(name);
   return (
     <span className="avatar" style={{ background }} aria-hidden="true">
       {picture ? <img src={picture} alt="" /> : initials(shownName)}
       {presence !== undefined && <span className={`presence ${presence}`} />}
     </span>
   );
+}
+
+/**
+ * The colour of someone who chose none, derived from their username so it
+ * is stable across sessions: a hue from the name at 55% saturation and 45%
+ * lightness, as `#rrggbb` (what a colour input shows).
+ */
+export function colorOf(name: string): string {
+  let hash = 0;
+  for (const char of name) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
+  const hue = hash % 360;
+  const [s, l] = [0.55, 0.45];
+  const a = s * Math.min(l, 1 - l);
+  const channel = (n: number) => {
+    const k = (n + hue / 30) % 12;
+    const value = l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1));
+    return Math.round(value * 255)
+      .toString(16)
+      .padStart(2, "0");
+  };
+  return `#${channel(0)}${channel(8)}${channel(4)}`;
 }
 
 /** "Alice Liddell" → "AL"; "bob" → "BO". */

@@ -2,9 +2,8 @@ import { useState, type FormEvent } from "react";
 import { ApiError } from "../api";
 import type { Profile } from "../state";
 import type { ChatActions } from "../actions";
-import { Avatar } from "./Avatar";
-
-const DEFAULT_COLOR = "#3a7bd5";
+import { Avatar, colorOf } from "./Avatar";
+import { Dialog } from "./Dialog";
 
 /** My display name, avatar colour and picture, as everyone sees them. */
 export function ProfileForm({
@@ -19,7 +18,9 @@ export function ProfileForm({
   onDone: () => void;
 }) {
   const [displayName, setDisplayName] = useState(profile?.displayName ?? "");
-  const [color, setColor] = useState(profile?.color ?? DEFAULT_COLOR);
+  // The swatch starts at the colour people see now: theirs, or the one
+  // derived from the name.
+  const [color, setColor] = useState(profile?.color ?? colorOf(username));
   // Without a colour of their own, people keep the one derived from their
   // name until they pick one.
   const [colorChosen, setColorChosen] = useState(Boolean(profile?.color));
@@ -50,17 +51,8 @@ export function ProfileForm({
   }
 
   return (
-    <section
-      className="profile"
-      role="dialog"
-      aria-modal="true"
-      aria-label="Your profile"
-      onKeyDown={(e) => {
-        if (e.key === "Escape") onDone();
-      }}
-    >
-      <form onSubmit={save}>
-        <h2>Your profile</h2>
+    <Dialog title="Your profile" onClose={onDone}>
+      <form onSubmit={save} className="profile">
         <div className="profile-preview">
           <Avatar
             name={username}
@@ -113,7 +105,7 @@ export function ProfileForm({
             {error}
           </p>
         )}
-        <div className="profile-buttons">
+        <div className="dialog-buttons">
           <button type="submit" disabled={busy}>
             Save profile
           </button>
@@ -122,6 +114,6 @@ export function ProfileForm({
           </button>
         </div>
       </form>
-    </section>
+    </Dialog>
   );
 }

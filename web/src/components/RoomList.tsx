@@ -2,6 +2,7 @@ import { useState, type FormEvent, type ReactNode } from "react";
 import { nameOf, presenceOf, type ChatState } from "../state";
 import type { Room, SearchHit } from "../protocol/types";
 import type { ChatActions } from "../actions";
+import { Dialog } from "./Dialog";
 
 function roomTitle(room: Room, state: ChatState): string {
   if (!room.is_direct) return room.name;
@@ -91,6 +92,7 @@ function PeerPresence({ room, state }: { room: Room; state: ChatState }) {
 
 /** My rooms with unread counts, public rooms to join, and forms to start more. */
 export function RoomList({ state, actions }: { state: ChatState; actions: ChatActions }) {
+  const [creating, setCreating] = useState<"room" | "direct" | null>(null);
   const rooms = Object.values(state.rooms).sort((a, b) => a.created_at.localeCompare(b.created_at));
   const mine = rooms.filter((r) => r.members.includes(state.me));
   const others = rooms.filter((r) => !r.members.includes(state.me));
@@ -146,13 +148,21 @@ export function RoomList({ state, actions }: { state: ChatState; actions: ChatAc
           </ul>
         </>
       )}
-      <CreateRoom actions={actions} />
-      <DirectMessage actions={actions} />
+      <div className="room-list-actions">
+        <button type="button" onClick={() => setCreating("room")}>
+          New room
+        </button>
+        <button type="button" onClick={() => setCreating("direct")}>
+          New direct message
+        </button>
+      </div>
+      {creating === "room" && <CreateRoom actions={actions} onDone={() => setCreating(null)} />}
+      {creating === "direct" && <DirectMessage actions={actions} onDone={() => setCreating(null)} />}
     </nav>
   );
 }
 
-function CreateRoom({ actions }: { actions: ChatActions }) {
+function CreateRoom({ actions, onDone }: { actions: ChatActions; onDone: () => void }) {
   const [name, setName] = useState("");
   const [description, setDescription] = useState("");
   const [isPrivate, setPrivate] = useState(false);
@@ -165,38 +175,40 @@ function CreateRoom({ actions }: { actions: ChatActions }) {
     }
     const failure = await actions.create(name.trim(), description.trim(), isPrivate);
     setError(failure);
-    if (!failure) {
-      setName("");
-      setDescription("");
-      setPrivate(false);
-    }
+    if (!failure) onDone();
   }
   return (
-    <form className="side-form" onSubmit={submit} aria-labelledby="create-room-title">
-      <h2 id="create-room-title">New room</h2>
-      <label>
-        Name
-        <input value={name} onChange={(e) => setName(e.target.value)} maxLength={100} name="room-name" />
-      </label>
-      <label>
-        Description
-        <input value={description} onChange={(e) => setDescription(e.target.value)} maxLength={1000} name="room-description" />
-      </label>
-      <label className="checkbox">
-        <input type="checkbox" checked={isPrivate} onChange={(e) => setPrivate(e.target.checked)} name="room-private" />
-        Private (invited members only)
-      </label>
-      {error && (
-        <p className="field-error" role="alert">
-          {error}
-        </p>
-      )}
-      <button type="submit">Create room</button>
-    </form>
+    <Dialog title="New room" onClose={onDone}>
+      <form onSubmit={submit}>
+        <label>
+          Name
+          <input value={name} onChange={(e) => setName(e.target.value)} maxLength={100} name="room-name" autoFocus />
+        </label>
+        <label>
+          Description
+          <input value={description} onChange={(e) => setDescription(e.target.value)} maxLength={1000} name="room-description" />
+        </label>
+        <label className="checkbox">
+          <input type="checkbox" checked={isPrivate} onChange={(e) => setPrivate(e.target.checked)} name="room-private" />
+          Private (invited members only)
+        </label>
+        {error && (
+          <p className="field-error" role="alert">
+            {error}
+          </p>
+        )}
+        <div className="dialog-buttons">
+          <button type="submit">Create room</button>
+          <button type="button" onClick={onDone}>
+            Cancel
+          </button>
+        </div>
+      </form>
+    </Dialog>
   );
 }
 
-function DirectMessage({ actions }: { actions: ChatActions }) {
+function DirectMessage({ actions, onDone }: { actions: ChatActions; onDone: () => void }) {
   const [username, setUsername] = useState("");
   const [error, setError] = useState<string | null>(null);
   async function submit(event: FormEvent) {
@@ -204,21 +216,27 @@ function DirectMessage({ actions }: { actions: ChatActions }) {
     if (!username.trim()) return;
     const failure = await actions.direct(username);
     setError(failure);
-    if (!failure) setUsername("");
+    if (!failure) onDone();
   }
   return (
-    <form className="side-form" onSubmit={submit} aria-labelledby="dm-title">
-      <h2 id="dm-title">Direct message</h2>
-      <label>
-        Username
-        <input value={username} onChange={(e) => setUsername(e.target.value)} name="dm-username" />
-      </label>
-      {error && (
-        <p className="field-error" role="alert">
-          {error}
-        </p>
-      )}
-      <button type="submit">Message</button>
-    </form>
+    <Dialog title="New direct message" onClose={onDone}>
+      <form onSubmit={submit}>
+        <label>
+          Username
+          <input value={username} onChange={(e) => setUsername(e.target.value)} name="dm-username" autoFocus />
+        </label>
+        {error && (
+          <p className="field-error" role="alert">
+            {error}
+          </p>
+        )}
+        <div className="dialog-buttons">
+          <button type="submit">Message</button>
+          <button type="button" onClick={onDone}>
+            Cancel
+          </button>
+        </div>
+      </form>
+    </Dialog>
   );
 }

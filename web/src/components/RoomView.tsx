@@ -1,13 +1,14 @@
 import { useEffect, useLayoutEffect, useRef, useState } from "react";
 import type { ChatActions } from "../actions";
 import { emptyTimeline } from "../protocol/timeline";
-import type { Room } from "../protocol/types";
+import type { ChatMessage, Room } from "../protocol/types";
 import { nameOf, presenceOf, seenBy, typingIn, type ChatState } from "../state";
 import { Avatar } from "./Avatar";
 import { Composer } from "./room/Composer";
 import { ago } from "./room/format";
 import { Members, RenameForm } from "./room/Members";
 import { Message } from "./room/Message";
+import { Thread } from "./room/Thread";
 
 /** The open room: its header, members, timeline (scrolling back for older pages), typing line and composer. */
 export function RoomView({ room, state, actions }: { room: Room; state: ChatState; actions: ChatActions }) {
@@ -20,6 +21,10 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   const [renaming, setRenaming] = useState(false);
   const [now, setNow] = useState(Date.now());
   const member = room.members.includes(state.me);
+  /** The message whose thread is open beside the room, as it was when opened. */
+  const [thread, setThread] = useState<ChatMessage | null>(null);
+  // Shown as it is now (edits, its reply count), while it is loaded.
+  const threadParent = thread ? (timeline.messages.find((m) => m.seq === thread.seq) ?? thread) : null;
 
   // Typing indicators expire: re-render while any are shown.
   useEffect(() => {
@@ -98,50 +103,59 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
       </header>
       {renaming && <RenameForm room={room} actions={actions} onDone={() => setRenaming(false)} />}
       {showMembers && <Members room={room} state={state} actions={actions} manager={manager} />}
-      <ol className="messages" ref={list} onScroll={onScroll} aria-label={`Messages in ${title}`} aria-live="polite">
-        {timeline.hasOlder && timeline.messages.length > 0 && (
-          <li className="older-hint">Scroll up for older messages</li>
-        )}
-        {timeline.messages.map((message) => (
-          <Message
-            key={message.id}
-            message={message}
-            state={state}
-            actions={actions}
-            manager={manager}
-            seenBy={receipts[message.seq]}
-          />
-        ))}
-        {timeline.pending.map((pending) => (
-          <li key={pending.clientId} className={`message mine pending ${pending.failed ? "failed" : ""}`}>
-            <Avatar name={nameOf(state, state.me, undefined, "me")} profile={state.profiles[state.me]} files={actions.files} />
-            <div className="bubble">
-              <div className="meta">
-                <strong className="author">{nameOf(state, state.me)}</strong>{" "}
-                <span className="sending">{pending.failed ? `Not sent: ${pending.failed}` : "sending…"}</span>
-              </div>
-              {pending.content && <p className="content">{pending.content}</p>}
-              {pending.attachments && pending.attachments.length > 0 && (
-                <p className="content">{pending.attachments.map((file) => file.filename).join(", ")}</p>
-              )}
+      <div className="room-body">
+        <div className="room-main">
+          <ol className="messages" ref={list} onScroll={onScroll} aria-label={`Messages in ${title}`} aria-live="polite">
+            {timeline.hasOlder && timeline.messages.length > 0 && (
+              <li className="older-hint">Scroll up for older messages</li>
+            )}
+            {timeline.messages.map((message) => (
+              <Message
+                key={message.id}
+                message={message}
+                state={state}
+                actions={actions}
+                manager={manager}
+                seenBy={receipts[message.seq]}
+                onThread={(seq) => setThread(thread?.seq === seq ? null : message)}
+                threadShown={thread?.seq === message.seq}
+              />
+            ))}
+            {timeline.pending.map((pending) => (
+              <li key={pending.clientId} className={`message mine pending ${pending.failed ? "failed" : ""}`}>
+                <Avatar name={nameOf(state, state.me, undefined, "me")} profile={state.profiles[state.me]} files={actions.files} />
+                <div className="bubble">
+                  <div className="meta">
+                    <strong className="author">{nameOf(state, state.me)}</strong>{" "}
+                    <span className="sending">{pending.failed ? `Not sent: ${pending.failed}` : "sending…"}</span>
+                  </div>
+                  {pending.content && <p className="content">{pending.content}</p>}
+                  {pending.attachments && pending.attachments.length > 0 && (
+                    <p className="content">{pending.attachments.map((file) => file.filename).join(", ")}</p>
+                  )}
+                </div>
+              </li>
+            ))}
+          </ol>
+          <div className="below-messages">
+            <p className="typing" aria-live="polite">
+              {typing.length === 1 ? `${typing[0]} is typing…` : typing.length > 1 ? `${typing.join(", ")} are typing…` : ""}
+            </p>
+          </div>
+          {member ? (
+            <Composer room={room} state={state} actions={actions} title={title} onSend={() => (stickToBottom.current = true)} />
+          ) : (
+            <div className="composer">
+              <button type="button" onClick={() => void actions.join(room.id)}>
+                Join to write
+              </button>
             </div>
-          </li>
-        ))}
-      </ol>
-      <div className="below-messages">
-        <p className="typing" aria-live="polite">
-          {typing.length === 1 ? `${typing[0]} is typing…` : typing.length > 1 ? `${typing.join(", ")} are typing…` : ""}
-        </p>
-      </div>
-      {member ? (
-        <Composer room={room} state={state} actions={actions} title={title} onSend={() => (stickToBottom.current = true)} />
-      ) : (
-        <div className="composer">
-          <button type="button" onClick={() => void actions.join(room.id)}>
-            Join to write
-          </button>
+          )}
         </div>
-      )}
+        {threadParent && (
+          <Thread parent={threadParent} state={state} actions={actions} onClose={() => setThread(null)} />
+        )}
+      </div>
     </section>
   );
 }

@@ -199,6 +199,8 @@ async function main() {
     console.log("registered alice and bob");
 
     // Alice creates a public room and is in it.
+    await alice.getByRole("button", { name: "New room" }).click();
+    await alice.getByRole("dialog", { name: "New room" }).waitFor({ timeout: TIMEOUT });
     await alice.getByLabel("Name", { exact: true }).fill("Launch");
     await alice.getByLabel("Description").fill("Release day <b>chatter</b>");
     await alice.getByRole("button", { name: "Create room" }).click();
@@ -274,13 +276,19 @@ async function main() {
     console.log("a reaction reached alice, live");
 
     // Bob answers in the message's thread; Alice sees the count and opens it.
+    // The thread opens beside the room (over it on his phone), the message above its replies.
     await hello.getByRole("button", { name: "Reply", exact: true }).click();
-    const replyBox = hello.getByRole("textbox", { name: "Reply in thread" });
+    const bobsThread = bob.getByRole("complementary", { name: /^Thread of / });
+    await bobsThread.locator(".thread-parent", { hasText: "Hello Bob" }).waitFor({ timeout: TIMEOUT });
+    const replyBox = bobsThread.getByRole("textbox", { name: "Reply in thread" });
     await replyBox.fill("answering in a thread");
     await replyBox.press("Enter");
+    await bobsThread.locator(".reply", { hasText: "answering in a thread" }).waitFor({ timeout: TIMEOUT });
+    await bobsThread.getByRole("button", { name: "Close the thread" }).click();
     const hers = alice.locator(".message", { hasText: "Hello Bob" });
     await hers.getByRole("button", { name: "1 reply" }).click();
-    await hers.locator(".reply", { hasText: "answering in a thread" }).waitFor({ timeout: TIMEOUT });
+    const alicesThread = alice.getByRole("complementary", { name: /^Thread of / });
+    await alicesThread.locator(".reply", { hasText: "answering in a thread" }).waitFor({ timeout: TIMEOUT });
     // The reply is in the thread, not in the room's line.
     await expectShown(alice, "alice with a thread open", changed);
     console.log("a thread reply reached alice, counted on her message");
@@ -303,8 +311,10 @@ async function main() {
     // list) at once, named for Alice, with her presence, and her message
     // reaches him live.
     await bob.getByRole("button", { name: "Back to rooms" }).click();
+    await alice.getByRole("button", { name: "New direct message" }).click();
     await alice.getByLabel("Username").fill("bob");
     await alice.getByRole("button", { name: "Message", exact: true }).click();
+    await alice.getByRole("dialog").waitFor({ state: "detached", timeout: TIMEOUT });
     const rooms = bob.getByRole("navigation", { name: "Rooms" });
     // Named after her username now, after her display name once she sets one.
     const direct = rooms.getByRole("button", { name: /^@ (alice|Alice Liddell)\b/ });

@@ -7,7 +7,6 @@ import { Attachments } from "./Attachments";
 import { Content } from "./Content";
 import { time } from "./format";
 import { Reactions } from "./Reactions";
-import { Thread } from "./Thread";
 
 /** One message of the timeline: text, files, reactions, its actions and its thread. */
 export function Message({
@@ -16,6 +15,8 @@ export function Message({
   actions,
   manager,
   seenBy: readers,
+  onThread,
+  threadShown,
 }: {
   message: ChatMessage;
   state: ChatState;
@@ -23,12 +24,17 @@ export function Message({
   manager: boolean;
   /** Who last read up to this message. */
   seenBy?: string[];
+  /** Opens (or closes) this message's thread beside the room. */
+  onThread?: (seq: number) => void;
+  /** Whether this message's thread is the one open. */
+  threadShown?: boolean;
 }) {
   const [editing, setEditing] = useState(false);
   const [text, setText] = useState(message.content);
   const [confirming, setConfirming] = useState(false);
   const [picking, setPicking] = useState(false);
-  const [threadOpen, setThreadOpen] = useState(false);
+  /** Actions shown by a tap or a long press (touch screens have no hover). */
+  const [showActions, setShowActions] = useState(false);
   if (message.type === "system") {
     return (
       <li className="message system" data-seq={message.seq}>
@@ -51,7 +57,21 @@ export function Message({
     }
   };
   return (
-    <li className={`message ${mine ? "mine" : ""} ${message.deleted ? "deleted" : ""}`} data-seq={message.seq} data-id={message.id}>
+    <li
+      className={`message ${mine ? "mine" : ""} ${message.deleted ? "deleted" : ""} ${showActions ? "show-actions" : ""}`}
+      data-seq={message.seq}
+      data-id={message.id}
+      onContextMenu={(event) => {
+        // A long press on a touch screen: the message's actions, not the browser's menu.
+        if ((event.target as HTMLElement).closest("a, img, textarea")) return;
+        event.preventDefault();
+        setShowActions((shown) => !shown);
+      }}
+      onClick={(event) => {
+        if ((event.target as HTMLElement).closest("a, button, textarea, input, .attachments")) return;
+        setShowActions((shown) => !shown);
+      }}
+    >
       <Avatar
         name={message.username}
         presence={presenceOf(state, message.user_id)}
@@ -99,12 +119,12 @@ export function Message({
           <Reactions message={message} state={state} actions={actions} picking={picking} onPicked={() => setPicking(false)} />
         )}
         {!message.deleted && !editing && (
-          <div className="message-actions">
+          <div className="message-actions" role="toolbar" aria-label="Message actions">
             <button type="button" onClick={() => setPicking(!picking)} aria-expanded={picking}>
               React
             </button>
             {message.reply_to === undefined && (
-              <button type="button" onClick={() => setThreadOpen(!threadOpen)} aria-expanded={threadOpen}>
+              <button type="button" onClick={() => onThread?.(message.seq)} aria-expanded={threadShown ?? false}>
                 {message.reply_count ? `${message.reply_count} ${message.reply_count === 1 ? "reply" : "replies"}` : "Reply"}
               </button>
             )}
@@ -136,11 +156,10 @@ export function Message({
               ))}
           </div>
         )}
-        {threadOpen && <Thread parent={message} state={state} actions={actions} />}
-        {readers && readers.length > 0 && (
-          <p className="read-marker">Seen by {readers.map((u) => nameOf(state, u)).join(", ")}</p>
-        )}
       </div>
+      {readers && readers.length > 0 && (
+        <p className="read-marker">Seen by {readers.map((u) => nameOf(state, u)).join(", ")}</p>
+      )}
     </li>
   );
 }

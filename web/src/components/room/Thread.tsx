@@ -6,8 +6,21 @@ import { Attachments } from "./Attachments";
 import { Content } from "./Content";
 import { time } from "./format";
 
-/** A message's thread: its replies and a box to reply, under the message. */
-export function Thread({ parent, state, actions }: { parent: ChatMessage; state: ChatState; actions: ChatActions }) {
+/**
+ * A message's thread beside the room (over it, on a phone): the message,
+ * its replies and a box to reply.
+ */
+export function Thread({
+  parent,
+  state,
+  actions,
+  onClose,
+}: {
+  parent: ChatMessage;
+  state: ChatState;
+  actions: ChatActions;
+  onClose: () => void;
+}) {
   const [text, setText] = useState("");
   useEffect(() => {
     void actions.openThread(parent.room_id, parent.seq);
@@ -21,8 +34,32 @@ export function Thread({ parent, state, actions }: { parent: ChatMessage; state:
     setText("");
   };
   return (
-    <section className="thread" aria-label={`Thread of ${nameOf(state, parent.user_id, parent.username)}'s message`}>
-      <ol className="replies">
+    <aside className="thread-panel" aria-label={`Thread of ${nameOf(state, parent.user_id, parent.username)}'s message`}>
+      <header className="thread-header">
+        <h3>Thread</h3>
+        <button type="button" onClick={onClose} aria-label="Close the thread">
+          ×
+        </button>
+      </header>
+      <div className="thread-parent">
+        <strong className="author" title={`@${parent.username}`}>
+          {nameOf(state, parent.user_id, parent.username)}
+        </strong>{" "}
+        <time dateTime={parent.timestamp}>{time(parent.timestamp)}</time>
+        {parent.deleted ? (
+          <p className="content tombstone">This message was deleted.</p>
+        ) : (
+          <>
+            {parent.content && (
+              <p className="content">
+                <Content text={parent.content} myName={state.names[state.me] ?? ""} />
+              </p>
+            )}
+            <Attachments files={parent.attachments} actions={actions} />
+          </>
+        )}
+      </div>
+      <ol className="replies" aria-label="Replies">
         {replies.map((reply) => (
           <li key={reply.id} className="reply" data-seq={reply.seq}>
             <strong className="author" title={`@${reply.username}`}>
@@ -46,6 +83,7 @@ export function Thread({ parent, state, actions }: { parent: ChatMessage; state:
         <label>
           Reply in thread
           <textarea
+            autoFocus
             value={text}
             rows={1}
             maxLength={MAX_CONTENT_CHARS}
@@ -62,6 +100,6 @@ export function Thread({ parent, state, actions }: { parent: ChatMessage; state:
           Send reply
         </button>
       </form>
-    </section>
+    </aside>
   );
 }

@@ -1,0 +1,40 @@
+import { useEffect, useId, useRef, type ReactNode } from "react";
+
+/**
+ * A modal dialog over the chat: named by its title, closed by Escape, by a
+ * click beside it or by its own buttons; the keyboard's focus goes in when
+ * it opens (to the first field that asks for it, else the dialog) and back
+ * to where it was when it closes.
+ */
+export function Dialog({ title, onClose, children }: { title: string; onClose: () => void; children: ReactNode }) {
+  const id = useId();
+  const box = useRef<HTMLElement>(null);
+  useEffect(() => {
+    const before = document.activeElement as HTMLElement | null;
+    if (box.current && !box.current.contains(document.activeElement)) box.current.focus();
+    return () => before?.focus();
+  }, []);
+  return (
+    <div
+      className="dialog-backdrop"
+      onMouseDown={(event) => {
+        if (event.target === event.currentTarget) onClose();
+      }}
+    >
+      <section
+        ref={box}
+        className="dialog"
+        role="dialog"
+        aria-modal="true"
+        aria-labelledby={id}
+        tabIndex={-1}
+        onKeyDown={(event) => {
+          if (event.key === "Escape") onClose();
+        }}
+      >
+        <h2 id={id}>{title}</h2>
+        {children}
+      </section>
+    </div>
+  );
+}
