@@ -36,7 +36,7 @@ export function Avatar({
   const shownName = profile?.displayName ?? name;
   const background = profile?.color ?? colorOf(name);
   return (
-    <span className="avatar" style={{ background }} aria-hidden="true">
+    <span className="avatar" style={{ background, color: textOn(background) }} aria-hidden="true">
       {picture ? <img src={picture} alt="" /> : initials(shownName)}
       {presence !== undefined && <span className={`presence ${presence}`} />}
     </span>
@@ -62,6 +62,16 @@ export function colorOf(name: string): string {
       .padStart(2, "0");
   };
   return `#${channel(0)}${channel(8)}${channel(4)}`;
+}
+
+/** Black or white, whichever reads better on `background` (`#rrggbb`). */
+export function textOn(background: string): string {
+  const channels = [1, 3, 5].map((i) => parseInt(background.slice(i, i + 2), 16) / 255);
+  if (channels.some(Number.isNaN)) return "#ffffff";
+  const [r, g, b] = channels.map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
+  const luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  // Contrast with white is 1.05 / (L + 0.05), with black (L + 0.05) / 0.05.
+  return 1.05 / (luminance + 0.05) >= (luminance + 0.05) / 0.05 ? "#ffffff" : "#000000";
 }
 
 /** "Alice Liddell" → "AL"; "bob" → "BO". */

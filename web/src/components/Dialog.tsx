@@ -14,6 +14,16 @@ export function Dialog({ title, onClose, children }: { title: string; onClose: (
     if (box.current && !box.current.contains(document.activeElement)) box.current.focus();
     return () => before?.focus();
   }, []);
+  // Escape closes it wherever the focus is (it is modal).
+  const close = useRef(onClose);
+  close.current = onClose;
+  useEffect(() => {
+    const onKey = (event: KeyboardEvent) => {
+      if (event.key === "Escape") close.current();
+    };
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  }, []);
   return (
     <div
       className="dialog-backdrop"
@@ -28,9 +38,6 @@ export function Dialog({ title, onClose, children }: { title: string; onClose: (
         aria-modal="true"
         aria-labelledby={id}
         tabIndex={-1}
-        onKeyDown={(event) => {
-          if (event.key === "Escape") onClose();
-        }}
       >
         <h2 id={id}>{title}</h2>
         {children}

@@ -2,8 +2,10 @@
 // against a real chat-server that this script starts and restarts:
 // two people register, one creates a room, the other joins, they talk both
 // ways live; the server restarts mid-conversation and both clients reconnect
-// and resume with nothing missing and nothing twice. Screenshots of the chat
-// go to web/test-results/.
+// and resume with nothing missing and nothing twice. Each main screen, at
+// desktop (1280x800) and phone (390x844) width, is audited with axe-core
+// and compared with its committed screenshot (tests/e2e/screens.mjs);
+// screenshots go to web/test-results/.
 //
 //   node tests/e2e/chat.e2e.mjs      (after `npm run build` and `cargo build --workspace --all-targets`)
 //
@@ -18,6 +20,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { deflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
+import { check } from "./screens.mjs";
 
 const web = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const root = resolve(web, "..");
@@ -103,6 +106,20 @@ async function send(page, text) {
   await box.press("Enter");
 }
 
+/**
+ * Uses one of a message's actions as people do: on a desktop they show on
+ * hover; on a phone its "Message actions" button opens them.
+ */
+async function messageAction(page, message, name) {
+  if ((page.viewportSize()?.width ?? 1280) < 700) {
+    const shown = await message.locator(".message-actions").isVisible();
+    if (!shown) await message.getByRole("button", { name: "Message actions" }).click();
+  } else {
+    await message.locator(".bubble").hover();
+  }
+  await message.getByRole("toolbar", { name: "Actions on this message" }).getByRole("button", { name, exact: true }).click();
+}
+
 async function expectShown(page, who, expected) {
   const deadline = Date.now() + TIMEOUT;
   let got = [];
@@ -176,8 +193,10 @@ async function main() {
   const browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] });
   try {
     await server.start();
-    const alice = await (await browser.newContext({ viewport: { width: 1200, height: 800 } })).newPage();
-    const bob = await (await browser.newContext({ viewport: { width: 390, height: 800 } })).newPage();
+    const desktop = { viewport: { width: 1280, height: 800 }, reducedMotion: "reduce", timezoneId: "UTC", locale: "en-GB" };
+    const phone = { ...desktop, viewport: { width: 390, height: 844 }, hasTouch: true, isMobile: true };
+    const alice = await (await browser.newContext(desktop)).newPage();
+    const bob = await (await browser.newContext(phone)).newPage();
     // The server sends a strict Content-Security-Policy; the client must run under it untouched.
     const violations = [];
     for (const page of [alice, bob]) {
@@ -194,6 +213,9 @@ async function main() {
       throw new Error(`the web client is served without a strict CSP: ${csp}`);
     }
 
+    await check(alice, "sign-in-desktop", results);
+    await bob.goto(base);
+    await check(bob, "sign-in-phone", results);
     await register(alice, base, "alice");
     await register(bob, base, "bob");
     console.log("registered alice and bob");
@@ -249,16 +271,13 @@ async function main() {
 
     // Alice edits her message and Bob deletes his: both see both, live.
     const edited = "sent while the server was down, then edited";
-    await alice
-      .locator(".message.mine", { hasText: "sent while the server was down" })
-      .getByRole("button", { name: "Edit" })
-      .click();
+    await messageAction(alice, alice.locator(".message.mine", { hasText: "sent while the server was down" }), "Edit");
     const editor = alice.getByRole("textbox", { name: "Edit your message" });
     await editor.fill(edited);
     await editor.press("Enter");
     const bobs = bob.locator(".message.mine", { hasText: "back again" });
-    await bobs.getByRole("button", { name: "Delete" }).click();
-    await bobs.getByRole("button", { name: "Yes, delete" }).click();
+    await messageAction(bob, bobs, "Delete");
+    await messageAction(bob, bobs, "Yes, delete");
     const changed = [...firstTwo, edited, "This message was deleted."];
     await expectShown(alice, "alice after an edit and a deletion", changed);
     await expectShown(bob, "bob after an edit and a deletion", changed);
@@ -267,7 +286,7 @@ async function main() {
 
     // Bob reacts to Alice's first message; she sees it counted.
     const hello = bob.locator(".message", { hasText: "Hello Bob" });
-    await hello.getByRole("button", { name: "React", exact: true }).click();
+    await messageAction(bob, hello, "React");
     await hello.getByRole("button", { name: "React with 👍" }).click();
     await alice
       .locator(".message", { hasText: "Hello Bob" })
@@ -277,7 +296,7 @@ async function main() {
 
     // Bob answers in the message's thread; Alice sees the count and opens it.
     // The thread opens beside the room (over it on his phone), the message above its replies.
-    await hello.getByRole("button", { name: "Reply", exact: true }).click();
+    await messageAction(bob, hello, "Reply");
     const bobsThread = bob.getByRole("complementary", { name: /^Thread of / });
     await bobsThread.locator(".thread-parent", { hasText: "Hello Bob" }).waitFor({ timeout: TIMEOUT });
     const replyBox = bobsThread.getByRole("textbox", { name: "Reply in thread" });
@@ -286,7 +305,7 @@ async function main() {
     await bobsThread.locator(".reply", { hasText: "answering in a thread" }).waitFor({ timeout: TIMEOUT });
     await bobsThread.getByRole("button", { name: "Close the thread" }).click();
     const hers = alice.locator(".message", { hasText: "Hello Bob" });
-    await hers.getByRole("button", { name: "1 reply" }).click();
+    await messageAction(alice, hers, "1 reply");
     const alicesThread = alice.getByRole("complementary", { name: /^Thread of / });
     await alicesThread.locator(".reply", { hasText: "answering in a thread" }).waitFor({ timeout: TIMEOUT });
     // The reply is in the thread, not in the room's line.
@@ -446,9 +465,32 @@ async function main() {
     if (violations.length) throw new Error(`CSP violations:\n${violations.join("\n")}`);
     console.log("no Content-Security-Policy violation");
 
-    await alice.screenshot({ path: join(results, "chat.png") });
-    await bob.screenshot({ path: join(results, "chat-phone.png") });
-    console.log(`screenshots in ${results}`);
+    // Every main screen, audited and compared with its baseline.
+    const alicesRooms = alice.getByRole("navigation", { name: "Rooms" });
+    await alicesRooms.getByRole("button", { name: /^# Launch day/ }).click();
+    const openThread = alice.getByRole("complementary", { name: /^Thread of / });
+    if (await openThread.count()) await openThread.getByRole("button", { name: "Close the thread" }).click();
+    await check(alice, "room-desktop", results);
+    await messageAction(alice, alice.locator(".message", { hasText: "Hello Bob" }), "1 reply");
+    await openThread.locator(".reply").first().waitFor({ timeout: TIMEOUT });
+    await check(alice, "thread-desktop", results);
+    await openThread.getByRole("button", { name: "Close the thread" }).click();
+    await alice.getByRole("button", { name: "Profile" }).click();
+    await check(alice, "profile-desktop", results);
+    await alice.keyboard.press("Escape");
+    await alice.getByRole("searchbox", { name: "Search messages" }).fill("edited");
+    await alice.getByRole("button", { name: "Search", exact: true }).click();
+    await alice.getByRole("button", { name: /sent while the server was down, then edited/ }).waitFor({ timeout: TIMEOUT });
+    await check(alice, "search-desktop", results);
+    await check(bob, "room-phone", results);
+    await messageAction(bob, bob.locator(".message", { hasText: "Hello Bob" }), "1 reply");
+    const bobsOpenThread = bob.getByRole("complementary", { name: /^Thread of / });
+    await bobsOpenThread.locator(".reply").first().waitFor({ timeout: TIMEOUT });
+    await check(bob, "thread-phone", results);
+    await bobsOpenThread.getByRole("button", { name: "Close the thread" }).click();
+    await bob.getByRole("button", { name: "Back to rooms" }).click();
+    await check(bob, "rooms-phone", results);
+    console.log(`every main screen passed axe-core and matched its baseline; screenshots in ${results}`);
   } catch (error) {
     console.error(`server log:\n${server.logs}`);
     throw error;

@@ -38,3 +38,12 @@ describe("the profile dialog", () => {
     expect((screen.getByLabelText("Avatar colour") as HTMLInputElement).value).toBe("#aa3355");
   });
 });
+
+describe("avatars", () => {
+  it("write initials in black or white, whichever reads on the colour", async () => {
+    const { textOn } = await import("../../src/components/Avatar");
+    expect(textOn("#1d2330")).toBe("#ffffff");
+    expect(textOn("#f5e050")).toBe("#000000");
+    expect(textOn("#2f5bd3")).toBe("#ffffff");
+  });
+});

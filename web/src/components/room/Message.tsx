@@ -67,10 +67,6 @@ export function Message({
         event.preventDefault();
         setShowActions((shown) => !shown);
       }}
-      onClick={(event) => {
-        if ((event.target as HTMLElement).closest("a, button, textarea, input, .attachments")) return;
-        setShowActions((shown) => !shown);
-      }}
     >
       <Avatar
         name={message.username}
@@ -119,7 +115,18 @@ export function Message({
           <Reactions message={message} state={state} actions={actions} picking={picking} onPicked={() => setPicking(false)} />
         )}
         {!message.deleted && !editing && (
-          <div className="message-actions" role="toolbar" aria-label="Message actions">
+          <button
+            type="button"
+            className="more"
+            aria-label="Message actions"
+            aria-expanded={showActions}
+            onClick={() => setShowActions((shown) => !shown)}
+          >
+            ⋯
+          </button>
+        )}
+        {!message.deleted && !editing && (
+          <div className="message-actions" role="toolbar" aria-label="Actions on this message">
             <button type="button" onClick={() => setPicking(!picking)} aria-expanded={picking}>
               React
             </button>
