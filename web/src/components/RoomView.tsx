@@ -20,6 +20,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
   const [showMembers, setShowMembers] = useState(false);
   const [renaming, setRenaming] = useState(false);
   const [now, setNow] = useState(Date.now());
+  const announcement = useAnnouncement(timeline.messages, state);
   const member = room.members.includes(state.me);
   /** The message whose thread is open beside the room, as it was when opened. */
   const [thread, setThread] = useState<ChatMessage | null>(null);
@@ -105,7 +106,7 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
       {showMembers && <Members room={room} state={state} actions={actions} manager={manager} />}
       <div className="room-body">
         <div className="room-main">
-          <ol className="messages" ref={list} onScroll={onScroll} aria-label={`Messages in ${title}`} aria-live="polite">
+          <ol className="messages" ref={list} onScroll={onScroll} aria-label={`Messages in ${title}`}>
             {timeline.hasOlder && timeline.messages.length > 0 && (
               <li className="older-hint">Scroll up for older messages</li>
             )}
@@ -137,6 +138,9 @@ export function RoomView({ room, state, actions }: { room: Room; state: ChatStat
               </li>
             ))}
           </ol>
+          <p className="visually-hidden" aria-live="polite" aria-atomic="true">
+            {announcement}
+          </p>
           <div className="below-messages">
             <p className="typing" aria-live="polite">
               {typing.length === 1 ? `${typing[0]} is typing…` : typing.length > 1 ? `${typing.join(", ")} are typing…` : ""}
@@ -170,4 +174,37 @@ function PeerStatus({ room, state, now }: { room: Room; state: ChatState; now: n
   const seen = state.lastSeen[other];
   if (!seen) return null;
   return <p className="description">last seen {ago(Date.parse(seen), now)}</p>;
+}
+
+/** Messages announced at once, at most; more at once is a page of history. */
+const ANNOUNCED_AT_ONCE = 5;
+/** New messages within this long of each other are announced as a count. */
+const BURST_MS = 3000;
+
+/**
+ * What a screen reader hears of the open room: each new message from
+ * someone else, live ("bob: hi"), and in a burst only how many came with
+ * the last one; never the pages of history the room loads (the list
+ * itself is no live region, which would read them all out).
+ */
+function useAnnouncement(messages: ChatMessage[], state: ChatState): string {
+  const [announcement, setAnnouncement] = useState("");
+  const newest = useRef<number | undefined>(undefined);
+  const burst = useRef({ count: 0, at: 0 });
+  const last = messages.at(-1);
+  useEffect(() => {
+    const before = newest.current;
+    newest.current = last?.seq;
+    if (before === undefined || !last || last.seq <= before) return;
+    const fresh = messages.filter((m) => m.seq > before && m.type === "text" && m.user_id !== state.me);
+    if (fresh.length === 0 || fresh.length > ANNOUNCED_AT_ONCE) return;
+    const at = Date.now();
+    const count = at - burst.current.at < BURST_MS ? burst.current.count + fresh.length : fresh.length;
+    burst.current = { count, at };
+    const message = fresh[fresh.length - 1];
+    const said = `${nameOf(state, message.user_id, message.username)}: ${message.content || "sent files"}`;
+    setAnnouncement(count > 1 ? `${count} new messages; the last, ${said}` : said);
+    // Only a new newest message announces anything.
+  }, [last?.seq]);
+  return announcement;
 }

@@ -246,7 +246,10 @@ async function main() {
     if ((await alice.locator(".messages img").count()) !== 0) throw new Error("message markup was rendered as HTML");
     const link = alice.locator(".messages a", { hasText: "https://example.com/docs" });
     if ((await link.getAttribute("rel")) !== "noopener noreferrer nofollow") throw new Error("links must not reach the opener");
-    console.log("messages went both ways live");
+    // A screen reader hears the new message, and only that.
+    const heard = alice.locator(".room-main p.visually-hidden[aria-live]");
+    await heard.filter({ hasText: "bob: Hi Alice! https://example.com/docs" }).waitFor({ state: "attached", timeout: TIMEOUT });
+    console.log("messages went both ways live, and alice's screen reader heard bob's");
 
     // The server restarts mid-conversation. Alice writes while it is down.
     await server.stop();
@@ -292,7 +295,10 @@ async function main() {
       .locator(".message", { hasText: "Hello Bob" })
       .getByRole("button", { name: /^👍 1: bob/ })
       .waitFor({ timeout: TIMEOUT });
-    console.log("a reaction reached alice, live");
+    // Drawn in colour even where the system has no emoji font: the page brings its own.
+    const emojiFont = await alice.evaluate(async () => (await document.fonts.load("16px Twemoji", "👍")).length);
+    if (emojiFont !== 1) throw new Error("the emoji font did not load");
+    console.log("a reaction reached alice, live, drawn by the page's emoji font");
 
     // Bob answers in the message's thread; Alice sees the count and opens it.
     // The thread opens beside the room (over it on his phone), the message above its replies.
@@ -322,8 +328,12 @@ async function main() {
     // History: a reload shows the conversation from the API, in order.
     await bob.reload();
     await connected(bob);
+    // A page of history loaded is not read out.
     await bob.getByRole("button", { name: /Launch/ }).click();
     await expectShown(bob, "bob after a reload", changed);
+    if ((await bob.locator(".room-main p.visually-hidden[aria-live]").textContent()) !== "") {
+      throw new Error("loading history was announced");
+    }
     await bob.locator(".message", { hasText: edited }).getByText("(edited)").waitFor({ timeout: TIMEOUT });
 
     // A direct message: it appears in Bob's list (on his phone: back at the
