@@ -2,7 +2,8 @@
 // against a real chat-server that this script starts and restarts:
 // two people register, one creates a room, the other joins, they talk both
 // ways live; the server restarts mid-conversation and both clients reconnect
-// and resume with nothing missing and nothing twice. Each main screen, at
+// and resume with nothing missing and nothing twice; a third person does
+// every flow with the keyboard alone (the focus always visible). Each main screen, at
 // desktop (1280x800) and phone (390x844) width, is audited with axe-core
 // and compared with its committed screenshot (tests/e2e/screens.mjs);
 // screenshots go to web/test-results/.
@@ -118,6 +119,23 @@ async function messageAction(page, message, name) {
     await message.locator(".bubble").hover();
   }
   await message.getByRole("toolbar", { name: "Actions on this message" }).getByRole("button", { name, exact: true }).click();
+}
+
+/**
+ * Moves the keyboard's focus with Tab alone until `target` has it, and
+ * checks that it shows (a visible outline): what someone without a mouse
+ * does to reach a control.
+ */
+async function tabTo(page, target, what) {
+  for (let presses = 0; presses < 200; presses++) {
+    await page.keyboard.press("Tab");
+    if (await target.evaluate((element) => element === document.activeElement).catch(() => false)) {
+      const outline = await target.evaluate((element) => getComputedStyle(element).outlineStyle);
+      if (outline === "none") throw new Error(`${what} has the focus but does not show it`);
+      return;
+    }
+  }
+  throw new Error(`${what} cannot be reached with Tab`);
 }
 
 async function expectShown(page, who, expected) {
@@ -501,6 +519,73 @@ async function main() {
     await bob.getByRole("button", { name: "Back to rooms" }).click();
     await check(bob, "rooms-phone", results);
     console.log(`every main screen passed axe-core and matched its baseline; screenshots in ${results}`);
+
+    // Carol does it all with the keyboard alone: sign up, join, write, edit,
+    // react, reply in a thread, start a direct message, search, set her name.
+    const carol = await (await browser.newContext(desktop)).newPage();
+    await carol.goto(base);
+    await tabTo(carol, carol.getByRole("button", { name: "New here? Create an account" }), "the sign-up switch");
+    await carol.keyboard.press("Enter");
+    await tabTo(carol, carol.getByLabel("Username"), "the username field");
+    await carol.keyboard.type("carol_k");
+    await carol.keyboard.press("Tab");
+    await carol.keyboard.type("carol_k@example.com");
+    await carol.keyboard.press("Tab");
+    await carol.keyboard.type("correct horse battery");
+    await carol.keyboard.press("Enter");
+    await connected(carol);
+    await tabTo(carol, carol.getByRole("button", { name: "Join Launch day" }), "joining a public room");
+    await carol.keyboard.press("Enter");
+    await carol.getByRole("heading", { name: "Launch day" }).waitFor({ timeout: TIMEOUT });
+    await tabTo(carol, carol.getByRole("textbox", { name: /^Message / }), "the composer");
+    await carol.keyboard.type("typed without a mouse");
+    await carol.keyboard.press("Enter");
+    const sent = carol.locator(".message.mine:not(.pending)", { hasText: "typed without a mouse" });
+    await sent.waitFor({ timeout: TIMEOUT });
+    const typed = carol.locator(`.message[data-id="${await sent.getAttribute("data-id")}"]`);
+    const act = async (name) => {
+      await tabTo(carol, typed.getByRole("button", { name: "Message actions" }), "a message's actions");
+      await carol.keyboard.press("Enter");
+      await tabTo(carol, typed.getByRole("button", { name, exact: true }), `the ${name} action`);
+      await carol.keyboard.press("Enter");
+    };
+    await act("Edit");
+    await carol.keyboard.press("Control+A");
+    await carol.keyboard.type("typed and edited without a mouse");
+    await carol.keyboard.press("Enter");
+    await typed.getByText("(edited)").waitFor({ timeout: TIMEOUT });
+    await act("React");
+    await tabTo(carol, typed.getByRole("button", { name: "React with 🎉" }), "the emoji picker");
+    await carol.keyboard.press("Enter");
+    await typed.getByRole("button", { name: /^🎉 1/ }).waitFor({ timeout: TIMEOUT });
+    await act("Reply");
+    const carolsThread = carol.getByRole("complementary", { name: /^Thread of / });
+    // The reply box has the focus as the thread opens.
+    await carolsThread.getByRole("textbox", { name: "Reply in thread" }).waitFor({ timeout: TIMEOUT });
+    await carol.keyboard.type("a reply by keyboard");
+    await carol.keyboard.press("Enter");
+    await carolsThread.locator(".reply", { hasText: "a reply by keyboard" }).waitFor({ timeout: TIMEOUT });
+    await tabTo(carol, carolsThread.getByRole("button", { name: "Close the thread" }), "closing the thread");
+    await carol.keyboard.press("Enter");
+    await tabTo(carol, carol.getByRole("button", { name: "New direct message" }), "a new direct message");
+    await carol.keyboard.press("Enter");
+    await carol.keyboard.type("alice");
+    await carol.keyboard.press("Enter");
+    await carol.getByRole("heading", { name: "Alice Liddell" }).waitFor({ timeout: TIMEOUT });
+    await tabTo(carol, carol.getByRole("searchbox", { name: "Search messages" }), "the search box");
+    await carol.keyboard.type("mouse");
+    await carol.keyboard.press("Enter");
+    const found = carol.getByRole("button", { name: /typed and edited without a mouse/ });
+    await tabTo(carol, found, "a search result");
+    await carol.keyboard.press("Enter");
+    await carol.getByRole("heading", { name: "Launch day" }).waitFor({ timeout: TIMEOUT });
+    await tabTo(carol, carol.getByRole("button", { name: "Profile" }), "the profile");
+    await carol.keyboard.press("Enter");
+    await carol.keyboard.type("Carol Keys");
+    await carol.keyboard.press("Enter");
+    await carol.getByRole("dialog").waitFor({ state: "detached", timeout: TIMEOUT });
+    await carol.locator(".status-bar", { hasText: "Carol Keys" }).waitFor({ timeout: TIMEOUT });
+    console.log("carol did every flow with the keyboard alone, the focus always visible");
   } catch (error) {
     console.error(`server log:\n${server.logs}`);
     throw error;
