@@ -543,10 +543,10 @@ async function main() {
     const sent = carol.locator(".message.mine:not(.pending)", { hasText: "typed without a mouse" });
     await sent.waitFor({ timeout: TIMEOUT });
     const typed = carol.locator(`.message[data-id="${await sent.getAttribute("data-id")}"]`);
-    const act = async (name) => {
-      await tabTo(carol, typed.getByRole("button", { name: "Message actions" }), "a message's actions");
+    const act = async (name, message = typed) => {
+      await tabTo(carol, message.getByRole("button", { name: "Message actions" }), "a message's actions");
       await carol.keyboard.press("Enter");
-      await tabTo(carol, typed.getByRole("button", { name, exact: true }), `the ${name} action`);
+      await tabTo(carol, message.getByRole("button", { name, exact: true }), `the ${name} action`);
       await carol.keyboard.press("Enter");
     };
     await act("Edit");
@@ -567,6 +567,21 @@ async function main() {
     await carolsThread.locator(".reply", { hasText: "a reply by keyboard" }).waitFor({ timeout: TIMEOUT });
     await tabTo(carol, carolsThread.getByRole("button", { name: "Close the thread" }), "closing the thread");
     await carol.keyboard.press("Enter");
+    await tabTo(carol, carol.getByRole("textbox", { name: /^Message / }), "the composer");
+    await carol.keyboard.type("a slip of the keyboard");
+    await carol.keyboard.press("Enter");
+    const slip = carol.locator(".message.mine:not(.pending)", { hasText: "a slip of the keyboard" });
+    await slip.waitFor({ timeout: TIMEOUT });
+    const slipped = carol.locator(`.message[data-id="${await slip.getAttribute("data-id")}"]`);
+    await act("Delete", slipped);
+    await tabTo(carol, slipped.getByRole("button", { name: "Yes, delete" }), "confirming the deletion");
+    await carol.keyboard.press("Enter");
+    await slipped.getByText("This message was deleted.").waitFor({ timeout: TIMEOUT });
+    await tabTo(carol, carol.getByRole("button", { name: "New room" }), "a new room");
+    await carol.keyboard.press("Enter");
+    await carol.keyboard.type("Keyboard club");
+    await carol.keyboard.press("Enter");
+    await carol.getByRole("heading", { name: "Keyboard club" }).waitFor({ timeout: TIMEOUT });
     await tabTo(carol, carol.getByRole("button", { name: "New direct message" }), "a new direct message");
     await carol.keyboard.press("Enter");
     await carol.keyboard.type("alice");
@@ -585,7 +600,8 @@ async function main() {
     await carol.keyboard.press("Enter");
     await carol.getByRole("dialog").waitFor({ state: "detached", timeout: TIMEOUT });
     await carol.locator(".status-bar", { hasText: "Carol Keys" }).waitFor({ timeout: TIMEOUT });
-    console.log("carol did every flow with the keyboard alone, the focus always visible");
+    console.log("carol did every flow with the keyboard alone (join, write, edit, react, reply, delete, new room, " +
+      "direct message, search, profile), the focus always visible");
   } catch (error) {
     console.error(`server log:\n${server.logs}`);
     throw error;
