@@ -1,6 +1,8 @@
 // What the end-to-end test checks of each main screen besides behaviour:
-// accessibility (axe-core: no serious or critical violation) and looks (a
-// screenshot compared with the committed baseline in tests/e2e/baselines/).
+// that it fits (nothing wider than the screen; on a phone, controls of at
+// least 44 px), accessibility (axe-core: no serious or critical violation)
+// and looks (a screenshot compared with the committed baseline in
+// tests/e2e/baselines/).
 //
 // Times are masked (they are the real clock's); the pointer is parked in a
 // corner and transitions are off, so the same build draws the same pixels.
@@ -85,8 +87,33 @@ export async function looks(page, name, results) {
   }
 }
 
-/** Both checks of one screen. */
+/**
+ * Nothing wider than the screen; on a phone, every control visible at
+ * least 44 px square (a finger's width).
+ */
+export async function fits(page, screen) {
+  const problems = await page.evaluate(() => {
+    const found = [];
+    if (document.documentElement.scrollWidth > window.innerWidth) {
+      found.push(`the page is ${document.documentElement.scrollWidth} px wide in a ${window.innerWidth} px screen`);
+    }
+    if (window.innerWidth < 700) {
+      for (const control of document.querySelectorAll("button, a[href], input:not([type=hidden]), textarea")) {
+        const box = control.getBoundingClientRect();
+        const shown = box.width > 1 && box.height > 1 && getComputedStyle(control).visibility !== "hidden";
+        if (shown && control.tagName === "BUTTON" && (box.width < 43.5 || box.height < 43.5)) {
+          found.push(`"${control.getAttribute("aria-label") ?? control.textContent}" is ${Math.round(box.width)}x${Math.round(box.height)} px`);
+        }
+      }
+    }
+    return found;
+  });
+  if (problems.length) throw new Error(`${screen} does not fit:\n  ${problems.join("\n  ")}`);
+}
+
+/** Every check of one screen. */
 export async function check(page, name, results) {
+  await fits(page, name);
   await audit(page, name);
   await looks(page, name, results);
 }
