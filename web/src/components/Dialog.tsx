@@ -45,3 +45,37 @@ export function Dialog({ title, onClose, children }: { title: string; onClose: (
     </div>
   );
 }
+
+/** Why a form was refused, read out as it appears; nothing when it was not. */
+export function FieldError({ error }: { error: string | null }) {
+  if (!error) return null;
+  return (
+    <p className="field-error" role="alert">
+      {error}
+    </p>
+  );
+}
+
+/** A dialog's form's buttons: do it, or close without doing it. */
+export function DialogButtons({
+  submit,
+  onCancel,
+  cancel = "Cancel",
+  busy = false,
+}: {
+  submit: string;
+  onCancel: () => void;
+  cancel?: string;
+  busy?: boolean;
+}) {
+  return (
+    <div className="dialog-buttons">
+      <button type="submit" disabled={busy}>
+        {submit}
+      </button>
+      <button type="button" onClick={onCancel}>
+        {cancel}
+      </button>
+    </div>
+  );
+}

@@ -3,7 +3,7 @@ import { ApiError } from "../api";
 import type { Profile } from "../state";
 import type { ChatActions } from "../actions";
 import { Avatar, colorOf } from "./Avatar";
-import { Dialog } from "./Dialog";
+import { Dialog, DialogButtons, FieldError } from "./Dialog";
 
 /** My display name, avatar colour and picture, as everyone sees them. */
 export function ProfileForm({
@@ -100,19 +100,8 @@ export function ProfileForm({
             Remove picture
           </button>
         )}
-        {error && (
-          <p className="field-error" role="alert">
-            {error}
-          </p>
-        )}
-        <div className="dialog-buttons">
-          <button type="submit" disabled={busy}>
-            Save profile
-          </button>
-          <button type="button" onClick={onDone}>
-            Close
-          </button>
-        </div>
+        <FieldError error={error} />
+        <DialogButtons submit="Save profile" onCancel={onDone} cancel="Close" busy={busy} />
       </form>
     </Dialog>
   );

@@ -2,7 +2,7 @@ import { useState, type FormEvent, type ReactNode } from "react";
 import { nameOf, presenceOf, type ChatState } from "../state";
 import type { Room, SearchHit } from "../protocol/types";
 import type { ChatActions } from "../actions";
-import { Dialog } from "./Dialog";
+import { Dialog, DialogButtons, FieldError } from "./Dialog";
 
 function roomTitle(room: Room, state: ChatState): string {
   if (!room.is_direct) return room.name;
@@ -192,17 +192,8 @@ function CreateRoom({ actions, onDone }: { actions: ChatActions; onDone: () => v
           <input type="checkbox" checked={isPrivate} onChange={(e) => setPrivate(e.target.checked)} name="room-private" />
           Private (invited members only)
         </label>
-        {error && (
-          <p className="field-error" role="alert">
-            {error}
-          </p>
-        )}
-        <div className="dialog-buttons">
-          <button type="submit">Create room</button>
-          <button type="button" onClick={onDone}>
-            Cancel
-          </button>
-        </div>
+        <FieldError error={error} />
+        <DialogButtons submit="Create room" onCancel={onDone} />
       </form>
     </Dialog>
   );
@@ -225,17 +216,8 @@ function DirectMessage({ actions, onDone }: { actions: ChatActions; onDone: () =
           Username
           <input value={username} onChange={(e) => setUsername(e.target.value)} name="dm-username" autoFocus />
         </label>
-        {error && (
-          <p className="field-error" role="alert">
-            {error}
-          </p>
-        )}
-        <div className="dialog-buttons">
-          <button type="submit">Message</button>
-          <button type="button" onClick={onDone}>
-            Cancel
-          </button>
-        </div>
+        <FieldError error={error} />
+        <DialogButtons submit="Message" onCancel={onDone} />
       </form>
     </Dialog>
   );

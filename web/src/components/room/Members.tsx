@@ -3,6 +3,7 @@ import type { ChatActions } from "../../actions";
 import type { Room } from "../../protocol/types";
 import { nameOf, presenceOf, type ChatState } from "../../state";
 import { Avatar } from "../Avatar";
+import { FieldError } from "../Dialog";
 
 /** The room's name and description, for its owner and admins to change. */
 export function RenameForm({ room, actions, onDone }: { room: Room; actions: ChatActions; onDone: () => void }) {
@@ -25,11 +26,7 @@ export function RenameForm({ room, actions, onDone }: { room: Room; actions: Cha
         Room description
         <input value={description} onChange={(e) => setDescription(e.target.value)} maxLength={1000} />
       </label>
-      {error && (
-        <p className="field-error" role="alert">
-          {error}
-        </p>
-      )}
+      <FieldError error={error} />
       <button type="submit">Save</button>
       <button type="button" onClick={onDone}>
         Cancel
@@ -87,11 +84,7 @@ export function Members({
             <input value={username} onChange={(e) => setUsername(e.target.value)} name="invite-username" />
           </label>
           <button type="submit">Invite</button>
-          {error && (
-            <p className="field-error" role="alert">
-              {error}
-            </p>
-          )}
+          <FieldError error={error} />
         </form>
       )}
     </aside>

@@ -115,53 +115,53 @@ export function Message({
           <Reactions message={message} state={state} actions={actions} picking={picking} onPicked={() => setPicking(false)} />
         )}
         {!message.deleted && !editing && (
-          <button
-            type="button"
-            className="more"
-            aria-label="Message actions"
-            aria-expanded={showActions}
-            onClick={() => setShowActions((shown) => !shown)}
-          >
-            ⋯
-          </button>
-        )}
-        {!message.deleted && !editing && (
-          <div className="message-actions" role="toolbar" aria-label="Actions on this message">
-            <button type="button" onClick={() => setPicking(!picking)} aria-expanded={picking}>
-              React
+          <>
+            <button
+              type="button"
+              className="more"
+              aria-label="Message actions"
+              aria-expanded={showActions}
+              onClick={() => setShowActions((shown) => !shown)}
+            >
+              ⋯
             </button>
-            {message.reply_to === undefined && (
-              <button type="button" onClick={() => onThread?.(message.seq)} aria-expanded={threadShown ?? false}>
-                {message.reply_count ? `${message.reply_count} ${message.reply_count === 1 ? "reply" : "replies"}` : "Reply"}
+            <div className="message-actions" role="toolbar" aria-label="Actions on this message">
+              <button type="button" onClick={() => setPicking(!picking)} aria-expanded={picking}>
+                React
               </button>
-            )}
-            {mine && (
-              <button
-                type="button"
-                onClick={() => {
-                  setText(message.content);
-                  setEditing(true);
-                }}
-              >
-                Edit
-              </button>
-            )}
-            {(mine || manager) &&
-              (confirming ? (
-                <>
-                  <button type="button" onClick={() => actions.deleteMessage(message.room_id, message.seq)}>
-                    Yes, delete
-                  </button>
-                  <button type="button" onClick={() => setConfirming(false)}>
-                    Keep
-                  </button>
-                </>
-              ) : (
-                <button type="button" onClick={() => setConfirming(true)}>
-                  Delete
+              {message.reply_to === undefined && (
+                <button type="button" onClick={() => onThread?.(message.seq)} aria-expanded={threadShown ?? false}>
+                  {message.reply_count ? `${message.reply_count} ${message.reply_count === 1 ? "reply" : "replies"}` : "Reply"}
                 </button>
-              ))}
-          </div>
+              )}
+              {mine && (
+                <button
+                  type="button"
+                  onClick={() => {
+                    setText(message.content);
+                    setEditing(true);
+                  }}
+                >
+                  Edit
+                </button>
+              )}
+              {(mine || manager) &&
+                (confirming ? (
+                  <>
+                    <button type="button" onClick={() => actions.deleteMessage(message.room_id, message.seq)}>
+                      Yes, delete
+                    </button>
+                    <button type="button" onClick={() => setConfirming(false)}>
+                      Keep
+                    </button>
+                  </>
+                ) : (
+                  <button type="button" onClick={() => setConfirming(true)}>
+                    Delete
+                  </button>
+                ))}
+            </div>
+          </>
         )}
       </div>
       {readers && readers.length > 0 && (
