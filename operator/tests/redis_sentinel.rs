@@ -4,8 +4,9 @@
 //! ports the pods use, each test on its own N): the first start, a failover
 //! after the primary is killed with SIGKILL, the killed pod coming back as
 //! a replica of the new primary, a restarted Sentinel finding the primary
-//! again, Sentinels replaced with empty volumes, a full restart, and a
-//! standalone server gaining replicas. Here the pods' stable names are
+//! again, Sentinels replaced with empty volumes, a full restart, a
+//! standalone server gaining replicas, and a replica kept from promotion
+//! until it has synced. Here the pods' stable names are
 //! their addresses; what a real cluster adds (DNS names that move to new
 //! addresses, Services, scheduling) is in tests/node.rs.
 
@@ -189,8 +190,10 @@ impl Topology {
             String::new(),
         );
         env.extend([
-            // Quicker than the pods' 5 s, for a short test.
-            ("DOWN_AFTER_MS", "1000".to_owned()),
+            // Quicker than the pods' 5 s, for a short test, but not under
+            // 3 s: a Sentinel reconnects once a second, so one started a
+            // moment before the primary would call it down at 1 s.
+            ("DOWN_AFTER_MS", "3000".to_owned()),
             ("CONFIG", path(&self.sentinel_config(ordinal))),
             ("BIND", ip),
         ]);
@@ -229,9 +232,18 @@ impl Topology {
             .collect()
     }
 
+    /// Whether pod `ordinal` is a replica that has synced and may be
+    /// promoted.
+    fn promotable(&self, ordinal: u8) -> bool {
+        let ip = self.redis_ip(ordinal);
+        self.replication(ordinal)
+            .contains(&"master_link_status:up".to_owned())
+            && ask(&ip, 6379, &["CONFIG", "GET", "replica-priority"]) == ["replica-priority", "100"]
+    }
+
     /// Waits until every Sentinel names pod `primary`, knows each other
-    /// replica and exactly the other two Sentinels, and has a quorum: until
-    /// a failover could happen.
+    /// replica and exactly the other two Sentinels, and has a quorum, and
+    /// every other pod has synced: until a failover could happen.
     fn wait_settled(&self, primary: u8) {
         for sentinel in 0..3 {
             let ip = self.sentinel_ip(sentinel);
@@ -248,6 +260,9 @@ impl Topology {
                             .filter(|&r| r != primary)
                             .all(|r| replicas.contains(&self.redis_ip(r)))
                         && self.sentinels_known_by(sentinel).len() == 2
+                        && (0..self.replicas)
+                            .filter(|&r| r != primary)
+                            .all(|r| self.promotable(r))
                 },
             );
         }
@@ -484,4 +499,76 @@ fn a_single_server_gains_replicas_through_its_service() {
         );
     }
     drop(single);
+}
+
+/// A replica that has not synced since it started is never promoted: it has
+/// at most its own data from before, stale if it missed writes. Here its
+/// primary delays the first sync (diskless, 60 s), so the replica stays
+/// unsynced until the test lets the sync go.
+#[test]
+fn a_replica_becomes_promotable_only_once_it_has_synced() {
+    let topology = Topology::new(81, 2);
+    let data = topology.dir.path().join("primary");
+    std::fs::create_dir_all(&data).unwrap();
+    let primary = topology.redis_ip(0);
+    let _primary = Pod(Command::new("redis-server")
+        .args(["--bind", &primary, "--requirepass", PASSWORD])
+        .args([
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "60",
+        ])
+        .arg("--dir")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_until("the primary", Duration::from_secs(10), || {
+        !topology.replication(0).is_empty()
+    });
+    let _replica = topology.start_redis_with(1, |env| {
+        env.insert("REDIS_HOST", primary.clone());
+        env.insert("SENTINEL_PODS", String::new());
+    });
+    let priority = || {
+        ask(
+            &topology.redis_ip(1),
+            6379,
+            &["CONFIG", "GET", "replica-priority"],
+        )
+    };
+    wait_until(
+        "the replica to wait for its sync",
+        Duration::from_secs(20),
+        || {
+            topology
+                .replication(1)
+                .contains(&format!("master_host:{primary}"))
+        },
+    );
+    for _ in 0..10 {
+        assert!(
+            topology
+                .replication(1)
+                .contains(&"master_link_status:down".to_owned())
+        );
+        assert_eq!(priority(), ["replica-priority", "0"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ask(
+        &primary,
+        6379,
+        &["CONFIG", "SET", "repl-diskless-sync-delay", "0"],
+    );
+    wait_until(
+        "the replica to sync and become promotable",
+        Duration::from_secs(20),
+        || priority() == ["replica-priority", "100"],
+    );
+    assert!(
+        topology
+            .replication(1)
+            .contains(&"master_link_status:up".to_owned())
+    );
 }

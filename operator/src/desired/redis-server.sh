@@ -10,6 +10,15 @@
 #   know on their volumes): follow the pod that answers as the primary,
 #   asking every pod by name; pod 0 starts as the primary when none does.
 #   Only pod 0 ever elects itself, so two pods never both do.
+# - A replica may be promoted only once it has synced with its primary since
+#   it started. Until then it holds at most its own data from before, stale
+#   if it was down while the primary took writes, and the Sentinels cannot
+#   tell: they would promote it over a primary that is only slow to come
+#   back (every pod restarted, the primary's pod scheduled last), and the
+#   writes only that primary had would be lost. So it starts with
+#   replica-priority 0 (never promoted) and gets the default back once its
+#   link is up. The price: with no synced replica and the primary gone for
+#   good, nothing is promoted until someone acts.
 #
 # Arguments: redis-server's. Environment: POD_NAME, ANNOUNCE (this pod's
 # stable name), REDIS_PODS and SENTINEL_PODS (every pod's name), REDIS_HOST
@@ -47,4 +56,16 @@ done
 if [ "$primary" = "$ANNOUNCE" ]; then
   exec redis-server "$@" --replica-announce-ip "$ANNOUNCE"
 fi
-exec redis-server "$@" --replica-announce-ip "$ANNOUNCE" --replicaof "$primary" 6379
+# Runs beside the server (whose process this shell becomes), and ends with it.
+(
+  server=$$
+  while kill -0 "$server" 2>/dev/null; do
+    if timeout 3 redis-cli -h "$POD_IP" -p 6379 info replication 2>/dev/null |
+      grep -q '^master_link_status:up' &&
+      [ "$(timeout 3 redis-cli -h "$POD_IP" -p 6379 config set replica-priority 100 2>/dev/null)" = OK ]; then
+      exit 0
+    fi
+    sleep 1
+  done
+) &
+exec redis-server "$@" --replica-announce-ip "$ANNOUNCE" --replicaof "$primary" 6379 --replica-priority 0
