@@ -1,9 +1,13 @@
-"""Runs chatcluster and the Socket.IO peer through the same scenarios on this
-machine, alternating, several times, and writes the medians and ratios.
+"""Runs chatcluster and its peers through the same scenarios on this machine,
+alternating, several times, and writes the medians and ratios. The peers:
+Socket.IO with its Redis adapter (bench/peers/socketio), and Centrifugo on a
+Redis engine, with history and recovery (`centrifugo-history`: a Lua script
+per publication appends to a stream and publishes, as ours does) and without
+(`centrifugo`), built from the Go module proxy into target/peers/ on first use.
 
   cargo build --release -p chat-server -p chat-bench
   (cd bench/peers/socketio && npm ci)
-  .venv/bin/python bench/run.py [--repeats 3] [--quick]
+  .venv/bin/python bench/run.py [--repeats 3] [--quick] [--systems chatcluster,centrifugo-history]
 
 Before and after a change: build the old commit's chat-server, then
 
@@ -40,6 +44,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
 PEER = ROOT / "bench" / "peers" / "socketio"
+PEER_BIN = ROOT / "target" / "peers"
+CENTRIFUGO_VERSION = "v6.9.1"
+CENTRIFUGO_SECRET = "bench-centrifugo-secret-that-is-long-enough"
+# Every system the runs compare, in the order they alternate.
+SYSTEMS = ("chatcluster", "centrifugo-history", "centrifugo", "socketio")
+PEERS = SYSTEMS[1:]
 RESULTS = ROOT / "bench" / "results"
 JWT_SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
 MONGODB_DB = "bench"
@@ -194,7 +204,9 @@ def is_chat(system: str) -> bool:
 
 
 def protocol_of(system: str) -> str:
-    return "chat" if is_chat(system) else "socketio"
+    if is_chat(system):
+        return "chat"
+    return "centrifugo" if system.startswith("centrifugo") else "socketio"
 
 
 def binary_of(system: str) -> Path:
@@ -243,6 +255,64 @@ def peers(p: Processes, count: int, redis_port: int | None) -> list[tuple[str, i
     return servers
 
 
+def centrifugo_binary() -> Path:
+    """Centrifugo CENTRIFUGO_VERSION, built from the Go module proxy the first
+    time (a few minutes) and kept in target/peers/."""
+    binary = PEER_BIN / f"centrifugo-{CENTRIFUGO_VERSION}"
+    if not binary.exists():
+        print(f"building Centrifugo {CENTRIFUGO_VERSION} from the Go module proxy", flush=True)
+        with tempfile.TemporaryDirectory() as gobin:
+            subprocess.run(["go", "install", "-trimpath", f"github.com/centrifugal/centrifugo/v6@{CENTRIFUGO_VERSION}"],
+                           env={**os.environ, "GOBIN": gobin}, check=True)
+            PEER_BIN.mkdir(parents=True, exist_ok=True)
+            shutil.move(Path(gobin) / "centrifugo", binary)
+    return binary
+
+
+def centrifugo_config(port: int, redis_port: int | None, history: bool) -> dict:
+    """One Centrifugo node: clients authenticate with an HS256 token, may
+    subscribe to any channel and publish into the ones they are subscribed to
+    (as a member posts into a room); the Redis engine when there is a Redis.
+    With history, each channel keeps its last 1,000 publications (as our
+    resume buffer does) and resubscribing clients recover what they missed."""
+    channel = {"allow_subscribe_for_client": True, "allow_publish_for_subscriber": True}
+    if history:
+        channel |= {"history_size": 1000, "history_ttl": "24h", "force_recovery": True}
+    config = {
+        "log": {"level": "error"},
+        "http_server": {"address": "127.0.0.1", "port": port},
+        "client": {"token": {"hmac_secret_key": CENTRIFUGO_SECRET}, "allowed_origins": ["*"]},
+        "channel": {"without_namespace": channel},
+        "health": {"enabled": True},
+    }
+    if redis_port:
+        config["engine"] = {"type": "redis", "redis": {"address": [f"redis://127.0.0.1:{redis_port}"]}}
+    return config
+
+
+def centrifugo(p: Processes, count: int, redis_port: int | None, history: bool) -> list[tuple[str, int]]:
+    binary = centrifugo_binary()
+    servers = []
+    for i in range(count):
+        port = free_port()
+        config = p.dir / f"centrifugo-{i}.json"
+        config.write_text(json.dumps(centrifugo_config(port, redis_port, history)))
+        process = p.start([str(binary), "--config", str(config)])
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health")
+        except RuntimeError:
+            raise RuntimeError(f"centrifugo did not start: {p.log_of(process)}")
+        servers.append((f"http://127.0.0.1:{port}", process.pid))
+    return servers
+
+
+def servers_of(p: Processes, system: str, count: int, redis_port: int | None) -> list[tuple[str, int]]:
+    """`count` instances of a peer on one Redis (none: each on its own)."""
+    if system == "socketio":
+        return peers(p, count, redis_port)
+    return centrifugo(p, count, redis_port, history=system == "centrifugo-history")
+
+
 def metric(base: str, name: str) -> float | None:
     """One unlabelled sample from a server's /metrics."""
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
@@ -254,6 +324,8 @@ def metric(base: str, name: str) -> float | None:
 
 def bench(servers: list[tuple[str, int]], protocol: str, **options) -> dict:
     args = [str(RELEASE / "chat-bench"), "--protocol", protocol]
+    if protocol == "centrifugo":
+        args += ["--centrifugo-secret", CENTRIFUGO_SECRET]
     for url, pid in servers:
         args += ["--url", url, "--server-pid", str(pid)]
     for key, value in options.items():
@@ -267,7 +339,8 @@ def bench(servers: list[tuple[str, int]], protocol: str, **options) -> dict:
 
 def scenario_idle(system: str, connections: int) -> dict:
     with Processes() as p:
-        servers = chat_servers(p, 1, None, None, binary_of(system)) if is_chat(system) else peers(p, 1, None)
+        servers = (chat_servers(p, 1, None, None, binary_of(system)) if is_chat(system)
+                   else servers_of(p, system, 1, None))
         return bench(servers, protocol_of(system),
                      connections=connections, rooms=100, users=20, rate=0, duration=5, source_ips=4)
 
@@ -286,7 +359,7 @@ def two_instances(p: Processes, system: str) -> tuple[list[tuple[str, int]], lis
     MongoDB stand-in), and the --cpu-pid arguments for those shared services."""
     redis_port = redis(p)
     servers = (chat_servers(p, 2, redis_port, mongodb(p), binary_of(system)) if is_chat(system)
-               else peers(p, 2, redis_port))
+               else servers_of(p, system, 2, redis_port))
     return servers, [f"{name}={pid}" for name, pid in p.pids.items()]
 
 
@@ -328,7 +401,8 @@ def scenario_ceiling(system: str, rates: list[float], connections: int, duration
         for rate in rates:
             result = bench(servers, protocol_of(system), connections=connections,
                            rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
-            steps.append({k: result[k] for k in ["rate", "p99_ms", "delivered", "expected", "server_cpu_us_per_delivery"]})
+            steps.append({k: result[k] for k in ["rate", "p99_ms", "delivered", "expected", "server_cpu_us_per_delivery",
+                                                 "server_user_cpu_us_per_delivery"]})
             print(f"  ceiling {system} {rate:>6.0f}/s: p99 {result['p99_ms']:.2f} ms, "
                   f"{result['delivered']}/{result['expected']} delivered", flush=True)
             if result["p99_ms"] > CEILING_P99_MS or result["delivered"] < result["expected"]:
@@ -435,13 +509,18 @@ def main() -> None:
                         help="comma-separated subset of idle,fanout,throughput,persistence,efficiency,"
                              "efficiency-cluster,ceiling "
                              "(the others keep their figures in summary.json)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="comma-separated subset of " + ",".join(SYSTEMS))
     parser.add_argument("--baseline", type=Path,
                         help="a chat-server built from another commit: run it instead of the peer, alternating "
                              "with this build, print both and leave summary.json alone")
     args = parser.parse_args()
     global BASELINE
     BASELINE = args.baseline
-    systems = ("chatcluster", "baseline") if BASELINE else ("chatcluster", "socketio")
+    systems = ("chatcluster", "baseline") if BASELINE else tuple(args.systems.split(","))
+    unknown = set(systems) - set(SYSTEMS) - {"baseline"}
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {','.join(SYSTEMS)}")
     chosen = set(args.scenarios.split(","))
     idle_connections = 2000 if args.quick else 19_000
     fanout = dict(connections=200 if args.quick else 1000, rate=100 if args.quick else 500,
@@ -467,7 +546,8 @@ def main() -> None:
                 for rate in efficiency_rates:
                     print(f"[{repeat + 1}/{args.repeats}] {system}: efficiency {rate}/s {efficiency}", flush=True)
                     result = scenario_efficiency(system, rate, **efficiency)
-                    print(f"  server {result['server_cpu_us_per_delivery']:.2f} us/delivery, "
+                    print(f"  server {result['server_cpu_us_per_delivery']:.2f} us/delivery "
+                          f"(user {result['server_user_cpu_us_per_delivery']:.2f}), "
                           f"per message {result['cpu_us_per_message']}, p99 {result['p99_ms']:.2f} ms, "
                           f"{result['delivered']}/{result['expected']} delivered", flush=True)
                     runs.setdefault(f"efficiency-{rate}/{system}", []).append(result)
@@ -532,11 +612,13 @@ def main() -> None:
             summary["scenarios"][name] = entry | {"runs": len(results), "date": today}
             continue
         if name.startswith("efficiency"):
-            entry = {k: median(results, k) for k in ["server_cpu_us_per_delivery", "p50_ms", "p99_ms", "delivered",
-                                                       "expected", "errors", "deliveries_per_sec"]}
+            entry = {k: median(results, k) for k in ["server_cpu_us_per_delivery", "server_user_cpu_us_per_delivery",
+                                                       "server_system_cpu_us_per_delivery", "p50_ms", "p99_ms",
+                                                       "delivered", "expected", "errors", "deliveries_per_sec"]}
             for service in ("redis", "mongodb"):
-                entry[f"{service}_cpu_us_per_message"] = median(
-                    [{"v": r["cpu_us_per_message"].get(service)} for r in results], "v")
+                for part in ("", "user_", "system_"):
+                    entry[f"{service}_{part}cpu_us_per_message"] = median(
+                        [{"v": (r.get(f"{part}cpu_us_per_message") or {}).get(service)} for r in results], "v")
             summary["scenarios"][name] = entry | {"runs": len(results), "date": today}
             continue
         if name.startswith("throughput"):
@@ -561,13 +643,16 @@ def main() -> None:
             }
     for rate in efficiency_rates:
         ours = summary["scenarios"].get(f"efficiency-{rate}/chatcluster")
-        theirs = summary["scenarios"].get(f"efficiency-{rate}/socketio")
-        if ours and theirs:
-            # Ours over theirs: below 1 means less CPU than Socket.IO.
-            summary["scenarios"][f"efficiency-{rate}/ratio"] = {
-                k: (ours[k] / theirs[k]) if ours.get(k) is not None and theirs.get(k) else None
-                for k in ["server_cpu_us_per_delivery", "redis_cpu_us_per_message", "p99_ms"]
-            }
+        summary["scenarios"].pop(f"efficiency-{rate}/ratio", None)  # against Socket.IO alone, before Centrifugo
+        for peer in PEERS:
+            theirs = summary["scenarios"].get(f"efficiency-{rate}/{peer}")
+            if ours and theirs:
+                # Ours over theirs: below 1 means less than the peer.
+                summary["scenarios"][f"efficiency-{rate}/ratio-{peer}"] = {
+                    k: (ours[k] / theirs[k]) if ours.get(k) is not None and theirs.get(k) else None
+                    for k in ["server_cpu_us_per_delivery", "server_user_cpu_us_per_delivery",
+                              "redis_cpu_us_per_message", "p99_ms"]
+                }
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
@@ -575,7 +660,8 @@ def main() -> None:
 def compare_with_baseline(runs: dict[str, list[dict]]) -> None:
     """Medians of this build and of the baseline, scenario by scenario, and
     this build's over the baseline's (below 1: this build needs less)."""
-    keys = ["server_cpu_us_per_delivery", "p50_ms", "p99_ms", "deliveries_per_sec", "delivered", "expected"]
+    keys = ["server_cpu_us_per_delivery", "server_user_cpu_us_per_delivery", "p50_ms", "p99_ms", "deliveries_per_sec",
+            "delivered", "expected"]
     for name in sorted({name.split("/")[0] for name in runs}):
         ours, before = runs.get(f"{name}/chatcluster"), runs.get(f"{name}/baseline")
         if not ours or not before:

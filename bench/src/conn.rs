@@ -1,6 +1,7 @@
 //! One benchmark connection: a WebSocket from a chosen source address, the
-//! protocol's handshake (chatcluster's or Socket.IO's), then frames out from
-//! the scheduler and messages in, each timed against the send time it carries.
+//! protocol's handshake (chatcluster's, Socket.IO's or Centrifugo's), then
+//! frames out from the scheduler and messages in, each timed against the send
+//! time it carries.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub enum Protocol {
     Chat,
     /// Socket.IO v4 over its WebSocket transport (bench/peers/socketio).
     Socketio,
+    /// Centrifugo's bidirectional JSON protocol over `/connection/websocket`:
+    /// each connection subscribes to its room's channel and publishes into it.
+    Centrifugo,
 }
 
 /// Counters every connection adds to.
@@ -42,7 +46,7 @@ pub struct Spec {
     /// Which of the run's rooms `room` is.
     pub room_index: usize,
     pub server_index: usize,
-    /// chatcluster: the access token; Socket.IO: the user's name.
+    /// chatcluster and Centrifugo: the connection token; Socket.IO: the user's name.
     pub credential: String,
 }
 
@@ -85,6 +89,8 @@ pub fn message_frame(protocol: Protocol, room: &str, sequence: u64, server_index
     match protocol {
         Protocol::Chat => json!({"type": "message", "room_id": room, "content": sent, "client_id": format!("b{sequence}")}).to_string(),
         Protocol::Socketio => format!("42{}", json!(["message", {"room": room, "content": sent}])),
+        // Ids 1 and 2 are the handshake's.
+        Protocol::Centrifugo => json!({"id": sequence + 3, "publish": {"channel": room, "data": {"content": sent}}}).to_string(),
     }
 }
 
@@ -116,6 +122,7 @@ pub async fn connect(
             "ws://{}/socket.io/?EIO=4&transport=websocket",
             spec.authority
         ),
+        Protocol::Centrifugo => format!("ws://{}/connection/websocket", spec.authority),
     };
     // A small read buffer, like the server's: thousands of these run in one process.
     let config = WebSocketConfig::default().read_buffer_size(4096);
@@ -128,9 +135,14 @@ pub async fn connect(
     .context("WebSocket handshake")?;
     let (mut sink, mut source) = ws.split();
 
-    // Ready means: the room is open (chat: `joined`; Socket.IO: connected, then joined).
+    // Ready means: the room is open (chat: `joined`; Socket.IO: connected,
+    // then joined; Centrifugo: connected, then subscribed).
+    if spec.protocol == Protocol::Centrifugo {
+        let connect = json!({"id": 1, "connect": {"token": spec.credential, "name": "chat-bench"}});
+        sink.send(Message::text(connect.to_string())).await?;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    'handshake: loop {
         let frame = tokio::time::timeout_at(deadline.into(), source.next())
             .await
             .context("no answer to the handshake")?
@@ -159,6 +171,22 @@ pub async fn connect(
                     break;
                 } else if text == "2" {
                     sink.send(Message::text("3")).await?;
+                }
+            }
+            Protocol::Centrifugo => {
+                for line in text.lines() {
+                    let reply: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                    if reply.get("error").is_some() {
+                        anyhow::bail!("opening the channel: {line}");
+                    }
+                    match reply["id"].as_u64() {
+                        Some(1) => {
+                            let subscribe = json!({"id": 2, "subscribe": {"channel": spec.room}});
+                            sink.send(Message::text(subscribe.to_string())).await?;
+                        }
+                        Some(2) => break 'handshake,
+                        _ => {}
+                    }
                 }
             }
         }
@@ -192,21 +220,26 @@ pub async fn connect(
                             break;
                         }
                     };
-                    match received(protocol, &text) {
-                        Received::Message { sent, origin } => {
-                            let latency = now_micros().saturating_sub(sent).max(1);
-                            let bucket = if origin == server_index { &mut latencies.same_server } else { &mut latencies.cross_server };
-                            let _ = bucket.get_or_insert_with(histogram).record(latency);
-                            counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Received::Ack => { counters.acked.fetch_add(1, Ordering::Relaxed); }
-                        Received::Ping => { let _ = sink.send(Message::text("3")).await; }
-                        Received::Error(error) => {
-                            if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                                eprintln!("chat-bench: server error: {error}");
+                    // Centrifugo puts several replies and pushes in one
+                    // frame, one per line; no protocol here has a raw
+                    // newline inside one.
+                    for part in text.lines() {
+                        match received(protocol, part) {
+                            Received::Message { sent, origin } => {
+                                let latency = now_micros().saturating_sub(sent).max(1);
+                                let bucket = if origin == server_index { &mut latencies.same_server } else { &mut latencies.cross_server };
+                                let _ = bucket.get_or_insert_with(histogram).record(latency);
+                                counters.delivered.fetch_add(1, Ordering::Relaxed);
                             }
+                            Received::Ack => { counters.acked.fetch_add(1, Ordering::Relaxed); }
+                            Received::Ping(pong) => { let _ = sink.send(Message::text(pong)).await; }
+                            Received::Error(error) => {
+                                if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                                    eprintln!("chat-bench: server error: {error}");
+                                }
+                            }
+                            Received::Other => {}
                         }
-                        Received::Other => {}
                     }
                 }
                 _ = stop.changed() => {
@@ -233,7 +266,8 @@ enum Received {
         origin: usize,
     },
     Ack,
-    Ping,
+    /// The server's ping, with the answer it wants.
+    Ping(&'static str),
     Error(String),
     Other,
 }
@@ -256,7 +290,7 @@ fn received(protocol: Protocol, text: &str) -> Received {
         }
         Protocol::Socketio => {
             if text == "2" {
-                Received::Ping
+                Received::Ping("3")
             } else if let Some(payload) = text.strip_prefix("42") {
                 let value: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
                 match value[0].as_str() {
@@ -266,6 +300,22 @@ fn received(protocol: Protocol, text: &str) -> Received {
                     Some("ack") => Received::Ack,
                     _ => Received::Other,
                 }
+            } else {
+                Received::Other
+            }
+        }
+        Protocol::Centrifugo => {
+            // An empty object is the server's ping, answered by one.
+            if text == "{}" {
+                return Received::Ping("{}");
+            }
+            let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            if let Some(content) = value["push"]["pub"]["data"]["content"].as_str() {
+                parse_content(content)
+            } else if value.get("error").is_some() {
+                Received::Error(text.to_owned())
+            } else if value.get("publish").is_some() {
+                Received::Ack
             } else {
                 Received::Other
             }
@@ -306,6 +356,33 @@ mod tests {
         assert!(matches!(
             received(Protocol::Socketio, &delivered),
             Received::Message { origin: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn reads_back_what_it_sends_to_centrifugo() {
+        let frame = message_frame(Protocol::Centrifugo, "room0", 7, 1);
+        let command: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(command["id"], 10);
+        let data = command["publish"]["data"].clone();
+        let push = json!({"push": {"channel": "room0", "pub": {"data": data, "offset": 3}}});
+        assert!(matches!(
+            received(Protocol::Centrifugo, &push.to_string()),
+            Received::Message { origin: 1, .. }
+        ));
+        let reply = json!({"id": 10, "publish": {}}).to_string();
+        assert!(matches!(
+            received(Protocol::Centrifugo, &reply),
+            Received::Ack
+        ));
+        assert!(matches!(
+            received(Protocol::Centrifugo, "{}"),
+            Received::Ping("{}")
+        ));
+        let refused = json!({"id": 11, "error": {"code": 103, "message": "permission denied"}});
+        assert!(matches!(
+            received(Protocol::Centrifugo, &refused.to_string()),
+            Received::Error(_)
         ));
     }
 

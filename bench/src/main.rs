@@ -1,5 +1,5 @@
 //! chat-bench: opens many authenticated WebSockets against one or more chat
-//! servers (or the Socket.IO peer), sends messages that carry their send time
+//! servers (or a peer: Socket.IO, Centrifugo), sends messages that carry their send time
 //! at a fixed total rate, and measures delivery latency at every recipient.
 //! Progress goes to stderr; the result is one JSON line on stdout.
 
@@ -67,10 +67,31 @@ struct Args {
     /// and report their latency.
     #[arg(long, default_value_t = 0)]
     history_requests: usize,
+    /// Centrifugo: the HMAC key its connection tokens are signed with
+    /// (`client.token.hmac_secret_key`).
+    #[arg(long, required_if_eq("protocol", "centrifugo"))]
+    centrifugo_secret: Option<String>,
     /// Instead of a load run: the raw batch-insert rate of this MongoDB server
     /// for --duration seconds, to compare the persist pipeline with.
     #[arg(long, value_name = "MONGODB_URI")]
     insert_baseline: Option<String>,
+}
+
+/// Connection tokens for Centrifugo (HS256, `sub` the user), one per user,
+/// valid for a day.
+fn centrifugo_tokens(secret: &str, users: usize) -> anyhow::Result<Vec<String>> {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 86_400;
+    (0..users)
+        .map(|u| {
+            let claims = json!({"sub": format!("user{u}"), "exp": expires});
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+                .context("signing a Centrifugo connection token")
+        })
+        .collect()
 }
 
 fn parse_labelled_pid(text: &str) -> Result<(String, u32), String> {
@@ -83,9 +104,9 @@ fn parse_labelled_pid(text: &str) -> Result<(String, u32), String> {
     Ok((label.to_owned(), pid))
 }
 
-/// CPU seconds used so far by the servers (`server-0`, ...) and the other
+/// CPU time used so far by the servers (`server-0`, ...) and the other
 /// processes named with --cpu-pid.
-fn cpu_snapshot(args: &Args) -> Vec<(String, Option<f64>)> {
+fn cpu_snapshot(args: &Args) -> Vec<(String, Option<system::CpuTime>)> {
     let servers = args
         .server_pids
         .iter()
@@ -93,7 +114,7 @@ fn cpu_snapshot(args: &Args) -> Vec<(String, Option<f64>)> {
         .map(|(i, pid)| (format!("server-{i}"), *pid));
     servers
         .chain(args.cpu_pids.iter().cloned())
-        .map(|(label, pid)| (label, system::cpu_seconds(pid)))
+        .map(|(label, pid)| (label, system::cpu_time(pid)))
         .collect()
 }
 
@@ -184,6 +205,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         Protocol::Socketio => (
             (0..args.users).map(|u| format!("user{u}")).collect(),
+            (0..args.rooms).map(|r| format!("room{r}")).collect(),
+        ),
+        Protocol::Centrifugo => (
+            centrifugo_tokens(
+                args.centrifugo_secret.as_deref().unwrap_or_default(),
+                args.users,
+            )?,
             (0..args.rooms).map(|r| format!("room{r}")).collect(),
         ),
     };
@@ -336,10 +364,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_used: Vec<(String, Option<f64>)> = cpu_before
+    let cpu_used: Vec<(String, Option<system::CpuTime>)> = cpu_before
         .into_iter()
         .zip(cpu_snapshot(&args))
-        .map(|((label, before), (_, after))| (label, after.zip(before).map(|(a, b)| a - b)))
+        .map(|((label, before), (_, after))| (label, after.zip(before).map(|(a, b)| a.since(b))))
         .collect();
     let history = if args.history_requests > 0 && args.protocol == Protocol::Chat {
         // Connection i's account is a member of connection i's room.
@@ -390,24 +418,31 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         })
         .collect();
     let delivered_or_one = delivered.max(1) as f64;
-    let server_cpu: f64 = cpu_used
+    let server_cpu = cpu_used
         .iter()
         .filter(|(label, _)| label.starts_with("server-"))
-        .filter_map(|(_, seconds)| *seconds)
-        .sum();
+        .filter_map(|(_, used)| *used)
+        .fold(system::CpuTime::default(), |sum, used| system::CpuTime {
+            user: sum.user + used.user,
+            system: sum.system + used.system,
+        });
     let cpu_seconds: serde_json::Map<String, serde_json::Value> = cpu_used
         .iter()
-        .map(|(label, seconds)| (label.clone(), json!(seconds)))
+        .map(|(label, used)| (label.clone(), json!(used.map(system::CpuTime::total))))
         .collect();
-    // The other processes (Redis, MongoDB) per message sent.
-    let cpu_us_per_message: serde_json::Map<String, serde_json::Value> = cpu_used
-        .iter()
-        .filter(|(label, _)| !label.starts_with("server-"))
-        .map(|(label, seconds)| {
-            let per = seconds.map(|s| s * 1e6 / sent.max(1) as f64);
-            (label.clone(), json!(per))
-        })
-        .collect();
+    // The other processes (Redis, MongoDB) per message sent: in all, in user
+    // space and in the kernel.
+    let per_message =
+        |part: fn(system::CpuTime) -> f64| -> serde_json::Map<String, serde_json::Value> {
+            cpu_used
+                .iter()
+                .filter(|(label, _)| !label.starts_with("server-"))
+                .map(|(label, used)| {
+                    let per = used.map(|u| part(u) * 1e6 / sent.max(1) as f64);
+                    (label.clone(), json!(per))
+                })
+                .collect()
+        };
     let summary = json!({
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
         "servers": servers.len(),
@@ -436,8 +471,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "connect_p50_ms": ms(connect_times.value_at_quantile(0.50)),
         "connect_p99_ms": ms(connect_times.value_at_quantile(0.99)),
         "cpu_seconds": cpu_seconds,
-        "server_cpu_us_per_delivery": server_cpu * 1e6 / delivered_or_one,
-        "cpu_us_per_message": cpu_us_per_message,
+        "server_cpu_us_per_delivery": server_cpu.total() * 1e6 / delivered_or_one,
+        "server_user_cpu_us_per_delivery": server_cpu.user * 1e6 / delivered_or_one,
+        "server_system_cpu_us_per_delivery": server_cpu.system * 1e6 / delivered_or_one,
+        "cpu_us_per_message": per_message(system::CpuTime::total),
+        "user_cpu_us_per_message": per_message(|u| u.user),
+        "system_cpu_us_per_message": per_message(|u| u.system),
         "server_rss_bytes": loaded,
         "rss_per_connection_bytes": per_connection,
         "history_requests": history.as_ref().map_or(0, |h| h.len()),

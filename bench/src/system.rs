@@ -23,9 +23,31 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// CPU time `pid` has used (user + system, all its threads), in seconds,
-/// from /proc/<pid>/stat.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU time a process has used, all its threads, in seconds: in user space
+/// (its own code) and in the kernel on its behalf (system calls: for a chat
+/// server mostly the TCP sends, a floor any server pays per delivery).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTime {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTime {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// What was used from `before` to `self`.
+    pub fn since(self, before: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - before.user,
+            system: self.system - before.system,
+        }
+    }
+}
+
+/// CPU time `pid` has used so far, from /proc/<pid>/stat.
+pub fn cpu_time(pid: u32) -> Option<CpuTime> {
     // Kernel ticks are exported in USER_HZ, 100 per second on Linux.
     const TICKS_PER_SECOND: f64 = 100.0;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -35,7 +57,10 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // Fields 3.. follow; utime and stime are fields 14 and 15.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+    Some(CpuTime {
+        user: utime as f64 / TICKS_PER_SECOND,
+        system: stime as f64 / TICKS_PER_SECOND,
+    })
 }
 
 #[cfg(test)]
@@ -45,7 +70,8 @@ mod tests {
         // Spins until the reading has grown by 0.2 s, however busy the
         // machine (a fixed wall time flaked when other tests took the cores),
         // and checks it is in seconds: no more than the wall time spent.
-        let start = super::cpu_seconds(std::process::id()).unwrap();
+        let cpu_seconds = |pid| super::cpu_time(pid).map(super::CpuTime::total);
+        let start = cpu_seconds(std::process::id()).unwrap();
         let wall = std::time::Instant::now();
         let mut x = 0u64;
         loop {
@@ -53,7 +79,7 @@ mod tests {
             while spin.elapsed() < std::time::Duration::from_millis(10) {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
-            let used = super::cpu_seconds(std::process::id()).unwrap() - start;
+            let used = cpu_seconds(std::process::id()).unwrap() - start;
             if used >= 0.2 {
                 let elapsed = wall.elapsed().as_secs_f64();
                 assert!(used <= elapsed + 0.1, "{used} s of CPU in {elapsed} s");
