@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_operator::crd::ChatCluster;
@@ -21,13 +23,47 @@ use serde_json::{Value, json};
 
 const PASSWORD: &str = "test-password";
 
-/// A "pod": its process is killed when this drops.
-struct Pod(Child);
+/// A "pod": its process, and for a Redis pod its readiness probe run every
+/// half second as the kubelet would (the probe makes a synced replica
+/// promotable); both stop when this drops.
+struct Pod(Child, Option<Probe>);
+
+struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
 
 impl Pod {
     fn kill(&mut self) {
+        if let Some(probe) = self.1.take() {
+            probe.stop.store(true, Ordering::Relaxed);
+            let _ = probe.thread.join();
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+
+    /// Runs the rendered container's readiness probe with `env` until the
+    /// pod is killed.
+    fn probed(mut self, container: &Value, env: HashMap<&'static str, String>) -> Self {
+        let command = strings(&container["readinessProbe"]["exec"]["command"]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let _ = Command::new(&command[0])
+                    .args(&command[1..])
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .envs(&env)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        self.1 = Some(Probe { stop, thread });
+        self
     }
 }
 
@@ -76,7 +112,7 @@ fn run(container: &Value, extra_args: &[String], env: &HashMap<&str, String>) ->
         .stdout(Stdio::null())
         .spawn()
         .expect("run sh (redis-server and redis-cli are installed by scripts/test.sh)");
-    Pod(child)
+    Pod(child, None)
 }
 
 struct Topology {
@@ -174,6 +210,7 @@ impl Topology {
             &["--bind".to_owned(), self.redis_ip(ordinal)],
             &env,
         )
+        .probed(&container, env)
     }
 
     /// Sentinel `ordinal`, its configuration kept across restarts as on
@@ -455,18 +492,21 @@ fn a_single_server_gains_replicas_through_its_service() {
     let topology = Topology::new(80, 3);
     let data = topology.dir.path().join("single");
     std::fs::create_dir_all(&data).unwrap();
-    let single = Pod(Command::new("redis-server")
-        .args([
-            "--bind",
-            &topology.redis_ip(0),
-            "--requirepass",
-            PASSWORD,
-            "--dir",
-        ])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
+    let single = Pod(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                &topology.redis_ip(0),
+                "--requirepass",
+                PASSWORD,
+                "--dir",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        None,
+    );
     wait_until("the single server", Duration::from_secs(10), || {
         !topology.replication(0).is_empty()
     });
@@ -504,26 +544,29 @@ fn a_single_server_gains_replicas_through_its_service() {
 /// A replica that has not synced since it started is never promoted: it has
 /// at most its own data from before, stale if it missed writes. Here its
 /// primary delays the first sync (diskless, 60 s), so the replica stays
-/// unsynced until the test lets the sync go.
+/// unsynced, its readiness probe running, until the test lets the sync go.
 #[test]
 fn a_replica_becomes_promotable_only_once_it_has_synced() {
     let topology = Topology::new(81, 2);
     let data = topology.dir.path().join("primary");
     std::fs::create_dir_all(&data).unwrap();
     let primary = topology.redis_ip(0);
-    let _primary = Pod(Command::new("redis-server")
-        .args(["--bind", &primary, "--requirepass", PASSWORD])
-        .args([
-            "--repl-diskless-sync",
-            "yes",
-            "--repl-diskless-sync-delay",
-            "60",
-        ])
-        .arg("--dir")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _primary = Pod(
+        Command::new("redis-server")
+            .args(["--bind", &primary, "--requirepass", PASSWORD])
+            .args([
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "60",
+            ])
+            .arg("--dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        None,
+    );
     wait_until("the primary", Duration::from_secs(10), || {
         !topology.replication(0).is_empty()
     });

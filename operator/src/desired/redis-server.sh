@@ -16,8 +16,8 @@
 #   tell: they would promote it over a primary that is only slow to come
 #   back (every pod restarted, the primary's pod scheduled last), and the
 #   writes only that primary had would be lost. So it starts with
-#   replica-priority 0 (never promoted) and gets the default back once its
-#   link is up. The price: with no synced replica and the primary gone for
+#   replica-priority 0 (never promoted), and its readiness probe
+#   (redis-ready.sh) gives it the default back once its link is up. The price: with no synced replica and the primary gone for
 #   good, nothing is promoted until someone acts.
 #
 # Arguments: redis-server's. Environment: POD_NAME, ANNOUNCE (this pod's
@@ -56,16 +56,4 @@ done
 if [ "$primary" = "$ANNOUNCE" ]; then
   exec redis-server "$@" --replica-announce-ip "$ANNOUNCE"
 fi
-# Runs beside the server (whose process this shell becomes), and ends with it.
-(
-  server=$$
-  while kill -0 "$server" 2>/dev/null; do
-    if timeout 3 redis-cli -h "$POD_IP" -p 6379 info replication 2>/dev/null |
-      grep -q '^master_link_status:up' &&
-      [ "$(timeout 3 redis-cli -h "$POD_IP" -p 6379 config set replica-priority 100 2>/dev/null)" = OK ]; then
-      exit 0
-    fi
-    sleep 1
-  done
-) &
 exec redis-server "$@" --replica-announce-ip "$ANNOUNCE" --replicaof "$primary" 6379 --replica-priority 0

@@ -40,6 +40,9 @@ const REDIS_START: &str = concat!(
     include_str!("redis-common.sh"),
     include_str!("redis-server.sh")
 );
+/// The readiness probe of a highly available Redis pod, which also makes a
+/// synced replica promotable.
+const REDIS_READY: &str = include_str!("redis-ready.sh");
 const SENTINEL_START: &str = concat!(
     include_str!("redis-common.sh"),
     include_str!("redis-sentinel.sh")
@@ -230,11 +233,13 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
     ];
     let mut command = None;
     let mut affinity = None;
+    let mut ready = json!(["redis-cli", "ping"]);
     if redis.highly_available() {
         // Replicas authenticate to the primary with the same password.
         args.extend(["--masterauth".to_owned(), "$(REDIS_PASSWORD)".to_owned()]);
         env.extend(sentinel_env(&instance, &name, &redis));
         command = Some(json!(["sh", "-c", REDIS_START, "redis-server"]));
+        ready = json!(["sh", "-c", REDIS_READY]);
         affinity = Some(spread(&instance, Component::Redis));
     }
     let claims = persistence.enabled.then(|| {
@@ -270,7 +275,7 @@ pub fn redis_statefulset(cluster: &ChatCluster) -> Result<Option<StatefulSet>, B
                     "env": env,
                     "ports": [{"name": "redis", "containerPort": 6379}],
                     "resources": redis.resources,
-                    "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
+                    "readinessProbe": {"exec": {"command": ready}, "periodSeconds": 5, "timeoutSeconds": 10},
                     "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10},
                     "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
                     "volumeMounts": [{"name": "data", "mountPath": "/data"}],
