@@ -34,6 +34,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     history_pages_show_messages_and_a_resume_reads_everything,
     a_dedupe_key_stores_a_message_once,
+    a_batch_stores_each_key_once_and_may_come_twice,
     changes_settle_and_a_deletion_blanks_every_copy,
     search_covers_text_and_edits_of_the_rooms_asked,
     room_mates_are_everyone_who_shares_a_room,
@@ -150,6 +151,81 @@ async fn a_dedupe_key_stores_a_message_once(store: Arc<impl Store>) {
     assert!(matches!(again, Inserted::Duplicate(m) if m.seq == 1));
     let rewritten = store.insert_message(&first, None).await.unwrap();
     assert!(matches!(rewritten, Inserted::Existing(m) if m.content == "once"));
+}
+
+/// The persist worker's batches: a key twice in one batch keeps its first
+/// seq, and a batch written twice (its acknowledgement lost) is stored once.
+async fn a_batch_stores_each_key_once_and_may_come_twice(store: Arc<impl Store>) {
+    let room = Id::new();
+    let batch = [
+        (
+            record(room, MessageKind::Text, 1, "a", None),
+            Some("alice:k1".to_owned()),
+        ),
+        (record(room, MessageKind::Text, 2, "b", None), None),
+        (
+            record(room, MessageKind::Text, 3, "a", None),
+            Some("alice:k1".to_owned()),
+        ),
+        (
+            record(room, MessageKind::Text, 4, "c", None),
+            Some("alice:k2".to_owned()),
+        ),
+    ];
+    store.insert_messages(&batch).await.unwrap();
+    store.insert_messages(&batch).await.unwrap();
+    let resume = HistoryQuery::After { seq: 0, limit: 10 };
+    assert_eq!(page(&store, room, resume).await.0, [1, 2, 4]);
+    let found = store.deduplicated(room, "alice:k2").await.unwrap();
+    assert_eq!(found.map(|m| m.seq), Some(4));
+}
+
+/// A key is remembered for the dedupe window, then names nothing: a new
+/// message may use it (a client that reuses its ids much later).
+async fn a_dedupe_key_is_free_again_after_the_window(store: Arc<impl Store>) {
+    let room = Id::new();
+    let first = record(room, MessageKind::Text, 1, "first", None);
+    store
+        .insert_messages(&[(first, Some("alice:k".into()))])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(store.deduplicated(room, "alice:k").await.unwrap().is_none());
+    let later = record(room, MessageKind::Text, 2, "later", None);
+    store
+        .insert_messages(&[(later, Some("alice:k".into()))])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let single = record(room, MessageKind::Text, 3, "single", None);
+    let inserted = store
+        .insert_message(&single, Some("alice:k"))
+        .await
+        .unwrap();
+    assert_eq!(inserted, Inserted::New);
+    let resume = HistoryQuery::After { seq: 0, limit: 10 };
+    assert_eq!(page(&store, room, resume).await.0, [1, 2, 3]);
+    let found = store.deduplicated(room, "alice:k").await.unwrap();
+    assert_eq!(found.map(|m| m.seq), Some(3));
+}
+
+mod a_dedupe_key_is_free_again_after_the_window {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        let dir = tempfile::tempdir().expect("a directory for the store");
+        let store = super::EmbeddedStore::open(dir.path())
+            .expect("open the embedded store")
+            .with_dedupe_ttl(WINDOW);
+        super::a_dedupe_key_is_free_again_after_the_window(std::sync::Arc::new(store)).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongodb() {
+        let store = std::sync::Arc::unwrap_or_clone(super::mongodb().await).with_dedupe_ttl(WINDOW);
+        super::a_dedupe_key_is_free_again_after_the_window(std::sync::Arc::new(store)).await
+    }
 }
 
 async fn changes_settle_and_a_deletion_blanks_every_copy(store: Arc<impl Store>) {

@@ -208,11 +208,15 @@ pub(super) async fn persist(
             }
             ids.push(entry.id);
         }
-        // The next batch is read while this one is written, so the store's
-        // write time alone sets the pace, not round trips to Redis.
+        // Behind (a full batch): the next batch is read while this one is
+        // written, so the store's write time alone sets the pace, not round
+        // trips to Redis. Caught up: the worker lingers instead (below), so
+        // the store takes a few large inserts a second rather than many
+        // small ones, each with its fixed cost.
         let mut reader = connection.clone();
+        let full = ids.len() >= PERSIST_BATCH;
         let next = async {
-            if read_pending {
+            if read_pending || !full {
                 return None;
             }
             read_batch(&mut reader, &stream, &consumer, false, false)
@@ -244,7 +248,7 @@ pub(super) async fn persist(
                     this.metrics.bus_errors.inc();
                     tracing::warn!(error = %e, "persist worker cannot ack");
                 }
-                if prefetched.is_none() && ids.len() < PERSIST_BATCH {
+                if !full {
                     // Caught up: let the next batch gather rather than wake
                     // for every append call.
                     drop(this);

@@ -179,6 +179,22 @@ pub(super) struct MessageDoc {
     pub(super) mentions_room: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) attachments: Vec<AttachedFile>,
+    /// The sender's dedupe key (their `client_id`), if they gave one: kept
+    /// on the message itself, unique within the room (`DEDUPE_INDEX`), so a
+    /// retry is refused by the insert that would store it twice, with no
+    /// read before and no second document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) dedupe: Option<String>,
+}
+
+impl MessageDoc {
+    /// The document of `message`, with its sender's dedupe key.
+    pub(super) fn keyed(message: &Message, dedupe: Option<&str>) -> StoreResult<Self> {
+        Ok(Self {
+            dedupe: dedupe.map(str::to_owned),
+            ..Self::try_from(message)?
+        })
+    }
 }
 
 impl TryFrom<&Message> for MessageDoc {
@@ -199,6 +215,7 @@ impl TryFrom<&Message> for MessageDoc {
             mentions: message.mentions.iter().map(|id| id.object_id()).collect(),
             mentions_room: message.mentions_room,
             attachments: message.attachments.clone(),
+            dedupe: None,
         })
     }
 }
@@ -233,18 +250,6 @@ impl TryFrom<MessageDoc> for Message {
             seq: u64::try_from(doc.seq).map_err(|_| corrupt("seq"))?,
         })
     }
-}
-
-/// A sender's `client_id` in a room: a single server dedupes with these; with
-/// Redis, Redis dedupes and these catch the retries a Redis that lost its
-/// data appended again. Removed by a TTL index when it expires.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct DedupeDoc {
-    /// `{room_id}:{dedupe key}`.
-    #[serde(rename = "_id")]
-    pub(super) id: String,
-    pub(super) seq: i64,
-    pub(super) expires_at: bson::DateTime,
 }
 
 /// The GridFS name of an attachment's thumbnail.

@@ -26,11 +26,6 @@ pub(super) fn duplicate_key(error: &mongodb::error::Error) -> Option<String> {
     Some(message.clone())
 }
 
-/// A dedupe entry's id: the room and the sender's key.
-pub(super) fn dedupe_id(room: Id, key: &str) -> String {
-    format!("{room}:{key}")
-}
-
 /// An unordered `insert_many` whose only failures were duplicate keys
 /// succeeded: what it refused is already stored.
 pub(super) fn ignore_duplicates<T>(written: mongodb::error::Result<T>) -> StoreResult<()> {
@@ -49,4 +44,38 @@ pub(super) fn ignore_duplicates<T>(written: mongodb::error::Result<T>) -> StoreR
             _ => Err(map_error(e)),
         },
     }
+}
+
+/// What an unordered `insert_many` of messages refused because the room
+/// holds another message with the same dedupe key, by position in the
+/// batch. Its other duplicates are messages stored before (the batch
+/// written twice): written, as far as the caller is concerned.
+pub(super) fn refused_for_key<T>(written: mongodb::error::Result<T>) -> StoreResult<Vec<usize>> {
+    match written {
+        Ok(_) => Ok(Vec::new()),
+        Err(e) => match e.kind.as_ref() {
+            ErrorKind::InsertMany(failure)
+                if failure.write_concern_error.is_none()
+                    && failure
+                        .write_errors
+                        .as_ref()
+                        .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY)) =>
+            {
+                Ok(failure
+                    .write_errors
+                    .iter()
+                    .flatten()
+                    .filter(|w| names_index(&w.message, DEDUPE_INDEX))
+                    .map(|w| w.index)
+                    .collect())
+            }
+            _ => Err(map_error(e)),
+        },
+    }
+}
+
+/// Whether a duplicate-key message (`E11000 ... index: NAME dup key: ...`)
+/// is about index `name`.
+pub(super) fn names_index(message: &str, name: &str) -> bool {
+    message.contains(&format!("index: {name} "))
 }

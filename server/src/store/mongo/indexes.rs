@@ -94,6 +94,23 @@ impl MongoStore {
             )
             .await
             .map_err(map_error)?;
+        // A sender's dedupe key names one message of its room; partial: only
+        // messages sent with a `client_id` have one.
+        self.messages()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"room_id": 1, "dedupe": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .unique(true)
+                            .partial_filter_expression(doc! {"dedupe": {"$exists": true}})
+                            .name(DEDUPE_INDEX.to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(map_error)?;
         // Edits and deletions by the message they change, for history pages
         // to show messages as they are now; sparse: only changes have one.
         self.messages()
@@ -123,10 +140,6 @@ impl MongoStore {
                 .build()
         };
         self.refresh_tokens()
-            .create_index(expiry())
-            .await
-            .map_err(map_error)?;
-        self.dedupe()
             .create_index(expiry())
             .await
             .map_err(map_error)?;

@@ -30,6 +30,8 @@ use errors::*;
 
 const DUPLICATE_KEY: i32 = 11000;
 const USERNAME_INDEX: &str = "username_unique";
+/// A dedupe key names one message of its room.
+const DEDUPE_INDEX: &str = "room_dedupe_unique";
 const EMAIL_INDEX: &str = "email_unique";
 
 #[derive(Clone, Debug)]
@@ -157,12 +159,24 @@ impl MongoStore {
         Ok(())
     }
 
-    fn messages(&self) -> Collection<MessageDoc> {
-        self.db.collection("messages")
+    /// Takes dedupe key `key` off the room's message that has held it for
+    /// longer than the dedupe window, so a new message may use it; returns
+    /// how many it freed (0 or 1).
+    async fn free_expired_key(&self, room: Id, key: &str) -> StoreResult<u64> {
+        let until = to_bson_date(crate::model::now() - self.dedupe_ttl);
+        let freed = self
+            .messages()
+            .update_many(
+                doc! {"room_id": room.object_id(), "dedupe": key, "created_at": {"$lte": until}},
+                doc! {"$unset": {"dedupe": ""}},
+            )
+            .await
+            .map_err(map_error)?;
+        Ok(freed.modified_count)
     }
 
-    fn dedupe(&self) -> Collection<DedupeDoc> {
-        self.db.collection("dedupe")
+    fn messages(&self) -> Collection<MessageDoc> {
+        self.db.collection("messages")
     }
 
     fn refresh_tokens(&self) -> Collection<RefreshTokenDoc> {
@@ -575,21 +589,29 @@ impl Store for MongoStore {
         message: &Message,
         dedupe: Option<&str>,
     ) -> StoreResult<Inserted> {
-        let room = message.room_id.object_id();
         if let Some(key) = dedupe
             && let Some(earlier) = self.deduplicated(message.room_id, key).await?
         {
             return Ok(Inserted::Duplicate(Box::new(earlier)));
         }
-        let dedupe_id = dedupe.map(|key| dedupe_id(message.room_id, key));
-        match self
-            .messages()
-            .insert_one(MessageDoc::try_from(message)?)
-            .await
+        let document = MessageDoc::keyed(message, dedupe)?;
+        let mut written = self.messages().insert_one(&document).await;
+        if let (Err(e), Some(key)) = (&written, dedupe)
+            && duplicate_key(e).is_some_and(|m| names_index(&m, DEDUPE_INDEX))
         {
+            // A retry that came between the check and the insert, or a key
+            // last used longer ago than the window: the first wins, the
+            // second frees the key and inserts again.
+            if let Some(earlier) = self.deduplicated(message.room_id, key).await? {
+                return Ok(Inserted::Duplicate(Box::new(earlier)));
+            }
+            self.free_expired_key(message.room_id, key).await?;
+            written = self.messages().insert_one(&document).await;
+        }
+        match written {
             Ok(_) => {}
             Err(e) if duplicate_key(&e).is_some() => {
-                let filter = doc! {"room_id": room, "seq": seq_to_i64(message.seq)?};
+                let filter = doc! {"room_id": document.room_id, "seq": document.seq};
                 let existing = self
                     .messages()
                     .find_one(filter)
@@ -603,108 +625,69 @@ impl Store for MongoStore {
         if message.kind.is_change() {
             self.settle(message).await?;
         }
-        // After the message: a key never names a message that is not stored.
-        // (A crash in between forgets the key, and a retry stores the message again.)
-        if let Some(id) = dedupe_id {
-            let entry = DedupeDoc {
-                id,
-                seq: seq_to_i64(message.seq)?,
-                expires_at: to_bson_date(crate::model::now() + self.dedupe_ttl),
-            };
-            let replace = self
-                .dedupe()
-                .replace_one(doc! {"_id": &entry.id}, &entry)
-                .upsert(true)
-                .await;
-            if let Err(e) = replace {
-                tracing::warn!(error = %e, "cannot remember a message's dedupe key");
-            }
-        }
         Ok(Inserted::New)
     }
 
     async fn insert_messages(&self, batch: &[(Message, Option<String>)]) -> StoreResult<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // The seqs the batch's keys already name: a key naming another seq
-        // is a retry stored before (see the trait), skipped.
-        let now = bson::DateTime::now();
-        let ids: Vec<Option<String>> = batch
-            .iter()
-            .map(|(m, key)| key.as_deref().map(|key| dedupe_id(m.room_id, key)))
-            .collect();
-        let keyed: Vec<&String> = ids.iter().flatten().collect();
-        let mut known: HashMap<String, i64> = HashMap::new();
-        if !keyed.is_empty() {
-            let cursor = self
-                .dedupe()
-                .find(doc! {"_id": {"$in": &keyed}, "expires_at": {"$gt": now}})
-                .await
-                .map_err(map_error)?;
-            known.extend(
-                collect(cursor)
-                    .await
-                    .map_err(map_error)?
-                    .into_iter()
-                    .map(|entry| (entry.id, entry.seq)),
-            );
-        }
-        let expires_at = to_bson_date(crate::model::now() + self.dedupe_ttl);
-        let mut docs = Vec::with_capacity(batch.len());
-        let mut entries = Vec::new();
-        // Changes this batch stores (not retries of stored ones), to settle.
-        let mut changes = Vec::new();
-        for ((message, _), id) in batch.iter().zip(ids) {
-            let seq = seq_to_i64(message.seq)?;
-            if let Some(id) = id {
-                match known.get(&id) {
-                    Some(&first) if first != seq => continue,
-                    Some(_) => {}
-                    None => {
-                        known.insert(id.clone(), seq);
-                        entries.push(DedupeDoc {
-                            id,
-                            seq,
-                            expires_at,
-                        });
-                    }
-                }
+        // A key twice in one batch: the first seq keeps it, the later one is
+        // a retry the bus appended as new (see the trait).
+        let mut first_seq: HashMap<(Id, &str), u64> = HashMap::new();
+        let mut stored: Vec<(&Message, Option<&str>)> = Vec::with_capacity(batch.len());
+        for (message, key) in batch {
+            let key = key.as_deref();
+            if let Some(key) = key
+                && *first_seq
+                    .entry((message.room_id, key))
+                    .or_insert(message.seq)
+                    != message.seq
+            {
+                continue;
             }
-            docs.push(MessageDoc::try_from(message)?);
-            if message.kind.is_change() {
-                changes.push(message);
-            }
+            stored.push((message, key));
         }
-        // Unordered: one duplicate (a batch written twice) does not stop the
-        // rest. The keys after their messages, as in `insert_message`.
         // Every message of the batch may be a retry of a stored one: then
         // there is nothing to insert, and MongoDB refuses an empty insert.
-        if !docs.is_empty() {
-            ignore_duplicates(self.messages().insert_many(docs).ordered(false).await)?;
+        if stored.is_empty() {
+            return Ok(());
         }
-        for change in changes {
-            self.settle(change).await?;
+        let documents = stored
+            .iter()
+            .map(|(message, key)| MessageDoc::keyed(message, *key))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // One unordered insert: a message stored before (the batch written
+        // twice) does not stop the rest, and the index refuses a key that
+        // names another message of the room.
+        let refused =
+            refused_for_key(self.messages().insert_many(&documents).ordered(false).await)?;
+        let mut skipped = vec![false; stored.len()];
+        for index in refused {
+            let (Some((message, Some(key))), Some(document)) =
+                (stored.get(index), documents.get(index))
+            else {
+                continue;
+            };
+            // Rare: the key's message is older than the window, so the key
+            // is free again; else this is a retry, not stored.
+            if self.free_expired_key(message.room_id, key).await? > 0 {
+                ignore_duplicates(self.messages().insert_one(document).await)?;
+            } else {
+                skipped[index] = true;
+            }
         }
-        if !entries.is_empty() {
-            let written = self.dedupe().insert_many(&entries).ordered(false).await;
-            if ignore_duplicates(written).is_err() {
-                // Only expired keys (the live ones were read above) or a
-                // concurrent writer: a replay of this batch rewrites them.
-                tracing::warn!("cannot remember the dedupe keys of a batch");
+        for ((message, _), skipped) in stored.iter().zip(skipped) {
+            if message.kind.is_change() && !skipped {
+                self.settle(message).await?;
             }
         }
         Ok(())
     }
 
     async fn deduplicated(&self, room: Id, dedupe: &str) -> StoreResult<Option<Message>> {
-        let live =
-            doc! {"_id": dedupe_id(room, dedupe), "expires_at": {"$gt": bson::DateTime::now()}};
-        let Some(entry) = self.dedupe().find_one(live).await.map_err(map_error)? else {
-            return Ok(None);
-        };
+        let since = to_bson_date(crate::model::now() - self.dedupe_ttl);
         self.messages()
-            .find_one(doc! {"room_id": room.object_id(), "seq": entry.seq})
+            .find_one(
+                doc! {"room_id": room.object_id(), "dedupe": dedupe, "created_at": {"$gt": since}},
+            )
             .await
             .map_err(map_error)?
             .map(Message::try_from)
