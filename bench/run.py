@@ -6,7 +6,6 @@ per publication appends to a stream and publishes, as ours does) and without
 (`centrifugo`), built from the Go module proxy into target/peers/ on first use.
 
   cargo build --release -p chat-server -p chat-bench
-  (cd bench/peers/socketio && npm ci)
   .venv/bin/python bench/run.py [--repeats 3] [--quick] [--systems chatcluster,centrifugo-history]
 
 Before and after a change: build the old commit's chat-server, then
@@ -243,6 +242,9 @@ def chat_servers(p: Processes, count: int, redis_port: int | list[int] | None,
 
 
 def peers(p: Processes, count: int, redis_port: int | None) -> list[tuple[str, int]]:
+    if not (PEER / "node_modules").exists():
+        print("installing the Socket.IO peer (npm ci)", flush=True)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER, check=True)
     servers = []
     for _ in range(count):
         port = free_port()
