@@ -26,23 +26,25 @@ pub(super) fn duplicate_key(error: &mongodb::error::Error) -> Option<String> {
     Some(message.clone())
 }
 
+/// The refusals of an unordered `insert_many` that failed only on duplicate
+/// keys (and no write concern); None for any other failure.
+fn only_duplicates(error: &mongodb::error::Error) -> Option<&[mongodb::error::IndexedWriteError]> {
+    match error.kind.as_ref() {
+        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => failure
+            .write_errors
+            .as_deref()
+            .filter(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY)),
+        _ => None,
+    }
+}
+
 /// An unordered `insert_many` whose only failures were duplicate keys
 /// succeeded: what it refused is already stored.
 pub(super) fn ignore_duplicates<T>(written: mongodb::error::Result<T>) -> StoreResult<()> {
     match written {
         Ok(_) => Ok(()),
-        Err(e) => match e.kind.as_ref() {
-            ErrorKind::InsertMany(failure)
-                if failure.write_concern_error.is_none()
-                    && failure
-                        .write_errors
-                        .as_ref()
-                        .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY)) =>
-            {
-                Ok(())
-            }
-            _ => Err(map_error(e)),
-        },
+        Err(e) if only_duplicates(&e).is_some() => Ok(()),
+        Err(e) => Err(map_error(e)),
     }
 }
 
@@ -51,26 +53,16 @@ pub(super) fn ignore_duplicates<T>(written: mongodb::error::Result<T>) -> StoreR
 /// batch. Its other duplicates are messages stored before (the batch
 /// written twice): written, as far as the caller is concerned.
 pub(super) fn refused_for_key<T>(written: mongodb::error::Result<T>) -> StoreResult<Vec<usize>> {
-    match written {
-        Ok(_) => Ok(Vec::new()),
-        Err(e) => match e.kind.as_ref() {
-            ErrorKind::InsertMany(failure)
-                if failure.write_concern_error.is_none()
-                    && failure
-                        .write_errors
-                        .as_ref()
-                        .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY)) =>
-            {
-                Ok(failure
-                    .write_errors
-                    .iter()
-                    .flatten()
-                    .filter(|w| names_index(&w.message, DEDUPE_INDEX))
-                    .map(|w| w.index)
-                    .collect())
-            }
-            _ => Err(map_error(e)),
-        },
+    let Err(e) = written else {
+        return Ok(Vec::new());
+    };
+    match only_duplicates(&e) {
+        Some(refused) => Ok(refused
+            .iter()
+            .filter(|w| names_index(&w.message, DEDUPE_INDEX))
+            .map(|w| w.index)
+            .collect()),
+        None => Err(map_error(e)),
     }
 }
 
