@@ -57,6 +57,10 @@ pub trait Deliver: Send + Sync + 'static {
     fn notice(&self, audience: &Audience, frame: &Utf8Bytes);
     /// Stops delivering `room` to `user` (or to everyone) here.
     fn evict(&self, room: Id, user: Option<Id>);
+    /// Evictions may have been missed (the pub/sub connection dropped, or
+    /// came back after a drop): what was known to hold until an eviction
+    /// said otherwise must be learned again.
+    fn lost(&self);
     /// The live connections here (of `user`, or all), named as on `pod`.
     fn sessions(&self, pod: &str, user: Option<Id>) -> Vec<Session>;
 }

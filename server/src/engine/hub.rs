@@ -254,6 +254,9 @@ pub struct Hub {
     /// From a message's acceptance to its hand-off here
     /// (`chat_delivery_latency_seconds`), whichever bus brought it.
     delivery_latency: Histogram,
+    /// Who may write in the rooms open here; evictions arrive here, so the
+    /// hub keeps it current.
+    pub(crate) admissions: super::admission::Admissions,
 }
 
 impl Hub {
@@ -264,6 +267,7 @@ impl Hub {
             limits,
             frames_sent,
             delivery_latency,
+            admissions: Default::default(),
         }
     }
 
@@ -431,8 +435,10 @@ impl Hub {
         }
     }
 
-    /// Stops delivery of `room` to `user`'s connections (or all), telling them.
+    /// Stops delivery of `room` to `user`'s connections (or all), telling
+    /// them, and forgets that they may write in it.
     pub fn evict(&self, room: Id, user: Option<Id>) {
+        self.admissions.forget(room, user);
         let left = Outbound::left(
             room,
             crate::wire::frames::encode(&crate::wire::frames::ServerFrame::Left { room_id: room }),
@@ -474,6 +480,10 @@ impl crate::bus::Deliver for Hub {
 
     fn evict(&self, room: Id, user: Option<Id>) {
         Hub::evict(self, room, user);
+    }
+
+    fn lost(&self) {
+        self.admissions.lost();
     }
 
     fn sessions(&self, pod: &str, user: Option<Id>) -> Vec<Session> {

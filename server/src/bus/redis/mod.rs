@@ -734,6 +734,8 @@ async fn listen(bus: Weak<RedisBus>) {
                             *lock(&this.sink) = Some(Subscriber::Single(sink.clone()));
                             if lost {
                                 tracing::info!(rooms, "redis pub/sub reconnected");
+                                // Evictions published while it was down never came.
+                                this.hub.lost();
                                 this.repair().await;
                             }
                             backoff = Duration::from_millis(100);
@@ -781,6 +783,7 @@ async fn listen(bus: Weak<RedisBus>) {
             }
             let Some(this) = bus.upgrade() else { return };
             *lock(&this.sink) = None;
+            this.hub.lost();
             this.metrics.bus_errors.inc();
             tracing::warn!(
                 "redis pub/sub connection lost; cross-pod delivery paused until it returns"
@@ -867,6 +870,7 @@ async fn listen_sharded(bus: Weak<RedisBus>) {
             },
             redis::PushKind::Disconnection => {
                 disconnected = Some(tokio::time::Instant::now());
+                this.hub.lost();
                 this.metrics.bus_errors.inc();
                 tracing::warn!(
                     "a redis cluster pub/sub connection dropped; it resubscribes when the node is back"
@@ -881,6 +885,8 @@ async fn listen_sharded(bus: Weak<RedisBus>) {
                     .and_then(|name| redis::from_redis_value_ref::<String>(name).ok())
                     .and_then(|name| room_of_channel(&name));
                 if let Some(room) = room {
+                    // Evictions published while it was down never came.
+                    this.hub.lost();
                     this.repair_room(room).await;
                 }
             }

@@ -1,38 +1,35 @@
-//! Who is in a room, as the store says: membership confirmed before posting
-//! (and kept a few seconds), swept on every room open here, joins that post
+//! Who is in a room, as the store says: membership learned once per room
+//! and user while the pod listens to the room, and kept until an eviction
+//! (see `engine::admission`); swept on every room open here; joins that post
 //! a system message, and the announcements of REST membership changes.
 
 use std::time::{Duration, Instant};
 
 use super::{Chat, ChatError, Membership};
+use crate::engine::admission::Ticket;
 use crate::model::{Author, Id, Room, RoomKind};
 use crate::store::StoreError;
 use crate::sync::lock;
 
-/// How long a membership the store confirmed is trusted for posting. A
-/// removal reaches other pods as an eviction message; if that is lost, the
-/// removed user can post for at most this long.
-pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(5);
 /// How often a pod re-reads the membership of every room open on it and
-/// stops delivering to connections whose user is no longer a member (or
-/// whose room is gone), eviction message or not.
-pub const MEMBERSHIP_SWEEP: Duration = Duration::from_secs(10);
+/// stops delivery to connections whose user is no longer a member (or whose
+/// room is gone), eviction message or not: how long a removed member can
+/// post and read at most when the eviction was lost.
+pub const MEMBERSHIP_SWEEP: Duration = Duration::from_secs(5);
 /// After a membership check found the store unreachable, how long posts
 /// trust the subscription without asking it again (a check waits for the
 /// driver's timeout, seconds, when the store is down).
 const STORE_PROBE: Duration = Duration::from_secs(10);
 
 impl Chat {
-    /// Whether `user` is still a member of `room`, from the store at most
-    /// [`MEMBERSHIP_TTL`] ago. The live subscription alone is not proof: it
-    /// ends on other pods only when the eviction message arrives. A user found
-    /// removed is evicted here and now. While the store is unreachable the
-    /// subscription is trusted, so a database outage does not stop chat.
+    /// Whether `user` may write in `room`: known on this pod since the store
+    /// last said so (an eviction makes it forgotten), else asked now. The
+    /// live subscription alone is not proof: it ends on other pods only when
+    /// the eviction message arrives. A user found removed is evicted here
+    /// and now. While the store is unreachable the subscription is trusted,
+    /// so a database outage does not stop chat.
     pub(super) async fn confirm_member(&self, room: Id, user: Id) -> Result<(), ChatError> {
-        let fresh = lock(&self.confirmed_members)
-            .get(&(room, user))
-            .is_some_and(|at| at.elapsed() < MEMBERSHIP_TTL);
-        if fresh {
+        if self.hub.admissions.is_admitted(room, user) {
             return Ok(());
         }
         // While the database is known to be down, do not wait for it on
@@ -40,26 +37,17 @@ impl Chat {
         if lock(&self.store_down_until).is_some_and(|until| Instant::now() < until) {
             return Ok(());
         }
+        let ticket = self.hub.admissions.ticket(room);
         let member = match self.store.room(room).await {
-            Ok(Some(current)) if current.kind == RoomKind::Direct && current.is_member(user) => {
-                // The other one may have blocked this one since.
-                let other = current.members.iter().find(|m| **m != user).copied();
-                let blocked = match other {
-                    Some(other) => self
-                        .store
-                        .user(other)
-                        .await?
-                        .is_some_and(|o| o.blocked.contains(&user)),
-                    None => false,
-                };
-                if blocked {
+            Ok(Some(current)) if current.is_member(user) => {
+                if self.blocked_in(&current, user).await? {
                     return Err(ChatError::NotAllowed(
                         "the other member of this direct room blocked you",
                     ));
                 }
                 true
             }
-            Ok(current) => current.is_some_and(|r| r.is_member(user)),
+            Ok(_) => false,
             // Chat goes on while the database is down (messages wait in the
             // persist stream); so does the live subscription's word for it.
             // No removal can be made meanwhile: it needs the database too.
@@ -70,27 +58,62 @@ impl Chat {
             Err(e) => return Err(e.into()),
         };
         if member {
-            lock(&self.confirmed_members).insert((room, user), Instant::now());
+            self.hub.admissions.admit(ticket, user);
             Ok(())
         } else {
-            lock(&self.confirmed_members).remove(&(room, user));
             tracing::info!(room_id = %room, user_id = %user, "a removed member was still subscribed: evicted");
             self.hub.evict(room, Some(user));
             Err(ChatError::NotSubscribed)
         }
     }
 
-    /// Forgets which rooms `user` was confirmed a member of, so their next
-    /// post asks the store again: someone blocked them, and their direct
-    /// room must stop taking their messages now (see `confirm_member`).
+    /// Whether `room` is a direct room whose other member blocked `user`.
+    async fn blocked_in(&self, room: &Room, user: Id) -> Result<bool, StoreError> {
+        if room.kind != RoomKind::Direct {
+            return Ok(false);
+        }
+        let Some(other) = room.members.iter().find(|m| **m != user).copied() else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .user(other)
+            .await?
+            .is_some_and(|o| o.blocked.contains(&user)))
+    }
+
+    /// After a join or resume opened `room` (read as `current`, with
+    /// `ticket` taken before the read): `user` may write in it from now on
+    /// without the store being asked again, the read being trusted if the
+    /// pod listened to the room then. Otherwise (the first connection to
+    /// the room here, or a direct room, whose blocks that read did not
+    /// check) the store is asked now, so the first post does not wait for it.
+    pub(super) async fn opened_by_member(&self, ticket: Ticket, current: &Room, user: Id) {
+        if current.kind != RoomKind::Direct && self.hub.admissions.admit(ticket, user) {
+            return;
+        }
+        match self.confirm_member(current.id, user).await {
+            // Refused: the user was evicted and told; their next post says why.
+            Ok(()) | Err(ChatError::NotSubscribed | ChatError::NotAllowed(_)) => {}
+            Err(e) => {
+                tracing::debug!(room_id = %current.id, user_id = %user, error = %e, "membership not learned on open; the first post asks");
+            }
+        }
+    }
+
+    /// Forgets which rooms `user` may write in, so their next post asks the
+    /// store again: someone blocked them, and their direct room must stop
+    /// taking their messages now (see `confirm_member`). Other pods learn it
+    /// from their sweep.
     pub fn reconfirm(&self, user: Id) {
-        lock(&self.confirmed_members).retain(|(_, member), _| *member != user);
+        self.hub.admissions.forget_user(user);
     }
 
     /// Re-reads the membership of every room open on this pod and stops
-    /// delivery to whoever is no longer in it: the guarantee that a removed
-    /// member stops reading does not rest on an eviction message arriving.
-    /// One store read per open room per [`MEMBERSHIP_SWEEP`].
+    /// delivery to whoever is no longer in it, and, in a direct room, forgets
+    /// that a member the other blocked may write: neither guarantee rests on
+    /// a message reaching this pod. One store read per open room per
+    /// [`MEMBERSHIP_SWEEP`] (two more for a direct room).
     pub async fn sweep_memberships(&self) {
         for room in self.hub.open_rooms() {
             if lock(&self.store_down_until).is_some_and(|until| Instant::now() < until) {
@@ -99,10 +122,7 @@ impl Chat {
             let current = match self.store.room(room).await {
                 Ok(current) => current,
                 Err(e) => {
-                    tracing::warn!(room_id = %room, error = %e, "membership sweep: cannot read the room");
-                    if matches!(e, StoreError::Unavailable(_)) {
-                        *lock(&self.store_down_until) = Some(Instant::now() + STORE_PROBE);
-                    }
+                    self.sweep_failed(room, &e);
                     continue;
                 }
             };
@@ -115,6 +135,26 @@ impl Chat {
                     self.hub.evict(room, Some(connection.user));
                 }
             }
+            let Some(current) = current.filter(|r| r.kind == RoomKind::Direct) else {
+                continue;
+            };
+            for member in current.members.iter().copied() {
+                if !self.hub.admissions.is_admitted(room, member) {
+                    continue;
+                }
+                match self.blocked_in(&current, member).await {
+                    Ok(false) => {}
+                    Ok(true) => self.hub.admissions.forget(room, Some(member)),
+                    Err(e) => self.sweep_failed(room, &e),
+                }
+            }
+        }
+    }
+
+    fn sweep_failed(&self, room: Id, error: &StoreError) {
+        tracing::warn!(room_id = %room, error = %error, "membership sweep: cannot read the room");
+        if matches!(error, StoreError::Unavailable(_)) {
+            *lock(&self.store_down_until) = Some(Instant::now() + STORE_PROBE);
         }
     }
 

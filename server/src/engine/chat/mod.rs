@@ -8,7 +8,6 @@
 //! - [`membership`]: membership confirmed, swept, joined and announced;
 //! - [`limits`]: the per-user budgets.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ mod tests;
 
 pub use crate::bus::MAX_RESUME;
 pub use limits::Limits;
-pub use membership::{MEMBERSHIP_SWEEP, MEMBERSHIP_TTL};
+pub use membership::MEMBERSHIP_SWEEP;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -120,8 +119,6 @@ pub struct Chat {
     bus: Arc<dyn Bus>,
     /// The per-user budgets.
     pub limits: Limits,
-    /// (room, user) memberships the store confirmed, and when.
-    confirmed_members: Mutex<HashMap<(Id, Id), Instant>>,
     /// Until when the store is taken to be down (see `confirm_member`).
     store_down_until: Mutex<Option<Instant>>,
     pod: String,
@@ -140,7 +137,6 @@ impl Chat {
             hub,
             bus,
             limits: Limits::new(per_sec, burst),
-            confirmed_members: Mutex::default(),
             store_down_until: Mutex::default(),
             pod: pod.to_owned(),
         }
@@ -151,10 +147,9 @@ impl Chat {
     }
 
     /// Drops rate-limiter state of users idle long enough to have a full
-    /// bucket, and memberships confirmed too long ago to be trusted.
+    /// bucket.
     pub fn forget_idle_users(&self) {
         self.limits.forget_idle();
-        crate::sync::lock(&self.confirmed_members).retain(|_, at| at.elapsed() < MEMBERSHIP_TTL);
     }
 
     /// Posts a server message about `about` (joins, leaves, room events).

@@ -16,8 +16,12 @@ impl Chat {
     /// The `join` frame: joins the room when the user may (a public room, or
     /// one they are in), then opens it.
     pub async fn join(&self, connection: &Arc<Connection>, room: Id) -> Result<(), ChatError> {
-        self.ensure_member(room, &connection.author()).await?;
-        self.open(connection, room, None).await
+        let ticket = self.hub.admissions.ticket(room);
+        let joined = self.ensure_member(room, &connection.author()).await?;
+        self.open(connection, room, None).await?;
+        self.opened_by_member(ticket, &joined, connection.user)
+            .await;
+        Ok(())
     }
 
     /// The `resume` frame: opens a room the user is a member of, replaying
@@ -28,14 +32,15 @@ impl Chat {
         room: Id,
         last_seq: u64,
     ) -> Result<(), ChatError> {
-        if !self
-            .visible_room(room, connection.user)
-            .await?
-            .is_member(connection.user)
-        {
+        let ticket = self.hub.admissions.ticket(room);
+        let current = self.visible_room(room, connection.user).await?;
+        if !current.is_member(connection.user) {
             return Err(ChatError::NotSubscribed);
         }
-        self.open(connection, room, Some(last_seq)).await
+        self.open(connection, room, Some(last_seq)).await?;
+        self.opened_by_member(ticket, &current, connection.user)
+            .await;
+        Ok(())
     }
 
     /// Starts live delivery of `room` to `connection`. With `resume_after`, first
@@ -104,6 +109,7 @@ impl Chat {
         ChatError,
     > {
         self.bus.subscribe(room).await?;
+        self.hub.admissions.listening(room);
         let upto = self.bus.newest_seq(room).await?;
         let Some(after) = resume_after else {
             return Ok((
@@ -157,6 +163,9 @@ impl Chat {
     pub(super) async fn release(&self, room: Id) {
         if self.hub.subscribers(room).is_empty() {
             self.bus.unsubscribe(room).await;
+            // Forgotten after the unsubscribe: however a join interleaves,
+            // the pod never counts on evictions of a room it no longer hears.
+            self.hub.admissions.deaf(room);
         }
     }
 }

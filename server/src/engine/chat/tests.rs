@@ -260,3 +260,93 @@ async fn a_resume_replays_what_was_missed_as_it_is_now() {
         "a deleted message replays without its text: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_member_is_known_until_evicted_and_a_lost_eviction_is_swept() {
+    let mut engine = Engine::new();
+    let alice = engine.user("alice").await;
+    let bob = engine.user("bob").await;
+    let room = engine.room(&alice, true, &[&bob]).await;
+    let bob_on = engine.connect(&bob).await;
+    engine.chat.join(&bob_on, room).await.unwrap();
+    engine.say(&bob_on, room, "hi", None).await.unwrap();
+
+    // Removed in the store with no eviction (as if its message were lost):
+    // this pod still knows bob as a member, so his posts do not wait for
+    // the store ...
+    engine.store.remove_member(room, bob.id).await.unwrap();
+    engine.say(&bob_on, room, "still", None).await.unwrap();
+    // ... until the sweep finds him gone and evicts him.
+    engine.chat.sweep_memberships().await;
+    assert!(matches!(
+        engine.say(&bob_on, room, "sneaky", None).await,
+        Err(ChatError::NotSubscribed)
+    ));
+
+    // An eviction that arrives is at once.
+    let carol = engine.user("carol").await;
+    engine.store.add_member(room, carol.id).await.unwrap();
+    let carol_on = engine.connect(&carol).await;
+    engine.chat.join(&carol_on, room).await.unwrap();
+    engine.say(&carol_on, room, "hello", None).await.unwrap();
+    engine.store.remove_member(room, carol.id).await.unwrap();
+    engine
+        .chat
+        .membership_changed(room, &carol_on.author(), super::Membership::Left)
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine.say(&carol_on, room, "gone", None).await,
+        Err(ChatError::NotSubscribed)
+    ));
+}
+
+#[tokio::test]
+async fn a_block_stops_the_blocked_member_s_posts_in_the_direct_room() {
+    let mut engine = Engine::new();
+    let alice = engine.user("alice").await;
+    let mallory = engine.user("mallory").await;
+    let dm = Room::new_direct(alice.id, mallory.id, String::new());
+    engine.store.create_room(&dm).await.unwrap();
+    let mallory_on = engine.connect(&mallory).await;
+    engine.chat.join(&mallory_on, dm.id).await.unwrap();
+    engine.say(&mallory_on, dm.id, "hey", None).await.unwrap();
+
+    let blocked = crate::model::ProfileUpdate {
+        blocked: Some(vec![mallory.id]),
+        ..Default::default()
+    };
+    engine
+        .store
+        .update_profile(alice.id, &blocked)
+        .await
+        .unwrap();
+    // As another pod sees it: the block reaches it with the sweep.
+    engine.say(&mallory_on, dm.id, "hey?", None).await.unwrap();
+    engine.chat.sweep_memberships().await;
+    assert!(matches!(
+        engine.say(&mallory_on, dm.id, "hey!", None).await,
+        Err(ChatError::NotAllowed(_))
+    ));
+    // Where the block was made it is at once.
+    let unblocked = crate::model::ProfileUpdate {
+        blocked: Some(Vec::new()),
+        ..Default::default()
+    };
+    engine
+        .store
+        .update_profile(alice.id, &unblocked)
+        .await
+        .unwrap();
+    engine.say(&mallory_on, dm.id, "sorry", None).await.unwrap();
+    engine
+        .store
+        .update_profile(alice.id, &blocked)
+        .await
+        .unwrap();
+    engine.chat.reconfirm(mallory.id);
+    assert!(matches!(
+        engine.say(&mallory_on, dm.id, "again", None).await,
+        Err(ChatError::NotAllowed(_))
+    ));
+}
