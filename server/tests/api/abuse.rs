@@ -1274,15 +1274,7 @@ async fn blocking_someone_stops_their_direct_messages_and_invitations(backend: B
     let server = TestServer::start(backend).await;
     let alice = server.user("alice").await;
     let mallory = server.user("mallory").await;
-    let (status, dm) = server
-        .post(
-            &format!("/api/dm/{}", alice.id),
-            Some(&mallory.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 201, "{dm}");
-    let dm = dm["id"].as_str().unwrap().to_owned();
+    let dm = server.dm(&mallory, &alice).await;
     let mut ws = WsClient::connect(&server, &ws_query(&mallory, Some(&dm)))
         .await
         .unwrap();

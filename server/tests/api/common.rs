@@ -624,6 +624,15 @@ impl TestServer {
         assert_eq!(status, 201, "create room: {room}");
         room["id"].as_str().expect("room id").to_owned()
     }
+
+    /// The direct room `from` opens with `to`.
+    pub async fn dm(&self, from: &TestUser, to: &TestUser) -> String {
+        let (status, room) = self
+            .post(&format!("/api/dm/{}", to.id), Some(&from.token), json!({}))
+            .await;
+        assert!(status == 200 || status == 201, "open a direct room: {room}");
+        room["id"].as_str().expect("room id").to_owned()
+    }
 }
 
 impl Drop for TestServer {

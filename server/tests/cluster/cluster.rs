@@ -88,6 +88,21 @@ async fn send_acked(ws: &mut WsClient, room: &str, content: &str) -> Value {
     ws.next_of("ack").await
 }
 
+/// Redis drops both pods' pub/sub connections, as it does to a subscriber
+/// past its client-output-buffer-limit.
+async fn kill_pubsub_connections(redis: &Process) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(killed, 2, "one pub/sub connection per pod");
+}
+
 async fn channel_subscribers(redis: &Process, room: &str) -> i64 {
     let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -640,17 +655,7 @@ async fn a_lost_pubsub_connection_is_repaired_without_gaps() {
         mut bob_ws,
         ..
     } = alice_and_bob(&cluster, "flaky").await;
-    // Redis drops subscribers itself, e.g. past client-output-buffer-limit.
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis.port)).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(killed, 2, "one pub/sub connection per pod");
+    kill_pubsub_connections(&cluster.redis).await;
     for i in 0..30 {
         alice_ws
             .send(json!({"type": "message", "room_id": room, "content": format!("m{i}")}))
@@ -700,16 +705,7 @@ async fn after_a_pubsub_gap_a_pod_asks_again_who_may_post() {
         .remove_member(room.parse().unwrap(), bob.id.parse().unwrap())
         .await
         .unwrap();
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis.port)).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(killed, 2, "one pub/sub connection per pod");
+    kill_pubsub_connections(&cluster.redis).await;
     // Bob's pod is listening again once alice's message reaches him.
     send_acked(&mut alice_ws, &room, "after the gap").await;
     loop {
@@ -743,15 +739,7 @@ async fn a_block_made_on_another_pod_stops_the_direct_room_within_the_sweep() {
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     let alice = a.user("alice").await;
     let mallory = a.user("mallory").await;
-    let (status, dm) = a
-        .post(
-            &format!("/api/dm/{}", alice.id),
-            Some(&mallory.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 201, "{dm}");
-    let dm = dm["id"].as_str().unwrap().to_owned();
+    let dm = a.dm(&mallory, &alice).await;
     let mut ws = WsClient::connect(b, &ws_query(&mallory, Some(&dm)))
         .await
         .unwrap();
