@@ -50,9 +50,19 @@ pub(crate) struct Ticket {
 }
 
 impl Inner {
-    fn next(&mut self) -> u64 {
+    /// Moves `room`'s generation on (a ticket taken before no longer
+    /// admits) and forgets `user`, or everyone, there.
+    fn forget(&mut self, room: Id, user: Option<Id>) {
         self.last += 1;
-        self.last
+        if let Some(state) = self.rooms.get_mut(&room) {
+            state.generation = self.last;
+            match user {
+                Some(user) => {
+                    state.members.remove(&user);
+                }
+                None => state.members.clear(),
+            }
+        }
     }
 }
 
@@ -62,7 +72,8 @@ impl Admissions {
     pub(crate) fn listening(&self, room: Id) {
         let mut inner = lock(&self.inner);
         if !inner.rooms.contains_key(&room) {
-            let generation = inner.next();
+            inner.last += 1;
+            let generation = inner.last;
             inner.rooms.insert(
                 room,
                 Room {
@@ -111,30 +122,21 @@ impl Admissions {
     /// `user` (or everyone) is no longer known to be a member of `room`: an
     /// eviction, or a change that the store must be asked about again.
     pub(crate) fn forget(&self, room: Id, user: Option<Id>) {
-        let mut inner = lock(&self.inner);
-        let generation = inner.next();
-        if let Some(state) = inner.rooms.get_mut(&room) {
-            state.generation = generation;
-            match user {
-                Some(user) => {
-                    state.members.remove(&user);
-                }
-                None => state.members.clear(),
-            }
-        }
+        lock(&self.inner).forget(room, user);
     }
 
     /// `user` is no longer known to be a member of any room (someone blocked
     /// them: their direct room must be asked about again).
     pub(crate) fn forget_user(&self, user: Id) {
-        let rooms: Vec<Id> = lock(&self.inner)
+        let mut inner = lock(&self.inner);
+        let rooms: Vec<Id> = inner
             .rooms
             .iter()
             .filter(|(_, r)| r.members.contains(&user))
             .map(|(room, _)| *room)
             .collect();
         for room in rooms {
-            self.forget(room, Some(user));
+            inner.forget(room, Some(user));
         }
     }
 
@@ -144,11 +146,7 @@ impl Admissions {
         let mut inner = lock(&self.inner);
         let rooms: Vec<Id> = inner.rooms.keys().copied().collect();
         for room in rooms {
-            let generation = inner.next();
-            if let Some(state) = inner.rooms.get_mut(&room) {
-                state.generation = generation;
-                state.members.clear();
-            }
+            inner.forget(room, None);
         }
     }
 }
@@ -218,14 +216,20 @@ mod tests {
         assert!(!admissions.is_admitted(room, alice));
     }
 
-    #[test]
-    fn a_gap_in_the_bus_forgets_everything_and_in_flight_reads() {
+    /// Admissions listening to two rooms, with `alice` known in both.
+    fn alice_in_two_rooms() -> (Admissions, Id, Id, Id) {
         let (room, other, alice) = ids();
         let admissions = Admissions::default();
-        admissions.listening(room);
-        admissions.listening(other);
-        assert!(admissions.admit(admissions.ticket(room), alice));
-        assert!(admissions.admit(admissions.ticket(other), alice));
+        for room in [room, other] {
+            admissions.listening(room);
+            assert!(admissions.admit(admissions.ticket(room), alice));
+        }
+        (admissions, room, other, alice)
+    }
+
+    #[test]
+    fn a_gap_in_the_bus_forgets_everything_and_in_flight_reads() {
+        let (admissions, room, other, alice) = alice_in_two_rooms();
         let in_flight = admissions.ticket(room);
         admissions.lost();
         assert!(!admissions.is_admitted(room, alice));
@@ -235,12 +239,7 @@ mod tests {
 
     #[test]
     fn forgetting_a_user_reaches_every_room_they_were_known_in() {
-        let (room, other, alice) = ids();
-        let admissions = Admissions::default();
-        admissions.listening(room);
-        admissions.listening(other);
-        assert!(admissions.admit(admissions.ticket(room), alice));
-        assert!(admissions.admit(admissions.ticket(other), alice));
+        let (admissions, room, other, alice) = alice_in_two_rooms();
         admissions.forget_user(alice);
         assert!(!admissions.is_admitted(room, alice));
         assert!(!admissions.is_admitted(other, alice));
