@@ -64,11 +64,18 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A loopback port free now, below Linux's ephemeral range (32768 and up):
+/// a port the kernel handed out for `:0` is also what it hands the next
+/// outgoing connection of any process, so etcd could find its port taken
+/// by another test's client ("address already in use") before it binds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
+    for _ in 0..1000 {
+        let port = rand::random_range(10_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range")
 }
 
 /// The directory for one server's files, under cargo's scratch directory.
