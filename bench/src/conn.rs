@@ -3,6 +3,7 @@
 //! frames out from the scheduler and messages in, each timed against the send
 //! time it carries.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,12 +63,43 @@ pub struct Handle {
 
 /// One connection's delivery latencies (µs), apart by where the message was
 /// sent: through the same server as this connection, or through another one
-/// (so it crossed the bus between pods). Allocated on the first delivery: a
-/// histogram is ~160 KiB, and idle runs hold tens of thousands of connections.
+/// (so it crossed the bus between pods). Plain vectors, made into histograms
+/// after the run: a histogram is ~160 KiB, and allocating one per connection
+/// on its first delivery faulted in hundreds of MiB in the load generator's
+/// first second of sending, which showed up as every system's slowest
+/// deliveries.
 #[derive(Default)]
 pub struct Latencies {
-    pub same_server: Option<Histogram<u64>>,
-    pub cross_server: Option<Histogram<u64>>,
+    pub same_server: Vec<u32>,
+    pub cross_server: Vec<u32>,
+    /// Per second of sending (µs since the epoch / 10^6): the slowest
+    /// delivery and how many took longer than [`SLOW_MICROS`], so a p99 can
+    /// be told apart as a steady tail or a few stalls.
+    pub per_second: BTreeMap<u64, Second>,
+}
+
+/// A delivery slower than this counts as slow in the timeline.
+pub const SLOW_MICROS: u64 = 10_000;
+
+#[derive(Default, Clone, Copy)]
+pub struct Second {
+    pub max_micros: u64,
+    pub slow: u64,
+    pub deliveries: u64,
+}
+
+impl Second {
+    pub fn record(&mut self, latency: u64) {
+        self.max_micros = self.max_micros.max(latency);
+        self.slow += u64::from(latency > SLOW_MICROS);
+        self.deliveries += 1;
+    }
+
+    pub fn add(&mut self, other: Second) {
+        self.max_micros = self.max_micros.max(other.max_micros);
+        self.slow += other.slow;
+        self.deliveries += other.deliveries;
+    }
 }
 
 pub fn now_micros() -> u64 {
@@ -228,7 +260,8 @@ pub async fn connect(
                             Received::Message { sent, origin } => {
                                 let latency = now_micros().saturating_sub(sent).max(1);
                                 let bucket = if origin == server_index { &mut latencies.same_server } else { &mut latencies.cross_server };
-                                let _ = bucket.get_or_insert_with(histogram).record(latency);
+                                bucket.push(u32::try_from(latency).unwrap_or(u32::MAX));
+                                latencies.per_second.entry(sent / 1_000_000).or_default().record(latency);
                                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                             }
                             Received::Ack => { counters.acked.fetch_add(1, Ordering::Relaxed); }

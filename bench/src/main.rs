@@ -385,6 +385,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut latencies = conn::histogram();
     let mut same_server = conn::histogram();
     let mut cross_server = conn::histogram();
+    let mut per_second = std::collections::BTreeMap::<u64, conn::Second>::new();
     let open = handles.len();
     let mut open_per_server = vec![0usize; servers.len()];
     for handle in &handles {
@@ -393,13 +394,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for handle in handles {
         drop(handle.outgoing);
         if let Ok(connection) = handle.task.await {
+            for (second, part) in connection.per_second {
+                per_second.entry(second).or_default().add(part);
+            }
             for (part, into) in [
                 (connection.same_server, &mut same_server),
                 (connection.cross_server, &mut cross_server),
             ] {
-                if let Some(part) = part {
-                    let _ = latencies.add(&part);
-                    let _ = into.add(&part);
+                for latency in part {
+                    let _ = latencies.record(u64::from(latency));
+                    let _ = into.record(u64::from(latency));
                 }
             }
         }
@@ -443,6 +447,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 })
                 .collect()
         };
+    // Seconds counted from the first message sent.
+    let timeline: Vec<serde_json::Value> = per_second
+        .values()
+        .map(|s| json!([ms(s.max_micros), s.slow, s.deliveries]))
+        .collect();
     let summary = json!({
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
         "servers": servers.len(),
@@ -479,6 +488,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "system_cpu_us_per_message": per_message(|u| u.system),
         "server_rss_bytes": loaded,
         "rss_per_connection_bytes": per_connection,
+        // Per second of sending: [slowest delivery (ms), deliveries slower
+        // than 10 ms, deliveries].
+        "timeline": timeline,
         "history_requests": history.as_ref().map_or(0, |h| h.len()),
         "history_p50_ms": history.as_ref().map(|h| ms(h.value_at_quantile(0.50))),
         "history_p99_ms": history.as_ref().map(|h| ms(h.value_at_quantile(0.99))),

@@ -21,10 +21,10 @@ pub(super) const RECENT_LEN: usize = 1000;
 const LOG_TTL_SECS: u64 = 24 * 3600;
 /// The most messages one script call carries.
 pub(super) const APPEND_BATCH: usize = 64;
-/// While messages keep coming, a pod calls the append script at most this
-/// often, so each call carries what arrived meanwhile; a message after a
-/// quiet spell goes out at once. A few milliseconds of latency under load
-/// buy Redis several times fewer calls, syscalls and AOF writes.
+/// While a pod appends fast (see [`Pace`]), it calls the append script at
+/// most this often, so each call carries what arrived meanwhile. A few
+/// milliseconds of latency at high rates buy Redis several times fewer calls,
+/// syscalls and AOF writes.
 const APPEND_LINGER: Duration = Duration::from_millis(2);
 
 /// How far a room's seq skips ahead the first time it is appended to on a
@@ -205,6 +205,52 @@ end
 return out
 ";
 
+/// Whether the committer waits for more messages before a call: only while
+/// the pod appends more than [`Pace::FAST`] messages a second.
+///
+/// Redis spends about 30 µs of CPU per call beyond the messages in it
+/// (measured, docs/benchmarks.md): at 500 messages a second per pod that is
+/// 1.5% of a core, not worth the 2 ms a wait adds to every message (it was
+/// most of the p50); at thousands a second it is what bounds Redis, and a
+/// wait then carries several messages per call. The rate is counted over
+/// windows of [`Pace::WINDOW`], so a burst starts batching within one.
+#[derive(Debug)]
+pub(super) struct Pace {
+    window_start: tokio::time::Instant,
+    appended: usize,
+    fast: bool,
+}
+
+impl Pace {
+    pub(super) const FAST: usize = 1000;
+    pub(super) const WINDOW: Duration = Duration::from_millis(100);
+
+    pub(super) fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            window_start: now,
+            appended: 0,
+            fast: false,
+        }
+    }
+
+    /// Whether to wait for more messages before a call made at `now`.
+    pub(super) fn fast(&mut self, now: tokio::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= Self::WINDOW {
+            // Over the window just ended: messages a second above FAST?
+            self.fast = self.appended as u128 * 1000 > Self::FAST as u128 * elapsed.as_millis();
+            self.window_start = now;
+            self.appended = 0;
+        }
+        self.fast
+    }
+
+    /// Counts the messages of a call.
+    pub(super) fn sent(&mut self, messages: usize) {
+        self.appended += messages;
+    }
+}
+
 /// A message waiting for the committer, and where its outcome goes.
 pub(super) struct PendingAppend {
     pub room: Id,
@@ -219,9 +265,9 @@ pub(super) struct PendingAppend {
     pub done: oneshot::Sender<Result<(i64, String), BusError>>,
 }
 
-/// Sends what clients posted since the previous call (at most
-/// `APPEND_LINGER` ago) as one script call per shard, so under load Redis
-/// pays its per-call cost once for many messages.
+/// Sends what clients posted since the previous call as one script call per
+/// shard; while the pod appends fast, at most every `APPEND_LINGER`, so
+/// under load Redis pays its per-call cost once for many messages.
 ///
 /// With durable acks, each call is followed on the same connection by
 /// `WAIT` for the replicas, and a batch that did not reach them in time is
@@ -239,8 +285,10 @@ pub(super) async fn commit(
     let mut batch = Vec::with_capacity(APPEND_BATCH);
     let mut last_call: Option<tokio::time::Instant> = None;
     let mut behind = false;
+    let mut pace = Pace::new(tokio::time::Instant::now());
     while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
-        if let Some(due) = last_call.map(|at| at + APPEND_LINGER)
+        if pace.fast(tokio::time::Instant::now())
+            && let Some(due) = last_call.map(|at| at + APPEND_LINGER)
             && batch.len() < APPEND_BATCH
             && tokio::time::Instant::now() < due
         {
@@ -253,6 +301,7 @@ pub(super) async fn commit(
             }
         }
         last_call = Some(tokio::time::Instant::now());
+        pace.sent(batch.len());
         if behind {
             match replicated(&mut connection, durability).await {
                 Ok(()) => behind = false,
@@ -433,5 +482,46 @@ fn answer(messages: Vec<PendingAppend>, outcome: Result<Vec<(i64, String)>, Stri
                 let _ = pending.done.send(Err(BusError::Unavailable(error.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a pace with `rate` messages a second, one per call, for
+    /// `seconds`; answers whether it lingers at the end.
+    fn paced(pace: &mut Pace, start: tokio::time::Instant, rate: u64, seconds: u64) -> bool {
+        let gap = Duration::from_micros(1_000_000 / rate);
+        let mut fast = false;
+        for i in 0..rate * seconds {
+            fast = pace.fast(start + gap * u32::try_from(i).unwrap());
+            pace.sent(1);
+        }
+        fast
+    }
+
+    #[test]
+    fn a_pod_waits_only_while_it_appends_fast() {
+        let start = tokio::time::Instant::now();
+        let mut pace = Pace::new(start);
+        assert!(!paced(&mut pace, start, 500, 1), "500/s goes out at once");
+        let start = start + Duration::from_secs(1);
+        assert!(paced(&mut pace, start, 4000, 1), "4,000/s is batched");
+        let start = start + Duration::from_secs(1);
+        assert!(
+            !paced(&mut pace, start, 200, 1),
+            "and stops once the rate falls"
+        );
+    }
+
+    #[test]
+    fn after_a_quiet_spell_the_first_message_goes_out_at_once() {
+        let start = tokio::time::Instant::now();
+        let mut pace = Pace::new(start);
+        assert!(paced(&mut pace, start, 5000, 1));
+        // Ten seconds of nothing, then one message: the window that ends
+        // then counted one message in ten seconds.
+        assert!(!pace.fast(start + Duration::from_secs(11)));
     }
 }
