@@ -55,7 +55,10 @@ MONGODB_DB = "bench"
 # A chat-server built from another commit (--baseline), run as the system
 # "baseline" through the same scenarios as this build.
 BASELINE: Path | None = None
-ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "efficiency-cluster", "ceiling"}
+ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "scale", "ceiling"}
+# Scale-out (the `scale` scenario): chatcluster instances and Redis shards (1:
+# one Redis; more: a Redis Cluster of that many masters).
+SCALE = [(2, 1), (4, 1), (2, 3), (4, 3)]
 
 
 def raise_descriptor_limit() -> None:
@@ -355,7 +358,7 @@ def scenario_fanout(system: str, connections: int, rate: float, duration: float)
     first posts, nothing cached yet), then on the same servers, warm, for
     `duration` (steady state, the figures the table shows)."""
     with Processes() as p:
-        servers, _ = two_instances(p, system)
+        servers, _ = instances(p, system)
         load = dict(connections=connections, rooms=50, users=50, rate=rate)
         first = bench(servers, protocol_of(system), duration=FIRST_SECONDS, **load)
         # Then history pages of the rooms just written (the peer keeps none).
@@ -365,56 +368,51 @@ def scenario_fanout(system: str, connections: int, rate: float, duration: float)
                      "first_delivered": first["delivered"], "first_expected": first["expected"]}
 
 
-def two_instances(p: Processes, system: str) -> tuple[list[tuple[str, int]], list[str]]:
-    """Two instances of `system` sharing one Redis (and, for chatcluster, the
-    MongoDB stand-in), and the --cpu-pid arguments for those shared services."""
-    redis_port = redis(p)
-    servers = (chat_servers(p, 2, redis_port, mongodb(p), binary_of(system)) if is_chat(system)
-               else servers_of(p, system, 2, redis_port))
+def instances(p: Processes, system: str, count: int = 2, shards: int = 1) -> tuple[list[tuple[str, int]], list[str]]:
+    """`count` instances of `system` sharing one Redis, or for chatcluster a
+    Redis Cluster of `shards` masters (and the MongoDB stand-in), and the
+    --cpu-pid arguments for those shared services."""
+    redis_port = redis(p) if shards == 1 else redis_cluster(p, shards)
+    servers = (chat_servers(p, count, redis_port, mongodb(p), binary_of(system)) if is_chat(system)
+               else servers_of(p, system, count, redis_port))
     return servers, [f"{name}={pid}" for name, pid in p.pids.items()]
 
 
-def scenario_efficiency(system: str, rate: float, connections: int, duration: float) -> dict:
-    """CPU per delivery of both instances and CPU per message of Redis (and of
-    the MongoDB stand-in) while messages flow, every room split over both."""
+def scenario_efficiency(system: str, rate: float, connections: int, duration: float,
+                        count: int = 2, shards: int = 1) -> dict:
+    """CPU per delivery of the instances and CPU per message of Redis (each
+    shard, and all of them) and of the MongoDB stand-in while messages flow,
+    every room split over the instances."""
     with Processes() as p:
-        servers, cpu = two_instances(p, system)
-        return bench(servers, protocol_of(system), connections=connections,
-                     rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
-
-
-def scenario_efficiency_cluster(rate: float, connections: int, duration: float) -> dict:
-    """The efficiency load on two chatcluster instances over a three-master
-    Redis Cluster: Redis CPU per message of each shard and each shard's share
-    of the cluster's Redis CPU (50 rooms should spread over the shards)."""
-    with Processes() as p:
-        ports = redis_cluster(p)
-        servers = chat_servers(p, 2, ports, mongodb(p))
-        cpu = [f"{name}={pid}" for name, pid in p.pids.items()]
-        result = bench(servers, "chat", connections=connections, rooms=50, users=50, rate=rate,
-                       duration=duration, cpu_pid=cpu)
-    shards = {name: seconds for name, seconds in result["cpu_seconds"].items() if name.startswith("redis-")}
-    total = sum(shards.values())
-    result["redis_cpu_us_per_message"] = sum(v for k, v in result["cpu_us_per_message"].items() if k.startswith("redis-"))
-    result["shard_share"] = {name: seconds / total if total else None for name, seconds in shards.items()}
+        servers, cpu = instances(p, system, count, shards)
+        result = bench(servers, protocol_of(system), connections=connections,
+                       rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
+    redis_cpu = {name: seconds for name, seconds in result["cpu_seconds"].items()
+                 if name.startswith("redis") and seconds is not None}
+    total = sum(redis_cpu.values())
+    result["redis_cpu_us_per_message"] = sum(v for k, v in result["cpu_us_per_message"].items()
+                                             if k.startswith("redis") and v is not None)
+    # 50 rooms should spread over the shards: each one's part of Redis's CPU.
+    result["shard_share"] = {name: seconds / total if total else None for name, seconds in redis_cpu.items()}
     return result
 
 
 CEILING_P99_MS = 25
 
 
-def scenario_ceiling(system: str, rates: list[float], connections: int, duration: float) -> dict:
-    """The highest of `rates` that two instances sustain with p99 at most
+def scenario_ceiling(system: str, rates: list[float], connections: int, duration: float,
+                     count: int = 2, shards: int = 1) -> dict:
+    """The highest of `rates` that `count` instances sustain with p99 at most
     CEILING_P99_MS and every message delivered, trying them in turn."""
     steps = []
     with Processes() as p:
-        servers, cpu = two_instances(p, system)
+        servers, cpu = instances(p, system, count, shards)
         for rate in rates:
             result = bench(servers, protocol_of(system), connections=connections,
                            rooms=50, users=50, rate=rate, duration=duration, cpu_pid=cpu)
             steps.append({k: result[k] for k in ["rate", "p99_ms", "delivered", "expected", "server_cpu_us_per_delivery",
                                                  "server_user_cpu_us_per_delivery"]})
-            print(f"  ceiling {system} {rate:>6.0f}/s: p99 {result['p99_ms']:.2f} ms, "
+            print(f"  ceiling {system} x{count} on {shards} shard(s) {rate:>6.0f}/s: p99 {result['p99_ms']:.2f} ms, "
                   f"{result['delivered']}/{result['expected']} delivered", flush=True)
             if result["p99_ms"] > CEILING_P99_MS or result["delivered"] < result["expected"]:
                 break
@@ -518,7 +516,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small and short, to try the harness")
     parser.add_argument("--scenarios", default=",".join(sorted(ALL_SCENARIOS)),
                         help="comma-separated subset of idle,fanout,throughput,persistence,efficiency,"
-                             "efficiency-cluster,ceiling "
+                             "scale,ceiling "
                              "(the others keep their figures in summary.json)")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated subset of " + ",".join(SYSTEMS))
@@ -542,6 +540,7 @@ def main() -> None:
 
     efficiency = dict(connections=200 if args.quick else 1000, duration=5 if args.quick else 20)
     efficiency_rates = [250, 1000] if args.quick else [1000, 4000]
+    scale_rate = 250 if args.quick else 1000
     ceiling_rates = [250, 500, 1000] if args.quick else [250, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000, 8000]
     persistence = dict(rate=2000 if args.quick else 6000, duration=5 if args.quick else 30,
                        baseline_seconds=3 if args.quick else 10)
@@ -565,20 +564,27 @@ def main() -> None:
                           f"per message {result['cpu_us_per_message']}, p99 {result['p99_ms']:.2f} ms, "
                           f"{result['delivered']}/{result['expected']} delivered", flush=True)
                     runs.setdefault(f"efficiency-{rate}/{system}", []).append(result)
-            if "efficiency-cluster" in chosen and system == "chatcluster":
-                for rate in efficiency_rates:
-                    print(f"[{repeat + 1}/{args.repeats}] chatcluster on a 3-master Redis Cluster: efficiency {rate}/s",
-                          flush=True)
-                    result = scenario_efficiency_cluster(rate, **efficiency)
+            if "scale" in chosen and is_chat(system):
+                for count, shards in SCALE:
+                    print(f"[{repeat + 1}/{args.repeats}] {system}: {count} instances on {shards} Redis shard(s), "
+                          f"efficiency {scale_rate}/s", flush=True)
+                    result = scenario_efficiency(system, scale_rate, **efficiency, count=count, shards=shards)
                     print(f"  server {result['server_cpu_us_per_delivery']:.2f} us/delivery, redis (all shards) "
                           f"{result['redis_cpu_us_per_message']:.1f} us/message, shares {result['shard_share']}, "
-                          f"{result['delivered']}/{result['expected']} delivered", flush=True)
-                    runs.setdefault(f"efficiency-cluster-{rate}/chatcluster", []).append(result)
+                          f"p99 {result['p99_ms']:.2f} ms, {result['delivered']}/{result['expected']} delivered",
+                          flush=True)
+                    runs.setdefault(f"scale-{count}x{shards}/{system}", []).append(result)
     if "ceiling" in chosen:
         for system in systems:
             print(f"ceiling: {system}, two instances, p99 <= {CEILING_P99_MS} ms", flush=True)
             runs[f"ceiling/{system}"] = [scenario_ceiling(system, ceiling_rates, efficiency["connections"],
                                                           5 if args.quick else 10)]
+    for count, shards in SCALE if "scale" in chosen else []:
+        for system in filter(is_chat, systems):
+            print(f"ceiling: {system}, {count} instances on {shards} Redis shard(s)", flush=True)
+            runs[f"scale-ceiling-{count}x{shards}/{system}"] = [
+                scenario_ceiling(system, ceiling_rates, efficiency["connections"], 5 if args.quick else 10,
+                                 count=count, shards=shards)]
     for repeat in range(args.repeats if "persistence" in chosen else 0):
         print(f"[{repeat + 1}/{args.repeats}] chatcluster: persistence {persistence}", flush=True)
         result = scenario_persistence(**persistence)
@@ -613,12 +619,13 @@ def main() -> None:
         if name.startswith("persistence"):
             summary["scenarios"][name] = {k: median(results, k) for k in results[0]} | {"runs": len(results), "date": today}
             continue
-        if name.startswith("ceiling"):
+        if name.startswith(("ceiling", "scale-ceiling")):
             summary["scenarios"][name] = results[0] | {"date": today}
             continue
-        if name.startswith("efficiency-cluster"):
-            entry = {k: median(results, k) for k in ["server_cpu_us_per_delivery", "redis_cpu_us_per_message",
-                                                       "p50_ms", "p99_ms", "delivered", "expected", "errors"]}
+        if name.startswith("scale"):
+            entry = {k: median(results, k) for k in ["server_cpu_us_per_delivery", "server_user_cpu_us_per_delivery",
+                                                       "redis_cpu_us_per_message", "p50_ms", "p99_ms", "delivered",
+                                                       "expected", "errors"]}
             for service in results[0]["cpu_us_per_message"]:
                 entry[f"{service}_cpu_us_per_message"] = median(
                     [{"v": r["cpu_us_per_message"].get(service)} for r in results], "v")
