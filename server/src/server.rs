@@ -143,6 +143,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         &config.pod_name,
         config.rate_limit_per_sec,
         config.rate_limit_burst,
+        metrics.append_latency.clone(),
     ));
     let login_limits = Arc::new(LoginLimits::new(config.limits.signups_per_address_per_hour));
     tokio::spawn(forget_idle_rate_limits(

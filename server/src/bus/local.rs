@@ -76,7 +76,13 @@ impl Bus for LocalBus {
         };
         *newest = Some(seq);
         let frame = encode(&message);
-        self.hub.message(room, seq, Some(message.timestamp), frame);
+        self.hub.message(
+            room,
+            seq,
+            Some(message.timestamp),
+            message.thread_role(),
+            frame,
+        );
         Ok(message)
     }
 

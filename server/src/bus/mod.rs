@@ -11,7 +11,7 @@ pub mod redis;
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use crate::model::{Id, Message, Session, Timestamp};
+use crate::model::{Id, Message, Session, ThreadRole, Timestamp};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +49,16 @@ impl Audience {
 pub trait Deliver: Send + Sync + 'static {
     /// A message (or change) of `room` at `seq`, for the room's subscribers
     /// here; `accepted` is when it was accepted, for the delivery latency
-    /// the hub measures (the same for every bus).
-    fn message(&self, room: Id, seq: u64, accepted: Option<Timestamp>, frame: Utf8Bytes);
+    /// the hub measures (the same for every bus), and `role` what it does
+    /// to the room's threads, which the hub keeps for replies posted here.
+    fn message(
+        &self,
+        room: Id,
+        seq: u64,
+        accepted: Option<Timestamp>,
+        role: ThreadRole,
+        frame: Utf8Bytes,
+    );
     /// A seq-less event (typing, read, presence) for the room's subscribers here.
     fn event(&self, room: Id, frame: Utf8Bytes);
     /// A frame about room lists or profiles, for `audience`'s connections here.

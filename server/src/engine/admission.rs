@@ -1,24 +1,28 @@
-//! Who may write in a room, as this pod knows it: learned from the store
-//! once, then kept until an event says otherwise, so a post in steady state
-//! asks the database nothing.
+//! What a post needs to know about a room, as this pod knows it: who may
+//! write in it (and so may be mentioned), learned from the store once, then
+//! kept until an event says otherwise; and which of its recent messages a
+//! reply may answer, from the messages delivered here. A post in steady
+//! state asks the database nothing.
 //!
 //! What makes that safe is the bus: while this pod listens to a room, every
-//! removal from it (and its deletion) reaches the pod as an eviction, in
-//! order with what was published before. So a membership read from the
-//! store stays true until an eviction arrives, provided the read began while
-//! the pod was already listening and no eviction of the room overtook it.
-//! A [`Ticket`], taken before the read, carries the room's generation; the
-//! answer is kept only if the generation is unchanged when it comes back.
-//! Every eviction of the room, the end of listening, and a gap in the bus's
-//! control frames ([`Admissions::lost`]: its pub/sub connection dropped or
-//! came back) move the generation on.
+//! message, removal (and its deletion) reaches the pod, removals as
+//! evictions, in order with what was published before. So a membership read
+//! from the store stays true until an eviction arrives, provided the read
+//! began while the pod was already listening and no eviction of the room
+//! overtook it. A [`Ticket`], taken before the read, carries the room's
+//! generation; the answer is kept only if the generation is unchanged when
+//! it comes back. Every eviction of the room, the end of listening, and a
+//! gap in the bus's frames ([`Admissions::lost`]: its pub/sub connection
+//! dropped or came back) move the generation on. Threads need no ticket:
+//! from the first message delivered here on, the pod sees every later one,
+//! deletions included ([`Parents`]); a gap starts that over.
 //!
 //! Pure state behind a mutex: no I/O, unit tested below.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
-use crate::model::Id;
+use crate::model::{Id, ThreadRole};
 use crate::sync::lock;
 
 #[derive(Default)]
@@ -39,6 +43,55 @@ struct Inner {
 struct Room {
     generation: u64,
     members: HashSet<Id>,
+    parents: Parents,
+}
+
+/// The most messages per room that [`Parents`] keeps as answerable: replies
+/// answer recent messages; an older parent is looked up in the store.
+const RECENT_PARENTS: usize = 256;
+
+/// Which of a room's recent seqs a reply may answer, from what was
+/// delivered here: the text messages on the main line not deleted since.
+#[derive(Default)]
+struct Parents {
+    /// Every seq from the first to the second was delivered here (`None`:
+    /// nothing yet since listening began, or since a gap).
+    seen: Option<(u64, u64)>,
+    /// Of those, the seqs a reply may answer.
+    open: BTreeSet<u64>,
+}
+
+impl Parents {
+    fn delivered(&mut self, seq: u64, role: ThreadRole) {
+        self.seen = match self.seen {
+            // Delivered before (a repair after a reconnection): applied then.
+            Some((_, newest)) if seq <= newest => return,
+            Some((from, _)) => Some((from, seq)),
+            None => Some((seq, seq)),
+        };
+        match role {
+            ThreadRole::Parent => {
+                self.open.insert(seq);
+            }
+            ThreadRole::Deletes(target) => {
+                self.open.remove(&target);
+            }
+            ThreadRole::Other => {}
+        }
+        if self.open.len() > RECENT_PARENTS
+            && let (Some(oldest), Some((_, newest))) = (self.open.pop_first(), self.seen)
+        {
+            self.seen = Some((oldest + 1, newest));
+        }
+    }
+
+    /// Whether a reply may answer `seq`; `None` when this pod cannot tell.
+    fn answerable(&self, seq: u64) -> Option<bool> {
+        let (from, newest) = self.seen?;
+        (from..=newest)
+            .contains(&seq)
+            .then(|| self.open.contains(&seq))
+    }
 }
 
 /// A room's generation when a membership read began (`None`: the pod did not
@@ -79,6 +132,7 @@ impl Admissions {
                 Room {
                     generation,
                     members: HashSet::new(),
+                    parents: Parents::default(),
                 },
             );
         }
@@ -101,14 +155,51 @@ impl Admissions {
     /// eviction, the end of listening or a gap came since the ticket.
     /// Returns whether it was kept.
     pub(crate) fn admit(&self, ticket: Ticket, user: Id) -> bool {
+        self.admit_all(ticket, &[user])
+    }
+
+    /// [`Admissions::admit`] for every one of `users` (a room's members, as
+    /// one read of the room listed them).
+    pub(crate) fn admit_all(&self, ticket: Ticket, users: &[Id]) -> bool {
         let mut inner = lock(&self.inner);
         match inner.rooms.get_mut(&ticket.room) {
             Some(room) if Some(room.generation) == ticket.generation => {
-                room.members.insert(user);
+                room.members.extend(users);
                 true
             }
             _ => false,
         }
+    }
+
+    /// A fresh read of `room` listed `members`: whoever is known here but
+    /// not among them was removed and the eviction did not arrive.
+    pub(crate) fn keep_only(&self, room: Id, members: &[Id]) {
+        let members: HashSet<&Id> = members.iter().collect();
+        let mut inner = lock(&self.inner);
+        let gone: Vec<Id> = inner.rooms.get(&room).map_or_else(Vec::new, |r| {
+            r.members
+                .iter()
+                .filter(|m| !members.contains(m))
+                .copied()
+                .collect()
+        });
+        for user in gone {
+            inner.forget(room, Some(user));
+        }
+    }
+
+    /// The bus delivered `room`'s message at `seq` here.
+    pub(crate) fn delivered(&self, room: Id, seq: u64, role: ThreadRole) {
+        if let Some(room) = lock(&self.inner).rooms.get_mut(&room) {
+            room.parents.delivered(seq, role);
+        }
+    }
+
+    /// Whether a reply in `room` may answer the message at `seq` (a text
+    /// message on the main line, not deleted); `None` when this pod cannot
+    /// tell (older than what it keeps, or newer than what reached it).
+    pub(crate) fn answerable(&self, room: Id, seq: u64) -> Option<bool> {
+        lock(&self.inner).rooms.get(&room)?.parents.answerable(seq)
     }
 
     /// Whether `user` is known to be a member of `room`.
@@ -140,13 +231,16 @@ impl Admissions {
         }
     }
 
-    /// The bus may have missed evictions (its pub/sub connection dropped or
-    /// came back): everything learned is learned again.
+    /// The bus may have missed evictions and messages (its pub/sub
+    /// connection dropped or came back): everything learned is learned again.
     pub(crate) fn lost(&self) {
         let mut inner = lock(&self.inner);
         let rooms: Vec<Id> = inner.rooms.keys().copied().collect();
         for room in rooms {
             inner.forget(room, None);
+        }
+        for room in inner.rooms.values_mut() {
+            room.parents = Parents::default();
         }
     }
 }
@@ -243,5 +337,83 @@ mod tests {
         admissions.forget_user(alice);
         assert!(!admissions.is_admitted(room, alice));
         assert!(!admissions.is_admitted(other, alice));
+    }
+
+    #[test]
+    fn a_room_read_admits_every_member_and_a_fresh_read_drops_the_removed() {
+        let (room, alice, bob) = ids();
+        let admissions = Admissions::default();
+        admissions.listening(room);
+        assert!(admissions.admit_all(admissions.ticket(room), &[alice, bob]));
+        assert!(admissions.is_admitted(room, alice) && admissions.is_admitted(room, bob));
+        // A sweep's read no longer lists bob: his eviction was lost.
+        let in_flight = admissions.ticket(room);
+        admissions.keep_only(room, &[alice]);
+        assert!(admissions.is_admitted(room, alice));
+        assert!(!admissions.is_admitted(room, bob));
+        assert!(
+            !admissions.admit(in_flight, bob),
+            "a read begun before the sweep may predate the removal"
+        );
+    }
+
+    #[test]
+    fn a_reply_may_answer_a_recent_message_of_the_main_line_until_it_is_deleted() {
+        let (room, _, _) = ids();
+        let admissions = Admissions::default();
+        admissions.listening(room);
+        assert_eq!(
+            admissions.answerable(room, 7),
+            None,
+            "nothing delivered yet"
+        );
+        admissions.delivered(room, 7, ThreadRole::Parent);
+        admissions.delivered(room, 8, ThreadRole::Other);
+        admissions.delivered(room, 9, ThreadRole::Parent);
+        assert_eq!(admissions.answerable(room, 7), Some(true));
+        assert_eq!(
+            admissions.answerable(room, 8),
+            Some(false),
+            "a reply or a change"
+        );
+        assert_eq!(
+            admissions.answerable(room, 6),
+            None,
+            "before this pod listened"
+        );
+        assert_eq!(
+            admissions.answerable(room, 10),
+            None,
+            "not delivered here yet"
+        );
+        admissions.delivered(room, 10, ThreadRole::Deletes(7));
+        assert_eq!(admissions.answerable(room, 7), Some(false));
+        // A repair hands over what was delivered already: no resurrection.
+        admissions.delivered(room, 7, ThreadRole::Parent);
+        assert_eq!(admissions.answerable(room, 7), Some(false));
+        assert_eq!(admissions.answerable(room, 9), Some(true));
+    }
+
+    #[test]
+    fn threads_are_learned_again_after_a_gap_and_only_recent_ones_are_kept() {
+        let (room, _, _) = ids();
+        let admissions = Admissions::default();
+        admissions.listening(room);
+        admissions.delivered(room, 1, ThreadRole::Parent);
+        admissions.lost();
+        assert_eq!(admissions.answerable(room, 1), None);
+        admissions.delivered(room, 2, ThreadRole::Parent);
+        assert_eq!(admissions.answerable(room, 1), None);
+        assert_eq!(admissions.answerable(room, 2), Some(true));
+
+        let last = 2 + RECENT_PARENTS as u64;
+        for seq in 3..=last {
+            admissions.delivered(room, seq, ThreadRole::Parent);
+        }
+        assert_eq!(admissions.answerable(room, 2), None, "the oldest went");
+        assert_eq!(admissions.answerable(room, 3), Some(true));
+        assert_eq!(admissions.answerable(room, last), Some(true));
+        admissions.deaf(room);
+        assert_eq!(admissions.answerable(room, last), None);
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::outbox::{Opcode, Outbox, Outgoing, Sent};
 
-use crate::model::{Id, Session, Timestamp};
+use crate::model::{Id, Session, ThreadRole, Timestamp};
 use crate::sync::lock;
 use crate::wire::errors::Kick;
 
@@ -462,7 +462,15 @@ impl Hub {
 
 /// What the bus hands this process goes to the connections here.
 impl crate::bus::Deliver for Hub {
-    fn message(&self, room: Id, seq: u64, accepted: Option<Timestamp>, frame: Utf8Bytes) {
+    fn message(
+        &self,
+        room: Id,
+        seq: u64,
+        accepted: Option<Timestamp>,
+        role: ThreadRole,
+        frame: Utf8Bytes,
+    ) {
+        self.admissions.delivered(room, seq, role);
         self.broadcast(room, Outbound::message(room, seq, frame));
         if let Some(accepted) = accepted {
             let elapsed = (crate::model::now() - accepted).as_seconds_f64();

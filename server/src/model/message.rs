@@ -62,6 +62,29 @@ impl MessageKind {
     pub const SEARCHED: [MessageKind; 2] = [MessageKind::Text, MessageKind::Edit];
 }
 
+/// What a message does to its room's threads, as the pods delivering it
+/// keep track (see `engine::admission`): a reply may answer a text message
+/// on the main line until a deletion takes it away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadRole {
+    /// A text message on the main line: replies may answer it.
+    Parent,
+    /// The deletion of the message at this seq.
+    Deletes(u64),
+    /// Anything else: a reply, a system message, an edit, a reaction.
+    Other,
+}
+
+impl ThreadRole {
+    pub fn of(kind: MessageKind, reply_to: Option<u64>, target_seq: Option<u64>) -> Self {
+        match (kind, target_seq) {
+            (MessageKind::Text, _) if reply_to.is_none() => Self::Parent,
+            (MessageKind::Delete, Some(target)) => Self::Deletes(target),
+            _ => Self::Other,
+        }
+    }
+}
+
 /// A chat message exactly as clients receive it, live or from history:
 /// `{"type","id","room_id","user_id","username","content","timestamp","seq"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ts_rs::TS)]
@@ -120,6 +143,10 @@ impl Message {
     /// change) that is not a reply in a thread.
     pub fn on_main_line(&self) -> bool {
         !self.kind.is_change() && self.reply_to.is_none()
+    }
+
+    pub fn thread_role(&self) -> ThreadRole {
+        ThreadRole::of(self.kind, self.reply_to, self.target_seq)
     }
 
     /// A new message or change of `kind` by `user_id`, now, not yet numbered

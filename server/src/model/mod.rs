@@ -14,7 +14,7 @@ pub use attachment::{AttachedFile, Attachment, Blob, Upload};
 pub use id::{Id, InvalidId};
 pub use message::{
     HistoryPage, HistoryQuery, MAX_REACTIONS, MAX_REACTIONS_PER_USER, Message, MessageKind,
-    Settled, apply_changes, as_now, settle,
+    Settled, ThreadRole, apply_changes, as_now, settle,
 };
 pub use room::{Room, RoomKind, RoomPage};
 pub use session::Session;

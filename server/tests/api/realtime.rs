@@ -594,6 +594,11 @@ async fn websocket_traffic_is_measured() {
         1.0,
         "the message's hand-off to the room, measured"
     );
+    assert_eq!(
+        value("chat_append_latency_seconds_count"),
+        1.0,
+        "the message's append, measured"
+    );
     assert!(
         value("chat_ws_frames_sent_total") >= 3.0,
         "joined, the message, its ack"

@@ -43,7 +43,7 @@ use self::keys::{
 };
 use super::{Audience, Bus, BusError, Deliver, split_at_seq};
 use crate::metrics::Metrics;
-use crate::model::{Id, Message, MessageKind, Session};
+use crate::model::{Id, Message, MessageKind, Session, ThreadRole};
 use crate::store::Store;
 use crate::sync::lock;
 use crate::wire::frames::encode;
@@ -160,6 +160,8 @@ struct Envelope {
     user_id: Option<Id>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     timestamp: Option<crate::model::Timestamp>,
+    reply_to: Option<u64>,
+    target_seq: Option<u64>,
 }
 
 impl RedisBus {
@@ -280,12 +282,19 @@ impl RedisBus {
             }
         };
         let room = envelope.room_id;
-        let in_stream = MessageKind::from_name(&envelope.kind).is_some();
-        match (envelope.kind.as_str(), envelope.seq) {
-            (_, Some(seq)) if in_stream => {
-                self.deliver_message(room, seq, envelope.timestamp, Utf8Bytes::from(payload));
+        let kind = MessageKind::from_name(&envelope.kind);
+        match (kind, envelope.kind.as_str(), envelope.seq) {
+            (Some(kind), _, Some(seq)) => {
+                let role = ThreadRole::of(kind, envelope.reply_to, envelope.target_seq);
+                self.deliver_message(
+                    room,
+                    seq,
+                    envelope.timestamp,
+                    role,
+                    Utf8Bytes::from(payload),
+                );
             }
-            ("_evict", _) => self.hub.evict(room, envelope.user_id),
+            (_, "_evict", _) => self.hub.evict(room, envelope.user_id),
             _ => {
                 self.hub.event(room, Utf8Bytes::from(payload));
             }
@@ -307,12 +316,13 @@ impl RedisBus {
         room: Id,
         seq: u64,
         accepted: Option<crate::model::Timestamp>,
+        role: ThreadRole,
         frame: Utf8Bytes,
     ) {
         if let Some(newest) = lock(&self.delivered).get_mut(&room) {
             *newest = (*newest).max(seq);
         }
-        self.hub.message(room, seq, accepted, frame);
+        self.hub.message(room, seq, accepted, role, frame);
     }
 
     /// After the pub/sub connection came back: hands local subscribers what was
@@ -343,6 +353,7 @@ impl RedisBus {
                         room,
                         message.seq,
                         Some(message.timestamp),
+                        message.thread_role(),
                         encode(&message),
                     );
                 }

@@ -1,5 +1,5 @@
 //! Who is in a room, as the store says: membership learned once per room
-//! and user while the pod listens to the room, and kept until an eviction
+//! (per user in a direct room) while the pod listens to it, and kept until an eviction
 //! (see `engine::admission`); swept on every room open here; joins that post
 //! a system message, and the announcements of REST membership changes.
 
@@ -45,6 +45,7 @@ impl Chat {
                         "the other member of this direct room blocked you",
                     ));
                 }
+                self.learn_members(ticket, &current);
                 true
             }
             Ok(_) => false,
@@ -64,6 +65,15 @@ impl Chat {
             tracing::info!(room_id = %room, user_id = %user, "a removed member was still subscribed: evicted");
             self.hub.evict(room, Some(user));
             Err(ChatError::NotSubscribed)
+        }
+    }
+
+    /// What a read of a group room tells: every member listed may write in
+    /// it (and be mentioned) without another read. A direct room's other
+    /// member is not learned: a block is checked per writer.
+    fn learn_members(&self, ticket: Ticket, current: &Room) {
+        if current.kind == RoomKind::Group {
+            self.hub.admissions.admit_all(ticket, &current.members);
         }
     }
 
@@ -89,7 +99,9 @@ impl Chat {
     /// the room here, or a direct room, whose blocks that read did not
     /// check) the store is asked now, so the first post does not wait for it.
     pub(super) async fn opened_by_member(&self, ticket: Ticket, current: &Room, user: Id) {
-        if current.kind != RoomKind::Direct && self.hub.admissions.admit(ticket, user) {
+        if current.kind == RoomKind::Group
+            && self.hub.admissions.admit_all(ticket, &current.members)
+        {
             return;
         }
         match self.confirm_member(current.id, user).await {
@@ -126,6 +138,9 @@ impl Chat {
                     continue;
                 }
             };
+            self.hub
+                .admissions
+                .keep_only(room, current.as_ref().map_or(&[], |r| &r.members));
             for connection in self.hub.subscribers(room) {
                 if !current
                     .as_ref()

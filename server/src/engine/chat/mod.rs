@@ -11,6 +11,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus::Histogram;
+
 use crate::bus::{Audience, Bus, BusError};
 use crate::engine::hub::Hub;
 use crate::model::{Author, Id, Message, MessageKind};
@@ -121,8 +123,18 @@ pub struct Chat {
     pub limits: Limits,
     /// Until when the store is taken to be down (see `confirm_member`).
     store_down_until: Mutex<Option<Instant>>,
+    /// Users by lower-cased username, as mentions name them: a username
+    /// never changes and a user is never deleted, so an entry stays true.
+    usernames: moka::sync::Cache<String, Id>,
+    /// `chat_append_latency_seconds`: acceptance to the bus's answer.
+    append_latency: Histogram,
     pod: String,
 }
+
+/// The most usernames a pod keeps for resolving mentions (some 100 bytes
+/// each); the least used go first.
+const USERNAMES_KEPT: u64 = 100_000;
+
 impl Chat {
     pub fn new(
         store: Arc<dyn Store>,
@@ -131,6 +143,7 @@ impl Chat {
         pod: &str,
         per_sec: u32,
         burst: u32,
+        append_latency: Histogram,
     ) -> Self {
         Self {
             store,
@@ -138,6 +151,8 @@ impl Chat {
             bus,
             limits: Limits::new(per_sec, burst),
             store_down_until: Mutex::default(),
+            usernames: moka::sync::Cache::new(USERNAMES_KEPT),
+            append_latency,
             pod: pod.to_owned(),
         }
     }
@@ -159,10 +174,17 @@ impl Chat {
         about: &Author,
         content: String,
     ) -> Result<Message, ChatError> {
-        Ok(self
-            .bus
-            .append(draft(room, about, MessageKind::System, content), None)
-            .await?)
+        self.append(draft(room, about, MessageKind::System, content), None)
+            .await
+    }
+
+    /// Appends `draft` to its room's stream (see [`Bus::append`]), timing it.
+    async fn append(&self, draft: Message, dedupe: Option<String>) -> Result<Message, ChatError> {
+        let accepted = draft.timestamp;
+        let appended = self.bus.append(draft, dedupe).await?;
+        let elapsed = (crate::model::now() - accepted).as_seconds_f64();
+        self.append_latency.observe(elapsed.max(0.0));
+        Ok(appended)
     }
 
     /// Sends `frame` to every connection of `audience`, on every pod: a

@@ -23,12 +23,7 @@ impl Chat {
         } = post;
         self.admit(connection, room).await?;
         if let Some(parent) = reply_to {
-            // Threads are one level deep, as in most chats: a reply answers a
-            // message of the room's main line.
-            self.live_text_message(room, parent)
-                .await?
-                .filter(|m| m.reply_to.is_none())
-                .ok_or(ChatError::NoSuchMessage)?;
+            self.check_parent(room, parent).await?;
         }
         let attachments = self.attachments(room, connection.user, attachments).await?;
         let (mentions, mentions_room) = self.mentions(room, connection.user, &content).await;
@@ -40,6 +35,25 @@ impl Chat {
             ..draft(room, &connection.author(), MessageKind::Text, content)
         };
         self.append_from(connection, draft, client_id).await
+    }
+
+    /// Whether a reply may answer the message at `parent`: threads are one
+    /// level deep, as in most chats, so it must be a text message of the
+    /// room's main line, and not deleted. This pod knows for the room's
+    /// recent messages (see `engine::admission`); for older ones it asks.
+    async fn check_parent(&self, room: Id, parent: u64) -> Result<(), ChatError> {
+        let answerable = match self.hub.admissions.answerable(room, parent) {
+            Some(known) => known,
+            None => self
+                .live_text_message(room, parent)
+                .await?
+                .is_some_and(|m| m.reply_to.is_none()),
+        };
+        if answerable {
+            Ok(())
+        } else {
+            Err(ChatError::NoSuchMessage)
+        }
     }
 
     /// The files `ids` names, each uploaded by `sender` into `room` (a file
@@ -116,36 +130,61 @@ impl Chat {
 
     /// The members `content` mentions (`@username`, not the sender), and
     /// whether it calls the whole room (`@room`: its owner's and admins'
-    /// right; anyone else's is plain text). Best effort: while the database
-    /// cannot say, the message goes out without mentions rather than not
-    /// at all.
+    /// right; anyone else's is plain text). Names and members this pod knows
+    /// (see `engine::admission`) need no read; the room is read only for a
+    /// member not known here and for `@room`. Best effort: while the
+    /// database cannot say, the message goes out without what it could not
+    /// resolve rather than not at all.
     pub(super) async fn mentions(&self, room: Id, sender: Id, content: &str) -> (Vec<Id>, bool) {
         let mentioned = crate::mention::mentioned(content);
         if mentioned.names.is_empty() && !mentioned.room {
             return (Vec::new(), false);
+        }
+        // Each mentioned user, and whether this pod knows them as a member.
+        let mut named: Vec<(Id, bool)> = Vec::new();
+        for name in &mentioned.names {
+            match self.user_id(name).await {
+                Ok(Some(user)) if user != sender => {
+                    named.push((user, self.hub.admissions.is_admitted(room, user)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, room_id = %room, "cannot resolve a mention");
+                    break;
+                }
+            }
+        }
+        let known = |named: Vec<(Id, bool)>| named.into_iter().filter(|n| n.1).map(|n| n.0);
+        if named.iter().all(|(_, known)| *known) && !mentioned.room {
+            return (known(named).collect(), false);
         }
         let room = match self.store.room(room).await {
             Ok(Some(room)) => room,
             Ok(None) => return (Vec::new(), false),
             Err(e) => {
                 tracing::warn!(error = %e, room_id = %room, "cannot resolve mentions");
-                return (Vec::new(), false);
+                return (known(named).collect(), false);
             }
         };
-        let mut members = Vec::new();
-        for name in &mentioned.names {
-            match self.store.user_by_username(name).await {
-                Ok(Some(user)) if user.id != sender && room.is_member(user.id) => {
-                    members.push(user.id)
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, room_id = %room.id, "cannot resolve a mention");
-                    break;
-                }
-            }
-        }
+        let members = named
+            .into_iter()
+            .filter(|(user, _)| room.is_member(*user))
+            .map(|(user, _)| user)
+            .collect();
         (members, mentioned.room && room.can_manage_members(sender))
+    }
+
+    /// The user named `username` (lower-cased), from this pod's usernames
+    /// or, the first time, the store.
+    async fn user_id(&self, username: &str) -> Result<Option<Id>, crate::store::StoreError> {
+        if let Some(id) = self.usernames.get(username) {
+            return Ok(Some(id));
+        }
+        let id = self.store.user_by_username(username).await?.map(|u| u.id);
+        if let Some(id) = id {
+            self.usernames.insert(username.to_owned(), id);
+        }
+        Ok(id)
     }
 
     /// What every write to a room checks first: the room open on this
@@ -167,7 +206,7 @@ impl Chat {
     ) -> Result<Message, ChatError> {
         // A client_id names one message (or change) of one sender in one room.
         let dedupe = client_id.map(|c| format!("{}:{c}", connection.user));
-        Ok(self.bus.append(draft, dedupe).await?)
+        self.append(draft, dedupe).await
     }
 
     /// Changes the message at `target` in `room` from `connection`: a new

@@ -35,7 +35,8 @@ impl Engine {
             Histogram::with_opts(HistogramOpts::new("latency", "latency")).unwrap(),
         ));
         let bus = Arc::new(LocalBus::new(store.clone(), hub.clone(), "test"));
-        let chat = Chat::new(store.clone(), hub.clone(), bus, "test", 1000, 1000);
+        let latency = Histogram::with_opts(HistogramOpts::new("append", "append")).unwrap();
+        let chat = Chat::new(store.clone(), hub.clone(), bus, "test", 1000, 1000, latency);
         Self {
             chat,
             store,
@@ -94,9 +95,20 @@ impl Engine {
         text: &str,
         client_id: Option<&str>,
     ) -> Result<crate::model::Message, ChatError> {
+        self.reply(connection, room, text, None, client_id).await
+    }
+
+    async fn reply(
+        &self,
+        connection: &Connection,
+        room: Id,
+        text: &str,
+        reply_to: Option<u64>,
+        client_id: Option<&str>,
+    ) -> Result<crate::model::Message, ChatError> {
         let post = Post {
             content: text.into(),
-            reply_to: None,
+            reply_to,
             attachments: Vec::new(),
         };
         self.chat
@@ -349,4 +361,99 @@ async fn a_block_stops_the_blocked_member_s_posts_in_the_direct_room() {
         engine.say(&mallory_on, dm.id, "again", None).await,
         Err(ChatError::NotAllowed(_))
     ));
+}
+
+#[tokio::test]
+async fn replies_answer_live_messages_of_the_main_line_known_here_or_in_the_store() {
+    let mut engine = Engine::new();
+    let alice = engine.user("alice").await;
+    let room = engine.room(&alice, false, &[]).await;
+    let connection = engine.connect(&alice).await;
+    // Before this pod listens to the room: only the store knows this one.
+    let old = crate::model::Message {
+        seq: 1,
+        ..crate::model::Message::new(
+            crate::model::MessageKind::Text,
+            room,
+            alice.id,
+            "alice".into(),
+            "from before".into(),
+        )
+    };
+    engine.store.insert_message(&old, None).await.unwrap();
+    engine.chat.join(&connection, room).await.unwrap();
+    let parent = engine
+        .say(&connection, room, "a question", None)
+        .await
+        .unwrap();
+    assert_eq!(parent.seq, 2);
+
+    let answer = engine
+        .reply(&connection, room, "an answer", Some(parent.seq), None)
+        .await
+        .unwrap();
+    assert_eq!(answer.reply_to, Some(parent.seq));
+    engine
+        .reply(&connection, room, "to the old one", Some(1), None)
+        .await
+        .unwrap();
+    for (seq, why) in [
+        (answer.seq, "a reply opens no thread"),
+        (99, "no such message yet"),
+    ] {
+        assert!(
+            matches!(
+                engine.reply(&connection, room, "?", Some(seq), None).await,
+                Err(ChatError::NoSuchMessage)
+            ),
+            "{why}"
+        );
+    }
+    engine
+        .chat
+        .change(&connection, room, parent.seq, Change::Delete, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine
+            .reply(&connection, room, "too late", Some(parent.seq), None)
+            .await,
+        Err(ChatError::NoSuchMessage)
+    ));
+}
+
+#[tokio::test]
+async fn mentions_resolve_members_known_here_and_ask_the_store_for_others() {
+    let mut engine = Engine::new();
+    let alice = engine.user("alice").await;
+    let bob = engine.user("bob").await;
+    let carol = engine.user("carol").await;
+    let room = engine.room(&alice, false, &[&bob]).await;
+    let connection = engine.connect(&alice).await;
+    engine.chat.join(&connection, room).await.unwrap();
+
+    let text = "@bob @Carol @alice @nobody";
+    let message = engine.say(&connection, room, text, None).await.unwrap();
+    assert_eq!(
+        message.mentions,
+        [bob.id],
+        "carol is no member, alice the sender"
+    );
+
+    // Bob leaves in the store alone (as if his eviction were lost): this
+    // pod still knows him as a member, so mentioning him asks nothing ...
+    engine.store.remove_member(room, bob.id).await.unwrap();
+    engine.store.add_member(room, carol.id).await.unwrap();
+    let mentions = async |text: &str| {
+        engine
+            .say(&connection, room, text, None)
+            .await
+            .unwrap()
+            .mentions
+    };
+    assert_eq!(mentions("@bob").await, [bob.id]);
+    // ... while one it does not know reads the room, which tells it all.
+    assert_eq!(mentions("@bob @carol").await, [carol.id]);
+    engine.chat.sweep_memberships().await;
+    assert_eq!(mentions("@bob").await, Vec::<Id>::new());
 }
