@@ -55,7 +55,7 @@ MONGODB_DB = "bench"
 # A chat-server built from another commit (--baseline), run as the system
 # "baseline" through the same scenarios as this build.
 BASELINE: Path | None = None
-ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "scale", "ceiling"}
+ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "scale", "ceiling", "stages"}
 # Scale-out (the `scale` scenario): chatcluster instances and Redis shards (1:
 # one Redis; more: a Redis Cluster of that many masters).
 SCALE = [(2, 1), (4, 1), (2, 3), (4, 3)]
@@ -92,6 +92,8 @@ class Processes:
         self.running: list[subprocess.Popen] = []
         # The shared services' process ids by name ("redis", "mongodb"), for CPU.
         self.pids: dict[str, int] = {}
+        # The port of the (single) Redis, for INFO.
+        self.redis_port: int | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
 
     def start(self, args: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
@@ -127,6 +129,7 @@ def redis(p: Processes) -> int:
     process = p.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                        "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(p.dir)])
     p.pids["redis"] = process.pid
+    p.redis_port = port
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
@@ -397,6 +400,83 @@ def scenario_efficiency(system: str, rate: float, connections: int, duration: fl
     return result
 
 
+def latency_histogram(base: str, name: str) -> dict[float, float]:
+    """A histogram's cumulative counts by upper bound (seconds) from /metrics."""
+    buckets = {}
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + "_bucket"):
+                bound = line.split('le="')[1].split('"')[0]
+                buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.split()[1])
+    return buckets
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The upper bound (ms) of the bucket holding the q-quantile."""
+    total = buckets.get(float("inf"), 0)
+    return next((bound * 1000 for bound, count in sorted(buckets.items()) if total and count >= q * total), None)
+
+
+def redis_info(port: int, section: str) -> dict[str, str]:
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", section], capture_output=True, text=True).stdout
+    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def scenario_stages(system: str, rate: float, connections: int, duration: float,
+                    pause_stand_in: bool = False) -> dict:
+    """Where a message's time goes, at the efficiency load: the clients' p99,
+    for chatcluster the pods' append (acceptance to Redis's answer, what the
+    ack waits for) and hand-off (to the pod's recipients) histograms, and
+    Redis's own time per script call (INFO latencystats). With
+    `pause_stand_in` the MongoDB stand-in is stopped (SIGSTOP) once a second
+    of load has been appended, and let go after: acks and deliveries do not
+    wait for the database (the persist stream holds the backlog), so the
+    difference is what the stand-in's CPU, taken from the same 2 cores,
+    costs everyone else."""
+    with Processes() as p:
+        servers, cpu = instances(p, system)
+        port = p.redis_port
+        names = ("chat_append_latency_seconds", "chat_delivery_latency_seconds") if is_chat(system) else ()
+        before = {n: [latency_histogram(url, n) for url, _ in servers] for n in names}
+        subprocess.run(["redis-cli", "-p", str(port), "CONFIG", "RESETSTAT"], capture_output=True, check=True)
+        stop = threading.Event()
+
+        def pause_when_loaded() -> None:
+            while not stop.wait(0.2):
+                calls = redis_info(port, "commandstats").get("cmdstat_evalsha", "calls=0").split(",")[0]
+                if int(calls.removeprefix("calls=")) > rate:
+                    os.kill(p.pids["mongodb"], signal.SIGSTOP)
+                    return
+
+        pauser = threading.Thread(target=pause_when_loaded)
+        if pause_stand_in:
+            pauser.start()
+        try:
+            result = bench(servers, protocol_of(system), connections=connections, rooms=50, users=50,
+                           rate=rate, duration=duration, cpu_pid=cpu)
+        finally:
+            stop.set()
+            if pause_stand_in:
+                pauser.join()
+                os.kill(p.pids["mongodb"], signal.SIGCONT)
+        latency = redis_info(port, "latencystats").get("latency_percentiles_usec_evalsha", "")
+        stages = {f"redis_script_{k.replace('.', '')}_us": float(v)
+                  for k, v in (part.split("=") for part in latency.split(",") if "=" in part)}
+        for name in names:
+            after = [latency_histogram(url, name) for url, _ in servers]
+            merged = {bound: sum(a[bound] - b.get(bound, 0) for a, b in zip(after, before[name]))
+                      for bound in after[0]}
+            stage = "append" if "append" in name else "handoff"
+            stages |= {f"{stage}_p50_ms": bucket_quantile(merged, 0.5), f"{stage}_p99_ms": bucket_quantile(merged, 0.99)}
+    timeline = result.get("timeline") or []
+    # After the first 3 s (the pause comes about a second in): deliveries over 10 ms.
+    stages["slow_after_3s"] = sum(second[1] for second in timeline[3:])
+    return result | stages
+
+
+CEILING_P99_MS = 25
+
+
 CEILING_P99_MS = 25
 
 
@@ -516,7 +596,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small and short, to try the harness")
     parser.add_argument("--scenarios", default=",".join(sorted(ALL_SCENARIOS)),
                         help="comma-separated subset of idle,fanout,throughput,persistence,efficiency,"
-                             "scale,ceiling "
+                             "scale,ceiling,stages "
                              "(the others keep their figures in summary.json)")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated subset of " + ",".join(SYSTEMS))
@@ -541,6 +621,7 @@ def main() -> None:
     efficiency = dict(connections=200 if args.quick else 1000, duration=5 if args.quick else 20)
     efficiency_rates = [250, 1000] if args.quick else [1000, 4000]
     scale_rate = 250 if args.quick else 1000
+    stages_rate = 250 if args.quick else 1000
     ceiling_rates = [250, 500, 1000] if args.quick else [250, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000, 8000]
     persistence = dict(rate=2000 if args.quick else 6000, duration=5 if args.quick else 30,
                        baseline_seconds=3 if args.quick else 10)
@@ -564,6 +645,16 @@ def main() -> None:
                           f"per message {result['cpu_us_per_message']}, p99 {result['p99_ms']:.2f} ms, "
                           f"{result['delivered']}/{result['expected']} delivered", flush=True)
                     runs.setdefault(f"efficiency-{rate}/{system}", []).append(result)
+            if "stages" in chosen:
+                for paused in (False, True) if is_chat(system) else (False,):
+                    name = "stages-paused" if paused else "stages"
+                    print(f"[{repeat + 1}/{args.repeats}] {system}: {name} {stages_rate}/s {efficiency}", flush=True)
+                    result = scenario_stages(system, stages_rate, **efficiency, pause_stand_in=paused)
+                    print(f"  p99 {result['p99_ms']:.2f} ms, append p99 {result.get('append_p99_ms')} ms, "
+                          f"hand-off p99 {result.get('handoff_p99_ms')} ms, Redis script p99 "
+                          f"{result.get('redis_script_p99_us')} us, over 10 ms after 3 s {result['slow_after_3s']}, "
+                          f"{result['delivered']}/{result['expected']} delivered", flush=True)
+                    runs.setdefault(f"{name}/{system}", []).append(result)
             if "scale" in chosen and is_chat(system):
                 for count, shards in SCALE:
                     print(f"[{repeat + 1}/{args.repeats}] {system}: {count} instances on {shards} Redis shard(s), "
@@ -631,6 +722,12 @@ def main() -> None:
                     [{"v": r["cpu_us_per_message"].get(service)} for r in results], "v")
             entry["largest_shard_share"] = median([{"v": max(r["shard_share"].values())} for r in results], "v")
             summary["scenarios"][name] = entry | {"runs": len(results), "date": today}
+            continue
+        if name.startswith("stages"):
+            summary["scenarios"][name] = {k: median(results, k) for k in [
+                "p50_ms", "p99_ms", "p999_ms", "append_p50_ms", "append_p99_ms", "handoff_p50_ms", "handoff_p99_ms",
+                "redis_script_p50_us", "redis_script_p99_us", "redis_script_p999_us", "slow_after_3s",
+                "delivered", "expected"]} | {"runs": len(results), "date": today}
             continue
         if name.startswith("efficiency"):
             entry = {k: median(results, k) for k in ["server_cpu_us_per_delivery", "server_user_cpu_us_per_delivery",
