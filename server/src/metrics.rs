@@ -53,6 +53,11 @@ const LATENCY_BUCKETS: [f64; 16] = [
     1.0, 5.0,
 ];
 
+/// A histogram of message latency, in [`LATENCY_BUCKETS`].
+fn latency(name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+}
+
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
@@ -113,19 +118,13 @@ impl Metrics {
             "chat_persisted_messages_total",
             "Messages written to the store by the persist worker",
         )?;
-        let delivery_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "chat_delivery_latency_seconds",
-                "Time from a message's acceptance to its hand-off to this instance's recipients",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let delivery_latency = latency(
+            "chat_delivery_latency_seconds",
+            "Time from a message's acceptance to its hand-off to this instance's recipients",
         )?;
-        let append_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "chat_append_latency_seconds",
-                "Time from a message's acceptance to its append answered: sequenced, durable, published",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let append_latency = latency(
+            "chat_append_latency_seconds",
+            "Time from a message's acceptance to its append answered: sequenced, durable, published",
         )?;
         let dependency_up = IntGaugeVec::new(
             Opts::new(
