@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,12 +41,6 @@ REGISTRY = "localhost:5000"
 
 def say(message: str) -> None:
     print(f"==> {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Engine:
@@ -206,9 +199,11 @@ def main() -> None:
     if not bench.exists():
         sys.exit("compose_test: target/debug/chat-bench missing: cargo build first")
     engine = Engine()
-    port = free_port()
-    compose = Compose(port)
-    base = f"http://127.0.0.1:{port}"
+    # Host port 0: the engine picks a free one as it binds, so no other
+    # process (a load generator's outgoing connections) can take it between
+    # a pick here and the bind.
+    compose = Compose(0)
+    base = ""
     try:
         compose("down", "--volumes", "--remove-orphans", check=False)
         say("docker compose up --scale server=3 --wait")
@@ -216,6 +211,10 @@ def main() -> None:
         compose("up", "--detach", "--pull", "never", "--no-build", "--scale", "server=3", "--wait",
                 "--wait-timeout", "180")
         print(f"up and healthy in {time.time() - started:.1f} s")
+        # "0.0.0.0:PORT" (and "[::]:PORT"): the port the engine chose.
+        published = compose("port", "lb", "8080").stdout.split()
+        assert published, "the load balancer has no published port"
+        base = f"http://127.0.0.1:{published[0].rsplit(':', 1)[-1]}"
         servers = compose("ps", "--format", "json", "server").stdout
         servers = [json.loads(line) for line in servers.splitlines() if line.strip()]
         assert len(servers) == 3 and all(s["Health"] == "healthy" for s in servers), servers
