@@ -55,7 +55,12 @@ MONGODB_DB = "bench"
 # A chat-server built from another commit (--baseline), run as the system
 # "baseline" through the same scenarios as this build.
 BASELINE: Path | None = None
-ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "scale", "ceiling", "stages"}
+ALL_SCENARIOS = {"idle", "fanout", "throughput", "persistence", "efficiency", "scale", "ceiling", "stages", "indexes"}
+# The indexes scenario: the server's message indexes added one at a time
+# (chat-bench --baseline-indexes), ending with all of them.
+INDEX_SETS = ("none", "seq", "seq,dedupe", "seq,dedupe,reply", "seq,dedupe,reply,change")
+# Messages per persist batch at 1,000 msg/s on two instances (docs/benchmarks.md).
+INDEX_BATCH = 90
 # Scale-out (the `scale` scenario): chatcluster instances and Redis shards (1:
 # one Redis; more: a Redis Cluster of that many masters).
 SCALE = [(2, 1), (4, 1), (2, 3), (4, 3)]
@@ -560,12 +565,28 @@ def scenario_persistence(rate: float, duration: float, baseline_seconds: float) 
     }
 
 
-def bench_baseline(uri: str, seconds: float) -> dict:
-    result = subprocess.run([str(RELEASE / "chat-bench"), "--insert-baseline", uri, "--duration", str(seconds)],
-                            capture_output=True, text=True, timeout=600)
+def bench_baseline(uri: str, seconds: float, *options: str) -> dict:
+    result = subprocess.run([str(RELEASE / "chat-bench"), "--insert-baseline", uri, "--duration", str(seconds),
+                             *options], capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"chat-bench --insert-baseline failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def scenario_indexes(seconds: float, batch: int) -> list[dict]:
+    """What each index of the messages collection costs the MongoDB stand-in
+    per document: batches of the persist worker's size (at 1,000 msg/s) into
+    a fresh stand-in with the server's message indexes added one at a time,
+    its CPU read around the inserts."""
+    results = []
+    for indexes in INDEX_SETS:
+        with Processes() as p:
+            uri = mongodb(p)
+            result = bench_baseline(uri, seconds, "--baseline-batch", str(batch), "--baseline-indexes", indexes,
+                                    "--cpu-pid", f"mongodb={p.pids['mongodb']}")
+        results.append({"indexes": indexes, "batch": batch, "inserts_per_sec": result["inserts_per_sec"]}
+                       | (result["cpu"].get("mongodb") or {}))
+    return results
 
 
 def scenario_throughput(rates: list[float], duration: float, with_redis: bool) -> list[dict]:
@@ -596,7 +617,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small and short, to try the harness")
     parser.add_argument("--scenarios", default=",".join(sorted(ALL_SCENARIOS)),
                         help="comma-separated subset of idle,fanout,throughput,persistence,efficiency,"
-                             "scale,ceiling,stages "
+                             "scale,ceiling,stages,indexes "
                              "(the others keep their figures in summary.json)")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated subset of " + ",".join(SYSTEMS))
@@ -683,6 +704,12 @@ def main() -> None:
               f"{result['raw_insert_per_sec_before']:.0f}/s before and {result['raw_insert_per_sec_after']:.0f}/s "
               f"after, ratio {result['ratio'] or 0:.2f}", flush=True)
         runs.setdefault("persistence/chatcluster", []).append(result)
+    for repeat in range(args.repeats if "indexes" in chosen else 0):
+        print(f"[{repeat + 1}/{args.repeats}] MongoDB stand-in: indexes", flush=True)
+        for result in scenario_indexes(3 if args.quick else 10, INDEX_BATCH):
+            print(f"  {result['indexes']}: {result.get('cpu_us_per_document') or 0:.0f} us of its CPU per document, "
+                  f"{result['inserts_per_sec']:.0f} documents/s", flush=True)
+            runs.setdefault(f"indexes-{result['indexes'].replace(',', '+')}/mongodb", []).append(result)
     rates = [250, 1000] if args.quick else [100, 250, 500, 1000, 2000, 4000, 8000, 16000]
     for name, with_redis in (("embedded", False), ("redis", True)):
         if "throughput" not in chosen:
@@ -707,6 +734,12 @@ def main() -> None:
         if not results:
             continue
         summary["scenarios"].pop(name, None)
+        if name.startswith("indexes"):
+            summary["scenarios"][name] = {k: median(results, k) for k in [
+                "cpu_us_per_document", "user_cpu_us_per_document", "system_cpu_us_per_document",
+                "inserts_per_sec"]} | {"indexes": results[0]["indexes"], "batch": results[0]["batch"],
+                                       "runs": len(results), "date": today}
+            continue
         if name.startswith("persistence"):
             summary["scenarios"][name] = {k: median(results, k) for k in results[0]} | {"runs": len(results), "date": today}
             continue

@@ -75,6 +75,13 @@ struct Args {
     /// for --duration seconds, to compare the persist pipeline with.
     #[arg(long, value_name = "MONGODB_URI")]
     insert_baseline: Option<String>,
+    /// With --insert-baseline: documents per insert_many.
+    #[arg(long, default_value_t = 500)]
+    baseline_batch: usize,
+    /// With --insert-baseline: the server's message indexes to create
+    /// (comma-separated; `none` for the `_id` index alone).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "seq")]
+    baseline_indexes: Vec<baseline::MessageIndex>,
 }
 
 /// Connection tokens for Centrifugo (HS256, `sub` the user), one per user,
@@ -160,7 +167,13 @@ fn servers(urls: &[String]) -> anyhow::Result<Vec<Server>> {
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(uri) = &args.insert_baseline {
-        let summary = baseline::run(uri, Duration::from_secs_f64(args.duration)).await?;
+        let options = baseline::Options {
+            duration: Duration::from_secs_f64(args.duration),
+            batch: args.baseline_batch.max(1),
+            indexes: args.baseline_indexes.clone(),
+            cpu_pids: args.cpu_pids.clone(),
+        };
+        let summary = baseline::run(uri, &options).await?;
         println!("{summary}");
         return Ok(true);
     }
