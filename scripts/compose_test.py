@@ -80,10 +80,13 @@ class Engine:
 
 
 class Compose:
-    def __init__(self, port: int) -> None:
+    def __init__(self) -> None:
         self.env = {
             **Engine.env(),
-            "CHAT_HTTP_PORT": str(port),
+            # Host port 0: the engine picks a free one as it binds, so no
+            # other process (a load generator's outgoing connections) can
+            # take it between a pick and the bind; read back after `up`.
+            "CHAT_HTTP_PORT": "0",
             "CHAT_SERVER_IMAGE": f"{REGISTRY}/chat-server:test",
             "CHAT_REDIS_IMAGE": f"{REGISTRY}/redis:test",
             "CHAT_HAPROXY_IMAGE": f"{REGISTRY}/haproxy:test",
@@ -199,10 +202,7 @@ def main() -> None:
     if not bench.exists():
         sys.exit("compose_test: target/debug/chat-bench missing: cargo build first")
     engine = Engine()
-    # Host port 0: the engine picks a free one as it binds, so no other
-    # process (a load generator's outgoing connections) can take it between
-    # a pick here and the bind.
-    compose = Compose(0)
+    compose = Compose()
     base = ""
     try:
         compose("down", "--volumes", "--remove-orphans", check=False)
